@@ -1,0 +1,1 @@
+//! GGUF checkpoints with the `llama` architecture.

@@ -1,0 +1,3 @@
+//! Reading and writing checkpoints: safetensors (single or sharded), GGUF, adapter files.
+pub mod gguf;
+pub mod safetensors;

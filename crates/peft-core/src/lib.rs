@@ -1,0 +1,10 @@
+//! peft-core: the numerics of peft-node. Pure Rust on candle; no Node here.
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod ops;
+pub mod tokenizer;
+
+pub use config::LlamaConfig;
+pub use error::{Error, Result};

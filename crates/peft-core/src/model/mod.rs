@@ -1,0 +1,1 @@
+//! The differentiable LLaMA, its parameters, KV cache and generation.
