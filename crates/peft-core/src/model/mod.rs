@@ -1,1 +1,15 @@
 //! The differentiable LLaMA, its parameters, KV cache and generation.
+pub mod batch;
+pub mod kv_cache;
+pub mod linear;
+pub mod llama;
+pub mod load;
+pub mod loss;
+pub mod params;
+pub mod rope;
+
+pub use batch::Batch;
+pub use kv_cache::KvCache;
+pub use llama::{Ctx, Llama};
+pub use load::LoadOptions;
+pub use params::{ParamId, ParamStore, Parameter};

@@ -1,0 +1,92 @@
+//! A batch of token ids as the model takes it, with its masks and positions, validated
+//! once. Shapes: ids [b, t]; attention_mask [b, past + t] (1 = attend, 0 = padding).
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub ids: Vec<Vec<u32>>,
+    /// Key mask over past and present positions, one row per sequence; None = all ones.
+    pub attention_mask: Option<Vec<Vec<u8>>>,
+    /// Position ids [b, t]; None = `past_len + 0..t` as transformers' forward does.
+    pub position_ids: Option<Vec<Vec<i64>>>,
+}
+
+impl Batch {
+    pub fn new(ids: Vec<Vec<u32>>) -> Self {
+        Batch { ids, attention_mask: None, position_ids: None }
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.ids.len(), self.ids.first().map_or(0, Vec::len))
+    }
+
+    pub fn validate(&self, vocab_size: usize, past_len: usize) -> Result<()> {
+        let (b, t) = self.dims();
+        if b == 0 || t == 0 {
+            return Err(Error::arg("inputIds", "a non-empty [batch, seq] array", format!("shape [{b}, {t}]")));
+        }
+        for (r, row) in self.ids.iter().enumerate() {
+            if row.len() != t {
+                return Err(Error::arg("inputIds", format!("rows of equal length {t}"), format!("row {r} of length {}", row.len())));
+            }
+            if let Some((c, id)) = row.iter().enumerate().find(|(_, &id)| id as usize >= vocab_size) {
+                return Err(Error::arg("inputIds", format!("token ids below the vocab size {vocab_size}"), format!("{id} at [{r}, {c}]")));
+            }
+        }
+        if let Some(mask) = &self.attention_mask {
+            let want = past_len + t;
+            if mask.len() != b || mask.iter().any(|m| m.len() != want) {
+                let found = format!("[{}, {}]", mask.len(), mask.first().map_or(0, Vec::len));
+                return Err(Error::arg("attentionMask", format!("shape [{b}, {want}] (the shape of inputIds)"), found));
+            }
+        }
+        if let Some(pos) = &self.position_ids {
+            if pos.len() != b || pos.iter().any(|p| p.len() != t) {
+                return Err(Error::arg("positionIds", format!("shape [{b}, {t}]"), format!("{} rows", pos.len())));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn ids_tensor(&self, device: &Device) -> Result<Tensor> {
+        let (b, t) = self.dims();
+        let flat: Vec<u32> = self.ids.iter().flatten().copied().collect();
+        Ok(Tensor::from_vec(flat, (b, t), device)?)
+    }
+
+    pub fn positions(&self, past_len: usize) -> Vec<Vec<i64>> {
+        match &self.position_ids {
+            Some(p) => p.clone(),
+            None => {
+                let (b, t) = self.dims();
+                vec![(past_len as i64..(past_len + t) as i64).collect(); b]
+            }
+        }
+    }
+
+    /// Additive attention bias [b, 1, t, past + t]: 0 where a query may attend a key
+    /// (causal, and the key is not padding), the dtype's most negative value elsewhere,
+    /// as transformers builds it (a fully masked row then attends uniformly, never NaN).
+    pub fn attention_bias(&self, past_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let (b, t) = self.dims();
+        let kv = past_len + t;
+        let min = match dtype {
+            DType::F64 => f64::MIN,
+            DType::F16 => -65504.0,
+            _ => f32::MIN as f64,
+        };
+        let mut bias = vec![0f64; b * t * kv];
+        for r in 0..b {
+            for i in 0..t {
+                for j in 0..kv {
+                    let padded = self.attention_mask.as_ref().is_some_and(|m| m[r][j] == 0);
+                    if j > past_len + i || padded {
+                        bias[(r * t + i) * kv + j] = min;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(bias, (b, 1, t, kv), device)?.to_dtype(dtype)?)
+    }
+}

@@ -1,0 +1,164 @@
+//! The LLaMA decoder, built only from ops that record a backward. Weight names are the
+//! checkpoint paths of transformers' `LlamaForCausalLM`.
+use super::batch::Batch;
+use super::kv_cache::KvCache;
+use super::linear::linear;
+use super::params::{ParamId, ParamStore};
+use super::rope::Rope;
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::ops;
+use candle_core::{DType, Device, Tensor};
+
+/// What a forward pass reads besides the weights.
+pub struct Ctx<'a> {
+    pub store: &'a ParamStore,
+    /// Inference: every weight enters detached and no graph is kept.
+    pub no_grad: bool,
+}
+
+impl Ctx<'_> {
+    fn param(&self, id: ParamId) -> Tensor {
+        self.store.get(id).tensor(self.no_grad)
+    }
+}
+
+pub struct Linear {
+    /// Module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub path: String,
+    pub weight: ParamId,
+    pub bias: Option<ParamId>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let bias = self.bias.map(|b| ctx.param(b));
+        Ok(linear(x, &ctx.param(self.weight), bias.as_ref())?)
+    }
+}
+
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+pub struct Block {
+    pub input_layernorm: ParamId,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: ParamId,
+    pub mlp: Mlp,
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub store: ParamStore,
+    pub embed_tokens: ParamId,
+    pub layers: Vec<Block>,
+    pub norm: ParamId,
+    /// None when the embeddings are tied.
+    pub lm_head: Option<Linear>,
+    pub rope: Rope,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// Per-call state that flows through the layers.
+struct Step<'a> {
+    ctx: &'a Ctx<'a>,
+    cos: Tensor,
+    sin: Tensor,
+    bias: Tensor,
+}
+
+impl Llama {
+    /// Logits [b, t, vocab] (or [b, 1, vocab] with `last_only`). With a cache, keys and
+    /// values of earlier calls are attended to and this call's are appended.
+    pub fn forward(&self, batch: &Batch, ctx: &Ctx, mut cache: Option<&mut KvCache>, last_only: bool) -> Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        batch.validate(self.config.vocab_size, past)?;
+        let ids = batch.ids_tensor(&self.device)?;
+        let (b, t) = batch.dims();
+        let mut x = ctx.param(self.embed_tokens).index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let (cos, sin) = self.rope.cos_sin(&batch.positions(past), self.dtype, &self.device)?;
+        let bias = batch.attention_bias(past, self.dtype, &self.device)?;
+        let step = Step { ctx, cos, sin, bias };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| c.layer_mut(i));
+            x = self.block(layer, &x, &step, kv)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        if last_only {
+            x = x.narrow(1, t - 1, 1)?;
+        }
+        let x = ops::rms_norm(&x, &ctx.param(self.norm), self.config.rms_norm_eps)?;
+        Ok(match &self.lm_head {
+            Some(head) => head.forward(&x, ctx)?,
+            None => linear(&x, &ctx.param(self.embed_tokens), None)?,
+        })
+    }
+
+    fn block(&self, layer: &Block, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let h = ops::rms_norm(x, &step.ctx.param(layer.input_layernorm), eps)?;
+        let x = (x + self.attention(&layer.self_attn, &h, step, kv)?)?;
+        let h = ops::rms_norm(&x, &step.ctx.param(layer.post_attention_layernorm), eps)?;
+        let mlp = &layer.mlp;
+        let gated = ops::silu_mul(&mlp.gate_proj.forward(&h, step.ctx)?, &mlp.up_proj.forward(&h, step.ctx)?)?;
+        Ok((x + mlp.down_proj.forward(&gated, step.ctx)?)?)
+    }
+
+    fn attention(&self, attn: &Attention, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        // [b, t, heads * hd] -> [b, heads, t, hd]
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
+        let q = heads(attn.q_proj.forward(x, step.ctx)?, nh)?;
+        let k = heads(attn.k_proj.forward(x, step.ctx)?, nkv)?;
+        let v = heads(attn.v_proj.forward(x, step.ctx)?, nkv)?;
+        let q = ops::rope(&q, &step.cos, &step.sin)?;
+        let mut k = ops::rope(&k, &step.cos, &step.sin)?;
+        let mut v = v;
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.detach(), v.detach()));
+        }
+        let kv_len = k.dim(2)?;
+        // Grouped-query attention without copying K/V: fold each group's query heads
+        // into the sequence axis, [b, nkv, rep * t, hd].
+        let rep = nh / nkv;
+        let qg = q.reshape((b, nkv, rep * t, hd))?;
+        let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = scores.reshape((b, nh, t, kv_len))?.broadcast_add(&step.bias)?;
+        let probs = ops::softmax_last_dim(&scores.to_dtype(ops::composite::promoted(scores.dtype()))?)?.to_dtype(q.dtype())?;
+        let out = probs.reshape((b, nkv, rep * t, kv_len))?.matmul(&v)?;
+        // [b, nkv, rep * t, hd] -> [b, nh, t, hd] -> [b, t, nh * hd]
+        let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        attn.o_proj.forward(&out, step.ctx)
+    }
+
+    /// Every linear layer of the decoder with its module path, in checkpoint order.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            let a = &l.self_attn;
+            out.extend([&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj]);
+            out.extend([&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj]);
+        }
+        out.extend(self.lm_head.as_ref());
+        out
+    }
+}

@@ -1,0 +1,50 @@
+//! transformers' causal-LM loss: logits[:, :-1] against labels[:, 1:], labels of -100
+//! ignored, mean over the counted tokens.
+use crate::error::{Error, Result};
+use crate::ops;
+use candle_core::{Device, Tensor};
+
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Shifted targets and weights for `labels` [b][t]: (targets u32 [b*(t-1)], weights, count).
+pub fn shifted_targets(labels: &[Vec<i64>], vocab_size: usize, device: &Device) -> Result<(Tensor, Tensor, usize)> {
+    let mut targets = Vec::new();
+    let mut weights = Vec::new();
+    for (r, row) in labels.iter().enumerate() {
+        for (c, &l) in row.iter().enumerate().skip(1) {
+            if l == IGNORE_INDEX {
+                targets.push(0u32);
+                weights.push(0f32);
+            } else if l < 0 || l as usize >= vocab_size {
+                return Err(Error::arg("labels", format!("token ids below {vocab_size}, or -100 to ignore"), format!("{l} at [{r}, {c}]")));
+            } else {
+                targets.push(l as u32);
+                weights.push(1f32);
+            }
+        }
+    }
+    let count = weights.iter().filter(|w| **w > 0.0).count();
+    let n = targets.len();
+    Ok((Tensor::from_vec(targets, n, device)?, Tensor::from_vec(weights, n, device)?, count))
+}
+
+/// Sum of the token losses and the number of counted tokens. Dividing by a count taken
+/// over several micro-batches gives the correctly normalised accumulated loss.
+pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tensor, usize)> {
+    let (b, t, v) = logits.dims3()?;
+    if labels.len() != b || labels.iter().any(|r| r.len() != t) {
+        return Err(Error::arg("labels", format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} rows", labels.len())));
+    }
+    if t < 2 {
+        return Err(Error::arg("labels", "sequences of at least 2 tokens", format!("length {t}")));
+    }
+    let (targets, weights, count) = shifted_targets(labels, v, logits.device())?;
+    let shifted = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
+    Ok((ops::cross_entropy_sum(&shifted, &targets, &weights)?, count))
+}
+
+/// Mean loss over counted tokens (NaN when none are counted, as transformers gives).
+pub fn causal_lm_loss(logits: &Tensor, labels: &[Vec<i64>]) -> Result<Tensor> {
+    let (sum, count) = causal_lm_loss_sum(logits, labels)?;
+    Ok((sum / count as f64)?)
+}

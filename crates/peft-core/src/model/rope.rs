@@ -1,0 +1,54 @@
+//! Rotary position embeddings: the inverse frequencies (default and llama3 scaling, as
+//! transformers' `_compute_llama3_parameters`), and cos/sin tables for given positions.
+use crate::config::LlamaConfig;
+use candle_core::{DType, Device, Result, Tensor};
+
+pub struct Rope {
+    inv_freq: Vec<f64>,
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig) -> Self {
+        let d = cfg.head_dim;
+        let mut inv_freq: Vec<f64> =
+            (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
+        if let Some(s) = &cfg.rope_scaling {
+            let old = s.original_max_position_embeddings as f64;
+            let low_wavelen = old / s.low_freq_factor;
+            let high_wavelen = old / s.high_freq_factor;
+            for f in inv_freq.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *f;
+                *f = if wavelen > low_wavelen {
+                    *f / s.factor
+                } else if wavelen < high_wavelen {
+                    *f
+                } else {
+                    let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * *f / s.factor + smooth * *f
+                };
+            }
+        }
+        Rope { inv_freq }
+    }
+
+    /// cos and sin of shape [b, t, head_dim/2] for positions [b][t].
+    pub fn cos_sin(&self, positions: &[Vec<i64>], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        let b = positions.len();
+        let t = positions.first().map_or(0, Vec::len);
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for row in positions {
+            for &p in row {
+                for &f in &self.inv_freq {
+                    let angle = p as f64 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, t, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (b, t, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}

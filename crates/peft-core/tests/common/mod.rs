@@ -1,0 +1,81 @@
+//! Access to the shared HF fixtures (read in place, never copied).
+#![allow(dead_code)]
+use candle_core::{Device, Tensor};
+use peft_core::model::{Batch, Llama, LoadOptions};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hf-peft-tiny-llama")
+}
+
+pub fn model_dir() -> PathBuf {
+    fixture_dir().join("model")
+}
+
+pub struct Inputs {
+    pub input_ids: Vec<Vec<u32>>,
+    pub attention_mask: Vec<Vec<u8>>,
+    pub labels: Vec<Vec<i64>>,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+}
+
+pub fn inputs() -> Inputs {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("inputs.json")).unwrap()).unwrap();
+    let rows = |k: &str| -> Vec<Vec<i64>> {
+        v[k].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect()
+    };
+    Inputs {
+        input_ids: rows("input_ids").into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect(),
+        attention_mask: rows("attention_mask").into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect(),
+        labels: rows("labels"),
+        prompt_len: v["prompt_len"].as_u64().unwrap() as usize,
+        new_tokens: v["new_tokens"].as_u64().unwrap() as usize,
+    }
+}
+
+impl Inputs {
+    pub fn batch(&self) -> Batch {
+        Batch { ids: self.input_ids.clone(), attention_mask: Some(self.attention_mask.clone()), position_ids: None }
+    }
+}
+
+pub fn expected(case: &str) -> HashMap<String, Tensor> {
+    let p = if case == "base" { fixture_dir().join("base/expected.safetensors") } else { fixture_dir().join("cases").join(case).join("expected.safetensors") };
+    peft_core::io::safetensors::load_file(&p, None, &Device::Cpu).unwrap()
+}
+
+pub fn load_model() -> Llama {
+    Llama::from_pretrained(&model_dir(), &LoadOptions::default()).unwrap()
+}
+
+/// Largest |a - b| over positions where `mask` [b, t] is 1 (a, b: [b, t, v]).
+pub fn max_masked_diff(a: &Tensor, b: &Tensor, mask: &[Vec<u8>]) -> f32 {
+    let a = a.to_dtype(candle_core::DType::F32).unwrap().to_vec3::<f32>().unwrap();
+    let b = b.to_dtype(candle_core::DType::F32).unwrap().to_vec3::<f32>().unwrap();
+    let mut m = 0f32;
+    for (r, row) in mask.iter().enumerate() {
+        for (c, &on) in row.iter().enumerate() {
+            if on == 1 {
+                for (x, y) in a[r][c].iter().zip(&b[r][c]) {
+                    m = m.max((x - y).abs());
+                }
+            }
+        }
+    }
+    m
+}
+
+/// max |a - b| / max |b|
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+pub fn scalar(t: &Tensor) -> f32 {
+    t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
+}

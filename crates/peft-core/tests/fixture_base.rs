@@ -1,0 +1,53 @@
+//! The base model and the full fine-tuning case against transformers.
+mod common;
+use common::*;
+use peft_core::model::{loss, Ctx};
+
+#[test]
+fn base_logits_and_loss_match_transformers() {
+    let model = load_model();
+    let inp = inputs();
+    let exp = expected("base");
+    let ctx = Ctx { store: &model.store, no_grad: true };
+    let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
+    let diff = max_masked_diff(&logits, &exp["logits"], &inp.attention_mask);
+    println!("base logits max abs err {diff:e}");
+    assert!(diff < 1e-4, "logits differ by {diff}");
+    let l = scalar(&loss::causal_lm_loss(&logits, &inp.labels).unwrap());
+    let e = scalar(&exp["loss"]);
+    println!("base loss {l} expected {e} err {:e}", (l - e).abs());
+    assert!((l - e).abs() < 1e-4 * e.abs().max(1.0));
+}
+
+#[test]
+fn full_finetuning_gradients_match_transformers() {
+    let mut model = load_model();
+    for p in model.store.iter_mut() {
+        p.requires_grad = true;
+    }
+    let inp = inputs();
+    let exp = expected("full");
+    let ctx = Ctx { store: &model.store, no_grad: false };
+    let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
+    let l = loss::causal_lm_loss(&logits, &inp.labels).unwrap();
+    let e = scalar(&exp["loss"]);
+    assert!((scalar(&l) - e).abs() < 1e-4 * e.abs().max(1.0));
+    let grads = l.backward().unwrap();
+    model.store.accumulate_grads(&grads).unwrap();
+    let mut worst = (0f32, String::new());
+    let mut n = 0;
+    for (_, p) in model.store.iter() {
+        let key = format!("grad.{}", p.name);
+        let want = exp.get(&key).unwrap_or_else(|| panic!("fixture lacks {key}"));
+        let got = p.grad.as_ref().unwrap_or_else(|| panic!("no gradient for {}", p.name));
+        let err = rel_err(got, want);
+        if err > worst.0 {
+            worst = (err, p.name.clone());
+        }
+        n += 1;
+    }
+    let fixture_grads = exp.keys().filter(|k| k.starts_with("grad.")).count();
+    println!("full: {n} gradients, worst rel err {:e} ({})", worst.0, worst.1);
+    assert_eq!(n, fixture_grads);
+    assert!(worst.0 < 1e-3, "gradient of {} off by {}", worst.1, worst.0);
+}
