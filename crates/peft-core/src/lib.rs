@@ -4,6 +4,7 @@ pub mod error;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;

@@ -51,3 +51,37 @@ fn full_finetuning_gradients_match_transformers() {
     assert_eq!(n, fixture_grads);
     assert!(worst.0 < 1e-3, "gradient of {} off by {}", worst.1, worst.0);
 }
+
+#[test]
+fn base_greedy_generation_matches_transformers() {
+    let model = load_model();
+    let inp = inputs();
+    let exp = ids_of(&expected("base")["greedy"]);
+    let got = greedy(&model, &inp.input_ids[0][..inp.prompt_len], inp.new_tokens);
+    assert_eq!(got, exp);
+}
+
+#[test]
+fn full_finetuning_adamw_steps_match_torch() {
+    let mut model = load_model();
+    for p in model.store.iter_mut() {
+        p.requires_grad = true;
+    }
+    let exp = expected("full");
+    let loss1 = two_adamw_steps(&mut model, &adamw_from_case("full"));
+    let e1 = scalar(&exp["loss_after_step1"]);
+    println!("full: loss_after_step1 {loss1} expected {e1}");
+    assert!((loss1 - e1).abs() < 1e-4 * e1.abs().max(1.0));
+    let mut worst = 0f32;
+    for (_, p) in model.store.iter() {
+        let want = &exp[&format!("after_step2.{}", p.name)];
+        let d = (p.value() - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        worst = worst.max(d);
+    }
+    println!("full: after_step2 max abs err {worst:e}");
+    assert!(worst < 1e-4);
+    let inp = inputs();
+    let got = greedy(&model, &inp.input_ids[0][..inp.prompt_len], inp.new_tokens);
+    assert_eq!(got, ids_of(&exp["greedy_after_step2"]));
+}
+

@@ -1,5 +1,6 @@
 //! The differentiable LLaMA, its parameters, KV cache and generation.
 pub mod batch;
+pub mod generate;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
@@ -7,6 +8,7 @@ pub mod load;
 pub mod loss;
 pub mod params;
 pub mod rope;
+pub mod sampling;
 
 pub use batch::Batch;
 pub use kv_cache::KvCache;

@@ -79,3 +79,60 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 pub fn scalar(t: &Tensor) -> f32 {
     t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
 }
+
+pub fn adamw_from_case(case: &str) -> peft_core::optim::AdamWHyper {
+    let p = fixture_dir().join("cases").join(case).join("case.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let a = &v["adamw"];
+    peft_core::optim::AdamWHyper {
+        lr: a["lr"].as_f64().unwrap(),
+        beta1: a["betas"][0].as_f64().unwrap(),
+        beta2: a["betas"][1].as_f64().unwrap(),
+        eps: a["eps"].as_f64().unwrap(),
+        weight_decay: a["weight_decay"].as_f64().unwrap(),
+    }
+}
+
+/// Loss on the fixture batch; with `backward`, gradients are accumulated into the store.
+pub fn loss_on_fixture(model: &mut Llama, backward: bool) -> f32 {
+    let inp = inputs();
+    let ctx = peft_core::model::Ctx { store: &model.store, no_grad: !backward };
+    let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
+    let l = peft_core::model::loss::causal_lm_loss(&logits, &inp.labels).unwrap();
+    if backward {
+        let g = l.backward().unwrap();
+        model.store.accumulate_grads(&g).unwrap();
+    }
+    scalar(&l)
+}
+
+/// Two AdamW steps on the fixture batch, as make_fixtures.py does; returns the loss after step 1.
+pub fn two_adamw_steps(model: &mut Llama, h: &peft_core::optim::AdamWHyper) -> f32 {
+    let mut state: HashMap<String, (Tensor, Tensor)> = HashMap::new();
+    let mut loss1 = 0.0;
+    for step in 1..=2u64 {
+        model.store.zero_grad();
+        let l = loss_on_fixture(model, true);
+        if step == 2 {
+            loss1 = l;
+        }
+        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+            let (m, v) = state.entry(p.name.clone()).or_insert_with(|| {
+                (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap())
+            });
+            peft_core::optim::adamw_step(p, m, v, step, h).unwrap();
+        }
+    }
+    loss1
+}
+
+pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    use peft_core::model::generate::{generate, Flow, GenerateOptions};
+    let ctx = peft_core::model::Ctx { store: &model.store, no_grad: true };
+    let opts = GenerateOptions { max_new_tokens: n, sampling: Default::default(), seed: 0, stop_token_ids: vec![] };
+    generate(model, &ctx, &[prompt.to_vec()], &opts, &mut |_| Flow::Continue).unwrap().remove(0)
+}
+
+pub fn ids_of(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(candle_core::DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+}
