@@ -1,1 +1,11 @@
+//! Thin Node-API handles over peft-core. No math here: each method converts its
+//! arguments, runs the core off the JS thread, and converts the result or error.
+mod error;
+mod generate;
+mod model;
+mod optim;
+mod tensor;
 
+pub use generate::NativeAbort;
+pub use model::NativeModel;
+pub use tensor::NativeTensor;

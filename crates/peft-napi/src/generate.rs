@@ -1,0 +1,91 @@
+//! Generation, whole or streamed token by token, cancellable between steps.
+use crate::error::{off_thread, NResult};
+use crate::model::{with_model, NativeModel};
+use napi::bindgen_prelude::Unknown;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::Status;
+use napi_derive::napi;
+use peft_core::model::generate::{generate, Flow, GenerateOptions};
+use peft_core::model::sampling::SamplingOptions;
+use peft_core::model::Ctx;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Set from JS (an AbortSignal's listener); long native work checks it between steps.
+#[napi]
+pub struct NativeAbort {
+    pub(crate) flag: Arc<AtomicBool>,
+}
+
+#[napi]
+impl NativeAbort {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        NativeAbort { flag: Arc::new(AtomicBool::new(false)) }
+    }
+
+    #[napi]
+    pub fn abort(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    #[napi(getter)]
+    pub fn aborted(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+#[napi(object)]
+pub struct GenerateArgs {
+    pub max_new_tokens: u32,
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_k: u32,
+    pub top_p: f64,
+    pub seed: i64,
+    pub stop_token_ids: Vec<u32>,
+}
+
+/// Per step: the new token of each row, -1 for rows already finished.
+pub type StepCallback = ThreadsafeFunction<Vec<i32>, Unknown<'static>, Vec<i32>, Status, false>;
+
+#[napi]
+impl NativeModel {
+    #[napi]
+    pub async fn generate(
+        &self,
+        prompts: Vec<Vec<u32>>,
+        args: GenerateArgs,
+        on_step: Option<StepCallback>,
+        abort: Option<&NativeAbort>,
+    ) -> NResult<Vec<Vec<u32>>> {
+        let opts = GenerateOptions {
+            max_new_tokens: args.max_new_tokens as usize,
+            sampling: SamplingOptions {
+                do_sample: args.do_sample,
+                temperature: args.temperature,
+                top_k: args.top_k as usize,
+                top_p: args.top_p,
+            },
+            seed: args.seed as u64,
+            stop_token_ids: args.stop_token_ids,
+        };
+        let flag = abort.map(|a| a.flag.clone());
+        let shared = self.inner.clone();
+        off_thread(move || {
+            with_model(&shared, |m| {
+                let ctx = Ctx { store: &m.llama.store, no_grad: true };
+                let mut step = |toks: &[Option<u32>]| {
+                    if let Some(cb) = &on_step {
+                        let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();
+                        cb.call(row, ThreadsafeFunctionCallMode::Blocking);
+                    }
+                    if flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) { Flow::Stop } else { Flow::Continue }
+                };
+                generate(&m.llama, &ctx, &prompts, &opts, &mut step)
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,187 @@
+//! The model handle: loading, forward (with the loss), parameters.
+use crate::error::{closed, invalid, off_thread, to_js, NResult};
+use crate::tensor::{dtype_name, NativeTensor};
+use candle_core::{DType, Device};
+use napi::bindgen_prelude::{Int32Array, Uint32Array, Uint8Array};
+use napi_derive::napi;
+use peft_core::model::{loss, Batch, Ctx, Llama, LoadOptions, ParamStore};
+use std::sync::{Arc, RwLock};
+
+pub struct ModelState {
+    pub llama: Llama,
+}
+
+impl ModelState {
+    pub fn store_mut(&mut self) -> &mut ParamStore {
+        &mut self.llama.store
+    }
+}
+
+pub type SharedModel = Arc<RwLock<Option<ModelState>>>;
+
+pub fn with_model<R>(m: &SharedModel, f: impl FnOnce(&ModelState) -> peft_core::Result<R>) -> NResult<R> {
+    let g = m.read().unwrap_or_else(|e| e.into_inner());
+    f(g.as_ref().ok_or_else(|| closed("LlamaModel"))?).map_err(to_js)
+}
+
+pub fn with_model_mut<R>(m: &SharedModel, f: impl FnOnce(&mut ModelState) -> peft_core::Result<R>) -> NResult<R> {
+    let mut g = m.write().unwrap_or_else(|e| e.into_inner());
+    f(g.as_mut().ok_or_else(|| closed("LlamaModel"))?).map_err(to_js)
+}
+
+pub fn parse_dtype(s: Option<&str>) -> NResult<DType> {
+    Ok(match s.unwrap_or("float32") {
+        "float32" | "f32" => DType::F32,
+        "float64" | "f64" => DType::F64,
+        "float16" | "f16" => DType::F16,
+        "bfloat16" | "bf16" => DType::BF16,
+        other => return Err(invalid("dtype", "\"float32\", \"float16\", \"bfloat16\" or \"float64\"", format!("{other:?}"))),
+    })
+}
+
+pub fn parse_device(s: Option<&str>) -> NResult<Device> {
+    match s.unwrap_or("cpu") {
+        "cpu" => Ok(Device::Cpu),
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            let ordinal: usize = d.strip_prefix("cuda:").map_or(Ok(0), str::parse).map_err(|_| invalid("device", "\"cuda:N\"", d))?;
+            Device::new_cuda(ordinal).map_err(|e| {
+                invalid("device", "a device this build supports", format!("{d:?} ({e}); install the CUDA build of peft-node"))
+            })
+        }
+        other => Err(invalid("device", "\"cpu\", \"cuda\" or \"cuda:N\"", format!("{other:?}"))),
+    }
+}
+
+#[napi(object)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<u32>,
+    pub dtype: String,
+    pub requires_grad: bool,
+    pub has_grad: bool,
+}
+
+#[napi]
+pub struct NativeModel {
+    pub(crate) inner: SharedModel,
+}
+
+#[napi]
+pub async fn load_model(path: String, dtype: Option<String>, device: Option<String>) -> NResult<NativeModel> {
+    let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())? };
+    let llama = off_thread(move || Llama::from_pretrained(std::path::Path::new(&path), &opts).map_err(to_js)).await?;
+    Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState { llama }))) })
+}
+
+fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> NResult<Vec<Vec<T>>> {
+    if batch * seq != flat.len() || batch == 0 || seq == 0 {
+        return Err(invalid(name, &format!("{} values for shape [{batch}, {seq}]", batch * seq), format!("{} values", flat.len())));
+    }
+    Ok(flat.chunks(seq).map(<[T]>::to_vec).collect())
+}
+
+#[napi]
+impl NativeModel {
+    /// The resolved config, as JSON in Hugging Face's key names.
+    #[napi]
+    pub fn config_json(&self) -> NResult<String> {
+        with_model(&self.inner, |m| Ok(m.llama.config.to_hf_json().to_string()))
+    }
+
+    /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
+    #[napi]
+    pub async fn forward(
+        &self,
+        ids: Uint32Array,
+        batch: u32,
+        seq: u32,
+        attention_mask: Option<Uint8Array>,
+        labels: Option<Int32Array>,
+    ) -> NResult<Vec<NativeTensor>> {
+        let (b, t) = (batch as usize, seq as usize);
+        let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
+        if let Some(m) = attention_mask {
+            if m.len() != b * t {
+                return Err(invalid("attentionMask", &format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} values", m.len())));
+            }
+            input.attention_mask = Some(rows(&m, b, t, "attentionMask")?);
+        }
+        let labels: Option<Vec<Vec<i64>>> = match labels {
+            Some(l) => Some(rows(&l, b, t, "labels")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect()),
+            None => None,
+        };
+        let shared = self.inner.clone();
+        let owner = self.inner.clone();
+        let (logits, loss) = off_thread(move || {
+            with_model(&shared, |m| {
+                let ctx = Ctx { store: &m.llama.store, no_grad: false };
+                let logits = m.llama.forward(&input, &ctx, None, false)?;
+                let loss = labels.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
+                Ok((logits, loss))
+            })
+        })
+        .await?;
+        let mut out = vec![NativeTensor::new(logits, Some(owner.clone()))];
+        out.extend(loss.map(|l| NativeTensor::new(l, Some(owner))));
+        Ok(out)
+    }
+
+    #[napi]
+    pub fn parameters(&self) -> NResult<Vec<ParamInfo>> {
+        with_model(&self.inner, |m| {
+            Ok(m.llama.store.iter().map(|(_, p)| ParamInfo {
+                name: p.name.clone(),
+                shape: p.value().dims().iter().map(|d| *d as u32).collect(),
+                dtype: dtype_name(p.value().dtype()).into(),
+                requires_grad: p.requires_grad,
+                has_grad: p.grad.is_some(),
+            }).collect())
+        })
+    }
+
+    #[napi]
+    pub fn set_requires_grad(&self, name: String, value: bool) -> NResult<()> {
+        with_model_mut(&self.inner, |m| {
+            let p = m.llama.store.by_name_mut(&name)?;
+            p.requires_grad = value;
+            if !value {
+                p.grad = None;
+            }
+            Ok(())
+        })
+    }
+
+    #[napi]
+    pub fn requires_grad(&self, name: String) -> NResult<bool> {
+        with_model(&self.inner, |m| Ok(m.llama.store.by_name(&name)?.requires_grad))
+    }
+
+    /// The parameter's value (shares storage: later optimizer steps show through).
+    #[napi]
+    pub fn param_data(&self, name: String) -> NResult<NativeTensor> {
+        with_model(&self.inner, |m| Ok(NativeTensor::new(m.llama.store.by_name(&name)?.value().detach(), None)))
+    }
+
+    #[napi]
+    pub fn param_grad(&self, name: String) -> NResult<Option<NativeTensor>> {
+        with_model(&self.inner, |m| Ok(m.llama.store.by_name(&name)?.grad.clone().map(|g| NativeTensor::new(g, None))))
+    }
+
+    #[napi]
+    pub fn zero_grad(&self) -> NResult<()> {
+        with_model_mut(&self.inner, |m| {
+            m.llama.store.zero_grad();
+            Ok(())
+        })
+    }
+
+    #[napi]
+    pub fn dispose(&self) {
+        self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    #[napi(getter)]
+    pub fn disposed(&self) -> bool {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+}

@@ -1,0 +1,89 @@
+// Generation options, and the async iterator over streamed tokens.
+import { native, type NativeModel } from './native'
+
+export interface GenerateOptions {
+  /** New tokens to produce at most (default 128). */
+  maxNewTokens?: number
+  doSample?: boolean
+  temperature?: number
+  topK?: number
+  topP?: number
+  /** Seed for sampling; the same seed gives the same tokens. */
+  seed?: number
+  /** Stop a row when one of these is produced (kept in the output). Default: the model's EOS tokens. */
+  stopTokenIds?: number[]
+  signal?: AbortSignal
+}
+
+type NativeArgs = Parameters<NativeModel['generate']>[1]
+
+export function generationArgs(o: GenerateOptions, defaultStops: number[]): NativeArgs {
+  const maxNewTokens = o.maxNewTokens ?? 128
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
+    throw new Error(`maxNewTokens: expected an integer >= 0, found ${maxNewTokens}`)
+  }
+  const temperature = o.temperature ?? 1
+  if (!(temperature > 0)) throw new Error(`temperature: expected a number > 0, found ${temperature}`)
+  const topK = o.topK ?? 0
+  if (!Number.isInteger(topK) || topK < 0) throw new Error(`topK: expected an integer >= 0 (0 = off), found ${topK}`)
+  const topP = o.topP ?? 1
+  if (!(topP > 0 && topP <= 1)) throw new Error(`topP: expected a number in (0, 1], found ${topP}`)
+  const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31)
+  if (!Number.isInteger(seed)) throw new Error(`seed: expected an integer, found ${seed}`)
+  const stops = o.stopTokenIds ?? defaultStops
+  for (const s of stops) if (!Number.isInteger(s) || s < 0) throw new Error(`stopTokenIds: expected token ids, found ${s}`)
+  return { maxNewTokens, doSample: o.doSample ?? false, temperature, topK, topP, seed, stopTokenIds: stops }
+}
+
+export function abortHandle(signal?: AbortSignal): InstanceType<typeof native.NativeAbort> | undefined {
+  if (!signal) return undefined
+  const h = new native.NativeAbort()
+  if (signal.aborted) h.abort()
+  else signal.addEventListener('abort', () => h.abort(), { once: true })
+  return h
+}
+
+/** Turns a callback-driven native generation into an async iterator of per-step rows. */
+export async function* streamSteps(
+  run: (onStep: (row: number[]) => void, abort: InstanceType<typeof native.NativeAbort>) => Promise<unknown>,
+  signal?: AbortSignal,
+): AsyncGenerator<number[]> {
+  const abort = abortHandle(signal) ?? new native.NativeAbort()
+  const queue: number[][] = []
+  let wake: (() => void) | null = null
+  let finished = false
+  let failure: unknown = null
+  const done = run(
+    (row) => {
+      // Runs on the JS thread from a native callback: it must never throw.
+      queue.push(row)
+      wake?.()
+    },
+    abort,
+  ).then(
+    () => {
+      finished = true
+      wake?.()
+    },
+    (e) => {
+      failure = e
+      finished = true
+      wake?.()
+    },
+  )
+  try {
+    while (true) {
+      if (queue.length > 0) {
+        yield queue.shift()!
+        continue
+      }
+      if (finished) break
+      await new Promise<void>((r) => (wake = r))
+      wake = null
+    }
+    if (failure) throw failure
+  } finally {
+    abort.abort()
+    await done
+  }
+}

@@ -1,0 +1,6 @@
+export { LlamaModel } from './model'
+export type { LoadOptions, ForwardInput, ForwardOutput, LlamaConfig } from './model'
+export { Tensor } from './tensor'
+export type { DType } from './tensor'
+export { Parameter } from './parameter'
+export type { GenerateOptions } from './generation'

@@ -1,0 +1,130 @@
+import { native, type NativeModel } from './native'
+import { Tensor, type DType } from './tensor'
+import { Parameter } from './parameter'
+import { flatIds, flatLabels, flatMask, type IdRows } from './inputs'
+import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
+
+export interface LoadOptions {
+  /** Weights are converted to this dtype on load (default float32; the CPU trains in float32). */
+  dtype?: DType
+  /** "cpu" (default), "cuda" or "cuda:N" (needs the CUDA build). */
+  device?: string
+}
+
+export interface ForwardInput {
+  inputIds: IdRows
+  attentionMask?: IdRows
+  /** Targets; -100 marks positions that are ignored. Shifted by one inside, as transformers does. */
+  labels?: IdRows
+}
+
+export interface ForwardOutput {
+  logits: Tensor
+  loss?: Tensor
+}
+
+/** The LLaMA config, with Hugging Face's key names. */
+export type LlamaConfig = Record<string, unknown> & {
+  vocab_size: number
+  hidden_size: number
+  num_hidden_layers: number
+  num_attention_heads: number
+  num_key_value_heads: number
+  head_dim: number
+  eos_token_id: number | number[] | null
+}
+
+/** A LLaMA-family causal language model on the native core. */
+export class LlamaModel {
+  #config: LlamaConfig | null = null
+
+  /** @internal */
+  constructor(private readonly inner: NativeModel) {}
+
+  /** Loads a Hugging Face checkpoint folder (config.json + safetensors) or a `.gguf` file. */
+  static async fromPretrained(path: string, opts: LoadOptions = {}): Promise<LlamaModel> {
+    if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a folder or .gguf file path, found ${String(path)}`)
+    return new LlamaModel(await native.loadModel(path, opts.dtype, opts.device))
+  }
+
+  /** @internal */
+  get native(): NativeModel {
+    return this.inner
+  }
+
+  get config(): LlamaConfig {
+    this.#config ??= JSON.parse(this.inner.configJson()) as LlamaConfig
+    return this.#config
+  }
+
+  async forward(input: ForwardInput): Promise<ForwardOutput> {
+    const ids = flatIds('inputIds', input.inputIds)
+    const mask = input.attentionMask ? flatMask('attentionMask', input.attentionMask, ids.batch, ids.seq) : undefined
+    const labels = input.labels ? flatLabels('labels', input.labels, ids.batch, ids.seq) : undefined
+    const [logits, loss] = await this.inner.forward(ids.data, ids.batch, ids.seq, mask, labels)
+    return loss ? { logits: new Tensor(logits), loss: new Tensor(loss) } : { logits: new Tensor(logits) }
+  }
+
+  /** `[name, Parameter]` pairs with Hugging Face names, e.g. `model.layers.0.self_attn.q_proj.weight`. */
+  namedParameters(): [string, Parameter][] {
+    return this.inner.parameters().map((p) => [p.name, new Parameter(this.inner, p.name, p.shape)])
+  }
+
+  parameters(): Parameter[] {
+    return this.namedParameters().map(([, p]) => p)
+  }
+
+  /** Clears every accumulated gradient. */
+  zeroGrad(): void {
+    this.inner.zeroGrad()
+  }
+
+  /** The tokens to stop at by default: the config's EOS ids. */
+  get defaultStopTokenIds(): number[] {
+    const eos = this.config.eos_token_id
+    return eos == null ? [] : Array.isArray(eos) ? eos : [eos]
+  }
+
+  /**
+   * Continues each prompt; returns prompt + new ids. A single prompt (`number[]`) gives a
+   * single row back; a batch of prompts of different lengths is left-padded inside.
+   */
+  async generate(ids: ArrayLike<number>, opts?: GenerateOptions): Promise<number[]>
+  async generate(ids: ArrayLike<number>[], opts?: GenerateOptions): Promise<number[][]>
+  async generate(ids: ArrayLike<number> | ArrayLike<number>[], opts: GenerateOptions = {}): Promise<number[] | number[][]> {
+    const { prompts, single } = promptRows(ids)
+    const args = generationArgs(opts, this.defaultStopTokenIds)
+    const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal))
+    return single ? out[0] : out
+  }
+
+  /** The async-iterator form of `generate` for one prompt: yields each new token id. */
+  async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
+    const { prompts } = promptRows(ids)
+    const args = generationArgs(opts, this.defaultStopTokenIds)
+    const steps = streamSteps((onStep, abort) => this.inner.generate(prompts, args, onStep, abort), opts.signal)
+    for await (const row of steps) if (row[0] >= 0) yield row[0]
+  }
+
+  /** Frees the native weights now. Any later call on this model throws. */
+  dispose(): void {
+    this.inner.dispose()
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose()
+  }
+}
+
+function promptRows(ids: ArrayLike<number> | ArrayLike<number>[]): { prompts: number[][]; single: boolean } {
+  const single = ids.length > 0 && typeof (ids as ArrayLike<number>)[0] === 'number'
+  const rows = single ? [ids as ArrayLike<number>] : (ids as ArrayLike<number>[])
+  if (!Array.isArray(rows) || rows.length === 0) throw new Error('ids: expected a prompt (number[]) or prompts (number[][]), found an empty array')
+  const prompts = rows.map((r, i) => {
+    const a = Array.from(r ?? [])
+    if (a.length === 0) throw new Error(`ids: prompt ${i} is empty`)
+    for (const v of a) if (!Number.isInteger(v) || v < 0) throw new Error(`ids: expected non-negative integer token ids, found ${v} in prompt ${i}`)
+    return a
+  })
+  return { prompts, single }
+}

@@ -1,0 +1,40 @@
+import type { NativeModel } from './native'
+import { Tensor } from './tensor'
+
+/** A named weight of a model. `requiresGrad` decides whether it trains. */
+export class Parameter {
+  /** @internal */
+  constructor(
+    private readonly model: NativeModel,
+    readonly name: string,
+    readonly shape: number[],
+  ) {}
+
+  get requiresGrad(): boolean {
+    return this.model.requiresGrad(this.name)
+  }
+
+  set requiresGrad(value: boolean) {
+    this.model.setRequiresGrad(this.name, value)
+  }
+
+  /** The current value (shares memory with the parameter). */
+  get data(): Tensor {
+    return new Tensor(this.model.paramData(this.name))
+  }
+
+  /** The accumulated gradient, or null before any `backward()` reached it. */
+  get grad(): Tensor | null {
+    const g = this.model.paramGrad(this.name)
+    return g ? new Tensor(g) : null
+  }
+
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1)
+  }
+
+  /** @internal */
+  get native(): NativeModel {
+    return this.model
+  }
+}
