@@ -1,0 +1,136 @@
+//! llama.cpp's tensor names and Hugging Face's, the shape a config implies for each, and
+//! llama.cpp's Q/K row permutation.
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use candle_core::Tensor;
+
+/// Per-layer parts: (GGUF stem, HF stem). Norms have weights only; the rest may have biases.
+const LAYER_PARTS: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+const GLOBALS: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+fn is_norm(hf_stem: &str) -> bool {
+    hf_stem.ends_with("layernorm")
+}
+
+/// `(layer, stem, suffix)` of `<prefix>N.<stem>.<suffix>`.
+fn split_layer<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str, &'a str)> {
+    let (n, rest) = name.strip_prefix(prefix)?.split_once('.')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0')) {
+        return None;
+    }
+    let (stem, suffix) = rest.rsplit_once('.')?;
+    Some((n.parse().ok()?, stem, suffix))
+}
+
+fn translate(name: &str, from_prefix: &str, to_prefix: &str, to_hf: bool) -> Option<String> {
+    if let Some(&(g, h)) = GLOBALS.iter().find(|(g, h)| *(if to_hf { g } else { h }) == name) {
+        return Some(if to_hf { h } else { g }.to_string());
+    }
+    let (layer, stem, suffix) = split_layer(name, from_prefix)?;
+    let &(g, h) = LAYER_PARTS.iter().find(|(g, h)| *(if to_hf { g } else { h }) == stem)?;
+    if suffix != "weight" && (suffix != "bias" || is_norm(h)) {
+        return None;
+    }
+    Some(format!("{to_prefix}{layer}.{}.{suffix}", if to_hf { h } else { g }))
+}
+
+/// `blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None for names llama has not.
+pub fn gguf_to_hf(name: &str) -> Option<String> {
+    translate(name, "blk.", "model.layers.", true)
+}
+
+/// The inverse of [`gguf_to_hf`].
+pub fn hf_to_gguf(name: &str) -> Option<String> {
+    translate(name, "model.layers.", "blk.", false)
+}
+
+/// The layer index of a Hugging Face weight name, if it belongs to a layer.
+pub(crate) fn layer_of(hf_name: &str) -> Option<usize> {
+    split_layer(hf_name, "model.layers.").map(|(n, _, _)| n)
+}
+
+/// The shape `config` implies for a Hugging Face weight name ([out, in] for linears).
+pub(crate) fn expected_shape(cfg: &LlamaConfig, hf_name: &str) -> Option<Vec<usize>> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+    match hf_name {
+        "model.embed_tokens.weight" | "lm_head.weight" => return Some(vec![cfg.vocab_size, h]),
+        "model.norm.weight" => return Some(vec![h]),
+        _ => {}
+    }
+    let (_, stem, suffix) = split_layer(hf_name, "model.layers.")?;
+    let (out, inp) = match stem {
+        "input_layernorm" | "post_attention_layernorm" => (h, 0),
+        "self_attn.q_proj" => (q, h),
+        "self_attn.k_proj" | "self_attn.v_proj" => (kv, h),
+        "self_attn.o_proj" => (h, q),
+        "mlp.gate_proj" | "mlp.up_proj" => (i, h),
+        "mlp.down_proj" => (h, i),
+        _ => return None,
+    };
+    match suffix {
+        "weight" if inp == 0 => Some(vec![out]),
+        "weight" => Some(vec![out, inp]),
+        "bias" if inp != 0 => Some(vec![out]),
+        _ => None,
+    }
+}
+
+/// Every weight a checkpoint of `cfg` must have, in llama.cpp's file order. Lazy, so that an
+/// absurd `block_count` costs nothing until a layer turns out to be missing.
+pub(crate) fn required_names(cfg: &LlamaConfig) -> impl Iterator<Item = String> + '_ {
+    let layers = (0..cfg.num_hidden_layers).flat_map(move |l| {
+        LAYER_PARTS.iter().flat_map(move |&(_, h)| {
+            let bias = if h.starts_with("self_attn.") { cfg.attention_bias } else { cfg.mlp_bias && h.starts_with("mlp.") };
+            let suffixes: &[&str] = if bias { &["weight", "bias"] } else { &["weight"] };
+            suffixes.iter().map(move |s| format!("model.layers.{l}.{h}.{s}"))
+        })
+    });
+    std::iter::once("model.embed_tokens.weight".to_string())
+        .chain(layers)
+        .chain(std::iter::once("model.norm.weight".to_string()))
+        .chain((!cfg.tie_word_embeddings).then(|| "lm_head.weight".to_string()))
+}
+
+/// The head count llama.cpp permuted a weight with: q by the query heads, k by the KV heads.
+pub(crate) fn rope_heads(cfg: &LlamaConfig, hf_name: &str) -> Option<usize> {
+    match split_layer(hf_name, "model.layers.")?.1 {
+        "self_attn.q_proj" => Some(cfg.num_attention_heads),
+        "self_attn.k_proj" => Some(cfg.num_key_value_heads),
+        _ => None,
+    }
+}
+
+/// llama.cpp's `permute(w, n_head)`: `w.reshape(n_head, 2, hd/2, *rest).swapaxes(1, 2)`. Its
+/// RoPE rotates adjacent pairs of rows, HF's rotates row j with row j + hd/2 of each head.
+pub(crate) fn to_gguf_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    swap_row_axes(t, n_head, true)
+}
+
+/// The inverse of [`to_gguf_rows`]: back to HF's rotate-half layout.
+pub(crate) fn from_gguf_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    swap_row_axes(t, n_head, false)
+}
+
+fn swap_row_axes(t: &Tensor, n_head: usize, to_gguf: bool) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let half = dims[0] / n_head / 2;
+    let mut split = if to_gguf { vec![n_head, 2, half] } else { vec![n_head, half, 2] };
+    split.extend_from_slice(&dims[1..]);
+    Ok(t.reshape(split)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+}
