@@ -61,6 +61,13 @@ const SAMPLES: &[&str] = &[
 ];
 
 #[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync + Clone>() {}
+    check::<Tokenizer>();
+    check::<peft_core::tokenizer::StreamDecoder>();
+}
+
+#[test]
 fn fixture_special_tokens_and_vocab() {
     let tok = fixture();
     assert_eq!(tok.vocab_size(), 384);
@@ -439,6 +446,8 @@ fn template_helpers_tojson_strftime_generation() {
     );
     let chat = msgs(&[("user", "q"), ("assistant", "a"), ("user", "dropped")]);
     assert_eq!(tok.apply_chat_template(&chat, false).unwrap(), "[q]a");
+    let tok = with_template("x  {%- generation -%}  y  {%- endgeneration %} z\n{% generation %}\nw{% endgeneration %}");
+    assert_eq!(tok.apply_chat_template(&[], false).unwrap(), "xy z\nw");
 }
 
 #[test]
