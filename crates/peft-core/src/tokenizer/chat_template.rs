@@ -1,0 +1,186 @@
+//! Chat templates rendered the way transformers renders them (`apply_chat_template`): Jinja with
+//! `trim_blocks` and `lstrip_blocks`, `raise_exception`, `strftime_now`, a `tojson` without HTML
+//! escaping, Python string and dict methods (minijinja-contrib's pycompat), loop controls, and
+//! `{% generation %}` blocks (only used by transformers for assistant masks) rendered as plain text.
+use std::sync::OnceLock;
+
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+
+const NAME: &str = "chat_template";
+
+/// A chat template, compiled once. A template that does not compile still loads (as in
+/// transformers); the error comes back when it is applied.
+#[derive(Debug)]
+pub(crate) struct ChatTemplate {
+    source: Option<String>,
+    compiled: std::result::Result<Environment<'static>, String>,
+}
+
+/// The special tokens a template may use, as transformers passes them (only those that are set).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TemplateTokens {
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    pub unk_token: Option<String>,
+}
+
+/// The message `raise_exception(msg)` raised, carried through minijinja's error as its source.
+#[derive(Debug)]
+struct Raised(String);
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Raised {}
+
+impl ChatTemplate {
+    pub(crate) fn new(source: String) -> Self {
+        let mut env = environment();
+        let compiled = match env.add_template_owned(NAME, strip_generation_tags(&source)) {
+            Ok(()) => Ok(env),
+            Err(e) => Err(describe(&e)),
+        };
+        ChatTemplate { source: Some(source), compiled }
+    }
+
+    /// A template that was named but cannot be used (e.g. several and no `default`).
+    pub(crate) fn unusable(reason: String) -> Self {
+        ChatTemplate { source: None, compiled: Err(reason) }
+    }
+
+    pub(crate) fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// Renders `messages` (JSON objects, at least `role` and `content`). `extra` adds variables
+    /// (e.g. `tools`, `enable_thinking`) and may override the defaults.
+    pub(crate) fn render(
+        &self,
+        messages: &[Json],
+        add_generation_prompt: bool,
+        tokens: &TemplateTokens,
+        extra: Option<&serde_json::Map<String, Json>>,
+    ) -> Result<String> {
+        let env = self.compiled.as_ref().map_err(|m| Error::Template { message: m.clone() })?;
+        for (i, m) in messages.iter().enumerate() {
+            if !m.is_object() {
+                let kind = match m {
+                    Json::Null => "null",
+                    Json::Bool(_) => "a boolean",
+                    Json::Number(_) => "a number",
+                    Json::String(_) => "a string",
+                    Json::Array(_) => "an array",
+                    Json::Object(_) => "an object",
+                };
+                return Err(Error::arg(format!("messages[{i}]"), "an object with `role` and `content`", kind));
+            }
+        }
+        let mut ctx: Vec<(String, Value)> = vec![
+            ("messages".into(), Value::from_serialize(messages)),
+            ("add_generation_prompt".into(), Value::from(add_generation_prompt)),
+            ("tools".into(), Value::from(())),
+            ("documents".into(), Value::from(())),
+        ];
+        let named = [
+            ("bos_token", &tokens.bos_token),
+            ("eos_token", &tokens.eos_token),
+            ("pad_token", &tokens.pad_token),
+            ("unk_token", &tokens.unk_token),
+        ];
+        for (name, token) in named {
+            if let Some(t) = token {
+                ctx.push((name.into(), Value::from(t.as_str())));
+            }
+        }
+        if let Some(extra) = extra {
+            for (k, v) in extra {
+                ctx.retain(|(name, _)| name != k);
+                ctx.push((k.clone(), Value::from_serialize(v)));
+            }
+        }
+        let ctx: Value = ctx.into_iter().collect();
+        let template = env.get_template(NAME).map_err(|e| template_error(&e))?;
+        template.render(ctx).map_err(|e| template_error(&e))
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(false);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_filter("tojson", super::pyjson::tojson);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env
+}
+
+fn raise_exception(message: Option<Value>) -> std::result::Result<Value, minijinja::Error> {
+    let message = message.map(|m| m.to_string()).unwrap_or_default();
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message.clone()).with_source(Raised(message)))
+}
+
+/// `datetime.now().strftime(fmt)`, in local time; a bad format is a template error, not a panic.
+fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
+    use chrono::format::StrftimeItems;
+    let items = StrftimeItems::new(&format).parse().map_err(|_| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}"))
+    })?;
+    Ok(chrono::Local::now().format_with_items(items.into_iter()).to_string())
+}
+
+/// `{% generation %}…{% endgeneration %}` is a transformers extension; as text it is a no-op,
+/// so it becomes `{% if true %}…{% endif %}`, keeping any `-`/`+` whitespace control.
+fn strip_generation_tags(source: &str) -> String {
+    static TAGS: OnceLock<Option<(regex::Regex, regex::Regex)>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let open = regex::Regex::new(r"\{%([-+]?)\s*generation\s*([-+]?)%\}").ok()?;
+        let close = regex::Regex::new(r"\{%([-+]?)\s*endgeneration\s*([-+]?)%\}").ok()?;
+        Some((open, close))
+    });
+    match tags {
+        Some((open, close)) if source.contains("generation") => {
+            let s = open.replace_all(source, "{%${1} if true ${2}%}");
+            close.replace_all(&s, "{%${1} endif ${2}%}").into_owned()
+        }
+        _ => source.to_string(),
+    }
+}
+
+/// `raise_exception`'s message as is; any other error with its kind, detail and template line.
+fn template_error(e: &minijinja::Error) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(Raised(message)) = c.downcast_ref::<Raised>() {
+            return Error::Template { message: message.clone() };
+        }
+        cause = c.source();
+    }
+    Error::Template { message: describe(e) }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut message = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    if let Some(line) = e.line() {
+        message.push_str(&format!(" (template line {line})"));
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        message.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    message
+}
