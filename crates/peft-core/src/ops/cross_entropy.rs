@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused_cpu, row_len, rows_per_task, Real};
+use super::kernel::{
+    contiguous, dispatch, exp_shifted, fused_cpu, max, row_len, rows_per_task, Real,
+};
 
 /// Sum over rows of `weights[i] * -log softmax(logits[i])[targets[i]]`, as
 /// [`super::composite::cross_entropy_sum`]: `logits` [n, vocab] f32/f64, `targets` u32
@@ -50,10 +52,8 @@ struct CrossEntropy {
 }
 
 fn row_stats<T: Real>(row: &[T], target: usize) -> RowStats {
-    let max = row.iter().fold(T::NEG_INFINITY, |m, &v| m.maximum(v));
-    let sum = row
-        .iter()
-        .fold(0f64, |acc, &v| acc + (v - max).exp().to_f64());
+    let max = max(row);
+    let sum = exp_shifted(None, row, max);
     let nll = sum.ln() - (row[target] - max).to_f64();
     RowStats {
         max: max.to_f64(),

@@ -11,7 +11,6 @@ pub(crate) trait Real: WithDType {
     const NEG_INFINITY: Self;
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
-    fn maximum(self, other: Self) -> Self;
 }
 
 macro_rules! real {
@@ -27,10 +26,6 @@ macro_rules! real {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
-            }
-            #[inline(always)]
-            fn maximum(self, other: Self) -> Self {
-                <$t>::max(self, other)
             }
         }
     };
@@ -111,4 +106,87 @@ pub(crate) fn row_len(name: &str, l: &Layout) -> Result<usize> {
             l.dims()
         ),
     }
+}
+
+/// Lanes of the reductions below: independent accumulators that the compiler can keep
+/// in one SIMD register, instead of one serial chain of dependent adds.
+const LANES: usize = 8;
+
+/// The largest element (NaNs are skipped); -inf for an empty row.
+#[inline]
+pub(crate) fn max<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    let tail = chunks.remainder().iter();
+    tail.chain(&acc)
+        .fold(T::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// `sum(f(a[i], b[i]))` over two slices of one length, in lanes.
+#[inline]
+pub(crate) fn sum_zip<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (ca, cb) in (&mut ca).zip(&mut cb) {
+        for k in 0..LANES {
+            acc[k] += f(ca[k], cb[k]);
+        }
+    }
+    let tail = ca.remainder().iter().zip(cb.remainder());
+    let tail = tail.fold(T::ZERO, |s, (&a, &b)| s + f(a, b));
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
+/// `out[i] = exp(x[i] - max)`, returning their sum (in f64, from lanes of `T` flushed
+/// every 512 elements, so long f32 rows keep f64-like accuracy).
+#[inline]
+pub(crate) fn exp_shifted<T: Real>(out: Option<&mut [T]>, x: &[T], max: T) -> f64 {
+    const BLOCK: usize = 512;
+    let mut total = 0f64;
+    let mut flush = |acc: &mut [T; LANES], tail: T| {
+        total += acc.iter().fold(tail.to_f64(), |s, &v| s + v.to_f64());
+        *acc = [T::ZERO; LANES];
+    };
+    let mut acc = [T::ZERO; LANES];
+    match out {
+        Some(out) => {
+            for (o, x) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK)) {
+                let mut tail = T::ZERO;
+                let mut oc = o.chunks_exact_mut(LANES);
+                let mut xc = x.chunks_exact(LANES);
+                for (o, x) in (&mut oc).zip(&mut xc) {
+                    for k in 0..LANES {
+                        o[k] = (x[k] - max).exp();
+                        acc[k] += o[k];
+                    }
+                }
+                for (o, &x) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+                    *o = (x - max).exp();
+                    tail += *o;
+                }
+                flush(&mut acc, tail);
+            }
+        }
+        None => {
+            for x in x.chunks(BLOCK) {
+                let mut xc = x.chunks_exact(LANES);
+                for x in &mut xc {
+                    for k in 0..LANES {
+                        acc[k] += (x[k] - max).exp();
+                    }
+                }
+                let tail = xc
+                    .remainder()
+                    .iter()
+                    .fold(T::ZERO, |s, &x| s + (x - max).exp());
+                flush(&mut acc, tail);
+            }
+        }
+    }
+    total
 }

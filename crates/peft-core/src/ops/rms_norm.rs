@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused_cpu, row_len, rows_per_task, Real};
+use super::kernel::{contiguous, dispatch, fused_cpu, row_len, rows_per_task, sum_zip, Real};
 
 /// LLaMA RMSNorm, `x * rsqrt(mean(x^2) + eps) * weight` over the last dimension.
 /// Same semantics as [`super::composite::rms_norm`], which it falls back to off the CPU,
@@ -24,7 +24,7 @@ struct RmsNorm {
 /// `1 / sqrt(mean(x^2) + eps)`, in the order candle's composite computes it.
 #[inline]
 fn inv_rms<T: Real>(x: &[T], eps: f64) -> T {
-    let ss = x.iter().fold(T::ZERO, |acc, &v| acc + v * v);
+    let ss = sum_zip(x, x, |a, b| a * b);
     T::ONE / (ss * T::from_f64(1.0 / x.len() as f64) + T::from_f64(eps)).sqrt()
 }
 

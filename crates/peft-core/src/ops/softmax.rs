@@ -2,7 +2,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused_cpu, row_len, rows_per_task, Real};
+use super::kernel::{
+    contiguous, dispatch, exp_shifted, fused_cpu, max, row_len, rows_per_task, sum_zip, Real,
+};
 
 /// Softmax over the last dimension. Same semantics as
 /// [`super::composite::softmax_last_dim`], which it falls back to off the CPU and for
@@ -25,12 +27,8 @@ fn forward<T: Real>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         .zip(x.par_chunks(chunk))
         .for_each(|(out, x)| {
             for (out, x) in out.chunks_mut(d).zip(x.chunks(d)) {
-                let max = x.iter().fold(T::NEG_INFINITY, |m, &v| m.maximum(v));
-                let mut sum = T::ZERO;
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = (v - max).exp();
-                    sum += *o;
-                }
+                let max = max(x);
+                let sum = T::from_f64(exp_shifted(Some(out), x, max));
                 for o in out.iter_mut() {
                     *o /= sum;
                 }
@@ -72,7 +70,7 @@ fn backward<T: Real>(
         .zip(g.par_chunks(chunk))
         .for_each(|((out, y), g)| {
             for ((out, y), g) in out.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
-                let dot = y.iter().zip(g).fold(T::ZERO, |acc, (&y, &g)| acc + y * g);
+                let dot = sum_zip(y, g, |y, g| y * g);
                 for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
                     *o = y * (g - dot);
                 }
