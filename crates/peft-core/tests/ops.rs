@@ -66,12 +66,15 @@ fn tol(dtype: DType) -> f64 {
     }
 }
 
+/// `run(fused, inputs)`.
+type RunFn = dyn Fn(bool, &[Tensor]) -> Result<Tensor>;
+
 /// One input configuration of one op: `run(fused, inputs)` builds the op's inputs from
 /// `bases` (views: transposes, narrows) and applies the fused or the composite version.
 struct Case {
     name: String,
     bases: Vec<Tensor>,
-    run: Box<dyn Fn(bool, &[Tensor]) -> Result<Tensor>>,
+    run: Box<RunFn>,
 }
 
 #[derive(Default)]
