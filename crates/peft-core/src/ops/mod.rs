@@ -1,5 +1,17 @@
 //! The model's hot ops. `composite` defines the semantics from differentiable candle
-//! primitives; the functions re-exported here are what the model calls.
+//! primitives; the functions re-exported here are what the model calls: fused CPU
+//! kernels (f32, f64) with a fused backward, falling back to `composite` for other
+//! dtypes and devices.
 pub mod composite;
+mod cross_entropy;
+mod kernel;
+mod rms_norm;
+mod rope;
+mod silu_mul;
+mod softmax;
 
-pub use composite::{cross_entropy_sum, rms_norm, rope, silu_mul, softmax_last_dim};
+pub use cross_entropy::cross_entropy_sum;
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use silu_mul::silu_mul;
+pub use softmax::softmax_last_dim;

@@ -1,0 +1,138 @@
+//! Fused SwiGLU gate `silu(gate) * up`, with one backward kernel for both inputs.
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::kernel::{contiguous, dispatch, fused_cpu, Real};
+
+/// Elements per rayon task.
+const BLOCK: usize = 1 << 14;
+
+/// `silu(gate) * up` for tensors of one shape. Same semantics as
+/// [`super::composite::silu_mul`], which it falls back to off the CPU, for dtypes other
+/// than f32/f64 and for shapes that differ.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !fused_cpu(&[gate, up]) || gate.dims() != up.dims() {
+        return super::composite::silu_mul(gate, up);
+    }
+    gate.apply_op2(up, SiluMul)
+}
+
+/// `(sigmoid(x), silu(x))`, silu as candle computes it.
+#[inline(always)]
+fn sigmoid_silu<T: Real>(x: T) -> (T, T) {
+    let e = T::ONE + (T::ZERO - x).exp();
+    (T::ONE / e, x / e)
+}
+
+struct SiluMul;
+
+fn forward<T: Real>(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    if l1.dims() != l2.dims() {
+        candle_core::bail!("silu_mul: gate {:?}, up {:?}", l1.dims(), l2.dims());
+    }
+    let (gate, up) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
+    let mut out = vec![T::ZERO; gate.len()];
+    out.par_chunks_mut(BLOCK)
+        .zip(gate.par_chunks(BLOCK))
+        .zip(up.par_chunks(BLOCK))
+        .for_each(|((out, gate), up)| {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = sigmoid_silu(g).1 * u;
+            }
+        });
+    Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "peft-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!("silu_mul", s1, forward((s1, l1), (s2, l2)))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // One kernel, one buffer: [2, ...shape], dgate then dup.
+        let packed = gate.apply_op3_no_bwd(up, grad, &SiluMulBwd)?;
+        Ok((Some(packed.get(0)?), Some(packed.get(1)?)))
+    }
+}
+
+/// `(gate, up, g) -> [g * up * silu'(gate), g * silu(gate)]` with
+/// `silu'(x) = sigmoid(x) * (1 - silu(x)) + silu(x)` (candle's form).
+struct SiluMulBwd;
+
+fn backward<T: Real>(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
+        candle_core::bail!(
+            "silu_mul bwd: shapes {:?} {:?} {:?}",
+            l1.dims(),
+            l2.dims(),
+            l3.dims()
+        );
+    }
+    let (gate, up, grad) = (
+        contiguous::<T>(s1, l1)?,
+        contiguous::<T>(s2, l2)?,
+        contiguous::<T>(s3, l3)?,
+    );
+    let n = gate.len();
+    let mut out = vec![T::ZERO; 2 * n];
+    let (dgate, dup) = out.split_at_mut(n);
+    dgate
+        .par_chunks_mut(BLOCK)
+        .zip(dup.par_chunks_mut(BLOCK))
+        .zip(
+            gate.par_chunks(BLOCK)
+                .zip(up.par_chunks(BLOCK))
+                .zip(grad.par_chunks(BLOCK)),
+        )
+        .for_each(|((dgate, dup), ((gate, up), grad))| {
+            for i in 0..dgate.len() {
+                let (sig, silu) = sigmoid_silu(gate[i]);
+                dgate[i] = grad[i] * up[i] * (sig * (T::ONE - silu) + silu);
+                dup[i] = grad[i] * silu;
+            }
+        });
+    let mut dims = vec![2];
+    dims.extend_from_slice(l1.dims());
+    Ok((T::to_cpu_storage_owned(out), Shape::from(dims)))
+}
+
+impl CustomOp3 for SiluMulBwd {
+    fn name(&self) -> &'static str {
+        "peft-silu-mul-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!("silu_mul bwd", s1, backward((s1, l1), (s2, l2), (s3, l3)))
+    }
+}
