@@ -17,44 +17,69 @@ export declare class NativeAbort {
 }
 
 export declare class NativeModel {
-  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<NResult<Array<Array<number>>>>
+  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
-  configJson(): NResult<string>
+  configJson(): string
   /** Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened. */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null): Promise<NResult<Array<NativeTensor>>>
-  parameters(): NResult<Array<ParamInfo>>
-  setRequiresGrad(name: string, value: boolean): NResult<undefined>
-  requiresGrad(name: string): NResult<boolean>
+  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null): Promise<Array<NativeTensor>>
+  /** The tokenizer that came with the checkpoint, if any. */
+  tokenizer(): NativeTokenizer | null
+  parameters(): Array<ParamInfo>
+  setRequiresGrad(name: string, value: boolean): void
+  requiresGrad(name: string): boolean
   /** The parameter's value (shares storage: later optimizer steps show through). */
-  paramData(name: string): NResult<NativeTensor>
-  paramGrad(name: string): NResult<NativeTensor | undefined | null>
-  zeroGrad(): NResult<undefined>
+  paramData(name: string): NativeTensor
+  paramGrad(name: string): NativeTensor | null
+  zeroGrad(): void
   dispose(): void
   get disposed(): boolean
   /** Fresh optimizer state (zeros, f32) shaped like the named parameter. */
-  zerosState(name: string): NResult<NativeTensor>
-  adamwStep(name: string, expAvg: NativeTensor, expAvgSq: NativeTensor, args: AdamWArgs): Promise<NResult<undefined>>
+  zerosState(name: string): NativeTensor
+  adamwStep(name: string, expAvg: NativeTensor, expAvgSq: NativeTensor, args: AdamWArgs): Promise<void>
   /** `momentum_buffer` is replaced in place; pass the handle returned the first time. */
-  sgdStep(name: string, momentumBuffer: NativeTensor | undefined | null, args: SgdArgs): Promise<NResult<NativeTensor | undefined | null>>
+  sgdStep(name: string, momentumBuffer: NativeTensor | undefined | null, args: SgdArgs): Promise<NativeTensor | null>
   /** Sum of squared gradients over the named parameters (NaN/Inf propagate). */
-  gradSqSum(names: Array<string>): Promise<NResult<number>>
-  scaleGrads(names: Array<string>, factor: number): NResult<undefined>
+  gradSqSum(names: Array<string>): Promise<number>
+  scaleGrads(names: Array<string>, factor: number): void
   /** Overwrites a parameter's value (used to load optimizer and checkpoint state). */
-  setParamData(name: string, values: Float32Array): NResult<undefined>
+  setParamData(name: string, values: Float32Array): void
+}
+
+/** Turns ids fed one at a time into text, holding back incomplete characters. */
+export declare class NativeStreamDecoder {
+  step(id: number): string | null
+  finish(): string | null
 }
 
 export declare class NativeTensor {
-  get shape(): NResult<Array<number>>
-  get dtype(): NResult<string>
-  toFloat32Array(): Promise<NResult<Float32Array>>
+  get shape(): Array<number>
+  get dtype(): string
+  toFloat32Array(): Promise<Float32Array>
   /**
    * Backpropagates from this scalar into the `.grad` of every trainable parameter
    * of the model that produced it, adding to what is there.
    */
-  backward(): Promise<NResult<undefined>>
+  backward(): Promise<void>
   /** Frees the native memory now (and the graph a loss keeps alive). */
   dispose(): void
   get disposed(): boolean
+}
+
+export declare class NativeTokenizer {
+  encode(text: string, addSpecialTokens: boolean): Array<number>
+  encodeBatch(texts: Array<string>, addSpecialTokens: boolean): Promise<Array<Array<number>>>
+  decode(ids: Array<number>, skipSpecialTokens: boolean): string
+  tokenToId(token: string): number | null
+  idToToken(id: number): string | null
+  get vocabSize(): number
+  get bosToken(): SpecialToken | null
+  get eosToken(): SpecialToken | null
+  get padToken(): SpecialToken | null
+  get chatTemplate(): string | null
+  /** `messages_json`: a JSON array of `{role, content, ...}`; `extra_json`: more template variables. */
+  applyChatTemplate(messagesJson: string, addGenerationPrompt: boolean, extraJson?: string | undefined | null): string
+  streamDecoder(skipSpecialTokens: boolean): NativeStreamDecoder
+  dispose(): void
 }
 
 export interface AdamWArgs {
@@ -76,7 +101,10 @@ export interface GenerateArgs {
   stopTokenIds: Array<number>
 }
 
-export declare function loadModel(path: string, dtype?: string | undefined | null, device?: string | undefined | null): Promise<NResult<NativeModel>>
+export declare function loadModel(path: string, dtype?: string | undefined | null, device?: string | undefined | null): Promise<NativeModel>
+
+/** A `tokenizer.json`, a folder holding one, or a `.gguf` file. */
+export declare function loadTokenizer(path: string): Promise<NativeTokenizer>
 
 export interface ParamInfo {
   name: string
@@ -94,4 +122,9 @@ export interface SgdArgs {
   nesterov: boolean
 }
 
-export declare function tensorFromF32(values: Float32Array, shape: Array<number>): NResult<NativeTensor>
+export interface SpecialToken {
+  token: string
+  id: number
+}
+
+export declare function tensorFromF32(values: Float32Array, shape: Array<number>): NativeTensor

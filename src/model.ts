@@ -2,6 +2,7 @@ import { native, type NativeModel } from './native'
 import { Tensor, type DType } from './tensor'
 import { Parameter } from './parameter'
 import { flatIds, flatLabels, flatMask, type IdRows } from './inputs'
+import { Tokenizer } from './tokenizer'
 import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
 
 export interface LoadOptions {
@@ -37,6 +38,7 @@ export type LlamaConfig = Record<string, unknown> & {
 /** A LLaMA-family causal language model on the native core. */
 export class LlamaModel {
   #config: LlamaConfig | null = null
+  #tokenizer: Tokenizer | null | undefined = undefined
 
   /** @internal */
   constructor(private readonly inner: NativeModel) {}
@@ -55,6 +57,15 @@ export class LlamaModel {
   get config(): LlamaConfig {
     this.#config ??= JSON.parse(this.inner.configJson()) as LlamaConfig
     return this.#config
+  }
+
+  /** The tokenizer shipped with the checkpoint (tokenizer.json or GGUF metadata), or null. */
+  get tokenizer(): Tokenizer | null {
+    if (this.#tokenizer === undefined) {
+      const t = this.inner.tokenizer()
+      this.#tokenizer = t ? new Tokenizer(t) : null
+    }
+    return this.#tokenizer
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
@@ -82,7 +93,9 @@ export class LlamaModel {
   /** The tokens to stop at by default: the config's EOS ids. */
   get defaultStopTokenIds(): number[] {
     const eos = this.config.eos_token_id
-    return eos == null ? [] : Array.isArray(eos) ? eos : [eos]
+    const ids = eos == null ? [] : Array.isArray(eos) ? eos : [eos]
+    const tokEos = this.tokenizer?.eosToken?.id
+    return tokEos != null && !ids.includes(tokEos) ? [...ids, tokEos] : ids
   }
 
   /**

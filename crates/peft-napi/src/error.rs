@@ -1,7 +1,7 @@
 //! The one place where core errors and panics become JS errors.
 use napi::{Error, Status};
 
-pub type NResult<T> = napi::Result<T>;
+pub use napi::Result;
 
 pub fn to_js(e: peft_core::Error) -> Error {
     let status = match e {
@@ -22,10 +22,10 @@ pub fn invalid(name: &str, expected: &str, found: impl std::fmt::Display) -> Err
 
 /// Runs `f` on a blocking worker thread so the event loop keeps turning; a panic in
 /// the core becomes a rejected promise instead of killing the process.
-pub async fn off_thread<T, F>(f: F) -> NResult<T>
+pub async fn off_thread<T, F>(f: F) -> Result<T>
 where
     T: Send + 'static,
-    F: FnOnce() -> NResult<T> + Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,

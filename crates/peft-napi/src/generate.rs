@@ -1,5 +1,5 @@
 //! Generation, whole or streamed token by token, cancellable between steps.
-use crate::error::{off_thread, NResult};
+use crate::error::{off_thread, Result};
 use crate::model::{with_model, NativeModel};
 use napi::bindgen_prelude::Unknown;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -59,7 +59,7 @@ impl NativeModel {
         args: GenerateArgs,
         on_step: Option<StepCallback>,
         abort: Option<&NativeAbort>,
-    ) -> NResult<Vec<Vec<u32>>> {
+    ) -> Result<Vec<Vec<u32>>> {
         let opts = GenerateOptions {
             max_new_tokens: args.max_new_tokens as usize,
             sampling: SamplingOptions {

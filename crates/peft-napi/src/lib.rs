@@ -5,7 +5,9 @@ mod generate;
 mod model;
 mod optim;
 mod tensor;
+mod tokenizer;
 
 pub use generate::NativeAbort;
 pub use model::NativeModel;
 pub use tensor::NativeTensor;
+pub use tokenizer::{NativeStreamDecoder, NativeTokenizer};

@@ -1,14 +1,16 @@
 //! The model handle: loading, forward (with the loss), parameters.
-use crate::error::{closed, invalid, off_thread, to_js, NResult};
+use crate::error::{closed, invalid, off_thread, to_js, Result};
 use crate::tensor::{dtype_name, NativeTensor};
 use candle_core::{DType, Device};
 use napi::bindgen_prelude::{Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::{loss, Batch, Ctx, Llama, LoadOptions, ParamStore};
+use peft_core::tokenizer::Tokenizer;
 use std::sync::{Arc, RwLock};
 
 pub struct ModelState {
     pub llama: Llama,
+    pub tokenizer: Option<Tokenizer>,
 }
 
 impl ModelState {
@@ -19,17 +21,17 @@ impl ModelState {
 
 pub type SharedModel = Arc<RwLock<Option<ModelState>>>;
 
-pub fn with_model<R>(m: &SharedModel, f: impl FnOnce(&ModelState) -> peft_core::Result<R>) -> NResult<R> {
+pub fn with_model<R>(m: &SharedModel, f: impl FnOnce(&ModelState) -> peft_core::Result<R>) -> Result<R> {
     let g = m.read().unwrap_or_else(|e| e.into_inner());
     f(g.as_ref().ok_or_else(|| closed("LlamaModel"))?).map_err(to_js)
 }
 
-pub fn with_model_mut<R>(m: &SharedModel, f: impl FnOnce(&mut ModelState) -> peft_core::Result<R>) -> NResult<R> {
+pub fn with_model_mut<R>(m: &SharedModel, f: impl FnOnce(&mut ModelState) -> peft_core::Result<R>) -> Result<R> {
     let mut g = m.write().unwrap_or_else(|e| e.into_inner());
     f(g.as_mut().ok_or_else(|| closed("LlamaModel"))?).map_err(to_js)
 }
 
-pub fn parse_dtype(s: Option<&str>) -> NResult<DType> {
+pub fn parse_dtype(s: Option<&str>) -> Result<DType> {
     Ok(match s.unwrap_or("float32") {
         "float32" | "f32" => DType::F32,
         "float64" | "f64" => DType::F64,
@@ -39,7 +41,7 @@ pub fn parse_dtype(s: Option<&str>) -> NResult<DType> {
     })
 }
 
-pub fn parse_device(s: Option<&str>) -> NResult<Device> {
+pub fn parse_device(s: Option<&str>) -> Result<Device> {
     match s.unwrap_or("cpu") {
         "cpu" => Ok(Device::Cpu),
         d if d == "cuda" || d.starts_with("cuda:") => {
@@ -67,13 +69,14 @@ pub struct NativeModel {
 }
 
 #[napi]
-pub async fn load_model(path: String, dtype: Option<String>, device: Option<String>) -> NResult<NativeModel> {
+pub async fn load_model(path: String, dtype: Option<String>, device: Option<String>) -> Result<NativeModel> {
     let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())? };
-    let llama = off_thread(move || Llama::from_pretrained(std::path::Path::new(&path), &opts).map_err(to_js)).await?;
-    Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState { llama }))) })
+    let (llama, tokenizer) =
+        off_thread(move || Llama::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)).await?;
+    Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState { llama, tokenizer }))) })
 }
 
-fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> NResult<Vec<Vec<T>>> {
+fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> Result<Vec<Vec<T>>> {
     if batch * seq != flat.len() || batch == 0 || seq == 0 {
         return Err(invalid(name, &format!("{} values for shape [{batch}, {seq}]", batch * seq), format!("{} values", flat.len())));
     }
@@ -84,7 +87,7 @@ fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> NResult<Ve
 impl NativeModel {
     /// The resolved config, as JSON in Hugging Face's key names.
     #[napi]
-    pub fn config_json(&self) -> NResult<String> {
+    pub fn config_json(&self) -> Result<String> {
         with_model(&self.inner, |m| Ok(m.llama.config.to_hf_json().to_string()))
     }
 
@@ -97,7 +100,7 @@ impl NativeModel {
         seq: u32,
         attention_mask: Option<Uint8Array>,
         labels: Option<Int32Array>,
-    ) -> NResult<Vec<NativeTensor>> {
+    ) -> Result<Vec<NativeTensor>> {
         let (b, t) = (batch as usize, seq as usize);
         let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
         if let Some(m) = attention_mask {
@@ -126,8 +129,14 @@ impl NativeModel {
         Ok(out)
     }
 
+    /// The tokenizer that came with the checkpoint, if any.
     #[napi]
-    pub fn parameters(&self) -> NResult<Vec<ParamInfo>> {
+    pub fn tokenizer(&self) -> Result<Option<crate::tokenizer::NativeTokenizer>> {
+        with_model(&self.inner, |m| Ok(m.tokenizer.clone().map(crate::tokenizer::NativeTokenizer::new)))
+    }
+
+    #[napi]
+    pub fn parameters(&self) -> Result<Vec<ParamInfo>> {
         with_model(&self.inner, |m| {
             Ok(m.llama.store.iter().map(|(_, p)| ParamInfo {
                 name: p.name.clone(),
@@ -140,7 +149,7 @@ impl NativeModel {
     }
 
     #[napi]
-    pub fn set_requires_grad(&self, name: String, value: bool) -> NResult<()> {
+    pub fn set_requires_grad(&self, name: String, value: bool) -> Result<()> {
         with_model_mut(&self.inner, |m| {
             let p = m.llama.store.by_name_mut(&name)?;
             p.requires_grad = value;
@@ -152,23 +161,23 @@ impl NativeModel {
     }
 
     #[napi]
-    pub fn requires_grad(&self, name: String) -> NResult<bool> {
+    pub fn requires_grad(&self, name: String) -> Result<bool> {
         with_model(&self.inner, |m| Ok(m.llama.store.by_name(&name)?.requires_grad))
     }
 
     /// The parameter's value (shares storage: later optimizer steps show through).
     #[napi]
-    pub fn param_data(&self, name: String) -> NResult<NativeTensor> {
+    pub fn param_data(&self, name: String) -> Result<NativeTensor> {
         with_model(&self.inner, |m| Ok(NativeTensor::new(m.llama.store.by_name(&name)?.value().detach(), None)))
     }
 
     #[napi]
-    pub fn param_grad(&self, name: String) -> NResult<Option<NativeTensor>> {
+    pub fn param_grad(&self, name: String) -> Result<Option<NativeTensor>> {
         with_model(&self.inner, |m| Ok(m.llama.store.by_name(&name)?.grad.clone().map(|g| NativeTensor::new(g, None))))
     }
 
     #[napi]
-    pub fn zero_grad(&self) -> NResult<()> {
+    pub fn zero_grad(&self) -> Result<()> {
         with_model_mut(&self.inner, |m| {
             m.llama.store.zero_grad();
             Ok(())

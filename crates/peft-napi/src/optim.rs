@@ -1,6 +1,6 @@
 //! Optimizer updates, one native call per parameter; the state tensors are handles the
 //! TypeScript optimizer owns (and serialises in its state dict).
-use crate::error::{off_thread, to_js, NResult};
+use crate::error::{off_thread, to_js, Result};
 use crate::model::{with_model, with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
 use napi_derive::napi;
@@ -29,12 +29,12 @@ pub struct SgdArgs {
 impl NativeModel {
     /// Fresh optimizer state (zeros, f32) shaped like the named parameter.
     #[napi]
-    pub fn zeros_state(&self, name: String) -> NResult<NativeTensor> {
+    pub fn zeros_state(&self, name: String) -> Result<NativeTensor> {
         with_model(&self.inner, |m| Ok(NativeTensor::new(optim::zeros_state(m.llama.store.by_name(&name)?)?, None)))
     }
 
     #[napi]
-    pub async fn adamw_step(&self, name: String, exp_avg: &NativeTensor, exp_avg_sq: &NativeTensor, args: AdamWArgs) -> NResult<()> {
+    pub async fn adamw_step(&self, name: String, exp_avg: &NativeTensor, exp_avg_sq: &NativeTensor, args: AdamWArgs) -> Result<()> {
         let (mut m, mut v) = (exp_avg.get()?, exp_avg_sq.get()?);
         let shared = self.inner.clone();
         let h = AdamWHyper { lr: args.lr, beta1: args.beta1, beta2: args.beta2, eps: args.eps, weight_decay: args.weight_decay };
@@ -49,7 +49,7 @@ impl NativeModel {
 
     /// `momentum_buffer` is replaced in place; pass the handle returned the first time.
     #[napi]
-    pub async fn sgd_step(&self, name: String, momentum_buffer: Option<&NativeTensor>, args: SgdArgs) -> NResult<Option<NativeTensor>> {
+    pub async fn sgd_step(&self, name: String, momentum_buffer: Option<&NativeTensor>, args: SgdArgs) -> Result<Option<NativeTensor>> {
         let mut buf = momentum_buffer.map(NativeTensor::get).transpose()?;
         let shared = self.inner.clone();
         let h = SgdHyper { lr: args.lr, momentum: args.momentum, dampening: args.dampening, weight_decay: args.weight_decay, nesterov: args.nesterov };
@@ -70,7 +70,7 @@ impl NativeModel {
 
     /// Sum of squared gradients over the named parameters (NaN/Inf propagate).
     #[napi]
-    pub async fn grad_sq_sum(&self, names: Vec<String>) -> NResult<f64> {
+    pub async fn grad_sq_sum(&self, names: Vec<String>) -> Result<f64> {
         let shared = self.inner.clone();
         off_thread(move || {
             with_model(&shared, |s| names.iter().map(|n| optim::grad_sq_sum(s.llama.store.by_name(n)?)).sum())
@@ -79,7 +79,7 @@ impl NativeModel {
     }
 
     #[napi]
-    pub fn scale_grads(&self, names: Vec<String>, factor: f64) -> NResult<()> {
+    pub fn scale_grads(&self, names: Vec<String>, factor: f64) -> Result<()> {
         with_model_mut(&self.inner, |s| {
             for n in &names {
                 optim::scale_grad(s.llama.store.by_name_mut(n)?, factor)?;
@@ -90,7 +90,7 @@ impl NativeModel {
 
     /// Overwrites a parameter's value (used to load optimizer and checkpoint state).
     #[napi]
-    pub fn set_param_data(&self, name: String, values: napi::bindgen_prelude::Float32Array) -> NResult<()> {
+    pub fn set_param_data(&self, name: String, values: napi::bindgen_prelude::Float32Array) -> Result<()> {
         with_model(&self.inner, |s| {
             let p = s.llama.store.by_name(&name)?;
             let t = candle_core::Tensor::from_slice(&values, p.value().dims(), p.value().device()).map_err(peft_core::Error::from)?;
@@ -100,7 +100,7 @@ impl NativeModel {
 }
 
 #[napi]
-pub fn tensor_from_f32(values: napi::bindgen_prelude::Float32Array, shape: Vec<u32>) -> NResult<NativeTensor> {
+pub fn tensor_from_f32(values: napi::bindgen_prelude::Float32Array, shape: Vec<u32>) -> Result<NativeTensor> {
     let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
     let t = candle_core::Tensor::from_slice(&values, dims.as_slice(), &candle_core::Device::Cpu).map_err(|e| to_js(e.into()))?;
     Ok(NativeTensor::new(t, None))

@@ -1,5 +1,5 @@
 //! A tensor handle. A loss tensor remembers its model so `backward` can store gradients.
-use crate::error::{closed, off_thread, to_js, NResult};
+use crate::error::{closed, off_thread, to_js, Result};
 use crate::model::SharedModel;
 use candle_core::{DType, Tensor};
 use napi::bindgen_prelude::Float32Array;
@@ -17,11 +17,11 @@ impl NativeTensor {
         NativeTensor { inner: Arc::new(Mutex::new(Some(t))), owner }
     }
 
-    pub fn get(&self) -> NResult<Tensor> {
+    pub fn get(&self) -> Result<Tensor> {
         self.inner.lock().unwrap().clone().ok_or_else(|| closed("Tensor"))
     }
 
-    pub fn replace(&self, t: Tensor) -> NResult<()> {
+    pub fn replace(&self, t: Tensor) -> Result<()> {
         let mut g = self.inner.lock().unwrap();
         if g.is_none() {
             return Err(closed("Tensor"));
@@ -47,17 +47,17 @@ pub fn dtype_name(d: DType) -> &'static str {
 #[napi]
 impl NativeTensor {
     #[napi(getter)]
-    pub fn shape(&self) -> NResult<Vec<u32>> {
+    pub fn shape(&self) -> Result<Vec<u32>> {
         Ok(self.get()?.dims().iter().map(|d| *d as u32).collect())
     }
 
     #[napi(getter)]
-    pub fn dtype(&self) -> NResult<String> {
+    pub fn dtype(&self) -> Result<String> {
         Ok(dtype_name(self.get()?.dtype()).into())
     }
 
     #[napi]
-    pub async fn to_float32_array(&self) -> NResult<Float32Array> {
+    pub async fn to_float32_array(&self) -> Result<Float32Array> {
         let t = self.get()?;
         let v = off_thread(move || {
             let flat = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
@@ -70,7 +70,7 @@ impl NativeTensor {
     /// Backpropagates from this scalar into the `.grad` of every trainable parameter
     /// of the model that produced it, adding to what is there.
     #[napi]
-    pub async fn backward(&self) -> NResult<()> {
+    pub async fn backward(&self) -> Result<()> {
         let t = self.get()?;
         let owner = self.owner.clone().ok_or_else(|| {
             to_js(peft_core::Error::arg("tensor", "a loss produced by a model's forward", "a tensor with no model"))

@@ -5,7 +5,9 @@ use super::params::{ParamId, ParamStore};
 use super::rope::Rope;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::io::gguf::load_gguf;
 use crate::io::safetensors::{load_checkpoint_dir, WeightMap};
+use crate::tokenizer::{GgufTokenizerSpec, Tokenizer};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
@@ -27,11 +29,29 @@ impl Llama {
             return Err(Error::MissingFile { path: path.into(), what: "a model folder or .gguf file".into() });
         }
         if path.is_file() {
-            return Err(Error::Unsupported(format!("{}: GGUF loading lands with the GGUF reader", path.display())));
+            return Self::from_gguf(path, opts).map(|(m, _)| m);
         }
         let config = LlamaConfig::from_file(&path.join("config.json"))?;
         let weights = load_checkpoint_dir(path, Some(opts.dtype), &opts.device)?;
         Self::from_weights(config, weights, path, opts)
+    }
+
+    /// A `.gguf` file: the model, and the tokenizer its metadata describes.
+    pub fn from_gguf(path: &Path, opts: &LoadOptions) -> Result<(Self, GgufTokenizerSpec)> {
+        let ckpt = load_gguf(path, opts.dtype, &opts.device)?;
+        Ok((Self::from_weights(ckpt.config, ckpt.weights, path, opts)?, ckpt.tokenizer))
+    }
+
+    /// The model and its tokenizer (None when the checkpoint carries none).
+    pub fn from_pretrained_with_tokenizer(path: &Path, opts: &LoadOptions) -> Result<(Self, Option<Tokenizer>)> {
+        if path.is_file() {
+            let (model, spec) = Self::from_gguf(path, opts)?;
+            let tok = if spec.tokens.is_empty() { None } else { Some(Tokenizer::from_gguf(&spec, path)?) };
+            return Ok((model, tok));
+        }
+        let model = Self::from_pretrained(path, opts)?;
+        let tok = if path.join("tokenizer.json").exists() { Some(Tokenizer::from_pretrained_dir(path)?) } else { None };
+        Ok((model, tok))
     }
 
     pub fn from_weights(config: LlamaConfig, mut w: WeightMap, source: &Path, opts: &LoadOptions) -> Result<Self> {

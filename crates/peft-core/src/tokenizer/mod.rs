@@ -219,6 +219,18 @@ impl Tokenizer {
         template.render(messages, add_generation_prompt, &self.tokens, extra)
     }
 
+    /// A `tokenizer.json`, a checkpoint folder holding one, or a `.gguf` file's embedded tokenizer.
+    pub fn from_any(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_pretrained_dir(path)
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            let file = crate::io::gguf::GgufFile::open(path)?;
+            Self::from_gguf(&crate::io::gguf::tokenizer_spec(&file)?, path)
+        } else {
+            Self::from_file(path)
+        }
+    }
+
     /// An incremental decoder for streaming; see [`StreamDecoder`].
     pub fn stream_decoder(&self, skip_special_tokens: bool) -> StreamDecoder {
         StreamDecoder::new(self.inner.clone(), self.source.clone(), skip_special_tokens)
