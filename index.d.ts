@@ -30,6 +30,8 @@ export declare class NativeModel {
   /** The parameter's value (shares storage: later optimizer steps show through). */
   paramData(name: string): NativeTensor
   paramGrad(name: string): NativeTensor | null
+  /** Clears the gradients of the named parameters only (an optimizer's own). */
+  zeroGrads(names: Array<string>): void
   zeroGrad(): void
   dispose(): void
   get disposed(): boolean

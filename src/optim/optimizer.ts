@@ -105,11 +105,10 @@ export abstract class Optimizer<H extends { lr: number }, S> {
   }
 
   /**
-   * Clears gradients (to "none", as torch's default). The native core clears a whole model
-   * at once, so this also clears gradients of that model's parameters outside this optimizer.
+   * Clears the gradients of this optimizer's parameters (to "none", as torch's default).
    */
   zeroGrad(): void {
-    for (const m of byModel(this.paramGroups.flatMap((g) => g.params)).keys()) m.zeroGrad()
+    for (const [m, ps] of byModel(this.paramGroups.flatMap((g) => g.params))) m.zeroGrads(ps.map((p) => p.name))
   }
 
   async stateDict(): Promise<OptimizerStateDict> {

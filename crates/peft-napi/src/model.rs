@@ -176,6 +176,17 @@ impl NativeModel {
         with_model(&self.inner, |m| Ok(m.llama.store.by_name(&name)?.grad.clone().map(|g| NativeTensor::new(g, None))))
     }
 
+    /// Clears the gradients of the named parameters only (an optimizer's own).
+    #[napi]
+    pub fn zero_grads(&self, names: Vec<String>) -> Result<()> {
+        with_model_mut(&self.inner, |m| {
+            for n in &names {
+                m.llama.store.by_name_mut(n)?.grad = None;
+            }
+            Ok(())
+        })
+    }
+
     #[napi]
     pub fn zero_grad(&self) -> Result<()> {
         with_model_mut(&self.inner, |m| {

