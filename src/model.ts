@@ -1,4 +1,4 @@
-import { native, type NativeModel } from './native'
+import { native, loadNative, wantsCuda, type NativeModel } from './native'
 import { Tensor, type DType } from './tensor'
 import { Parameter } from './parameter'
 import { flatIds, flatLabels, flatMask, type IdRows } from './inputs'
@@ -46,7 +46,9 @@ export class LlamaModel {
   /** Loads a Hugging Face checkpoint folder (config.json + safetensors) or a `.gguf` file. */
   static async fromPretrained(path: string, opts: LoadOptions = {}): Promise<LlamaModel> {
     if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a folder or .gguf file path, found ${String(path)}`)
-    return new LlamaModel(await native.loadModel(path, opts.dtype, opts.device))
+    // "cuda"/"cuda:N" loads the opt-in CUDA build (peft-node-linux-x64-gnu-cuda); it is never required otherwise.
+    const binding = wantsCuda(opts.device) ? loadNative({ cuda: true }) : native
+    return new LlamaModel(await binding.loadModel(path, opts.dtype, opts.device))
   }
 
   /** @internal */
