@@ -1,4 +1,4 @@
-//! The one place where core errors and panics become JS errors.
+//! The one place where core errors become JS errors (panics: see `job.rs`).
 use napi::{Error, Status};
 
 pub use napi::Result;
@@ -18,26 +18,4 @@ pub fn closed(what: &str) -> Error {
 
 pub fn invalid(name: &str, expected: &str, found: impl std::fmt::Display) -> Error {
     to_js(peft_core::Error::arg(name, expected, found))
-}
-
-/// Runs `f` on a blocking worker thread so the event loop keeps turning; a panic in
-/// the core becomes a rejected promise instead of killing the process.
-pub async fn off_thread<T, F>(f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => {
-            let p = e.into_panic();
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::new(Status::GenericFailure, format!("internal error (please report): {msg}")))
-        }
-        Err(e) => Err(Error::new(Status::GenericFailure, format!("task failed: {e}"))),
-    }
 }

@@ -1,5 +1,7 @@
 //! Generation, whole or streamed token by token, cancellable between steps.
-use crate::error::{off_thread, Result};
+use crate::error::Result;
+use crate::job::IdsJob;
+use napi::bindgen_prelude::AsyncTask;
 use crate::model::{with_model, NativeModel};
 use napi::bindgen_prelude::Unknown;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -52,14 +54,14 @@ pub type StepCallback = ThreadsafeFunction<Vec<i32>, Unknown<'static>, Vec<i32>,
 
 #[napi]
 impl NativeModel {
-    #[napi]
-    pub async fn generate(
+    #[napi(ts_return_type = "Promise<Array<Array<number>>>")]
+    pub fn generate(
         &self,
         prompts: Vec<Vec<u32>>,
         args: GenerateArgs,
         on_step: Option<StepCallback>,
         abort: Option<&NativeAbort>,
-    ) -> Result<Vec<Vec<u32>>> {
+    ) -> Result<AsyncTask<IdsJob>> {
         let opts = GenerateOptions {
             max_new_tokens: args.max_new_tokens as usize,
             sampling: SamplingOptions {
@@ -73,7 +75,7 @@ impl NativeModel {
         };
         let flag = abort.map(|a| a.flag.clone());
         let shared = self.inner.clone();
-        off_thread(move || {
+        Ok(IdsJob::spawn(move || {
             with_model(&shared, |m| {
                 let ctx = Ctx { store: &m.llama.store, no_grad: true };
                 let mut step = |toks: &[Option<u32>]| {
@@ -85,7 +87,6 @@ impl NativeModel {
                 };
                 generate(&m.llama, &ctx, &prompts, &opts, &mut step)
             })
-        })
-        .await
+        }))
     }
 }

@@ -2,6 +2,7 @@
 //! arguments, runs the core off the JS thread, and converts the result or error.
 mod error;
 mod generate;
+mod job;
 mod model;
 mod optim;
 mod tensor;

@@ -1,8 +1,9 @@
 //! The model handle: loading, forward (with the loss), parameters.
-use crate::error::{closed, invalid, off_thread, to_js, Result};
+use crate::error::{closed, invalid, to_js, Result};
+use crate::job::{ModelJob, TensorsJob};
 use crate::tensor::{dtype_name, NativeTensor};
 use candle_core::{DType, Device};
-use napi::bindgen_prelude::{Int32Array, Uint32Array, Uint8Array};
+use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::{loss, Batch, Ctx, Llama, LoadOptions, ParamStore};
 use peft_core::tokenizer::Tokenizer;
@@ -69,11 +70,12 @@ pub struct NativeModel {
 }
 
 #[napi]
-pub async fn load_model(path: String, dtype: Option<String>, device: Option<String>) -> Result<NativeModel> {
+pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -> Result<AsyncTask<ModelJob>> {
     let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())? };
-    let (llama, tokenizer) =
-        off_thread(move || Llama::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)).await?;
-    Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState { llama, tokenizer }))) })
+    Ok(ModelJob::spawn(move || {
+        let (llama, tokenizer) = Llama::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)?;
+        Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState { llama, tokenizer }))) })
+    }))
 }
 
 fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> Result<Vec<Vec<T>>> {
@@ -93,14 +95,14 @@ impl NativeModel {
 
     /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
     #[napi]
-    pub async fn forward(
+    pub fn forward(
         &self,
         ids: Uint32Array,
         batch: u32,
         seq: u32,
         attention_mask: Option<Uint8Array>,
         labels: Option<Int32Array>,
-    ) -> Result<Vec<NativeTensor>> {
+    ) -> Result<AsyncTask<TensorsJob>> {
         let (b, t) = (batch as usize, seq as usize);
         let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
         if let Some(m) = attention_mask {
@@ -115,18 +117,17 @@ impl NativeModel {
         };
         let shared = self.inner.clone();
         let owner = self.inner.clone();
-        let (logits, loss) = off_thread(move || {
-            with_model(&shared, |m| {
+        Ok(TensorsJob::spawn(move || {
+            let (logits, loss) = with_model(&shared, |m| {
                 let ctx = Ctx { store: &m.llama.store, no_grad: false };
                 let logits = m.llama.forward(&input, &ctx, None, false)?;
                 let loss = labels.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
                 Ok((logits, loss))
-            })
-        })
-        .await?;
-        let mut out = vec![NativeTensor::new(logits, Some(owner.clone()))];
-        out.extend(loss.map(|l| NativeTensor::new(l, Some(owner))));
-        Ok(out)
+            })?;
+            let mut out = vec![NativeTensor::new(logits, Some(owner.clone()))];
+            out.extend(loss.map(|l| NativeTensor::new(l, Some(owner))));
+            Ok(out)
+        }))
     }
 
     /// The tokenizer that came with the checkpoint, if any.

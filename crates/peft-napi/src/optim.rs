@@ -1,6 +1,8 @@
 //! Optimizer updates, one native call per parameter; the state tensors are handles the
 //! TypeScript optimizer owns (and serialises in its state dict).
-use crate::error::{off_thread, to_js, Result};
+use crate::error::{to_js, Result};
+use crate::job::{NumberJob, OptionalTensorJob, UnitJob};
+use napi::bindgen_prelude::AsyncTask;
 use crate::model::{with_model, with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
 use napi_derive::napi;
@@ -34,48 +36,45 @@ impl NativeModel {
     }
 
     #[napi]
-    pub async fn adamw_step(&self, name: String, exp_avg: &NativeTensor, exp_avg_sq: &NativeTensor, args: AdamWArgs) -> Result<()> {
+    pub fn adamw_step(&self, name: String, exp_avg: &NativeTensor, exp_avg_sq: &NativeTensor, args: AdamWArgs) -> Result<AsyncTask<UnitJob>> {
+        let (m_handle, v_handle) = (exp_avg.share(), exp_avg_sq.share());
         let (mut m, mut v) = (exp_avg.get()?, exp_avg_sq.get()?);
         let shared = self.inner.clone();
         let h = AdamWHyper { lr: args.lr, beta1: args.beta1, beta2: args.beta2, eps: args.eps, weight_decay: args.weight_decay };
-        let (m, v) = off_thread(move || {
+        Ok(UnitJob::spawn(move || {
             with_model(&shared, |s| optim::adamw_step(s.llama.store.by_name(&name)?, &mut m, &mut v, args.step as u64, &h))?;
-            Ok((m, v))
-        })
-        .await?;
-        exp_avg.replace(m)?;
-        exp_avg_sq.replace(v)
+            m_handle.replace(m)?;
+            v_handle.replace(v)
+        }))
     }
 
     /// `momentum_buffer` is replaced in place; pass the handle returned the first time.
     #[napi]
-    pub async fn sgd_step(&self, name: String, momentum_buffer: Option<&NativeTensor>, args: SgdArgs) -> Result<Option<NativeTensor>> {
+    pub fn sgd_step(&self, name: String, momentum_buffer: Option<&NativeTensor>, args: SgdArgs) -> Result<AsyncTask<OptionalTensorJob>> {
+        let handle = momentum_buffer.map(NativeTensor::share);
         let mut buf = momentum_buffer.map(NativeTensor::get).transpose()?;
         let shared = self.inner.clone();
         let h = SgdHyper { lr: args.lr, momentum: args.momentum, dampening: args.dampening, weight_decay: args.weight_decay, nesterov: args.nesterov };
-        let buf = off_thread(move || {
+        Ok(OptionalTensorJob::spawn(move || {
             with_model(&shared, |s| optim::sgd_step(s.llama.store.by_name(&name)?, &mut buf, &h))?;
-            Ok(buf)
-        })
-        .await?;
-        match (momentum_buffer, buf) {
-            (Some(handle), Some(b)) => {
-                handle.replace(b)?;
-                Ok(None)
+            match (handle, buf) {
+                (Some(handle), Some(b)) => {
+                    handle.replace(b)?;
+                    Ok(None)
+                }
+                (None, Some(b)) => Ok(Some(NativeTensor::new(b, None))),
+                _ => Ok(None),
             }
-            (None, Some(b)) => Ok(Some(NativeTensor::new(b, None))),
-            _ => Ok(None),
-        }
+        }))
     }
 
     /// Sum of squared gradients over the named parameters (NaN/Inf propagate).
     #[napi]
-    pub async fn grad_sq_sum(&self, names: Vec<String>) -> Result<f64> {
+    pub fn grad_sq_sum(&self, names: Vec<String>) -> Result<AsyncTask<NumberJob>> {
         let shared = self.inner.clone();
-        off_thread(move || {
+        Ok(NumberJob::spawn(move || {
             with_model(&shared, |s| names.iter().map(|n| optim::grad_sq_sum(s.llama.store.by_name(n)?)).sum())
-        })
-        .await
+        }))
     }
 
     #[napi]

@@ -1,8 +1,9 @@
 //! A tensor handle. A loss tensor remembers its model so `backward` can store gradients.
-use crate::error::{closed, off_thread, to_js, Result};
+use crate::error::{closed, to_js, Result};
+use crate::job::{Float32Job, UnitJob};
 use crate::model::SharedModel;
 use candle_core::{DType, Tensor};
-use napi::bindgen_prelude::Float32Array;
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +20,11 @@ impl NativeTensor {
 
     pub fn get(&self) -> Result<Tensor> {
         self.inner.lock().unwrap().clone().ok_or_else(|| closed("Tensor"))
+    }
+
+    /// Another handle on the same tensor (for work that outlives this call).
+    pub fn share(&self) -> NativeTensor {
+        NativeTensor { inner: self.inner.clone(), owner: self.owner.clone() }
     }
 
     pub fn replace(&self, t: Tensor) -> Result<()> {
@@ -57,25 +63,23 @@ impl NativeTensor {
     }
 
     #[napi]
-    pub async fn to_float32_array(&self) -> Result<Float32Array> {
+    pub fn to_float32_array(&self) -> Result<AsyncTask<Float32Job>> {
         let t = self.get()?;
-        let v = off_thread(move || {
+        Ok(Float32Job::spawn(move || {
             let flat = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
             flat.map_err(|e| to_js(e.into()))
-        })
-        .await?;
-        Ok(Float32Array::new(v))
+        }))
     }
 
     /// Backpropagates from this scalar into the `.grad` of every trainable parameter
     /// of the model that produced it, adding to what is there.
     #[napi]
-    pub async fn backward(&self) -> Result<()> {
+    pub fn backward(&self) -> Result<AsyncTask<UnitJob>> {
         let t = self.get()?;
         let owner = self.owner.clone().ok_or_else(|| {
             to_js(peft_core::Error::arg("tensor", "a loss produced by a model's forward", "a tensor with no model"))
         })?;
-        off_thread(move || {
+        Ok(UnitJob::spawn(move || {
             if t.elem_count() != 1 {
                 return Err(to_js(peft_core::Error::arg("tensor", "a scalar (one element) to backpropagate from", format!("shape {:?}", t.dims()))));
             }
@@ -88,8 +92,7 @@ impl NativeTensor {
             }
             let grads = t.backward().map_err(|e| to_js(e.into()))?;
             crate::model::with_model_mut(&owner, |m| m.store_mut().accumulate_grads(&grads))
-        })
-        .await
+        }))
     }
 
     /// Frees the native memory now (and the graph a loss keeps alive).

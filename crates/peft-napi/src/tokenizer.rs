@@ -1,5 +1,7 @@
 //! The tokenizer handle: encode/decode, chat templates, streaming decode.
-use crate::error::{closed, invalid, off_thread, to_js, Result};
+use crate::error::{closed, invalid, to_js, Result};
+use crate::job::{IdsJob, TokenizerJob};
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
 use peft_core::tokenizer::{StreamDecoder, Tokenizer};
 use std::sync::Mutex;
@@ -31,9 +33,8 @@ fn special(t: Option<(String, u32)>) -> Option<SpecialToken> {
 
 /// A `tokenizer.json`, a folder holding one, or a `.gguf` file.
 #[napi]
-pub async fn load_tokenizer(path: String) -> Result<NativeTokenizer> {
-    let t = off_thread(move || Tokenizer::from_any(std::path::Path::new(&path)).map_err(to_js)).await?;
-    Ok(NativeTokenizer::new(t))
+pub fn load_tokenizer(path: String) -> AsyncTask<TokenizerJob> {
+    TokenizerJob::spawn(move || Ok(NativeTokenizer::new(Tokenizer::from_any(std::path::Path::new(&path)).map_err(to_js)?)))
 }
 
 #[napi]
@@ -44,9 +45,9 @@ impl NativeTokenizer {
     }
 
     #[napi]
-    pub async fn encode_batch(&self, texts: Vec<String>, add_special_tokens: bool) -> Result<Vec<Vec<u32>>> {
+    pub fn encode_batch(&self, texts: Vec<String>, add_special_tokens: bool) -> Result<AsyncTask<IdsJob>> {
         let t = self.get()?;
-        off_thread(move || t.encode_batch(&texts, add_special_tokens).map_err(to_js)).await
+        Ok(IdsJob::spawn(move || t.encode_batch(&texts, add_special_tokens).map_err(to_js)))
     }
 
     #[napi]
