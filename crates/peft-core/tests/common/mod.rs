@@ -172,3 +172,26 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub fn ids_of(t: &Tensor) -> Vec<u32> {
     t.to_dtype(candle_core::DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
 }
+
+/// A LoRA config from PEFT's JSON fields (peft_type filled in).
+pub fn lora(mut cfg: serde_json::Value) -> Box<dyn peft_core::tuners::TunerConfig> {
+    cfg["peft_type"] = "LORA".into();
+    peft_core::tuners::parse_config(&cfg, None, std::path::Path::new("test config")).unwrap().0
+}
+
+/// The error of parsing and injecting `cfg` into a fresh tiny model.
+pub fn inject_err(cfg: serde_json::Value) -> String {
+    let mut cfg = cfg;
+    cfg["peft_type"] = "LORA".into();
+    let mut model = load_model();
+    let mut tuners = Tuners::new();
+    match peft_core::tuners::parse_config(&cfg, None, std::path::Path::new("test config")) {
+        Err(e) => e.to_string(),
+        Ok((c, _)) => tuners.inject(&mut model, "default", c, 0).err().expect("injection should fail").to_string(),
+    }
+}
+
+/// Snapshot of every parameter's value by name.
+pub fn snapshot(model: &Llama) -> HashMap<String, Tensor> {
+    model.store.iter().map(|(_, p)| (p.name.clone(), p.value().copy().unwrap())).collect()
+}
