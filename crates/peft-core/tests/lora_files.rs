@@ -34,7 +34,7 @@ fn load_err(dir: &Path) -> String {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     let before: Vec<String> = model.store.iter().map(|(_, p)| p.name.clone()).collect();
-    let e = load_adapter(&mut tuners, &mut model, dir, "default", false).err().expect("loading should fail").to_string();
+    let e = load_adapter(&mut tuners, &mut model, dir, "default", false).expect_err("loading should fail").to_string();
     let after: Vec<String> = model.store.iter().map(|(_, p)| p.name.clone()).collect();
     assert_eq!(before, after, "a failed load left parameters behind");
     assert!(tuners.names().is_empty());
@@ -108,6 +108,8 @@ fn save_then_load_gives_identical_logits() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
 #[test]
 fn bad_adapter_folders_error_clearly() {
     // Missing folder, file instead of folder, missing config, bad JSON, missing weights.
@@ -124,7 +126,7 @@ fn bad_adapter_folders_error_clearly() {
     assert!(load_err(&d).contains(WEIGHTS_NAME));
 
     // Config values, each naming its key.
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("peft_type", Box::new(|c| c["peft_type"] = json!("FANCY")), "peft_type"),
         ("peft_type_missing", Box::new(|c| { c.as_object_mut().unwrap().remove("peft_type"); }), "peft_type"),
         ("r_zero", Box::new(|c| c["r"] = json!(0)), "`r`"),

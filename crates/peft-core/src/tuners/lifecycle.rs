@@ -12,10 +12,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::HashMap;
 
-struct Adapter {
-    name: String,
-    config: Box<dyn TunerConfig>,
-    modules: Vec<String>,
+pub(super) struct Adapter {
+    pub(super) name: String,
+    pub(super) config: Box<dyn TunerConfig>,
+    pub(super) modules: Vec<String>,
 }
 
 /// What an injection did: the modules it targeted and anything worth telling the user.
@@ -26,13 +26,13 @@ pub struct InjectReport {
 }
 
 pub struct Tuners {
-    adapters: Vec<Adapter>,
+    pub(super) adapters: Vec<Adapter>,
     /// Layers by module path, in injection order.
-    layers: HashMap<String, Vec<Box<dyn AdapterLayer>>>,
-    active: Vec<String>,
-    enabled: bool,
+    pub(super) layers: HashMap<String, Vec<Box<dyn AdapterLayer>>>,
+    pub(super) active: Vec<String>,
+    pub(super) enabled: bool,
     /// Adapters merged into each module's base weight, in merge order.
-    merged: HashMap<String, Vec<String>>,
+    pub(super) merged: HashMap<String, Vec<String>>,
 }
 
 impl Default for Tuners {
@@ -169,46 +169,6 @@ impl Tuners {
         Ok(())
     }
 
-    /// Merges the given adapters (default: the active ones) into the base weights of
-    /// their modules; the forward pass then runs the base layer alone there.
-    pub fn merge(&mut self, model: &mut Llama, names: Option<&[&str]>) -> Result<()> {
-        let names: Vec<String> = names.map_or_else(|| self.active.clone(), |n| n.iter().map(|s| s.to_string()).collect());
-        for n in &names {
-            if !self.adapter(n)?.config.can_merge() {
-                return Err(Error::Unsupported(format!("adapter `{n}`: its method cannot be merged")));
-            }
-        }
-        for n in &names {
-            let modules = self.adapter(n)?.modules.clone();
-            for path in modules {
-                if self.merged.get(&path).is_some_and(|m| m.contains(n)) {
-                    continue;
-                }
-                let weight = base_weight(model, &path)?;
-                let layer = self.layer_mut(&path, n).ok_or_else(|| Error::arg("adapter", "an attached adapter", n))?;
-                let w = model.store.get(weight).value().clone();
-                model.store.get(weight).set(&layer.merge(&w, &model.store)?)?;
-                self.merged.entry(path).or_default().push(n.clone());
-            }
-        }
-        Ok(())
-    }
-
-    /// Undoes every merge, last merged first.
-    pub fn unmerge(&mut self, model: &mut Llama) -> Result<()> {
-        let paths: Vec<String> = self.merged.keys().cloned().collect();
-        for path in paths {
-            let weight = base_weight(model, &path)?;
-            while let Some(n) = self.merged.get_mut(&path).and_then(Vec::pop) {
-                let layer = self.layer_mut(&path, &n).ok_or_else(|| Error::arg("adapter", "an attached adapter", &n))?;
-                let w = model.store.get(weight).value().clone();
-                model.store.get(weight).set(&layer.unmerge(&w, &model.store)?)?;
-            }
-        }
-        self.merged.clear();
-        Ok(())
-    }
-
     /// Removes adapter `name` and its parameters; its changes to base weights are undone.
     /// If it was active, the remaining active ones stay, or else the first adapter by name
     /// becomes active (PEFT's rule). Returns warnings.
@@ -244,21 +204,7 @@ impl Tuners {
         Ok(())
     }
 
-    /// Merges the given adapters (default: the active ones) and removes every adapter: the
-    /// base model then carries the merged weights.
-    pub fn merge_and_unload(&mut self, model: &mut Llama, names: Option<&[&str]>) -> Result<()> {
-        self.merge(model, names)?;
-        let merged: Vec<String> = self.merged.values().flatten().cloned().collect();
-        while let Some(a) = self.adapters.first() {
-            let keep_base = merged.contains(&a.name);
-            self.remove(model, 0, !keep_base)?;
-        }
-        self.merged.clear();
-        self.active.clear();
-        Ok(())
-    }
-
-    fn remove(&mut self, model: &mut Llama, index: usize, restore: bool) -> Result<()> {
+    pub(super) fn remove(&mut self, model: &mut Llama, index: usize, restore: bool) -> Result<()> {
         let a = self.adapters.remove(index);
         for path in &a.modules {
             let Some(layers) = self.layers.get_mut(path) else { continue };
@@ -293,7 +239,7 @@ impl Tuners {
         })
     }
 
-    fn adapter(&self, name: &str) -> Result<&Adapter> {
+    pub(super) fn adapter(&self, name: &str) -> Result<&Adapter> {
         Ok(&self.adapters[self.index(name)?])
     }
 
@@ -301,7 +247,7 @@ impl Tuners {
         self.layers.get(path)?.iter().find(|l| l.adapter_name() == name).map(|l| l.as_ref())
     }
 
-    fn layer_mut(&mut self, path: &str, name: &str) -> Option<&mut Box<dyn AdapterLayer>> {
+    pub(super) fn layer_mut(&mut self, path: &str, name: &str) -> Option<&mut Box<dyn AdapterLayer>> {
         self.layers.get_mut(path)?.iter_mut().find(|l| l.adapter_name() == name)
     }
 
@@ -332,8 +278,4 @@ impl Tuners {
         }
         self.active.iter().filter_map(|n| self.layer(path, n)).collect()
     }
-}
-
-fn base_weight(model: &Llama, path: &str) -> Result<ParamId> {
-    model.linears().into_iter().find(|l| l.path == path).map(|l| l.weight).ok_or_else(|| Error::arg("module path", "a linear module of the model", path))
 }

@@ -16,7 +16,9 @@
 pub mod init;
 pub mod lifecycle;
 pub mod linalg;
+mod merging;
 pub mod lora;
+pub mod patterns;
 pub mod targeting;
 
 pub use lifecycle::{InjectReport, Tuners};

@@ -62,7 +62,7 @@ pub fn module_names(model: &Llama) -> Vec<String> {
 }
 
 /// Python's `re.fullmatch(pattern, key)`.
-fn full_regex(pattern: &str, key: &str, file: &Path) -> Result<Regex> {
+pub(crate) fn full_regex(pattern: &str, key: &str, file: &Path) -> Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| Error::InvalidConfig {
         file: file.into(),
         key: key.into(),
@@ -271,15 +271,4 @@ fn available(model: &Llama) -> String {
         }
     }
     format!("names of linear modules: {} (full paths such as `{}`)", leaves.join(", "), paths.first().map_or("", |s| s))
-}
-
-/// `get_pattern_key` + lookup: the value of the first pattern `p` (in the config's order)
-/// for which `(.*\.)?(p)$` matches the module path.
-pub fn pattern_value<'v, V>(patterns: &'v [(String, V)], key: &str, field: &str, file: &Path) -> Result<Option<&'v V>> {
-    for (p, v) in patterns {
-        if full_regex(&format!(r"(.*\.)?({p})"), field, file)?.is_match(key) {
-            return Ok(Some(v));
-        }
-    }
-    Ok(None)
 }

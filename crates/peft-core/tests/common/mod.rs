@@ -187,7 +187,7 @@ pub fn inject_err(cfg: serde_json::Value) -> String {
     let mut tuners = Tuners::new();
     match peft_core::tuners::parse_config(&cfg, None, std::path::Path::new("test config")) {
         Err(e) => e.to_string(),
-        Ok((c, _)) => tuners.inject(&mut model, "default", c, 0).err().expect("injection should fail").to_string(),
+        Ok((c, _)) => tuners.inject(&mut model, "default", c, 0).expect_err("injection should fail").to_string(),
     }
 }
 

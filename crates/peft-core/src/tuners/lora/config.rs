@@ -3,6 +3,7 @@
 //! are parsed and checked, with errors naming the key. Features this crate does not run
 //! are refused when set, fields PEFT would ignore give warnings, unknown fields are kept
 //! and reported as warnings (PEFT drops them with a warning).
+use super::super::patterns::{ordered_patterns, Ordered};
 use super::super::targeting::{OneOrMany, TargetSpec, Targets};
 use super::super::PEFT_VERSION;
 use crate::error::{Error, Result};
@@ -167,6 +168,9 @@ impl LoraConfig {
             return Err(rd.err("bias", "\"none\", \"all\" or \"lora_only\""));
         }
         let init = parse_init(&rd)?;
+        if let LoraInit::Pissa { niter: Some(n) } = &init {
+            warnings.push(format!("init_lora_weights \"pissa_niter_{n}\": computed with the exact SVD (PEFT runs a randomized one)"));
+        }
         for (key, init_name) in [("eva_config", "eva"), ("corda_config", "corda"), ("lora_ga_config", "lora_ga")] {
             if !f[key].is_null() && !matches!(&init, LoraInit::Other(s) if s == init_name) {
                 warnings.push(format!("`{key}` is ignored: init_lora_weights is not \"{init_name}\""));
@@ -228,7 +232,7 @@ impl LoraConfig {
 
     /// Rank and alpha of the module at `path`, after `rank_pattern`/`alpha_pattern`.
     pub fn rank_alpha(&self, path: &str) -> Result<(usize, f64)> {
-        use super::super::targeting::pattern_value;
+        use super::super::patterns::pattern_value;
         let r = pattern_value(&self.rank_pattern, path, "rank_pattern", &self.source)?.copied().unwrap_or(self.r);
         let a = pattern_value(&self.alpha_pattern, path, "alpha_pattern", &self.source)?.copied().unwrap_or(self.lora_alpha);
         Ok((r, a))
@@ -258,8 +262,6 @@ fn parse_init(rd: &Reader) -> Result<LoraInit> {
     })
 }
 
-type Ordered = Option<Vec<(String, Value)>>;
-
 fn patterns<V>(rd: &Reader, key: &str, ordered: Ordered, conv: impl Fn(&Value) -> Option<V>, what: &str) -> Result<Vec<(String, V)>> {
     let entries: Vec<(String, Value)> = match (&rd.f[key], ordered) {
         (Value::Null, _) => Vec::new(),
@@ -268,39 +270,4 @@ fn patterns<V>(rd: &Reader, key: &str, ordered: Ordered, conv: impl Fn(&Value) -
         _ => return Err(rd.err(key, &format!("an object of module-path patterns to {what}"))),
     };
     entries.into_iter().map(|(k, v)| conv(&v).map(|x| (k, x)).ok_or_else(|| rd.err(key, &format!("an object of module-path patterns to {what}")))).collect()
-}
-
-/// `rank_pattern` and `alpha_pattern` in file order (serde_json's map sorts keys).
-fn ordered_patterns(raw: &str) -> (Ordered, Ordered) {
-    #[derive(serde::Deserialize)]
-    struct P {
-        #[serde(default)]
-        rank_pattern: Option<OrderedMap>,
-        #[serde(default)]
-        alpha_pattern: Option<OrderedMap>,
-    }
-    struct OrderedMap(Vec<(String, Value)>);
-    impl<'de> serde::Deserialize<'de> for OrderedMap {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = OrderedMap;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("an object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<OrderedMap, A::Error> {
-                    let mut v = Vec::new();
-                    while let Some(e) = m.next_entry::<String, Value>()? {
-                        v.push(e);
-                    }
-                    Ok(OrderedMap(v))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-    match serde_json::from_str::<P>(raw) {
-        Ok(p) => (p.rank_pattern.map(|m| m.0), p.alpha_pattern.map(|m| m.0)),
-        Err(_) => (None, None),
-    }
 }
