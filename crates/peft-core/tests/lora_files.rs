@@ -2,7 +2,7 @@
 //! with a message that names the problem.
 mod common;
 use common::*;
-use peft_core::io::adapter::{load_adapter, read_config, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
+use peft_core::io::adapter::{load_adapter, read_config, save_adapter, save_pretrained, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
 use peft_core::tuners::lora::config::peft_defaults;
 use peft_core::tuners::Tuners;
@@ -194,4 +194,23 @@ fn unknown_fields_are_kept_and_reported() {
     let report = load_adapter(&mut tuners, &mut model, &d, "default", false).unwrap();
     assert!(report.warnings.iter().any(|w| w.contains("shiny_new_option")));
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn save_pretrained_uses_peft_folder_layout() {
+    let mut model = load_model();
+    let mut tuners = Tuners::new();
+    tuners.inject(&mut model, "default", lora(json!({"target_modules": ["q_proj"]})), 0).unwrap();
+    tuners.inject(&mut model, "second", lora(json!({"target_modules": ["v_proj"], "r": 2})), 0).unwrap();
+    let out = tmp("layout");
+    let written = save_pretrained(&tuners, &model, &out, None).unwrap();
+    assert_eq!(written, [out.clone(), out.join("second")]);
+    for d in &written {
+        assert!(d.join(CONFIG_NAME).is_file() && d.join(WEIGHTS_NAME).is_file());
+    }
+    let (cfg, _) = read_config(&out.join("second")).unwrap();
+    assert_eq!(cfg.to_json()["r"], json!(2));
+    let keys = load_file(&out.join("second").join(WEIGHTS_NAME), None, &candle_core::Device::Cpu).unwrap();
+    assert!(keys.contains_key("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"), "{:?}", keys.keys());
+    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -12,7 +12,7 @@ use crate::tuners::{parse_config, InjectReport, TunerConfig, Tuners};
 use candle_core::Tensor;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const CONFIG_NAME: &str = "adapter_config.json";
 pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
@@ -120,6 +120,22 @@ pub fn save_adapter(tuners: &Tuners, model: &Llama, name: &str, dir: &Path) -> R
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     save_file(&tensors, Some(meta), &dir.join(WEIGHTS_NAME))?;
     write_atomic(&dir.join(CONFIG_NAME), config_json(tuners.config(name)?).as_bytes())
+}
+
+/// `PeftModel.save_pretrained` layout: adapter `default` in `dir`, any other in `dir/<name>`.
+/// `names`: the adapters to save (default: all). Returns the folders written.
+pub fn save_pretrained(tuners: &Tuners, model: &Llama, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
+    if dir.is_file() {
+        return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
+    }
+    let names: Vec<String> = names.map_or_else(|| tuners.names(), |n| n.iter().map(|s| s.to_string()).collect());
+    let mut written = Vec::new();
+    for name in &names {
+        let out = if name == "default" { dir.to_path_buf() } else { dir.join(name) };
+        save_adapter(tuners, model, name, &out)?;
+        written.push(out);
+    }
+    Ok(written)
 }
 
 /// `adapter_config.json` text for `config` as PEFT saves it (`inference_mode` set to true).
