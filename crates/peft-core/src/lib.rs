@@ -6,6 +6,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod tokenizer;
+pub mod tuners;
 
 pub use config::LlamaConfig;
 pub use error::{Error, Result};

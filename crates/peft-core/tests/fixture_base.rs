@@ -8,7 +8,7 @@ fn base_logits_and_loss_match_transformers() {
     let model = load_model();
     let inp = inputs();
     let exp = expected("base");
-    let ctx = Ctx { store: &model.store, no_grad: true };
+    let ctx = Ctx::new(&model.store, true);
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
     let diff = max_masked_diff(&logits, &exp["logits"], &inp.attention_mask);
     println!("base logits max abs err {diff:e}");
@@ -27,7 +27,7 @@ fn full_finetuning_gradients_match_transformers() {
     }
     let inp = inputs();
     let exp = expected("full");
-    let ctx = Ctx { store: &model.store, no_grad: false };
+    let ctx = Ctx::new(&model.store, false);
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
     let l = loss::causal_lm_loss(&logits, &inp.labels).unwrap();
     let e = scalar(&exp["loss"]);

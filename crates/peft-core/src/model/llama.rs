@@ -8,17 +8,51 @@ use super::rope::Rope;
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::ops;
+use crate::tuners::Tuners;
 use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::sync::Mutex;
 
 /// What a forward pass reads besides the weights.
 pub struct Ctx<'a> {
     pub store: &'a ParamStore,
     /// Inference: every weight enters detached and no graph is kept.
     pub no_grad: bool,
+    /// Training mode (PyTorch's `model.train()`): adapter dropout is applied only then.
+    pub training: bool,
+    /// The adapters attached to the model; None runs the base model alone.
+    pub tuners: Option<&'a Tuners>,
+    /// Randomness of training-time ops (dropout), seeded so that a step is reproducible.
+    /// A per-row adapter assignment for mixed batches (PEFT's `adapter_names=`) would join here.
+    pub rng: Mutex<StdRng>,
 }
 
-impl Ctx<'_> {
-    fn param(&self, id: ParamId) -> Tensor {
+impl<'a> Ctx<'a> {
+    /// Base model, evaluation mode; `no_grad` as above.
+    pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
+        Ctx { store, no_grad, training: false, tuners: None, rng: Mutex::new(StdRng::seed_from_u64(0)) }
+    }
+
+    /// Inference: no graph, no dropout.
+    pub fn inference(store: &'a ParamStore) -> Self {
+        Self::new(store, true)
+    }
+
+    pub fn with_tuners(mut self, tuners: &'a Tuners) -> Self {
+        self.tuners = Some(tuners);
+        self
+    }
+
+    /// Training mode with dropout drawn from a generator seeded by `seed`.
+    pub fn training(mut self, seed: u64) -> Self {
+        self.training = true;
+        self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// A parameter as it enters the graph (detached when frozen or under `no_grad`).
+    pub fn param(&self, id: ParamId) -> Tensor {
         self.store.get(id).tensor(self.no_grad)
     }
 }
@@ -31,9 +65,16 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `x Wᵀ + b`, with the adapters attached at this module path (if any) applied as
+    /// their method defines: an input transform before the base matmul, then the output hook.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let bias = self.bias.map(|b| ctx.param(b));
-        Ok(linear(x, &ctx.param(self.weight), bias.as_ref())?)
+        let Some(tuners) = ctx.tuners else {
+            return Ok(linear(x, &ctx.param(self.weight), bias.as_ref())?);
+        };
+        let input = tuners.linear_input(self, x, ctx)?;
+        let base = linear(input.as_ref().unwrap_or(x), &ctx.param(self.weight), bias.as_ref())?;
+        tuners.linear_output(self, x, base, ctx)
     }
 }
 

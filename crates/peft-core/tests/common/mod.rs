@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 use candle_core::{Device, Tensor};
 use peft_core::model::{Batch, Llama, LoadOptions};
+use peft_core::tuners::Tuners;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -95,8 +96,14 @@ pub fn adamw_from_case(case: &str) -> peft_core::optim::AdamWHyper {
 
 /// Loss on the fixture batch; with `backward`, gradients are accumulated into the store.
 pub fn loss_on_fixture(model: &mut Llama, backward: bool) -> f32 {
+    loss_with(model, None, backward)
+}
+
+/// `loss_on_fixture` with adapters attached.
+pub fn loss_with(model: &mut Llama, tuners: Option<&Tuners>, backward: bool) -> f32 {
     let inp = inputs();
-    let ctx = peft_core::model::Ctx { store: &model.store, no_grad: !backward };
+    let mut ctx = peft_core::model::Ctx::new(&model.store, !backward);
+    ctx.tuners = tuners;
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
     let l = peft_core::model::loss::causal_lm_loss(&logits, &inp.labels).unwrap();
     if backward {
@@ -106,13 +113,25 @@ pub fn loss_on_fixture(model: &mut Llama, backward: bool) -> f32 {
     scalar(&l)
 }
 
+/// Logits [2, 16, vocab] on the fixture batch, inference mode.
+pub fn logits_with(model: &Llama, tuners: Option<&Tuners>) -> Tensor {
+    let mut ctx = peft_core::model::Ctx::inference(&model.store);
+    ctx.tuners = tuners;
+    model.forward(&inputs().batch(), &ctx, None, false).unwrap()
+}
+
 /// Two AdamW steps on the fixture batch, as make_fixtures.py does; returns the loss after step 1.
 pub fn two_adamw_steps(model: &mut Llama, h: &peft_core::optim::AdamWHyper) -> f32 {
+    two_adamw_steps_with(model, None, h)
+}
+
+/// `two_adamw_steps` with adapters attached (only trainable parameters step).
+pub fn two_adamw_steps_with(model: &mut Llama, tuners: Option<&Tuners>, h: &peft_core::optim::AdamWHyper) -> f32 {
     let mut state: HashMap<String, (Tensor, Tensor)> = HashMap::new();
     let mut loss1 = 0.0;
     for step in 1..=2u64 {
         model.store.zero_grad();
-        let l = loss_on_fixture(model, true);
+        let l = loss_with(model, tuners, true);
         if step == 2 {
             loss1 = l;
         }
@@ -127,12 +146,52 @@ pub fn two_adamw_steps(model: &mut Llama, h: &peft_core::optim::AdamWHyper) -> f
 }
 
 pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    greedy_with(model, None, prompt, n)
+}
+
+pub fn greedy_with(model: &Llama, tuners: Option<&Tuners>, prompt: &[u32], n: usize) -> Vec<u32> {
     use peft_core::model::generate::{generate, Flow, GenerateOptions};
-    let ctx = peft_core::model::Ctx { store: &model.store, no_grad: true };
+    let mut ctx = peft_core::model::Ctx::inference(&model.store);
+    ctx.tuners = tuners;
     let opts = GenerateOptions { max_new_tokens: n, sampling: Default::default(), seed: 0, stop_token_ids: vec![] };
     generate(model, &ctx, &[prompt.to_vec()], &opts, &mut |_| Flow::Continue).unwrap().remove(0)
 }
 
+/// The name a fixture gives a parameter: PEFT's `named_parameters()` name without the
+/// adapter name (`make_fixtures.py` `plain_name`).
+pub fn fixture_name(param: &str) -> String {
+    param.replace(".default", "")
+}
+
+/// Largest |a - b|.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a.to_dtype(candle_core::DType::F64).unwrap() - b.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
+    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap() as f32
+}
+
 pub fn ids_of(t: &Tensor) -> Vec<u32> {
     t.to_dtype(candle_core::DType::I64).unwrap().flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect()
+}
+
+/// A LoRA config from PEFT's JSON fields (peft_type filled in).
+pub fn lora(mut cfg: serde_json::Value) -> Box<dyn peft_core::tuners::TunerConfig> {
+    cfg["peft_type"] = "LORA".into();
+    peft_core::tuners::parse_config(&cfg, None, std::path::Path::new("test config")).unwrap().0
+}
+
+/// The error of parsing and injecting `cfg` into a fresh tiny model.
+pub fn inject_err(cfg: serde_json::Value) -> String {
+    let mut cfg = cfg;
+    cfg["peft_type"] = "LORA".into();
+    let mut model = load_model();
+    let mut tuners = Tuners::new();
+    match peft_core::tuners::parse_config(&cfg, None, std::path::Path::new("test config")) {
+        Err(e) => e.to_string(),
+        Ok((c, _)) => tuners.inject(&mut model, "default", c, 0).expect_err("injection should fail").to_string(),
+    }
+}
+
+/// Snapshot of every parameter's value by name.
+pub fn snapshot(model: &Llama) -> HashMap<String, Tensor> {
+    model.store.iter().map(|(_, p)| (p.name.clone(), p.value().copy().unwrap())).collect()
 }

@@ -1,0 +1,148 @@
+//! PEFT adapter folders: `adapter_config.json` + `adapter_model.safetensors`, read and
+//! written exactly as PEFT 0.21 does (`PeftModel.save_pretrained`, `config.py`
+//! `save_pretrained`, `utils/save_and_load.py` `get_peft_model_state_dict` /
+//! `set_peft_model_state_dict`). Tensor keys carry no adapter name
+//! (`base_model.model.<module>.lora_A.weight`); loading checks every key and shape.
+pub mod pyjson;
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::{load_file, save_file, write_atomic};
+use crate::model::Llama;
+use crate::tuners::{parse_config, InjectReport, TunerConfig, Tuners};
+use candle_core::Tensor;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_NAME: &str = "adapter_config.json";
+pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
+
+/// The config of an adapter folder, parsed for its `peft_type`, with warnings.
+pub fn read_config(dir: &Path) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
+    if !dir.exists() {
+        return Err(Error::MissingFile { path: dir.into(), what: "an adapter folder (adapter_config.json + adapter_model.safetensors)".into() });
+    }
+    if !dir.is_dir() {
+        return Err(Error::Adapter { file: dir.into(), message: "expected a folder holding adapter_config.json, found a file".into() });
+    }
+    let path = dir.join(CONFIG_NAME);
+    if !path.exists() {
+        return Err(Error::MissingFile { path, what: "the adapter config written by PEFT's save_pretrained".into() });
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
+    if value.get("peft_type").is_none() {
+        return Err(Error::InvalidConfig { file: path, key: "peft_type".into(), expected: "the PEFT method, e.g. \"LORA\"".into(), found: "nothing".into() });
+    }
+    parse_config(&value, Some(&text), &path)
+}
+
+/// Loads a PEFT adapter folder onto `model` as adapter `name`. With `trainable` false the
+/// adapter is frozen (PEFT's `is_trainable=False`, its default). Nothing is left attached
+/// when the files do not fit the model.
+pub fn load_adapter(tuners: &mut Tuners, model: &mut Llama, dir: &Path, name: &str, trainable: bool) -> Result<InjectReport> {
+    let (mut config, mut warnings) = read_config(dir)?;
+    config.set_inference_mode(!trainable);
+    let file = dir.join(WEIGHTS_NAME);
+    if !file.exists() {
+        let what = if dir.join("adapter_model.bin").exists() {
+            "the adapter weights as safetensors (adapter_model.bin is a pickle, which is not read: re-save it with safe_serialization=True)"
+        } else {
+            "the adapter weights"
+        };
+        return Err(Error::MissingFile { path: file, what: what.into() });
+    }
+    let tensors = load_file(&file, None, &model.device)?;
+    let mut report = tuners.inject_with(model, name, config, 0, true)?;
+    if let Err(e) = fill(tuners, model, name, tensors, &file) {
+        let _ = tuners.delete_adapter(model, name);
+        return Err(e);
+    }
+    warnings.append(&mut report.warnings);
+    report.warnings = warnings;
+    Ok(report)
+}
+
+/// Copies the file's tensors into the freshly injected adapter, checking keys and shapes.
+fn fill(tuners: &Tuners, model: &Llama, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<()> {
+    let expected = tuners.checkpoint_keys(model, name)?;
+    let want: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
+    let have: BTreeSet<&str> = tensors.keys().map(String::as_str).collect();
+    let missing: Vec<&str> = want.difference(&have).copied().collect();
+    let extra: Vec<&str> = have.difference(&want).copied().collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        let mut message = String::from("the tensors do not match the adapter its config describes on this model:");
+        if !missing.is_empty() {
+            message += &format!(" missing {}", list(&missing));
+        }
+        if !extra.is_empty() {
+            message += &format!("{} unexpected {}", if missing.is_empty() { "" } else { ";" }, list(&extra));
+        }
+        return Err(Error::Adapter { file: file.into(), message });
+    }
+    for (key, id) in &expected {
+        let p = model.store.get(*id);
+        let t = tensors.remove(key).expect("checked above");
+        if t.dims() != p.value().dims() {
+            return Err(Error::Adapter {
+                file: file.into(),
+                message: format!("`{key}` has shape {:?}, the model expects {:?} (check r, rank_pattern and the base model)", t.dims(), p.value().dims()),
+            });
+        }
+        if !t.dtype().is_float() {
+            return Err(Error::WeightDtype { file: file.into(), name: key.clone(), found: format!("{:?}", t.dtype()) });
+        }
+        p.set(&t)?;
+    }
+    Ok(())
+}
+
+fn list(keys: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = keys.iter().take(SHOWN).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    if keys.len() > SHOWN {
+        s += &format!(" and {} more", keys.len() - SHOWN);
+    }
+    s
+}
+
+/// Writes adapter `name` to the folder `dir` (created if needed) as PEFT's
+/// `save_pretrained` does: the tensors under PEFT's keys with metadata `{"format": "pt"}`,
+/// and the config with every field, `inference_mode: true`, 2-space indented, keys sorted.
+/// Both files are written atomically.
+pub fn save_adapter(tuners: &Tuners, model: &Llama, name: &str, dir: &Path) -> Result<()> {
+    if dir.is_file() {
+        return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tensors: Vec<(String, Tensor)> =
+        tuners.checkpoint_keys(model, name)?.into_iter().map(|(k, id)| (k, model.store.get(id).value().clone())).collect();
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    save_file(&tensors, Some(meta), &dir.join(WEIGHTS_NAME))?;
+    write_atomic(&dir.join(CONFIG_NAME), config_json(tuners.config(name)?).as_bytes())
+}
+
+/// `PeftModel.save_pretrained` layout: adapter `default` in `dir`, any other in `dir/<name>`.
+/// `names`: the adapters to save (default: all). Returns the folders written.
+pub fn save_pretrained(tuners: &Tuners, model: &Llama, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
+    if dir.is_file() {
+        return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
+    }
+    let names: Vec<String> = names.map_or_else(|| tuners.names(), |n| n.iter().map(|s| s.to_string()).collect());
+    let mut written = Vec::new();
+    for name in &names {
+        let out = if name == "default" { dir.to_path_buf() } else { dir.join(name) };
+        save_adapter(tuners, model, name, &out)?;
+        written.push(out);
+    }
+    Ok(written)
+}
+
+/// `adapter_config.json` text for `config` as PEFT saves it (`inference_mode` set to true).
+pub fn config_json(config: &dyn TunerConfig) -> String {
+    let mut v = config.to_json();
+    if let Value::Object(m) = &mut v {
+        m.insert("inference_mode".into(), Value::Bool(true));
+    }
+    pyjson::dumps(&v)
+}

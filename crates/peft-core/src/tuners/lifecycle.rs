@@ -1,0 +1,281 @@
+//! The tuner base: named adapters on one model, after PEFT's `BaseTuner` and
+//! `BaseTunerLayer` (`tuners/tuners_utils.py`): inject, active set, enable/disable,
+//! merge/unmerge, delete, unload, merge-and-unload. Adapter parameters live in the
+//! model's `ParamStore` under PEFT's names; base weights stay frozen.
+use super::targeting::{self, Targets};
+use super::{AdapterLayer, BuildCtx, LinearInfo, TunerConfig};
+use crate::error::{Error, Result};
+use crate::model::llama::{Ctx, Linear};
+use crate::model::{Llama, ParamId};
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::HashMap;
+
+pub(super) struct Adapter {
+    pub(super) name: String,
+    pub(super) config: Box<dyn TunerConfig>,
+    pub(super) modules: Vec<String>,
+}
+
+/// What an injection did: the modules it targeted and anything worth telling the user.
+#[derive(Debug, Default)]
+pub struct InjectReport {
+    pub targeted: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub struct Tuners {
+    pub(super) adapters: Vec<Adapter>,
+    /// Layers by module path, in injection order.
+    pub(super) layers: HashMap<String, Vec<Box<dyn AdapterLayer>>>,
+    pub(super) active: Vec<String>,
+    pub(super) enabled: bool,
+    /// Adapters merged into each module's base weight, in merge order.
+    pub(super) merged: HashMap<String, Vec<String>>,
+}
+
+impl Default for Tuners {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tuners {
+    pub fn new() -> Self {
+        Tuners { adapters: Vec::new(), layers: HashMap::new(), active: Vec::new(), enabled: true, merged: HashMap::new() }
+    }
+
+    /// Attaches adapter `name` built from `config` to the modules it targets. The first
+    /// adapter becomes active; later ones are added inactive (and frozen), as PEFT's
+    /// `add_adapter`. `seed` drives the random inits.
+    pub fn inject(&mut self, model: &mut Llama, name: &str, config: Box<dyn TunerConfig>, seed: u64) -> Result<InjectReport> {
+        self.inject_with(model, name, config, seed, false)
+    }
+
+    pub(crate) fn inject_with(&mut self, model: &mut Llama, name: &str, mut config: Box<dyn TunerConfig>, seed: u64, loading: bool) -> Result<InjectReport> {
+        if name.is_empty() || name.contains('.') {
+            return Err(Error::arg("adapter name", "a non-empty name without dots", format!("\"{name}\"")));
+        }
+        if self.adapters.iter().any(|a| a.name == name) {
+            return Err(Error::arg("adapter name", format!("a name not in use (in use: {})", self.names().join(", ")), format!("\"{name}\"")));
+        }
+        if self.is_merged() {
+            return Err(Error::Unsupported(format!("cannot add adapter `{name}` while adapters are merged: unmerge first")));
+        }
+        let source = config.source().to_path_buf();
+        if config.targets().target_modules.is_none() && !config.default_targets().is_empty() {
+            config.set_target_modules(Targets::List(config.default_targets().iter().map(|s| s.to_string()).collect()));
+        }
+        if let Some(t) = targeting::resolve_targets(config.targets(), model) {
+            config.set_target_modules(t);
+        }
+        let paths = targeting::select(config.targets(), model, &source)?;
+        let by_path: HashMap<&str, &Linear> = model.linears().into_iter().map(|l| (l.path.as_str(), l)).collect();
+        let infos = paths.iter().map(|p| LinearInfo::of(by_path[p.as_str()], &model.store)).collect::<Result<Vec<_>>>()?;
+        let warnings = config.check_model(model, &infos)?;
+        let dtype = match model.dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut built: Vec<(String, Box<dyn AdapterLayer>)> = Vec::new();
+        for info in &infos {
+            let mut bc = BuildCtx { store: &mut model.store, adapter: name, dtype, rng: &mut rng, loading };
+            match config.create_linear(info, &mut bc) {
+                Ok(layer) => built.push((info.path.clone(), layer)),
+                Err(e) => {
+                    for (_, layer) in built.iter().rev() {
+                        let _ = layer.restore_base(&model.store);
+                        layer.params().into_iter().for_each(|id| drop(model.store.remove(id)));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for (path, layer) in built {
+            self.layers.entry(path).or_default().push(layer);
+        }
+        self.adapters.push(Adapter { name: name.to_string(), config, modules: paths.clone() });
+        if self.active.is_empty() && self.adapters.len() == 1 {
+            self.active = vec![name.to_string()];
+        }
+        self.update_requires_grad(model);
+        Ok(InjectReport { targeted: paths, warnings })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.adapters.iter().map(|a| a.name.clone()).collect()
+    }
+
+    pub fn config(&self, name: &str) -> Result<&dyn TunerConfig> {
+        Ok(self.adapter(name)?.config.as_ref())
+    }
+
+    pub fn config_mut(&mut self, name: &str) -> Result<&mut Box<dyn TunerConfig>> {
+        let i = self.index(name)?;
+        Ok(&mut self.adapters[i].config)
+    }
+
+    /// Module paths the adapter is attached to.
+    pub fn modules(&self, name: &str) -> Result<&[String]> {
+        Ok(&self.adapter(name)?.modules)
+    }
+
+    pub fn active(&self) -> &[String] {
+        &self.active
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn is_merged(&self) -> bool {
+        self.merged.values().any(|v| !v.is_empty())
+    }
+
+    /// The parameters of adapter `name`, in module order.
+    pub fn params(&self, name: &str) -> Result<Vec<ParamId>> {
+        let a = self.adapter(name)?;
+        Ok(a.modules.iter().flat_map(|p| self.layer(p, name)).flat_map(|l| l.params()).collect())
+    }
+
+    /// (file key, parameter) pairs of adapter `name`, as PEFT's `get_peft_model_state_dict` keys them.
+    pub fn checkpoint_keys(&self, model: &Llama, name: &str) -> Result<Vec<(String, ParamId)>> {
+        let config = &self.adapter(name)?.config;
+        Ok(self.params(name)?.into_iter().map(|id| (config.checkpoint_key(&model.store.get(id).name, name), id)).collect())
+    }
+
+    /// Activates `names` in this order (their outputs are added in it). Unmerges first, as
+    /// PEFT does; the active adapters become trainable unless in inference mode.
+    pub fn set_active(&mut self, model: &mut Llama, names: &[&str]) -> Result<()> {
+        for n in names {
+            self.adapter(n)?;
+        }
+        self.unmerge(model)?;
+        self.active = names.iter().map(|s| s.to_string()).collect();
+        self.update_requires_grad(model);
+        Ok(())
+    }
+
+    /// Disabling runs the base model alone (merged weights are unmerged first) and freezes
+    /// every adapter; enabling restores the active set.
+    pub fn set_enabled(&mut self, model: &mut Llama, on: bool) -> Result<()> {
+        if !on {
+            self.unmerge(model)?;
+        }
+        self.enabled = on;
+        self.update_requires_grad(model);
+        Ok(())
+    }
+
+    /// Removes adapter `name` and its parameters; its changes to base weights are undone.
+    /// If it was active, the remaining active ones stay, or else the first adapter by name
+    /// becomes active (PEFT's rule). Returns warnings.
+    pub fn delete_adapter(&mut self, model: &mut Llama, name: &str) -> Result<Vec<String>> {
+        let i = self.index(name)?;
+        if self.merged.values().any(|m| m.iter().any(|n| n == name)) {
+            return Err(Error::Unsupported(format!("adapter `{name}` is merged: unmerge before deleting it")));
+        }
+        self.remove(model, i, true)?;
+        let mut warnings = Vec::new();
+        if self.active.iter().any(|a| a == name) {
+            self.active.retain(|a| a != name);
+            if self.active.is_empty() {
+                let mut rest = self.names();
+                rest.sort();
+                if let Some(first) = rest.first() {
+                    warnings.push(format!("adapter `{name}` was active and is now deleted; setting the active adapter to `{first}`"));
+                    self.active = vec![first.clone()];
+                }
+            }
+        }
+        self.update_requires_grad(model);
+        Ok(warnings)
+    }
+
+    /// Removes every adapter, leaving the base model as it was.
+    pub fn unload(&mut self, model: &mut Llama) -> Result<()> {
+        self.unmerge(model)?;
+        while !self.adapters.is_empty() {
+            self.remove(model, 0, true)?;
+        }
+        self.active.clear();
+        Ok(())
+    }
+
+    pub(super) fn remove(&mut self, model: &mut Llama, index: usize, restore: bool) -> Result<()> {
+        let a = self.adapters.remove(index);
+        for path in &a.modules {
+            let Some(layers) = self.layers.get_mut(path) else { continue };
+            if let Some(pos) = layers.iter().position(|l| l.adapter_name() == a.name) {
+                let layer = layers.remove(pos);
+                if restore {
+                    layer.restore_base(&model.store)?;
+                }
+                layer.params().into_iter().for_each(|id| drop(model.store.remove(id)));
+            }
+            if layers.is_empty() {
+                self.layers.remove(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// PEFT's `set_adapter`/`enable_adapters` rule: an adapter trains when the adapters
+    /// are enabled, it is active, and its config is not in inference mode.
+    fn update_requires_grad(&self, model: &mut Llama) {
+        for a in &self.adapters {
+            let on = self.enabled && self.active.contains(&a.name) && !a.config.inference_mode();
+            for id in a.modules.iter().flat_map(|p| self.layer(p, &a.name)).flat_map(|l| l.params()) {
+                model.store.get_mut(id).requires_grad = on;
+            }
+        }
+    }
+
+    fn index(&self, name: &str) -> Result<usize> {
+        self.adapters.iter().position(|a| a.name == name).ok_or_else(|| {
+            Error::arg("adapter name", format!("one of the attached adapters ({})", self.names().join(", ")), format!("\"{name}\""))
+        })
+    }
+
+    pub(super) fn adapter(&self, name: &str) -> Result<&Adapter> {
+        Ok(&self.adapters[self.index(name)?])
+    }
+
+    fn layer(&self, path: &str, name: &str) -> Option<&dyn AdapterLayer> {
+        self.layers.get(path)?.iter().find(|l| l.adapter_name() == name).map(|l| l.as_ref())
+    }
+
+    pub(super) fn layer_mut(&mut self, path: &str, name: &str) -> Option<&mut Box<dyn AdapterLayer>> {
+        self.layers.get_mut(path)?.iter_mut().find(|l| l.adapter_name() == name)
+    }
+
+    /// Called by `Linear::forward` before the base matmul.
+    pub(crate) fn linear_input(&self, linear: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let mut out: Option<Tensor> = None;
+        for layer in self.running(&linear.path) {
+            if let Some(y) = layer.transform_input(out.as_ref().unwrap_or(x), ctx)? {
+                out = Some(y);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Called by `Linear::forward` with the base output.
+    pub(crate) fn linear_output(&self, linear: &Linear, x: &Tensor, base: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let mut result = base;
+        for layer in self.running(&linear.path) {
+            result = layer.forward(linear, x, result, ctx)?;
+        }
+        Ok(result)
+    }
+
+    /// The layers that run at `path`: none when disabled or merged there, else the active ones in order.
+    fn running<'s>(&'s self, path: &str) -> Vec<&'s dyn AdapterLayer> {
+        if !self.enabled || self.merged.get(path).is_some_and(|m| !m.is_empty()) {
+            return Vec::new();
+        }
+        self.active.iter().filter_map(|n| self.layer(path, n)).collect()
+    }
+}

@@ -1,0 +1,67 @@
+//! Merging adapters into the base weights and back (PEFT's `merge_adapter`,
+//! `unmerge_adapter`, `merge_and_unload`). Each layer computes its merged weight; the
+//! base keeps, per module, the adapters merged there so that unmerging undoes them in
+//! reverse order and the forward pass skips them.
+use super::Tuners;
+use crate::error::{Error, Result};
+use crate::model::{Llama, ParamId};
+
+impl Tuners {
+    /// Merges the given adapters (default: the active ones) into the base weights of
+    /// their modules; the forward pass then runs the base layer alone there.
+    pub fn merge(&mut self, model: &mut Llama, names: Option<&[&str]>) -> Result<()> {
+        let names: Vec<String> = names.map_or_else(|| self.active.clone(), |n| n.iter().map(|s| s.to_string()).collect());
+        for n in &names {
+            if !self.adapter(n)?.config.can_merge() {
+                return Err(Error::Unsupported(format!("adapter `{n}`: its method cannot be merged")));
+            }
+        }
+        for n in &names {
+            let modules = self.adapter(n)?.modules.clone();
+            for path in modules {
+                if self.merged.get(&path).is_some_and(|m| m.contains(n)) {
+                    continue;
+                }
+                let weight = base_weight(model, &path)?;
+                let layer = self.layer_mut(&path, n).ok_or_else(|| Error::arg("adapter", "an attached adapter", n))?;
+                let w = model.store.get(weight).value().clone();
+                model.store.get(weight).set(&layer.merge(&w, &model.store)?)?;
+                self.merged.entry(path).or_default().push(n.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes every merge, last merged first.
+    pub fn unmerge(&mut self, model: &mut Llama) -> Result<()> {
+        let paths: Vec<String> = self.merged.keys().cloned().collect();
+        for path in paths {
+            let weight = base_weight(model, &path)?;
+            while let Some(n) = self.merged.get_mut(&path).and_then(Vec::pop) {
+                let layer = self.layer_mut(&path, &n).ok_or_else(|| Error::arg("adapter", "an attached adapter", &n))?;
+                let w = model.store.get(weight).value().clone();
+                model.store.get(weight).set(&layer.unmerge(&w, &model.store)?)?;
+            }
+        }
+        self.merged.clear();
+        Ok(())
+    }
+
+    /// Merges the given adapters (default: the active ones) and removes every adapter: the
+    /// base model then carries the merged weights.
+    pub fn merge_and_unload(&mut self, model: &mut Llama, names: Option<&[&str]>) -> Result<()> {
+        self.merge(model, names)?;
+        let merged: Vec<String> = self.merged.values().flatten().cloned().collect();
+        while let Some(a) = self.adapters.first() {
+            let keep_base = merged.contains(&a.name);
+            self.remove(model, 0, !keep_base)?;
+        }
+        self.merged.clear();
+        self.active.clear();
+        Ok(())
+    }
+}
+
+fn base_weight(model: &Llama, path: &str) -> Result<ParamId> {
+    model.linears().into_iter().find(|l| l.path == path).map(|l| l.weight).ok_or_else(|| Error::arg("module path", "a linear module of the model", path))
+}

@@ -1,0 +1,182 @@
+//! Adapters attached to a loaded model, PEFT-style. The tuner base (`Tuners`, in
+//! `lifecycle.rs`) owns what every method shares: matching module paths (`targeting.rs`),
+//! injecting, several named adapters, the active set, enable/disable, merge/unmerge,
+//! delete, unload and merge-and-unload, and the PEFT naming of parameters and file keys.
+//! A method brings two things: a config (`TunerConfig`) that knows how to build its layer
+//! for one targeted module, and that layer (`AdapterLayer`).
+//!
+//! Hook sites. Only the linear site is wired into the forward pass now (LoRA, and next
+//! IA³, VeRA, LoHa, LoKr, SSF, bias tuning, bottleneck adapters, sparse masks, which all
+//! wrap a linear: an optional input transform before the base matmul, then an output
+//! hook that sees the running result). The other families attach at sites the model will
+//! call through `Ctx::tuners` the same way: the embedding output (prompt tuning prepends
+//! virtual tokens and widens the attention mask), per-layer key/value prefixes
+//! (prefix tuning, as a `KvCache` that is already filled), and the norms (LN tuning swaps
+//! the norm weight). Each method then lives in one folder next to `lora/`.
+pub mod init;
+pub mod lifecycle;
+pub mod linalg;
+mod merging;
+pub mod lora;
+pub mod patterns;
+pub mod targeting;
+
+pub use lifecycle::{InjectReport, Tuners};
+pub use targeting::{TargetSpec, Targets};
+
+use crate::error::{Error, Result};
+use crate::model::llama::{Ctx, Linear};
+use crate::model::{Llama, ParamId, ParamStore};
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use serde_json::Value;
+use std::any::Any;
+use std::path::Path;
+
+/// Prefix of every adapter parameter name: PEFT's `PeftModel.base_model` (the tuner) wraps
+/// the transformers model as `.model`, so `base_model.model.<module path>.<param>`.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// The PEFT version whose file format (config fields, defaults, tensor keys) we write.
+pub const PEFT_VERSION: &str = "0.21.0";
+
+/// A targeted linear layer as a method sees it when building its adapter layer.
+#[derive(Debug, Clone)]
+pub struct LinearInfo {
+    pub path: String,
+    pub weight: ParamId,
+    pub bias: Option<ParamId>,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+impl LinearInfo {
+    pub fn of(linear: &Linear, store: &ParamStore) -> Result<Self> {
+        let (out_features, in_features) = store.get(linear.weight).value().dims2()?;
+        Ok(LinearInfo { path: linear.path.clone(), weight: linear.weight, bias: linear.bias, out_features, in_features })
+    }
+}
+
+/// What `TunerConfig::create_linear` gets besides the target.
+pub struct BuildCtx<'a> {
+    pub store: &'a mut ParamStore,
+    pub adapter: &'a str,
+    /// dtype of adapter parameters: the model's, but f32 for f16/bf16 models as PEFT's
+    /// `autocast_adapter_dtype` does (small adapters train badly in half precision).
+    pub dtype: DType,
+    pub rng: &'a mut StdRng,
+    /// Trained weights will be loaded over the init (some inits are accepted only then).
+    pub loading: bool,
+}
+
+/// One method's layer for one module and one adapter name.
+pub trait AdapterLayer: Send + Sync {
+    fn adapter_name(&self) -> &str;
+
+    /// Its parameters in the store (named as PEFT's `named_parameters()`).
+    fn params(&self) -> Vec<ParamId>;
+
+    /// Replaces the input of the base matmul (IA³ on feed-forward layers scales it). None: unchanged.
+    fn transform_input(&self, _x: &Tensor, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The new running result from the layer input `x` and `result` (the base output plus
+    /// the contributions of adapters earlier in the active list, as in PEFT's loop).
+    fn forward(&self, base: &Linear, x: &Tensor, result: Tensor, ctx: &Ctx) -> Result<Tensor>;
+
+    /// The merged base weight from the current one. Methods that cannot merge keep the default.
+    fn merge(&mut self, _weight: &Tensor, _store: &ParamStore) -> Result<Tensor> {
+        Err(Error::Unsupported(format!("adapter `{}`: this method cannot be merged into the base weights", self.adapter_name())))
+    }
+
+    /// Inverse of `merge`.
+    fn unmerge(&mut self, _weight: &Tensor, _store: &ParamStore) -> Result<Tensor> {
+        Err(Error::Unsupported(format!("adapter `{}`: this method cannot be unmerged", self.adapter_name())))
+    }
+
+    /// Called when the adapter is removed without merging: undo any change the layer made
+    /// to the base weight at injection (PiSSA's residual). Default: nothing to undo.
+    fn restore_base(&self, _store: &ParamStore) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One method's configuration as the tuner base sees it.
+pub trait TunerConfig: Send + Sync + std::fmt::Debug {
+    /// PEFT's `peft_type`, e.g. `LORA`.
+    fn peft_type(&self) -> &'static str;
+    fn targets(&self) -> &TargetSpec;
+    /// PEFT rewrites `target_modules` at injection (`all-linear` becomes the module names).
+    fn set_target_modules(&mut self, targets: Targets);
+    /// What PEFT targets on LLaMA when `target_modules` is None (its per-architecture table).
+    fn default_targets(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn inference_mode(&self) -> bool;
+    fn set_inference_mode(&mut self, on: bool);
+    fn set_base_model_name_or_path(&mut self, name: Option<String>);
+    /// Whether the layers can be merged into the base weights.
+    fn can_merge(&self) -> bool;
+    /// Checks that need the model (biases, tied heads); returns warnings.
+    fn check_model(&mut self, _model: &Llama, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    /// Builds the adapter layer of one targeted linear, adding its parameters to the store.
+    fn create_linear(&self, target: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>>;
+    /// `adapter_config.json` as PEFT writes it: every field of the PEFT config class.
+    fn to_json(&self) -> Value;
+    /// The key of a parameter in `adapter_model.safetensors`.
+    fn checkpoint_key(&self, param_name: &str, adapter: &str) -> String {
+        remove_adapter_name(param_name, adapter)
+    }
+    /// Where the config came from (a file, or the caller), for errors.
+    fn source(&self) -> &Path;
+    fn clone_box(&self) -> Box<dyn TunerConfig>;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl Clone for Box<dyn TunerConfig> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// Parses an `adapter_config.json` value into the config of its method, by `peft_type`.
+/// `source` names the file (or the caller) in errors. Returns the config and its warnings.
+pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
+    let peft_type = value.get("peft_type").and_then(Value::as_str);
+    match peft_type {
+        Some("LORA") => {
+            let (c, w) = lora::LoraConfig::from_value(value, raw, source)?;
+            Ok((Box::new(c), w))
+        }
+        other => Err(Error::InvalidConfig {
+            file: source.into(),
+            key: "peft_type".into(),
+            expected: format!("one of the supported PEFT types: {}", SUPPORTED_PEFT_TYPES.join(", ")),
+            found: other.map_or_else(|| value.get("peft_type").map_or("nothing".into(), Value::to_string), |s| format!("\"{s}\"")),
+        }),
+    }
+}
+
+pub const SUPPORTED_PEFT_TYPES: &[&str] = &["LORA"];
+
+/// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
+/// `x.lora_A.weight`; a parameter named directly `x.default` -> `x`.
+pub fn remove_adapter_name(key: &str, adapter: &str) -> String {
+    if !key.contains('.') {
+        return key.to_string();
+    }
+    if let Some(k) = key.strip_suffix(&format!(".{adapter}")) {
+        return k.to_string();
+    }
+    let (head, suffix) = key.rsplit_once('.').unwrap_or((key, ""));
+    let head = head.strip_suffix(&format!(".{adapter}")).unwrap_or(head);
+    format!("{head}.{suffix}")
+}
+
+/// The name PEFT's `named_parameters()` gives an adapter tensor: `base_model.model.<path>.<attr>.<adapter>.weight`.
+pub fn param_name(path: &str, attr: &str, adapter: &str) -> String {
+    format!("{PEFT_PREFIX}{path}.{attr}.{adapter}.weight")
+}
