@@ -48,6 +48,29 @@ export declare class NativeModel {
   scaleGrads(names: Array<string>, factor: number): void
   /** Overwrites a parameter's value (used to load optimizer and checkpoint state). */
   setParamData(name: string, values: Float32Array): void
+  /** Attaches a new adapter from a PEFT config (JSON, snake_case); returns warnings. */
+  addAdapter(name: string, configJson: string, seed: number): Promise<Array<string>>
+  /** Loads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`). */
+  loadAdapter(dir: string, name: string, trainable: boolean): Promise<Array<string>>
+  /** Writes the adapters (default: all) in PEFT's layout: `default` in `dir`, others in `dir/<name>`. */
+  saveAdapters(dir: string, names?: Array<string> | undefined | null): Promise<void>
+  adapterNames(): Array<string>
+  activeAdapters(): Array<string>
+  adapterConfigJson(name: string): string
+  /** Module paths the adapter is attached to. */
+  adapterModules(name: string): Array<string>
+  setActiveAdapters(names: Array<string>): void
+  setAdaptersEnabled(on: boolean): void
+  get adaptersEnabled(): boolean
+  deleteAdapter(name: string): Array<string>
+  mergeAdapters(names?: Array<string> | undefined | null): void
+  unmergeAdapters(): void
+  get adaptersMerged(): boolean
+  mergeAndUnload(names?: Array<string> | undefined | null): void
+  unload(): void
+  /** PyTorch's `train()` / `eval()`: dropout in adapters applies only in training. */
+  setTraining(on: boolean): void
+  get training(): boolean
 }
 
 /** Turns ids fed one at a time into text, holding back incomplete characters. */

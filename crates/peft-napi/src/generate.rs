@@ -9,7 +9,6 @@ use napi::Status;
 use napi_derive::napi;
 use peft_core::model::generate::{generate, Flow, GenerateOptions};
 use peft_core::model::sampling::SamplingOptions;
-use peft_core::model::Ctx;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -77,7 +76,7 @@ impl NativeModel {
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
             with_model(&shared, |m| {
-                let ctx = Ctx { store: &m.llama.store, no_grad: true };
+                let ctx = m.ctx(true);
                 let mut step = |toks: &[Option<u32>]| {
                     if let Some(cb) = &on_step {
                         let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();

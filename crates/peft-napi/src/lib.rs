@@ -5,6 +5,7 @@ mod generate;
 mod job;
 mod model;
 mod optim;
+mod peft;
 mod tensor;
 mod tokenizer;
 

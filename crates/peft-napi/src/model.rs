@@ -7,14 +7,33 @@ use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::{loss, Batch, Ctx, Llama, LoadOptions, ParamStore};
 use peft_core::tokenizer::Tokenizer;
+use peft_core::tuners::Tuners;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub struct ModelState {
     pub llama: Llama,
     pub tokenizer: Option<Tokenizer>,
+    pub tuners: Tuners,
+    /// What the model was loaded from: adapters record it as `base_model_name_or_path`.
+    pub source: String,
+    /// PyTorch's `model.train()`: adapter dropout applies only then.
+    pub training: bool,
+    /// Seeds each training forward's dropout differently, reproducibly.
+    pub forward_count: AtomicU64,
 }
 
 impl ModelState {
+    pub fn new(llama: Llama, tokenizer: Option<Tokenizer>, source: String) -> Self {
+        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0) }
+    }
+
+    /// The forward context: the attached adapters, and dropout in training mode.
+    pub fn ctx(&self, no_grad: bool) -> Ctx<'_> {
+        let ctx = Ctx::new(&self.llama.store, no_grad).with_tuners(&self.tuners);
+        if self.training && !no_grad { ctx.training(self.forward_count.fetch_add(1, Ordering::Relaxed)) } else { ctx }
+    }
+
     pub fn store_mut(&mut self) -> &mut ParamStore {
         &mut self.llama.store
     }
@@ -74,7 +93,7 @@ pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -
     let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())? };
     Ok(ModelJob::spawn(move || {
         let (llama, tokenizer) = Llama::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)?;
-        Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState { llama, tokenizer }))) })
+        Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState::new(llama, tokenizer, path)))) })
     }))
 }
 
@@ -119,7 +138,7 @@ impl NativeModel {
         let owner = self.inner.clone();
         Ok(TensorsJob::spawn(move || {
             let (logits, loss) = with_model(&shared, |m| {
-                let ctx = Ctx { store: &m.llama.store, no_grad: false };
+                let ctx = m.ctx(false);
                 let logits = m.llama.forward(&input, &ctx, None, false)?;
                 let loss = labels.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
                 Ok((logits, loss))

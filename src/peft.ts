@@ -1,0 +1,233 @@
+import { LlamaModel, type ForwardInput, type ForwardOutput } from './model'
+import { Parameter } from './parameter'
+import type { GenerateOptions } from './generation'
+import { PeftConfig, RawPeftConfig } from './methods/config'
+
+export interface PeftModelOptions {
+  adapterName?: string
+  /** Seeds the adapter's random init (default 0, so runs are reproducible). */
+  seed?: number
+}
+
+export interface LoadAdapterOptions {
+  adapterName?: string
+  /** Load for training (default false: frozen, as PEFT's `is_trainable=False`). */
+  isTrainable?: boolean
+}
+
+/** Wraps a model whose layers carry adapters; forward, generate and stream apply them. */
+export class PeftModel {
+  #unloaded = false
+  /** Warnings from the last injection or load (unknown config fields, ...). */
+  warnings: string[] = []
+
+  /** @internal */
+  constructor(private readonly model: LlamaModel) {}
+
+  /** Loads a PEFT adapter folder onto `model`, as `PeftModel.from_pretrained`. */
+  static async fromPretrained(model: LlamaModel, dir: string, opts: LoadAdapterOptions = {}): Promise<PeftModel> {
+    const peft = new PeftModel(model)
+    await peft.loadAdapter(dir, opts.adapterName ?? 'default', { isTrainable: opts.isTrainable ?? false })
+    return peft
+  }
+
+  private get native() {
+    if (this.#unloaded) throw new Error('this PeftModel was unloaded (mergeAndUnload/unload); use the LlamaModel it returned')
+    return this.model.native
+  }
+
+  /** The underlying model (its layers carry the adapters). */
+  get baseModel(): LlamaModel {
+    return this.model
+  }
+
+  get tokenizer() {
+    return this.model.tokenizer
+  }
+
+  get config() {
+    return this.model.config
+  }
+
+  /** Adds an adapter; the first one becomes active, later ones wait for `setAdapter`. */
+  async addAdapter(name: string, config: PeftConfig, opts: { seed?: number } = {}): Promise<void> {
+    if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
+    this.warnings = await this.native.addAdapter(name, JSON.stringify(config.toJSON()), opts.seed ?? 0)
+    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+  }
+
+  async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } = {}): Promise<void> {
+    this.warnings = await this.native.loadAdapter(dir, name, opts.isTrainable ?? false)
+    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+  }
+
+  /** Writes `adapter_config.json` and `adapter_model.safetensors` exactly as PEFT does. */
+  async savePretrained(dir: string, opts: { selectedAdapters?: string[] } = {}): Promise<void> {
+    await this.native.saveAdapters(dir, opts.selectedAdapters)
+  }
+
+  get adapterNames(): string[] {
+    return this.native.adapterNames()
+  }
+
+  get activeAdapters(): string[] {
+    return this.native.activeAdapters()
+  }
+
+  get activeAdapter(): string {
+    return this.activeAdapters[0]
+  }
+
+  /** Each adapter's config, as PEFT's `peft_config` (snake_case JSON). */
+  get peftConfig(): Record<string, Record<string, unknown>> {
+    return Object.fromEntries(this.adapterNames.map((n) => [n, JSON.parse(this.native.adapterConfigJson(n))]))
+  }
+
+  /** The config of an adapter as a config object. */
+  adapterConfig(name = this.activeAdapter): PeftConfig {
+    return new RawPeftConfig(JSON.parse(this.native.adapterConfigJson(name)) as Record<string, unknown>)
+  }
+
+  /** Module paths the adapter is attached to. */
+  targetedModules(name = this.activeAdapter): string[] {
+    return this.native.adapterModules(name)
+  }
+
+  setAdapter(name: string | string[]): void {
+    this.native.setActiveAdapters(Array.isArray(name) ? name : [name])
+  }
+
+  deleteAdapter(name: string): void {
+    for (const w of this.native.deleteAdapter(name)) process.emitWarning(w, 'PeftWarning')
+  }
+
+  disableAdapters(): void {
+    this.native.setAdaptersEnabled(false)
+  }
+
+  enableAdapters(): void {
+    this.native.setAdaptersEnabled(true)
+  }
+
+  /** Runs `fn` with the adapters switched off (PEFT's `with model.disable_adapter():`). */
+  async withAdaptersDisabled<T>(fn: () => Promise<T>): Promise<T> {
+    this.disableAdapters()
+    try {
+      return await fn()
+    } finally {
+      this.enableAdapters()
+    }
+  }
+
+  mergeAdapter(names?: string[]): void {
+    this.native.mergeAdapters(names)
+  }
+
+  unmergeAdapter(): void {
+    this.native.unmergeAdapters()
+  }
+
+  /** Merges the adapters into the base weights, removes them, and returns the base model. */
+  mergeAndUnload(opts: { adapterNames?: string[] } = {}): LlamaModel {
+    this.native.mergeAndUnload(opts.adapterNames)
+    this.#unloaded = true
+    return this.model
+  }
+
+  /** Removes every adapter without merging and returns the base model. */
+  unload(): LlamaModel {
+    this.native.unload()
+    this.#unloaded = true
+    return this.model
+  }
+
+  train(): this {
+    this.native.setTraining(true)
+    return this
+  }
+
+  eval(): this {
+    this.native.setTraining(false)
+    return this
+  }
+
+  forward(input: ForwardInput): Promise<ForwardOutput> {
+    void this.native
+    return this.model.forward(input)
+  }
+
+  generate(ids: ArrayLike<number>, opts?: GenerateOptions): Promise<number[]>
+  generate(ids: ArrayLike<number>[], opts?: GenerateOptions): Promise<number[][]>
+  generate(ids: ArrayLike<number> | ArrayLike<number>[], opts?: GenerateOptions): Promise<number[] | number[][]> {
+    void this.native
+    return this.model.generate(ids as ArrayLike<number>[], opts)
+  }
+
+  stream(ids: ArrayLike<number>, opts?: GenerateOptions): AsyncGenerator<number> {
+    void this.native
+    return this.model.stream(ids, opts)
+  }
+
+  /**
+   * Parameters named as PEFT's `named_parameters()`: `base_model.model.` before every name,
+   * and `.base_layer` inside the paths of wrapped modules.
+   */
+  namedParameters(opts: { trainableOnly?: boolean } = {}): [string, Parameter][] {
+    const wrapped = new Set(this.adapterNames.flatMap((n) => this.native.adapterModules(n)))
+    const out: [string, Parameter][] = []
+    for (const info of this.native.parameters()) {
+      if (opts.trainableOnly && !info.requiresGrad) continue
+      const p = new Parameter(this.native, info.name, info.shape)
+      out.push([pefName(info.name, wrapped), p])
+    }
+    return out
+  }
+
+  parameters(opts: { trainableOnly?: boolean } = {}): Parameter[] {
+    return this.namedParameters(opts).map(([, p]) => p)
+  }
+
+  /** Counts as PEFT's `get_nb_trainable_parameters`. */
+  trainableParameterCounts(): { trainable: number; all: number } {
+    let trainable = 0
+    let all = 0
+    for (const info of this.native.parameters()) {
+      const n = info.shape.reduce((a, b) => a * b, 1)
+      all += n
+      if (info.requiresGrad) trainable += n
+    }
+    return { trainable, all }
+  }
+
+  /** Prints, in PEFT's format: `trainable params: 1,024 || all params: 5,048 || trainable%: 20.2853`. */
+  printTrainableParameters(log: (line: string) => void = console.log): string {
+    const { trainable, all } = this.trainableParameterCounts()
+    const fmt = (n: number) => n.toLocaleString('en-US')
+    const line = `trainable params: ${fmt(trainable)} || all params: ${fmt(all)} || trainable%: ${((100 * trainable) / all).toFixed(4)}`
+    log(line)
+    return line
+  }
+
+  zeroGrad(): void {
+    this.model.zeroGrad()
+  }
+
+  dispose(): void {
+    this.model.dispose()
+  }
+}
+
+function pefName(name: string, wrapped: Set<string>): string {
+  if (name.startsWith('base_model.')) return name
+  const dot = name.lastIndexOf('.')
+  const module = name.slice(0, dot)
+  return wrapped.has(module) ? `base_model.model.${module}.base_layer${name.slice(dot)}` : `base_model.model.${name}`
+}
+
+/** Attaches a new adapter to `model` (modified in place) and returns the PEFT wrapper. */
+export async function getPeftModel(model: LlamaModel, config: PeftConfig, opts: PeftModelOptions = {}): Promise<PeftModel> {
+  if (!(model instanceof LlamaModel)) throw new Error('model: expected a LlamaModel')
+  const peft = new PeftModel(model)
+  await peft.addAdapter(opts.adapterName ?? 'default', config, { seed: opts.seed })
+  return peft
+}
