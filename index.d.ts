@@ -23,8 +23,11 @@ export declare class NativeModel {
   generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string
-  /** Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened. */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null): Promise<Array<NativeTensor>>
+  /**
+   * Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
+   * `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
+   */
+  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null): Promise<Array<NativeTensor>>
   /** The tokenizer that came with the checkpoint, if any. */
   tokenizer(): NativeTokenizer | null
   parameters(): Array<ParamInfo>

@@ -17,6 +17,8 @@ export interface ForwardInput {
   attentionMask?: IdRows
   /** Targets; -100 marks positions that are ignored. Shifted by one inside, as transformers does. */
   labels?: IdRows
+  /** Seeds adapter dropout for this call (in training mode), for reproducible steps. */
+  dropoutSeed?: number
 }
 
 export interface ForwardOutput {
@@ -74,7 +76,7 @@ export class LlamaModel {
     const ids = flatIds('inputIds', input.inputIds)
     const mask = input.attentionMask ? flatMask('attentionMask', input.attentionMask, ids.batch, ids.seq) : undefined
     const labels = input.labels ? flatLabels('labels', input.labels, ids.batch, ids.seq) : undefined
-    const [logits, loss] = await this.inner.forward(ids.data, ids.batch, ids.seq, mask, labels)
+    const [logits, loss] = await this.inner.forward(ids.data, ids.batch, ids.seq, mask, labels, input.dropoutSeed)
     return loss ? { logits: new Tensor(logits), loss: new Tensor(loss) } : { logits: new Tensor(logits) }
   }
 

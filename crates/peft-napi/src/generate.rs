@@ -76,7 +76,7 @@ impl NativeModel {
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
             with_model(&shared, |m| {
-                let ctx = m.ctx(true);
+                let ctx = m.ctx(true, None);
                 let mut step = |toks: &[Option<u32>]| {
                     if let Some(cb) = &on_step {
                         let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();

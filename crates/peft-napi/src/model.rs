@@ -28,10 +28,15 @@ impl ModelState {
         ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0) }
     }
 
-    /// The forward context: the attached adapters, and dropout in training mode.
-    pub fn ctx(&self, no_grad: bool) -> Ctx<'_> {
+    /// The forward context: the attached adapters, and dropout in training mode, seeded by
+    /// `seed` or else by a per-model counter.
+    pub fn ctx(&self, no_grad: bool, seed: Option<u64>) -> Ctx<'_> {
         let ctx = Ctx::new(&self.llama.store, no_grad).with_tuners(&self.tuners);
-        if self.training && !no_grad { ctx.training(self.forward_count.fetch_add(1, Ordering::Relaxed)) } else { ctx }
+        if self.training && !no_grad {
+            ctx.training(seed.unwrap_or_else(|| self.forward_count.fetch_add(1, Ordering::Relaxed)))
+        } else {
+            ctx
+        }
     }
 
     pub fn store_mut(&mut self) -> &mut ParamStore {
@@ -113,6 +118,7 @@ impl NativeModel {
     }
 
     /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
+    /// `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
     #[napi]
     pub fn forward(
         &self,
@@ -121,6 +127,7 @@ impl NativeModel {
         seq: u32,
         attention_mask: Option<Uint8Array>,
         labels: Option<Int32Array>,
+        dropout_seed: Option<i64>,
     ) -> Result<AsyncTask<TensorsJob>> {
         let (b, t) = (batch as usize, seq as usize);
         let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
@@ -138,7 +145,7 @@ impl NativeModel {
         let owner = self.inner.clone();
         Ok(TensorsJob::spawn(move || {
             let (logits, loss) = with_model(&shared, |m| {
-                let ctx = m.ctx(false);
+                let ctx = m.ctx(false, dropout_seed.map(|s| s as u64));
                 let logits = m.llama.forward(&input, &ctx, None, false)?;
                 let loss = labels.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
                 Ok((logits, loss))
