@@ -10,11 +10,14 @@ pub struct Batch {
     pub attention_mask: Option<Vec<Vec<u8>>>,
     /// Position ids [b, t]; None = `past_len + 0..t` as transformers' forward does.
     pub position_ids: Option<Vec<Vec<i64>>>,
+    /// Packed sequences: [b, t] example ids; a token attends only to keys of its own
+    /// example (a block-diagonal causal mask). None = one example per row.
+    pub segment_ids: Option<Vec<Vec<u32>>>,
 }
 
 impl Batch {
     pub fn new(ids: Vec<Vec<u32>>) -> Self {
-        Batch { ids, attention_mask: None, position_ids: None }
+        Batch { ids, attention_mask: None, position_ids: None, segment_ids: None }
     }
 
     pub fn dims(&self) -> (usize, usize) {
@@ -39,6 +42,14 @@ impl Batch {
             if mask.len() != b || mask.iter().any(|m| m.len() != want) {
                 let found = format!("[{}, {}]", mask.len(), mask.first().map_or(0, Vec::len));
                 return Err(Error::arg("attentionMask", format!("shape [{b}, {want}] (the shape of inputIds)"), found));
+            }
+        }
+        if let Some(seg) = &self.segment_ids {
+            if past_len > 0 {
+                return Err(Error::arg("segmentIds", "no KV cache (packing is for training)", "a cached prefix"));
+            }
+            if seg.len() != b || seg.iter().any(|s| s.len() != t) {
+                return Err(Error::arg("segmentIds", format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} rows", seg.len())));
             }
         }
         if let Some(pos) = &self.position_ids {
@@ -81,7 +92,8 @@ impl Batch {
             for i in 0..t {
                 for j in 0..kv {
                     let padded = self.attention_mask.as_ref().is_some_and(|m| m[r][j] == 0);
-                    if j > past_len + i || padded {
+                    let other_example = self.segment_ids.as_ref().is_some_and(|s| s[r][i] != s[r][j]);
+                    if j > past_len + i || padded || other_example {
                         bias[(r * t + i) * kv + j] = min;
                     }
                 }
