@@ -66,7 +66,6 @@ fn adalora_finite_differences_in_f64_with_the_orthogonal_regulariser() {
     let loss = peft_core::model::loss::causal_lm_loss(&logits, &inp.labels).unwrap();
     let total = (loss + orth_regularization(&model, &tuners, "default", &ctx).unwrap()).unwrap();
     let g = total.backward().unwrap();
-    drop(ctx);
     model.store.accumulate_grads(&g).unwrap();
     for name in [E0, A0, "base_model.model.model.layers.1.mlp.down_proj.lora_B.default"] {
         let err = fd_error(&mut model, &tuners, name, loss_with_reg);

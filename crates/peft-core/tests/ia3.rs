@@ -61,8 +61,9 @@ fn ia3_defaults_init_and_config_errors() {
     assert_eq!(j["target_modules"], json!(["k_proj", "v_proj", "down_proj"]));
     assert_eq!(j["feedforward_modules"], json!(["down_proj"]));
     assert_eq!(max_abs_diff(&logits_with(&model, Some(&tuners)), &logits_with(&model, None)), 0.0);
-    let (_, w) = peft_core::tuners::parse_config(&json!({"peft_type": "IA3", "shiny": 1}), None, std::path::Path::new("x")).unwrap();
+    let (c, w) = peft_core::tuners::parse_config(&json!({"peft_type": "IA3", "shiny": 1}), None, std::path::Path::new("x")).unwrap();
     assert!(w.iter().any(|w| w.contains("shiny")), "{w:?}");
+    assert_eq!(c.to_json()["shiny"], json!(1), "unknown fields are kept and written back");
     for (cfg, key) in [
         (json!({"target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]}), "feedforward_modules"),
         (json!({"init_ia3_weights": "yes"}), "init_ia3_weights"),

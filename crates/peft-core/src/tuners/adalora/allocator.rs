@@ -71,7 +71,7 @@ impl RankAllocator {
         }
         let mul = 1.0 - (step - c.tinit) as f64 / (c.total_step - c.tfinal - c.tinit) as f64;
         let span = self.init_bgt as f64 - self.target_bgt as f64;
-        ((span * mul.powi(3) + self.target_bgt as f64) as usize, step % c.delta_t == 0)
+        ((span * mul.powi(3) + self.target_bgt as f64) as usize, step.is_multiple_of(c.delta_t))
     }
 
     pub fn reset_ipt(&mut self) {

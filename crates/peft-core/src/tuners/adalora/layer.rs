@@ -145,7 +145,9 @@ impl TunerConfig for AdaLoraConfig {
         let Some((module, attr)) = key.strip_prefix(PEFT_PREFIX).and_then(|k| k.rsplit_once('.')) else {
             return Ok(value.clone());
         };
-        let Some(flags) = self.rank_pattern.as_ref().and_then(|rp| rp.iter().find(|(k, _)| *k == format!("{module}.lora_E"))) else {
+        let plain = format!("{module}.lora_E"); // or PEFT's in-memory `<plain>.<adapter>`
+        let hit = |k: &String| *k == plain || k.strip_prefix(&plain).is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.'));
+        let Some(flags) = self.rank_pattern.as_ref().and_then(|rp| rp.iter().find(|(k, _)| hit(k))) else {
             return Ok(value.clone());
         };
         let kept: Vec<u32> = flags.1.iter().enumerate().filter(|(_, &k)| k).map(|(i, _)| i as u32).collect();

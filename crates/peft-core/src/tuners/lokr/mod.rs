@@ -68,7 +68,7 @@ impl LokrConfig {
 /// divisor pair with the smallest sum whose first member does not exceed `factor`
 /// (-1: no bound, so the pair nearest the square root).
 pub fn factorization(dimension: usize, factor: i64) -> (usize, usize) {
-    if factor > 0 && dimension % factor as usize == 0 {
+    if factor > 0 && dimension.is_multiple_of(factor as usize) {
         return (factor as usize, dimension / factor as usize);
     }
     let factor = if factor == -1 { dimension } else { factor.max(0) as usize };
@@ -76,7 +76,7 @@ pub fn factorization(dimension: usize, factor: i64) -> (usize, usize) {
     let length = m + n;
     while m < n {
         let mut new_m = m + 1;
-        while dimension % new_m != 0 {
+        while !dimension.is_multiple_of(new_m) {
             new_m += 1;
         }
         let new_n = dimension / new_m;
@@ -138,7 +138,7 @@ impl TunerConfig for LokrConfig {
         let (in_m, in_n) = factorization(t.in_features, self.decompose_factor);
         let (out_l, out_k) = factorization(t.out_features, self.decompose_factor);
         let full_w1 = !(self.decompose_both && (r as f64) < out_l.max(in_m) as f64 / 2.0);
-        let full_w2 = !((r as f64) < out_k.max(in_n) as f64 / 2.0);
+        let full_w2 = r as f64 >= out_k.max(in_n) as f64 / 2.0;
         let dev = bc.store.get(t.weight).value().device().clone();
         let dt = bc.dtype;
         let zero_w1 = self.init == LokrInit::Default;
