@@ -115,8 +115,10 @@ pub fn save_adapter(tuners: &Tuners, model: &Llama, name: &str, dir: &Path) -> R
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tensors: Vec<(String, Tensor)> =
-        tuners.checkpoint_keys(model, name)?.into_iter().map(|(k, id)| (k, model.store.get(id).value().clone())).collect();
+    let config = tuners.config(name)?;
+    let tensors: Vec<(String, Tensor)> = (tuners.checkpoint_keys(model, name)?.into_iter())
+        .map(|(k, id)| config.checkpoint_tensor(&k, model.store.get(id).value()).map(|t| (k, t)))
+        .collect::<Result<_>>()?;
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     save_file(&tensors, Some(meta), &dir.join(WEIGHTS_NAME))?;
     write_atomic(&dir.join(CONFIG_NAME), config_json(tuners.config(name)?).as_bytes())

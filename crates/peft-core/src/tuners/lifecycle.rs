@@ -87,7 +87,7 @@ impl Tuners {
                 Err(e) => {
                     for (_, layer) in built.iter().rev() {
                         let _ = layer.restore_base(&model.store);
-                        layer.params().into_iter().for_each(|id| drop(model.store.remove(id)));
+                        layer.params().into_iter().chain(layer.buffers()).for_each(|id| drop(model.store.remove(id)));
                     }
                     return Err(e);
                 }
@@ -141,9 +141,17 @@ impl Tuners {
     }
 
     /// (file key, parameter) pairs of adapter `name`, as PEFT's `get_peft_model_state_dict` keys them.
+    /// Saved buffers (`AdapterLayer::buffers`) follow the parameters, each once.
     pub fn checkpoint_keys(&self, model: &Llama, name: &str) -> Result<Vec<(String, ParamId)>> {
-        let config = &self.adapter(name)?.config;
-        Ok(self.params(name)?.into_iter().map(|id| (config.checkpoint_key(&model.store.get(id).name, name), id)).collect())
+        let a = self.adapter(name)?;
+        let mut ids = self.params(name)?;
+        let buffers = a.modules.iter().flat_map(|p| self.layer(p, name)).flat_map(|l| l.buffers());
+        for id in buffers.filter(|_| a.config.saves_buffers()) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        Ok(ids.into_iter().map(|id| (a.config.checkpoint_key(&model.store.get(id).name, name), id)).collect())
     }
 
     /// Activates `names` in this order (their outputs are added in it). Unmerges first, as
@@ -213,7 +221,7 @@ impl Tuners {
                 if restore {
                     layer.restore_base(&model.store)?;
                 }
-                layer.params().into_iter().for_each(|id| drop(model.store.remove(id)));
+                layer.params().into_iter().chain(layer.buffers()).for_each(|id| drop(model.store.remove(id)));
             }
             if layers.is_empty() {
                 self.layers.remove(path);

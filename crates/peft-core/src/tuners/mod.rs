@@ -13,13 +13,20 @@
 //! virtual tokens and widens the attention mask), per-layer key/value prefixes
 //! (prefix tuning, as a `KvCache` that is already filled), and the norms (LN tuning swaps
 //! the norm weight). Each method then lives in one folder next to `lora/`.
+pub mod adalora;
+pub mod fields;
+pub mod ia3;
 pub mod init;
 pub mod lifecycle;
 pub mod linalg;
+pub mod loha;
+pub mod lokr;
 mod merging;
 pub mod lora;
+pub mod lycoris;
 pub mod patterns;
 pub mod targeting;
+pub mod vera;
 
 pub use lifecycle::{InjectReport, Tuners};
 pub use targeting::{TargetSpec, Targets};
@@ -76,6 +83,13 @@ pub trait AdapterLayer: Send + Sync {
     /// Its parameters in the store (named as PEFT's `named_parameters()`).
     fn params(&self) -> Vec<ParamId>;
 
+    /// Tensors in the store that belong to the adapter but are never trained (VeRA's shared
+    /// projections: PEFT's buffers), removed with it and saved with it unless the config's
+    /// `saves_buffers` says no. Several layers may return the same one.
+    fn buffers(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
+
     /// Replaces the input of the base matmul (IA³ on feed-forward layers scales it). None: unchanged.
     fn transform_input(&self, _x: &Tensor, _ctx: &Ctx) -> Result<Option<Tensor>> {
         Ok(None)
@@ -130,6 +144,15 @@ pub trait TunerConfig: Send + Sync + std::fmt::Debug {
     fn checkpoint_key(&self, param_name: &str, adapter: &str) -> String {
         remove_adapter_name(param_name, adapter)
     }
+    /// Whether the layers' `buffers` are saved with the adapter (VeRA's `save_projection`).
+    fn saves_buffers(&self) -> bool {
+        true
+    }
+    /// The tensor saved under `key` from the parameter's value (AdaLoRA keeps only the ranks
+    /// its allocation left). Default: the value itself.
+    fn checkpoint_tensor(&self, _key: &str, value: &Tensor) -> Result<Tensor> {
+        Ok(value.clone())
+    }
     /// Where the config came from (a file, or the caller), for errors.
     fn source(&self) -> &Path;
     fn clone_box(&self) -> Box<dyn TunerConfig>;
@@ -151,6 +174,11 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
             let (c, w) = lora::LoraConfig::from_value(value, raw, source)?;
             Ok((Box::new(c), w))
         }
+        Some("IA3") => boxed(ia3::Ia3Config::from_value(value, source)),
+        Some("VERA") => boxed(vera::VeraConfig::from_value(value, source)),
+        Some("LOHA") => boxed(loha::LohaConfig::from_value(value, raw, source)),
+        Some("LOKR") => boxed(lokr::LokrConfig::from_value(value, raw, source)),
+        Some("ADALORA") => boxed(adalora::AdaLoraConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -160,7 +188,11 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
     }
 }
 
-pub const SUPPORTED_PEFT_TYPES: &[&str] = &["LORA"];
+pub const SUPPORTED_PEFT_TYPES: &[&str] = &["LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA"];
+
+fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
+    r.map(|(c, w)| (Box::new(c) as Box<dyn TunerConfig>, w))
+}
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
 /// `x.lora_A.weight`; a parameter named directly `x.default` -> `x`.
@@ -179,4 +211,10 @@ pub fn remove_adapter_name(key: &str, adapter: &str) -> String {
 /// The name PEFT's `named_parameters()` gives an adapter tensor: `base_model.model.<path>.<attr>.<adapter>.weight`.
 pub fn param_name(path: &str, attr: &str, adapter: &str) -> String {
     format!("{PEFT_PREFIX}{path}.{attr}.{adapter}.weight")
+}
+
+/// The name PEFT gives a tensor of an `nn.ParameterDict` (IA³, VeRA, LoHa, LoKr, AdaLoRA):
+/// `base_model.model.<path>.<attr>.<adapter>`, saved as `base_model.model.<path>.<attr>`.
+pub fn param_dict_name(path: &str, attr: &str, adapter: &str) -> String {
+    format!("{PEFT_PREFIX}{path}.{attr}.{adapter}")
 }
