@@ -55,7 +55,7 @@ export declare class NativeModel {
   gradSqSum(names: Array<string>): Promise<number>
   scaleGrads(names: Array<string>, factor: number): void
   /** Overwrites a parameter's value (used to load optimizer and checkpoint state). */
-  setParamData(name: string, values: Float32Array): void
+  setParamData(name: string, values: Float64Array): void
   /** Attaches a new adapter from a PEFT config (JSON, snake_case); returns warnings. */
   addAdapter(name: string, configJson: string, seed: number): Promise<Array<string>>
   /** Loads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`). */
@@ -91,6 +91,8 @@ export declare class NativeTensor {
   get shape(): Array<number>
   get dtype(): string
   toFloat32Array(): Promise<Float32Array>
+  /** Full precision (float64 models, finite-difference checks). */
+  toFloat64Array(): Promise<Float64Array>
   /**
    * Backpropagates from this scalar into the `.grad` of every trainable parameter
    * of the model that produced it, adding to what is there.

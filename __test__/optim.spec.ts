@@ -198,7 +198,7 @@ for (const [kind, make] of makers) {
     const json = JSON.stringify(await optA.stateDict())
     // A fresh model at A's current weights, and a fresh optimizer loaded from the JSON.
     const b = await load(SMALL)
-    for (const [i, p] of b.ps.entries()) b.model.native.setParamData(p.name, await a.ps[i].data.toFloat32Array())
+    for (const [i, p] of b.ps.entries()) b.model.native.setParamData(p.name, Float64Array.from(await a.ps[i].data.toFloat32Array()))
     const optB = make(b.ps)
     optB.loadStateDict(JSON.parse(json))
     t.is(JSON.stringify(await optB.stateDict()), json)
@@ -281,7 +281,7 @@ test('a step with NaN/Inf gradients is refused naming the parameter, or skipped 
   await t.throwsAsync(strict.step(), { message: /the gradient of "model\.norm\.weight" holds Inf/ })
   // A NaN weight makes every gradient NaN: the first parameter (in group order) is named.
   model.zeroGrad()
-  model.native.setParamData(ps[2].name, new Float32Array(ps[2].numel).fill(NaN))
+  model.native.setParamData(ps[2].name, new Float64Array(ps[2].numel).fill(NaN))
   await backward(model)
   await t.throwsAsync(strict.step(), { message: /the gradient of "model\.layers\.0\.post_attention_layernorm\.weight" holds NaN/ })
   model.dispose()

@@ -29,6 +29,12 @@ export class Parameter {
     return g ? new Tensor(g) : null
   }
 
+  /** Overwrites the value (same number of elements; converted to the parameter's dtype). */
+  setData(values: ArrayLike<number>): void {
+    if (values.length !== this.numel) throw new Error(`${this.name}: expected ${this.numel} values, found ${values.length}`)
+    this.model.setParamData(this.name, Float64Array.from(values))
+  }
+
   get numel(): number {
     return this.shape.reduce((a, b) => a * b, 1)
   }

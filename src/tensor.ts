@@ -28,12 +28,17 @@ export class Tensor {
     return this.inner.toFloat32Array()
   }
 
+  /** The values in float64 (exact for float64 models). */
+  async toFloat64Array(): Promise<Float64Array> {
+    return this.inner.toFloat64Array()
+  }
+
   /** The value of a one-element tensor. */
   async item(): Promise<number> {
     const shape = this.shape
     const n = shape.reduce((a, b) => a * b, 1)
     if (n !== 1) throw new Error(`Tensor.item(): expected a tensor with one element, found shape [${shape.join(', ')}]`)
-    return (await this.toFloat32Array())[0]
+    return (await this.toFloat64Array())[0]
   }
 
   /** Backpropagates from this scalar loss; gradients add up in each trainable `Parameter.grad` until `zeroGrad()`. */

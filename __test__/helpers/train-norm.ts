@@ -23,7 +23,7 @@ export async function trainNorm(model: LlamaModel, ids: number[], steps = 3, onS
     if (!grad) throw new Error(`step ${step}: no gradient for ${NORM}`)
     const g = await grad.toFloat32Array()
     const w = await param.data.toFloat32Array()
-    model.native.setParamData(NORM, w.map((x, i) => x - 0.5 * g[i]))
+    model.native.setParamData(NORM, Float64Array.from(w, (x, i) => x - 0.5 * g[i]))
     model.zeroGrad()
     logits.dispose()
     loss!.dispose()

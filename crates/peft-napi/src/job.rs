@@ -2,7 +2,7 @@
 //! (Arc handles, inputs) on the JS thread and hands a closure to a job, so no task ever
 //! reads a JS-owned object after returning (a terminated Worker frees those). A panic in
 //! the core becomes a rejected promise instead of killing the process.
-use napi::bindgen_prelude::{AsyncTask, Float32Array};
+use napi::bindgen_prelude::{AsyncTask, Float32Array, Float64Array};
 use napi::{Env, Error, Status, Task};
 use napi_derive::napi;
 
@@ -62,6 +62,7 @@ job!(NumberJob, f64, f64, same);
 job!(StringsJob, Vec<String>, Vec<String>, same);
 job!(IdsJob, Vec<Vec<u32>>, Vec<Vec<u32>>, same);
 job!(Float32Job, Vec<f32>, Float32Array, Float32Array::new);
+job!(Float64Job, Vec<f64>, Float64Array, Float64Array::new);
 job!(TensorsJob, Vec<NativeTensor>, Vec<NativeTensor>, same);
 job!(OptionalTensorJob, Option<NativeTensor>, Option<NativeTensor>, same);
 job!(ModelJob, NativeModel, NativeModel, same);

@@ -89,7 +89,7 @@ impl NativeModel {
 
     /// Overwrites a parameter's value (used to load optimizer and checkpoint state).
     #[napi]
-    pub fn set_param_data(&self, name: String, values: napi::bindgen_prelude::Float32Array) -> Result<()> {
+    pub fn set_param_data(&self, name: String, values: napi::bindgen_prelude::Float64Array) -> Result<()> {
         with_model(&self.inner, |s| {
             let p = s.llama.store.by_name(&name)?;
             let t = candle_core::Tensor::from_slice(&values, p.value().dims(), p.value().device()).map_err(peft_core::Error::from)?;

@@ -1,6 +1,6 @@
 //! A tensor handle. A loss tensor remembers its model so `backward` can store gradients.
 use crate::error::{closed, to_js, Result};
-use crate::job::{Float32Job, UnitJob};
+use crate::job::{Float32Job, Float64Job, UnitJob};
 use crate::model::SharedModel;
 use candle_core::{DType, Tensor};
 use napi::bindgen_prelude::AsyncTask;
@@ -67,6 +67,16 @@ impl NativeTensor {
         let t = self.get()?;
         Ok(Float32Job::spawn(move || {
             let flat = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>());
+            flat.map_err(|e| to_js(e.into()))
+        }))
+    }
+
+    /// Full precision (float64 models, finite-difference checks).
+    #[napi]
+    pub fn to_float64_array(&self) -> Result<AsyncTask<Float64Job>> {
+        let t = self.get()?;
+        Ok(Float64Job::spawn(move || {
+            let flat = t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>());
             flat.map_err(|e| to_js(e.into()))
         }))
     }
