@@ -70,23 +70,30 @@ impl Batch {
     /// as transformers builds it (a fully masked row then attends uniformly, never NaN).
     pub fn attention_bias(&self, past_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
         let (b, t) = self.dims();
-        let kv = past_len + t;
-        let min = match dtype {
-            DType::F64 => f64::MIN,
-            DType::F16 => -65504.0,
-            _ => f32::MIN as f64,
-        };
-        let mut bias = vec![0f64; b * t * kv];
-        for r in 0..b {
-            for i in 0..t {
-                for j in 0..kv {
-                    let padded = self.attention_mask.as_ref().is_some_and(|m| m[r][j] == 0);
-                    if j > past_len + i || padded {
-                        bias[(r * t + i) * kv + j] = min;
-                    }
+        attention_bias(self.attention_mask.as_deref(), b, t, past_len, dtype, device)
+    }
+}
+
+/// `Batch::attention_bias` for `t` queries after `past_len` keys, with a key mask
+/// [b, past_len + t] (None = all ones). Adapters that add positions (virtual tokens, key
+/// prefixes) call it with the mask widened by ones, as PEFT widens it.
+pub fn attention_bias(mask: Option<&[Vec<u8>]>, b: usize, t: usize, past_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let kv = past_len + t;
+    let min = match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => -65504.0,
+        _ => f32::MIN as f64,
+    };
+    let mut bias = vec![0f64; b * t * kv];
+    for r in 0..b {
+        for i in 0..t {
+            for j in 0..kv {
+                let padded = mask.is_some_and(|m| m[r][j] == 0);
+                if j > past_len + i || padded {
+                    bias[(r * t + i) * kv + j] = min;
                 }
             }
         }
-        Ok(Tensor::from_vec(bias, (b, 1, t, kv), device)?.to_dtype(dtype)?)
     }
+    Ok(Tensor::from_vec(bias, (b, 1, t, kv), device)?.to_dtype(dtype)?)
 }

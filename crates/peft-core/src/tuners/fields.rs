@@ -1,0 +1,228 @@
+//! A method config as PEFT writes it: every field of the PEFT config class kept in file
+//! form (defaults filled in, unknown fields kept and reported), typed reads that name the
+//! key in their errors, and the `TunerConfig` plumbing every method shares
+//! (`config_plumbing!`). LoRA has its own reader (`lora/config.rs`); the other methods use this.
+use super::targeting::{OneOrMany, TargetSpec, Targets};
+use super::PEFT_VERSION;
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+const TASK_TYPES: &[&str] = &["SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"];
+
+#[derive(Debug, Clone)]
+pub struct Fields {
+    pub map: Map<String, Value>,
+    pub source: PathBuf,
+}
+
+/// `PeftConfig`'s own fields, shared by every method.
+pub fn base_defaults(peft_type: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    for k in ["auto_mapping", "base_model_name_or_path", "revision", "task_type"] {
+        m.insert(k.into(), Value::Null);
+    }
+    m.insert("inference_mode".into(), Value::Bool(false));
+    m.insert("peft_type".into(), Value::String(peft_type.into()));
+    m.insert("peft_version".into(), Value::String(PEFT_VERSION.into()));
+    m
+}
+
+impl Fields {
+    /// `defaults` (the class's fields besides the base ones) overlaid with `value`.
+    /// Returns the fields and warnings (unknown fields, non-causal task types).
+    pub fn parse(value: &Value, peft_type: &str, class: &str, defaults: Value, source: &Path) -> Result<(Self, Vec<String>)> {
+        let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
+        let mut map = base_defaults(peft_type);
+        if let Value::Object(d) = defaults {
+            map.extend(d);
+        }
+        let mut warnings = Vec::new();
+        for (k, v) in obj {
+            if k == "runtime_config" {
+                warnings.push("`runtime_config` is ignored: runtime configurations are only valid at runtime".into());
+                continue;
+            }
+            if !map.contains_key(k) {
+                warnings.push(format!("unknown {class} field `{k}` (kept and written back, not used)"));
+            }
+            map.insert(k.clone(), v.clone());
+        }
+        let f = Fields { map, source: source.into() };
+        if f.map["peft_type"] != peft_type {
+            return Err(f.err("peft_type", &format!("\"{peft_type}\"")));
+        }
+        if let Some(t) = f.opt_str("task_type")? {
+            if !TASK_TYPES.contains(&t.as_str()) {
+                return Err(f.err("task_type", &format!("null or one of {}", TASK_TYPES.join(", "))));
+            }
+            if t != "CAUSAL_LM" {
+                warnings.push(format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM"));
+            }
+        }
+        f.bool("inference_mode")?;
+        f.opt_str("base_model_name_or_path")?;
+        f.opt_str("revision")?;
+        Ok((f, warnings))
+    }
+
+    pub fn get(&self, key: &str) -> &Value {
+        self.map.get(key).unwrap_or(&Value::Null)
+    }
+
+    pub fn set(&mut self, key: &str, v: impl Into<Value>) {
+        self.map.insert(key.into(), v.into());
+    }
+
+    pub fn err(&self, key: &str, expected: &str) -> Error {
+        Error::InvalidConfig { file: self.source.clone(), key: key.into(), expected: expected.into(), found: self.get(key).to_string() }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<bool> {
+        self.get(key).as_bool().ok_or_else(|| self.err(key, "true or false"))
+    }
+
+    pub fn num(&self, key: &str) -> Result<f64> {
+        self.get(key).as_f64().ok_or_else(|| self.err(key, "a number"))
+    }
+
+    /// A number in the range `ok` describes as `what`.
+    pub fn num_in(&self, key: &str, ok: impl Fn(f64) -> bool, what: &str) -> Result<f64> {
+        self.get(key).as_f64().filter(|x| ok(*x)).ok_or_else(|| self.err(key, what))
+    }
+
+    /// A positive integer.
+    pub fn positive(&self, key: &str, what: &str) -> Result<usize> {
+        self.get(key).as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| self.err(key, &format!("a positive integer ({what})")))
+    }
+
+    /// A positive integer or null.
+    pub fn opt_positive(&self, key: &str, what: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            Value::Null => Ok(None),
+            _ => self.positive(key, what).map(Some),
+        }
+    }
+
+    pub fn opt_str(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            _ => Err(self.err(key, "a string or null")),
+        }
+    }
+
+    /// One of `allowed` (exact spelling).
+    pub fn choice(&self, key: &str, allowed: &[&str]) -> Result<String> {
+        match self.get(key).as_str() {
+            Some(s) if allowed.contains(&s) => Ok(s.to_string()),
+            _ => Err(self.err(key, &format!("one of {}", allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")))),
+        }
+    }
+
+    /// `modules_to_save` must stay null: training whole extra modules is not supported.
+    pub fn no_modules_to_save(&self) -> Result<()> {
+        match self.get("modules_to_save") {
+            Value::Null => Ok(()),
+            Value::Array(a) if a.is_empty() => Ok(()),
+            _ => Err(self.err("modules_to_save", "null (training whole extra modules is not supported)")),
+        }
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let arr = self.get(key).as_array().ok_or_else(|| self.err(key, "a list of strings"))?;
+        arr.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| self.err(key, "a list of strings"))).collect()
+    }
+
+    pub fn targets(&self, key: &str) -> Result<Option<Targets>> {
+        match self.get(key) {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(Targets::Regex(s.clone()))),
+            Value::Array(_) => Ok(Some(Targets::List(self.strings(key)?))),
+            _ => Err(self.err(key, "a list of module names, a regular expression string, or null")),
+        }
+    }
+
+    /// `target_modules`, `exclude_modules`, and the layer filters when the class has them.
+    pub fn target_spec(&self) -> Result<TargetSpec> {
+        let layers_to_transform = match self.get("layers_to_transform") {
+            Value::Null => None,
+            Value::Number(n) => Some(OneOrMany::One(n.as_i64().ok_or_else(|| self.err("layers_to_transform", "an integer or a list of integers"))?)),
+            Value::Array(a) => Some(OneOrMany::Many(
+                a.iter().map(|x| x.as_i64().ok_or_else(|| self.err("layers_to_transform", "a list of integers"))).collect::<Result<_>>()?,
+            )),
+            _ => return Err(self.err("layers_to_transform", "an integer, a list of integers, or null")),
+        };
+        let layers_pattern = match self.get("layers_pattern") {
+            Value::Null => None,
+            Value::String(s) => Some(OneOrMany::One(s.clone())),
+            Value::Array(_) => Some(OneOrMany::Many(self.strings("layers_pattern")?)),
+            _ => return Err(self.err("layers_pattern", "a string, a list of strings, or null")),
+        };
+        Ok(TargetSpec {
+            target_modules: self.targets("target_modules")?,
+            exclude_modules: self.targets("exclude_modules")?,
+            layers_to_transform,
+            layers_pattern,
+            modules_to_save: None,
+        })
+    }
+
+    /// Decoder layer indices from `layers_to_transform` (None: every layer), checked against the model.
+    pub fn layer_indices(&self, num_layers: usize) -> Result<Option<Vec<usize>>> {
+        let v: Vec<i64> = match self.get("layers_to_transform") {
+            Value::Null => return Ok(None),
+            Value::Number(n) => vec![n.as_i64().unwrap_or(-1)],
+            Value::Array(a) => a.iter().map(|x| x.as_i64().unwrap_or(-1)).collect(),
+            _ => vec![-1],
+        };
+        v.iter()
+            .map(|&i| if i >= 0 && (i as usize) < num_layers { Ok(i as usize) } else { Err(self.err("layers_to_transform", &format!("layer indices in 0..{num_layers}"))) })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+}
+
+/// JSON form of `Targets`.
+pub fn targets_json(t: &Targets) -> Value {
+    match t {
+        Targets::List(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
+        Targets::Regex(s) => Value::String(s.clone()),
+    }
+}
+
+/// The `TunerConfig` methods every method implements alike, for a struct with
+/// `fields: Fields` and `targets: TargetSpec`.
+macro_rules! config_plumbing {
+    () => {
+        fn targets(&self) -> &$crate::tuners::TargetSpec {
+            &self.targets
+        }
+        fn set_target_modules(&mut self, t: $crate::tuners::Targets) {
+            self.fields.set("target_modules", $crate::tuners::fields::targets_json(&t));
+            self.targets.target_modules = Some(t);
+        }
+        fn inference_mode(&self) -> bool {
+            self.fields.get("inference_mode").as_bool().unwrap_or(false)
+        }
+        fn set_inference_mode(&mut self, on: bool) {
+            self.fields.set("inference_mode", on);
+        }
+        fn set_base_model_name_or_path(&mut self, name: Option<String>) {
+            self.fields.set("base_model_name_or_path", name.map_or(serde_json::Value::Null, serde_json::Value::String));
+        }
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::Value::Object(self.fields.map.clone())
+        }
+        fn source(&self) -> &std::path::Path {
+            &self.fields.source
+        }
+        fn clone_box(&self) -> Box<dyn $crate::tuners::TunerConfig> {
+            Box::new(self.clone())
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    };
+}
+pub(crate) use config_plumbing;
