@@ -63,7 +63,7 @@ impl TunerConfig for LnTuningConfig {
         let HookSite::Norm { path, weight, .. } = site else {
             return Err(Error::Unsupported(format!("LN tuning adapts norm layers, not `{}`", site.path())));
         };
-        let w = bc.store.get(*weight).value().to_dtype(bc.dtype)?;
+        let w = bc.store.get(*weight).value().to_dtype(bc.dtype)?.copy()?; // own storage: the base stays as it is
         let id = bc.store.add(param_name(path, "ln_tuning_layers", bc.adapter), w, false)?;
         Ok(Box::new(LnTuningLayer { adapter: bc.adapter.to_string(), weight: id, saved: None }))
     }
