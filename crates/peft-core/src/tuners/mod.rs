@@ -14,6 +14,8 @@
 //! sublayer outputs (bottleneck and parallel adapters). A method implements the
 //! `AdapterLayer` methods of its sites; the ones that are not linear-only list their sites
 //! in `TunerConfig::hook_sites`. Each method lives in one folder next to `lora/`.
+pub mod bias;
+pub mod bottleneck;
 pub mod fields;
 pub mod hooks;
 pub mod init;
@@ -26,6 +28,7 @@ pub mod patterns;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
 pub mod select;
+pub mod ssf;
 pub mod targeting;
 
 pub use hooks::{HookSite, Sublayer, PROMPT_ENCODER};
@@ -228,6 +231,10 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("PROMPT_TUNING") => boxed(prompt_tuning::PromptTuningConfig::from_value(value, source)),
         Some("PREFIX_TUNING") => boxed(prefix_tuning::PrefixTuningConfig::from_value(value, source)),
         Some("LN_TUNING") => boxed(ln_tuning::LnTuningConfig::from_value(value, source)),
+        Some("BOTTLENECK_ADAPTER") => boxed(bottleneck::BottleneckConfig::from_value(value, source, bottleneck::Placement::Serial)),
+        Some("PARALLEL_ADAPTER") => boxed(bottleneck::BottleneckConfig::from_value(value, source, bottleneck::Placement::Parallel)),
+        Some("SSF") => boxed(ssf::SsfConfig::from_value(value, source)),
+        Some("BIAS_TUNING") => boxed(bias::BiasTuningConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -241,7 +248,8 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
     r.map(|(c, w)| (Box::new(c) as Box<dyn TunerConfig>, w))
 }
 
-pub const SUPPORTED_PEFT_TYPES: &[&str] = &["LORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING"];
+pub const SUPPORTED_PEFT_TYPES: &[&str] =
+    &["LORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER", "SSF", "BIAS_TUNING"];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
 /// `x.lora_A.weight`; a parameter named directly `x.default` -> `x`.
