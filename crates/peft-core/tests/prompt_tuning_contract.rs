@@ -84,3 +84,22 @@ fn generation_with_prompts_is_row_independent() {
         }
     }
 }
+
+#[test]
+fn p_tuning_contract() {
+    let e = check(&json!({"peft_type": "P_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4, "encoder_hidden_size": 32}), 4, false);
+    println!("p-tuning (MLP): finite differences rel err {e:e}");
+}
+
+#[test]
+fn p_tuning_bad_configs_name_the_key() {
+    for (cfg, key) in [
+        (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 0}), "num_virtual_tokens"),
+        (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 2, "encoder_reparameterization_type": "LSTM"}), "encoder_reparameterization_type"),
+        (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 2, "encoder_hidden_size": 0}), "encoder_hidden_size"),
+        (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 2, "encoder_dropout": 1.5}), "encoder_dropout"),
+    ] {
+        let e = error_of(&cfg);
+        assert!(e.contains(&format!("`{key}`")), "{cfg}: {e}");
+    }
+}

@@ -24,6 +24,7 @@ pub mod linalg;
 pub mod ln_tuning;
 mod merging;
 pub mod lora;
+pub mod p_tuning;
 pub mod patterns;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
@@ -233,6 +234,7 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("LN_TUNING") => boxed(ln_tuning::LnTuningConfig::from_value(value, source)),
         Some("BOTTLENECK_ADAPTER") => boxed(bottleneck::BottleneckConfig::from_value(value, source, bottleneck::Placement::Serial)),
         Some("PARALLEL_ADAPTER") => boxed(bottleneck::BottleneckConfig::from_value(value, source, bottleneck::Placement::Parallel)),
+        Some("P_TUNING") => boxed(p_tuning::PTuningConfig::from_value(value, source)),
         Some("SSF") => boxed(ssf::SsfConfig::from_value(value, source)),
         Some("BIAS_TUNING") => boxed(bias::BiasTuningConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
@@ -249,7 +251,7 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
 }
 
 pub const SUPPORTED_PEFT_TYPES: &[&str] =
-    &["LORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER", "SSF", "BIAS_TUNING"];
+    &["LORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER", "SSF", "BIAS_TUNING", "P_TUNING"];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
 /// `x.lora_A.weight`; a parameter named directly `x.default` -> `x`.

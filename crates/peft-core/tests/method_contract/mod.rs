@@ -135,7 +135,7 @@ fn finite_differences(v: &Value) -> f64 {
         let gmax = g.iter().fold(0f64, |m, x| m.max(x.abs()));
         let h = 1e-5;
         for &i in &[0, base.len() / 3, base.len() / 2, base.len() - 1] {
-            let mut at = |delta: f64| {
+            let at = |delta: f64| {
                 let mut x = base.clone();
                 x[i] += delta;
                 model.store.by_name(name).unwrap().set(&Tensor::from_vec(x, dims.as_slice(), &Device::Cpu).unwrap()).unwrap();
@@ -168,7 +168,6 @@ fn loss_falls(v: &Value) {
         let logits = model.forward(&batch, &ctx, None, false).unwrap();
         let l = loss::causal_lm_loss(&logits, &labels).unwrap();
         let g = l.backward().unwrap();
-        drop(ctx);
         model.store.accumulate_grads(&g).unwrap();
         if step == 1 {
             first = scalar(&l);
