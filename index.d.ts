@@ -27,7 +27,12 @@ export declare class NativeModel {
    * Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
    * `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
    */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null): Promise<Array<NativeTensor>>
+  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null): Promise<Array<NativeTensor>>
+  /**
+   * Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
+   * Face checkpoint; merge adapters first to include them.
+   */
+  savePretrained(dir: string): Promise<void>
   /** The tokenizer that came with the checkpoint, if any. */
   tokenizer(): NativeTokenizer | null
   parameters(): Array<ParamInfo>
@@ -91,6 +96,8 @@ export declare class NativeTensor {
    * of the model that produced it, adding to what is there.
    */
   backward(): Promise<void>
+  /** `self * factor`, keeping the graph (e.g. to weight a micro-batch's loss). */
+  mulScalar(factor: number): NativeTensor
   /** Frees the native memory now (and the graph a loss keeps alive). */
   dispose(): void
   get disposed(): boolean

@@ -19,6 +19,10 @@ export interface ForwardInput {
   labels?: IdRows
   /** Seeds adapter dropout for this call (in training mode), for reproducible steps. */
   dropoutSeed?: number
+  /** Position ids [b, t] (default 0..t-1 per row); packed rows restart them per example. */
+  positionIds?: IdRows
+  /** Packing: example ids [b, t]; a token attends only to earlier tokens of its own example. */
+  segmentIds?: IdRows
 }
 
 export interface ForwardOutput {
@@ -76,7 +80,23 @@ export class LlamaModel {
     const ids = flatIds('inputIds', input.inputIds)
     const mask = input.attentionMask ? flatMask('attentionMask', input.attentionMask, ids.batch, ids.seq) : undefined
     const labels = input.labels ? flatLabels('labels', input.labels, ids.batch, ids.seq) : undefined
-    const [logits, loss] = await this.inner.forward(ids.data, ids.batch, ids.seq, mask, labels, input.dropoutSeed)
+    const positions = input.positionIds ? flatIds('positionIds', input.positionIds) : undefined
+    const segments = input.segmentIds ? flatIds('segmentIds', input.segmentIds) : undefined
+    for (const [name, f] of [['positionIds', positions], ['segmentIds', segments]] as const) {
+      if (f && (f.batch !== ids.batch || f.seq !== ids.seq)) {
+        throw new Error(`${name}: expected shape [${ids.batch}, ${ids.seq}] (the shape of inputIds), found [${f.batch}, ${f.seq}]`)
+      }
+    }
+    const [logits, loss] = await this.inner.forward(
+      ids.data,
+      ids.batch,
+      ids.seq,
+      mask,
+      labels,
+      input.dropoutSeed,
+      positions ? Int32Array.from(positions.data) : undefined,
+      segments?.data,
+    )
     return loss ? { logits: new Tensor(logits), loss: new Tensor(loss) } : { logits: new Tensor(logits) }
   }
 
@@ -121,6 +141,15 @@ export class LlamaModel {
     const args = generationArgs(opts, this.defaultStopTokenIds)
     const steps = streamSteps((onStep, abort) => this.inner.generate(prompts, args, onStep, abort), opts.signal)
     for await (const row of steps) if (row[0] >= 0) yield row[0]
+  }
+
+  /**
+   * Writes a Hugging Face checkpoint (config.json, model.safetensors, tokenizer files) that
+   * transformers and `fromPretrained` read. Merge adapters first (`peft.mergeAndUnload()`).
+   */
+  async savePretrained(dir: string): Promise<void> {
+    if (typeof dir !== 'string' || dir.length === 0) throw new Error(`dir: expected a folder path, found ${String(dir)}`)
+    await this.inner.savePretrained(dir)
   }
 
   /** Frees the native weights now. Any later call on this model throws. */

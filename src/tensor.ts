@@ -41,6 +41,12 @@ export class Tensor {
     return this.inner.backward()
   }
 
+  /** `this * factor`, still differentiable (e.g. weighting a micro-batch's loss). */
+  mul(factor: number): Tensor {
+    if (!Number.isFinite(factor)) throw new Error(`factor: expected a finite number, found ${factor}`)
+    return new Tensor(this.inner.mulScalar(factor))
+  }
+
   dispose(): void {
     this.inner.dispose()
   }

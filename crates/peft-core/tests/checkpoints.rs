@@ -175,3 +175,19 @@ fn bad_forward_inputs_are_rejected() {
     let e = m.forward(&b, &ctx, None, false).err().unwrap().to_string();
     assert!(e.contains("attentionMask"), "{e}");
 }
+
+#[test]
+fn packed_rows_equal_the_examples_run_alone() {
+    let m = load_model();
+    let ctx = Ctx::new(&m.store, true);
+    let ids = &inputs().input_ids[0];
+    let (a, b) = (ids[..6].to_vec(), ids[6..16].to_vec());
+    let alone = |x: &Vec<u32>| m.forward(&peft_core::model::Batch::new(vec![x.clone()]), &ctx, None, false).unwrap();
+    let mut packed = peft_core::model::Batch::new(vec![[a.clone(), b.clone()].concat()]);
+    packed.position_ids = Some(vec![(0..6).chain(0..10).collect()]);
+    packed.segment_ids = Some(vec![[vec![0u32; 6], vec![1u32; 10]].concat()]);
+    let p = m.forward(&packed, &ctx, None, false).unwrap();
+    let joined = Tensor::cat(&[alone(&a), alone(&b)], 1).unwrap();
+    let d = (p - joined).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-5, "packed differs by {d}");
+}

@@ -103,3 +103,25 @@ fn p_tuning_bad_configs_name_the_key() {
         assert!(e.contains(&format!("`{key}`")), "{cfg}: {e}");
     }
 }
+
+/// Packing with virtual tokens and key prefixes: every packed example attends the virtual
+/// positions and its own tokens, so it equals the example run alone.
+#[test]
+fn packed_rows_with_prompts_equal_the_examples_run_alone() {
+    use candle_core::{IndexOp, Tensor};
+    for (v, nv) in [(json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3}), 3), (json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 3}), 0)] {
+        let (model, tuners) = method_contract::setup(&v, candle_core::DType::F32);
+        let ctx = peft_core::model::Ctx::inference(&model.store).with_tuners(&tuners);
+        let ids = &common::inputs().input_ids[0];
+        let (a, b) = (ids[..6].to_vec(), ids[6..16].to_vec());
+        let alone = |x: &Vec<u32>| model.forward(&peft_core::model::Batch::new(vec![x.clone()]), &ctx, None, false).unwrap();
+        let mut packed = peft_core::model::Batch::new(vec![[a.clone(), b.clone()].concat()]);
+        packed.position_ids = Some(vec![(0..6).chain(0..10).collect()]);
+        packed.segment_ids = Some(vec![[vec![0u32; 6], vec![1u32; 10]].concat()]);
+        let p = model.forward(&packed, &ctx, None, false).unwrap();
+        let (la, lb) = (alone(&a), alone(&b));
+        let joined = Tensor::cat(&[la.i((.., ..nv + 6)).unwrap(), lb.i((.., nv..)).unwrap()], 1).unwrap();
+        let d = common::max_abs_diff(&p, &joined);
+        assert!(d < 1e-5, "{}: packed differs by {d}", v["peft_type"]);
+    }
+}

@@ -128,6 +128,8 @@ impl NativeModel {
         attention_mask: Option<Uint8Array>,
         labels: Option<Int32Array>,
         dropout_seed: Option<i64>,
+        position_ids: Option<Int32Array>,
+        segment_ids: Option<Uint32Array>,
     ) -> Result<AsyncTask<TensorsJob>> {
         let (b, t) = (batch as usize, seq as usize);
         let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
@@ -136,6 +138,12 @@ impl NativeModel {
                 return Err(invalid("attentionMask", &format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} values", m.len())));
             }
             input.attention_mask = Some(rows(&m, b, t, "attentionMask")?);
+        }
+        if let Some(p) = position_ids {
+            input.position_ids = Some(rows(&p, b, t, "positionIds")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect());
+        }
+        if let Some(s) = segment_ids {
+            input.segment_ids = Some(rows(&s, b, t, "segmentIds")?);
         }
         let labels: Option<Vec<Vec<i64>>> = match labels {
             Some(l) => Some(rows(&l, b, t, "labels")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect()),
@@ -153,6 +161,20 @@ impl NativeModel {
             let mut out = vec![NativeTensor::new(logits, Some(owner.clone()))];
             out.extend(loss.map(|l| NativeTensor::new(l, Some(owner))));
             Ok(out)
+        }))
+    }
+
+    /// Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
+    /// Face checkpoint; merge adapters first to include them.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save_pretrained(&self, dir: String) -> Result<AsyncTask<crate::job::UnitJob>> {
+        let shared = self.inner.clone();
+        Ok(crate::job::UnitJob::spawn(move || {
+            with_model(&shared, |m| {
+                let dir = std::path::Path::new(&dir);
+                m.llama.save_pretrained(dir)?;
+                m.tokenizer.as_ref().map(|t| t.save_pretrained(dir)).transpose().map(|_| ())
+            })
         }))
     }
 

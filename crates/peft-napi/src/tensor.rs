@@ -95,6 +95,13 @@ impl NativeTensor {
         }))
     }
 
+    /// `self * factor`, keeping the graph (e.g. to weight a micro-batch's loss).
+    #[napi]
+    pub fn mul_scalar(&self, factor: f64) -> Result<NativeTensor> {
+        let t = (self.get()? * factor).map_err(|e| to_js(e.into()))?;
+        Ok(NativeTensor::new(t, self.owner.clone()))
+    }
+
     /// Frees the native memory now (and the graph a loss keeps alive).
     #[napi]
     pub fn dispose(&self) {

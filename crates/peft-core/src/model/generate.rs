@@ -50,7 +50,7 @@ pub fn generate(
     let mut done = vec![false; prompts.len()];
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cache = KvCache::new(model.config.num_hidden_layers);
-    let mut batch = Batch { ids, attention_mask: Some(mask), position_ids: Some(positions) };
+    let mut batch = Batch { ids, attention_mask: Some(mask), position_ids: Some(positions), segment_ids: None };
     for _ in 0..opts.max_new_tokens {
         let logits = model.forward(&batch, ctx, Some(&mut cache), true)?;
         let rows = logits.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
@@ -74,7 +74,7 @@ pub fn generate(
         let mut mask = batch.attention_mask.take().unwrap();
         mask.iter_mut().for_each(|m| m.push(1));
         let ids = step.iter().map(|t| vec![t.unwrap_or(pad)]).collect();
-        batch = Batch { ids, attention_mask: Some(mask), position_ids: Some(next_pos) };
+        batch = Batch { ids, attention_mask: Some(mask), position_ids: Some(next_pos), segment_ids: None };
     }
     Ok(outputs)
 }

@@ -164,7 +164,8 @@ impl Llama {
             batch.attention_bias(past, self.dtype, &self.device)?
         } else {
             let mask = batch.attention_mask.as_ref().map(|m| m.iter().map(|r| [vec![1u8; virt], r.clone()].concat()).collect::<Vec<_>>());
-            attention_bias(mask.as_deref(), b, tq, past_keys, self.dtype, &self.device)?
+            let segments = batch.key_segments(virt);
+            attention_bias(mask.as_deref(), segments.as_deref(), b, tq, past_keys, self.dtype, &self.device)?
         };
         let step = Step { ctx, cos, sin, bias, prefix };
         for (i, layer) in self.layers.iter().enumerate() {

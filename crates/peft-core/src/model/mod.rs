@@ -8,6 +8,7 @@ pub mod load;
 pub mod loss;
 pub mod params;
 pub mod rope;
+pub mod save;
 pub mod sampling;
 
 pub use batch::Batch;

@@ -10,6 +10,7 @@ mod config;
 mod from_gguf;
 pub mod gguf_spec;
 mod pyjson;
+mod save;
 mod stream;
 
 use std::path::{Path, PathBuf};

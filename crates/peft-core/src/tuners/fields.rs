@@ -1,7 +1,10 @@
 //! A method config as PEFT writes it: every field of the PEFT config class kept in file
-//! form (defaults filled in, unknown fields kept and reported), typed reads that name the
-//! key in their errors, and the `TunerConfig` plumbing every method shares
-//! (`config_plumbing!`). LoRA has its own reader (`lora/config.rs`); the other methods use this.
+//! form (`PeftConfig`'s base fields and the class's defaults filled in, unknown fields kept,
+//! written back and reported as warnings, as PEFT drops them with one), typed reads whose
+//! errors name the key, the targeting fields every method shares, and the `TunerConfig`
+//! plumbing (`config_plumbing!`, for a struct with `fields: Fields` and `targets: TargetSpec`).
+//! LoRA has its own reader (`lora/config.rs`, older than this helper); the other methods use this.
+use super::patterns::{ordered_patterns, pattern_value};
 use super::targeting::{OneOrMany, TargetSpec, Targets};
 use super::PEFT_VERSION;
 use crate::error::{Error, Result};
@@ -12,6 +15,7 @@ const TASK_TYPES: &[&str] = &["SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS
 
 #[derive(Debug, Clone)]
 pub struct Fields {
+    /// Every field as it will be written.
     pub map: Map<String, Value>,
     pub source: PathBuf,
 }
@@ -28,13 +32,31 @@ pub fn base_defaults(peft_type: &str) -> Map<String, Value> {
     m
 }
 
+/// A JSON object literal as a field map (for the `peft_defaults()` tables).
+pub fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("defaults are JSON objects"),
+    }
+}
+
+/// JSON form of `Targets`.
+pub fn targets_json(t: &Targets) -> Value {
+    match t {
+        Targets::List(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
+        Targets::Regex(s) => Value::String(s.clone()),
+    }
+}
+
 impl Fields {
-    /// `defaults` (the class's fields besides the base ones) overlaid with `value`.
-    /// Returns the fields and warnings (unknown fields, non-causal task types).
-    pub fn parse(value: &Value, peft_type: &str, class: &str, defaults: Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    /// `defaults` (the class's fields; the base ones may be repeated) over the base fields,
+    /// overlaid with `value`'s fields. `class` (e.g. `IA3Config`) names the config in
+    /// warnings; `peft_type` must match. Returns the fields and warnings (unknown fields,
+    /// non-causal task types, `runtime_config`).
+    pub fn parse(value: &Value, peft_type: &str, class: &str, defaults: impl Into<Value>, source: &Path) -> Result<(Self, Vec<String>)> {
         let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
         let mut map = base_defaults(peft_type);
-        if let Value::Object(d) = defaults {
+        if let Value::Object(d) = defaults.into() {
             map.extend(d);
         }
         let mut warnings = Vec::new();
@@ -66,6 +88,7 @@ impl Fields {
         Ok((f, warnings))
     }
 
+    /// The field, or null when absent.
     pub fn get(&self, key: &str) -> &Value {
         self.map.get(key).unwrap_or(&Value::Null)
     }
@@ -75,7 +98,8 @@ impl Fields {
     }
 
     pub fn err(&self, key: &str, expected: &str) -> Error {
-        Error::InvalidConfig { file: self.source.clone(), key: key.into(), expected: expected.into(), found: self.get(key).to_string() }
+        let found = self.map.get(key).map_or_else(|| "nothing".into(), Value::to_string);
+        Error::InvalidConfig { file: self.source.clone(), key: key.into(), expected: expected.into(), found }
     }
 
     pub fn bool(&self, key: &str) -> Result<bool> {
@@ -83,7 +107,7 @@ impl Fields {
     }
 
     pub fn num(&self, key: &str) -> Result<f64> {
-        self.get(key).as_f64().ok_or_else(|| self.err(key, "a number"))
+        self.get(key).as_f64().filter(|x| x.is_finite()).ok_or_else(|| self.err(key, "a number"))
     }
 
     /// A number in the range `ok` describes as `what`.
@@ -91,7 +115,17 @@ impl Fields {
         self.get(key).as_f64().filter(|x| ok(*x)).ok_or_else(|| self.err(key, what))
     }
 
-    /// A positive integer.
+    /// A probability in [0, 1).
+    pub fn prob(&self, key: &str) -> Result<f64> {
+        self.num_in(key, |p| (0.0..1.0).contains(&p), "a probability in [0, 1)")
+    }
+
+    /// Any integer; `what` is the whole expectation, e.g. "an integer seed".
+    pub fn int(&self, key: &str, what: &str) -> Result<i64> {
+        self.get(key).as_i64().ok_or_else(|| self.err(key, what))
+    }
+
+    /// A positive integer; `what` says what it is: "a positive integer ({what})".
     pub fn positive(&self, key: &str, what: &str) -> Result<usize> {
         self.get(key).as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| self.err(key, &format!("a positive integer ({what})")))
     }
@@ -129,21 +163,54 @@ impl Fields {
         }
     }
 
+    /// Fields whose features are not implemented: an error unless at their default.
+    pub fn refuse_unless_default(&self, keys: &[&str], defaults: &Map<String, Value>) -> Result<()> {
+        for key in keys {
+            if self.get(key) != &defaults[*key] {
+                return Err(self.err(key, &format!("{} (this feature is not supported)", defaults[*key])));
+            }
+        }
+        Ok(())
+    }
+
+    /// `fan_in_fan_out` on `nn.Linear` targets: PEFT warns and sets it to false.
+    pub fn fix_fan_in_fan_out(&mut self, warnings: &mut Vec<String>) -> Result<()> {
+        if self.map.contains_key("fan_in_fan_out") && self.bool("fan_in_fan_out")? {
+            warnings.push("fan_in_fan_out is set to True but the target modules are `torch.nn.Linear`; setting it to False (as PEFT does)".into());
+            self.set("fan_in_fan_out", false);
+        }
+        Ok(())
+    }
+
+    /// A list of strings, in order.
     pub fn strings(&self, key: &str) -> Result<Vec<String>> {
         let arr = self.get(key).as_array().ok_or_else(|| self.err(key, "a list of strings"))?;
         arr.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| self.err(key, "a list of strings"))).collect()
     }
 
+    /// A list of strings without repeats (PEFT turns such lists into sets).
+    fn string_set(&self, key: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for s in self.strings(key)? {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `target_modules`-like: a list (exact name or suffix), a regex string, or null.
     pub fn targets(&self, key: &str) -> Result<Option<Targets>> {
         match self.get(key) {
             Value::Null => Ok(None),
             Value::String(s) => Ok(Some(Targets::Regex(s.clone()))),
-            Value::Array(_) => Ok(Some(Targets::List(self.strings(key)?))),
+            Value::Array(_) => Ok(Some(Targets::List(self.string_set(key)?))),
             _ => Err(self.err(key, "a list of module names, a regular expression string, or null")),
         }
     }
 
-    /// `target_modules`, `exclude_modules`, and the layer filters when the class has them.
+    /// `target_modules`, `exclude_modules`, and the layer filters when the class has them,
+    /// with PEFT's `__post_init__` checks.
     pub fn target_spec(&self) -> Result<TargetSpec> {
         let layers_to_transform = match self.get("layers_to_transform") {
             Value::Null => None,
@@ -156,16 +223,23 @@ impl Fields {
         let layers_pattern = match self.get("layers_pattern") {
             Value::Null => None,
             Value::String(s) => Some(OneOrMany::One(s.clone())),
-            Value::Array(_) => Some(OneOrMany::Many(self.strings("layers_pattern")?)),
+            Value::Array(_) => Some(OneOrMany::Many(self.string_set("layers_pattern")?)),
             _ => return Err(self.err("layers_pattern", "a string, a list of strings, or null")),
         };
-        Ok(TargetSpec {
+        let spec = TargetSpec {
             target_modules: self.targets("target_modules")?,
             exclude_modules: self.targets("exclude_modules")?,
             layers_to_transform,
             layers_pattern,
             modules_to_save: None,
-        })
+        };
+        if matches!(spec.target_modules, Some(Targets::Regex(_))) && spec.layers_to_transform.is_some() {
+            return Err(self.err("layers_to_transform", "null: it cannot be used when `target_modules` is a string (regular expression)"));
+        }
+        if spec.layers_pattern.as_ref().is_some_and(|p| !p.to_vec().is_empty()) && spec.layers_to_transform.is_none() {
+            return Err(self.err("layers_to_transform", "a layer index or list (required when `layers_pattern` is given)"));
+        }
+        Ok(spec)
     }
 
     /// Decoder layer indices from `layers_to_transform` (None: every layer), checked against the model.
@@ -181,13 +255,23 @@ impl Fields {
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
-}
 
-/// JSON form of `Targets`.
-pub fn targets_json(t: &Targets) -> Value {
-    match t {
-        Targets::List(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
-        Targets::Regex(s) => Value::String(s.clone()),
+    /// `rank_pattern`/`alpha_pattern`-like: module-path patterns to values, in the file's
+    /// order when `raw` (the JSON text) is given. `conv` rejects bad values.
+    pub fn patterns<V>(&self, key: &str, raw: Option<&str>, conv: impl Fn(&Value) -> Option<V>, what: &str) -> Result<Vec<(String, V)>> {
+        let ordered = raw.map(ordered_patterns).and_then(|(r, a)| if key == "rank_pattern" { r } else { a });
+        let entries: Vec<(String, Value)> = match (self.get(key), ordered) {
+            (Value::Null, _) => Vec::new(),
+            (Value::Object(_), Some(o)) => o,
+            (Value::Object(m), None) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => return Err(self.err(key, &format!("an object of module-path patterns to {what}"))),
+        };
+        entries.into_iter().map(|(k, v)| conv(&v).map(|x| (k, x)).ok_or_else(|| self.err(key, &format!("an object of module-path patterns to {what}")))).collect()
+    }
+
+    /// The first pattern of `patterns` matching `path` (PEFT's `get_pattern_key`), or `default`.
+    pub fn pick<V: Clone>(&self, patterns: &[(String, V)], path: &str, key: &str, default: V) -> Result<V> {
+        Ok(pattern_value(patterns, path, key, &self.source)?.cloned().unwrap_or(default))
     }
 }
 

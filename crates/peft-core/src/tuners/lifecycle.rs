@@ -149,29 +149,32 @@ impl Tuners {
         Ok(a.modules.iter().flat_map(|p| self.layer(p, name)).flat_map(|l| l.params()).collect())
     }
 
-    /// (file key, parameter) pairs of adapter `name`, as PEFT's `get_peft_model_state_dict`
-    /// keys them: the parameters, then the buffers saved with them.
+    /// (file key, parameter) pairs of adapter `name`, as PEFT's `get_peft_model_state_dict` keys them.
+    /// Saved buffers (`AdapterLayer::buffers`) follow the parameters, each once.
     pub fn checkpoint_keys(&self, model: &Llama, name: &str) -> Result<Vec<(String, ParamId)>> {
         let a = self.adapter(name)?;
-        let buffers = a.modules.iter().flat_map(|p| self.layer(p, name)).flat_map(|l| l.buffers());
-        Ok(self.params(name)?.into_iter().chain(buffers).map(|id| (a.config.checkpoint_key(&model.store.get(id).name, name), id)).collect())
+        let layers: Vec<&dyn AdapterLayer> = a.modules.iter().flat_map(|p| self.layer(p, name)).collect();
+        let ids = saved_ids(&layers, a.config.saves_buffers());
+        Ok(ids.into_iter().map(|id| (a.config.checkpoint_key(&model.store.get(id).name, name), id)).collect())
     }
 
     /// (file key, tensor) pairs that saving adapter `name` writes: `checkpoint_keys` with
-    /// their values, except where a layer exports something else (`AdapterLayer::export`).
+    /// their values as the config saves them (`TunerConfig::checkpoint_tensor`), except for
+    /// layers that export something else (`AdapterLayer::export`), whose pairs follow.
     pub fn checkpoint_tensors(&self, model: &Llama, name: &str) -> Result<Vec<(String, Tensor)>> {
         let a = self.adapter(name)?;
-        let mut out = Vec::new();
+        let (mut plain, mut exported) = (Vec::new(), Vec::new());
         for layer in a.modules.iter().flat_map(|p| self.layer(p, name)) {
             match layer.export(&model.store)? {
-                Some(pairs) => out.extend(pairs.into_iter().map(|(n, t)| (a.config.checkpoint_key(&n, name), t))),
-                None => out.extend(layer.params().into_iter().chain(layer.buffers()).map(|id| {
-                    let p = model.store.get(id);
-                    (a.config.checkpoint_key(&p.name, name), p.value().clone())
-                })),
+                Some(pairs) => exported.extend(pairs.into_iter().map(|(n, t)| (a.config.checkpoint_key(&n, name), t))),
+                None => plain.push(layer),
             }
         }
-        Ok(out)
+        let values = saved_ids(&plain, a.config.saves_buffers()).into_iter().map(|id| {
+            let p = model.store.get(id);
+            (a.config.checkpoint_key(&p.name, name), p.value().clone())
+        });
+        values.chain(exported).map(|(k, t)| a.config.checkpoint_tensor(&k, &t).map(|t| (k, t))).collect()
     }
 
     /// Activates `names` in this order (their outputs are added in it). Unmerges first, as
@@ -306,4 +309,15 @@ impl Tuners {
         }
         self.active.iter().filter_map(|n| self.layer(path, n)).collect()
     }
+}
+
+/// The parameters of `layers`, then (when `buffers`) their buffers, each once.
+fn saved_ids(layers: &[&dyn AdapterLayer], buffers: bool) -> Vec<ParamId> {
+    let mut ids: Vec<ParamId> = layers.iter().flat_map(|l| l.params()).collect();
+    for id in layers.iter().flat_map(|l| l.buffers()).filter(|_| buffers) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }

@@ -6,24 +6,29 @@
 //! for one targeted module, and that layer (`AdapterLayer`).
 //!
 //! Hook sites (`hooks.rs`), all driven by the `Tuners` in `Ctx`: the linear layers (LoRA,
-//! IA³, VeRA, LoHa, LoKr, SSF, bias tuning, sparse masks: an optional input transform
-//! before the base matmul, then an output hook that sees the running result); the prompt
-//! (prompt tuning and p-tuning prepend virtual tokens, prefix tuning adds per-layer
+//! IA³, VeRA, LoHa, LoKr, AdaLoRA, SSF, bias tuning, sparse masks: an optional input
+//! transform before the base matmul, then an output hook that sees the running result); the
+//! prompt (prompt tuning and p-tuning prepend virtual tokens, prefix tuning adds per-layer
 //! key/value prefixes; the attention mask is widened as PEFT widens it); the norms (LN
 //! tuning swaps the weight, SSF scales and shifts the output); and the attention and MLP
 //! sublayer outputs (bottleneck and parallel adapters). A method implements the
 //! `AdapterLayer` methods of its sites; the ones that are not linear-only list their sites
 //! in `TunerConfig::hook_sites`. Each method lives in one folder next to `lora/`.
+pub mod adalora;
 pub mod bias;
 pub mod bottleneck;
 pub mod fields;
 pub mod hooks;
+pub mod ia3;
 pub mod init;
 pub mod lifecycle;
 pub mod linalg;
 pub mod ln_tuning;
+pub mod loha;
+pub mod lokr;
 mod merging;
 pub mod lora;
+pub mod lycoris;
 pub mod p_tuning;
 pub mod patterns;
 pub mod prefix_tuning;
@@ -31,6 +36,7 @@ pub mod prompt_tuning;
 pub mod select;
 pub mod ssf;
 pub mod targeting;
+pub mod vera;
 
 pub use hooks::{HookSite, Sublayer, PROMPT_ENCODER};
 pub use lifecycle::{InjectReport, Tuners};
@@ -127,8 +133,10 @@ pub trait AdapterLayer: Send + Sync {
         Ok(output)
     }
 
-    /// Parameters saved and loaded with the adapter but never trained (a sparse mask's
-    /// indices). Default: none.
+    /// Tensors in the store that belong to the adapter but are never trained (PEFT's
+    /// buffers: VeRA's shared projections, a sparse mask's indices), removed with it, and
+    /// saved and loaded with it unless the config's `saves_buffers` says no. Several layers
+    /// may return the same one. Default: none.
     fn buffers(&self) -> Vec<ParamId> {
         Vec::new()
     }
@@ -208,6 +216,15 @@ pub trait TunerConfig: Send + Sync + std::fmt::Debug {
     fn checkpoint_key(&self, param_name: &str, adapter: &str) -> String {
         remove_adapter_name(param_name, adapter)
     }
+    /// Whether the layers' `buffers` are saved with the adapter (VeRA's `save_projection`).
+    fn saves_buffers(&self) -> bool {
+        true
+    }
+    /// The tensor saved under `key` from the parameter's value (AdaLoRA keeps only the ranks
+    /// its allocation left). Default: the value itself.
+    fn checkpoint_tensor(&self, _key: &str, value: &Tensor) -> Result<Tensor> {
+        Ok(value.clone())
+    }
     /// Where the config came from (a file, or the caller), for errors.
     fn source(&self) -> &Path;
     fn clone_box(&self) -> Box<dyn TunerConfig>;
@@ -229,6 +246,11 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
             let (c, w) = lora::LoraConfig::from_value(value, raw, source)?;
             Ok((Box::new(c), w))
         }
+        Some("IA3") => boxed(ia3::Ia3Config::from_value(value, source)),
+        Some("VERA") => boxed(vera::VeraConfig::from_value(value, source)),
+        Some("LOHA") => boxed(loha::LohaConfig::from_value(value, raw, source)),
+        Some("LOKR") => boxed(lokr::LokrConfig::from_value(value, raw, source)),
+        Some("ADALORA") => boxed(adalora::AdaLoraConfig::from_value(value, source)),
         Some("PROMPT_TUNING") => boxed(prompt_tuning::PromptTuningConfig::from_value(value, source)),
         Some("PREFIX_TUNING") => boxed(prefix_tuning::PrefixTuningConfig::from_value(value, source)),
         Some("LN_TUNING") => boxed(ln_tuning::LnTuningConfig::from_value(value, source)),
@@ -250,8 +272,10 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
     r.map(|(c, w)| (Box::new(c) as Box<dyn TunerConfig>, w))
 }
 
-pub const SUPPORTED_PEFT_TYPES: &[&str] =
-    &["LORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER", "SSF", "BIAS_TUNING", "P_TUNING"];
+pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
+    "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
+    "SSF", "BIAS_TUNING", "P_TUNING",
+];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
 /// `x.lora_A.weight`; a parameter named directly `x.default` -> `x`.
@@ -270,4 +294,10 @@ pub fn remove_adapter_name(key: &str, adapter: &str) -> String {
 /// The name PEFT's `named_parameters()` gives an adapter tensor: `base_model.model.<path>.<attr>.<adapter>.weight`.
 pub fn param_name(path: &str, attr: &str, adapter: &str) -> String {
     format!("{PEFT_PREFIX}{path}.{attr}.{adapter}.weight")
+}
+
+/// The name PEFT gives a tensor of an `nn.ParameterDict` (IA³, VeRA, LoHa, LoKr, AdaLoRA):
+/// `base_model.model.<path>.<attr>.<adapter>`, saved as `base_model.model.<path>.<attr>`.
+pub fn param_dict_name(path: &str, attr: &str, adapter: &str) -> String {
+    format!("{PEFT_PREFIX}{path}.{attr}.{adapter}")
 }

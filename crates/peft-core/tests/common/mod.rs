@@ -38,7 +38,7 @@ pub fn inputs() -> Inputs {
 
 impl Inputs {
     pub fn batch(&self) -> Batch {
-        Batch { ids: self.input_ids.clone(), attention_mask: Some(self.attention_mask.clone()), position_ids: None }
+        Batch { ids: self.input_ids.clone(), attention_mask: Some(self.attention_mask.clone()), position_ids: None, segment_ids: None }
     }
 }
 
