@@ -25,7 +25,7 @@ fn with_config(dir: &Path, config_file: &str) {
 }
 
 fn logits(m: &Llama) -> Tensor {
-    let ctx = Ctx::new(&m.store, true);
+    let ctx = Ctx::inference(&m.store);
     m.forward(&inputs().batch(), &ctx, None, false).unwrap()
 }
 
@@ -165,7 +165,7 @@ fn bad_checkpoints_give_errors_naming_file_and_key() {
 #[test]
 fn bad_forward_inputs_are_rejected() {
     let m = load_model();
-    let ctx = Ctx::new(&m.store, true);
+    let ctx = Ctx::inference(&m.store);
     let mut b = inputs().batch();
     b.ids[1][3] = 384;
     let e = m.forward(&b, &ctx, None, false).err().unwrap().to_string();

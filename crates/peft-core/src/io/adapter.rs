@@ -89,7 +89,7 @@ fn fill(tuners: &Tuners, model: &Llama, name: &str, mut tensors: HashMap<String,
                 message: format!("`{key}` has shape {:?}, the model expects {:?} (check r, rank_pattern and the base model)", t.dims(), p.value().dims()),
             });
         }
-        if !t.dtype().is_float() {
+        if !t.dtype().is_float() && p.value().dtype().is_float() {
             return Err(Error::WeightDtype { file: file.into(), name: key.clone(), found: format!("{:?}", t.dtype()) });
         }
         p.set(&t)?;
@@ -115,10 +115,7 @@ pub fn save_adapter(tuners: &Tuners, model: &Llama, name: &str, dir: &Path) -> R
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let config = tuners.config(name)?;
-    let tensors: Vec<(String, Tensor)> = (tuners.checkpoint_keys(model, name)?.into_iter())
-        .map(|(k, id)| config.checkpoint_tensor(&k, model.store.get(id).value()).map(|t| (k, t)))
-        .collect::<Result<_>>()?;
+    let tensors: Vec<(String, Tensor)> = tuners.checkpoint_tensors(model, name)?;
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     save_file(&tensors, Some(meta), &dir.join(WEIGHTS_NAME))?;
     write_atomic(&dir.join(CONFIG_NAME), config_json(tuners.config(name)?).as_bytes())

@@ -51,6 +51,9 @@ impl Batch {
             if seg.len() != b || seg.iter().any(|s| s.len() != t) {
                 return Err(Error::arg("segmentIds", format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} rows", seg.len())));
             }
+            if seg.iter().flatten().any(|&s| s == SHARED_SEGMENT) {
+                return Err(Error::arg("segmentIds", format!("example ids below {SHARED_SEGMENT}"), SHARED_SEGMENT.to_string()));
+            }
         }
         if let Some(pos) = &self.position_ids {
             if pos.len() != b || pos.iter().any(|p| p.len() != t) {
@@ -77,28 +80,57 @@ impl Batch {
     }
 
     /// Additive attention bias [b, 1, t, past + t]: 0 where a query may attend a key
-    /// (causal, and the key is not padding), the dtype's most negative value elsewhere,
-    /// as transformers builds it (a fully masked row then attends uniformly, never NaN).
+    /// (causal, the key is not padding, and with packing it is of the query's example),
+    /// the dtype's most negative value elsewhere, as transformers builds it (a fully masked
+    /// row then attends uniformly, never NaN).
     pub fn attention_bias(&self, past_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
         let (b, t) = self.dims();
-        let kv = past_len + t;
-        let min = match dtype {
-            DType::F64 => f64::MIN,
-            DType::F16 => -65504.0,
-            _ => f32::MIN as f64,
-        };
-        let mut bias = vec![0f64; b * t * kv];
-        for r in 0..b {
-            for i in 0..t {
-                for j in 0..kv {
-                    let padded = self.attention_mask.as_ref().is_some_and(|m| m[r][j] == 0);
-                    let other_example = self.segment_ids.as_ref().is_some_and(|s| s[r][i] != s[r][j]);
-                    if j > past_len + i || padded || other_example {
-                        bias[(r * t + i) * kv + j] = min;
-                    }
+        let segments = self.key_segments(past_len);
+        attention_bias(self.attention_mask.as_deref(), segments.as_deref(), b, t, past_len, dtype, device)
+    }
+
+    /// `segment_ids` over the keys: `shared` positions every example attends (virtual
+    /// tokens, key prefixes) first, then the batch's. None without packing.
+    pub fn key_segments(&self, shared: usize) -> Option<Vec<Vec<u32>>> {
+        let seg = self.segment_ids.as_ref()?;
+        Some(seg.iter().map(|r| [vec![SHARED_SEGMENT; shared], r.clone()].concat()).collect())
+    }
+}
+
+/// The segment of key positions that every packed example attends (virtual tokens, prefixes).
+pub const SHARED_SEGMENT: u32 = u32::MAX;
+
+/// `Batch::attention_bias` for the last `t` of `past_len + t` positions (the queries), with
+/// a key mask [b, past_len + t] (None = all ones) and key segments [b, past_len + t] (None:
+/// one example per row; a query attends keys of its own segment or of `SHARED_SEGMENT`).
+/// Adapters that add positions (virtual tokens, key prefixes) call it with the mask widened
+/// by ones, as PEFT widens it, and the segments by shared ones (`Batch::key_segments`).
+pub fn attention_bias(
+    mask: Option<&[Vec<u8>]>,
+    segments: Option<&[Vec<u32>]>,
+    b: usize,
+    t: usize,
+    past_len: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let kv = past_len + t;
+    let min = match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => -65504.0,
+        _ => f32::MIN as f64,
+    };
+    let mut bias = vec![0f64; b * t * kv];
+    for r in 0..b {
+        for i in 0..t {
+            for j in 0..kv {
+                let padded = mask.is_some_and(|m| m[r][j] == 0);
+                let other_example = segments.is_some_and(|s| s[r][j] != SHARED_SEGMENT && s[r][j] != s[r][past_len + i]);
+                if j > past_len + i || padded || other_example {
+                    bias[(r * t + i) * kv + j] = min;
                 }
             }
         }
-        Ok(Tensor::from_vec(bias, (b, 1, t, kv), device)?.to_dtype(dtype)?)
     }
+    Ok(Tensor::from_vec(bias, (b, 1, t, kv), device)?.to_dtype(dtype)?)
 }

@@ -4,14 +4,18 @@ use candle_core::Tensor;
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    /// Of `len`, the positions an adapter put there at prefill (prompt tuning's virtual
+    /// tokens, prefix tuning's key/value prefix): the caller's attention mask and
+    /// position ids never count them.
+    virtual_len: usize,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers], len: 0 }
+        KvCache { layers: vec![None; num_layers], len: 0, virtual_len: 0 }
     }
 
-    /// Positions already cached.
+    /// Positions already cached (virtual ones included).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -20,11 +24,18 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Cached positions that came from adapters, not from the caller's tokens.
+    pub fn virtual_len(&self) -> usize {
+        self.virtual_len
+    }
+
     pub fn layer_mut(&mut self, i: usize) -> &mut Option<(Tensor, Tensor)> {
         &mut self.layers[i]
     }
 
-    pub(crate) fn advance(&mut self, t: usize) {
+    /// `t` positions were appended, `virtual_t` of them from adapters.
+    pub(crate) fn advance(&mut self, t: usize, virtual_t: usize) {
         self.len += t;
+        self.virtual_len += virtual_t;
     }
 }

@@ -1,6 +1,6 @@
 //! The LLaMA decoder, built only from ops that record a backward. Weight names are the
 //! checkpoint paths of transformers' `LlamaForCausalLM`.
-use super::batch::Batch;
+use super::batch::{attention_bias, Batch};
 use super::kv_cache::KvCache;
 use super::linear::linear;
 use super::params::{ParamId, ParamStore};
@@ -117,48 +117,105 @@ struct Step<'a> {
     cos: Tensor,
     sin: Tensor,
     bias: Tensor,
+    /// Per-layer key/value prefixes [b, kv_heads, n, head_dim] (prefix tuning), at prefill.
+    prefix: Option<Vec<(Tensor, Tensor)>>,
 }
 
 impl Llama {
     /// Logits [b, t, vocab] (or [b, 1, vocab] with `last_only`). With a cache, keys and
     /// values of earlier calls are attended to and this call's are appended.
+    ///
+    /// Adapters with prompt hooks act at prefill (nothing cached yet), as PEFT's
+    /// `PeftModelForCausalLM.forward` / `prepare_inputs_for_generation`: virtual tokens are
+    /// prepended to the input embeddings (the logits then start with their n positions),
+    /// key/value prefixes are attended to as if cached. The caller's attention mask and
+    /// position ids never count these positions: the mask is widened by ones and real
+    /// positions start after them (`cache_position` / `position_ids + num_virtual_tokens`).
     pub fn forward(&self, batch: &Batch, ctx: &Ctx, mut cache: Option<&mut KvCache>, last_only: bool) -> Result<Tensor> {
         let past = cache.as_ref().map_or(0, |c| c.len());
-        batch.validate(self.config.vocab_size, past)?;
+        let virt_past = cache.as_ref().map_or(0, |c| c.virtual_len());
+        batch.validate(self.config.vocab_size, past - virt_past)?;
         let ids = batch.ids_tensor(&self.device)?;
         let (b, t) = batch.dims();
         let mut x = ctx.param(self.embed_tokens).index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
-        let (cos, sin) = self.rope.cos_sin(&batch.positions(past), self.dtype, &self.device)?;
-        let bias = batch.attention_bias(past, self.dtype, &self.device)?;
-        let step = Step { ctx, cos, sin, bias };
+        let prompt = match ctx.tuners {
+            Some(tuners) if past == 0 => tuners.prompt(ctx, b)?,
+            _ => Default::default(),
+        };
+        let nv = match &prompt.virtual_tokens {
+            Some(v) => {
+                x = Tensor::cat(&[&v.to_dtype(x.dtype())?, &x], 1)?;
+                v.dim(1)?
+            }
+            None => 0,
+        };
+        let prefix = match prompt.kv_prefix {
+            Some(p) => Some(p.into_iter().map(|(k, v)| Ok((k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?))).collect::<Result<Vec<_>>>()?),
+            None => None,
+        };
+        let np = prefix.as_ref().map_or(Ok(0), |p| p[0].0.dim(2))?;
+        let (tq, past_keys, virt) = (nv + t, past + np, virt_past + np + nv);
+        let positions: Vec<Vec<i64>> = match &batch.position_ids {
+            None => vec![(past_keys as i64..(past_keys + tq) as i64).collect(); b],
+            Some(p) => p.iter().map(|row| (past_keys..past_keys + nv).map(|i| i as i64).chain(row.iter().map(|x| x + virt as i64)).collect()).collect(),
+        };
+        let (cos, sin) = self.rope.cos_sin(&positions, self.dtype, &self.device)?;
+        let bias = if virt == 0 {
+            batch.attention_bias(past, self.dtype, &self.device)?
+        } else {
+            let mask = batch.attention_mask.as_ref().map(|m| m.iter().map(|r| [vec![1u8; virt], r.clone()].concat()).collect::<Vec<_>>());
+            let segments = batch.key_segments(virt);
+            attention_bias(mask.as_deref(), segments.as_deref(), b, tq, past_keys, self.dtype, &self.device)?
+        };
+        let step = Step { ctx, cos, sin, bias, prefix };
         for (i, layer) in self.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            x = self.block(layer, &x, &step, kv)?;
+            x = self.block(i, layer, &x, &step, kv)?;
         }
         if let Some(c) = cache {
-            c.advance(t);
+            c.advance(np + tq, np + nv);
         }
         if last_only {
-            x = x.narrow(1, t - 1, 1)?;
+            x = x.narrow(1, tq - 1, 1)?;
         }
-        let x = ops::rms_norm(&x, &ctx.param(self.norm), self.config.rms_norm_eps)?;
+        let x = self.norm(|| "model.norm".into(), &x, self.norm, ctx)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x, ctx)?,
             None => linear(&x, &ctx.param(self.embed_tokens), None)?,
         })
     }
 
-    fn block(&self, layer: &Block, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    /// RMSNorm with the norm hooks of the adapters at `path` (LN tuning swaps the weight).
+    fn norm(&self, path: impl FnOnce() -> String, x: &Tensor, weight: ParamId, ctx: &Ctx) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        let h = ops::rms_norm(x, &step.ctx.param(layer.input_layernorm), eps)?;
-        let x = (x + self.attention(&layer.self_attn, &h, step, kv)?)?;
-        let h = ops::rms_norm(&x, &step.ctx.param(layer.post_attention_layernorm), eps)?;
-        let mlp = &layer.mlp;
-        let gated = ops::silu_mul(&mlp.gate_proj.forward(&h, step.ctx)?, &mlp.up_proj.forward(&h, step.ctx)?)?;
-        Ok((x + mlp.down_proj.forward(&gated, step.ctx)?)?)
+        match ctx.tuners {
+            Some(tuners) => tuners.norm(&path(), x, ctx.param(weight), eps, ctx),
+            None => Ok(ops::rms_norm(x, &ctx.param(weight), eps)?),
+        }
     }
 
-    fn attention(&self, attn: &Attention, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    /// A sublayer's output passed through the adapters at `path` (bottleneck adapters).
+    fn sublayer(&self, path: impl FnOnce() -> String, input: &Tensor, output: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        match ctx.tuners {
+            Some(tuners) => tuners.sublayer(&path(), input, output, ctx),
+            None => Ok(output),
+        }
+    }
+
+    fn block(&self, i: usize, layer: &Block, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let ctx = step.ctx;
+        let h = self.norm(|| format!("model.layers.{i}.input_layernorm"), x, layer.input_layernorm, ctx)?;
+        let a = self.attention(i, &layer.self_attn, &h, step, kv)?;
+        let a = self.sublayer(|| format!("model.layers.{i}.self_attn"), &h, a, ctx)?;
+        let x = (x + a)?;
+        let h = self.norm(|| format!("model.layers.{i}.post_attention_layernorm"), &x, layer.post_attention_layernorm, ctx)?;
+        let mlp = &layer.mlp;
+        let gated = ops::silu_mul(&mlp.gate_proj.forward(&h, ctx)?, &mlp.up_proj.forward(&h, ctx)?)?;
+        let m = self.sublayer(|| format!("model.layers.{i}.mlp"), &h, mlp.down_proj.forward(&gated, ctx)?, ctx)?;
+        Ok((x + m)?)
+    }
+
+    fn attention(&self, i: usize, attn: &Attention, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
@@ -170,6 +227,11 @@ impl Llama {
         let q = ops::rope(&q, &step.cos, &step.sin)?;
         let mut k = ops::rope(&k, &step.cos, &step.sin)?;
         let mut v = v;
+        // A key/value prefix enters as PEFT's `past_key_values` does: as given, no RoPE.
+        if let Some((pk, pv)) = step.prefix.as_ref().map(|p| &p[i]) {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
         if let Some(slot) = kv {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -189,6 +251,38 @@ impl Llama {
         // [b, nkv, rep * t, hd] -> [b, nh, t, hd] -> [b, t, nh * hd]
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         attn.o_proj.forward(&out, step.ctx)
+    }
+
+    /// The weight of the module at `path`: a linear's or a norm's (what merging rewrites).
+    pub fn module_weight(&self, path: &str) -> Option<ParamId> {
+        if let Some(l) = self.linears().into_iter().find(|l| l.path == path) {
+            return Some(l.weight);
+        }
+        self.norms().into_iter().find(|(p, _)| p == path).map(|(_, id)| id)
+    }
+
+    /// Every RMSNorm with its module path and weight, in `named_modules()` order.
+    pub fn norms(&self) -> Vec<(String, ParamId)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push((format!("model.layers.{i}.input_layernorm"), l.input_layernorm));
+            out.push((format!("model.layers.{i}.post_attention_layernorm"), l.post_attention_layernorm));
+        }
+        out.push(("model.norm".into(), self.norm));
+        out
+    }
+
+    /// The linear at `path`, to give it a bias when a merge needs one.
+    pub fn linear_mut(&mut self, path: &str) -> Option<&mut Linear> {
+        if self.lm_head.as_ref().is_some_and(|h| h.path == path) {
+            return self.lm_head.as_mut();
+        }
+        self.layers.iter_mut().find_map(|l| {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+                .into_iter()
+                .find(|x| x.path == path)
+        })
     }
 
     /// Every linear layer of the decoder with its module path, in checkpoint order.

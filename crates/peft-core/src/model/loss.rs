@@ -32,6 +32,16 @@ pub fn shifted_targets(labels: &[Vec<i64>], vocab_size: usize, device: &Device) 
 /// over several micro-batches gives the correctly normalised accumulated loss.
 pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3()?;
+    // Prompt tuning / p-tuning prepend virtual positions to the logits; PEFT prepends as
+    // many -100 labels (`PeftModelForCausalLM.forward`), so labels of the caller's length fit.
+    let extended;
+    let labels = match labels.first().map(Vec::len) {
+        Some(n) if n < t && labels.len() == b && labels.iter().all(|r| r.len() == n) => {
+            extended = labels.iter().map(|r| [vec![IGNORE_INDEX; t - n], r.clone()].concat()).collect::<Vec<_>>();
+            &extended[..]
+        }
+        _ => labels,
+    };
     if labels.len() != b || labels.iter().any(|r| r.len() != t) {
         return Err(Error::arg("labels", format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} rows", labels.len())));
     }

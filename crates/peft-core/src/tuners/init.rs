@@ -32,3 +32,9 @@ pub fn dropout_mask(shape: &[usize], p: f64, rng: &mut StdRng, dtype: DType, dev
     let v: Vec<f64> = (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
     Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
 }
+
+/// Uniform in (-bound, bound), 1-D (nn.Linear's bias init with bound 1/sqrt(fan_in)).
+pub fn uniform(n: usize, bound: f64, rng: &mut StdRng, dtype: DType, device: &Device) -> Result<Tensor> {
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+    Ok(Tensor::from_vec(v, n, device)?.to_dtype(dtype)?)
+}

@@ -3,7 +3,7 @@
 //! merge/unmerge, delete, unload, merge-and-unload. Adapter parameters live in the
 //! model's `ParamStore` under PEFT's names; base weights stay frozen.
 use super::targeting::{self, Targets};
-use super::{AdapterLayer, BuildCtx, LinearInfo, TunerConfig};
+use super::{AdapterLayer, BuildCtx, HookSite, LinearInfo, TunerConfig};
 use crate::error::{Error, Result};
 use crate::model::llama::{Ctx, Linear};
 use crate::model::{Llama, ParamId};
@@ -33,6 +33,8 @@ pub struct Tuners {
     pub(super) enabled: bool,
     /// Adapters merged into each module's base weight, in merge order.
     pub(super) merged: HashMap<String, Vec<String>>,
+    /// Biases that merging created on linears that had none (removed again by unmerging).
+    pub(super) added_bias: HashMap<String, ParamId>,
 }
 
 impl Default for Tuners {
@@ -43,7 +45,7 @@ impl Default for Tuners {
 
 impl Tuners {
     pub fn new() -> Self {
-        Tuners { adapters: Vec::new(), layers: HashMap::new(), active: Vec::new(), enabled: true, merged: HashMap::new() }
+        Tuners { adapters: Vec::new(), layers: HashMap::new(), active: Vec::new(), enabled: true, merged: HashMap::new(), added_bias: HashMap::new() }
     }
 
     /// Attaches adapter `name` built from `config` to the modules it targets. The first
@@ -70,9 +72,16 @@ impl Tuners {
         if let Some(t) = targeting::resolve_targets(config.targets(), model) {
             config.set_target_modules(t);
         }
-        let paths = targeting::select(config.targets(), model, &source)?;
-        let by_path: HashMap<&str, &Linear> = model.linears().into_iter().map(|l| (l.path.as_str(), l)).collect();
-        let infos = paths.iter().map(|p| LinearInfo::of(by_path[p.as_str()], &model.store)).collect::<Result<Vec<_>>>()?;
+        let sites: Vec<HookSite> = match config.hook_sites(model)? {
+            Some(sites) => sites,
+            None => {
+                let paths = targeting::select(config.targets(), model, &source)?;
+                let by_path: HashMap<&str, &Linear> = model.linears().into_iter().map(|l| (l.path.as_str(), l)).collect();
+                paths.iter().map(|p| LinearInfo::of(by_path[p.as_str()], &model.store).map(HookSite::Linear)).collect::<Result<Vec<_>>>()?
+            }
+        };
+        let paths: Vec<String> = sites.iter().map(|s| s.path().to_string()).collect();
+        let infos: Vec<LinearInfo> = sites.iter().filter_map(|s| if let HookSite::Linear(l) = s { Some(l.clone()) } else { None }).collect();
         let warnings = config.check_model(model, &infos)?;
         let dtype = match model.dtype {
             DType::F16 | DType::BF16 => DType::F32,
@@ -80,10 +89,10 @@ impl Tuners {
         };
         let mut rng = StdRng::seed_from_u64(seed);
         let mut built: Vec<(String, Box<dyn AdapterLayer>)> = Vec::new();
-        for info in &infos {
+        for site in &sites {
             let mut bc = BuildCtx { store: &mut model.store, adapter: name, dtype, rng: &mut rng, loading };
-            match config.create_linear(info, &mut bc) {
-                Ok(layer) => built.push((info.path.clone(), layer)),
+            match config.create_hook(site, &mut bc) {
+                Ok(layer) => built.push((site.path().to_string(), layer)),
                 Err(e) => {
                     for (_, layer) in built.iter().rev() {
                         let _ = layer.restore_base(&model.store);
@@ -144,14 +153,28 @@ impl Tuners {
     /// Saved buffers (`AdapterLayer::buffers`) follow the parameters, each once.
     pub fn checkpoint_keys(&self, model: &Llama, name: &str) -> Result<Vec<(String, ParamId)>> {
         let a = self.adapter(name)?;
-        let mut ids = self.params(name)?;
-        let buffers = a.modules.iter().flat_map(|p| self.layer(p, name)).flat_map(|l| l.buffers());
-        for id in buffers.filter(|_| a.config.saves_buffers()) {
-            if !ids.contains(&id) {
-                ids.push(id);
+        let layers: Vec<&dyn AdapterLayer> = a.modules.iter().flat_map(|p| self.layer(p, name)).collect();
+        let ids = saved_ids(&layers, a.config.saves_buffers());
+        Ok(ids.into_iter().map(|id| (a.config.checkpoint_key(&model.store.get(id).name, name), id)).collect())
+    }
+
+    /// (file key, tensor) pairs that saving adapter `name` writes: `checkpoint_keys` with
+    /// their values as the config saves them (`TunerConfig::checkpoint_tensor`), except for
+    /// layers that export something else (`AdapterLayer::export`), whose pairs follow.
+    pub fn checkpoint_tensors(&self, model: &Llama, name: &str) -> Result<Vec<(String, Tensor)>> {
+        let a = self.adapter(name)?;
+        let (mut plain, mut exported) = (Vec::new(), Vec::new());
+        for layer in a.modules.iter().flat_map(|p| self.layer(p, name)) {
+            match layer.export(&model.store)? {
+                Some(pairs) => exported.extend(pairs.into_iter().map(|(n, t)| (a.config.checkpoint_key(&n, name), t))),
+                None => plain.push(layer),
             }
         }
-        Ok(ids.into_iter().map(|id| (a.config.checkpoint_key(&model.store.get(id).name, name), id)).collect())
+        let values = saved_ids(&plain, a.config.saves_buffers()).into_iter().map(|id| {
+            let p = model.store.get(id);
+            (a.config.checkpoint_key(&p.name, name), p.value().clone())
+        });
+        values.chain(exported).map(|(k, t)| a.config.checkpoint_tensor(&k, &t).map(|t| (k, t))).collect()
     }
 
     /// Activates `names` in this order (their outputs are added in it). Unmerges first, as
@@ -280,10 +303,21 @@ impl Tuners {
     }
 
     /// The layers that run at `path`: none when disabled or merged there, else the active ones in order.
-    fn running<'s>(&'s self, path: &str) -> Vec<&'s dyn AdapterLayer> {
+    pub(super) fn running<'s>(&'s self, path: &str) -> Vec<&'s dyn AdapterLayer> {
         if !self.enabled || self.merged.get(path).is_some_and(|m| !m.is_empty()) {
             return Vec::new();
         }
         self.active.iter().filter_map(|n| self.layer(path, n)).collect()
     }
+}
+
+/// The parameters of `layers`, then (when `buffers`) their buffers, each once.
+fn saved_ids(layers: &[&dyn AdapterLayer], buffers: bool) -> Vec<ParamId> {
+    let mut ids: Vec<ParamId> = layers.iter().flat_map(|l| l.params()).collect();
+    for id in layers.iter().flat_map(|l| l.buffers()).filter(|_| buffers) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }

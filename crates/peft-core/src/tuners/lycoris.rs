@@ -27,7 +27,7 @@ pub struct LycorisFields {
 
 impl LycorisFields {
     pub fn parse(f: &Fields, raw: Option<&str>) -> Result<Self> {
-        let r = f.positive("r", "a positive integer (the rank)")?;
+        let r = f.positive("r", "the rank")?;
         let alpha = f.num("alpha")?;
         let rank_dropout = f.prob("rank_dropout")?;
         let module_dropout = f.prob("module_dropout")?;

@@ -5,6 +5,8 @@
 use super::Tuners;
 use crate::error::{Error, Result};
 use crate::model::{Llama, ParamId};
+use candle_core::Tensor;
+use std::collections::HashMap;
 
 impl Tuners {
     /// Merges the given adapters (default: the active ones) into the base weights of
@@ -26,6 +28,13 @@ impl Tuners {
                 let layer = self.layer_mut(&path, n).ok_or_else(|| Error::arg("adapter", "an attached adapter", n))?;
                 let w = model.store.get(weight).value().clone();
                 model.store.get(weight).set(&layer.merge(&w, &model.store)?)?;
+                let bias = model.linears().into_iter().find(|l| l.path == path).map(|l| (l.bias, w.dim(0)));
+                if let Some((bias, out)) = bias {
+                    let b = bias.map(|id| model.store.get(id).value().clone());
+                    if let Some(nb) = layer.merge_bias(b.as_ref(), out?, &model.store)? {
+                        set_bias(model, &mut self.added_bias, &path, &nb)?;
+                    }
+                }
                 self.merged.entry(path).or_default().push(n.clone());
             }
         }
@@ -39,8 +48,20 @@ impl Tuners {
             let weight = base_weight(model, &path)?;
             while let Some(n) = self.merged.get_mut(&path).and_then(Vec::pop) {
                 let layer = self.layer_mut(&path, &n).ok_or_else(|| Error::arg("adapter", "an attached adapter", &n))?;
+                if let Some(id) = model.linears().into_iter().find(|l| l.path == path).and_then(|l| l.bias) {
+                    let b = model.store.get(id).value().clone();
+                    if let Some(nb) = layer.unmerge_bias(&b, &model.store)? {
+                        model.store.get(id).set(&nb)?;
+                    }
+                }
                 let w = model.store.get(weight).value().clone();
                 model.store.get(weight).set(&layer.unmerge(&w, &model.store)?)?;
+            }
+            if let Some(id) = self.added_bias.remove(&path) {
+                model.store.remove(id);
+                if let Some(l) = model.linear_mut(&path) {
+                    l.bias = None;
+                }
             }
         }
         self.merged.clear();
@@ -57,11 +78,29 @@ impl Tuners {
             self.remove(model, 0, !keep_base)?;
         }
         self.merged.clear();
+        self.added_bias.clear();
         self.active.clear();
         Ok(())
     }
 }
 
 fn base_weight(model: &Llama, path: &str) -> Result<ParamId> {
-    model.linears().into_iter().find(|l| l.path == path).map(|l| l.weight).ok_or_else(|| Error::arg("module path", "a linear module of the model", path))
+    model.module_weight(path).ok_or_else(|| Error::arg("module path", "a linear or norm module of the model", path))
+}
+
+/// Sets the bias of the linear at `path`, creating a frozen `<path>.bias` when it has none
+/// (LLaMA's linears have no bias; SSF and bias tuning merge into one).
+fn set_bias(model: &mut Llama, added: &mut HashMap<String, ParamId>, path: &str, value: &Tensor) -> Result<()> {
+    let current = model.linears().into_iter().find(|l| l.path == path).and_then(|l| l.bias);
+    match current {
+        Some(id) => model.store.get(id).set(value),
+        None => {
+            let id = model.store.add(format!("{path}.bias"), value.to_dtype(model.dtype)?, false)?;
+            if let Some(l) = model.linear_mut(path) {
+                l.bias = Some(id);
+            }
+            added.insert(path.to_string(), id);
+            Ok(())
+        }
+    }
 }

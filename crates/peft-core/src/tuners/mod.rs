@@ -5,29 +5,40 @@
 //! A method brings two things: a config (`TunerConfig`) that knows how to build its layer
 //! for one targeted module, and that layer (`AdapterLayer`).
 //!
-//! Hook sites. Only the linear site is wired into the forward pass now (LoRA, and next
-//! IA³, VeRA, LoHa, LoKr, SSF, bias tuning, bottleneck adapters, sparse masks, which all
-//! wrap a linear: an optional input transform before the base matmul, then an output
-//! hook that sees the running result). The other families attach at sites the model will
-//! call through `Ctx::tuners` the same way: the embedding output (prompt tuning prepends
-//! virtual tokens and widens the attention mask), per-layer key/value prefixes
-//! (prefix tuning, as a `KvCache` that is already filled), and the norms (LN tuning swaps
-//! the norm weight). Each method then lives in one folder next to `lora/`.
+//! Hook sites (`hooks.rs`), all driven by the `Tuners` in `Ctx`: the linear layers (LoRA,
+//! IA³, VeRA, LoHa, LoKr, AdaLoRA, SSF, bias tuning, sparse masks: an optional input
+//! transform before the base matmul, then an output hook that sees the running result); the
+//! prompt (prompt tuning and p-tuning prepend virtual tokens, prefix tuning adds per-layer
+//! key/value prefixes; the attention mask is widened as PEFT widens it); the norms (LN
+//! tuning swaps the weight, SSF scales and shifts the output); and the attention and MLP
+//! sublayer outputs (bottleneck and parallel adapters). A method implements the
+//! `AdapterLayer` methods of its sites; the ones that are not linear-only list their sites
+//! in `TunerConfig::hook_sites`. Each method lives in one folder next to `lora/`.
 pub mod adalora;
+pub mod bias;
+pub mod bottleneck;
 pub mod fields;
+pub mod hooks;
 pub mod ia3;
 pub mod init;
 pub mod lifecycle;
 pub mod linalg;
+pub mod ln_tuning;
 pub mod loha;
 pub mod lokr;
 mod merging;
 pub mod lora;
 pub mod lycoris;
+pub mod p_tuning;
 pub mod patterns;
+pub mod prefix_tuning;
+pub mod prompt_tuning;
+pub mod select;
+pub mod ssf;
 pub mod targeting;
 pub mod vera;
 
+pub use hooks::{HookSite, Sublayer, PROMPT_ENCODER};
 pub use lifecycle::{InjectReport, Tuners};
 pub use targeting::{TargetSpec, Targets};
 
@@ -83,13 +94,6 @@ pub trait AdapterLayer: Send + Sync {
     /// Its parameters in the store (named as PEFT's `named_parameters()`).
     fn params(&self) -> Vec<ParamId>;
 
-    /// Tensors in the store that belong to the adapter but are never trained (VeRA's shared
-    /// projections: PEFT's buffers), removed with it and saved with it unless the config's
-    /// `saves_buffers` says no. Several layers may return the same one.
-    fn buffers(&self) -> Vec<ParamId> {
-        Vec::new()
-    }
-
     /// Replaces the input of the base matmul (IA³ on feed-forward layers scales it). None: unchanged.
     fn transform_input(&self, _x: &Tensor, _ctx: &Ctx) -> Result<Option<Tensor>> {
         Ok(None)
@@ -97,7 +101,63 @@ pub trait AdapterLayer: Send + Sync {
 
     /// The new running result from the layer input `x` and `result` (the base output plus
     /// the contributions of adapters earlier in the active list, as in PEFT's loop).
-    fn forward(&self, base: &Linear, x: &Tensor, result: Tensor, ctx: &Ctx) -> Result<Tensor>;
+    /// Default: unchanged (layers at other hook sites).
+    fn forward(&self, _base: &Linear, _x: &Tensor, result: Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        Ok(result)
+    }
+
+    /// Prompt site: virtual token embeddings [n, hidden] prepended to the input embeddings.
+    fn virtual_tokens(&self, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Prompt site: per decoder layer, keys and values [kv_heads, n, head_dim] attended
+    /// before the tokens (PEFT's prefix `past_key_values`).
+    fn kv_prefix(&self, _ctx: &Ctx) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        Ok(None)
+    }
+
+    /// Norm site: the weight to normalise with instead of `weight` (LN tuning).
+    fn norm_weight(&self, _weight: &Tensor, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Norm site: the norm's output transformed (SSF after a norm). Default: unchanged.
+    fn norm_output(&self, y: Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        Ok(y)
+    }
+
+    /// Sublayer site: the attention or MLP output (before the residual add) from the
+    /// sublayer input (the normed hidden state) and the running output. Default: unchanged.
+    fn sublayer(&self, _input: &Tensor, output: Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        Ok(output)
+    }
+
+    /// Tensors in the store that belong to the adapter but are never trained (PEFT's
+    /// buffers: VeRA's shared projections, a sparse mask's indices), removed with it, and
+    /// saved and loaded with it unless the config's `saves_buffers` says no. Several layers
+    /// may return the same one. Default: none.
+    fn buffers(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
+
+    /// What `save` writes instead of the parameters' values, as (parameter name, tensor)
+    /// pairs keyed by `checkpoint_key` (p-tuning saves its encoder's output, as PEFT).
+    /// Default: None, the parameters themselves.
+    fn export(&self, _store: &ParamStore) -> Result<Option<Vec<(String, Tensor)>>> {
+        Ok(None)
+    }
+
+    /// The merged bias of the base linear (`bias`: its current one, None when it has none).
+    /// None: the method leaves the bias alone (the default).
+    fn merge_bias(&mut self, _bias: Option<&Tensor>, _out_features: usize, _store: &ParamStore) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Inverse of `merge_bias`.
+    fn unmerge_bias(&mut self, _bias: &Tensor, _store: &ParamStore) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 
     /// The merged base weight from the current one. Methods that cannot merge keep the default.
     fn merge(&mut self, _weight: &Tensor, _store: &ParamStore) -> Result<Tensor> {
@@ -138,6 +198,18 @@ pub trait TunerConfig: Send + Sync + std::fmt::Debug {
     }
     /// Builds the adapter layer of one targeted linear, adding its parameters to the store.
     fn create_linear(&self, target: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>>;
+    /// Methods that attach at other hook sites (`hooks.rs`) list them here; None (the
+    /// default) selects linear layers by `targets()` and builds them with `create_linear`.
+    fn hook_sites(&self, _model: &Llama) -> Result<Option<Vec<HookSite>>> {
+        Ok(None)
+    }
+    /// Builds the layer of one site returned by `hook_sites`.
+    fn create_hook(&self, site: &HookSite, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
+        match site {
+            HookSite::Linear(info) => self.create_linear(info, bc),
+            _ => Err(Error::Unsupported(format!("{}: no layer for the hook site `{}`", self.peft_type(), site.path()))),
+        }
+    }
     /// `adapter_config.json` as PEFT writes it: every field of the PEFT config class.
     fn to_json(&self) -> Value;
     /// The key of a parameter in `adapter_model.safetensors`.
@@ -179,6 +251,14 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("LOHA") => boxed(loha::LohaConfig::from_value(value, raw, source)),
         Some("LOKR") => boxed(lokr::LokrConfig::from_value(value, raw, source)),
         Some("ADALORA") => boxed(adalora::AdaLoraConfig::from_value(value, source)),
+        Some("PROMPT_TUNING") => boxed(prompt_tuning::PromptTuningConfig::from_value(value, source)),
+        Some("PREFIX_TUNING") => boxed(prefix_tuning::PrefixTuningConfig::from_value(value, source)),
+        Some("LN_TUNING") => boxed(ln_tuning::LnTuningConfig::from_value(value, source)),
+        Some("BOTTLENECK_ADAPTER") => boxed(bottleneck::BottleneckConfig::from_value(value, source, bottleneck::Placement::Serial)),
+        Some("PARALLEL_ADAPTER") => boxed(bottleneck::BottleneckConfig::from_value(value, source, bottleneck::Placement::Parallel)),
+        Some("P_TUNING") => boxed(p_tuning::PTuningConfig::from_value(value, source)),
+        Some("SSF") => boxed(ssf::SsfConfig::from_value(value, source)),
+        Some("BIAS_TUNING") => boxed(bias::BiasTuningConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -188,11 +268,14 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
     }
 }
 
-pub const SUPPORTED_PEFT_TYPES: &[&str] = &["LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA"];
-
 fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
     r.map(|(c, w)| (Box::new(c) as Box<dyn TunerConfig>, w))
 }
+
+pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
+    "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
+    "SSF", "BIAS_TUNING", "P_TUNING",
+];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
 /// `x.lora_A.weight`; a parameter named directly `x.default` -> `x`.

@@ -56,7 +56,7 @@ impl RankAllocator {
         let init_bgt = modules.iter().map(|m| model.store.get(m.1).value().dim(0)).sum::<candle_core::Result<usize>>()?;
         let target_bgt = c.target_r * modules.len();
         if target_bgt >= init_bgt {
-            return Err(c.common.fields.err("target_r", &format!("less than the initial ranks' average ({init_bgt} ranks over {} modules): nothing to prune", modules.len())));
+            return Err(c.fields.err("target_r", &format!("less than the initial ranks' average ({init_bgt} ranks over {} modules): nothing to prune", modules.len())));
         }
         Ok(RankAllocator { adapter: adapter.into(), modules, init_bgt, target_bgt, ema: HashMap::new() })
     }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::linear::linear;
 use crate::model::llama::{Ctx, Linear};
 use crate::model::{Llama, ParamId, ParamStore};
-use crate::tuners::fields::delegate_common;
+use crate::tuners::fields::config_plumbing;
 use crate::tuners::init::{dropout_mask, normal};
 use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig, PEFT_PREFIX};
 use candle_core::{DType, Tensor};
@@ -79,7 +79,7 @@ impl AdapterLayer for AdaLoraLayer {
 }
 
 impl TunerConfig for AdaLoraConfig {
-    delegate_common!(common);
+    config_plumbing!();
 
     fn peft_type(&self) -> &'static str {
         "ADALORA"
@@ -111,7 +111,7 @@ impl TunerConfig for AdaLoraConfig {
             Some(flags) if bc.loading => {
                 if flags.len() != self.init_r {
                     let msg = format!("{} flags for `{}` (one per initial rank, init_r = {})", flags.len(), t.path, self.init_r);
-                    return Err(self.common.fields.err("rank_pattern", &msg));
+                    return Err(self.fields.err("rank_pattern", &msg));
                 }
                 flags.iter().filter(|&&k| k).count()
             }

@@ -11,7 +11,8 @@ pub use allocator::{orth_regularization, RankAllocator};
 pub use layer::AdaLoraLayer;
 
 use crate::error::Result;
-use crate::tuners::fields::{object, Common, Fields};
+use crate::tuners::fields::{object, Fields};
+use crate::tuners::TargetSpec;
 use crate::tuners::lora::config::peft_defaults as lora_defaults;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -39,7 +40,8 @@ pub type RankPattern = Vec<(String, Vec<bool>)>;
 
 #[derive(Debug, Clone)]
 pub struct AdaLoraConfig {
-    pub common: Common,
+    pub fields: Fields,
+    pub targets: TargetSpec,
     pub init_r: usize,
     pub target_r: usize,
     pub lora_alpha: f64,
@@ -61,7 +63,7 @@ pub struct AdaLoraConfig {
 impl AdaLoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
         let defaults = peft_defaults();
-        let (mut f, mut warnings) = Fields::parse(value, defaults.clone(), "AdaLoraConfig", "ADALORA", source)?;
+        let (mut f, mut warnings) = Fields::parse(value, "ADALORA", "AdaLoraConfig", defaults.clone(), source)?;
         f.refuse_unless_default(UNSUPPORTED, &defaults)?;
         if f.bool("use_dora")? {
             return Err(f.err("use_dora", "false (ADALORA does not support DoRA)"));
@@ -70,15 +72,15 @@ impl AdaLoraConfig {
             return Err(f.err("loftq_config", "{} (ADALORA does not support LOFTQ)"));
         }
         f.fix_fan_in_fan_out(&mut warnings)?;
-        let init_r = f.positive("init_r", "a positive integer (the initial rank of every module)")?;
+        let init_r = f.positive("init_r", "the initial rank of every module")?;
         let target_r = f.map["target_r"].as_u64().ok_or_else(|| f.err("target_r", "a non-negative integer (the average rank to keep)"))? as usize;
         if f.map["r"] != json!(8) {
             warnings.push("`r` is not used by AdaLoRA and is ignored; the initial rank is `init_r`".into());
         }
         let count = |key: &str| f.map[key].as_u64().ok_or_else(|| f.err(key, "a non-negative integer (a number of steps)"));
         let (tinit, tfinal) = (count("tinit")?, count("tfinal")?);
-        let delta_t = f.positive("deltaT", "a positive integer (steps between two allocations)")? as u64;
-        let total_step = f.positive("total_step", "a positive integer: AdaLoRA needs the total number of training steps")? as u64;
+        let delta_t = f.positive("deltaT", "steps between two allocations")? as u64;
+        let total_step = f.positive("total_step", "AdaLoRA needs the total number of training steps")? as u64;
         if tinit + tfinal >= total_step {
             return Err(f.err("tinit", &format!("tinit < total_step - tfinal ({total_step} - {tfinal}): the schedule must leave a budgeting phase")));
         }
@@ -103,7 +105,7 @@ impl AdaLoraConfig {
         }
         let rank_pattern = parse_rank_pattern(&f)?;
         let c = AdaLoraConfig {
-            common: Common::new(f)?, init_r, target_r, lora_alpha, lora_dropout, tinit, tfinal, delta_t, beta1, beta2,
+            targets: f.target_spec()?, fields: f, init_r, target_r, lora_alpha, lora_dropout, tinit, tfinal, delta_t, beta1, beta2,
             orth_reg_weight, total_step, random_init, rank_pattern, bias,
         };
         Ok((c, warnings))
@@ -126,7 +128,7 @@ impl AdaLoraConfig {
     /// saved form (no adapter name, as `_get_adapter_state_dict` rewrites it).
     pub fn set_rank_pattern(&mut self, pattern: RankPattern) {
         let obj: Map<String, Value> = pattern.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        self.common.fields.map.insert("rank_pattern".into(), Value::Object(obj));
+        self.fields.map.insert("rank_pattern".into(), Value::Object(obj));
         self.rank_pattern = Some(pattern);
     }
 }

@@ -8,9 +8,9 @@ pub use layer::Ia3Layer;
 
 use crate::error::Result;
 use crate::model::Llama;
-use crate::tuners::fields::{delegate_common, object, targets_json, Common, Fields};
+use crate::tuners::fields::{config_plumbing, object, targets_json, Fields};
 use crate::tuners::init::normal;
-use crate::tuners::targeting::{full_regex, Targets};
+use crate::tuners::targeting::{full_regex, TargetSpec, Targets};
 use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig, PEFT_VERSION};
 use candle_core::Tensor;
 use serde_json::{json, Map, Value};
@@ -27,7 +27,8 @@ pub fn peft_defaults() -> Map<String, Value> {
 
 #[derive(Debug, Clone)]
 pub struct Ia3Config {
-    pub common: Common,
+    pub fields: Fields,
+    pub targets: TargetSpec,
     /// Modules whose input (not output) is scaled; None until injection fills PEFT's default.
     pub feedforward_modules: Option<Targets>,
     pub init_ia3_weights: bool,
@@ -35,13 +36,13 @@ pub struct Ia3Config {
 
 impl Ia3Config {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (mut f, mut warnings) = Fields::parse(value, peft_defaults(), "IA3Config", "IA3", source)?;
+        let (mut f, mut warnings) = Fields::parse(value, "IA3", "IA3Config", peft_defaults(), source)?;
         f.refuse_unless_default(&["modules_to_save"], &peft_defaults())?;
         f.fix_fan_in_fan_out(&mut warnings)?;
         let feedforward_modules = f.targets("feedforward_modules")?;
         let init_ia3_weights = f.bool("init_ia3_weights")?;
-        let common = Common::new(f)?;
-        let c = Ia3Config { common, feedforward_modules, init_ia3_weights };
+        let targets = f.target_spec()?;
+        let c = Ia3Config { fields: f, targets, feedforward_modules, init_ia3_weights };
         c.check_subset()?;
         Ok((c, warnings))
     }
@@ -49,9 +50,9 @@ impl Ia3Config {
     /// `IA3Config.__post_init__`: with both given as lists, the feed-forward modules must be
     /// among the targets.
     fn check_subset(&self) -> Result<()> {
-        if let (Some(Targets::List(ff)), Some(Targets::List(t))) = (&self.feedforward_modules, &self.common.targets.target_modules) {
+        if let (Some(Targets::List(ff)), Some(Targets::List(t))) = (&self.feedforward_modules, &self.targets.target_modules) {
             if let Some(bad) = ff.iter().find(|m| !t.contains(m)) {
-                let f = &self.common.fields;
+                let f = &self.fields;
                 return Err(f.err("feedforward_modules", &format!("a subset of `target_modules` ({t:?}); `{bad}` is not in it")));
             }
         }
@@ -63,14 +64,14 @@ impl Ia3Config {
     pub fn is_feedforward(&self, path: &str) -> Result<bool> {
         Ok(match &self.feedforward_modules {
             None => false,
-            Some(Targets::Regex(p)) => full_regex(p, "feedforward_modules", &self.common.fields.file)?.is_match(path),
+            Some(Targets::Regex(p)) => full_regex(p, "feedforward_modules", &self.fields.source)?.is_match(path),
             Some(Targets::List(l)) => l.iter().any(|m| path.ends_with(m.as_str())),
         })
     }
 }
 
 impl TunerConfig for Ia3Config {
-    delegate_common!(common);
+    config_plumbing!();
 
     fn peft_type(&self) -> &'static str {
         "IA3"
@@ -90,7 +91,7 @@ impl TunerConfig for Ia3Config {
     fn check_model(&mut self, _model: &Llama, _targets: &[LinearInfo]) -> Result<Vec<String>> {
         if self.feedforward_modules.is_none() {
             let ff = Targets::List(vec!["down_proj".into()]);
-            self.common.fields.map.insert("feedforward_modules".into(), targets_json(&ff));
+            self.fields.map.insert("feedforward_modules".into(), targets_json(&ff));
             self.feedforward_modules = Some(ff);
         }
         Ok(Vec::new())

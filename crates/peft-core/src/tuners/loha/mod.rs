@@ -3,10 +3,10 @@
 //! `tuners/loha` (`LoHaConfig`, `LoHaLayer.update_layer`, `reset_adapter_parameters`,
 //! `HadaWeight`, `make_weight`) on the LyCORIS base (`tuners/lycoris.rs`).
 use crate::error::Result;
-use crate::tuners::fields::{delegate_common, object, Common, Fields};
+use crate::tuners::fields::{config_plumbing, object, Fields};
 use crate::tuners::init::kaiming_uniform;
 use crate::tuners::lycoris::{DeltaWeight, LycorisFields, LycorisLayer};
-use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig, PEFT_VERSION};
+use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, PEFT_VERSION};
 use candle_core::Tensor;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -24,18 +24,19 @@ pub fn peft_defaults() -> Map<String, Value> {
 
 #[derive(Debug, Clone)]
 pub struct LohaConfig {
-    pub common: Common,
+    pub fields: Fields,
+    pub targets: TargetSpec,
     pub lycoris: LycorisFields,
     pub init_weights: bool,
 }
 
 impl LohaConfig {
     pub fn from_value(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, peft_defaults(), "LoHaConfig", "LOHA", source)?;
+        let (f, warnings) = Fields::parse(value, "LOHA", "LoHaConfig", peft_defaults(), source)?;
         f.refuse_unless_default(&["modules_to_save"], &peft_defaults())?;
         let lycoris = LycorisFields::parse(&f, raw)?;
         let init_weights = f.bool("init_weights")?;
-        Ok((LohaConfig { common: Common::new(f)?, lycoris, init_weights }, warnings))
+        Ok((LohaConfig { targets: f.target_spec()?, fields: f, lycoris, init_weights }, warnings))
     }
 }
 
@@ -51,7 +52,7 @@ impl DeltaWeight for Hadamard {
 }
 
 impl TunerConfig for LohaConfig {
-    delegate_common!(common);
+    config_plumbing!();
 
     fn peft_type(&self) -> &'static str {
         "LOHA"
@@ -70,7 +71,7 @@ impl TunerConfig for LohaConfig {
     /// `reset_adapter_parameters`: kaiming-uniform (a = √5) except w2_b = 0, so ΔW starts at 0;
     /// `init_weights` false: all four kaiming-uniform.
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        let (r, alpha) = self.lycoris.rank_alpha(&self.common.fields, &t.path)?;
+        let (r, alpha) = self.lycoris.rank_alpha(&self.fields, &t.path)?;
         let dev = bc.store.get(t.weight).value().device().clone();
         let (dt, out, inp) = (bc.dtype, t.out_features, t.in_features);
         let w1a = kaiming_uniform(out, r, bc.rng, dt, &dev)?;

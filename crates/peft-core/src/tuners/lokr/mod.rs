@@ -3,10 +3,10 @@
 //! 0.21 `tuners/lokr` (`LoKrConfig`, `LoKrLayer.update_layer`, `create_adapter_parameters`,
 //! the three `reset_adapter_parameters*`, `factorization`, `make_kron`).
 use crate::error::Result;
-use crate::tuners::fields::{delegate_common, object, Common, Fields};
+use crate::tuners::fields::{config_plumbing, object, Fields};
 use crate::tuners::init::kaiming_uniform;
 use crate::tuners::lycoris::{DeltaWeight, LycorisFields, LycorisLayer};
-use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig, PEFT_VERSION};
+use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, PEFT_VERSION};
 use candle_core::Tensor;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -34,7 +34,8 @@ pub enum LokrInit {
 
 #[derive(Debug, Clone)]
 pub struct LokrConfig {
-    pub common: Common,
+    pub fields: Fields,
+    pub targets: TargetSpec,
     pub lycoris: LycorisFields,
     pub decompose_both: bool,
     pub decompose_factor: i64,
@@ -44,7 +45,7 @@ pub struct LokrConfig {
 
 impl LokrConfig {
     pub fn from_value(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, peft_defaults(), "LoKrConfig", "LOKR", source)?;
+        let (f, warnings) = Fields::parse(value, "LOKR", "LoKrConfig", peft_defaults(), source)?;
         f.refuse_unless_default(&["modules_to_save"], &peft_defaults())?;
         let lycoris = LycorisFields::parse(&f, raw)?;
         let decompose_both = f.bool("decompose_both")?;
@@ -59,7 +60,7 @@ impl LokrConfig {
             Value::String(s) if s == "lycoris" => LokrInit::Lycoris,
             _ => return Err(f.err("init_weights", "true, false or \"lycoris\"")),
         };
-        Ok((LokrConfig { common: Common::new(f)?, lycoris, decompose_both, decompose_factor, rank_dropout_scale, init }, warnings))
+        Ok((LokrConfig { targets: f.target_spec()?, fields: f, lycoris, decompose_both, decompose_factor, rank_dropout_scale, init }, warnings))
     }
 }
 
@@ -115,7 +116,7 @@ impl DeltaWeight for Kronecker {
 }
 
 impl TunerConfig for LokrConfig {
-    delegate_common!(common);
+    config_plumbing!();
 
     fn peft_type(&self) -> &'static str {
         "LOKR"
@@ -134,7 +135,7 @@ impl TunerConfig for LokrConfig {
     /// W₂ [k, n]. W₁ is full unless `decompose_both` and r < max(l, m)/2; W₂ is full unless
     /// r < max(k, n)/2; a low-rank factor is a [·, r] · b [r, ·].
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        let (r, alpha) = self.lycoris.rank_alpha(&self.common.fields, &t.path)?;
+        let (r, alpha) = self.lycoris.rank_alpha(&self.fields, &t.path)?;
         let (in_m, in_n) = factorization(t.in_features, self.decompose_factor);
         let (out_l, out_k) = factorization(t.out_features, self.decompose_factor);
         let full_w1 = !(self.decompose_both && (r as f64) < out_l.max(in_m) as f64 / 2.0);

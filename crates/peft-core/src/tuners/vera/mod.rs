@@ -10,9 +10,9 @@ pub use layer::VeraLayer;
 
 use crate::error::{Error, Result};
 use crate::model::Llama;
-use crate::tuners::fields::{delegate_common, object, Common, Fields};
+use crate::tuners::fields::{config_plumbing, object, Fields};
 use crate::tuners::init::normal;
-use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig, PEFT_VERSION};
+use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, PEFT_VERSION};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -30,7 +30,8 @@ pub fn peft_defaults() -> Map<String, Value> {
 
 #[derive(Debug, Clone)]
 pub struct VeraConfig {
-    pub common: Common,
+    pub fields: Fields,
+    pub targets: TargetSpec,
     pub r: usize,
     pub vera_dropout: f64,
     pub d_initial: f64,
@@ -44,10 +45,10 @@ pub struct VeraConfig {
 
 impl VeraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (mut f, mut warnings) = Fields::parse(value, peft_defaults(), "VeraConfig", "VERA", source)?;
+        let (mut f, mut warnings) = Fields::parse(value, "VERA", "VeraConfig", peft_defaults(), source)?;
         f.refuse_unless_default(&["modules_to_save"], &peft_defaults())?;
         f.fix_fan_in_fan_out(&mut warnings)?;
-        let r = f.positive("r", "a positive integer (the rank of the shared projections)")?;
+        let r = f.positive("r", "the rank of the shared projections")?;
         let vera_dropout = f.prob("vera_dropout")?;
         let d_initial = f.num("d_initial")?;
         let init_weights = f.bool("init_weights")?;
@@ -66,8 +67,8 @@ impl VeraConfig {
                     .into(),
             );
         }
-        let common = Common::new(f)?;
-        let c = VeraConfig { common, r, vera_dropout, d_initial, init_weights, projection_prng_key, save_projection, bias, projection_dims: None };
+        let targets = f.target_spec()?;
+        let c = VeraConfig { fields: f, targets, r, vera_dropout, d_initial, init_weights, projection_prng_key, save_projection, bias, projection_dims: None };
         Ok((c, warnings))
     }
 
@@ -82,7 +83,7 @@ impl VeraConfig {
 }
 
 impl TunerConfig for VeraConfig {
-    delegate_common!(common);
+    config_plumbing!();
 
     fn peft_type(&self) -> &'static str {
         "VERA"

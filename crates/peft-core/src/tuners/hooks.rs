@@ -1,0 +1,137 @@
+//! The hook sites besides the linear layers, called by `model/llama.rs` through `Ctx::tuners`:
+//! the prompt (virtual tokens prepended to the input embeddings, per-layer key/value
+//! prefixes), the norms, and the outputs of the attention and MLP sublayers. A method
+//! implements the `AdapterLayer` methods of the sites it uses and registers its layers at
+//! those sites' module paths through `TunerConfig::hook_sites` / `create_hook`.
+use super::{LinearInfo, Tuners};
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::model::llama::Ctx;
+use crate::model::{Llama, ParamId};
+use crate::ops;
+use candle_core::Tensor;
+
+/// Module path of the prompt site (PEFT's `PeftModel.prompt_encoder`).
+pub const PROMPT_ENCODER: &str = "prompt_encoder";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sublayer {
+    /// `model.layers.{i}.self_attn`: input = the normed hidden state, output = o_proj's.
+    Attention,
+    /// `model.layers.{i}.mlp`: input = the normed hidden state, output = down_proj's.
+    Mlp,
+}
+
+/// Where a site-based method attaches, as `TunerConfig::create_hook` sees it.
+#[derive(Debug, Clone)]
+pub enum HookSite {
+    /// The whole model's prompt; `embed_tokens` for inits from token ids.
+    Prompt { config: LlamaConfig, embed_tokens: ParamId },
+    /// An RMSNorm (`model.layers.{i}.input_layernorm`, `...post_attention_layernorm`, `model.norm`).
+    Norm { path: String, weight: ParamId, dim: usize },
+    /// The output of a decoder layer's attention or MLP, before the residual add.
+    Sublayer { path: String, layer: usize, kind: Sublayer, hidden: usize },
+    /// A linear layer (hybrids that put, e.g., LoRA next to prefixes).
+    Linear(LinearInfo),
+}
+
+impl HookSite {
+    pub fn path(&self) -> &str {
+        match self {
+            HookSite::Prompt { .. } => PROMPT_ENCODER,
+            HookSite::Norm { path, .. } | HookSite::Sublayer { path, .. } => path,
+            HookSite::Linear(l) => &l.path,
+        }
+    }
+
+    pub fn prompt(model: &Llama) -> Self {
+        HookSite::Prompt { config: model.config.clone(), embed_tokens: model.embed_tokens }
+    }
+
+    /// The sublayer sites of `kind` in the given decoder layers (None: all).
+    pub fn sublayers(model: &Llama, kind: Sublayer, layers: Option<&[usize]>) -> Vec<Self> {
+        let name = match kind {
+            Sublayer::Attention => "self_attn",
+            Sublayer::Mlp => "mlp",
+        };
+        (0..model.layers.len())
+            .filter(|i| layers.is_none_or(|l| l.contains(i)))
+            .map(|i| HookSite::Sublayer { path: format!("model.layers.{i}.{name}"), layer: i, kind, hidden: model.config.hidden_size })
+            .collect()
+    }
+}
+
+/// What the prompt site adds to one forward pass.
+#[derive(Default)]
+pub struct Prompt {
+    /// [b, n, hidden], prepended to the input embeddings.
+    pub virtual_tokens: Option<Tensor>,
+    /// Per decoder layer, keys and values [b, kv_heads, n, head_dim] attended before the tokens.
+    pub kv_prefix: Option<Vec<(Tensor, Tensor)>>,
+}
+
+impl Tuners {
+    /// The running adapters' prompt contributions for a batch of `b`, concatenated in the
+    /// active order (PEFT runs one prompt-learning adapter at a time; several simply stack).
+    pub(crate) fn prompt(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
+        let mut virt: Vec<Tensor> = Vec::new();
+        let mut prefix: Vec<Vec<(Tensor, Tensor)>> = Vec::new();
+        for layer in self.running(PROMPT_ENCODER) {
+            if let Some(v) = layer.virtual_tokens(ctx)? {
+                let (n, h) = v.dims2()?;
+                virt.push(v.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?);
+            }
+            if let Some(p) = layer.kv_prefix(ctx)? {
+                let expand = |t: Tensor| -> Result<Tensor> {
+                    let (h, n, d) = t.dims3()?;
+                    Ok(t.unsqueeze(0)?.broadcast_as((b, h, n, d))?.contiguous()?)
+                };
+                prefix.push(p.into_iter().map(|(k, v)| Ok((expand(k)?, expand(v)?))).collect::<Result<_>>()?);
+            }
+        }
+        let virtual_tokens = match virt.len() {
+            0 => None,
+            1 => virt.pop(),
+            _ => Some(Tensor::cat(&virt, 1)?),
+        };
+        let kv_prefix = match prefix.len() {
+            0 => None,
+            1 => prefix.pop(),
+            _ => {
+                let layers = prefix[0].len();
+                Some((0..layers).map(|i| {
+                    let ks: Vec<&Tensor> = prefix.iter().map(|p| &p[i].0).collect();
+                    let vs: Vec<&Tensor> = prefix.iter().map(|p| &p[i].1).collect();
+                    Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?))
+                }).collect::<Result<_>>()?)
+            }
+        };
+        Ok(Prompt { virtual_tokens, kv_prefix })
+    }
+
+    /// RMSNorm at `path`: a running adapter may replace the weight (LN tuning), then each
+    /// may transform the output (SSF after a norm).
+    pub(crate) fn norm(&self, path: &str, x: &Tensor, weight: Tensor, eps: f64, ctx: &Ctx) -> Result<Tensor> {
+        let layers = self.running(path);
+        let mut w = weight;
+        for l in &layers {
+            if let Some(nw) = l.norm_weight(&w, ctx)? {
+                w = nw.to_dtype(w.dtype())?;
+            }
+        }
+        let mut y = ops::rms_norm(x, &w, eps)?;
+        for l in &layers {
+            y = l.norm_output(y, ctx)?;
+        }
+        Ok(y)
+    }
+
+    /// A sublayer's output through the running adapters at `path`, in the active order.
+    pub(crate) fn sublayer(&self, path: &str, input: &Tensor, output: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let mut out = output;
+        for l in self.running(path) {
+            out = l.sublayer(input, out, ctx)?;
+        }
+        Ok(out)
+    }
+}

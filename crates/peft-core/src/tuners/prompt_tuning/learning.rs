@@ -1,0 +1,91 @@
+//! What PEFT's prompt-learning methods share (`PromptLearningConfig` in `peft/config.py`,
+//! `_prepare_prompt_learning_config` in `utils/other.py`, `BasePromptEncoder` in
+//! `tuners_utils.py`): the fields filled from the model at injection, one encoder at the
+//! `prompt_encoder` site, and the file key `prompt_embeddings`.
+use crate::error::{Error, Result};
+use crate::model::Llama;
+use crate::tuners::fields::Fields;
+use serde_json::{json, Value};
+
+/// `PromptLearningConfig`'s fields (besides `PeftConfig`'s).
+pub fn defaults() -> Value {
+    json!({
+        "num_virtual_tokens": null, "token_dim": null, "num_transformer_submodules": null,
+        "num_attention_heads": null, "num_layers": null, "modules_to_save": null
+    })
+}
+
+/// Checks the shared fields when parsing; returns `num_virtual_tokens`.
+pub fn check(f: &Fields) -> Result<usize> {
+    let n = f.positive("num_virtual_tokens", "the number of virtual tokens")?;
+    for key in ["token_dim", "num_attention_heads", "num_layers"] {
+        f.opt_positive(key, "filled from the model when null")?;
+    }
+    if let Some(s) = f.opt_positive("num_transformer_submodules", "1 for decoder-only models")? {
+        if s != 1 {
+            return Err(f.err("num_transformer_submodules", "1 (decoder-only models have one transformer submodule) or null"));
+        }
+    }
+    f.no_modules_to_save()?;
+    Ok(n)
+}
+
+/// The encoder's sizes after injection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dims {
+    pub num_virtual_tokens: usize,
+    pub token_dim: usize,
+    pub num_attention_heads: usize,
+    pub num_layers: usize,
+}
+
+/// `_prepare_prompt_learning_config`: fills the null fields from the model config and, for
+/// prefix tuning (`kv`), sets `token_dim` = head_dim · num_key_value_heads and
+/// `num_attention_heads` = num_key_value_heads (GQA, PEFT #1901). Values given in the
+/// config must fit the model.
+pub fn fill(f: &mut Fields, model: &Llama, kv: bool) -> Result<Dims> {
+    let c = &model.config;
+    let n = f.positive("num_virtual_tokens", "the number of virtual tokens")?;
+    let mut want = vec![("num_layers", c.num_hidden_layers), ("num_transformer_submodules", 1)];
+    if kv {
+        want.extend([("token_dim", c.head_dim * c.num_key_value_heads), ("num_attention_heads", c.num_key_value_heads)]);
+    } else {
+        want.push(("token_dim", c.hidden_size));
+    }
+    for (key, value) in &want {
+        match f.get(key) {
+            Value::Null => f.set(key, *value),
+            v if v.as_u64() == Some(*value as u64) => {}
+            // PEFT overwrites these two for prefix tuning whatever the config says.
+            _ if kv && (*key == "token_dim" || *key == "num_attention_heads") => f.set(key, *value),
+            _ => {
+                return Err(Error::InvalidConfig {
+                    file: f.source.clone(),
+                    key: key.to_string(),
+                    expected: format!("{value} (from the model) or null"),
+                    found: f.get(key).to_string(),
+                })
+            }
+        }
+    }
+    if f.get("num_attention_heads").is_null() {
+        f.set("num_attention_heads", c.num_attention_heads);
+    }
+    let get = |k: &str| f.get(k).as_u64().unwrap_or(0) as usize;
+    Ok(Dims { num_virtual_tokens: n, token_dim: get("token_dim"), num_attention_heads: get("num_attention_heads"), num_layers: get("num_layers") })
+}
+
+/// PEFT's `named_parameters()` name of a prompt encoder tensor: `prompt_encoder.<adapter>.<attr>`.
+pub fn param_name(adapter: &str, attr: &str) -> String {
+    format!("prompt_encoder.{adapter}.{attr}")
+}
+
+/// `BasePromptEncoder._get_adapter_state_dict`: the (encoded) prompt is saved as
+/// `prompt_embeddings`; other parameters of the encoder are not saved by PEFT.
+pub fn checkpoint_key(param: &str, adapter: &str) -> String {
+    if param == param_name(adapter, "embedding.weight") {
+        "prompt_embeddings".into()
+    } else {
+        crate::tuners::remove_adapter_name(param, adapter)
+    }
+}

@@ -1,0 +1,8 @@
+//! Prompt tuning against PEFT 0.21 (fixture `prompt_tuning`).
+mod common;
+mod fixture_case;
+
+#[test]
+fn prompt_tuning_matches_peft() {
+    fixture_case::check_case("prompt_tuning", 5, false);
+}
