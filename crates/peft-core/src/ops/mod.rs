@@ -4,6 +4,8 @@
 //! dtypes and devices.
 pub mod composite;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod kernel;
 mod rms_norm;
 mod rope;
