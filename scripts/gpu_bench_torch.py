@@ -46,15 +46,19 @@ def main():
         num_attention_heads=32,
         num_key_value_heads=4,
         head_dim=64,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rms_norm_eps=1e-5,  # rope theta: LLaMA's default 10000 (spelled differently in transformers 4 and 5)
         max_position_embeddings=2048,
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,
     )
     with torch.device(dev):
-        model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn).to(torch.bfloat16)
+        try:
+            model = LlamaForCausalLM._from_config(cfg, attn_implementation=a.attn)
+        except TypeError:  # older/newer signatures
+            cfg._attn_implementation = a.attn
+            model = LlamaForCausalLM(cfg)
+        model = model.to(torch.bfloat16)
     attn_used = getattr(model.config, "_attn_implementation", a.attn)
     assert attn_used == a.attn, f"asked for {a.attn} attention, got {attn_used}"
     model.config.use_cache = False

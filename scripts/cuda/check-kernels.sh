@@ -5,7 +5,7 @@
 # exist for f32, f64, bf16 and f16 (the names src/ops/cuda/mod.rs loads).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-eval "$(scripts/cuda/setup.sh)"
+eval "$(scripts/cuda/setup.sh --compiler-only)"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for cu in crates/peft-core/kernels/*.cu; do
