@@ -17,6 +17,10 @@ use super::kernel::{
 /// CPU, for other dtypes (bf16 logits are upcast to f32 there) and other shapes.
 /// Gradients flow to `logits`, and to `weights` when they track one.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() {
+        return cross_entropy_sum_cuda(logits, targets, weights);
+    }
     let fits = fused_cpu(&[logits])
         && logits.rank() == 2
         && targets.dtype() == DType::U32
@@ -31,6 +35,32 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) ->
     let weights = weights.to_dtype(logits.dtype())?;
     let op = CrossEntropy {
         weight_grad: weights.track_op(),
+        rows: OnceLock::new(),
+    };
+    logits.apply_op3(targets, &weights, op)
+}
+
+/// On CUDA: half-precision logits are upcast to f32 first (as the composite does), then
+/// the fused kernels run; weights that track a gradient take the composite.
+#[cfg(feature = "cuda")]
+fn cross_entropy_sum_cuda(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(super::composite::promoted(logits.dtype()))?;
+    let same = |t: &Tensor| t.device().same_device(logits.device());
+    let fits = super::cuda::fused_cuda(&[&logits])
+        && logits.rank() == 2
+        && targets.dtype() == DType::U32
+        && same(targets)
+        && same(weights)
+        && weights.dtype().is_float()
+        && !weights.track_op()
+        && targets.dims() == [logits.dim(0)?]
+        && weights.dims() == [logits.dim(0)?];
+    if !fits {
+        return super::composite::cross_entropy_sum(&logits, targets, weights);
+    }
+    let weights = weights.to_dtype(logits.dtype())?;
+    let op = CrossEntropy {
+        weight_grad: false,
         rows: OnceLock::new(),
     };
     logits.apply_op3(targets, &weights, op)
@@ -151,6 +181,19 @@ impl CustomOp3 for CrossEntropy {
         )
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::cross_entropy_fwd((s1, l1), (s2, l2), (s3, l3))
+    }
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -231,5 +274,18 @@ impl CustomOp3 for CrossEntropyBwd {
             s1,
             backward(self, (s1, l1), (s2, l2), (s3, l3))
         )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::cross_entropy_bwd(self.g, (s1, l1), (s2, l2), (s3, l3))
     }
 }

@@ -42,6 +42,16 @@ pub(crate) fn fused_cpu(ts: &[&Tensor]) -> bool {
             .all(|t| t.device().is_cpu() && t.dtype() == dtype && t.elem_count() > 0)
 }
 
+/// True when the fused kernels cover these tensors: [`fused_cpu`], or (feature `cuda`)
+/// one CUDA device with f32, f64, bf16 or f16 (see `ops/cuda`).
+pub(crate) fn fused(ts: &[&Tensor]) -> bool {
+    #[cfg(feature = "cuda")]
+    if super::cuda::fused_cuda(ts) {
+        return true;
+    }
+    fused_cpu(ts)
+}
+
 /// Calls `$f::<f32>` or `$f::<f64>` after the dtype of `$s`, or fails for other dtypes.
 macro_rules! dispatch {
     ($name:expr, $s:expr, $f:ident($($arg:expr),*)) => {

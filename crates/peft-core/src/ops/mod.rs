@@ -1,9 +1,12 @@
 //! The model's hot ops. `composite` defines the semantics from differentiable candle
 //! primitives; the functions re-exported here are what the model calls: fused CPU
 //! kernels (f32, f64) with a fused backward, falling back to `composite` for other
-//! dtypes and devices.
+//! dtypes and devices. With the `cuda` feature, `cuda/` gives the same ops CUDA kernels
+//! (f32, f64, bf16, f16; `kernels/peft_ops.cu`), so they do not fall back there.
 pub mod composite;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod kernel;
 mod rms_norm;
 mod rope;

@@ -3,14 +3,14 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused_cpu, row_len, rows_per_task, sum_zip, Real};
+use super::kernel::{contiguous, dispatch, fused, row_len, rows_per_task, sum_zip, Real};
 
 /// LLaMA RMSNorm, `x * rsqrt(mean(x^2) + eps) * weight` over the last dimension.
 /// Same semantics as [`super::composite::rms_norm`], which it falls back to off the CPU,
 /// for dtypes other than f32/f64 (where the f32 round trip matters) and for a weight
 /// that is not a vector of the row length.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let fits = fused_cpu(&[x, weight]) && x.rank() >= 1 && weight.dims() == [x.dim(D::Minus1)?];
+    let fits = fused(&[x, weight]) && x.rank() >= 1 && weight.dims() == [x.dim(D::Minus1)?];
     if !fits {
         return super::composite::rms_norm(x, weight, eps);
     }
@@ -66,6 +66,17 @@ impl CustomOp2 for RmsNorm {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!("rms_norm", s1, forward(self.eps, (s1, l1), (s2, l2)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rms_norm_fwd(self.eps, (s1, l1), (s2, l2))
     }
 
     fn bwd(
@@ -160,5 +171,18 @@ impl CustomOp3 for RmsNormBwd {
             s1,
             backward(self.eps, (s1, l1), (s2, l2), (s3, l3))
         )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rms_norm_bwd(self.eps, (s1, l1), (s2, l2), (s3, l3))
     }
 }

@@ -3,14 +3,14 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused_cpu, rows_per_task, Real};
+use super::kernel::{contiguous, dispatch, fused, rows_per_task, Real};
 
 /// Rotate-half RoPE. `x`: [b, heads, t, d]; `cos`, `sin`: [b, t, d/2] (or broadcastable
 /// to it, e.g. [1, t, d/2]). Same semantics as [`super::composite::rope`], which it falls
 /// back to off the CPU, for dtypes other than f32/f64 and for other shapes. No gradient
 /// flows to `cos` and `sin`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if !fused_cpu(&[x, cos, sin]) || x.rank() != 4 || x.dim(3)? % 2 != 0 {
+    if !fused(&[x, cos, sin]) || x.rank() != 4 || x.dim(3)? % 2 != 0 {
         return super::composite::rope(x, cos, sin);
     }
     let (b, _, t, d) = x.dims4()?;
@@ -93,6 +93,19 @@ impl CustomOp3 for Rope {
             s1,
             rotate(self.inverse, (s1, l1), (s2, l2), (s3, l3))
         )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rope(self.inverse, (s1, l1), (s2, l2), (s3, l3))
     }
 
     fn bwd(

@@ -2,7 +2,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused_cpu, Real};
+use super::kernel::{contiguous, dispatch, fused, Real};
 
 /// Elements per rayon task.
 const BLOCK: usize = 1 << 14;
@@ -11,7 +11,7 @@ const BLOCK: usize = 1 << 14;
 /// [`super::composite::silu_mul`], which it falls back to off the CPU, for dtypes other
 /// than f32/f64 and for shapes that differ.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if !fused_cpu(&[gate, up]) || gate.dims() != up.dims() {
+    if !fused(&[gate, up]) || gate.dims() != up.dims() {
         return super::composite::silu_mul(gate, up);
     }
     gate.apply_op2(up, SiluMul)
@@ -59,6 +59,17 @@ impl CustomOp2 for SiluMul {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!("silu_mul", s1, forward((s1, l1), (s2, l2)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::silu_mul_fwd((s1, l1), (s2, l2))
     }
 
     fn bwd(
@@ -134,5 +145,18 @@ impl CustomOp3 for SiluMulBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!("silu_mul bwd", s1, backward((s1, l1), (s2, l2), (s3, l3)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::silu_mul_bwd((s1, l1), (s2, l2), (s3, l3))
     }
 }

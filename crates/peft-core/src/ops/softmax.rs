@@ -3,14 +3,14 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::kernel::{
-    contiguous, dispatch, exp_shifted, fused_cpu, max, row_len, rows_per_task, sum_zip, Real,
+    contiguous, dispatch, exp_shifted, fused, max, row_len, rows_per_task, sum_zip, Real,
 };
 
 /// Softmax over the last dimension. Same semantics as
 /// [`super::composite::softmax_last_dim`], which it falls back to off the CPU and for
 /// dtypes other than f32/f64.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !fused_cpu(&[x]) || x.rank() == 0 {
+    if !fused(&[x]) || x.rank() == 0 {
         return super::composite::softmax_last_dim(x);
     }
     x.apply_op1(Softmax)
@@ -44,6 +44,11 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         dispatch!("softmax", s, forward(s, l))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::softmax_fwd((s, l))
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -92,5 +97,16 @@ impl CustomOp2 for SoftmaxBwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!("softmax bwd", s1, backward((s1, l1), (s2, l2)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::softmax_bwd((s1, l1), (s2, l2))
     }
 }

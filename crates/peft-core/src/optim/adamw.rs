@@ -16,6 +16,9 @@ pub struct AdamWHyper {
 
 /// One step for `p`; `step` counts from 1. `m` and `v` are replaced by their new values.
 pub fn adamw_step(p: &Parameter, m: &mut Tensor, v: &mut Tensor, step: u64, h: &AdamWHyper) -> Result<()> {
+    if !p.value().device().is_cpu() {
+        return adamw_step_on_device(p, m, v, step, h);
+    }
     let (mut w, g) = value_and_grad(p)?;
     let mut mv = flat(m)?;
     let mut vv = flat(v)?;
@@ -35,4 +38,25 @@ pub fn adamw_step(p: &Parameter, m: &mut Tensor, v: &mut Tensor, step: u64, h: &
     *m = state_tensor(mv, p.value(), dt)?;
     *v = state_tensor(vv, p.value(), dt)?;
     write_back(p, w)
+}
+
+/// The same update as tensor ops on the parameter's device (CUDA), so that a step needs no
+/// host round trip; math and state in f32 (f64 for f64 parameters) instead of f64.
+fn adamw_step_on_device(p: &Parameter, m: &mut Tensor, v: &mut Tensor, step: u64, h: &AdamWHyper) -> Result<()> {
+    let grad = p.grad.as_ref().ok_or_else(|| {
+        crate::error::Error::arg(&p.name, "a parameter with a gradient (call backward first)", "no gradient")
+    })?;
+    let dt = state_dtype(p);
+    let g = grad.to_dtype(dt)?;
+    let bc1 = 1.0 - h.beta1.powi(step as i32);
+    let bc2_sqrt = (1.0 - h.beta2.powi(step as i32)).sqrt();
+    let step_size = h.lr / bc1;
+    let decay = 1.0 - h.lr * h.weight_decay;
+    let new_m = ((m.to_dtype(dt)? * h.beta1)? + (&g * (1.0 - h.beta1))?)?;
+    let new_v = ((v.to_dtype(dt)? * h.beta2)? + (g.sqr()? * (1.0 - h.beta2))?)?;
+    let denom = ((new_v.sqrt()? / bc2_sqrt)? + h.eps)?;
+    let w = ((p.value().to_dtype(dt)? * decay)? - ((&new_m / &denom)? * step_size)?)?;
+    *m = new_m;
+    *v = new_v;
+    p.set(&w)
 }

@@ -6,7 +6,12 @@ use peft_core::tuners::Tuners;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// `$PEFT_FIXTURES_DIR` when set (test binaries run on another machine, as
+/// scripts/gpu-check.sh does), else the shared folder next to the checkout.
 pub fn fixture_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PEFT_FIXTURES_DIR") {
+        return dir.into();
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/hf-peft-tiny-llama")
 }
 
