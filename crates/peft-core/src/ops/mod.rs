@@ -2,15 +2,19 @@
 //! primitives; the functions re-exported here are what the model calls: fused CPU
 //! kernels (f32, f64) with a fused backward, falling back to `composite` for other
 //! dtypes and devices.
+mod attention;
 pub mod composite;
 mod cross_entropy;
 mod kernel;
+mod lora;
 mod rms_norm;
 mod rope;
 mod silu_mul;
 mod softmax;
 
+pub use attention::scaled_masked_softmax;
 pub use cross_entropy::cross_entropy_sum;
+pub use lora::lora_add;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use silu_mul::silu_mul;
