@@ -506,6 +506,10 @@ fn fused_ops_are_single_graph_nodes() {
     assert_eq!(nodes(ops::softmax_last_dim(x).unwrap()), 2);
     assert_eq!(nodes(ops::silu_mul(x, x).unwrap()), 2);
     assert_eq!(nodes(ops::cross_entropy_sum(l, &t, &cw).unwrap()), 2);
+    let mask = Tensor::zeros((2, 1, 4, 8), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(nodes(ops::scaled_masked_softmax(x, &mask, 0.5).unwrap()), 2);
+    let (u, bw) = (var(&[2, 3, 4, 2], &mut rng), var(&[8, 2], &mut rng));
+    assert_eq!(nodes(ops::lora_add(x, u.as_tensor(), bw.as_tensor(), 2.0).unwrap()), 4);
     assert!(nodes(composite::rms_norm(x, w, 1e-5).unwrap()) > 3);
     assert!(nodes(composite::softmax_last_dim(x).unwrap()) > 2);
 }
@@ -567,4 +571,122 @@ fn gradients_flow_through_chained_fused_ops() {
         assert_eq!(zeros, 0, "input {i}: {zeros} zero gradient entries");
     }
     check(&case, &mut rng, &mut MaxErr::default());
+}
+
+/// A causal mask [b, 1, t, kv] as the model builds it: 0 where a query may attend, the
+/// dtype's lowest value elsewhere; `pad` masks the first key of batch row 1 as padding.
+fn causal_bias(b: usize, t: usize, kv: usize, pad: bool, dt: DType) -> Tensor {
+    let min = if dt == DType::F64 { f64::MIN } else { f32::MIN as f64 };
+    let past = kv - t;
+    let v: Vec<f64> = (0..b * t * kv)
+        .map(|i| {
+            let (r, q, k) = (i / (t * kv), (i / kv) % t, i % kv);
+            if k > past + q || (pad && r == 1 && k == 0) {
+                min
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, (b, 1, t, kv), &Device::Cpu).unwrap().to_dtype(dt).unwrap()
+}
+
+#[test]
+fn scaled_masked_softmax_matches_composite() {
+    check_all("scaled_masked_softmax", |rng, dt| {
+        let op = |fused: bool, s: &Tensor, bias: &Tensor, scale: f64| {
+            if fused {
+                ops::scaled_masked_softmax(s, bias, scale)
+            } else {
+                composite::scaled_masked_softmax(s, bias, scale)
+            }
+        };
+        let m1 = causal_bias(2, 5, 5, false, dt);
+        let m2 = causal_bias(2, 4, 7, true, dt);
+        let m3 = causal_bias(1, 6, 6, false, dt);
+        let m4 = causal_bias(3, 40, 40, true, dt);
+        vec![
+            case(
+                "attention causal",
+                vec![rng.tensor(&[2, 3, 5, 5], 3.0, dt)],
+                move |f, xs| op(f, &xs[0], &m1, 0.125),
+            ),
+            // A KV cache: 3 past keys, and padding in row 1.
+            case(
+                "attention past + padding",
+                vec![rng.tensor(&[2, 2, 4, 7], 3.0, dt)],
+                move |f, xs| op(f, &xs[0], &m2, 0.3),
+            ),
+            // A [1, 1, t, kv] mask broadcast over the batch, and strided scores.
+            case(
+                "attention broadcast mask, transposed scores",
+                vec![rng.tensor(&[2, 3, 6, 6], 2.0, dt)],
+                move |f, xs| op(f, &xs[0].transpose(2, 3)?, &m3, 1.0),
+            ),
+            // Several rayon tasks.
+            case(
+                "attention many rows",
+                vec![rng.tensor(&[3, 4, 40, 40], 2.0, dt)],
+                move |f, xs| op(f, &xs[0], &m4, 0.125),
+            ),
+        ]
+    });
+}
+
+#[test]
+fn lora_add_matches_composite() {
+    check_all("lora_add", |rng, dt| {
+        let op = |fused: bool, xs: &[Tensor], s: f64| {
+            if fused {
+                ops::lora_add(&xs[0], &xs[1], &xs[2], s)
+            } else {
+                composite::lora_add(&xs[0], &xs[1], &xs[2], s)
+            }
+        };
+        vec![
+            case(
+                "lora 2d",
+                vec![rng.tensor(&[5, 12], 1.0, dt), rng.tensor(&[5, 4], 1.0, dt), rng.tensor(&[12, 4], 1.0, dt)],
+                move |f, xs| op(f, xs, 2.0),
+            ),
+            case(
+                "lora 3d",
+                vec![rng.tensor(&[2, 7, 10], 1.0, dt), rng.tensor(&[2, 7, 3], 1.0, dt), rng.tensor(&[10, 3], 1.0, dt)],
+                move |f, xs| op(f, xs, 0.5),
+            ),
+            // Strided operands: a transposed result and u, a transposed B.
+            case(
+                "lora strided",
+                vec![rng.tensor(&[2, 9, 6], 1.0, dt), rng.tensor(&[2, 4, 6], 1.0, dt), rng.tensor(&[4, 9], 1.0, dt)],
+                move |f, xs| {
+                    let (r, u, b) = (xs[0].transpose(1, 2)?, xs[1].transpose(1, 2)?, xs[2].t()?);
+                    op(f, &[r, u, b], 1.5)
+                },
+            ),
+        ]
+    });
+}
+
+/// With a frozen result (the base output of layer 0, whose input does not track), only
+/// u and B get gradients, as with the composite.
+#[test]
+fn lora_add_with_a_constant_result() {
+    let mut rng = Rng(11);
+    let result = rng.tensor(&[4, 6], 1.0, DType::F64);
+    let (u, b) = (
+        Var::from_tensor(&rng.tensor(&[4, 2], 1.0, DType::F64)).unwrap(),
+        Var::from_tensor(&rng.tensor(&[6, 2], 1.0, DType::F64)).unwrap(),
+    );
+    let grads = |fused: bool| {
+        let y = if fused {
+            ops::lora_add(&result, u.as_tensor(), b.as_tensor(), 2.0)
+        } else {
+            composite::lora_add(&result, u.as_tensor(), b.as_tensor(), 2.0)
+        }
+        .unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        (g.get(u.as_tensor()).unwrap().clone(), g.get(b.as_tensor()).unwrap().clone())
+    };
+    let ((fu, fb), (cu, cb)) = (grads(true), grads(false));
+    assert!(rel_err(&fu, &cu) < 1e-12 && rel_err(&fb, &cb) < 1e-12);
 }

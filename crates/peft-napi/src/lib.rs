@@ -13,3 +13,17 @@ pub use generate::NativeAbort;
 pub use model::NativeModel;
 pub use tensor::NativeTensor;
 pub use tokenizer::{NativeStreamDecoder, NativeTokenizer};
+
+/// Runs when the addon is loaded, before any candle thread exists. candle (0.11) runs its
+/// element-wise ops on a "barrier pool" of CANDLE_NUM_THREADS − 1 spinning workers beside
+/// the rayon threads that run the matmuls; on a small machine they compete for the same
+/// cores and the caller spins waiting on a descheduled worker (a quarter of the CPU samples
+/// of a LoRA training step in `perf`). One thread for those (memory-bound) ops measured
+/// 20% less CPU per step and 10–27% less wall time on 2 cores (docs/benchmarks.md).
+/// The matmuls still use RAYON_NUM_THREADS; an explicit CANDLE_NUM_THREADS wins.
+#[napi_derive::module_init]
+fn init() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}

@@ -244,9 +244,8 @@ impl Llama {
         // into the sequence axis, [b, nkv, rep * t, hd].
         let rep = nh / nkv;
         let qg = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.reshape((b, nh, t, kv_len))?.broadcast_add(&step.bias)?;
-        let probs = ops::softmax_last_dim(&scores.to_dtype(ops::composite::promoted(scores.dtype()))?)?.to_dtype(q.dtype())?;
+        let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, kv_len))?;
+        let probs = ops::scaled_masked_softmax(&scores, &step.bias, 1.0 / (hd as f64).sqrt())?;
         let out = probs.reshape((b, nkv, rep * t, kv_len))?.matmul(&v)?;
         // [b, nkv, rep * t, hd] -> [b, nh, t, hd] -> [b, t, nh * hd]
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;

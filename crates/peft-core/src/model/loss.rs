@@ -48,9 +48,16 @@ pub fn causal_lm_loss_sum(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tenso
     if t < 2 {
         return Err(Error::arg("labels", "sequences of at least 2 tokens", format!("length {t}")));
     }
-    let (targets, weights, count) = shifted_targets(labels, v, logits.device())?;
-    let shifted = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
-    Ok((ops::cross_entropy_sum(&shifted, &targets, &weights)?, count))
+    // Every position's logits row, its target the next label; the last position of each
+    // sequence has none (weight 0, skipped by the fused kernel). Reading the contiguous
+    // logits whole avoids copying logits[:, :-1] (b·(t-1)·vocab floats) and, in the
+    // backward, padding that copy's gradient back out to [b, t, vocab].
+    let (shifted, weights_shifted, count) = shifted_targets(labels, v, logits.device())?;
+    let pad = Tensor::zeros((b, 1), shifted.dtype(), logits.device())?;
+    let targets = Tensor::cat(&[&shifted.reshape((b, t - 1))?, &pad], 1)?.flatten_all()?;
+    let wpad = Tensor::zeros((b, 1), weights_shifted.dtype(), logits.device())?;
+    let weights = Tensor::cat(&[&weights_shifted.reshape((b, t - 1))?, &wpad], 1)?.flatten_all()?;
+    Ok((ops::cross_entropy_sum(&logits.reshape((b * t, v))?, &targets, &weights)?, count))
 }
 
 /// Mean loss over counted tokens (NaN when none are counted, as transformers gives).

@@ -30,6 +30,17 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// Attention's `softmax(scores * scale + bias)`: `scores` [b, heads, t, kv], `bias` an
+/// additive mask broadcastable to [b, 1, t, kv].
+pub fn scaled_masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+    softmax_last_dim(&(scores * scale)?.broadcast_add(bias)?)
+}
+
+/// LoRA's `result + scaling * u Bᵀ`: `u` [..., r] is `x Aᵀ`, `b` is [out, r].
+pub fn lora_add(result: &Tensor, u: &Tensor, b: &Tensor, scaling: f64) -> Result<Tensor> {
+    result + (u.broadcast_matmul(&b.t()?)? * scaling)?
+}
+
 /// SwiGLU's gate: silu(gate) * up.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up

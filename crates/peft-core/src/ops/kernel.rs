@@ -200,3 +200,28 @@ pub(crate) fn exp_shifted<T: Real>(out: Option<&mut [T]>, x: &[T], max: T) -> f6
     }
     total
 }
+
+/// [`exp_shifted`] in place: `x[i] = exp(x[i] - max)`, returning their sum (same lanes,
+/// same f64 flushes).
+#[inline]
+pub(crate) fn exp_shifted_in_place<T: Real>(x: &mut [T], max: T) -> f64 {
+    const BLOCK: usize = 512;
+    let mut total = 0f64;
+    for x in x.chunks_mut(BLOCK) {
+        let mut acc = [T::ZERO; LANES];
+        let mut tail = T::ZERO;
+        let mut xc = x.chunks_exact_mut(LANES);
+        for x in &mut xc {
+            for k in 0..LANES {
+                x[k] = (x[k] - max).exp();
+                acc[k] += x[k];
+            }
+        }
+        for x in xc.into_remainder() {
+            *x = (*x - max).exp();
+            tail += *x;
+        }
+        total += acc.iter().fold(tail.to_f64(), |s, &v| s + v.to_f64());
+    }
+    total
+}

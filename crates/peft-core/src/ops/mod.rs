@@ -3,17 +3,21 @@
 //! kernels (f32, f64) with a fused backward, falling back to `composite` for other
 //! dtypes and devices. With the `cuda` feature, `cuda/` gives the same ops CUDA kernels
 //! (f32, f64, bf16, f16; `kernels/peft_ops.cu`), so they do not fall back there.
+mod attention;
 pub mod composite;
 mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod kernel;
+mod lora;
 mod rms_norm;
 mod rope;
 mod silu_mul;
 mod softmax;
 
+pub use attention::scaled_masked_softmax;
 pub use cross_entropy::cross_entropy_sum;
+pub use lora::lora_add;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use silu_mul::silu_mul;

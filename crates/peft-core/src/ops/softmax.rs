@@ -52,14 +52,18 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(grad, &SoftmaxBwd)?))
+        Ok(Some(res.apply_op2_no_bwd(grad, &SoftmaxBwd { scale: 1.0 })?))
     }
 }
 
-/// `(y, g) -> y * (g - sum(g * y))` per row.
-struct SoftmaxBwd;
+/// `(y, g) -> scale * y * (g - sum(g * y))` per row (the scale serves a softmax whose
+/// input was `x * scale`).
+pub(crate) struct SoftmaxBwd {
+    pub scale: f64,
+}
 
 fn backward<T: Real>(
+    scale: f64,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
@@ -70,14 +74,21 @@ fn backward<T: Real>(
     let (y, g) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
     let mut out = vec![T::ZERO; y.len()];
     let chunk = rows_per_task(d) * d;
+    let (scale, scaled) = (T::from_f64(scale), scale != 1.0);
     out.par_chunks_mut(chunk)
         .zip(y.par_chunks(chunk))
         .zip(g.par_chunks(chunk))
         .for_each(|((out, y), g)| {
             for ((out, y), g) in out.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
                 let dot = sum_zip(y, g, |y, g| y * g);
-                for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-                    *o = y * (g - dot);
+                if scaled {
+                    for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                        *o = y * (g - dot) * scale;
+                    }
+                } else {
+                    for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                        *o = y * (g - dot);
+                    }
                 }
             }
         });
@@ -96,7 +107,7 @@ impl CustomOp2 for SoftmaxBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch!("softmax bwd", s1, backward((s1, l1), (s2, l2)))
+        dispatch!("softmax bwd", s1, backward(self.scale, (s1, l1), (s2, l2)))
     }
 
     #[cfg(feature = "cuda")]

@@ -60,7 +60,7 @@ impl AdapterLayer for LoraLayer {
         }
         let result = result.to_dtype(dt)?;
         let out = match &self.dora {
-            None => (result + (linear(&linear(&x, &a, None)?, &b, None)? * self.scaling)?)?,
+            None => crate::ops::lora_add(&result, &linear(&x, &a, None)?, &b, self.scaling)?,
             Some(d) => {
                 let weight = ctx.param(base.weight).to_dtype(dt)?;
                 let bias = base.bias.map(|id| ctx.param(id).to_dtype(dt)).transpose()?;

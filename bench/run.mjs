@@ -1,0 +1,112 @@
+#!/usr/bin/env node
+// Runs the LoRA training benchmark for peft-node and for PyTorch + PEFT on the same random
+// SmolLM2-135M-shaped checkpoint and the same batch, one after the other, and prints both
+// side by side with the ratio ours / torch. Run by hand (`npm run bench`), never in CI.
+//
+//   node bench/run.mjs [--steps 5] [--repeat 1] [--only ours|torch] [--keep-model DIR]
+//
+// PyTorch, transformers and PEFT are installed on first use into .cache/bench-venv from
+// PyPI (the default Linux torch wheel, which pulls NVIDIA's CUDA wheels: PyPI serves no
+// CPU-only build). The addon must be built first (npm run build:native, release).
+// Results also go to .cache/bench-results/<time>.json.
+import { spawnSync } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
+const VENV = join(ROOT, '.cache', 'bench-venv')
+const PY = join(VENV, 'bin', 'python')
+// Pinned so that figures stay comparable between runs.
+const PY_PACKAGES = ['torch==2.15.0', 'transformers==5.24.0', 'peft==0.21.2', 'safetensors==0.8.0']
+
+const argv = process.argv.slice(2)
+const opt = (name, fallback) => {
+  const i = argv.indexOf(`--${name}`)
+  return i >= 0 ? argv[i + 1] : fallback
+}
+const steps = opt('steps', '5')
+const repeat = Number(opt('repeat', '1'))
+const only = opt('only')
+const keep = opt('keep-model')
+
+function run(cmd, args, what, extraEnv = {}) {
+  const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...extraEnv }, maxBuffer: 1 << 26 })
+  if (r.status !== 0) throw new Error(`${what} failed (exit ${r.status ?? r.signal})`)
+  return r.stdout
+}
+
+function lastJson(out) {
+  const line = out.trim().split('\n').filter((l) => l.startsWith('{')).pop()
+  return JSON.parse(line)
+}
+
+function ensureVenv() {
+  const ok = existsSync(PY) && spawnSync(PY, ['-c', 'import torch, transformers, peft, safetensors'], { stdio: 'ignore' }).status === 0
+  if (ok) return
+  console.error(`installing ${PY_PACKAGES.join(' ')} into ${VENV} (several GB: the torch wheel pulls CUDA libraries)`)
+  if (!existsSync(PY)) run('python3', ['-m', 'venv', VENV], 'python3 -m venv')
+  run(PY, ['-m', 'pip', 'install', '--disable-pip-version-check', ...PY_PACKAGES], 'pip install')
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+
+function main() {
+  if (only !== 'ours') ensureVenv()
+  const dir = keep ?? mkdtempSync(join(tmpdir(), 'peft-bench-'))
+  const load = { before: loadavg() }
+  try {
+    console.error(`writing the random checkpoint to ${dir}`)
+    run('npx', ['tsx', 'bench/make-model.ts', dir], 'make-model')
+    const env = { RAYON_NUM_THREADS: '2', OMP_NUM_THREADS: '2' }
+    const results = { ours: [], torch: [] }
+    for (let i = 0; i < repeat; i++) {
+      if (only !== 'torch') {
+        console.error(`peft-node, run ${i + 1}/${repeat}`)
+        results.ours.push(lastJson(run('npx', ['tsx', 'bench/lora-train.ts', '--model', dir, '--steps', steps, '--json'], 'bench/lora-train.ts', env)))
+      }
+      if (only !== 'ours') {
+        console.error(`torch + PEFT, run ${i + 1}/${repeat}`)
+        results.torch.push(lastJson(run(PY, ['bench/lora_train_torch.py', dir, '--steps', steps, '--json'], 'bench/lora_train_torch.py', env)))
+      }
+    }
+    load.after = loadavg()
+    const summary = (rs) =>
+      rs.length === 0
+        ? null
+        : {
+            tokens_per_s: median(rs.map((r) => r.tokens_per_s)),
+            step_s: median(rs.map((r) => r.step_s)),
+            forward_s: median(rs.map((r) => r.forward_s)),
+            backward_s: median(rs.map((r) => r.backward_s)),
+            optimizer_s: median(rs.map((r) => r.optimizer_s)),
+            cpu_s: median(rs.map((r) => r.cpu_s)),
+            peak_rss_mib: median(rs.map((r) => r.peak_rss_bytes)) / 2 ** 20,
+          }
+    const ours = summary(results.ours)
+    const torch = summary(results.torch)
+    const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim()
+    const machine = `${cpus()[0]?.model ?? '?'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB`
+    console.log(`LoRA r=16 (q,k,v,o,gate,up,down), SmolLM2-135M shape, random weights, batch 4 x seq 256, f32, ${steps} timed steps x ${repeat} run(s), medians`)
+    console.log(`machine: ${machine}; commit ${commit}; load avg before ${load.before.map((x) => x.toFixed(2)).join(' ')}, after ${load.after.map((x) => x.toFixed(2)).join(' ')}`)
+    const row = (name, s) =>
+      s && console.log(`${name.padEnd(12)} ${s.tokens_per_s.toFixed(1).padStart(8)} tok/s  step ${s.step_s.toFixed(2)} s (fwd ${s.forward_s.toFixed(2)}, bwd ${s.backward_s.toFixed(2)}, opt ${s.optimizer_s.toFixed(3)}; CPU ${s.cpu_s.toFixed(2)} s)  peak RSS ${s.peak_rss_mib.toFixed(0)} MiB`)
+    row('peft-node', ours)
+    row(`torch ${results.torch[0]?.torch ?? ''}`.trim(), torch)
+    if (ours && torch) console.log(`ours/torch: tokens/s ${(ours.tokens_per_s / torch.tokens_per_s).toFixed(2)}x, CPU s/step ${(ours.cpu_s / torch.cpu_s).toFixed(2)}x, peak RSS ${(ours.peak_rss_mib / torch.peak_rss_mib).toFixed(2)}x`)
+    const outDir = join(ROOT, '.cache', 'bench-results')
+    mkdirSync(outDir, { recursive: true })
+    const file = join(outDir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
+    writeFileSync(file, JSON.stringify({ commit, machine, load, steps: Number(steps), repeat, ours, torch, results }, null, 2))
+    console.error(`wrote ${file}`)
+  } finally {
+    if (!keep) rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main()
