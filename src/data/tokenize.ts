@@ -85,7 +85,8 @@ function pieces(tok: TextTokenizer, ex: Example, o: Required<TokenizeOptions>): 
 }
 
 export function resolveTokenizeOptions(opts: TokenizeOptions = {}): Required<TokenizeOptions> {
-  const o = { maskPrompt: true, maxSeqLength: 2048, truncation: true, chatTemplateForCompletions: 'auto' as const, ...opts }
+  const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined))
+  const o = { maskPrompt: true, maxSeqLength: 2048, truncation: true, chatTemplateForCompletions: 'auto' as const, ...given }
   if (!Number.isInteger(o.maxSeqLength) || o.maxSeqLength < 2) throw new Error(`maxSeqLength: expected an integer >= 2, found ${String(o.maxSeqLength)}`)
   return o
 }

@@ -1,7 +1,8 @@
 // Checkpoints: `checkpoints/step-00000010/{adapter/, optimizer.json, trainer_state.json}`.
 // Each is written into a `.tmp-*` folder and renamed into place, so a folder named `step-*`
 // is always complete; leftovers of a killed save are never picked up and are swept later.
-import { existsSync, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { mkdir, open, rename, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { PeftModel } from '../peft'
 import type { OptimizerStateDict } from '../optim/optimizer'
@@ -44,13 +45,14 @@ export function adapterFingerprint(peft: PeftModel): TrainerState['adapter'] {
   return { name, config }
 }
 
-function writeSynced(file: string, text: string): void {
-  writeFileSync(file, text)
-  const fd = openSync(file, 'r')
+/** Writes and fsyncs off the JS thread (training keeps the event loop free). */
+async function writeSynced(file: string, text: string): Promise<void> {
+  const fh = await open(file, 'w')
   try {
-    fsyncSync(fd)
+    await fh.writeFile(text)
+    await fh.sync()
   } finally {
-    closeSync(fd)
+    await fh.close()
   }
 }
 
@@ -66,23 +68,23 @@ export interface SaveParts {
 
 /** Writes a checkpoint atomically into `root` and returns its folder. */
 export async function saveCheckpoint(root: string, parts: SaveParts): Promise<string> {
-  mkdirSync(root, { recursive: true })
+  await mkdir(root, { recursive: true })
   const final = join(root, checkpointName(parts.state.step))
   const tmp = join(root, `.tmp-${checkpointName(parts.state.step)}-${process.pid}-${Date.now()}`)
-  mkdirSync(tmp)
+  await mkdir(tmp)
   await parts.peft.savePretrained(join(tmp, 'adapter'), { selectedAdapters: [parts.state.adapter.name] })
   await checkpointHooks.afterWrite?.('adapter')
-  writeSynced(join(tmp, 'optimizer.json'), JSON.stringify(parts.optimizer))
+  await writeSynced(join(tmp, 'optimizer.json'), JSON.stringify(parts.optimizer))
   await checkpointHooks.afterWrite?.('optimizer.json')
-  writeSynced(join(tmp, STATE_FILE), JSON.stringify(parts.state, null, 1))
+  await writeSynced(join(tmp, STATE_FILE), JSON.stringify(parts.state, null, 1))
   await checkpointHooks.afterWrite?.(STATE_FILE)
   if (existsSync(final)) {
     const old = `${tmp}-old`
-    renameSync(final, old)
-    renameSync(tmp, final)
-    rmSync(old, { recursive: true, force: true })
+    await rename(final, old)
+    await rename(tmp, final)
+    await rm(old, { recursive: true, force: true })
   } else {
-    renameSync(tmp, final)
+    await rename(tmp, final)
   }
   return final
 }
@@ -98,11 +100,11 @@ export function listCheckpoints(root: string): { step: number; dir: string }[] {
 }
 
 /** Deletes all but the newest `keep` checkpoints, and leftovers of interrupted saves. */
-export function pruneCheckpoints(root: string, keep: number): void {
+export async function pruneCheckpoints(root: string, keep: number): Promise<void> {
   if (!existsSync(root)) return
   const all = listCheckpoints(root)
-  for (const c of all.slice(0, Math.max(0, all.length - keep))) rmSync(c.dir, { recursive: true, force: true })
-  for (const n of readdirSync(root)) if (n.startsWith('.tmp-') && !n.includes(`-${process.pid}-`)) rmSync(join(root, n), { recursive: true, force: true })
+  for (const c of all.slice(0, Math.max(0, all.length - keep))) await rm(c.dir, { recursive: true, force: true })
+  for (const n of readdirSync(root)) if (n.startsWith('.tmp-') && !n.includes(`-${process.pid}-`)) await rm(join(root, n), { recursive: true, force: true })
 }
 
 /** A checkpoint folder itself, or the newest complete one in a checkpoints or output folder. */

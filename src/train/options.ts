@@ -105,6 +105,7 @@ export function resolveOptions(o: TrainerOptions, defaultPad: number): ResolvedO
   }
   if (!['constant', 'linear', 'cosine'].includes(r.lrSchedule)) throw new Error(`lrSchedule: expected "constant", "linear" or "cosine", found ${String(r.lrSchedule)}`)
   if (r.evalBatches !== undefined) int('evalBatches', r.evalBatches, 1)
+  if (r.evalEvery > 0 && !r.validExamples) throw new Error('evalEvery: evaluation needs a validation set (pass `valid`, or `validSplit` to loadData)')
   if (r.saveEvery > 0 && !r.output) throw new Error('saveEvery: checkpoints need an `output` folder')
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) throw new Error('signal: expected an AbortSignal')
   if (r.packing) {

@@ -2,7 +2,8 @@
 // schedule -> events, metrics, evaluation and checkpoints. Drive it with `await train()` or
 // `for await (const s of trainer.steps())`.
 import { EventEmitter } from 'node:events'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { PeftModel } from '../peft'
 import { AdamW, LRScheduler, clipGradNorm, constantSchedule, cosineSchedule, linearSchedule, type Optimizer, type OptimizerStateDict } from '../optim'
@@ -109,7 +110,7 @@ export class Trainer extends EventEmitter {
       model: ckpt.modelFingerprint(this.model), adapter: ckpt.adapterFingerprint(this.model), loss: this.#lastLoss,
     }
     const dir = await ckpt.saveCheckpoint(root, { peft: this.model, optimizer: await this.#opt!.stateDict(), state })
-    ckpt.pruneCheckpoints(root, this.options.saveTotalLimit)
+    await ckpt.pruneCheckpoints(root, this.options.saveTotalLimit)
     this.emit('save', { step: this.step, dir } satisfies SaveInfo)
     return dir
   }
@@ -148,7 +149,7 @@ export class Trainer extends EventEmitter {
       adapterDir = o.output
       const recs = readMetrics(join(o.output, 'metrics.jsonl'))
       const pts = (t: string) => recs.filter((r) => r.type === t).map((r) => ({ step: r.step, loss: r.loss as number }))
-      writeFileSync(join(o.output, 'loss.svg'), lossCurveSvg(pts('train'), pts('eval'), 'peft-node training loss'))
+      await writeFile(join(o.output, 'loss.svg'), lossCurveSvg(pts('train'), pts('eval'), 'peft-node training loss'))
     }
     const last = this.checkpointsDir ? ckpt.listCheckpoints(this.checkpointsDir).at(-1)?.dir ?? null : null
     this.#end = { step: this.step, reason, loss: this.#lastLoss, eval: this.#lastEval, checkpoint: last, adapterDir }
