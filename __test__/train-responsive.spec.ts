@@ -1,0 +1,50 @@
+// Training keeps the event loop free (every native call is off the JS thread), and a
+// worker_threads Worker can host a whole training run.
+import test from 'ava'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { Worker } from 'node:worker_threads'
+import { Trainer, loadData } from '../src'
+import { scratch, texts, tinyLora } from './helpers/train-data'
+
+test.serial('the event loop keeps ticking during training (setInterval gaps under 50 ms)', async (t) => {
+  const peft = await tinyLora()
+  const { train, valid } = await loadData(texts(16), peft.tokenizer, { validSplit: 4 })
+  const trainer = new Trainer(peft, { train, valid, output: scratch(), maxSteps: 30, batchSize: 4, evalEvery: 10, saveEvery: 10 })
+  let last = performance.now()
+  let worst = 0
+  let ticks = 0
+  const timer = setInterval(() => {
+    const now = performance.now()
+    worst = Math.max(worst, now - last)
+    last = now
+    ticks++
+  }, 5)
+  const start = performance.now()
+  await trainer.train()
+  clearInterval(timer)
+  t.log(`${ticks} ticks in ${(performance.now() - start).toFixed(0)} ms, largest gap ${worst.toFixed(1)} ms`)
+  t.true(ticks > 10)
+  t.true(worst < 50, `largest gap ${worst} ms`)
+  peft.dispose()
+})
+
+test.serial('a worker thread hosts a training run and streams its steps', async (t) => {
+  const output = scratch()
+  const tsx = require.resolve('tsx/cjs')
+  const entry = join(__dirname, 'helpers', 'trainer-worker.ts')
+  const worker = new Worker(`require(${JSON.stringify(tsx)}); require(${JSON.stringify(entry)})`, { eval: true, workerData: { steps: 4, output } })
+  const steps: number[] = []
+  const end = await new Promise<{ step: number; reason: string }>((resolve, reject) => {
+    worker.on('message', (m: { type: string; step: number; reason: string; message: string }) => {
+      if (m.type === 'step') steps.push(m.step)
+      else if (m.type === 'end') resolve(m)
+      else reject(new Error(m.message))
+    })
+    worker.on('error', reject)
+  })
+  await worker.terminate()
+  t.deepEqual(steps, [1, 2, 3, 4])
+  t.deepEqual(end, { type: 'end', step: 4, reason: 'completed' } as typeof end)
+  t.true(existsSync(join(output, 'adapter_model.safetensors')))
+})

@@ -1,0 +1,107 @@
+// `generate`, `chat`, `eval`, `info` and `merge`.
+import { createInterface } from 'node:readline/promises'
+import { LlamaModel } from '../model'
+import { PeftModel, getPeftModel } from '../peft'
+import type { ChatMessage } from '../tokenizer'
+import { loadData } from '../data/dataset'
+import { evaluate } from '../train/evaluate'
+import { trainOptions } from './config'
+import { methodConfig, methodOptions } from './methods'
+import { loadModel, required } from './load'
+import type { Io } from './io'
+
+const num = (v: unknown, d: number) => (v === undefined ? d : Number(v))
+
+function genOpts(o: Record<string, unknown>) {
+  const temperature = num(o.temperature ?? o.temp, 0)
+  return { maxNewTokens: num(o.maxTokens ?? o.maxNewTokens, 256), doSample: temperature > 0, temperature: temperature > 0 ? temperature : 1, topP: num(o.topP, 1), seed: num(o.seed, 0) }
+}
+
+async function streamReply(model: LlamaModel | PeftModel, ids: number[], o: Record<string, unknown>, io: Io): Promise<string> {
+  const tok = model.tokenizer!
+  const dec = tok.streamDecoder()
+  let text = ''
+  for await (const id of model.stream(ids, genOpts(o))) {
+    const piece = dec.step(id)
+    text += piece
+    io.write(piece)
+  }
+  const rest = dec.finish()
+  io.write(rest + '\n')
+  return text + rest
+}
+
+function promptIds(model: LlamaModel | PeftModel, messages: ChatMessage[], raw: boolean): number[] {
+  const tok = model.tokenizer
+  if (!tok) throw new Error('the model has no tokenizer')
+  const useTemplate = !raw && !!tok.chatTemplate
+  return tok.encode(useTemplate ? tok.applyChatTemplate(messages, { addGenerationPrompt: true }) : messages.map((m) => m.content).join('\n'))
+}
+
+export async function generateCommand(flags: Record<string, unknown>, positional: string[], io: Io): Promise<void> {
+  const o = trainOptions(flags)
+  const prompt = (o.prompt as string | undefined) ?? positional.join(' ')
+  if (!prompt) throw new Error('generate: give a prompt (--prompt "..." or as an argument)')
+  const model = await loadModel(o)
+  const messages: ChatMessage[] = typeof o.system === 'string' ? [{ role: 'system', content: o.system }] : []
+  await streamReply(model, promptIds(model, [...messages, { role: 'user', content: prompt }], o.raw === true), o, io)
+  model.dispose()
+}
+
+export async function chatCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
+  const o = trainOptions(flags)
+  const model = await loadModel(o)
+  const rl = createInterface({ input: process.stdin, output: process.stdout })
+  const history: ChatMessage[] = typeof o.system === 'string' ? [{ role: 'system', content: o.system }] : []
+  io.out('chat: /reset clears the history, /exit (or Ctrl-D) quits')
+  try {
+    for (;;) {
+      const line = await rl.question('> ').catch(() => null)
+      if (line === null || line.trim() === '/exit') break
+      if (line.trim() === '/reset') {
+        history.splice(history[0]?.role === 'system' ? 1 : 0)
+        continue
+      }
+      history.push({ role: 'user', content: line })
+      history.push({ role: 'assistant', content: (await streamReply(model, promptIds(model, history, false), o, io)).trim() })
+    }
+  } finally {
+    rl.close()
+    model.dispose()
+  }
+}
+
+export async function evalCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
+  const o = trainOptions(flags)
+  const data = required(o, 'data', 'a JSONL file, or a folder with valid.jsonl / train.jsonl')
+  const model = await loadModel(o)
+  const peft = model instanceof PeftModel ? model : new PeftModel(model)
+  const d = await loadData(data, model.tokenizer, { maxSeqLength: o.maxSeqLength as number | undefined, maskPrompt: o.maskPrompt as boolean | undefined })
+  const set = d.valid ?? d.train
+  const r = await evaluate(peft, set.examples, { batchSize: num(o.batchSize, 4), padTokenId: model.tokenizer?.padToken?.id ?? 0 })
+  io.out(`${set.name}: ${set.examples.length} examples, ${r.targetTokens} target tokens: loss ${r.loss.toFixed(4)}  perplexity ${r.perplexity.toFixed(3)}`)
+  model.dispose()
+}
+
+export async function infoCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
+  const o = trainOptions(flags)
+  let model = await loadModel(o)
+  if (!(model instanceof PeftModel)) model = await getPeftModel(model, methodConfig(o.method, methodOptions(o)))
+  const c = model.config
+  io.out(`model: ${String(o.model)} (${c.num_hidden_layers} layers, hidden ${c.hidden_size}, vocab ${c.vocab_size})`)
+  const cfg = model.peftConfig[model.activeAdapter]
+  io.out(`adapter: ${String(cfg.peft_type)} ${JSON.stringify(Object.fromEntries(Object.entries(cfg).filter(([k, v]) => v !== null && !['peft_type', 'base_model_name_or_path', 'peft_version', 'task_type'].includes(k) && !(typeof v === 'object' && Object.keys(v as object).length === 0))))}`)
+  model.printTrainableParameters(io.out)
+  const modules = model.targetedModules()
+  const kinds = [...new Set(modules.map((m) => m.split('.').at(-1)))]
+  io.out(`targeted modules: ${modules.length} (${kinds.join(', ')})`)
+  for (const m of modules) io.out(`  ${m}`)
+  model.dispose()
+}
+
+export async function mergeCommand(): Promise<void> {
+  throw new Error(
+    'merge: not yet available: writing a merged model needs a native save (saveMerged(dir): safetensors + config.json + tokenizer files). ' +
+      'Meanwhile pass --adapter to generate/chat/eval, or call PeftModel.mergeAndUnload() in memory.',
+  )
+}

@@ -1,0 +1,15 @@
+// Where the CLI writes: injectable, so specs can run commands in-process and read the output.
+export interface Io {
+  out(line: string): void
+  err(line: string): void
+  /** Writes without a newline (progress bars). */
+  write(text: string): void
+  isTTY: boolean
+}
+
+export const processIo: Io = {
+  out: (l) => void process.stdout.write(l + '\n'),
+  err: (l) => void process.stderr.write(l + '\n'),
+  write: (t) => void process.stdout.write(t),
+  isTTY: !!process.stdout.isTTY,
+}

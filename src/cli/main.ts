@@ -1,0 +1,54 @@
+#!/usr/bin/env node
+// The `peft-node` command: train | generate | chat | eval | info | merge.
+import { parseArgs } from './args'
+import { trainCommand } from './train'
+import { chatCommand, evalCommand, generateCommand, infoCommand, mergeCommand } from './commands'
+import { processIo, type Io } from './io'
+
+export const USAGE = `peft-node <command> [options]
+
+  train     fine-tune an adapter (no options: the SmolLM2 US-capitals demo)
+            --model M --data D (file.jsonl, or a folder with train.jsonl/valid.jsonl)
+            [--method lora|dora|rslora|loha|lokr|ia3|... plus its options, e.g. --r 8 --lora-alpha 16
+             --lora-dropout 0 --target-modules q_proj,v_proj; --method-config file.json]
+            [--steps N | --epochs N] [--batch-size 4] [--learning-rate 2e-4] [--output adapters]
+            [--resume DIR] [--gradient-accumulation-steps N] [--max-seq-length 2048]
+            [--warmup-steps N] [--lr-schedule linear|cosine|constant] [--max-grad-norm 1]
+            [--eval-every N] [--save-every N] [--valid-split 0.1] [--seed 0] [-c config.yaml|json]
+  generate  --model M [--adapter DIR] --prompt "..." [--max-tokens 256] [--temperature 0] [--raw]
+  chat      --model M [--adapter DIR] [--system "..."]      interactive; /reset, /exit
+  eval      --model M [--adapter DIR] --data D               loss and perplexity
+  info      --model M [--adapter DIR | --method ... ]        trainable parameters, targeted modules
+  merge     --model M --adapter DIR --output DIR             (not yet available)`
+
+export async function main(argv: string[], io: Io = processIo, signal?: AbortSignal): Promise<number> {
+  const { command, flags, positional } = parseArgs(argv)
+  try {
+    if (!command || command === 'help' || (flags.help && command !== 'train')) {
+      io.out(USAGE)
+      return command || flags.help ? 0 : 1
+    }
+    if (command === 'train') await trainCommand(flags, io, signal)
+    else if (command === 'generate') await generateCommand(flags, positional, io)
+    else if (command === 'chat') await chatCommand(flags, io)
+    else if (command === 'eval') await evalCommand(flags, io)
+    else if (command === 'info') await infoCommand(flags, io)
+    else if (command === 'merge') await mergeCommand()
+    else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
+    return 0
+  } catch (e) {
+    io.err(`peft-node ${command}: ${(e as Error).message}`)
+    return 1
+  }
+}
+
+if (require.main === module) {
+  // First Ctrl-C: stop after the current step and save a checkpoint; second: quit now.
+  const ac = new AbortController()
+  process.on('SIGINT', () => {
+    if (ac.signal.aborted) process.exit(130)
+    process.stderr.write('\nstopping after this step (Ctrl-C again to quit now)...\n')
+    ac.abort()
+  })
+  main(process.argv.slice(2), processIo, ac.signal).then((code) => process.exit(code))
+}

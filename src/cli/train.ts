@@ -1,0 +1,51 @@
+// `peft-node train`: flags and/or a config file -> data, adapter, Trainer with progress; Ctrl-C
+// stops after the current step and saves a checkpoint. Without arguments: the demo.
+import { join } from 'node:path'
+import { LlamaModel } from '../model'
+import { getPeftModel } from '../peft'
+import { RawPeftConfig, type PeftConfig } from '../methods/config'
+import { loadData } from '../data/dataset'
+import { Trainer } from '../train/trainer'
+import { readTrainerState, resolveCheckpoint } from '../train/checkpoint'
+import { trainOptions } from './config'
+import { methodConfig, methodOptions } from './methods'
+import { attachProgress, duration } from './progress'
+import { required } from './load'
+import { runDemo } from './demo'
+import type { Io } from './io'
+
+const num = (v: unknown) => (v === undefined ? undefined : Number(v))
+
+export async function trainCommand(flags: Record<string, unknown>, io: Io, signal?: AbortSignal): Promise<void> {
+  if (Object.keys(flags).length === 0) return runDemo({ output: 'adapters/capitals' }, io)
+  if (flags.demo) return runDemo({ output: (flags.output as string) ?? 'adapters/capitals', model: flags.model as string | undefined }, io)
+  const o = trainOptions(flags)
+  const modelPath = required(o, 'model', 'a Hugging Face checkpoint folder or a .gguf file')
+  const dataPath = required(o, 'data', 'a JSONL file, or a folder with train.jsonl and valid.jsonl')
+  const output = typeof o.output === 'string' ? o.output : 'adapters'
+  let config: PeftConfig = methodConfig(o.method, methodOptions(o))
+  const methodGiven = o.method !== undefined || Object.keys(methodOptions(o)).length > 0
+  if (typeof o.resume === 'string' && !methodGiven) {
+    config = new RawPeftConfig(readTrainerState(resolveCheckpoint(o.resume)).adapter.config) // resume as trained
+  }
+  const t0 = Date.now()
+  const model = await LlamaModel.fromPretrained(modelPath)
+  const peft = await getPeftModel(model, config, { seed: num(o.seed) })
+  peft.printTrainableParameters(io.out)
+  const data = await loadData(dataPath, peft.tokenizer, { maxSeqLength: num(o.maxSeqLength), maskPrompt: o.maskPrompt as boolean | undefined, truncation: o.truncation as boolean | undefined, validSplit: num(o.validSplit), seed: num(o.seed) })
+  for (const w of data.warnings.slice(0, 10)) io.err(`warning: ${w}`)
+  if (data.warnings.length > 10) io.err(`warning: ... and ${data.warnings.length - 10} more`)
+  io.out(`data: ${data.train.examples.length} training examples${data.valid ? `, ${data.valid.examples.length} validation` : ''}`)
+  const trainer = new Trainer(peft, {
+    train: data.train, valid: data.valid, output, signal,
+    maxSteps: num(o.steps), epochs: num(o.epochs), batchSize: num(o.batchSize), learningRate: num(o.learningRate),
+    gradientAccumulationSteps: num(o.gradientAccumulationSteps), warmupSteps: num(o.warmupSteps), weightDecay: num(o.weightDecay),
+    lrSchedule: o.lrSchedule as 'linear' | undefined, maxGradNorm: num(o.maxGradNorm), evalEvery: num(o.evalEvery), evalBatches: num(o.evalBatches),
+    saveEvery: num(o.saveEvery), saveTotalLimit: num(o.saveTotalLimit), seed: num(o.seed), resumeFromCheckpoint: o.resume as string | undefined,
+  })
+  attachProgress(trainer, io)
+  const end = await trainer.train()
+  io.out(`${end.reason === 'aborted' ? 'stopped' : 'done'} at step ${end.step} in ${duration(Date.now() - t0)}; final loss ${end.loss?.toFixed(4) ?? '-'}${end.eval ? `, validation loss ${end.eval.loss.toFixed(4)} (perplexity ${end.eval.perplexity.toFixed(3)})` : ''}`)
+  io.out(`adapter: ${output}  loss curve: ${join(output, 'loss.svg')}  checkpoint: ${end.checkpoint ?? '-'}`)
+  peft.dispose()
+}

@@ -1,0 +1,128 @@
+// Examples to token ids and labels. Labels are the ids themselves where the loss applies and
+// -100 elsewhere (the native loss shifts by one, as transformers does). Chat data goes through
+// the tokenizer's chat template; each rendered piece is encoded on its own, so the prompt part
+// is tokenized exactly as `applyChatTemplate(..., { addGenerationPrompt: true })` is at inference.
+import type { ChatMessage, SpecialToken } from '../tokenizer'
+import type { ChatTurn, Example } from './examples'
+
+export const IGNORE = -100
+
+/** What the data pipeline needs of a tokenizer (`Tokenizer` has it all). */
+export interface TextTokenizer {
+  encode(text: string, opts?: { addSpecialTokens?: boolean }): number[]
+  applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string
+  readonly chatTemplate: string | null
+  readonly eosToken: SpecialToken | null
+  readonly padToken: SpecialToken | null
+}
+
+export interface TokenizeOptions {
+  /** Loss only on completions / assistant turns (default true). */
+  maskPrompt?: boolean
+  /** Longest example in tokens (default 2048). */
+  maxSeqLength?: number
+  /** Cut longer examples to maxSeqLength (default true); false makes them an error. */
+  truncation?: boolean
+  /** prompt/completion through the chat template, as mlx-lm does: 'auto' (default) when the tokenizer has one. */
+  chatTemplateForCompletions?: boolean | 'auto'
+}
+
+export interface TokenizedExample {
+  inputIds: number[]
+  labels: number[]
+  where: string
+}
+
+/** Tokens the loss counts: labels after the first position that are not -100. */
+export function targetCount(labels: ArrayLike<number>): number {
+  let n = 0
+  for (let i = 1; i < labels.length; i++) if (labels[i] !== IGNORE) n++
+  return n
+}
+
+type Piece = { text: string; train: boolean }
+
+function chatPieces(tok: TextTokenizer, messages: ChatTurn[], where: string, maskPrompt: boolean): Piece[] {
+  if (!tok.chatTemplate) {
+    throw new Error(`${where}: chat data needs a chat template, but this model's tokenizer has none (use "text" or "prompt"/"completion" records, or a model with a chat template)`)
+  }
+  const render = (ms: ChatTurn[], gen: boolean) => tok.applyChatTemplate(ms as ChatMessage[], { addGenerationPrompt: gen })
+  const whole = render(messages, false)
+  if (!maskPrompt) return [{ text: whole, train: true }]
+  const pieces: Piece[] = []
+  let done = ''
+  messages.forEach((m, i) => {
+    if (m.role !== 'assistant') return
+    const prefix = render(messages.slice(0, i), true)
+    const full = render(messages.slice(0, i + 1), false)
+    if (!prefix.startsWith(done) || !full.startsWith(prefix)) {
+      throw new Error(`${where}: the chat template does not render this conversation turn by turn, so prompts cannot be masked; set maskPrompt: false`)
+    }
+    pieces.push({ text: prefix.slice(done.length), train: false }, { text: full.slice(prefix.length), train: true })
+    done = full
+  })
+  if (whole.startsWith(done)) pieces.push({ text: whole.slice(done.length), train: false })
+  return pieces
+}
+
+/** The rendered pieces, and whether EOS must be appended (plain text and plain completions). */
+function pieces(tok: TextTokenizer, ex: Example, o: Required<TokenizeOptions>): [Piece[], boolean] {
+  if (ex.kind === 'chat') return [chatPieces(tok, ex.messages, ex.where, o.maskPrompt), false]
+  if (ex.kind === 'completion') {
+    const asChat = o.chatTemplateForCompletions === 'auto' ? !!tok.chatTemplate : o.chatTemplateForCompletions
+    const messages = [
+      { role: 'user', content: ex.prompt },
+      { role: 'assistant', content: ex.completion },
+    ]
+    if (asChat) return [chatPieces(tok, messages, ex.where, o.maskPrompt), false]
+    const plain = [
+      { text: ex.prompt, train: !o.maskPrompt },
+      { text: ex.completion, train: true },
+    ]
+    return [plain, true]
+  }
+  return [[{ text: ex.text, train: true }], true]
+}
+
+export function resolveTokenizeOptions(opts: TokenizeOptions = {}): Required<TokenizeOptions> {
+  const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined))
+  const o = { maskPrompt: true, maxSeqLength: 2048, truncation: true, chatTemplateForCompletions: 'auto' as const, ...given }
+  if (!Number.isInteger(o.maxSeqLength) || o.maxSeqLength < 2) throw new Error(`maxSeqLength: expected an integer >= 2, found ${String(o.maxSeqLength)}`)
+  return o
+}
+
+/**
+ * Tokenizes one example. Returns null (and pushes a warning) when truncation left it with
+ * nothing to learn; throws, naming the record, for an over-long example with truncation off.
+ */
+export function tokenizeExample(tok: TextTokenizer, ex: Example, o: Required<TokenizeOptions>, warnings: string[]): TokenizedExample | null {
+  const inputIds: number[] = []
+  const labels: number[] = []
+  const [parts, addEos] = pieces(tok, ex, o)
+  for (const p of parts) {
+    if (p.text === '') continue
+    const ids = tok.encode(p.text, { addSpecialTokens: inputIds.length === 0 })
+    inputIds.push(...ids)
+    labels.push(...(p.train ? ids : ids.map(() => IGNORE)))
+  }
+  // Plain text and completions end with EOS, so the model learns to stop (the chat template
+  // already closes assistant turns).
+  const eos = tok.eosToken?.id
+  if (addEos && eos != null && inputIds.at(-1) !== eos) {
+    inputIds.push(eos)
+    labels.push(eos)
+  }
+  if (targetCount(labels) === 0) throw new Error(`${ex.where}: nothing to learn: the completion / assistant part is empty after tokenization`)
+  if (inputIds.length > o.maxSeqLength) {
+    if (!o.truncation) {
+      throw new Error(`${ex.where}: the example has ${inputIds.length} tokens, more than maxSeqLength ${o.maxSeqLength} (raise maxSeqLength or turn truncation on)`)
+    }
+    inputIds.length = o.maxSeqLength
+    labels.length = o.maxSeqLength
+    if (targetCount(labels) === 0) {
+      warnings.push(`${ex.where}: dropped: after truncation to ${o.maxSeqLength} tokens no completion / assistant token is left`)
+      return null
+    }
+  }
+  return { inputIds, labels, where: ex.where }
+}
