@@ -162,7 +162,7 @@ export async function loadAdapterWeights(peft: PeftModel, adapterDir: string): P
       const src = at < 0 ? undefined : byName.get(`${p.name.slice(0, at)}.${tmp}.${p.name.slice(at + active.length + 2)}`)
       if (!src) throw new Error(`${adapterDir}: the checkpoint has no weight for ${p.name}`)
       if (src.shape.join() !== p.shape.join()) throw new Error(`${adapterDir}: ${p.name} has shape [${src.shape}] in the checkpoint, [${p.shape}] in the model`)
-      native.setParamData(p.name, await native.paramData(src.name).toFloat32Array())
+      native.setParamData(p.name, await native.paramData(src.name).toFloat64Array())
     }
   } finally {
     peft.deleteAdapter(tmp)
