@@ -99,9 +99,14 @@ export async function infoCommand(flags: Record<string, unknown>, io: Io): Promi
   model.dispose()
 }
 
-export async function mergeCommand(): Promise<void> {
-  throw new Error(
-    'merge: not yet available: writing a merged model needs a native save (saveMerged(dir): safetensors + config.json + tokenizer files). ' +
-      'Meanwhile pass --adapter to generate/chat/eval, or call PeftModel.mergeAndUnload() in memory.',
-  )
+/** Merges `--adapter` into `--model` and writes a Hugging Face checkpoint to `--output`. */
+export async function mergeCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
+  const adapter = required(flags, 'adapter', 'the adapter folder to merge')
+  const output = required(flags, 'output', 'the folder to write the merged checkpoint to')
+  const model = await loadModel({ ...flags, adapter })
+  if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
+  const merged = model.mergeAndUnload()
+  await merged.savePretrained(output)
+  io.out(`merged ${adapter} into ${String(flags.model)}: wrote ${output} (config.json, model.safetensors, tokenizer files)`)
+  merged.dispose()
 }

@@ -19,7 +19,7 @@ export const USAGE = `peft-node <command> [options]
   chat      --model M [--adapter DIR] [--system "..."]      interactive; /reset, /exit
   eval      --model M [--adapter DIR] --data D               loss and perplexity
   info      --model M [--adapter DIR | --method ... ]        trainable parameters, targeted modules
-  merge     --model M --adapter DIR --output DIR             (not yet available)`
+  merge     --model M --adapter DIR --output DIR             (a Hugging Face checkpoint)`
 
 export async function main(argv: string[], io: Io = processIo, signal?: AbortSignal): Promise<number> {
   const { command, flags, positional } = parseArgs(argv)
@@ -33,7 +33,7 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
     else if (command === 'chat') await chatCommand(flags, io)
     else if (command === 'eval') await evalCommand(flags, io)
     else if (command === 'info') await infoCommand(flags, io)
-    else if (command === 'merge') await mergeCommand()
+    else if (command === 'merge') await mergeCommand(flags, io)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
   } catch (e) {
