@@ -139,8 +139,19 @@ export class LlamaModel {
   async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
     const { prompts } = promptRows(ids)
     const args = generationArgs(opts, this.defaultStopTokenIds)
-    const steps = streamSteps((onStep, abort) => this.inner.generate(prompts, args, onStep, abort), opts.signal)
-    for await (const row of steps) if (row[0] >= 0) yield row[0]
+    let result: number[][] | undefined
+    const run = (onStep: (row: number[]) => void, abort: Parameters<NativeModel['generate']>[3]) =>
+      this.inner.generate(prompts, args, onStep, abort).then((r) => (result = r))
+    let streamed = 0
+    for await (const row of streamSteps(run, opts.signal)) {
+      if (row[0] < 0) continue
+      streamed++
+      yield row[0]
+    }
+    // The last step callbacks can arrive after the generation settles; its result is
+    // authoritative, so whatever was not streamed yet comes from it.
+    const all = result?.[0] ?? []
+    for (let k = prompts[0].length + streamed; k < all.length; k++) yield all[k]
   }
 
   /**
