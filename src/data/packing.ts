@@ -2,9 +2,7 @@
 // another: positions restart at 0 for each example, and segment ids (1, 2, ... per row, 0 on
 // padding) let attention be block-diagonal. The first label of every example is -100, so no
 // token is trained to predict the start of the next example.
-//
-// The native forward takes only a key-padding mask today; the trainer refuses packing until it
-// takes `positionIds` and `segmentIds` (see docs/training.md).
+// The native forward takes both (`positionIds`, `segmentIds`) and builds the mask from them.
 import { IGNORE, type TokenizedExample } from './tokenize'
 import { collate, type Batch } from './batches'
 

@@ -27,7 +27,14 @@ export async function accumulateGradients(model: PeftModel, batches: Batch[], dr
     if (b.targetTokens === 0) continue
     const w = b.targetTokens / total
     if (prev !== 0 && prev !== w) native.scaleGrads(paramNames, prev / w)
-    const { logits, loss } = await model.forward({ inputIds: b.inputIds, attentionMask: b.attentionMask, labels: b.labels, dropoutSeed: dropoutSeeds[i] })
+    const { logits, loss } = await model.forward({
+      inputIds: b.inputIds,
+      attentionMask: b.attentionMask,
+      labels: b.labels,
+      dropoutSeed: dropoutSeeds[i],
+      positionIds: b.positionIds,
+      segmentIds: b.segmentIds,
+    })
     const value = await loss!.item()
     await loss!.backward()
     loss!.dispose()

@@ -37,7 +37,7 @@ export interface TrainerOptions {
   seed?: number
   shuffle?: boolean
   lengthBucketing?: boolean
-  /** Pack short examples into rows (needs a native forward with positionIds/segmentIds: not yet available). */
+  /** Pack short examples into rows of `maxSeqLength` tokens; no example attends to another. */
   packing?: boolean
   maxSeqLength?: number
   /** Stop after the current step, save a checkpoint and end. */
@@ -108,11 +108,6 @@ export function resolveOptions(o: TrainerOptions, defaultPad: number): ResolvedO
   if (r.evalEvery > 0 && !r.validExamples) throw new Error('evalEvery: evaluation needs a validation set (pass `valid`, or `validSplit` to loadData)')
   if (r.saveEvery > 0 && !r.output) throw new Error('saveEvery: checkpoints need an `output` folder')
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) throw new Error('signal: expected an AbortSignal')
-  if (r.packing) {
-    throw new Error(
-      'packing: not yet available: the native forward takes only a key-padding mask; packing needs ' +
-        '`forward(..., positionIds?: Int32Array, segmentIds?: Int32Array)` (packExamples/collatePacked already build them)',
-    )
-  }
+  if (r.packing && !r.maxSeqLength) throw new Error('packing: needs `maxSeqLength` (the length of a packed row)')
   return r
 }

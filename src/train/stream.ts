@@ -1,6 +1,7 @@
 // The endless stream of micro-batches: epoch after epoch, each planned from (seed, epoch), so
 // the data position {epoch, batch} is all a checkpoint needs to continue the same order.
 import { collate, planEpoch, type Batch } from '../data/batches'
+import { collatePacked, packExamples, type PackedRow } from '../data/packing'
 import type { TokenizedExample } from '../data/tokenize'
 
 export interface StreamOptions {
@@ -9,6 +10,9 @@ export interface StreamOptions {
   shuffle: boolean
   lengthBucketing: boolean
   padTokenId: number
+  /** Pack examples into rows of this many tokens (positions restart, block-diagonal attention). */
+  packing?: boolean
+  maxSeqLength?: number
 }
 
 export class BatchStream {
@@ -16,11 +20,14 @@ export class BatchStream {
   #plan: { epoch: number; batches: number[][] } | null = null
   readonly batchesPerEpoch: number
 
+  private readonly examples: (TokenizedExample | PackedRow)[]
+
   constructor(
-    private readonly examples: TokenizedExample[],
+    examples: TokenizedExample[],
     private readonly o: StreamOptions,
   ) {
-    this.batchesPerEpoch = Math.ceil(examples.length / o.batchSize)
+    this.examples = o.packing ? packExamples(examples, o.maxSeqLength!) : examples
+    this.batchesPerEpoch = Math.ceil(this.examples.length / o.batchSize)
   }
 
   /** Micro-batches consumed so far over all epochs. */
@@ -33,6 +40,7 @@ export class BatchStream {
     const { epoch, batch } = this.position
     if (this.#plan?.epoch !== epoch) this.#plan = { epoch, batches: planEpoch(this.examples.map((e) => e.inputIds.length), epoch, this.o) }
     this.position = { epoch, batch: batch + 1 }
-    return collate(this.#plan.batches[batch].map((i) => this.examples[i]), this.o.padTokenId)
+    const rows = this.#plan.batches[batch].map((i) => this.examples[i])
+    return this.o.packing ? collatePacked(rows as PackedRow[], this.o.padTokenId) : collate(rows, this.o.padTokenId)
   }
 }
