@@ -20,6 +20,13 @@ export declare class NativeAbort {
 }
 
 export declare class NativeModel {
+  /**
+   * `update_and_allocate(global_step)` for the active AdaLoRA adapter: call it after the
+   * optimizer step and before the gradients are cleared (it scores parameters by
+   * |weight · gradient|). Resolves to the rank budget applied at this step, or null when
+   * the schedule made no allocation; the allocation is recorded as the config's rank_pattern.
+   */
+  updateAndAllocate(globalStep: number): Promise<number | null>
   generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string

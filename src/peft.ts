@@ -212,6 +212,18 @@ export class PeftModel {
     this.model.zeroGrad()
   }
 
+  /**
+   * AdaLoRA's rank allocation, as PEFT's `model.base_model.update_and_allocate(global_step)`:
+   * call it every step after `optimizer.step()` and before `zeroGrad()` (it scores ranks by
+   * |weight · gradient|), with the 0-based step. Resolves to the rank budget applied at
+   * this step, or null. The allocation is kept as the adapter's `rank_pattern` (saved with it).
+   * The Trainer calls it by itself when the active adapter is AdaLoRA.
+   */
+  updateAndAllocate(globalStep: number): Promise<number | null> {
+    if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`updateAndAllocate: globalStep: expected an integer >= 0, found ${globalStep}`)
+    return this.native.updateAndAllocate(globalStep)
+  }
+
   dispose(): void {
     this.model.dispose()
   }

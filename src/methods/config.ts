@@ -4,8 +4,11 @@
 
 export type PeftType = string
 
+/** PEFT's one camelCase field (AdaLoraConfig's `deltaT`) keeps its name on disk. */
+const PEFT_CAMEL = new Set(['deltaT'])
+
 export function toSnake(key: string): string {
-  return key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+  return PEFT_CAMEL.has(key) ? key : key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
 }
 
 export function toCamel(key: string): string {

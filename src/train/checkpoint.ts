@@ -142,6 +142,9 @@ export function checkCompatible(dir: string, s: TrainerState, peft: PeftModel): 
   const mine = adapterFingerprint(peft)
   const [theirs, ours] = [s.adapter.config.peft_type, mine.config.peft_type]
   if (theirs !== ours) throw new Error(`${dir}: this checkpoint holds a ${String(theirs)} adapter, but the model carries a ${String(ours)} adapter`)
+  if (theirs === 'ADALORA' && s.adapter.config.rank_pattern != null) {
+    throw new Error(`${dir}: resuming AdaLoRA after its rank allocation has begun is not supported (the allocator's importance averages and the masked ranks' factors are not in the checkpoint); start again, or load the saved adapter`)
+  }
   const cfg = diff(s.adapter.config, mine.config)
   if (cfg.length) throw new Error(`${dir}: the checkpoint's ${String(theirs)} config differs from the model's adapter (${cfg.join('; ')})`)
 }

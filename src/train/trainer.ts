@@ -34,6 +34,8 @@ export class Trainer extends EventEmitter {
   #lastLoss: number | null = null
   #lastEval: EvalInfo | null = null
   #end: EndInfo | null = null
+  /** AdaLoRA: the rank allocation runs after each optimizer step. */
+  #adalora = false
 
   constructor(readonly model: PeftModel, opts: TrainerOptions) {
     super()
@@ -70,6 +72,7 @@ export class Trainer extends EventEmitter {
       const r = await accumulateGradients(this.model, micro, seeds, this.#names)
       const gradNorm = await clipGradNorm(this.model.parameters({ trainableOnly: true }), o.maxGradNorm > 0 ? o.maxGradNorm : Infinity)
       await this.#opt!.step()
+      if (this.#adalora) await this.model.updateAndAllocate(this.step) // reads the gradients: before zeroGrad, as PEFT requires
       this.#opt!.zeroGrad()
       this.#sched!.step()
       this.step++
@@ -124,6 +127,7 @@ export class Trainer extends EventEmitter {
     this.#opt.zeroGrad()
     const w = { warmupSteps: o.warmupSteps, totalSteps: Number.isFinite(this.totalSteps) ? this.totalSteps : 0 }
     this.#sched = new LRScheduler(this.#opt, o.lrSchedule === 'constant' ? constantSchedule(w) : o.lrSchedule === 'cosine' ? cosineSchedule(w) : linearSchedule(w))
+    this.#adalora = checkAdaLora(this.model, this.totalSteps)
     if (o.output) this.#log = new MetricsLog(join(o.output, 'metrics.jsonl'))
     if (o.resumeFromCheckpoint) await this.#resume(o.resumeFromCheckpoint)
   }
@@ -155,4 +159,22 @@ export class Trainer extends EventEmitter {
     this.#end = { step: this.step, reason, loss: this.#lastLoss, eval: this.#lastEval, checkpoint: last, adapterDir }
     this.emit('end', this.#end)
   }
+}
+
+/**
+ * Whether the active adapter is AdaLoRA (whose `total_step`, required by PEFT's
+ * AdaLoraConfig, drives the budget schedule). A `total_step` other than the Trainer's
+ * total steps is allowed, as in PEFT, but warned about: the final allocation happens at
+ * total_step − tfinal, so a shorter run ends before it.
+ */
+function checkAdaLora(model: PeftModel, totalSteps: number): boolean {
+  const c = model.peftConfig[model.activeAdapter]
+  if (c?.peft_type !== 'ADALORA') return false
+  const total = Number(c.total_step)
+  if (!Number.isInteger(total) || total <= 0) throw new Error(`Trainer: the AdaLoRA adapter \`${model.activeAdapter}\` needs total_step (its budget schedule's length); set totalStep to ${totalSteps}`)
+  if (total !== totalSteps) {
+    const at = total - Number(c.tfinal ?? 0)
+    process.emitWarning(`AdaLoRA total_step ${total} differs from the Trainer's ${totalSteps} steps: the final rank allocation is at step ${at}`, 'PeftWarning')
+  }
+  return true
 }

@@ -7,7 +7,9 @@ use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::{loss, Batch, Ctx, Llama, LoadOptions, ParamStore};
 use peft_core::tokenizer::Tokenizer;
+use peft_core::tuners::adalora::{regularized_loss, RankAllocator};
 use peft_core::tuners::Tuners;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -21,11 +23,13 @@ pub struct ModelState {
     pub training: bool,
     /// Seeds each training forward's dropout differently, reproducibly.
     pub forward_count: AtomicU64,
+    /// AdaLoRA's importance EMAs, per adapter, between `updateAndAllocate` calls.
+    pub allocators: HashMap<String, RankAllocator>,
 }
 
 impl ModelState {
     pub fn new(llama: Llama, tokenizer: Option<Tokenizer>, source: String) -> Self {
-        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0) }
+        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new() }
     }
 
     /// The forward context: the attached adapters, and dropout in training mode, seeded by
@@ -155,7 +159,7 @@ impl NativeModel {
             let (logits, loss) = with_model(&shared, |m| {
                 let ctx = m.ctx(false, dropout_seed.map(|s| s as u64));
                 let logits = m.llama.forward(&input, &ctx, None, false)?;
-                let loss = labels.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
+                let loss = labels.map(|l| regularized_loss(loss::causal_lm_loss(&logits, &l)?, &m.llama, &m.tuners, &ctx)).transpose()?;
                 Ok((logits, loss))
             })?;
             let mut out = vec![NativeTensor::new(logits, Some(owner.clone()))];

@@ -74,6 +74,11 @@ impl RankAllocator {
         ((span * mul.powi(3) + self.target_bgt as f64) as usize, step.is_multiple_of(c.delta_t))
     }
 
+    /// The modules scored: path and the ids of lora_A, lora_E, lora_B.
+    pub fn triplets(&self) -> Vec<(&str, [ParamId; 3])> {
+        self.modules.iter().map(|(p, a, e, b)| (p.as_str(), [*a, *e, *b])).collect()
+    }
+
     pub fn reset_ipt(&mut self) {
         self.ema.clear();
     }

@@ -6,9 +6,11 @@
 //! `SVDLinear`, `RankAllocator`, `AdaLoraModel`).
 pub mod allocator;
 pub mod layer;
+pub mod training;
 
 pub use allocator::{orth_regularization, RankAllocator};
 pub use layer::AdaLoraLayer;
+pub use training::regularized_loss;
 
 use crate::error::Result;
 use crate::tuners::fields::{object, Fields};
