@@ -30,6 +30,21 @@ const ROWS: Row[] = [
   { name: 'LoHa', config: () => new peftNode.LoHaConfig({ r: 4, alpha: 4, targetModules: qv }), canMerge: true },
   { name: 'LoKr', config: () => new peftNode.LoKrConfig({ r: 4, alpha: 4, targetModules: qv }), canMerge: true },
   { name: 'AdaLoRA', config: () => new peftNode.AdaLoraConfig({ initR: 4, targetR: 2, totalStep: 100, targetModules: qv }), canMerge: true },
+  // The hook methods (prompt, norm and sublayer sites). Prompt tuning and p-tuning prepend
+  // their virtual tokens to the logits; none of these but LN tuning, bias tuning and SSF on
+  // linears folds into base weights.
+  { name: 'prompt tuning', config: () => new peftNode.PromptTuningConfig({ numVirtualTokens: 3 }), canMerge: false, virtual: 3 },
+  { name: 'prefix tuning', config: () => new peftNode.PrefixTuningConfig({ numVirtualTokens: 3 }), canMerge: false },
+  // With the reparameterisation MLP the prefixes are its output: check its first layer.
+  { name: 'prefix tuning + projection', config: () => new peftNode.PrefixTuningConfig({ numVirtualTokens: 3, prefixProjection: true, encoderHiddenSize: 16 }), canMerge: false, fdParam: /transform\.0\.weight/ },
+  { name: 'p-tuning', config: () => new peftNode.PromptEncoderConfig({ numVirtualTokens: 3, encoderHiddenSize: 16 }), canMerge: false, virtual: 3, fdParam: /mlp_head\.0\.weight/ },
+  { name: 'LN tuning', config: () => new peftNode.LNTuningConfig(), canMerge: true },
+  { name: 'bottleneck adapter', config: () => new peftNode.BottleneckAdapterConfig({ bottleneckSize: 8 }), canMerge: false, fdParam: /adapter_down\.default\.weight/ },
+  { name: 'parallel adapter', config: () => new peftNode.ParallelAdapterConfig({ bottleneckSize: 8 }), canMerge: false, fdParam: /adapter_down\.default\.weight/ },
+  { name: 'SSF on linears', config: () => new peftNode.SsfConfig({ targetModules: qv }), canMerge: true, fdParam: /ssf_scale/ },
+  // After an RMSNorm (no bias to fold the shift into) SSF cannot merge.
+  { name: 'SSF with norms', config: () => new peftNode.SsfConfig(), canMerge: false, fdParam: /layernorm\.ssf_shift/ },
+  { name: 'bias tuning', config: () => new peftNode.BiasTuningConfig({ targetModules: qv }), canMerge: true },
 ]
 
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })
@@ -54,6 +69,11 @@ async function trainSteps(peft: PeftModel, steps: number, lr: number): Promise<n
 
 const logitsOf = async (m: PeftModel | LlamaModel) => (await m.forward({ inputIds: inputs().input_ids })).logits.toFloat64Array()
 const maxDiff = (a: Float64Array, b: Float64Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0)
+/** The logits [2, virtual + 16, 384] without the virtual positions: [2, 16, 384]. */
+const realPositions = (logits: Float64Array, virtual: number) => {
+  const row = (virtual + 16) * 384
+  return Float64Array.from({ length: 2 * 16 * 384 }, (_, i) => logits[Math.floor(i / (16 * 384)) * row + virtual * 384 + (i % (16 * 384))])
+}
 
 for (const row of ROWS) {
   test(`${row.name}: shapes, gradients everywhere, finite differences`, async (t) => {
@@ -71,7 +91,9 @@ for (const row of ROWS) {
       t.true(g.some((x) => x !== 0), `${name}: non-zero gradient (a silent cut?)`)
     }
     // Central differences on the largest-gradient element of the first parameter.
-    const [name, p] = params.find(([n]) => row.fdParam?.test(n) ?? true)!
+    const picked = params.find(([n]) => row.fdParam?.test(n) ?? true)
+    if (!picked) return t.fail(`no trainable parameter matches ${row.fdParam} among ${params.map(([n]) => n).join(', ')}`)
+    const [name, p] = picked
     const g = await p.grad!.toFloat64Array()
     const i = g.reduce((best, x, k) => (Math.abs(x) > Math.abs(g[best]) ? k : best), 0)
     const w = await p.data.toFloat64Array()
@@ -101,6 +123,7 @@ for (const row of ROWS) {
     back.dispose()
     const base = await peft.withAdaptersDisabled(() => logitsOf(peft))
     t.deepEqual(base, await logitsOf(await LlamaModel.fromPretrained(MODEL_DIR)), 'disabled = base')
+    t.true(maxDiff(realPositions(trained, row.virtual ?? 0), base) > 1e-4, 'the trained adapter changes the logits of the real tokens')
     if (row.canMerge) {
       peft.mergeAdapter()
       t.true(maxDiff(await logitsOf(peft), trained) < 1e-4, 'merged = unmerged')
