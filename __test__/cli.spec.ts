@@ -87,6 +87,35 @@ test('methods by name: unknown ones and bad input are clear errors', async (t) =
   t.regex(dora.text, /"use_dora":true/)
 })
 
+test('non-LoRA methods by name train 2 steps and save their peft_type; AdaLoRA takes total_step from --steps', async (t) => {
+  const data = dataDir()
+  const cases: [string, string, string[]][] = [
+    ['ia3', 'IA3', ['--target-modules', 'k_proj,down_proj', '--feedforward-modules', 'down_proj']],
+    ['prefix-tuning', 'PREFIX_TUNING', ['--num-virtual-tokens', '4']],
+    ['bottleneck', 'BOTTLENECK_ADAPTER', ['--bottleneck-size', '8']],
+    ['adalora', 'ADALORA', ['--init-r', '4', '--target-r', '2']],
+  ]
+  for (const [method, peftType, extra] of cases) {
+    const out = join(scratch('peft-node-cli-'), method)
+    const io = capture()
+    const code = await main(['train', ...BASE, '--data', data, '--steps', '2', '--output', out, '--method', method, ...extra], io)
+    t.is(code, 0, `${method}: ${io.errors()}`)
+    t.regex(io.text(), /^step 2\/2/m, method)
+    const cfg = JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'))
+    t.is(cfg.peft_type, peftType, method)
+    if (method === 'prefix-tuning') t.is(cfg.num_virtual_tokens, 4)
+    if (method === 'bottleneck') t.is(cfg.bottleneck_size, 8)
+    if (method === 'adalora') t.is(cfg.total_step, 2)
+    t.true(existsSync(join(out, 'adapter_model.safetensors')), method)
+  }
+  const io = capture()
+  t.is(await main(['info', '--model', MODEL_DIR, '--method', 'adalora'], io), 1)
+  t.regex(io.errors(), /--method adalora: AdaLoRA needs total_step .*--total-step N/)
+  const known = capture()
+  await main(['train', ...BASE, '--data', data, '--method', 'oft'], known)
+  t.regex(known.errors(), /--method oft: unknown method; known: .*bottleneck, parallel-adapter, ssf, bias, sparse, dylora, mam, unipelt/)
+})
+
 test('info, eval and generate with an adapter', async (t) => {
   const out = join(scratch('peft-node-cli-'), 'a')
   const data = dataDir()

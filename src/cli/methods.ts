@@ -1,22 +1,26 @@
 // Method names on the command line -> PEFT configs. LoRA goes through LoraConfig (checked);
 // every other method is passed through as `{ peft_type, ...options }` for the native core,
-// which says clearly when it does not support one yet.
+// which validates the options.
 import { readFileSync } from 'node:fs'
 import { LoraConfig } from '../methods/lora'
 import { PeftConfig, RawPeftConfig, toSnake } from '../methods/config'
 import { TRAIN_KEYS } from './config'
 
+/** Every method the native core supports, by its command-line name. */
 export const METHODS: Record<string, { peftType: string; defaults?: Record<string, unknown> }> = {
   lora: { peftType: 'LORA' },
   dora: { peftType: 'LORA', defaults: { useDora: true } },
   rslora: { peftType: 'LORA', defaults: { useRslora: true } },
   pissa: { peftType: 'LORA', defaults: { initLoraWeights: 'pissa' } },
   loha: { peftType: 'LOHA' }, lokr: { peftType: 'LOKR' }, adalora: { peftType: 'ADALORA' }, ia3: { peftType: 'IA3' },
-  vera: { peftType: 'VERA' }, oft: { peftType: 'OFT' }, boft: { peftType: 'BOFT' }, fourierft: { peftType: 'FOURIERFT' },
-  hra: { peftType: 'HRA' }, bone: { peftType: 'BONE' }, miss: { peftType: 'MISS' }, vblora: { peftType: 'VBLORA' },
-  randlora: { peftType: 'RANDLORA' }, shira: { peftType: 'SHIRA' }, c3a: { peftType: 'C3A' }, road: { peftType: 'ROAD' },
-  'ln-tuning': { peftType: 'LN_TUNING' }, 'prompt-tuning': { peftType: 'PROMPT_TUNING' }, 'prefix-tuning': { peftType: 'PREFIX_TUNING' },
-  'p-tuning': { peftType: 'P_TUNING' }, 'adaption-prompt': { peftType: 'ADAPTION_PROMPT' }, 'trainable-tokens': { peftType: 'TRAINABLE_TOKENS' },
+  vera: { peftType: 'VERA' }, 'ln-tuning': { peftType: 'LN_TUNING' },
+  // PEFT has no default number of virtual tokens; 20 is the one its examples use.
+  'prompt-tuning': { peftType: 'PROMPT_TUNING', defaults: { numVirtualTokens: 20 } },
+  'prefix-tuning': { peftType: 'PREFIX_TUNING', defaults: { numVirtualTokens: 20 } },
+  'p-tuning': { peftType: 'P_TUNING', defaults: { numVirtualTokens: 20 } },
+  bottleneck: { peftType: 'BOTTLENECK_ADAPTER' }, 'parallel-adapter': { peftType: 'PARALLEL_ADAPTER' }, ssf: { peftType: 'SSF' },
+  bias: { peftType: 'BIAS_TUNING' }, sparse: { peftType: 'SPARSE_MASK' }, dylora: { peftType: 'DYLORA' }, mam: { peftType: 'MAM_ADAPTER' },
+  unipelt: { peftType: 'UNIPELT' },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])
@@ -35,14 +39,21 @@ export function methodOptions(opts: Record<string, unknown>): Record<string, unk
   return out
 }
 
-/** A PEFT config for `--method <name>` (default lora) and its options. */
-export function methodConfig(method: unknown, options: Record<string, unknown>): PeftConfig {
+/**
+ * A PEFT config for `--method <name>` (default lora) and its options. AdaLoRA's `total_step`
+ * (required by PEFT: the length of its rank budget schedule) defaults to `trainSteps`.
+ */
+export function methodConfig(method: unknown, options: Record<string, unknown>, trainSteps?: number): PeftConfig {
   const name = String(method ?? 'lora')
   const known = METHODS[name.toLowerCase()] ?? Object.values(METHODS).find((m) => m.peftType === name.toUpperCase())
   if (!known) throw new Error(`--method ${name}: unknown method; known: ${Object.keys(METHODS).join(', ')} (or a PEFT peft_type such as LORA)`)
   const o = { ...known.defaults, ...options }
   if (known.peftType === 'LORA') {
     return new LoraConfig({ r: 8, loraAlpha: 2 * Number(o.r ?? 8), loraDropout: 0, targetModules: ['q_proj', 'v_proj'], ...o })
+  }
+  if (known.peftType === 'ADALORA' && o.totalStep === undefined) {
+    if (trainSteps === undefined) throw new Error(`--method ${name}: AdaLoRA needs total_step (the length of its rank budget schedule): pass --total-step N, or --steps N to use the training length`)
+    o.totalStep = trainSteps
   }
   const snake = Object.fromEntries(Object.entries(o).map(([k, v]) => [toSnake(k), v]))
   return new RawPeftConfig({ task_type: 'CAUSAL_LM', ...snake, peft_type: known.peftType })

@@ -23,7 +23,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   const modelPath = required(o, 'model', 'a Hugging Face checkpoint folder or a .gguf file')
   const dataPath = required(o, 'data', 'a JSONL file, or a folder with train.jsonl and valid.jsonl')
   const output = typeof o.output === 'string' ? o.output : 'adapters'
-  let config: PeftConfig = methodConfig(o.method, methodOptions(o))
+  let config: PeftConfig = methodConfig(o.method, methodOptions(o), num(o.steps))
   const methodGiven = o.method !== undefined || Object.keys(methodOptions(o)).length > 0
   if (typeof o.resume === 'string' && !methodGiven) {
     config = new RawPeftConfig(readTrainerState(resolveCheckpoint(o.resume)).adapter.config) // resume as trained
