@@ -37,7 +37,7 @@ test('the Trainer allocates ranks from init_r down to target_r over tinit..total
   }
   const data = await loadData(texts(8), peft.tokenizer)
   const out = scratch('peft-node-adalora-')
-  const end = await new Trainer(peft, { train: data.train, output: out, maxSteps: 10, batchSize: 2, learningRate: 1e-2 }).train()
+  const end = await new Trainer(peft, { train: data.train, output: out, maxSteps: 10, batchSize: 2, learningRate: 1e-2, saveEvery: 5 }).train()
   t.is(end.step, 10)
 
   // Budget (paper eq. 12): 16 ranks until tinit, then 8 + 8·(1 − (s − 2)/6)³ applied every
@@ -74,6 +74,28 @@ test('the Trainer allocates ranks from init_r down to target_r over tinit..total
   t.log(`logits after load: max |diff| ${diff.toExponential(2)}`)
   t.true(diff < 1e-5, `logits differ by ${diff}`)
   back.dispose()
+  peft.dispose()
+
+  // The step-5 checkpoint holds a partial allocation the allocator's state cannot be rebuilt from.
+  const again = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaLoraConfig(cfg), { seed: 3 })
+  const resume = new Trainer(again, { train: data.train, maxSteps: 10, batchSize: 2, resumeFromCheckpoint: join(out, 'checkpoints', 'step-00000005') })
+  await t.throwsAsync(resume.train(), { message: /resuming AdaLoRA after its rank allocation has begun is not supported/ })
+  again.dispose()
+})
+
+test('the Trainer warns when AdaLoRA total_step is not its own number of steps', async (t) => {
+  const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaLoraConfig({ initR: 2, targetR: 1, totalStep: 10, targetModules: qv }))
+  const warnings: string[] = []
+  const onWarning = (w: Error) => warnings.push(w.message)
+  process.on('warning', onWarning)
+  try {
+    await new Trainer(peft, { train: (await loadData(texts(4), peft.tokenizer)).train, maxSteps: 3, batchSize: 2 }).train()
+    await new Promise((r) => setImmediate(r))
+  } finally {
+    process.off('warning', onWarning)
+  }
+  t.true(warnings.some((w) => /AdaLoRA total_step 10 differs from the Trainer's 3 steps: the final rank allocation is at step 10/.test(w)), warnings.join('\n'))
+  t.not(peft.peftConfig.default.rank_pattern, null, 'allocations were made during the budget phase')
   peft.dispose()
 })
 
@@ -133,6 +155,23 @@ test('a training forward with labels adds orth_reg_weight × the orthogonal regu
     if (/lora_E/.test(n)) t.true(d < 1e-12, `${n}: the regulariser does not involve lora_E`)
     else t.true(d > 1e-6, `${n}: the regulariser's gradient is missing`)
   }
+
+  // Central difference of the training loss on the lora_A element of largest gradient.
+  const [name, p] = weighted.namedParameters({ trainableOnly: true }).find(([n]) => /lora_A/.test(n))!
+  const g = gw.get(name)!
+  const i = g.reduce((best, x, k) => (Math.abs(x) > Math.abs(g[best]) ? k : best), 0)
+  const w = await p.data.toFloat64Array()
+  const at = async (delta: number) => {
+    const v = Float64Array.from(w)
+    v[i] += delta
+    p.setData(v)
+    return lossOf(weighted)
+  }
+  const h = 1e-6
+  const fd = ((await at(h)) - (await at(-h))) / (2 * h)
+  p.setData(w)
+  t.log(`${name}[${i}]: analytic ${g[i].toExponential(6)}, finite difference ${fd.toExponential(6)}`)
+  t.true(Math.abs(fd - g[i]) <= 1e-6 * Math.max(1, Math.abs(g[i])), `finite difference ${fd} vs ${g[i]}`)
 
   weighted.eval()
   plain.eval()
