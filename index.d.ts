@@ -20,6 +20,8 @@ export declare class NativeAbort {
 }
 
 export declare class NativeModel {
+  /** Sets the evaluation/generation/merge rank (`eval_rank`) of DyLoRA adapter `name`. */
+  setDyloraRank(name: string, rank: number): void
   generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string

@@ -30,6 +30,11 @@ const ROWS: Row[] = [
   { name: 'LoHa', config: () => new peftNode.LoHaConfig({ r: 4, alpha: 4, targetModules: qv }), canMerge: true },
   { name: 'LoKr', config: () => new peftNode.LoKrConfig({ r: 4, alpha: 4, targetModules: qv }), canMerge: true },
   { name: 'AdaLoRA', config: () => new peftNode.AdaLoraConfig({ initR: 4, targetR: 2, totalStep: 100, targetModules: qv }), canMerge: true },
+  // The contract runs in evaluation mode (no `train()`), where DyLoRA uses evalRank (= r)
+  // with no rank detached, so every row of A and column of B is in the graph and the
+  // "every trainable parameter gets a gradient" check covers all ranks. Sampled ranks and
+  // the frozen mode (training only) are checked in __test__/dylora.spec.ts and dylora.rs.
+  { name: 'DyLoRA', config: () => new peftNode.DyLoraConfig({ r: 4, rMin: 1, targetModules: qv }), canMerge: true },
 ]
 
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })
