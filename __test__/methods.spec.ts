@@ -45,6 +45,11 @@ const ROWS: Row[] = [
   // After an RMSNorm (no bias to fold the shift into) SSF cannot merge.
   { name: 'SSF with norms', config: () => new peftNode.SsfConfig(), canMerge: false, fdParam: /layernorm\.ssf_shift/ },
   { name: 'bias tuning', config: () => new peftNode.BiasTuningConfig({ targetModules: qv }), canMerge: true },
+  // The contract runs in evaluation mode (no `train()`), where DyLoRA uses evalRank (= r)
+  // with no rank detached, so every row of A and column of B is in the graph and the
+  // "every trainable parameter gets a gradient" check covers all ranks. Sampled ranks and
+  // the frozen mode (training only) are checked in __test__/dylora.spec.ts and dylora.rs.
+  { name: 'DyLoRA', config: () => new peftNode.DyLoraConfig({ r: 4, rMin: 1, targetModules: qv }), canMerge: true },
 ]
 
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })

@@ -17,7 +17,7 @@ export interface ForwardInput {
   attentionMask?: IdRows
   /** Targets; -100 marks positions that are ignored. Shifted by one inside, as transformers does. */
   labels?: IdRows
-  /** Seeds adapter dropout for this call (in training mode), for reproducible steps. */
+  /** Seeds adapter dropout (and DyLoRA's sampled rank) for this call in training mode, for reproducible steps. */
   dropoutSeed?: number
   /** Position ids [b, t] (default 0..t-1 per row); packed rows restart them per example. */
   positionIds?: IdRows

@@ -151,6 +151,16 @@ export class PeftModel {
     return this
   }
 
+  /**
+   * DyLoRA: the rank adapter `adapterName` runs at outside training (evaluation, generation,
+   * merging), any in [rMin, r]; it becomes the config's `eval_rank`, so saving keeps it.
+   * Refused while the adapter is merged.
+   */
+  setDyLoraRank(rank: number, adapterName = this.activeAdapter): void {
+    if (!Number.isInteger(rank) || rank <= 0) throw new Error(`rank: expected an integer > 0, found ${String(rank)}`)
+    this.native.setDyloraRank(adapterName, rank)
+  }
+
   forward(input: ForwardInput): Promise<ForwardOutput> {
     void this.native
     return this.model.forward(input)

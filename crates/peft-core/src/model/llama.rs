@@ -12,6 +12,7 @@ use crate::tuners::Tuners;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// What a forward pass reads besides the weights.
@@ -26,12 +27,15 @@ pub struct Ctx<'a> {
     /// Randomness of training-time ops (dropout), seeded so that a step is reproducible.
     /// A per-row adapter assignment for mixed batches (PEFT's `adapter_names=`) would join here.
     pub rng: Mutex<StdRng>,
+    /// Values drawn from `rng` once per forward pass and read by every layer that asks
+    /// (`draw_once`): DyLoRA samples one rank per step for the whole model.
+    pub shared_draws: Mutex<HashMap<String, u64>>,
 }
 
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
-        Ctx { store, no_grad, training: false, tuners: None, rng: Mutex::new(StdRng::seed_from_u64(0)) }
+        Ctx { store, no_grad, training: false, tuners: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default() }
     }
 
     /// Inference: no graph, no dropout.
@@ -49,6 +53,13 @@ impl<'a> Ctx<'a> {
         self.training = true;
         self.rng = Mutex::new(StdRng::seed_from_u64(seed));
         self
+    }
+
+    /// The value drawn under `key` in this forward pass: the first caller draws it from
+    /// `rng` (so it follows the seed), later callers get the same value.
+    pub fn draw_once(&self, key: &str, draw: impl FnOnce(&mut StdRng) -> u64) -> u64 {
+        let mut drawn = self.shared_draws.lock().unwrap_or_else(|e| e.into_inner());
+        *drawn.entry(key.to_string()).or_insert_with(|| draw(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner())))
     }
 
     /// A parameter as it enters the graph (detached when frozen or under `no_grad`).

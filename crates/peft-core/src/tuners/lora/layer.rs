@@ -30,9 +30,33 @@ pub struct LoraLayer {
 impl LoraLayer {
     /// s · B A in the adapter dtype (`get_delta_weight`).
     pub fn delta_weight(&self, store: &ParamStore) -> Result<Tensor> {
-        let (a, b) = (store.get(self.a).value(), store.get(self.b).value());
-        Ok((b.matmul(a)? * self.scaling)?)
+        delta_weight(store.get(self.a).value(), store.get(self.b).value(), self.scaling)
     }
+}
+
+/// s · B A (`get_delta_weight`); DyLoRA passes its truncated factors.
+pub fn delta_weight(a: &Tensor, b: &Tensor, scaling: f64) -> Result<Tensor> {
+    Ok((b.matmul(a)? * scaling)?)
+}
+
+/// The layer input in the adapter dtype `dt` (PEFT casts `x` to `lora_A`'s dtype), with
+/// inverted dropout of rate `p` in training; and whether dropout was applied.
+pub fn adapter_input(x: &Tensor, dt: DType, p: f64, ctx: &Ctx) -> Result<(Tensor, bool)> {
+    let x = x.to_dtype(dt)?;
+    if !(ctx.training && p > 0.0) {
+        return Ok((x, false));
+    }
+    let mut rng = ctx.rng.lock().unwrap_or_else(|e| e.into_inner());
+    let mask = dropout_mask(x.dims(), p, &mut rng, dt, x.device())?;
+    Ok(((x * mask)?, true))
+}
+
+/// `result + B(A(dropout(x))) · s` in the dtype of `a` (f32 under a half-precision base),
+/// cast back to `result`'s dtype: plain LoRA's forward, and DyLoRA's on truncated factors.
+pub fn low_rank_forward(x: &Tensor, result: Tensor, a: &Tensor, b: &Tensor, scaling: f64, dropout: f64, ctx: &Ctx) -> Result<Tensor> {
+    let (x, _) = adapter_input(x, a.dtype(), dropout, ctx)?;
+    let out = crate::ops::lora_add(&result.to_dtype(a.dtype())?, &linear(&x, a, None)?, b, scaling)?;
+    Ok(out.to_dtype(result.dtype())?)
 }
 
 impl AdapterLayer for LoraLayer {
@@ -50,28 +74,18 @@ impl AdapterLayer for LoraLayer {
     /// precision base, as PEFT casts `x` to `lora_A`'s dtype) and cast back.
     fn forward(&self, base: &Linear, x: &Tensor, result: Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (a, b) = (ctx.param(self.a), ctx.param(self.b));
+        let Some(d) = &self.dora else {
+            return low_rank_forward(x, result, &a, &b, self.scaling, self.dropout, ctx);
+        };
         let dt = a.dtype();
         let out_dtype = result.dtype();
-        let mut x = x.to_dtype(dt)?;
-        let dropped = ctx.training && self.dropout > 0.0;
-        if dropped {
-            let mut rng = ctx.rng.lock().unwrap_or_else(|e| e.into_inner());
-            x = (x.clone() * dropout_mask(x.dims(), self.dropout, &mut rng, dt, x.device())?)?;
-        }
+        let (x, dropped) = adapter_input(x, dt, self.dropout, ctx)?;
         let result = result.to_dtype(dt)?;
-        let out = match &self.dora {
-            None => crate::ops::lora_add(&result, &linear(&x, &a, None)?, &b, self.scaling)?,
-            Some(d) => {
-                let weight = ctx.param(base.weight).to_dtype(dt)?;
-                let bias = base.bias.map(|id| ctx.param(id).to_dtype(dt)).transpose()?;
-                let magnitude = ctx.param(d.magnitude);
-                let inputs = DoraInputs {
-                    x: &x, a: &a, b: &b, magnitude: &magnitude, weight: &weight, bias: bias.as_ref(), scaling: self.scaling, dropped,
-                };
-                dora::forward(&inputs, result)?
-            }
-        };
-        Ok(out.to_dtype(out_dtype)?)
+        let weight = ctx.param(base.weight).to_dtype(dt)?;
+        let bias = base.bias.map(|id| ctx.param(id).to_dtype(dt)).transpose()?;
+        let magnitude = ctx.param(d.magnitude);
+        let inputs = DoraInputs { x: &x, a: &a, b: &b, magnitude: &magnitude, weight: &weight, bias: bias.as_ref(), scaling: self.scaling, dropped };
+        Ok(dora::forward(&inputs, result)?.to_dtype(out_dtype)?)
     }
 
     fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
