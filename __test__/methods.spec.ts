@@ -30,6 +30,9 @@ const ROWS: Row[] = [
   { name: 'LoHa', config: () => new peftNode.LoHaConfig({ r: 4, alpha: 4, targetModules: qv }), canMerge: true },
   { name: 'LoKr', config: () => new peftNode.LoKrConfig({ r: 4, alpha: 4, targetModules: qv }), canMerge: true },
   { name: 'AdaLoRA', config: () => new peftNode.AdaLoraConfig({ initR: 4, targetR: 2, totalStep: 100, targetModules: qv }), canMerge: true },
+  // Prefixes are attended to, not prepended to the logits: no virtual positions.
+  { name: 'MAM adapter', config: () => new peftNode.MamAdapterConfig({ numVirtualTokens: 4, bottleneckSize: 8 }), canMerge: false },
+  { name: 'UniPELT', config: () => new peftNode.UniPeltConfig({ numVirtualTokens: 4, r: 4, loraAlpha: 4, bottleneckSize: 8 }), canMerge: false, fdParam: /gate_prefix/ },
 ]
 
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })

@@ -17,6 +17,7 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   randlora: { peftType: 'RANDLORA' }, shira: { peftType: 'SHIRA' }, c3a: { peftType: 'C3A' }, road: { peftType: 'ROAD' },
   'ln-tuning': { peftType: 'LN_TUNING' }, 'prompt-tuning': { peftType: 'PROMPT_TUNING' }, 'prefix-tuning': { peftType: 'PREFIX_TUNING' },
   'p-tuning': { peftType: 'P_TUNING' }, 'adaption-prompt': { peftType: 'ADAPTION_PROMPT' }, 'trainable-tokens': { peftType: 'TRAINABLE_TOKENS' },
+  mam: { peftType: 'MAM_ADAPTER' }, unipelt: { peftType: 'UNIPELT' },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])

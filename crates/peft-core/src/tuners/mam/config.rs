@@ -43,28 +43,35 @@ pub fn prefix_config(fields: &Fields, source: &Path) -> Result<PrefixTuningConfi
     Ok(PrefixTuningConfig::from_value(&v, source)?.0)
 }
 
-/// After `PrefixTuningConfig::check_model` filled the sizes from the model: copies them back
-/// so that `adapter_config.json` records them, as PEFT's prompt-learning configs do.
-pub fn copy_filled(from: &Fields, to: &mut Fields) {
+/// `PrefixTuningConfig::check_model` (fills the sizes from the model), then copies them
+/// back so that `adapter_config.json` records them, as PEFT's prompt-learning configs do.
+pub fn fill_prefix(prefix: &mut PrefixTuningConfig, fields: &mut Fields, model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    let warnings = prefix.check_model(model, targets)?;
     for k in PREFIX_KEYS {
-        to.set(k, from.get(k).clone());
+        fields.set(k, prefix.fields.get(k).clone());
     }
+    Ok(warnings)
+}
+
+/// A hybrid's fields (prompt-learning defaults and `defaults`, unknown fields kept with a
+/// warning) and its prefix part.
+pub fn parse_with_prefix(value: &Value, peft_type: &str, class: &str, defaults: Value, source: &Path) -> Result<(Fields, PrefixTuningConfig, Vec<String>)> {
+    let mut all = learning::defaults();
+    if let (Some(a), Value::Object(d)) = (all.as_object_mut(), defaults) {
+        a.extend(d);
+    }
+    let (fields, warnings) = Fields::parse(value, peft_type, class, all, source)?;
+    fields.no_modules_to_save()?;
+    let prefix = prefix_config(&fields, source)?;
+    Ok((fields, prefix, warnings))
 }
 
 impl MamAdapterConfig {
     /// Defaults: the paper's MAM (l = 30, r = 512, s = 4, ReLU).
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let mut defaults = learning::defaults();
-        defaults.as_object_mut().expect("object").extend(
-            json!({"num_virtual_tokens": 30, "encoder_hidden_size": null, "prefix_projection": false,
-                "bottleneck_size": 512, "non_linearity": "relu", "scaling": 4.0, "init_weights": true})
-            .as_object()
-            .expect("object")
-            .clone(),
-        );
-        let (fields, warnings) = Fields::parse(value, "MAM_ADAPTER", "MamAdapterConfig", defaults, source)?;
-        fields.no_modules_to_save()?;
-        let prefix = prefix_config(&fields, source)?;
+        let defaults = json!({"num_virtual_tokens": 30, "encoder_hidden_size": null, "prefix_projection": false,
+            "bottleneck_size": 512, "non_linearity": "relu", "scaling": 4.0, "init_weights": true});
+        let (fields, prefix, warnings) = parse_with_prefix(value, "MAM_ADAPTER", "MamAdapterConfig", defaults, source)?;
         let keys = ["bottleneck_size", "non_linearity", "scaling", "init_weights"];
         let v = sub_fields(&fields, "PARALLEL_ADAPTER", &keys, json!({"sublayers": ["mlp"], "layers_to_transform": null, "modules_to_save": null}));
         let adapter = BottleneckConfig::from_fields(Fields { map: v.as_object().cloned().unwrap_or_default(), source: source.into() }, Placement::Parallel)?;
@@ -85,9 +92,7 @@ impl TunerConfig for MamAdapterConfig {
     }
 
     fn check_model(&mut self, model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
-        let w = self.prefix.check_model(model, targets)?;
-        copy_filled(&self.prefix.fields, &mut self.fields);
-        Ok(w)
+        fill_prefix(&mut self.prefix, &mut self.fields, model, targets)
     }
 
     fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {

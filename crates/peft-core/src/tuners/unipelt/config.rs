@@ -7,10 +7,10 @@ use crate::tuners::bottleneck::{BottleneckConfig, Placement};
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::{HookSite, Sublayer};
 use crate::tuners::lora::LoraConfig;
-use crate::tuners::mam::config::{copy_filled, prefix_config, sub_fields};
+use crate::tuners::mam::config::{fill_prefix, parse_with_prefix, sub_fields};
 use crate::tuners::prefix_tuning::PrefixTuningConfig;
 use crate::tuners::prompt_tuning::learning;
-use crate::tuners::targeting::{self};
+use crate::tuners::targeting;
 use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
 use candle_core::Device;
 use serde_json::{json, Value};
@@ -31,19 +31,11 @@ impl UniPeltConfig {
     /// q_proj and v_proj, adapter bottleneck 48 with ReLU); `lora_alpha` = r so that the
     /// gate alone scales LoRA, as in the official code.
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let mut defaults = learning::defaults();
-        defaults.as_object_mut().expect("object").extend(
-            json!({"num_virtual_tokens": 10, "encoder_hidden_size": null, "prefix_projection": false,
-                "r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": null,
-                "bottleneck_size": 48, "non_linearity": "relu", "init_weights": true})
-            .as_object()
-            .expect("object")
-            .clone(),
-        );
-        let (fields, warnings) = Fields::parse(value, "UNIPELT", "UniPeltConfig", defaults, source)?;
-        fields.no_modules_to_save()?;
+        let defaults = json!({"num_virtual_tokens": 10, "encoder_hidden_size": null, "prefix_projection": false,
+            "r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": null,
+            "bottleneck_size": 48, "non_linearity": "relu", "init_weights": true});
+        let (fields, prefix, warnings) = parse_with_prefix(value, "UNIPELT", "UniPeltConfig", defaults, source)?;
         let targets = fields.target_spec()?;
-        let prefix = prefix_config(&fields, source)?;
         let lv = sub_fields(&fields, "LORA", &["r", "lora_alpha", "lora_dropout", "target_modules"], json!({}));
         let lora = LoraConfig::from_value(&lv, None, source)?.0;
         let keys = ["bottleneck_size", "non_linearity", "init_weights"];
@@ -75,9 +67,7 @@ impl TunerConfig for UniPeltConfig {
     }
 
     fn check_model(&mut self, model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
-        let w = self.prefix.check_model(model, targets)?;
-        copy_filled(&self.prefix.fields, &mut self.fields);
-        Ok(w)
+        fill_prefix(&mut self.prefix, &mut self.fields, model, targets)
     }
 
     /// The prompt (prefix), each attention (G_P), each MLP (gated adapter), and the LoRA linears.
