@@ -137,21 +137,26 @@ impl Tuners {
     /// None when no running adapter gates its prefix (the attention is then unchanged).
     pub(crate) fn prefix_gates(&self, path: &str, spans: &[(String, usize)], x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
         let layers = self.running(path);
-        let (b, t, _) = x.dims3()?;
-        let mut parts = Vec::with_capacity(spans.len());
-        let mut any = false;
-        for (adapter, n) in spans {
-            let gate = match layers.iter().find(|l| l.adapter_name() == adapter) {
-                Some(l) => l.prefix_gate(x, ctx)?,
-                None => None,
-            };
-            any |= gate.is_some();
-            parts.push(match gate {
-                Some(g) => g.to_dtype(x.dtype())?.reshape((b, 1, t, 1))?.broadcast_as((b, 1, t, *n))?.contiguous()?,
-                None => Tensor::ones((b, 1, t, *n), x.dtype(), x.device())?,
-            });
+        let gates = spans
+            .iter()
+            .map(|(adapter, _)| match layers.iter().find(|l| l.adapter_name() == adapter) {
+                Some(l) => l.prefix_gate(x, ctx),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if gates.iter().all(Option::is_none) {
+            return Ok(None);
         }
-        Ok(if any { Some(Tensor::cat(&parts, 3)?) } else { None })
+        let (b, t, _) = x.dims3()?;
+        let parts = gates
+            .into_iter()
+            .zip(spans)
+            .map(|(gate, (_, n))| match gate {
+                Some(g) => Ok(g.to_dtype(x.dtype())?.reshape((b, 1, t, 1))?.broadcast_as((b, 1, t, *n))?.contiguous()?),
+                None => Ok(Tensor::ones((b, 1, t, *n), x.dtype(), x.device())?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Tensor::cat(&parts, 3)?))
     }
 
     /// A sublayer's output through the running adapters at `path`, in the active order.
