@@ -50,6 +50,9 @@ const ROWS: Row[] = [
   // "every trainable parameter gets a gradient" check covers all ranks. Sampled ranks and
   // the frozen mode (training only) are checked in __test__/dylora.spec.ts and dylora.rs.
   { name: 'DyLoRA', config: () => new peftNode.DyLoraConfig({ r: 4, rMin: 1, targetModules: qv }), canMerge: true },
+  // Prefixes are attended to, not prepended to the logits: no virtual positions.
+  { name: 'MAM adapter', config: () => new peftNode.MamAdapterConfig({ numVirtualTokens: 4, bottleneckSize: 8 }), canMerge: false },
+  { name: 'UniPELT', config: () => new peftNode.UniPeltConfig({ numVirtualTokens: 4, r: 4, loraAlpha: 4, bottleneckSize: 8 }), canMerge: false, fdParam: /gate_prefix/ },
 ]
 
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })

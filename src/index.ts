@@ -26,5 +26,7 @@ export { PromptTuningConfig, PrefixTuningConfig, PromptEncoderConfig } from './m
 export type { PromptTuningConfigOptions, PrefixTuningConfigOptions, PromptEncoderConfigOptions } from './methods/prompt'
 export { LNTuningConfig, BiasTuningConfig, SsfConfig } from './methods/selective'
 export { BottleneckAdapterConfig, ParallelAdapterConfig } from './methods/adapters'
+export { MamAdapterConfig, UniPeltConfig } from './methods/hybrid'
+export type { MamAdapterConfigOptions, UniPeltConfigOptions } from './methods/hybrid'
 export * from './data'
 export * from './train'

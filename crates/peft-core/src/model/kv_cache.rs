@@ -8,11 +8,14 @@ pub struct KvCache {
     /// tokens, prefix tuning's key/value prefix): the caller's attention mask and
     /// position ids never count them.
     virtual_len: usize,
+    /// The adapters' key/value prefix columns at the front, (adapter, n) in order, so that
+    /// gated prefixes (UniPELT) are gated again at every decoding step.
+    prefix_spans: Vec<(String, usize)>,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers], len: 0, virtual_len: 0 }
+        KvCache { layers: vec![None; num_layers], len: 0, virtual_len: 0, prefix_spans: Vec::new() }
     }
 
     /// Positions already cached (virtual ones included).
@@ -31,6 +34,14 @@ impl KvCache {
 
     pub fn layer_mut(&mut self, i: usize) -> &mut Option<(Tensor, Tensor)> {
         &mut self.layers[i]
+    }
+
+    pub(crate) fn prefix_spans(&self) -> &[(String, usize)] {
+        &self.prefix_spans
+    }
+
+    pub(crate) fn set_prefix_spans(&mut self, spans: Vec<(String, usize)>) {
+        self.prefix_spans = spans;
     }
 
     /// `t` positions were appended, `virtual_t` of them from adapters.

@@ -130,6 +130,8 @@ struct Step<'a> {
     bias: Tensor,
     /// Per-layer key/value prefixes [b, kv_heads, n, head_dim] (prefix tuning), at prefill.
     prefix: Option<Vec<(Tensor, Tensor)>>,
+    /// The prefix columns' owners (from the prompt at prefill, from the cache after).
+    prefix_spans: Vec<(String, usize)>,
 }
 
 impl Llama {
@@ -178,7 +180,14 @@ impl Llama {
             let segments = batch.key_segments(virt);
             attention_bias(mask.as_deref(), segments.as_deref(), b, tq, past_keys, self.dtype, &self.device)?
         };
-        let step = Step { ctx, cos, sin, bias, prefix };
+        let prefix_spans = match (&cache, past) {
+            (Some(c), p) if p > 0 => c.prefix_spans().to_vec(),
+            _ => prompt.prefix_spans,
+        };
+        if let Some(c) = cache.as_deref_mut().filter(|_| past == 0) {
+            c.set_prefix_spans(prefix_spans.clone());
+        }
+        let step = Step { ctx, cos, sin, bias, prefix, prefix_spans };
         for (i, layer) in self.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| c.layer_mut(i));
             x = self.block(i, layer, &x, &step, kv)?;
@@ -255,12 +264,32 @@ impl Llama {
         // into the sequence axis, [b, nkv, rep * t, hd].
         let rep = nh / nkv;
         let qg = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, kv_len))?;
-        let probs = ops::scaled_masked_softmax(&scores, &step.bias, 1.0 / (hd as f64).sqrt())?;
+        let mut scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, kv_len))?;
+        // Gated prefixes (UniPELT's G_P · P_K, G_P · P_V with a per-query gate g_t): query t
+        // sees g_t·(q_t·p_k) and weighs p_v by g_t, i.e. both the scores and the
+        // probabilities of the prefix columns are multiplied by g_t.
+        let gate = self.prefix_gate_columns(i, x, kv_len, step)?;
+        if let Some(m) = &gate {
+            scores = scores.broadcast_mul(m)?;
+        }
+        let mut probs = ops::scaled_masked_softmax(&scores, &step.bias, 1.0 / (hd as f64).sqrt())?;
+        if let Some(m) = &gate {
+            probs = probs.broadcast_mul(m)?;
+        }
         let out = probs.reshape((b, nkv, rep * t, kv_len))?.matmul(&v)?;
         // [b, nkv, rep * t, hd] -> [b, nh, t, hd] -> [b, t, nh * hd]
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         attn.o_proj.forward(&out, step.ctx)
+    }
+
+    /// The multiplier [b, 1, t, kv_len] of the attention columns of layer `i` when an
+    /// adapter gates its key/value prefix (ones outside the prefix), else None.
+    fn prefix_gate_columns(&self, i: usize, x: &Tensor, kv_len: usize, step: &Step) -> Result<Option<Tensor>> {
+        let Some(tuners) = step.ctx.tuners.filter(|_| !step.prefix_spans.is_empty()) else { return Ok(None) };
+        let Some(g) = tuners.prefix_gates(&format!("model.layers.{i}.self_attn"), &step.prefix_spans, x, step.ctx)? else { return Ok(None) };
+        let (b, _, t, n) = g.dims4()?;
+        let rest = Tensor::ones((b, 1, t, kv_len - n), g.dtype(), g.device())?;
+        Ok(Some(Tensor::cat(&[&g, &rest], 3)?))
     }
 
     /// The weight of the module at `path`: a linear's or a norm's (what merging rewrites).

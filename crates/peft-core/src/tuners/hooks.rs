@@ -68,6 +68,9 @@ pub struct Prompt {
     pub virtual_tokens: Option<Tensor>,
     /// Per decoder layer, keys and values [b, kv_heads, n, head_dim] attended before the tokens.
     pub kv_prefix: Option<Vec<(Tensor, Tensor)>>,
+    /// Which adapter owns which key/value prefix columns, in order: (adapter, n). Gated
+    /// prefixes (UniPELT's G_P) find their columns by it.
+    pub prefix_spans: Vec<(String, usize)>,
 }
 
 impl Tuners {
@@ -76,12 +79,14 @@ impl Tuners {
     pub(crate) fn prompt(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
         let mut virt: Vec<Tensor> = Vec::new();
         let mut prefix: Vec<Vec<(Tensor, Tensor)>> = Vec::new();
+        let mut prefix_spans = Vec::new();
         for layer in self.running(PROMPT_ENCODER) {
             if let Some(v) = layer.virtual_tokens(ctx)? {
                 let (n, h) = v.dims2()?;
                 virt.push(v.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?);
             }
             if let Some(p) = layer.kv_prefix(ctx)? {
+                prefix_spans.push((layer.adapter_name().to_string(), p.first().map_or(Ok(0), |(k, _)| k.dim(1))?));
                 let expand = |t: Tensor| -> Result<Tensor> {
                     let (h, n, d) = t.dims3()?;
                     Ok(t.unsqueeze(0)?.broadcast_as((b, h, n, d))?.contiguous()?)
@@ -106,7 +111,7 @@ impl Tuners {
                 }).collect::<Result<_>>()?)
             }
         };
-        Ok(Prompt { virtual_tokens, kv_prefix })
+        Ok(Prompt { virtual_tokens, kv_prefix, prefix_spans })
     }
 
     /// RMSNorm at `path`: a running adapter may replace the weight (LN tuning), then each
@@ -124,6 +129,34 @@ impl Tuners {
             y = l.norm_output(y, ctx)?;
         }
         Ok(y)
+    }
+
+    /// The per-query multiplier of the key/value prefix columns at the attention `path`
+    /// [b, 1, t, n] (n = the spans' total), from the attention input `x` [b, t, hidden]:
+    /// each span's owner may gate its columns (`AdapterLayer::prefix_gate`), others get 1.
+    /// None when no running adapter gates its prefix (the attention is then unchanged).
+    pub(crate) fn prefix_gates(&self, path: &str, spans: &[(String, usize)], x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        let layers = self.running(path);
+        let gates = spans
+            .iter()
+            .map(|(adapter, _)| match layers.iter().find(|l| l.adapter_name() == adapter) {
+                Some(l) => l.prefix_gate(x, ctx),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if gates.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let (b, t, _) = x.dims3()?;
+        let parts = gates
+            .into_iter()
+            .zip(spans)
+            .map(|(gate, (_, n))| match gate {
+                Some(g) => Ok(g.to_dtype(x.dtype())?.reshape((b, 1, t, 1))?.broadcast_as((b, 1, t, *n))?.contiguous()?),
+                None => Ok(Tensor::ones((b, 1, t, *n), x.dtype(), x.device())?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Tensor::cat(&parts, 3)?))
     }
 
     /// A sublayer's output through the running adapters at `path`, in the active order.

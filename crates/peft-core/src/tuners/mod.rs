@@ -30,6 +30,7 @@ pub mod lokr;
 mod merging;
 pub mod lora;
 pub mod lycoris;
+pub mod mam;
 pub mod p_tuning;
 pub mod patterns;
 pub mod prefix_tuning;
@@ -37,6 +38,7 @@ pub mod prompt_tuning;
 pub mod select;
 pub mod ssf;
 pub mod targeting;
+pub mod unipelt;
 pub mod vera;
 
 pub use hooks::{HookSite, Sublayer, PROMPT_ENCODER};
@@ -115,6 +117,13 @@ pub trait AdapterLayer: Send + Sync {
     /// Prompt site: per decoder layer, keys and values [kv_heads, n, head_dim] attended
     /// before the tokens (PEFT's prefix `past_key_values`).
     fn kv_prefix(&self, _ctx: &Ctx) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        Ok(None)
+    }
+
+    /// Attention site (`model.layers.{i}.self_attn`): this adapter's gate [b, t] on its own
+    /// key/value prefix, per query, from the attention input x [b, t, hidden] (UniPELT's
+    /// G_P scales P_K and P_V). None (the default): the prefix enters ungated.
+    fn prefix_gate(&self, _x: &Tensor, _ctx: &Ctx) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
@@ -261,6 +270,8 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("SSF") => boxed(ssf::SsfConfig::from_value(value, source)),
         Some("BIAS_TUNING") => boxed(bias::BiasTuningConfig::from_value(value, source)),
         Some("DYLORA") => boxed(dylora::DyLoraConfig::from_value(value, source)),
+        Some("MAM_ADAPTER") => boxed(mam::MamAdapterConfig::from_value(value, source)),
+        Some("UNIPELT") => boxed(unipelt::UniPeltConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -276,7 +287,7 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
 
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
-    "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA",
+    "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
