@@ -3,6 +3,7 @@
 mod error;
 mod generate;
 mod job;
+mod mixed;
 mod model;
 mod optim;
 mod peft;
