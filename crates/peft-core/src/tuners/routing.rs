@@ -129,22 +129,22 @@ impl Tuners {
                 "adapterNames: cannot run adapters per row while adapters are merged into the base weights; unmerge first".into(),
             ));
         }
-        let mut groups: Vec<Group> = Vec::new();
+        let mut by_adapter: Vec<(&String, Vec<u32>)> = Vec::new();
         for (row, name) in names.iter().enumerate().filter(|(_, n)| *n != BASE_ROWS) {
-            match groups.iter_mut().find(|g| &g.adapter == name) {
-                Some(g) => g.rows.push(row as u32),
-                None => groups.push(Group { adapter: name.clone(), rows: vec![row as u32], index: Tensor::zeros(0, candle_core::DType::U32, device)? }),
+            match by_adapter.iter_mut().find(|(a, _)| *a == name) {
+                Some((_, rows)) => rows.push(row as u32),
+                None => by_adapter.push((name, vec![row as u32])),
             }
         }
-        for g in &mut groups {
-            if self.modules(&g.adapter)?.iter().any(|m| m == PROMPT_ENCODER) {
-                let t = self.config(&g.adapter)?.peft_type();
+        let mut groups = Vec::with_capacity(by_adapter.len());
+        for (adapter, rows) in by_adapter {
+            if self.modules(adapter)?.iter().any(|m| m == PROMPT_ENCODER) {
                 return Err(Error::Unsupported(format!(
-                    "adapterNames: adapter `{}` is a prompt-learning adapter ({t}); per-row adapters work with adapters on layers, not with virtual tokens or prefixes",
-                    g.adapter
+                    "adapterNames: adapter `{adapter}` is a prompt-learning adapter ({}); per-row adapters work with adapters on layers, not with virtual tokens or prefixes",
+                    self.config(adapter)?.peft_type()
                 )));
             }
-            g.index = Tensor::new(g.rows.as_slice(), device)?;
+            groups.push(Group { adapter: adapter.clone(), index: Tensor::new(rows.as_slice(), device)?, rows });
         }
         Ok(RowAdapters { names: names.to_vec(), groups, device: device.clone(), layouts: Mutex::new(HashMap::new()) })
     }
