@@ -20,21 +20,15 @@ export declare class NativeAbort {
 }
 
 export declare class NativeModel {
-  /**
-   * `update_and_allocate(global_step)` for the active AdaLoRA adapter: call it after the
-   * optimizer step and before the gradients are cleared (it scores parameters by
-   * |weight · gradient|). Resolves to the rank budget applied at this step, or null when
-   * the schedule made no allocation; the allocation is recorded as the config's rank_pattern.
-   */
-  updateAndAllocate(globalStep: number): Promise<number | null>
-  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
+  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string
   /**
    * Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
    * `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
+   * `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
    */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null): Promise<Array<NativeTensor>>
+  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<NativeTensor>>
   /**
    * Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
    * Face checkpoint; merge adapters first to include them.

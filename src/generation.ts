@@ -13,6 +13,8 @@ export interface GenerateOptions {
   /** Stop a row when one of these is produced (kept in the output). Default: the model's EOS tokens. */
   stopTokenIds?: number[]
   signal?: AbortSignal
+  /** Mixed batch (PEFT's `adapter_names`): the adapter of each prompt, "__base__" for none. */
+  adapterNames?: string[]
 }
 
 type NativeArgs = Parameters<NativeModel['generate']>[1]

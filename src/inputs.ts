@@ -71,3 +71,12 @@ export function flatLabels(name: string, rows: IdRows, batch: number, seq: numbe
   })
   return data
 }
+
+/** `adapterNames` (PEFT's `adapter_names`): one adapter name, or "__base__", per row. */
+export function adapterNameList(names: unknown): string[] | undefined {
+  if (names === undefined) return undefined
+  if (!Array.isArray(names) || names.some((n) => typeof n !== 'string')) {
+    throw new Error(`adapterNames: expected an array of adapter names (or "__base__"), one per row, found ${JSON.stringify(names)}`)
+  }
+  return names as string[]
+}

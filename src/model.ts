@@ -1,7 +1,7 @@
 import { native, loadNative, wantsCuda, type NativeModel } from './native'
 import { Tensor, type DType } from './tensor'
 import { Parameter } from './parameter'
-import { flatIds, flatLabels, flatMask, type IdRows } from './inputs'
+import { adapterNameList, flatIds, flatLabels, flatMask, type IdRows } from './inputs'
 import { Tokenizer } from './tokenizer'
 import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
 
@@ -23,6 +23,8 @@ export interface ForwardInput {
   positionIds?: IdRows
   /** Packing: example ids [b, t]; a token attends only to earlier tokens of its own example. */
   segmentIds?: IdRows
+  /** Mixed batch (PEFT's `adapter_names`): the adapter of each row, "__base__" for none. Inference only. */
+  adapterNames?: string[]
 }
 
 export interface ForwardOutput {
@@ -82,6 +84,7 @@ export class LlamaModel {
     const labels = input.labels ? flatLabels('labels', input.labels, ids.batch, ids.seq) : undefined
     const positions = input.positionIds ? flatIds('positionIds', input.positionIds) : undefined
     const segments = input.segmentIds ? flatIds('segmentIds', input.segmentIds) : undefined
+    const adapterNames = adapterNameList(input.adapterNames)
     for (const [name, f] of [['positionIds', positions], ['segmentIds', segments]] as const) {
       if (f && (f.batch !== ids.batch || f.seq !== ids.seq)) {
         throw new Error(`${name}: expected shape [${ids.batch}, ${ids.seq}] (the shape of inputIds), found [${f.batch}, ${f.seq}]`)
@@ -96,6 +99,7 @@ export class LlamaModel {
       input.dropoutSeed,
       positions ? Int32Array.from(positions.data) : undefined,
       segments?.data,
+      adapterNames,
     )
     return loss ? { logits: new Tensor(logits), loss: new Tensor(loss) } : { logits: new Tensor(logits) }
   }
@@ -131,7 +135,7 @@ export class LlamaModel {
   async generate(ids: ArrayLike<number> | ArrayLike<number>[], opts: GenerateOptions = {}): Promise<number[] | number[][]> {
     const { prompts, single } = promptRows(ids)
     const args = generationArgs(opts, this.defaultStopTokenIds)
-    const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal))
+    const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal), adapterNameList(opts.adapterNames))
     return single ? out[0] : out
   }
 
@@ -139,9 +143,10 @@ export class LlamaModel {
   async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
     const { prompts } = promptRows(ids)
     const args = generationArgs(opts, this.defaultStopTokenIds)
+    const adapterNames = adapterNameList(opts.adapterNames)
     let result: number[][] | undefined
     const run = (onStep: (row: number[]) => void, abort: Parameters<NativeModel['generate']>[3]) =>
-      this.inner.generate(prompts, args, onStep, abort).then((r) => (result = r))
+      this.inner.generate(prompts, args, onStep, abort, adapterNames).then((r) => (result = r))
     let streamed = 0
     for await (const row of streamSteps(run, opts.signal)) {
       if (row[0] < 0) continue

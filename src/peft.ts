@@ -161,11 +161,13 @@ export class PeftModel {
     this.native.setDyloraRank(adapterName, rank)
   }
 
+  /** `input.adapterNames` runs each row with its own adapter (any loaded one, or "__base__"), as PEFT's `adapter_names`. */
   forward(input: ForwardInput): Promise<ForwardOutput> {
     void this.native
     return this.model.forward(input)
   }
 
+  /** `opts.adapterNames` generates each prompt with its own adapter (mixed batch), as PEFT's `adapter_names`. */
   generate(ids: ArrayLike<number>, opts?: GenerateOptions): Promise<number[]>
   generate(ids: ArrayLike<number>[], opts?: GenerateOptions): Promise<number[][]>
   generate(ids: ArrayLike<number> | ArrayLike<number>[], opts?: GenerateOptions): Promise<number[] | number[][]> {

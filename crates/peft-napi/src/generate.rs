@@ -60,6 +60,7 @@ impl NativeModel {
         args: GenerateArgs,
         on_step: Option<StepCallback>,
         abort: Option<&NativeAbort>,
+        adapter_names: Option<Vec<String>>,
     ) -> Result<AsyncTask<IdsJob>> {
         let opts = GenerateOptions {
             max_new_tokens: args.max_new_tokens as usize,
@@ -76,7 +77,7 @@ impl NativeModel {
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
             with_model(&shared, |m| {
-                let ctx = m.ctx(true, None);
+                let ctx = crate::mixed::ctx_with_rows(m, true, None, adapter_names.as_deref())?;
                 let mut step = |toks: &[Option<u32>]| {
                     if let Some(cb) = &on_step {
                         let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();

@@ -5,6 +5,7 @@ mod dylora;
 mod error;
 mod generate;
 mod job;
+mod mixed;
 mod model;
 mod optim;
 mod peft;

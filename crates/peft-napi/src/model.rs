@@ -123,6 +123,7 @@ impl NativeModel {
 
     /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
     /// `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
+    /// `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
     #[napi]
     pub fn forward(
         &self,
@@ -134,6 +135,7 @@ impl NativeModel {
         dropout_seed: Option<i64>,
         position_ids: Option<Int32Array>,
         segment_ids: Option<Uint32Array>,
+        adapter_names: Option<Vec<String>>,
     ) -> Result<AsyncTask<TensorsJob>> {
         let (b, t) = (batch as usize, seq as usize);
         let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
@@ -157,7 +159,7 @@ impl NativeModel {
         let owner = self.inner.clone();
         Ok(TensorsJob::spawn(move || {
             let (logits, loss) = with_model(&shared, |m| {
-                let ctx = m.ctx(false, dropout_seed.map(|s| s as u64));
+                let ctx = crate::mixed::ctx_with_rows(m, false, dropout_seed.map(|s| s as u64), adapter_names.as_deref())?;
                 let logits = m.llama.forward(&input, &ctx, None, false)?;
                 let loss = labels.map(|l| regularized_loss(loss::causal_lm_loss(&logits, &l)?, &m.llama, &m.tuners, &ctx)).transpose()?;
                 Ok((logits, loss))

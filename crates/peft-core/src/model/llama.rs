@@ -8,6 +8,7 @@ use super::rope::Rope;
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::ops;
+use crate::tuners::routing::RowAdapters;
 use crate::tuners::Tuners;
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
@@ -25,17 +26,19 @@ pub struct Ctx<'a> {
     /// The adapters attached to the model; None runs the base model alone.
     pub tuners: Option<&'a Tuners>,
     /// Randomness of training-time ops (dropout), seeded so that a step is reproducible.
-    /// A per-row adapter assignment for mixed batches (PEFT's `adapter_names=`) would join here.
     pub rng: Mutex<StdRng>,
     /// Values drawn from `rng` once per forward pass and read by every layer that asks
     /// (`draw_once`): DyLoRA samples one rank per step for the whole model.
     pub shared_draws: Mutex<HashMap<String, u64>>,
+    /// Mixed batches (PEFT's `adapter_names=`): the adapter of each row, routed at every
+    /// hook site by `tuners/routing.rs`. None: the active adapters on every row.
+    pub rows: Option<RowAdapters>,
 }
 
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
-        Ctx { store, no_grad, training: false, tuners: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default() }
+        Ctx { store, no_grad, training: false, tuners: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), rows: None }
     }
 
     /// Inference: no graph, no dropout.
@@ -45,6 +48,12 @@ impl<'a> Ctx<'a> {
 
     pub fn with_tuners(mut self, tuners: &'a Tuners) -> Self {
         self.tuners = Some(tuners);
+        self
+    }
+
+    /// Runs row i with adapter `rows.names()[i]` (from `Tuners::route_rows`).
+    pub fn with_rows(mut self, rows: RowAdapters) -> Self {
+        self.rows = Some(rows);
         self
     }
 
@@ -148,6 +157,12 @@ impl Llama {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let virt_past = cache.as_ref().map_or(0, |c| c.virtual_len());
         batch.validate(self.config.vocab_size, past - virt_past)?;
+        if let Some(rows) = &ctx.rows {
+            rows.check_batch(batch.dims().0)?;
+            if ctx.training {
+                return Err(crate::error::Error::Unsupported("adapterNames: per-row adapters are for inference; the model is in training mode (call eval() first)".into()));
+            }
+        }
         let ids = batch.ids_tensor(&self.device)?;
         let (b, t) = batch.dims();
         let mut x = ctx.param(self.embed_tokens).index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;

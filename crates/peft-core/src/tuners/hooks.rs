@@ -77,6 +77,9 @@ impl Tuners {
     /// The running adapters' prompt contributions for a batch of `b`, concatenated in the
     /// active order (PEFT runs one prompt-learning adapter at a time; several simply stack).
     pub(crate) fn prompt(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
+        if ctx.rows.is_some() {
+            return Ok(Prompt::default()); // `route_rows` refuses prompt-learning adapters per row
+        }
         let mut virt: Vec<Tensor> = Vec::new();
         let mut prefix: Vec<Vec<(Tensor, Tensor)>> = Vec::new();
         let mut prefix_spans = Vec::new();
@@ -117,6 +120,9 @@ impl Tuners {
     /// RMSNorm at `path`: a running adapter may replace the weight (LN tuning), then each
     /// may transform the output (SSF after a norm).
     pub(crate) fn norm(&self, path: &str, x: &Tensor, weight: Tensor, eps: f64, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(rows) = &ctx.rows {
+            return self.route_norm(rows, path, x, weight, eps, ctx);
+        }
         let layers = self.running(path);
         let mut w = weight;
         for l in &layers {
@@ -161,6 +167,9 @@ impl Tuners {
 
     /// A sublayer's output through the running adapters at `path`, in the active order.
     pub(crate) fn sublayer(&self, path: &str, input: &Tensor, output: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(rows) = &ctx.rows {
+            return self.route_sublayer(rows, path, input, output, ctx);
+        }
         let mut out = output;
         for l in self.running(path) {
             out = l.sublayer(input, out, ctx)?;

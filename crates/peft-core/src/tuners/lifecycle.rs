@@ -284,6 +284,9 @@ impl Tuners {
 
     /// Called by `Linear::forward` before the base matmul.
     pub(crate) fn linear_input(&self, linear: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        if ctx.rows.is_some() {
+            return Ok(None); // a mixed batch transforms each adapter's rows in `route_linear`
+        }
         let mut out: Option<Tensor> = None;
         for layer in self.running(&linear.path) {
             if let Some(y) = layer.transform_input(out.as_ref().unwrap_or(x), ctx)? {
@@ -295,6 +298,9 @@ impl Tuners {
 
     /// Called by `Linear::forward` with the base output.
     pub(crate) fn linear_output(&self, linear: &Linear, x: &Tensor, base: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(rows) = &ctx.rows {
+            return self.route_linear(rows, linear, x, base, ctx);
+        }
         let mut result = base;
         for layer in self.running(&linear.path) {
             result = layer.forward(linear, x, result, ctx)?;

@@ -35,6 +35,7 @@ pub mod p_tuning;
 pub mod patterns;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
+pub mod routing;
 pub mod select;
 pub mod ssf;
 pub mod targeting;
