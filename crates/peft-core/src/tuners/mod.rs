@@ -34,6 +34,7 @@ pub mod patterns;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
 pub mod select;
+pub mod sparse_mask;
 pub mod ssf;
 pub mod targeting;
 pub mod vera;
@@ -259,6 +260,7 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("P_TUNING") => boxed(p_tuning::PTuningConfig::from_value(value, source)),
         Some("SSF") => boxed(ssf::SsfConfig::from_value(value, source)),
         Some("BIAS_TUNING") => boxed(bias::BiasTuningConfig::from_value(value, source)),
+        Some("SPARSE_MASK") => boxed(sparse_mask::SparseMaskConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -274,7 +276,7 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
 
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
-    "SSF", "BIAS_TUNING", "P_TUNING",
+    "SSF", "BIAS_TUNING", "P_TUNING", "SPARSE_MASK",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
