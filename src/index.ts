@@ -24,5 +24,7 @@ export { PromptTuningConfig, PrefixTuningConfig, PromptEncoderConfig } from './m
 export type { PromptTuningConfigOptions, PrefixTuningConfigOptions, PromptEncoderConfigOptions } from './methods/prompt'
 export { LNTuningConfig, BiasTuningConfig, SsfConfig } from './methods/selective'
 export { BottleneckAdapterConfig, ParallelAdapterConfig } from './methods/adapters'
+export { SparseMaskConfig, FisherScores, estimateFisher } from './methods/sparse'
+export type { SparseMaskConfigOptions, MaskType, FisherBatch } from './methods/sparse'
 export * from './data'
 export * from './train'

@@ -130,7 +130,7 @@ fn fisher_batches() -> Vec<FisherBatch> {
 fn fisher_is_the_mean_squared_gradient_and_leaves_the_model_as_it_was() {
     let mut model = load_model();
     let spec = TargetSpec { target_modules: Some(Targets::List(vec!["q_proj".into(), "v_proj".into()])), ..Default::default() };
-    let scores = estimate_fisher(&mut model, &spec, &[], &fisher_batches(), Path::new("test")).unwrap();
+    let scores = estimate_fisher(&mut model, &spec, &fisher_batches(), Path::new("test")).unwrap();
     assert_eq!(scores.len(), 4);
     assert!(model.store.iter().all(|(_, p)| !p.requires_grad && p.grad.is_none()), "requires_grad restored, no gradient left");
 
@@ -165,7 +165,7 @@ fn fisher_masks_keep_the_highest_scores() {
     // Estimated scores choose a mask that differs from the magnitude one.
     let mut model = load_model();
     let spec = TargetSpec { target_modules: Some(Targets::List(vec!["q_proj".into()])), ..Default::default() };
-    let est = estimate_fisher(&mut model, &spec, &[], &fisher_batches(), Path::new("test")).unwrap();
+    let est = estimate_fisher(&mut model, &spec, &fisher_batches(), Path::new("test")).unwrap();
     inject(&mut model, parsed(&v).with_fisher(Arc::new(est)));
     let fisher_idx = indices_of(&model, Q0);
     let mut m2 = load_model();
@@ -221,11 +221,11 @@ fn bad_configs_name_the_key() {
     // Fisher scores for other modules than the targeted ones.
     let spec = TargetSpec { target_modules: Some(Targets::List(vec!["k_proj".into()])), ..Default::default() };
     let mut model = load_model();
-    let est = estimate_fisher(&mut model, &spec, &[], &fisher_batches(), Path::new("test")).unwrap();
+    let est = estimate_fisher(&mut model, &spec, &fisher_batches(), Path::new("test")).unwrap();
     let cfg = parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "mask_type": "fisher", "target_modules": ["q_proj"]})).with_fisher(Arc::new(est));
     let e = Tuners::new().inject(&mut model, "default", Box::new(cfg), 0).unwrap_err().to_string();
     assert!(e.contains("`mask_type`") && e.contains(Q0), "{e}");
-    assert!(estimate_fisher(&mut model, &spec, &[], &[], Path::new("test")).unwrap_err().to_string().contains("batches"));
+    assert!(estimate_fisher(&mut model, &spec, &[], Path::new("test")).unwrap_err().to_string().contains("batches"));
 }
 
 #[test]

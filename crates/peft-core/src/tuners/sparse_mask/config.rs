@@ -15,6 +15,9 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 
+/// FishMask trains a sparse subset of every weight: here every linear but the head.
+pub const DEFAULT_TARGETS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
 #[derive(Debug, Clone)]
 pub struct SparseMaskConfig {
     pub fields: Fields,
@@ -85,9 +88,8 @@ impl TunerConfig for SparseMaskConfig {
         "SPARSE_MASK"
     }
 
-    /// FishMask trains a sparse subset of every weight: here every linear but the head.
     fn default_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        DEFAULT_TARGETS
     }
 
     fn can_merge(&self) -> bool {

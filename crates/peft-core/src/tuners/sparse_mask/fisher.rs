@@ -3,11 +3,14 @@
 //! (the causal-LM loss of the batch; batches of one example give the paper's per-example
 //! estimate). The targeted weights train only while the batches run: their `requires_grad`
 //! is restored afterwards, and no gradient is left in the store.
+use super::config::DEFAULT_TARGETS;
 use super::FisherScores;
 use crate::error::{Error, Result};
 use crate::model::{loss, Batch, Ctx, Llama, ParamId};
 use crate::tuners::targeting::{self, TargetSpec, Targets};
+use crate::tuners::fields::Fields;
 use candle_core::DType;
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// One batch for the estimate: inputs and next-token labels (-100 ignored), as training takes them.
@@ -16,17 +19,24 @@ pub struct FisherBatch {
     pub labels: Vec<Vec<i64>>,
 }
 
+/// The targeting fields of `estimateFisher`'s options (snake_case, as in the config), and warnings.
+pub fn fisher_targets(value: &Value, source: &Path) -> Result<(TargetSpec, Vec<String>)> {
+    let defaults = json!({"target_modules": null, "exclude_modules": null, "layers_to_transform": null, "layers_pattern": null});
+    let (fields, warnings) = Fields::parse(value, "SPARSE_MASK", "estimateFisher options", defaults, source)?;
+    Ok((fields.target_spec()?, warnings))
+}
+
 /// Fisher scores [out, in] (f32, or f64 for f64 models) of the linears `spec` selects on
-/// the base model alone (attached adapters are not run), by module path. `targets`
-/// defaults to `default_targets` when `spec.target_modules` is None; `source` names the
-/// options in errors.
-pub fn estimate_fisher(model: &mut Llama, spec: &TargetSpec, default_targets: &[&str], batches: &[FisherBatch], source: &Path) -> Result<FisherScores> {
+/// the base model alone (attached adapters are not run), by module path. The targets
+/// default to SPARSE_MASK's (`DEFAULT_TARGETS`) when `spec.target_modules` is None;
+/// `source` names the options in errors.
+pub fn estimate_fisher(model: &mut Llama, spec: &TargetSpec, batches: &[FisherBatch], source: &Path) -> Result<FisherScores> {
     if batches.is_empty() {
         return Err(Error::arg("batches", "at least one batch of inputIds and labels", "none"));
     }
     let mut spec = spec.clone();
     if spec.target_modules.is_none() {
-        spec.target_modules = Some(Targets::List(default_targets.iter().map(|s| s.to_string()).collect()));
+        spec.target_modules = Some(Targets::List(DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()));
     }
     if let Some(t) = targeting::resolve_targets(&spec, model) {
         spec.target_modules = Some(t);

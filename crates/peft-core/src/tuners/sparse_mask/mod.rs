@@ -14,7 +14,7 @@ pub mod fisher;
 pub mod select;
 
 pub use config::SparseMaskConfig;
-pub use fisher::{estimate_fisher, FisherBatch};
+pub use fisher::{estimate_fisher, fisher_targets, FisherBatch};
 pub use select::MaskType;
 
 use crate::error::Result;
