@@ -23,6 +23,8 @@ export declare class NativeAbort {
 export declare class NativeFisherScores {
   /** The module paths scored, sorted. */
   get modules(): Array<string>
+  /** Frees the scores now (adapters already built from them keep only their indices). */
+  dispose(): void
   /** Warnings about the options (unknown fields). */
   get warnings(): Array<string>
   /** The scores [out, in] of one module, or null when it was not scored. */

@@ -41,6 +41,8 @@ test('a Fisher mask keeps the highest scores, trains, and loads back without the
   t.deepEqual(Array.from(idx), topK(await fisher.get(Q0)!.toFloat64Array(), Math.round(0.02 * 4096)))
   const trainable = peft.namedParameters({ trainableOnly: true }).map(([n]) => n)
   t.deepEqual(trainable, [`base_model.model.${Q0}.sparse_delta.default`, 'base_model.model.model.layers.1.self_attn.q_proj.sparse_delta.default'])
+  fisher.dispose() // the adapter keeps only its indices
+  t.throws(() => fisher.modules, { message: /disposed/ })
 
   const { loss } = await peft.forward(batches()[0])
   await loss!.backward()

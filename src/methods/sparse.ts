@@ -65,6 +65,11 @@ export class FisherScores {
     const t = this.native.get(module)
     return t ? new Tensor(t) : undefined
   }
+
+  /** Frees the scores now; adapters built from them keep only their chosen indices. */
+  dispose(): void {
+    this.native.dispose()
+  }
 }
 
 export interface FisherBatch {
@@ -78,7 +83,8 @@ export interface FisherBatch {
  * FishMask's criterion (Sung et al. 2021, eq. 2): the mean over `batches` of the squared
  * gradient of each batch's loss with respect to the targeted base weights (batches of one
  * example give the paper's per-example estimate). Runs the base model alone; its weights are
- * left as they were (frozen, no gradients). Targets default to every linear but the head.
+ * left as they were (frozen, no gradients). Targets default to every linear but the head. The
+ * scores hold one float32 per targeted weight entry: `dispose()` them after injecting.
  */
 export async function estimateFisher(model: LlamaModel | PeftModel, batches: FisherBatch[], opts: SparseTargets = {}): Promise<FisherScores> {
   const base = model instanceof PeftModel ? model.baseModel : model

@@ -8,7 +8,7 @@ use common::*;
 use method_contract::{check, config, error_of, setup};
 use peft_core::io::adapter::save_adapter;
 use peft_core::model::{loss, Batch, Ctx, Llama};
-use peft_core::tuners::sparse_mask::{estimate_fisher, FisherBatch, FisherScores, SparseMaskConfig};
+use peft_core::tuners::sparse_mask::{estimate_fisher, inject_with_fisher, FisherBatch, FisherScores, SparseMaskConfig};
 use peft_core::tuners::{TargetSpec, Targets, Tuners};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -165,9 +165,13 @@ fn fisher_masks_keep_the_highest_scores() {
     // Estimated scores choose a mask that differs from the magnitude one.
     let mut model = load_model();
     let spec = TargetSpec { target_modules: Some(Targets::List(vec!["q_proj".into()])), ..Default::default() };
-    let est = estimate_fisher(&mut model, &spec, &fisher_batches(), Path::new("test")).unwrap();
-    inject(&mut model, parsed(&v).with_fisher(Arc::new(est)));
+    let est = Arc::new(estimate_fisher(&mut model, &spec, &fisher_batches(), Path::new("test")).unwrap());
+    let mut tuners = Tuners::new();
+    inject_with_fisher(&mut tuners, &mut model, "default", parsed(&v), est.clone(), 0).unwrap();
     let fisher_idx = indices_of(&model, Q0);
+    assert_eq!(fisher_idx, top_k_by_sort(&values(&est[Q0]), 82));
+    let kept = tuners.config("default").unwrap().as_any().downcast_ref::<SparseMaskConfig>().unwrap();
+    assert!(kept.fisher.is_none() && Arc::strong_count(&est) == 1, "the adapter does not keep the scores");
     let mut m2 = load_model();
     inject(&mut m2, parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.02, "target_modules": ["q_proj"], "layers_to_transform": [0]})));
     assert_ne!(fisher_idx, indices_of(&m2, Q0));

@@ -1,16 +1,16 @@
 //! Sparse masks on a model handle: the Fisher estimate that chooses a "fisher" mask, and
 //! adding a SPARSE_MASK adapter with those scores. The scores stay native (one tensor per
 //! targeted weight), passed to the adapter by handle.
-use crate::error::{invalid, Result};
+use crate::error::{closed, invalid, Result};
 use crate::job::{FisherJob, StringsJob};
 use crate::model::{with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
 use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::Batch;
-use peft_core::tuners::sparse_mask::{estimate_fisher, fisher_targets, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
+use peft_core::tuners::sparse_mask::{estimate_fisher, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask.
 #[napi(object)]
@@ -25,18 +25,30 @@ pub struct FisherBatchInput {
 /// Empirical Fisher scores by linear module path (from `estimateFisher`).
 #[napi]
 pub struct NativeFisherScores {
-    scores: Arc<FisherScores>,
+    scores: Mutex<Option<Arc<FisherScores>>>,
     warnings: Vec<String>,
+}
+
+impl NativeFisherScores {
+    fn scores(&self) -> Result<Arc<FisherScores>> {
+        self.scores.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| closed("FisherScores"))
+    }
 }
 
 #[napi]
 impl NativeFisherScores {
     /// The module paths scored, sorted.
     #[napi(getter)]
-    pub fn modules(&self) -> Vec<String> {
-        let mut m: Vec<String> = self.scores.keys().cloned().collect();
+    pub fn modules(&self) -> Result<Vec<String>> {
+        let mut m: Vec<String> = self.scores()?.keys().cloned().collect();
         m.sort();
-        m
+        Ok(m)
+    }
+
+    /// Frees the scores now (adapters already built from them keep only their indices).
+    #[napi]
+    pub fn dispose(&self) {
+        self.scores.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Warnings about the options (unknown fields).
@@ -47,8 +59,8 @@ impl NativeFisherScores {
 
     /// The scores [out, in] of one module, or null when it was not scored.
     #[napi]
-    pub fn get(&self, module: String) -> Option<NativeTensor> {
-        self.scores.get(&module).map(|t| NativeTensor::new(t.clone(), None))
+    pub fn get(&self, module: String) -> Result<Option<NativeTensor>> {
+        Ok(self.scores()?.get(&module).map(|t| NativeTensor::new(t.clone(), None)))
     }
 }
 
@@ -83,7 +95,7 @@ impl NativeModel {
                 let source = Path::new("(estimateFisher options)");
                 let (spec, warnings) = fisher_targets(&value, source)?;
                 let scores = estimate_fisher(&mut m.llama, &spec, &batches, source)?;
-                Ok(NativeFisherScores { scores: Arc::new(scores), warnings })
+                Ok(NativeFisherScores { scores: Mutex::new(Some(Arc::new(scores))), warnings })
             })
         }))
     }
@@ -92,7 +104,7 @@ impl NativeModel {
     #[napi(ts_return_type = "Promise<Array<string>>")]
     pub fn add_sparse_mask_adapter(&self, name: String, config_json: String, seed: i64, fisher: &NativeFisherScores) -> Result<AsyncTask<StringsJob>> {
         let shared = self.inner.clone();
-        let scores = fisher.scores.clone();
+        let scores = fisher.scores()?;
         Ok(StringsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let value: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
@@ -100,9 +112,9 @@ impl NativeModel {
                 if config.mask_type != MaskType::Fisher {
                     warnings.push("the Fisher scores are not used: `mask_type` is not \"fisher\"".into());
                 }
-                let mut config: Box<dyn peft_core::tuners::TunerConfig> = Box::new(config.with_fisher(scores));
-                config.set_base_model_name_or_path(Some(m.source.clone()));
-                let report = m.tuners.inject(&mut m.llama, &name, config, seed as u64)?;
+                let mut config = config;
+                peft_core::tuners::TunerConfig::set_base_model_name_or_path(&mut config, Some(m.source.clone()));
+                let report = inject_with_fisher(&mut m.tuners, &mut m.llama, &name, config, scores, seed as u64)?;
                 Ok(warnings.into_iter().chain(report.warnings).collect())
             })
         }))

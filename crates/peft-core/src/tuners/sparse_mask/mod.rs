@@ -17,16 +17,28 @@ pub use config::SparseMaskConfig;
 pub use fisher::{estimate_fisher, fisher_targets, FisherBatch};
 pub use select::MaskType;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::linear::linear;
 use crate::model::llama::{Ctx, Linear};
-use crate::model::{ParamId, ParamStore};
-use crate::tuners::AdapterLayer;
+use crate::model::{Llama, ParamId, ParamStore};
+use crate::tuners::{AdapterLayer, InjectReport, Tuners};
 use candle_core::Tensor;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Fisher scores [out, in] by linear module path.
 pub type FisherScores = HashMap<String, Tensor>;
+
+/// Injects `config` with its mask chosen from `fisher`, then keeps the config without the
+/// scores: they are as large as the targeted weights and only the chosen indices are needed.
+pub fn inject_with_fisher(tuners: &mut Tuners, model: &mut Llama, name: &str, config: SparseMaskConfig, fisher: Arc<FisherScores>, seed: u64) -> Result<InjectReport> {
+    let report = tuners.inject(model, name, Box::new(config.with_fisher(fisher)), seed)?;
+    let stored = tuners.config(name)?.as_any().downcast_ref::<SparseMaskConfig>().cloned();
+    let mut plain = stored.ok_or_else(|| Error::Unsupported(format!("adapter `{name}` is not a SPARSE_MASK adapter")))?;
+    plain.fisher = None;
+    *tuners.config_mut(name)? = Box::new(plain);
+    Ok(report)
+}
 
 #[derive(Debug)]
 pub struct SparseMaskLayer {
