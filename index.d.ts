@@ -19,6 +19,18 @@ export declare class NativeAbort {
   get aborted(): boolean
 }
 
+/** Empirical Fisher scores by linear module path (from `estimateFisher`). */
+export declare class NativeFisherScores {
+  /** The module paths scored, sorted. */
+  get modules(): Array<string>
+  /** Frees the scores now (adapters already built from them keep only their indices). */
+  dispose(): void
+  /** Warnings about the options (unknown fields). */
+  get warnings(): Array<string>
+  /** The scores [out, in] of one module, or null when it was not scored. */
+  get(module: string): NativeTensor | null
+}
+
 export declare class NativeModel {
   generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
@@ -80,6 +92,13 @@ export declare class NativeModel {
   /** PyTorch's `train()` / `eval()`: dropout in adapters applies only in training. */
   setTraining(on: boolean): void
   get training(): boolean
+  /**
+   * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
+   * from the base model's gradients on `batches`.
+   */
+  estimateFisher(optionsJson: string, batches: Array<FisherBatchInput>): Promise<NativeFisherScores>
+  /** `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`. */
+  addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<string>>
 }
 
 /** Turns ids fed one at a time into text, holding back incomplete characters. */
@@ -130,6 +149,15 @@ export interface AdamWArgs {
   eps: number
   weightDecay: number
   step: number
+}
+
+/** One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask. */
+export interface FisherBatchInput {
+  inputIds: Uint32Array
+  batch: number
+  seq: number
+  attentionMask?: Uint8Array
+  labels: Int32Array
 }
 
 export interface GenerateArgs {

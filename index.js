@@ -779,6 +779,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeAbort = nativeBinding.NativeAbort
+module.exports.NativeFisherScores = nativeBinding.NativeFisherScores
 module.exports.NativeModel = nativeBinding.NativeModel
 module.exports.NativeStreamDecoder = nativeBinding.NativeStreamDecoder
 module.exports.NativeTensor = nativeBinding.NativeTensor

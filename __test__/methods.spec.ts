@@ -53,6 +53,7 @@ const ROWS: Row[] = [
   // Prefixes are attended to, not prepended to the logits: no virtual positions.
   { name: 'MAM adapter', config: () => new peftNode.MamAdapterConfig({ numVirtualTokens: 4, bottleneckSize: 8 }), canMerge: false },
   { name: 'UniPELT', config: () => new peftNode.UniPeltConfig({ numVirtualTokens: 4, r: 4, loraAlpha: 4, bottleneckSize: 8 }), canMerge: false, fdParam: /gate_prefix/ },
+  { name: 'SparseMask (magnitude)', config: () => new peftNode.SparseMaskConfig({ density: 0.05, targetModules: qv }), canMerge: true },
 ]
 
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })

@@ -28,5 +28,7 @@ export { LNTuningConfig, BiasTuningConfig, SsfConfig } from './methods/selective
 export { BottleneckAdapterConfig, ParallelAdapterConfig } from './methods/adapters'
 export { MamAdapterConfig, UniPeltConfig } from './methods/hybrid'
 export type { MamAdapterConfigOptions, UniPeltConfigOptions } from './methods/hybrid'
+export { SparseMaskConfig, FisherScores, estimateFisher } from './methods/sparse'
+export type { SparseMaskConfigOptions, MaskType, FisherBatch } from './methods/sparse'
 export * from './data'
 export * from './train'

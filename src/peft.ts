@@ -52,7 +52,8 @@ export class PeftModel {
   /** Adds an adapter; the first one becomes active, later ones wait for `setAdapter`. */
   async addAdapter(name: string, config: PeftConfig, opts: { seed?: number } = {}): Promise<void> {
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
-    this.warnings = await this.native.addAdapter(name, JSON.stringify(config.toJSON()), opts.seed ?? 0)
+    const seed = opts.seed ?? 0
+    this.warnings = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 

@@ -2,6 +2,8 @@
 // disk. Fields not declared by a method pass through unchanged (snake_cased), so any
 // PEFT option can be given; the native core validates them and warns about unknown ones.
 
+import type { NativeModel } from '../native'
+
 export type PeftType = string
 
 /** PEFT's one camelCase field (AdaLoraConfig's `deltaT`) keeps its name on disk. */
@@ -54,6 +56,14 @@ export abstract class PeftConfig {
   /** `adapter_config.json`'s fields as PEFT names them. */
   toJSON(): Record<string, unknown> {
     return { ...snakeKeys(this.options), peft_type: this.peftType }
+  }
+
+  /**
+   * @internal Adds the adapter when the JSON config alone cannot describe it (native handles,
+   * e.g. Fisher scores); undefined: the plain path.
+   */
+  addTo(_native: NativeModel, _name: string, _seed: number): Promise<string[]> | undefined {
+    return undefined
   }
 }
 

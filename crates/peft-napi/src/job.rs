@@ -7,6 +7,7 @@ use napi::{Env, Error, Status, Task};
 use napi_derive::napi;
 
 use crate::model::NativeModel;
+use crate::sparse::NativeFisherScores;
 use crate::tensor::NativeTensor;
 use crate::tokenizer::NativeTokenizer;
 
@@ -68,3 +69,4 @@ job!(TensorsJob, Vec<NativeTensor>, Vec<NativeTensor>, same);
 job!(OptionalTensorJob, Option<NativeTensor>, Option<NativeTensor>, same);
 job!(ModelJob, NativeModel, NativeModel, same);
 job!(TokenizerJob, NativeTokenizer, NativeTokenizer, same);
+job!(FisherJob, NativeFisherScores, NativeFisherScores, same);

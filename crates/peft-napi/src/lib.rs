@@ -9,11 +9,13 @@ mod mixed;
 mod model;
 mod optim;
 mod peft;
+mod sparse;
 mod tensor;
 mod tokenizer;
 
 pub use generate::NativeAbort;
 pub use model::NativeModel;
+pub use sparse::NativeFisherScores;
 pub use tensor::NativeTensor;
 pub use tokenizer::{NativeStreamDecoder, NativeTokenizer};
 

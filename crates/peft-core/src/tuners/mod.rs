@@ -37,6 +37,7 @@ pub mod prefix_tuning;
 pub mod prompt_tuning;
 pub mod routing;
 pub mod select;
+pub mod sparse_mask;
 pub mod ssf;
 pub mod targeting;
 pub mod unipelt;
@@ -273,6 +274,7 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("DYLORA") => boxed(dylora::DyLoraConfig::from_value(value, source)),
         Some("MAM_ADAPTER") => boxed(mam::MamAdapterConfig::from_value(value, source)),
         Some("UNIPELT") => boxed(unipelt::UniPeltConfig::from_value(value, source)),
+        Some("SPARSE_MASK") => boxed(sparse_mask::SparseMaskConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -288,7 +290,7 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
 
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
-    "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT",
+    "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

@@ -1,0 +1,97 @@
+//! Sparse selective fine-tuning with a fixed mask: FishMask (Sung et al. 2021, "Training
+//! Neural Networks with Fixed Sparse Masks", eq. 3) and diff pruning's fixed-mask form (Guo
+//! et al. 2021, "Parameter-Efficient Transfer Learning with Diff Pruning", §3): each
+//! targeted weight trains as W + ΔW where ΔW is zero outside a mask M chosen once before
+//! training (by magnitude, Fisher information or at random, `select.rs`), so only the
+//! masked entries δ = ΔW[M] are trained and stored. Forward: y = x Wᵀ + x ΔWᵀ, with ΔW
+//! built by scattering δ into zeros at the flat indices M (candle's `index_add`, whose
+//! backward gathers the gradient back: ∂L/∂δ = (∂L/∂ΔW)[M]). Merging adds δ at M.
+//! Our own `peft_type` "SPARSE_MASK"; tensors `<linear>.sparse_delta.<adapter>` (trained,
+//! zero-initialised, [k]) and the buffer `<linear>.sparse_indices.<adapter>` (int64 flat
+//! row-major indices, [k]), saved as `<linear>.sparse_delta` / `<linear>.sparse_indices`.
+pub mod config;
+pub mod fisher;
+pub mod select;
+
+pub use config::SparseMaskConfig;
+pub use fisher::{estimate_fisher, fisher_targets, FisherBatch};
+pub use select::MaskType;
+
+use crate::error::{Error, Result};
+use crate::model::linear::linear;
+use crate::model::llama::{Ctx, Linear};
+use crate::model::{Llama, ParamId, ParamStore};
+use crate::tuners::{AdapterLayer, InjectReport, Tuners};
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Fisher scores [out, in] by linear module path.
+pub type FisherScores = HashMap<String, Tensor>;
+
+/// Injects `config` with its mask chosen from `fisher`, then keeps the config without the
+/// scores: they are as large as the targeted weights and only the chosen indices are needed.
+pub fn inject_with_fisher(tuners: &mut Tuners, model: &mut Llama, name: &str, config: SparseMaskConfig, fisher: Arc<FisherScores>, seed: u64) -> Result<InjectReport> {
+    let report = tuners.inject(model, name, Box::new(config.with_fisher(fisher)), seed)?;
+    let stored = tuners.config(name)?.as_any().downcast_ref::<SparseMaskConfig>().cloned();
+    let mut plain = stored.ok_or_else(|| Error::Unsupported(format!("adapter `{name}` is not a SPARSE_MASK adapter")))?;
+    plain.fisher = None;
+    *tuners.config_mut(name)? = Box::new(plain);
+    Ok(report)
+}
+
+#[derive(Debug)]
+pub struct SparseMaskLayer {
+    pub adapter: String,
+    /// int64 [k]: flat indices into the weight [out, in].
+    pub indices: ParamId,
+    /// [k]: the trained values at those indices.
+    pub delta: ParamId,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+impl SparseMaskLayer {
+    /// ΔW [out, in] in δ's dtype: zeros with δ added at the indices.
+    fn dense(&self, delta: &Tensor, indices: &Tensor) -> Result<Tensor> {
+        let zeros = Tensor::zeros(self.out_features * self.in_features, delta.dtype(), delta.device())?;
+        Ok(zeros.index_add(indices, delta, 0)?.reshape((self.out_features, self.in_features))?)
+    }
+
+    /// `weight` with `sign`·δ added at the indices, in the weight's dtype.
+    fn add_to(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
+        let d = (store.get(self.delta).value().to_dtype(weight.dtype())? * sign)?;
+        let idx = store.get(self.indices).value();
+        Ok(weight.flatten_all()?.index_add(idx, &d, 0)?.reshape(weight.shape())?)
+    }
+}
+
+impl AdapterLayer for SparseMaskLayer {
+    fn adapter_name(&self) -> &str {
+        &self.adapter
+    }
+
+    fn params(&self) -> Vec<ParamId> {
+        vec![self.delta]
+    }
+
+    fn buffers(&self) -> Vec<ParamId> {
+        vec![self.indices]
+    }
+
+    fn forward(&self, _base: &Linear, x: &Tensor, result: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let d = ctx.param(self.delta);
+        let dw = self.dense(&d, &ctx.param(self.indices))?;
+        let dt = result.dtype();
+        let extra = linear(&x.to_dtype(d.dtype())?, &dw, None)?;
+        Ok((result.to_dtype(d.dtype())? + extra)?.to_dtype(dt)?)
+    }
+
+    fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
+        self.add_to(weight, store, 1.0)
+    }
+
+    fn unmerge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
+        self.add_to(weight, store, -1.0)
+    }
+}

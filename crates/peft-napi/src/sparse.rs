@@ -1,0 +1,122 @@
+//! Sparse masks on a model handle: the Fisher estimate that chooses a "fisher" mask, and
+//! adding a SPARSE_MASK adapter with those scores. The scores stay native (one tensor per
+//! targeted weight), passed to the adapter by handle.
+use crate::error::{closed, invalid, Result};
+use crate::job::{FisherJob, StringsJob};
+use crate::model::{with_model_mut, NativeModel};
+use crate::tensor::NativeTensor;
+use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
+use napi_derive::napi;
+use peft_core::model::Batch;
+use peft_core::tuners::sparse_mask::{estimate_fisher, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask.
+#[napi(object)]
+pub struct FisherBatchInput {
+    pub input_ids: Uint32Array,
+    pub batch: u32,
+    pub seq: u32,
+    pub attention_mask: Option<Uint8Array>,
+    pub labels: Int32Array,
+}
+
+/// Empirical Fisher scores by linear module path (from `estimateFisher`).
+#[napi]
+pub struct NativeFisherScores {
+    scores: Mutex<Option<Arc<FisherScores>>>,
+    warnings: Vec<String>,
+}
+
+impl NativeFisherScores {
+    fn scores(&self) -> Result<Arc<FisherScores>> {
+        self.scores.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| closed("FisherScores"))
+    }
+}
+
+#[napi]
+impl NativeFisherScores {
+    /// The module paths scored, sorted.
+    #[napi(getter)]
+    pub fn modules(&self) -> Result<Vec<String>> {
+        let mut m: Vec<String> = self.scores()?.keys().cloned().collect();
+        m.sort();
+        Ok(m)
+    }
+
+    /// Frees the scores now (adapters already built from them keep only their indices).
+    #[napi]
+    pub fn dispose(&self) {
+        self.scores.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Warnings about the options (unknown fields).
+    #[napi(getter)]
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    /// The scores [out, in] of one module, or null when it was not scored.
+    #[napi]
+    pub fn get(&self, module: String) -> Result<Option<NativeTensor>> {
+        Ok(self.scores()?.get(&module).map(|t| NativeTensor::new(t.clone(), None)))
+    }
+}
+
+fn rows<T: Copy>(flat: &[T], b: usize, t: usize, name: &str) -> Result<Vec<Vec<T>>> {
+    if flat.len() != b * t || b == 0 || t == 0 {
+        return Err(invalid(name, &format!("{} values for shape [{b}, {t}]", b * t), format!("{} values", flat.len())));
+    }
+    Ok(flat.chunks(t).map(<[T]>::to_vec).collect())
+}
+
+fn to_batch(i: usize, x: &FisherBatchInput) -> Result<FisherBatch> {
+    let (b, t) = (x.batch as usize, x.seq as usize);
+    let mut batch = Batch::new(rows(&x.input_ids, b, t, &format!("batches[{i}].inputIds"))?);
+    if let Some(m) = &x.attention_mask {
+        batch.attention_mask = Some(rows(m, b, t, &format!("batches[{i}].attentionMask"))?);
+    }
+    let labels = rows(&x.labels, b, t, &format!("batches[{i}].labels"))?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect();
+    Ok(FisherBatch { batch, labels })
+}
+
+#[napi]
+impl NativeModel {
+    /// Fisher scores of the linears `options_json` targets (snake_case targeting fields),
+    /// from the base model's gradients on `batches`.
+    #[napi(ts_return_type = "Promise<NativeFisherScores>")]
+    pub fn estimate_fisher(&self, options_json: String, batches: Vec<FisherBatchInput>) -> Result<AsyncTask<FisherJob>> {
+        let batches: Vec<FisherBatch> = batches.iter().enumerate().map(|(i, b)| to_batch(i, b)).collect::<Result<_>>()?;
+        let shared = self.inner.clone();
+        Ok(FisherJob::spawn(move || {
+            with_model_mut(&shared, |m| {
+                let value: serde_json::Value = serde_json::from_str(&options_json).map_err(|e| peft_core::Error::arg("options", "a JSON object", e))?;
+                let source = Path::new("(estimateFisher options)");
+                let (spec, warnings) = fisher_targets(&value, source)?;
+                let scores = estimate_fisher(&mut m.llama, &spec, &batches, source)?;
+                Ok(NativeFisherScores { scores: Mutex::new(Some(Arc::new(scores))), warnings })
+            })
+        }))
+    }
+
+    /// `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`.
+    #[napi(ts_return_type = "Promise<Array<string>>")]
+    pub fn add_sparse_mask_adapter(&self, name: String, config_json: String, seed: i64, fisher: &NativeFisherScores) -> Result<AsyncTask<StringsJob>> {
+        let shared = self.inner.clone();
+        let scores = fisher.scores()?;
+        Ok(StringsJob::spawn(move || {
+            with_model_mut(&shared, |m| {
+                let value: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
+                let (config, mut warnings) = SparseMaskConfig::from_value(&value, Path::new("(config)"))?;
+                if config.mask_type != MaskType::Fisher {
+                    warnings.push("the Fisher scores are not used: `mask_type` is not \"fisher\"".into());
+                }
+                let mut config = config;
+                peft_core::tuners::TunerConfig::set_base_model_name_or_path(&mut config, Some(m.source.clone()));
+                let report = inject_with_fisher(&mut m.tuners, &mut m.llama, &name, config, scores, seed as u64)?;
+                Ok(warnings.into_iter().chain(report.warnings).collect())
+            })
+        }))
+    }
+}

@@ -1,0 +1,107 @@
+// Sparse selective fine-tuning with a fixed mask (FishMask, Sung et al. 2021; diff pruning's
+// fixed-mask form, Guo et al. 2021): each targeted weight trains only at the entries of a mask
+// chosen once, by magnitude, by a Fisher estimate on your data, or at random.
+import { PeftConfig, snakeKeys, type PeftConfigOptions } from './config'
+import { LlamaModel } from '../model'
+import { PeftModel } from '../peft'
+import { Tensor } from '../tensor'
+import { flatIds, flatLabels, flatMask, type IdRows } from '../inputs'
+import type { NativeModel } from '../native'
+import type * as Native from '../../index'
+
+export type MaskType = 'magnitude' | 'fisher' | 'random'
+
+interface SparseTargets {
+  targetModules?: string[] | string
+  excludeModules?: string[] | string
+  layersToTransform?: number[] | number
+}
+
+export interface SparseMaskConfigOptions extends PeftConfigOptions, SparseTargets {
+  /** Fraction of each targeted weight that trains, in (0, 1]: k = max(1, round(density · numel)). */
+  density: number
+  /** How the mask is chosen (default "magnitude"; "fisher" when `fisher` is given). */
+  maskType?: MaskType
+  /** Seeds a "random" mask (default 0): the config alone reproduces it. */
+  maskSeed?: number
+  /** Scores from `estimateFisher` for a "fisher" mask (kept native, not written to the file). */
+  fisher?: FisherScores
+}
+
+/** SPARSE_MASK (ours): trained deltas at fixed flat indices of each targeted linear's weight. */
+export class SparseMaskConfig extends PeftConfig {
+  readonly peftType = 'SPARSE_MASK'
+  readonly fisher?: FisherScores
+
+  constructor(options: SparseMaskConfigOptions) {
+    const { fisher, ...rest } = options ?? ({} as SparseMaskConfigOptions)
+    super(fisher !== undefined && rest.maskType === undefined ? { ...rest, maskType: 'fisher' } : rest)
+    const d = rest.density
+    if (!(typeof d === 'number' && d > 0 && d <= 1)) {
+      throw new Error(`density: expected a number in (0, 1] (the fraction of each targeted weight to train), found ${String(d)}`)
+    }
+    if (fisher !== undefined && !(fisher instanceof FisherScores)) throw new Error('fisher: expected the FisherScores that estimateFisher returned')
+    this.fisher = fisher
+  }
+
+  /** @internal A "fisher" mask needs the native scores, which JSON cannot carry. */
+  override addTo(native: NativeModel, name: string, seed: number): Promise<string[]> | undefined {
+    return this.fisher ? native.addSparseMaskAdapter(name, JSON.stringify(this.toJSON()), seed, this.fisher.native) : undefined
+  }
+}
+
+/** Empirical Fisher scores [out, in] of base weights, by module path (native memory). */
+export class FisherScores {
+  /** @internal */
+  constructor(readonly native: Native.NativeFisherScores) {}
+
+  /** The module paths scored, e.g. `model.layers.0.self_attn.q_proj`. */
+  get modules(): string[] {
+    return this.native.modules
+  }
+
+  /** The scores of one module, or undefined when it was not scored. */
+  get(module: string): Tensor | undefined {
+    const t = this.native.get(module)
+    return t ? new Tensor(t) : undefined
+  }
+
+  /** Frees the scores now; adapters built from them keep only their chosen indices. */
+  dispose(): void {
+    this.native.dispose()
+  }
+}
+
+export interface FisherBatch {
+  inputIds: IdRows
+  attentionMask?: IdRows
+  /** Next-token targets as for training (-100 ignored). */
+  labels: IdRows
+}
+
+/**
+ * FishMask's criterion (Sung et al. 2021, eq. 2): the mean over `batches` of the squared
+ * gradient of each batch's loss with respect to the targeted base weights (batches of one
+ * example give the paper's per-example estimate). Runs the base model alone; its weights are
+ * left as they were (frozen, no gradients). Targets default to every linear but the head. The
+ * scores hold one float32 per targeted weight entry: `dispose()` them after injecting.
+ */
+export async function estimateFisher(model: LlamaModel | PeftModel, batches: FisherBatch[], opts: SparseTargets = {}): Promise<FisherScores> {
+  const base = model instanceof PeftModel ? model.baseModel : model
+  if (!(base instanceof LlamaModel)) throw new Error('model: expected a LlamaModel or a PeftModel')
+  if (!Array.isArray(batches) || batches.length === 0) throw new Error('batches: expected a non-empty array of { inputIds, labels }')
+  const flat = batches.map((b, i) => {
+    const ids = flatIds(`batches[${i}].inputIds`, b.inputIds)
+    if (b.labels === undefined) throw new Error(`batches[${i}].labels: expected next-token labels, found undefined`)
+    return {
+      inputIds: ids.data,
+      batch: ids.batch,
+      seq: ids.seq,
+      attentionMask: b.attentionMask ? flatMask(`batches[${i}].attentionMask`, b.attentionMask, ids.batch, ids.seq) : undefined,
+      labels: flatLabels(`batches[${i}].labels`, b.labels, ids.batch, ids.seq),
+    }
+  })
+  const scores = new FisherScores(await base.native.estimateFisher(JSON.stringify(snakeKeys({ ...opts })), flat))
+  for (const w of scores.native.warnings) process.emitWarning(w, 'PeftWarning')
+  return scores
+}
