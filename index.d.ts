@@ -20,6 +20,15 @@ export declare class NativeAbort {
 }
 
 export declare class NativeModel {
+  /** Adds adapter `name`, the weighted combination of `adapters`; returns warnings. */
+  addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<string>>
+  /**
+   * Sets adapter `name` to LoRAHub's composition A = Σ wᵢAᵢ, B = Σ wᵢBᵢ (added on the
+   * first call); returns warnings.
+   */
+  composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<string>>
+  /** The mean causal-LM loss of a batch in inference mode: no graph, no dropout. */
+  inferenceLoss(ids: Uint32Array, batch: number, seq: number, attentionMask: Uint8Array | undefined | null, labels: Int32Array): Promise<number>
   generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string
@@ -168,3 +177,15 @@ export interface SpecialToken {
 }
 
 export declare function tensorFromF32(values: Float32Array, shape: Array<number>): NativeTensor
+
+/** `add_weighted_adapter`'s keyword arguments (camelCase; defaults as PEFT's). */
+export interface WeightedAdapterOptions {
+  combinationType?: string
+  svdRank?: number
+  svdClamp?: number
+  svdFullMatrices?: boolean
+  density?: number
+  majoritySignMethod?: string
+  /** Seeds DARE's random masks (default 0). */
+  seed?: number
+}

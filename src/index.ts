@@ -26,3 +26,4 @@ export { LNTuningConfig, BiasTuningConfig, SsfConfig } from './methods/selective
 export { BottleneckAdapterConfig, ParallelAdapterConfig } from './methods/adapters'
 export * from './data'
 export * from './train'
+export * from './compose'

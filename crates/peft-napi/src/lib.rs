@@ -1,6 +1,7 @@
 //! Thin Node-API handles over peft-core. No math here: each method converts its
 //! arguments, runs the core off the JS thread, and converts the result or error.
 mod error;
+mod compose;
 mod generate;
 mod job;
 mod model;

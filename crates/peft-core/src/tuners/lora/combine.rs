@@ -47,12 +47,20 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
 }
 
+/// How the sources are combined: everything `add_weighted_adapter` settled beforehand.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recipe {
+    pub combination: Combination,
+    pub new_rank: usize,
+    /// 1 (no pruning) for the types without a density.
+    pub density: f64,
+    pub sign: SignMethod,
+    pub clamp: Option<f64>,
+}
+
 /// The new A [new_rank, in] and B [out, new_rank] of the module at `path`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn combine_module(
-    tuners: &Tuners, store: &ParamStore, path: &str, adapters: &[&str], weights: &[f64], combination: Combination, new_rank: usize,
-    density: f64, sign: SignMethod, clamp: Option<f64>, rng: &mut StdRng,
-) -> Result<(Tensor, Tensor)> {
+pub(crate) fn combine_module(tuners: &Tuners, store: &ParamStore, path: &str, adapters: &[&str], weights: &[f64], recipe: &Recipe, rng: &mut StdRng) -> Result<(Tensor, Tensor)> {
+    let Recipe { combination, new_rank, density, sign, clamp } = *recipe;
     let mut sources = Vec::new();
     let (mut out, mut inp, mut dtype, mut device) = (0, 0, DType::F32, candle_core::Device::Cpu);
     for (name, &weight) in adapters.iter().zip(weights) {

@@ -6,7 +6,7 @@
 //! silently, which hid bugs in its own tests, PEFT PR #3111); `weights` must match
 //! `adapters` in length (PEFT's `zip` drops the extra ones); the adapters must be LoRA
 //! adapters of one base model; DARE's masks come from a seeded `StdRng`, not torch's RNG.
-use super::combine::{combine_module, Combination};
+use super::combine::{combine_module, Combination, Recipe};
 use super::config::{LoraConfig, LoraInit};
 use super::merge_utils::{Merge, SignMethod};
 use crate::error::{Error, Result};
@@ -47,10 +47,7 @@ pub const COMBINATION_TYPES: &[&str] = &[
 
 /// What the checks settle before anything is built.
 pub(crate) struct Plan {
-    pub combination: Combination,
-    pub new_rank: usize,
-    pub density: f64,
-    pub sign: SignMethod,
+    pub recipe: Recipe,
     pub config: LoraConfig,
     pub warnings: Vec<String>,
 }
@@ -88,14 +85,14 @@ impl Tuners {
     /// `add_weighted_adapter`). It is added inactive and frozen. Returns warnings.
     pub fn add_weighted_adapter(&mut self, model: &mut Llama, adapters: &[&str], weights: &[f64], name: &str, opts: &WeightedOptions) -> Result<Vec<String>> {
         let plan = self.plan_weighted(adapters, weights, name, opts)?;
-        let (combination, new_rank, density, sign) = (plan.combination, plan.new_rank, plan.density, plan.sign);
+        let recipe = plan.recipe;
         let mut warnings = plan.warnings;
         let report = self.inject(model, name, Box::new(plan.config), 0)?;
         warnings.extend(report.warnings);
         let mut rng = StdRng::seed_from_u64(opts.seed);
         let mut fill = || -> Result<()> {
             for path in &report.targeted {
-                let (a, b) = combine_module(self, &model.store, path, adapters, weights, combination, new_rank, density, sign, opts.svd_clamp, &mut rng)?;
+                let (a, b) = combine_module(self, &model.store, path, adapters, weights, &recipe, &mut rng)?;
                 let ids = self.params_at(path, name);
                 model.store.get(ids[0]).set(&a)?;
                 model.store.get(ids[1]).set(&b)?;
@@ -202,7 +199,7 @@ impl Tuners {
             config.fields.insert(k.into(), v);
         }
         config.set_target_modules(targets);
-        Ok(Plan { combination, new_rank, density, sign, config, warnings })
+        Ok(Plan { recipe: Recipe { combination, new_rank, density, sign, clamp: opts.svd_clamp }, config, warnings })
     }
 }
 
