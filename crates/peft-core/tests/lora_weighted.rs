@@ -253,3 +253,20 @@ fn combined_adapter_saves_and_loads_like_any_lora() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(saved.contains("\"r\": 4") && saved.contains("\"lora_alpha\": 4"), "{saved}");
 }
+
+/// The combined adapter has scaling 1 even from rsLoRA sources (s = α/√r = 8/2 here):
+/// one adapter with weight 1 gives back the same model.
+#[test]
+fn rslora_sources_give_an_adapter_with_scaling_one() {
+    let (mut model, mut tuners) = two_loras();
+    let rs = lora(json!({"r": 4, "lora_alpha": 8, "use_rslora": true, "target_modules": ["q_proj"], "init_lora_weights": false}));
+    tuners.inject(&mut model, "rs", rs, 5).unwrap();
+    tuners.add_weighted_adapter(&mut model, &["rs"], &[1.0], "copy", &WeightedOptions::default()).unwrap();
+    assert_eq!(tuners.config("copy").unwrap().to_json()["use_rslora"], json!(false));
+    let expected = (factor(&model, Q0, "B", "rs").matmul(&factor(&model, Q0, "A", "rs")).unwrap() * 4.0).unwrap();
+    assert!(max_abs_diff(&delta(&model, &tuners, Q0, "copy"), &expected) < 1e-12);
+    tuners.set_active(&mut model, &["rs"]).unwrap();
+    let original = logits_with(&model, Some(&tuners));
+    tuners.set_active(&mut model, &["copy"]).unwrap();
+    assert!(max_abs_diff(&logits_with(&model, Some(&tuners)), &original) < 1e-10);
+}

@@ -5,7 +5,8 @@
 //! Where we differ from PEFT, on purpose: a name already in use is an error (PEFT returns
 //! silently, which hid bugs in its own tests, PEFT PR #3111); `weights` must match
 //! `adapters` in length (PEFT's `zip` drops the extra ones); the adapters must be LoRA
-//! adapters of one base model; DARE's masks come from a seeded `StdRng`, not torch's RNG.
+//! adapters of one base model; DARE's masks come from a seeded `StdRng`, not torch's RNG;
+//! the result never uses rsLoRA (below).
 use super::combine::{combine_module, Combination, Recipe};
 use super::config::{LoraConfig, LoraInit};
 use super::merge_utils::{Merge, SignMethod};
@@ -190,7 +191,9 @@ impl Tuners {
         config.lora_alpha = new_rank as f64;
         config.rank_pattern.clear();
         config.alpha_pattern.clear();
-        // PEFT 0.21 (PR #3449): the new adapter's scaling must be 1, so no rsLoRA.
+        // The new adapter's scaling must be 1, so no rsLoRA. PEFT 0.21.0 (and 0.21.2) copies
+        // `use_rslora` from the first adapter and so scales the result by √new_rank; PEFT's
+        // main branch fixed that (PR #3449) and we follow the fix.
         config.use_rslora = false;
         // The combined weights overwrite the init; a default init leaves the base untouched
         // (a PiSSA source would otherwise take its principal part out of the base again).
