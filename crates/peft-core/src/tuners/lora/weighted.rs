@@ -143,17 +143,21 @@ impl Tuners {
             return Err(Error::arg("adapter_name", format!("a new adapter name (in use: {})", self.names().join(", ")), format!("\"{name}\"")));
         }
         // A single adapter can only be combined linearly (PEFT).
-        let combination = if adapters.len() == 1 { Combination::Factors(Merge::TaskArithmetic) } else { parse_combination(&opts.combination_type)? };
+        let kind = if adapters.len() == 1 { "linear" } else { opts.combination_type.as_str() };
+        let combination = parse_combination(kind)?;
         let merge = combination.merge();
         let mut warnings = Vec::new();
+        if !matches!(combination, Combination::Svd(_)) && (opts.svd_rank.is_some() || opts.svd_clamp.is_some()) {
+            warnings.push(format!("svd_rank and svd_clamp are ignored by combination_type \"{kind}\""));
+        }
         let density = match (merge.is_some_and(Merge::uses_density), opts.density) {
-            (true, None) => return Err(Error::arg("density", format!("a fraction in (0, 1] for combination_type \"{}\"", opts.combination_type), "none")),
+            (true, None) => return Err(Error::arg("density", format!("a fraction in (0, 1] for combination_type \"{}\"", kind), "none")),
             (true, Some(d)) if !(d > 0.0 && d <= 1.0) => {
-                return Err(Error::arg("density", format!("a fraction in (0, 1] (the share of entries kept by \"{}\")", opts.combination_type), d))
+                return Err(Error::arg("density", format!("a fraction in (0, 1] (the share of entries kept by \"{}\")", kind), d))
             }
             (true, Some(d)) => d,
             (false, Some(_)) => {
-                warnings.push(format!("density is ignored by combination_type \"{}\"", opts.combination_type));
+                warnings.push(format!("density is ignored by combination_type \"{}\"", kind));
                 1.0
             }
             (false, None) => 1.0,
@@ -176,7 +180,7 @@ impl Tuners {
                 if let Some(i) = ranks.iter().position(|r| *r != ranks[0]) {
                     return Err(Error::arg(
                         "adapters",
-                        format!("adapters of one rank for combination_type \"{}\" (`{}` has r = {})", opts.combination_type, adapters[0], ranks[0]),
+                        format!("adapters of one rank for combination_type \"{kind}\" (`{}` has r = {})", adapters[0], ranks[0]),
                         format!("`{}` with r = {} (use \"cat\" or an *_svd type to combine different ranks)", adapters[i], ranks[i]),
                     ));
                 }
