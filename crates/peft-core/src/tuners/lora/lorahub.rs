@@ -37,12 +37,16 @@ impl Tuners {
             warnings = self.inject(model, name, Box::new(config), 0)?.warnings;
         }
         for path in &modules {
+            let missing = |who: &str| Error::Unsupported(format!("adapter `{who}`: no LoRA factors on `{path}`"));
             let target = self.params_at(path, name);
+            if target.len() < 2 {
+                return Err(missing(name));
+            }
             for k in 0..2 {
                 let mut sum: Option<Tensor> = None;
                 for (a, &w) in adapters.iter().zip(weights) {
-                    let ids = self.params_at(path, a);
-                    let v = model.store.get(ids[k]).value();
+                    let id = *self.params_at(path, a).get(k).ok_or_else(|| missing(a))?;
+                    let v = model.store.get(id).value();
                     let target_dims = model.store.get(target[k]).value().dims().to_vec();
                     if v.dims() != target_dims.as_slice() {
                         return Err(Error::arg("adapters", format!("LoRA factors of shape {target_dims:?} on `{path}`"), format!("`{a}` with {:?}", v.dims())));

@@ -94,9 +94,13 @@ impl Tuners {
         let mut fill = || -> Result<()> {
             for path in &report.targeted {
                 let (a, b) = combine_module(self, &model.store, path, adapters, weights, &recipe, &mut rng)?;
-                let ids = self.params_at(path, name);
-                model.store.get(ids[0]).set(&a)?;
-                model.store.get(ids[1]).set(&b)?;
+                match self.params_at(path, name)[..] {
+                    [a_id, b_id, ..] => {
+                        model.store.get(a_id).set(&a)?;
+                        model.store.get(b_id).set(&b)?;
+                    }
+                    _ => return Err(Error::Unsupported(format!("adapter `{name}`: no LoRA layer on `{path}` after injection"))),
+                }
             }
             Ok(())
         };
