@@ -32,3 +32,4 @@ export { SparseMaskConfig, FisherScores, estimateFisher } from './methods/sparse
 export type { SparseMaskConfigOptions, MaskType, FisherBatch } from './methods/sparse'
 export * from './data'
 export * from './train'
+export * from './compose'

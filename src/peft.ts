@@ -2,6 +2,7 @@ import { LlamaModel, type ForwardInput, type ForwardOutput } from './model'
 import { Parameter } from './parameter'
 import type { GenerateOptions } from './generation'
 import { PeftConfig, RawPeftConfig } from './methods/config'
+import { addWeightedAdapter, type WeightedAdapterOptions } from './compose/weighted'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -54,6 +55,15 @@ export class PeftModel {
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
     const seed = opts.seed ?? 0
     this.warnings = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
+    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+  }
+
+  /**
+   * Adds adapter `name`, the combination of the LoRA adapters `adapters` with `weights`
+   * (PEFT's `add_weighted_adapter`; `compose/weighted.ts`). It is added inactive and frozen.
+   */
+  async addWeightedAdapter(adapters: string[], weights: number[], name: string, opts: WeightedAdapterOptions = {}): Promise<void> {
+    this.warnings = await addWeightedAdapter(this.native, adapters, weights, name, opts)
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 

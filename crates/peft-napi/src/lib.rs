@@ -3,6 +3,7 @@
 mod adalora;
 mod dylora;
 mod error;
+mod compose;
 mod generate;
 mod job;
 mod mixed;

@@ -106,7 +106,7 @@ pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -
     }))
 }
 
-fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> Result<Vec<Vec<T>>> {
+pub(crate) fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> Result<Vec<Vec<T>>> {
     if batch * seq != flat.len() || batch == 0 || seq == 0 {
         return Err(invalid(name, &format!("{} values for shape [{batch}, {seq}]", batch * seq), format!("{} values", flat.len())));
     }

@@ -1,0 +1,6 @@
+export { addWeightedAdapter } from './weighted'
+export type { CombinationType, WeightedAdapterOptions } from './weighted'
+export { loraHub, composeLoraHub, examplesLoss } from './lorahub'
+export type { LoraHubExample, LoraHubOptions, LoraHubResult } from './lorahub'
+export { cmaes, eigenSym } from './cmaes'
+export type { CmaEsOptions, CmaEsResult } from './cmaes'
