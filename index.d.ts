@@ -19,7 +19,28 @@ export declare class NativeAbort {
   get aborted(): boolean
 }
 
+/** Empirical Fisher scores by linear module path (from `estimateFisher`). */
+export declare class NativeFisherScores {
+  /** The module paths scored, sorted. */
+  get modules(): Array<string>
+  /** Frees the scores now (adapters already built from them keep only their indices). */
+  dispose(): void
+  /** Warnings about the options (unknown fields). */
+  get warnings(): Array<string>
+  /** The scores [out, in] of one module, or null when it was not scored. */
+  get(module: string): NativeTensor | null
+}
+
 export declare class NativeModel {
+  /**
+   * `update_and_allocate(global_step)` for the active AdaLoRA adapter: call it after the
+   * optimizer step and before the gradients are cleared (it scores parameters by
+   * |weight · gradient|). Resolves to the rank budget applied at this step, or null when
+   * the schedule made no allocation; the allocation is recorded as the config's rank_pattern.
+   */
+  updateAndAllocate(globalStep: number): Promise<number | null>
+  /** Sets the evaluation/generation/merge rank (`eval_rank`) of DyLoRA adapter `name`. */
+  setDyloraRank(name: string, rank: number): void
   /** Adds adapter `name`, the weighted combination of `adapters`; returns warnings. */
   addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<string>>
   /**
@@ -29,14 +50,15 @@ export declare class NativeModel {
   composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<string>>
   /** The mean causal-LM loss of a batch in inference mode: no graph, no dropout. */
   inferenceLoss(ids: Uint32Array, batch: number, seq: number, attentionMask: Uint8Array | undefined | null, labels: Int32Array): Promise<number>
-  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
+  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string
   /**
    * Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
    * `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
+   * `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
    */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null): Promise<Array<NativeTensor>>
+  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<NativeTensor>>
   /**
    * Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
    * Face checkpoint; merge adapters first to include them.
@@ -88,6 +110,13 @@ export declare class NativeModel {
   /** PyTorch's `train()` / `eval()`: dropout in adapters applies only in training. */
   setTraining(on: boolean): void
   get training(): boolean
+  /**
+   * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
+   * from the base model's gradients on `batches`.
+   */
+  estimateFisher(optionsJson: string, batches: Array<FisherBatchInput>): Promise<NativeFisherScores>
+  /** `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`. */
+  addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<string>>
 }
 
 /** Turns ids fed one at a time into text, holding back incomplete characters. */
@@ -138,6 +167,15 @@ export interface AdamWArgs {
   eps: number
   weightDecay: number
   step: number
+}
+
+/** One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask. */
+export interface FisherBatchInput {
+  inputIds: Uint32Array
+  batch: number
+  seq: number
+  attentionMask?: Uint8Array
+  labels: Int32Array
 }
 
 export interface GenerateArgs {
