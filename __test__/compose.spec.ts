@@ -137,4 +137,9 @@ test('LoRAHub finds weights better than the uniform composition, reproducibly, w
   const again = await loraHub(peft, { adapters: ['t1', 't2'], examples: few, maxSteps: 40, seed: 7, adapterName: 'again' })
   t.deepEqual(again.weights, hub.weights)
   t.true(peft.parameters().every((p) => p.grad === null), 'inference forwards only: no gradient anywhere')
+
+  for (const bad of [{ sigma0: 0 }, { sigma0: Number.NaN }, { bound: -1 }, { l1: -0.1 }] as const) {
+    const key = Object.keys(bad)[0]
+    await t.throwsAsync(loraHub(peft, { adapters: ['t1', 't2'], examples: few, ...bad }), { message: new RegExp(`^${key}: expected`) })
+  }
 })

@@ -2,9 +2,9 @@
 // Composition", COLM 2024, arXiv 2307.13269): given LoRA modules trained on other tasks
 // and a few examples of a new task, find weights w without gradients. The composed module
 // is A = Σ wᵢAᵢ, B = Σ wᵢBᵢ (eq. 2; the official `get_final_weights` sums the state
-// dicts), and the search minimises  loss(examples) + α Σ|wᵢ|  (eq. 3, α = 0.05; the
-// official code divides the sum by the number of modules) over wᵢ ∈ [-1.5, 1.5], starting
-// at w = 0 with a budget of 40 evaluations, as the paper's nevergrad setup. The optimiser
+// dicts), and the search minimises  loss(examples) + α Σ|wᵢ|  (eq. 3, α = 0.05, on the
+// sum as the paper writes it; the official code divides it by the number of modules) over
+// wᵢ ∈ [-1.5, 1.5], starting at w = 0 with a budget of 40 evaluations, as the paper's nevergrad setup. The optimiser
 // here is our CMA-ES (`cmaes.ts`); every loss is an inference forward (no graph).
 import type { PeftModel } from '../peft'
 import { collate } from '../data/batches'
@@ -83,6 +83,10 @@ export async function loraHub(peft: PeftModel, o: LoraHubOptions): Promise<LoraH
   const l1 = o.l1 ?? 0.05
   const bound = o.bound ?? 1.5
   const budget = o.maxSteps ?? 40
+  const sigma0 = o.sigma0 ?? 0.5
+  if (!(bound > 0) || !Number.isFinite(bound)) throw new Error(`bound: expected a finite number > 0, found ${String(bound)}`)
+  if (!(sigma0 > 0) || !Number.isFinite(sigma0)) throw new Error(`sigma0: expected a finite number > 0, found ${String(sigma0)}`)
+  if (!(l1 >= 0) || !Number.isFinite(l1)) throw new Error(`l1: expected a finite number >= 0, found ${String(l1)}`)
   if (!Number.isInteger(budget) || budget < 1) throw new Error(`maxSteps: expected a positive integer, found ${String(budget)}`)
   const objective = async (w: number[]) => {
     await composeLoraHub(peft, adapters, w, name)
@@ -92,7 +96,7 @@ export async function loraHub(peft: PeftModel, o: LoraHubOptions): Promise<LoraH
   }
   const found = await cmaes(objective, {
     x0: adapters.map(() => 0),
-    sigma0: o.sigma0 ?? 0.5,
+    sigma0,
     lower: -bound,
     upper: bound,
     budget,

@@ -1,8 +1,9 @@
 import { PeftConfig, positiveInt, probability, type PeftConfigOptions } from './config'
 
 /**
- * DyLoRA (Valipour et al., EACL 2023): LoRA trained at nested ranks. Each training step
- * samples one rank b in [rMin, r] for the whole model and runs W x + (alpha / b) B[:, :b] A[:b, :] x,
+ * DyLoRA (Valipour et al., EACL 2023): LoRA trained at nested ranks. Each training forward
+ * samples one rank b in [rMin, r] for the whole model (from the forward's seed: with gradient
+ * accumulation each micro-batch draws its own, where the paper draws one per step) and runs W x + (alpha / b) B[:, :b] A[:b, :] x,
  * so that after training any rank in [rMin, r] works without retraining. Outside training
  * (evaluation, generation, merging) the adapter runs at `evalRank`; change it afterwards
  * with `peft.setDyLoraRank(rank)`. Files use PEFT's LoRA keys with peft_type "DYLORA" (ours).

@@ -121,3 +121,20 @@ fn dropout_only_in_training_and_seeded() {
     let (model, tuners) = inject(json!({"target_modules": ["q_proj"], "init_lora_weights": false, "use_dora": true}), 1);
     assert_eq!(max_abs_diff(&logits_training(&model, &tuners, Some(3)), &logits_training(&model, &tuners, None)), 0.0);
 }
+
+/// `pissa_niter_N` (a randomized SVD, as PEFT's `svd_lowrank`): the output is unchanged, and
+/// the principal part it takes out is close to the exact one (the rank-4 energy of q_proj).
+#[test]
+fn pissa_niter_is_a_randomized_principal_part() {
+    let energy = |model: &Llama| -> f64 {
+        let (a, b) = (model.store.by_name(A).unwrap().value(), model.store.by_name(B).unwrap().value());
+        b.to_dtype(DType::F64).unwrap().matmul(&a.to_dtype(DType::F64).unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
+    };
+    let base_logits = logits_with(&load_model(), None);
+    let (exact, _) = inject(json!({"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "init_lora_weights": "pissa"}), 0);
+    let (model, tuners) = inject(json!({"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "init_lora_weights": "pissa_niter_4"}), 0);
+    assert!(max_abs_diff(&logits_with(&model, Some(&tuners)), &base_logits) < 1e-4);
+    let (e_exact, e_rand) = (energy(&exact), energy(&model));
+    println!("pissa rank-4 principal part: exact {e_exact:.6}, pissa_niter_4 {e_rand:.6}");
+    assert!(e_rand <= e_exact * (1.0 + 1e-6) && e_rand >= 0.95 * e_exact, "{e_rand} vs {e_exact}");
+}

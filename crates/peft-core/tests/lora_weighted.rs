@@ -270,3 +270,40 @@ fn rslora_sources_give_an_adapter_with_scaling_one() {
     tuners.set_active(&mut model, &["copy"]).unwrap();
     assert!(max_abs_diff(&logits_with(&model, Some(&tuners)), &original) < 1e-10);
 }
+
+/// A combination of a PiSSA adapter is saved with a default init: loading it must not take
+/// the principal part out of the base weights a second time.
+#[test]
+fn a_combined_pissa_adapter_loads_without_touching_the_base() {
+    let (mut model, mut tuners) = two_loras();
+    let pissa = lora(json!({"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "init_lora_weights": "pissa"}));
+    tuners.inject(&mut model, "p", pissa, 3).unwrap();
+    tuners.add_weighted_adapter(&mut model, &["p"], &[1.0], "pmix", &WeightedOptions { combination_type: "linear".into(), ..Default::default() }).unwrap();
+    let dir = std::env::temp_dir().join(format!("peft-weighted-pissa-{}", std::process::id()));
+    peft_core::io::adapter::save_adapter(&tuners, &model, "pmix", &dir).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(saved["init_lora_weights"], json!(true));
+    let base = model.store.by_name(&format!("{Q0}.weight")).unwrap().value().clone();
+    peft_core::io::adapter::load_adapter(&mut tuners, &mut model, &dir, "pmix2", false).unwrap();
+    assert_eq!(max_abs_diff(model.store.by_name(&format!("{Q0}.weight")).unwrap().value(), &base), 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// LoRAHub refuses to recompose a merged composition (unmerging would subtract the new
+/// factors) and, on a refused composition, leaves no adapter behind.
+#[test]
+fn lorahub_refuses_merged_compositions_and_leaves_nothing_on_error() {
+    let (mut model, mut tuners) = two_loras();
+    let c = lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false}));
+    tuners.inject(&mut model, "c", c, 4).unwrap();
+    tuners.compose_lorahub(&mut model, &["a", "c"], &[0.5, 0.5], "hub").unwrap();
+    tuners.merge(&mut model, Some(&["hub"])).unwrap();
+    let err = tuners.compose_lorahub(&mut model, &["a", "c"], &[0.2, 0.8], "hub").unwrap_err().to_string();
+    assert!(err.contains("merged"), "{err}");
+    tuners.unmerge(&mut model).unwrap();
+    let wide = lora(json!({"r": 8, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false}));
+    tuners.inject(&mut model, "wide", wide, 5).unwrap();
+    let err = tuners.compose_lorahub(&mut model, &["a", "wide"], &[0.5, 0.5], "hub2").unwrap_err().to_string();
+    assert!(err.contains("wide"), "{err}");
+    assert!(!tuners.names().iter().any(|n| n == "hub2"), "no half-built adapter: {:?}", tuners.names());
+}

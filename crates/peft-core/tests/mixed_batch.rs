@@ -120,6 +120,24 @@ fn norm_and_sublayer_adapters_route_per_row() {
     println!("mixed batch [ln, __base__, bn, dora] vs rows alone: max |diff| {d:e}");
 }
 
+/// DyLoRA (at its eval rank, 2 of 4) and a sparse mask route per row as well.
+#[test]
+fn dylora_and_sparse_mask_route_per_row() {
+    let mut model = load_model();
+    let mut tuners = Tuners::new();
+    let dylora = json!({ "r": 4, "r_min": 1, "eval_rank": 2, "target_modules": ["q_proj", "v_proj"] });
+    // Only the active adapter is trainable (as in PEFT): each is randomised while active.
+    tuners.inject(&mut model, "dy", config("DYLORA", dylora), 0).unwrap();
+    randomize(&model, 9, false);
+    tuners.inject(&mut model, "sparse", config("SPARSE_MASK", json!({ "density": 0.05 })), 0).unwrap();
+    tuners.set_active(&mut model, &["sparse"]).unwrap();
+    randomize(&model, 10, false);
+    tuners.set_active(&mut model, &["dy"]).unwrap();
+    let batch = four_rows();
+    let d = check_rows(&mut model, &mut tuners, &batch, &["sparse", "dy", "__base__", "dy"]);
+    println!("mixed batch [sparse, dy, __base__, dy] vs rows alone: max |diff| {d:e}");
+}
+
 fn greedy_opts() -> GenerateOptions {
     GenerateOptions { max_new_tokens: 8, sampling: Default::default(), seed: 0, stop_token_ids: vec![] }
 }

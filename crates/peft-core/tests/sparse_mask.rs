@@ -203,6 +203,38 @@ fn the_file_holds_only_the_masked_deltas_and_their_indices() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Indices edited in the file (out of range, repeated, or floats) are refused when loading,
+/// naming the file, and leave no adapter behind.
+#[test]
+fn corrupt_indices_in_a_file_are_refused() {
+    let (model, tuners) = setup(&json!({"peft_type": "SPARSE_MASK", "density": 0.01}), DType::F32);
+    let dir = std::env::temp_dir().join(format!("peft-node-sparse-corrupt-{}", std::process::id()));
+    save_adapter(&tuners, &model, "default", &dir).unwrap();
+    let file = dir.join("adapter_model.safetensors");
+    let saved = peft_core::io::safetensors::load_file(&file, None, &Device::Cpu).unwrap();
+    let key = format!("base_model.model.{Q0}.sparse_indices");
+    let good = saved[&key].to_vec1::<i64>().unwrap();
+    let (out, inp) = model.store.by_name(&format!("{Q0}.weight")).unwrap().value().dims2().unwrap();
+    let mut repeated = good.clone();
+    repeated[1] = repeated[0];
+    let cases: Vec<(&str, Tensor)> = vec![
+        ("out of range", Tensor::from_vec(good.iter().map(|&i| if i == good[0] { (out * inp) as i64 } else { i }).collect::<Vec<_>>(), good.len(), &Device::Cpu).unwrap()),
+        ("repeated", Tensor::from_vec(repeated, good.len(), &Device::Cpu).unwrap()),
+        ("floats", Tensor::from_vec(good.iter().map(|&i| i as f32).collect::<Vec<_>>(), good.len(), &Device::Cpu).unwrap()),
+    ];
+    for (what, bad) in cases {
+        let mut tensors: Vec<(String, Tensor)> = saved.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        tensors.iter_mut().filter(|(k, _)| *k == key).for_each(|(_, v)| *v = bad.clone());
+        peft_core::io::safetensors::save_file(&tensors, None, &file).unwrap();
+        let (mut model2, mut tuners2) = (load_model(), Tuners::new());
+        let err = peft_core::io::adapter::load_adapter(&mut tuners2, &mut model2, &dir, "default", false).unwrap_err().to_string();
+        assert!(err.contains("adapter_model.safetensors"), "{what}: {err}");
+        assert!(err.contains("sparse_indices") || err.contains("dtype") || err.contains("I64") || err.contains("F32"), "{what}: {err}");
+        assert!(tuners2.names().is_empty(), "{what}: nothing left attached");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn bad_configs_name_the_key() {
     for (cfg, key) in [

@@ -3,7 +3,7 @@
 //! targeted weight), passed to the adapter by handle.
 use crate::error::{closed, invalid, Result};
 use crate::job::{FisherJob, StringsJob};
-use crate::model::{with_model_mut, NativeModel};
+use crate::model::{rows, with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
 use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
@@ -62,13 +62,6 @@ impl NativeFisherScores {
     pub fn get(&self, module: String) -> Result<Option<NativeTensor>> {
         Ok(self.scores()?.get(&module).map(|t| NativeTensor::new(t.clone(), None)))
     }
-}
-
-fn rows<T: Copy>(flat: &[T], b: usize, t: usize, name: &str) -> Result<Vec<Vec<T>>> {
-    if flat.len() != b * t || b == 0 || t == 0 {
-        return Err(invalid(name, &format!("{} values for shape [{b}, {t}]", b * t), format!("{} values", flat.len())));
-    }
-    Ok(flat.chunks(t).map(<[T]>::to_vec).collect())
 }
 
 fn to_batch(i: usize, x: &FisherBatchInput) -> Result<FisherBatch> {

@@ -54,7 +54,7 @@ pub fn load_adapter(tuners: &mut Tuners, model: &mut Llama, dir: &Path, name: &s
     }
     let tensors = load_file(&file, None, &model.device)?;
     let mut report = tuners.inject_with(model, name, config, 0, true)?;
-    if let Err(e) = fill(tuners, model, name, tensors, &file) {
+    if let Err(e) = fill(tuners, model, name, tensors, &file).and_then(|()| tuners.check_loaded(model, name, &file)) {
         let _ = tuners.delete_adapter(model, name);
         return Err(e);
     }
@@ -89,7 +89,7 @@ fn fill(tuners: &Tuners, model: &Llama, name: &str, mut tensors: HashMap<String,
                 message: format!("`{key}` has shape {:?}, the model expects {:?} (check r, rank_pattern and the base model)", t.dims(), p.value().dims()),
             });
         }
-        if !t.dtype().is_float() && p.value().dtype().is_float() {
+        if t.dtype().is_float() != p.value().dtype().is_float() {
             return Err(Error::WeightDtype { file: file.into(), name: key.clone(), found: format!("{:?}", t.dtype()) });
         }
         p.set(&t)?;

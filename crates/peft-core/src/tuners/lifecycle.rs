@@ -113,6 +113,11 @@ impl Tuners {
         Ok(InjectReport { targeted: paths, warnings })
     }
 
+    /// Runs every layer's `check_loaded` for adapter `name` after its tensors were loaded from `file`.
+    pub fn check_loaded(&self, model: &Llama, name: &str, file: &std::path::Path) -> Result<()> {
+        self.layers.values().flatten().filter(|l| l.adapter_name() == name).try_for_each(|l| l.check_loaded(&model.store, file))
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.adapters.iter().map(|a| a.name.clone()).collect()
     }

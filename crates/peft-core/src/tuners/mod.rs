@@ -38,6 +38,7 @@ pub mod prompt_tuning;
 pub mod routing;
 pub mod select;
 pub mod sparse_mask;
+pub mod svd_fast;
 pub mod ssf;
 pub mod targeting;
 pub mod unipelt;
@@ -179,6 +180,11 @@ pub trait AdapterLayer: Send + Sync {
     /// Inverse of `merge`.
     fn unmerge(&mut self, _weight: &Tensor, _store: &ParamStore) -> Result<Tensor> {
         Err(Error::Unsupported(format!("adapter `{}`: this method cannot be unmerged", self.adapter_name())))
+    }
+
+    /// Checks the values just loaded from `file` (index buffers in range). Default: nothing to check.
+    fn check_loaded(&self, _store: &ParamStore, _file: &Path) -> Result<()> {
+        Ok(())
     }
 
     /// Called when the adapter is removed without merging: undo any change the layer made

@@ -9,7 +9,7 @@ use crate::tuners::{param_dict_name, Tuners};
 use candle_core::Tensor;
 
 /// `AdaLoraModel.forward`: `outputs.loss += orth_reg_weight * regu_loss` (paper eq. 4) for
-/// every active AdaLoRA adapter (PEFT trains one at a time). Only in training mode
+/// every active, trainable AdaLoRA adapter (PEFT trains one at a time). Only in training mode
 /// (`ctx.training`, PyTorch's `model.train()`), so evaluation losses and perplexities stay
 /// the plain cross-entropy; PEFT adds it to any forward with labels. A weight of 0 adds
 /// nothing (PEFT refuses 0 with a ValueError; here it switches the term off).
@@ -20,7 +20,9 @@ pub fn regularized_loss(loss: Tensor, model: &Llama, tuners: &Tuners, ctx: &Ctx)
     let mut loss = loss;
     for name in tuners.active() {
         let weight = tuners.config(name)?.as_any().downcast_ref::<AdaLoraConfig>().map(|c| c.orth_reg_weight);
-        if weight.is_some_and(|w| w > 0.0) {
+        // PEFT regularises the adapter being trained: a frozen AdaLoRA (loaded for inference) adds nothing.
+        let trainable = || tuners.params(name).is_ok_and(|ids| ids.iter().any(|id| model.store.get(*id).requires_grad));
+        if weight.is_some_and(|w| w > 0.0) && trainable() {
             let reg = orth_regularization(model, tuners, name, ctx)?.to_dtype(loss.dtype())?.reshape(loss.shape())?;
             loss = (loss + reg)?;
         }

@@ -11,10 +11,11 @@ use super::merge_utils::{merge, quantile, Merge, SignMethod};
 use super::weighted::lora_config;
 use crate::error::{Error, Result};
 use crate::model::ParamStore;
-use crate::tuners::linalg::svd;
+use crate::tuners::svd_fast::{low_rank_svd, top_svd, EXACT_LIMIT};
 use crate::tuners::Tuners;
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
+use rand::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Combination {
@@ -86,10 +87,23 @@ pub(crate) fn combine_module(tuners: &Tuners, store: &ParamStore, path: &str, ad
         Combination::Cat => cat(&sources, out, inp, new_rank),
         Combination::Factors(kind) => factors(&sources, kind, path, new_rank, density, sign, rng)?,
         Combination::Svd(kind) => {
-            let deltas = sources.iter().map(|s| delta(s, out, inp)).collect::<Vec<_>>();
-            let weights: Vec<f64> = sources.iter().map(|s| s.weight).collect();
-            let dw = merge(kind, &deltas, &weights, density, sign, rng);
-            truncated_svd(&dw, out, inp, new_rank, clamp, path)?
+            let k = out.min(inp);
+            if new_rank > k {
+                return Err(Error::arg("svd_rank", format!("at most {k} for `{path}` ({out} x {inp})"), new_rank));
+            }
+            let (u, s, vt) = if kind == Merge::TaskArithmetic {
+                // Σ wᵢsᵢBᵢAᵢ is `cat`'s product: its SVD from the factors, never forming ΔW.
+                let total: usize = sources.iter().map(|s| s.r).sum();
+                let (a_cat, b_cat) = cat(&sources, out, inp, total);
+                truncate(low_rank_svd(&b_cat, &a_cat, out, total, inp)?, out, inp, total, new_rank)
+            } else {
+                let deltas = sources.iter().map(|s| delta(s, out, inp)).collect::<Vec<_>>();
+                let weights: Vec<f64> = sources.iter().map(|s| s.weight).collect();
+                let dw = merge(kind, &deltas, &weights, density, sign, rng);
+                let seed = if k > EXACT_LIMIT { rng.random() } else { 0 };
+                top_svd(&dw, out, inp, new_rank, seed)?
+            };
+            svd_factors(u, &s, vt, out, new_rank, clamp)
         }
     };
     let a = Tensor::from_vec(a, (new_rank, inp), &device)?.to_dtype(dtype)?;
@@ -140,22 +154,29 @@ fn factors(sources: &[Source], kind: Merge, path: &str, new_rank: usize, density
     Ok((a, b))
 }
 
-/// ΔW [out, in] → (A = V_rᵀ [r, in], B = U_r S_r [out, r]), clamped to ±quantile(U_r S_r ∪ V_rᵀ, clamp).
+/// The first `r` of `k` singular triplets; past `k` (a product of smaller rank than the
+/// requested svd_rank), zero singular values with zero vectors. torch's full SVD would give
+/// arbitrary orthonormal vectors there: the product B·A is the same, but a `svd_clamp`
+/// quantile may then differ slightly.
+fn truncate((u, s, vt): (Vec<f64>, Vec<f64>, Vec<f64>), out: usize, inp: usize, k: usize, r: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let u = (0..out).flat_map(|o| (0..r).map(|j| if j < k { u[o * k + j] } else { 0.0 }).collect::<Vec<_>>()).collect();
+    let s = (0..r).map(|j| if j < k { s[j] } else { 0.0 }).collect();
+    let mut v = vt[..k.min(r) * inp].to_vec();
+    v.resize(r * inp, 0.0);
+    (u, s, v)
+}
+
+/// (U_r [out, r], S_r, V_rᵀ [r, in]) → (A = V_rᵀ, B = U_r S_r), clamped to ±quantile(B ∪ A, clamp).
 /// Singular vectors are defined up to sign: A and B may differ from torch's in sign (their
 /// product does not), and so may the clamp threshold when a clamp is set.
-fn truncated_svd(dw: &[f64], out: usize, inp: usize, r: usize, clamp: Option<f64>, path: &str) -> Result<(Vec<f64>, Vec<f64>)> {
-    let k = out.min(inp);
-    if r > k {
-        return Err(Error::arg("svd_rank", format!("at most {k} for `{path}` ({out} x {inp})"), r));
-    }
-    let (u, s, vt) = svd(dw, out, inp);
-    let mut b: Vec<f64> = (0..out).flat_map(|o| (0..r).map(|j| u[o * k + j] * s[j]).collect::<Vec<_>>()).collect();
-    let mut a: Vec<f64> = vt[..r * inp].to_vec();
+fn svd_factors(u: Vec<f64>, s: &[f64], vt: Vec<f64>, out: usize, r: usize, clamp: Option<f64>) -> (Vec<f64>, Vec<f64>) {
+    let mut b: Vec<f64> = (0..out * r).map(|i| u[i] * s[i % r]).collect();
+    let mut a = vt;
     if let Some(q) = clamp {
         let all: Vec<f64> = b.iter().chain(&a).copied().collect();
         let hi = quantile(&all, q);
         // torch.clamp(x, -hi, hi): the upper bound wins when -hi > hi.
         b.iter_mut().chain(a.iter_mut()).for_each(|x| *x = x.max(-hi).min(hi));
     }
-    Ok((a, b))
+    (a, b)
 }

@@ -19,7 +19,7 @@ pub enum LoraInit {
     /// normal A with std 1/r, zero B.
     Gaussian,
     /// principal singular vectors of the base weight; the base keeps the residual.
-    /// `pissa_niter_N` (PEFT's randomized SVD) is computed with the exact SVD here.
+    /// `pissa_niter_N`: a randomized SVD with N subspace iterations, as PEFT's.
     Pissa { niter: Option<u32> },
     /// Inits PEFT runs from data or other libraries: only loading trained weights works.
     Other(String),
@@ -168,9 +168,6 @@ impl LoraConfig {
             return Err(rd.err("bias", "\"none\", \"all\" or \"lora_only\""));
         }
         let init = parse_init(&rd)?;
-        if let LoraInit::Pissa { niter: Some(n) } = &init {
-            warnings.push(format!("init_lora_weights \"pissa_niter_{n}\": computed with the exact SVD (PEFT runs a randomized one)"));
-        }
         for (key, init_name) in [("eva_config", "eva"), ("corda_config", "corda"), ("lora_ga_config", "lora_ga")] {
             if !f[key].is_null() && !matches!(&init, LoraInit::Other(s) if s == init_name) {
                 warnings.push(format!("`{key}` is ignored: init_lora_weights is not \"{init_name}\""));

@@ -26,14 +26,22 @@ impl Tuners {
                 return Err(Error::arg("adapters", format!("LoRA modules on the same layers as `{first}` (LoRAHub composes them element-wise)"), format!("`{a}` on other modules")));
             }
         }
+        self.check_lorahub_shapes(model, adapters, &modules)?;
         let mut warnings = Vec::new();
         if self.names().iter().any(|n| n == name) {
             if adapters.contains(&name) || self.modules(name)? != modules.as_slice() {
                 return Err(Error::arg("name", "a new name, or the name of an earlier composition of these adapters", format!("\"{name}\"")));
             }
+            if self.merged.values().any(|m| m.iter().any(|n| n == name)) {
+                // Unmerging later would subtract the new factors, not the merged ones.
+                return Err(Error::Unsupported(format!("adapter `{name}` is merged: unmerge it before composing it again")));
+            }
         } else {
             let mut config = configs[0].clone();
-            config.init = LoraInit::Default; // overwritten below; must not touch the base
+            // Overwritten below; the init must not touch the base, now or when the saved
+            // adapter is loaded again (a PiSSA source would subtract its principal part).
+            config.init = LoraInit::Default;
+            config.fields.insert("init_lora_weights".into(), serde_json::json!(true));
             warnings = self.inject(model, name, Box::new(config), 0)?.warnings;
         }
         for path in &modules {
@@ -46,12 +54,7 @@ impl Tuners {
                 let mut sum: Option<Tensor> = None;
                 for (a, &w) in adapters.iter().zip(weights) {
                     let id = *self.params_at(path, a).get(k).ok_or_else(|| missing(a))?;
-                    let v = model.store.get(id).value();
-                    let target_dims = model.store.get(target[k]).value().dims().to_vec();
-                    if v.dims() != target_dims.as_slice() {
-                        return Err(Error::arg("adapters", format!("LoRA factors of shape {target_dims:?} on `{path}`"), format!("`{a}` with {:?}", v.dims())));
-                    }
-                    let term = (v * w)?;
+                    let term = (model.store.get(id).value() * w)?;
                     sum = Some(match sum {
                         None => term,
                         Some(s) => (s + term)?,
@@ -63,5 +66,27 @@ impl Tuners {
             }
         }
         Ok(warnings)
+    }
+
+    /// Every source has A and B at each module, shaped as the first source's: checked before
+    /// anything is injected, so a refused composition leaves no adapter behind.
+    fn check_lorahub_shapes(&self, model: &Llama, adapters: &[&str], modules: &[String]) -> Result<()> {
+        for path in modules {
+            let dims = |a: &str| -> Result<Vec<Vec<usize>>> {
+                let ids = self.params_at(path, a);
+                if ids.len() < 2 {
+                    return Err(Error::Unsupported(format!("adapter `{a}`: no LoRA factors on `{path}`")));
+                }
+                Ok(ids[..2].iter().map(|id| model.store.get(*id).value().dims().to_vec()).collect())
+            };
+            let first = dims(adapters[0])?;
+            for a in &adapters[1..] {
+                let d = dims(a)?;
+                if d != first {
+                    return Err(Error::arg("adapters", format!("LoRA factors of shapes {first:?} on `{path}` (as `{}`)", adapters[0]), format!("`{a}` with {d:?}")));
+                }
+            }
+        }
+        Ok(())
     }
 }

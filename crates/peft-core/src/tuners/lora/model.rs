@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::{Llama, ParamStore};
 use crate::tuners::init::{kaiming_uniform, normal};
 use crate::tuners::linalg::svd;
+use crate::tuners::svd_fast::randomized_svd;
 use crate::tuners::targeting::Targets;
 use crate::tuners::{param_name, remove_adapter_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig};
 use candle_core::{DType, Tensor};
@@ -72,8 +73,8 @@ impl TunerConfig for LoraConfig {
             LoraInit::Default => (kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?, Tensor::zeros((t.out_features, r), dt, &dev)?),
             LoraInit::Random => (kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?, kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)?),
             LoraInit::Gaussian => (normal(r, t.in_features, 1.0 / r as f64, bc.rng, dt, &dev)?, Tensor::zeros((t.out_features, r), dt, &dev)?),
-            LoraInit::Pissa { .. } => {
-                let (a, b) = pissa(&w, r, scaling, &t.path, dt)?;
+            LoraInit::Pissa { niter } => {
+                let (a, b) = pissa(&w, r, scaling, *niter, &t.path, dt)?;
                 // W ← W − s·BA, from the rounded A and B so that the output is unchanged.
                 let principal = (b.to_dtype(DType::F64)?.matmul(&a.to_dtype(DType::F64)?)? * scaling)?;
                 bc.store.get(t.weight).set(&(w.to_dtype(DType::F64)? - principal)?)?;
@@ -153,15 +154,25 @@ fn targets_json(t: &Targets) -> Value {
 
 /// `pissa_init`: W = V S Uᴴ; A = diag(√(S_r/s)) Uᴴ_r, B = V_r diag(√(S_r/s)), so s·BA is
 /// the rank-r principal part of W. Singular vectors are only defined up to sign, so A and
-/// B may differ from torch's in sign; their product does not.
-fn pissa(w: &Tensor, r: usize, scaling: f64, path: &str, dt: DType) -> Result<(Tensor, Tensor)> {
+/// B may differ from torch's in sign; their product does not. `pissa_niter_N` takes the top
+/// r triplets from a randomized SVD with N subspace iterations (PEFT: torch's `svd_lowrank`,
+/// seeded differently, so its A and B differ slightly from PEFT's); plain "pissa" is exact.
+fn pissa(w: &Tensor, r: usize, scaling: f64, niter: Option<u32>, path: &str, dt: DType) -> Result<(Tensor, Tensor)> {
     let (out, inp) = w.dims2()?;
     if r > out.min(inp) {
         return Err(Error::arg("r", format!("at most {} for PiSSA on `{path}` ({out} x {inp})", out.min(inp)), r));
     }
     let flat = w.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let (u, s, vt) = svd(&flat, out, inp);
-    let k = out.min(inp);
+    let (u, s, vt, k) = match niter {
+        None => {
+            let (u, s, vt) = svd(&flat, out, inp);
+            (u, s, vt, out.min(inp))
+        }
+        Some(n) => {
+            let (u, s, vt) = randomized_svd(&flat, out, inp, r, n as usize, 0)?;
+            (u, s, vt, r)
+        }
+    };
     let root: Vec<f64> = s[..r].iter().map(|x| (x / scaling).sqrt()).collect();
     let mut a = Vec::with_capacity(r * inp);
     for (i, root_i) in root.iter().enumerate() {

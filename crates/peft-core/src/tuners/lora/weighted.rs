@@ -206,7 +206,7 @@ impl Tuners {
         // The combined weights overwrite the init; a default init leaves the base untouched
         // (a PiSSA source would otherwise take its principal part out of the base again).
         config.init = LoraInit::Default;
-        for (k, v) in [("r", json!(new_rank)), ("lora_alpha", json!(new_rank)), ("rank_pattern", json!({})), ("alpha_pattern", json!({})), ("use_rslora", json!(false))] {
+        for (k, v) in [("r", json!(new_rank)), ("lora_alpha", json!(new_rank)), ("rank_pattern", json!({})), ("alpha_pattern", json!({})), ("use_rslora", json!(false)), ("init_lora_weights", json!(true))] {
             config.fields.insert(k.into(), v);
         }
         config.set_target_modules(targets);

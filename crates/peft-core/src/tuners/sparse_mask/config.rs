@@ -115,7 +115,7 @@ impl TunerConfig for SparseMaskConfig {
         };
         let indices = bc.store.add(param_dict_name(&t.path, "sparse_indices", bc.adapter), Tensor::from_vec(idx, k, &dev)?, false)?;
         let delta = bc.store.add(param_dict_name(&t.path, "sparse_delta", bc.adapter), Tensor::zeros(k, bc.dtype, &dev)?, false)?;
-        Ok(Box::new(SparseMaskLayer { adapter: bc.adapter.to_string(), indices, delta, out_features: t.out_features, in_features: t.in_features }))
+        Ok(Box::new(SparseMaskLayer { adapter: bc.adapter.to_string(), path: t.path.clone(), indices, delta, out_features: t.out_features, in_features: t.in_features }))
     }
 }
 

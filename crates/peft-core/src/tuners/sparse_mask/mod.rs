@@ -22,7 +22,8 @@ use crate::model::linear::linear;
 use crate::model::llama::{Ctx, Linear};
 use crate::model::{Llama, ParamId, ParamStore};
 use crate::tuners::{AdapterLayer, InjectReport, Tuners};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
+use std::path::Path;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub fn inject_with_fisher(tuners: &mut Tuners, model: &mut Llama, name: &str, co
 #[derive(Debug)]
 pub struct SparseMaskLayer {
     pub adapter: String,
+    /// The targeted linear's module path (for errors).
+    pub path: String,
     /// int64 [k]: flat indices into the weight [out, in].
     pub indices: ParamId,
     /// [k]: the trained values at those indices.
@@ -85,6 +88,23 @@ impl AdapterLayer for SparseMaskLayer {
         let dt = result.dtype();
         let extra = linear(&x.to_dtype(d.dtype())?, &dw, None)?;
         Ok((result.to_dtype(d.dtype())? + extra)?.to_dtype(dt)?)
+    }
+
+    /// Saved indices must be distinct flat positions inside the weight: index_add would
+    /// otherwise fail mid-forward (CPU) or write out of bounds (a GPU kernel need not check).
+    fn check_loaded(&self, store: &ParamStore, file: &Path) -> Result<()> {
+        let numel = (self.out_features * self.in_features) as i64;
+        let mut idx = store.get(self.indices).value().to_dtype(DType::I64)?.to_vec1::<i64>()?;
+        idx.sort_unstable();
+        let bad = idx.iter().find(|&&i| i < 0 || i >= numel).map(|i| format!("index {i}"))
+            .or_else(|| idx.windows(2).find(|w| w[0] == w[1]).map(|w| format!("index {} twice", w[0])));
+        match bad {
+            None => Ok(()),
+            Some(found) => Err(Error::Adapter {
+                file: file.into(),
+                message: format!("`{}`: sparse_indices must be distinct flat indices in [0, {numel}) of the {} x {} weight; found {found}", self.path, self.out_features, self.in_features),
+            }),
+        }
     }
 
     fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
