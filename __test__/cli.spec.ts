@@ -94,6 +94,10 @@ test('non-LoRA methods by name train 2 steps and save their peft_type; AdaLoRA t
     ['prefix-tuning', 'PREFIX_TUNING', ['--num-virtual-tokens', '4']],
     ['bottleneck', 'BOTTLENECK_ADAPTER', ['--bottleneck-size', '8']],
     ['adalora', 'ADALORA', ['--init-r', '4', '--target-r', '2']],
+    ['sparse', 'SPARSE_MASK', []], // density defaults to 0.01 on the command line
+    ['dylora', 'DYLORA', ['--r', '4']],
+    ['mam', 'MAM_ADAPTER', ['--num-virtual-tokens', '4', '--bottleneck-size', '8']],
+    ['unipelt', 'UNIPELT', ['--num-virtual-tokens', '4', '--bottleneck-size', '8']],
   ]
   for (const [method, peftType, extra] of cases) {
     const out = join(scratch('peft-node-cli-'), method)
@@ -114,6 +118,24 @@ test('non-LoRA methods by name train 2 steps and save their peft_type; AdaLoRA t
   const known = capture()
   await main(['train', ...BASE, '--data', data, '--method', 'oft'], known)
   t.regex(known.errors(), /--method oft: unknown method; known: .*bottleneck, parallel-adapter, ssf, bias, sparse, dylora, mam, unipelt/)
+})
+
+test('help for every command, typos in flags refused, merge of a method that cannot merge names it', async (t) => {
+  const help = capture()
+  t.is(await main(['train', '--help'], help), 0)
+  t.regex(help.text(), /^peft-node <command> \[options\]/m)
+  const data = dataDir()
+  const typo = capture()
+  t.is(await main(['train', ...BASE, '--data', data, '--stpes', '2', '--output', join(scratch('peft-node-cli-'), 'typo')], typo), 1)
+  t.regex(typo.errors(), /--stpes: not a trainer option, and LORA has no such field/)
+  const out = join(scratch('peft-node-cli-'), 'bn')
+  t.is(await main(['train', ...BASE, '--data', data, '--steps', '1', '--output', out, '--method', 'bottleneck', '--bottleneck-size', '4'], capture()), 0)
+  const merge = capture()
+  t.is(await main(['merge', '--model', MODEL_DIR, '--adapter', out, '--output', join(out, 'merged')], merge), 1)
+  t.regex(merge.errors(), /BOTTLENECK_ADAPTER\) cannot be merged/)
+  const demo = capture()
+  t.is(await main(['train', '--method', 'ia3', '--model', join(out, 'missing.gguf'), '--demo'], demo), 1)
+  t.regex(demo.errors(), /The demo model is missing/)
 })
 
 test('info, eval and generate with an adapter', async (t) => {

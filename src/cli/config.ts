@@ -15,7 +15,7 @@ const ALIASES: Record<string, string> = {
 export const TRAIN_KEYS = new Set([
   'model', 'data', 'method', 'steps', 'epochs', 'batchSize', 'learningRate', 'output', 'resume', 'config',
   'gradientAccumulationSteps', 'maxSeqLength', 'warmupSteps', 'lrSchedule', 'maxGradNorm', 'evalEvery', 'evalBatches',
-  'saveEvery', 'saveTotalLimit', 'seed', 'maskPrompt', 'validSplit', 'weightDecay', 'truncation', 'methodConfig', 'train', 'help',
+  'saveEvery', 'saveTotalLimit', 'seed', 'maskPrompt', 'validSplit', 'weightDecay', 'truncation', 'methodConfig', 'train', 'help', 'demo',
 ])
 
 export function readConfigFile(file: string): Record<string, unknown> {

@@ -8,6 +8,7 @@ import { LoraConfig } from '../methods/lora'
 import { capitalsDataset, capitalQuestion, stateCapitals } from '../data/capitals'
 import { loadData } from '../data/dataset'
 import { Trainer } from '../train/trainer'
+import { methodConfig, rejectUnknownFlags } from './methods'
 import type { Io } from './io'
 
 export const SMOLLM2 = join(__dirname, '..', '..', '.cache', 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf')
@@ -16,11 +17,17 @@ export interface DemoOptions {
   model?: string
   output?: string
   epochs?: number
+  /** Stop after this many optimizer steps (default: the epochs' worth). */
+  steps?: number
   batchSize?: number
   learningRate?: number
   r?: number
   targetModules?: string[] | string
   seed?: number
+  /** Another method than the demo's LoRA: a `--method` name and its options, as `train` takes them. */
+  method?: { name: unknown; options: Record<string, unknown> }
+  /** The command-line flags, to refuse method fields that do not exist (typos). */
+  flags?: Record<string, unknown>
 }
 
 export const DEMO_DEFAULTS = { epochs: 4, batchSize: 8, learningRate: 3e-3, r: 16, targetModules: ['q_proj', 'v_proj'] as string[] | string, seed: 0 }
@@ -51,11 +58,15 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
   const right = (a: string, i: number) => a.includes(all[i].capital)
   io.out(`before training: ${before.filter(right).length}/${states.length} right (${secs()})\n`)
 
-  const peft = await getPeftModel(model, new LoraConfig({ r: o.r, loraAlpha: 2 * o.r, loraDropout: 0, targetModules: o.targetModules }))
+  const steps = o.steps ?? Math.ceil(train.length / o.batchSize) * o.epochs
+  const config = o.method ? methodConfig(o.method.name, o.method.options, steps) : new LoraConfig({ r: o.r, loraAlpha: 2 * o.r, loraDropout: 0, targetModules: o.targetModules })
+  const peft = await getPeftModel(model, config, { seed: o.seed })
+  if (o.flags) rejectUnknownFlags(o.flags, peft.warnings, String(config.peftType))
   peft.printTrainableParameters(io.out)
   const data = await loadData({ train: train, valid: heldOut }, peft.tokenizer, { maxSeqLength: 128 })
-  const trainer = new Trainer(peft, { train: data.train, valid: data.valid, output: o.output, epochs: o.epochs, batchSize: o.batchSize, learningRate: o.learningRate, lrSchedule: 'constant', seed: o.seed, maxGradNorm: 1 })
-  io.out(`LoRA r=${o.r} on ${data.train.examples.length} Q&A pairs, ${trainer.totalSteps} steps (batch ${o.batchSize}, lr ${o.learningRate}):`)
+  const trainer = new Trainer(peft, { train: data.train, valid: data.valid, output: o.output, epochs: o.epochs, maxSteps: o.steps, batchSize: o.batchSize, learningRate: o.learningRate, lrSchedule: 'constant', seed: o.seed, maxGradNorm: 1 })
+  const what = o.method ? String(config.peftType) : `LoRA r=${o.r}`
+  io.out(`${what} on ${data.train.examples.length} Q&A pairs, ${trainer.totalSteps} steps (batch ${o.batchSize}, lr ${o.learningRate}):`)
   trainer.on('step', (s) => io.out(`step ${String(s.step).padStart(3)}/${s.totalSteps}  loss ${s.loss.toFixed(4)}  (${(s.elapsedMs / 1000).toFixed(0)} s)`))
   trainer.on('eval', (e) => io.out(`held-out loss ${e.loss.toFixed(4)}  perplexity ${e.perplexity.toFixed(2)}`))
   await trainer.train()

@@ -24,7 +24,7 @@ export const USAGE = `peft-node <command> [options]
 export async function main(argv: string[], io: Io = processIo, signal?: AbortSignal): Promise<number> {
   const { command, flags, positional } = parseArgs(argv)
   try {
-    if (!command || command === 'help' || (flags.help && command !== 'train')) {
+    if (!command || command === 'help' || flags.help) {
       io.out(USAGE)
       return command || flags.help ? 0 : 1
     }

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs'
 import { LoraConfig } from '../methods/lora'
 import { PeftConfig, RawPeftConfig, toSnake } from '../methods/config'
-import { TRAIN_KEYS } from './config'
+import { TRAIN_KEYS, normalise } from './config'
 
 /** Every method the native core supports, by its command-line name. */
 export const METHODS: Record<string, { peftType: string; defaults?: Record<string, unknown> }> = {
@@ -19,7 +19,7 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   'prefix-tuning': { peftType: 'PREFIX_TUNING', defaults: { numVirtualTokens: 20 } },
   'p-tuning': { peftType: 'P_TUNING', defaults: { numVirtualTokens: 20 } },
   bottleneck: { peftType: 'BOTTLENECK_ADAPTER' }, 'parallel-adapter': { peftType: 'PARALLEL_ADAPTER' }, ssf: { peftType: 'SSF' },
-  bias: { peftType: 'BIAS_TUNING' }, sparse: { peftType: 'SPARSE_MASK' }, dylora: { peftType: 'DYLORA' }, mam: { peftType: 'MAM_ADAPTER' },
+  bias: { peftType: 'BIAS_TUNING' }, sparse: { peftType: 'SPARSE_MASK', defaults: { density: 0.01 } }, dylora: { peftType: 'DYLORA' }, mam: { peftType: 'MAM_ADAPTER' },
   unipelt: { peftType: 'UNIPELT' },
 }
 
@@ -57,4 +57,18 @@ export function methodConfig(method: unknown, options: Record<string, unknown>, 
   }
   const snake = Object.fromEntries(Object.entries(o).map(([k, v]) => [toSnake(k), v]))
   return new RawPeftConfig({ task_type: 'CAUSAL_LM', ...snake, peft_type: known.peftType })
+}
+
+/**
+ * Method fields given as command-line flags that the method does not have (the adapter's
+ * "unknown … field" warnings): on the command line that is a typo (`--stpes 3`), so an error;
+ * in a `--method-config` file such fields are kept with a warning, as PEFT does.
+ */
+export function rejectUnknownFlags(flags: Record<string, unknown>, warnings: string[], peftType: string): void {
+  const given = new Set(Object.keys(normalise(flags)).filter((k) => !TRAIN_KEYS.has(k) && k !== 'demo').map(toSnake))
+  const unknown = warnings.map((w) => /^unknown \w+ field `([^`]+)`/.exec(w)?.[1]).filter((k): k is string => k !== undefined && given.has(k))
+  if (unknown.length > 0) {
+    const flagsList = unknown.map((k) => `--${k.replace(/_/g, '-')}`).join(', ')
+    throw new Error(`${flagsList}: not a trainer option, and ${peftType} has no such field (run \`peft-node help\` for the trainer options)`)
+  }
 }

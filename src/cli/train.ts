@@ -8,7 +8,7 @@ import { loadData } from '../data/dataset'
 import { Trainer } from '../train/trainer'
 import { readTrainerState, resolveCheckpoint } from '../train/checkpoint'
 import { trainOptions } from './config'
-import { methodConfig, methodOptions } from './methods'
+import { methodConfig, methodOptions, rejectUnknownFlags } from './methods'
 import { attachProgress, duration } from './progress'
 import { required } from './load'
 import { runDemo } from './demo'
@@ -17,9 +17,15 @@ import type { Io } from './io'
 const num = (v: unknown) => (v === undefined ? undefined : Number(v))
 
 export async function trainCommand(flags: Record<string, unknown>, io: Io, signal?: AbortSignal): Promise<void> {
-  if (Object.keys(flags).length === 0) return runDemo({ output: 'adapters/capitals' }, io)
-  if (flags.demo) return runDemo({ output: (flags.output as string) ?? 'adapters/capitals', model: flags.model as string | undefined }, io)
   const o = trainOptions(flags)
+  // No data: the demo (SmolLM2 and the US capitals), with any method and trainer options given.
+  if (flags.demo || (o.model === undefined && o.data === undefined && o.resume === undefined)) {
+    const method = o.method === undefined && Object.keys(methodOptions(o)).length === 0 ? undefined : { name: o.method, options: methodOptions(o) }
+    return runDemo({
+      output: typeof o.output === 'string' ? o.output : 'adapters/capitals', model: o.model as string | undefined, method,
+      epochs: num(o.epochs), steps: num(o.steps), batchSize: num(o.batchSize), learningRate: num(o.learningRate), seed: num(o.seed), flags,
+    }, io)
+  }
   const modelPath = required(o, 'model', 'a Hugging Face checkpoint folder or a .gguf file')
   const dataPath = required(o, 'data', 'a JSONL file, or a folder with train.jsonl and valid.jsonl')
   const output = typeof o.output === 'string' ? o.output : 'adapters'
@@ -31,6 +37,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   const t0 = Date.now()
   const model = await LlamaModel.fromPretrained(modelPath)
   const peft = await getPeftModel(model, config, { seed: num(o.seed) })
+  rejectUnknownFlags(flags, peft.warnings, String(config.peftType))
   peft.printTrainableParameters(io.out)
   const data = await loadData(dataPath, peft.tokenizer, { maxSeqLength: num(o.maxSeqLength), maskPrompt: o.maskPrompt as boolean | undefined, truncation: o.truncation as boolean | undefined, validSplit: num(o.validSplit), seed: num(o.seed) })
   for (const w of data.warnings.slice(0, 10)) io.err(`warning: ${w}`)

@@ -224,3 +224,30 @@ fn every_parameter_trains_from_the_default_init() {
         println!("{}: {n} trainable tensors, all with finite non-zero gradients", v["peft_type"]);
     }
 }
+
+/// Saturated gates (|z| far past f32's e^88) keep every gradient finite: real models'
+/// hidden states reach such gate inputs at init (SmolLM2 did, with 1/(1 + e^(−z))).
+#[test]
+fn saturated_gates_keep_gradients_finite() {
+    let (mut model, tuners) = setup(&unipelt(), DType::F32);
+    for id in tuners.params("default").unwrap() {
+        let p = model.store.get(id);
+        if p.name.contains("gate_") && p.name.ends_with(".bias") {
+            let z = if p.name.contains("gate_lora") { 300.0 } else { -300.0 };
+            p.set(&Tensor::full(z as f32, p.value().dims(), p.value().device()).unwrap()).unwrap();
+        }
+    }
+    model.store.zero_grad();
+    let loss = loss_with(&mut model, Some(&tuners), true);
+    assert!(loss.is_finite());
+    let mut checked = 0;
+    for id in tuners.params("default").unwrap() {
+        let p = model.store.get(id);
+        if let Some(g) = &p.grad {
+            let v = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(v.iter().all(|x| x.is_finite()), "{}: non-finite gradient", p.name);
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "{checked} gradients checked");
+}

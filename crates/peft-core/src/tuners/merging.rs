@@ -14,8 +14,10 @@ impl Tuners {
     pub fn merge(&mut self, model: &mut Llama, names: Option<&[&str]>) -> Result<()> {
         let names: Vec<String> = names.map_or_else(|| self.active.clone(), |n| n.iter().map(|s| s.to_string()).collect());
         for n in &names {
-            if !self.adapter(n)?.config.can_merge() {
-                return Err(Error::Unsupported(format!("adapter `{n}`: its method cannot be merged")));
+            let config = &self.adapter(n)?.config;
+            if !config.can_merge() {
+                let what = format!("adapter `{n}`: its method ({}) cannot be merged into the base weights; save the adapter instead", config.peft_type());
+                return Err(Error::Unsupported(what));
             }
         }
         for n in &names {

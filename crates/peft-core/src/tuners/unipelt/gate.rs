@@ -28,11 +28,13 @@ impl Gate {
         Ok(Gate { weight, bias })
     }
 
-    /// [.., 1] in the gate's dtype. σ(z) = 1 / (1 + e^(−z)) from differentiable ops.
+    /// [.., 1] in the gate's dtype: σ(z) = (1 + tanh(z/2)) / 2 from differentiable ops. Not
+    /// 1 / (1 + e^(−z)): past |z| ≈ 88 in f32, e^(−z) overflows and its backward is 0 · ∞ = NaN
+    /// (real models' hidden states reach such z; SmolLM2's do at init).
     pub fn eval(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (w, b) = (ctx.param(self.weight), ctx.param(self.bias));
         let z = linear(&x.to_dtype(w.dtype())?, &w, Some(&b))?;
-        Ok((z.neg()?.exp()? + 1.0)?.recip()?)
+        Ok((((z * 0.5)?.tanh()? + 1.0)? * 0.5)?)
     }
 
     pub fn params(&self) -> [ParamId; 2] {
