@@ -667,6 +667,59 @@ fn lora_add_matches_composite() {
     });
 }
 
+/// k distinct flat positions of an out × in weight, in a shuffled order (the op sorts them).
+fn sparse_indices(rng: &mut Rng, out: usize, inp: usize, k: usize) -> Tensor {
+    let mut chosen: Vec<i64> = Vec::new();
+    while chosen.len() < k {
+        let f = rng.below(out * inp) as i64;
+        if !chosen.contains(&f) {
+            chosen.push(f);
+        }
+    }
+    Tensor::new(chosen, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn sparse_add_matches_composite() {
+    check_all("sparse_add", |rng, dt| {
+        let (out, inp) = (12, 40);
+        let idx = sparse_indices(rng, out, inp, 12); // density 2.5%: the fused op
+        let op = move |fused: bool, xs: &[Tensor]| {
+            if fused {
+                ops::sparse_add(&xs[0], &xs[1], &xs[2], &idx)
+            } else {
+                composite::sparse_add(&xs[0], &xs[1], &xs[2], &idx, (out, inp))
+            }
+        };
+        let op2 = op.clone();
+        vec![
+            case("sparse 2d", vec![rng.tensor(&[5, out], 1.0, dt), rng.tensor(&[5, inp], 1.0, dt), rng.tensor(&[12], 1.0, dt)], move |f, xs| op(f, xs)),
+            // A transposed x: the op reads it contiguously.
+            case("sparse 3d strided", vec![rng.tensor(&[2, 3, out], 1.0, dt), rng.tensor(&[2, inp, 3], 1.0, dt), rng.tensor(&[12], 1.0, dt)], move |f, xs| {
+                op2(f, &[xs[0].clone(), xs[1].transpose(1, 2)?, xs[2].clone()])
+            }),
+        ]
+    });
+}
+
+/// The fused op is what runs at low density (one node), the composite above 3%; a bad index
+/// is an error, not a panic.
+#[test]
+fn sparse_add_is_fused_below_the_density_limit() {
+    let mut rng = Rng(12);
+    let (r, x) = (Var::from_tensor(&rng.tensor(&[3, 12], 1.0, DType::F32)).unwrap(), Var::from_tensor(&rng.tensor(&[3, 40], 1.0, DType::F32)).unwrap());
+    let d = Var::from_tensor(&rng.tensor(&[12], 1.0, DType::F32)).unwrap();
+    let idx = sparse_indices(&mut rng, 12, 40, 12);
+    let y = ops::sparse_add(r.as_tensor(), x.as_tensor(), d.as_tensor(), &idx).unwrap();
+    assert_eq!(y.sorted_nodes().len(), 4, "result, x, delta and the op");
+    let dense = Var::from_tensor(&rng.tensor(&[100], 1.0, DType::F32)).unwrap();
+    let many = sparse_indices(&mut rng, 12, 40, 100); // 21%
+    assert!(ops::sparse_add(r.as_tensor(), x.as_tensor(), dense.as_tensor(), &many).unwrap().sorted_nodes().len() > 4);
+    let bad = Tensor::new(&[0i64, 480][..], &Device::Cpu).unwrap();
+    let two = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+    assert!(ops::sparse_add(r.as_tensor(), x.as_tensor(), &two, &bad).unwrap_err().to_string().contains("480"));
+}
+
 /// With a frozen result (the base output of layer 0, whose input does not track), only
 /// u and B get gradients, as with the composite.
 #[test]

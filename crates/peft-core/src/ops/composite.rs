@@ -41,6 +41,13 @@ pub fn lora_add(result: &Tensor, u: &Tensor, b: &Tensor, scaling: f64) -> Result
     result + (u.broadcast_matmul(&b.t()?)? * scaling)?
 }
 
+/// A sparse mask's update: `result + x ΔWᵀ` with ΔW [out, in] zero but `delta` at the flat
+/// `indices` (i64). candle's `index_add` has a backward that gathers δ's gradient.
+pub fn sparse_add(result: &Tensor, x: &Tensor, delta: &Tensor, indices: &Tensor, (out, inp): (usize, usize)) -> Result<Tensor> {
+    let dense = Tensor::zeros(out * inp, delta.dtype(), delta.device())?.index_add(indices, delta, 0)?.reshape((out, inp))?;
+    result + x.broadcast_matmul(&dense.t()?)?
+}
+
 /// SwiGLU's gate: silu(gate) * up.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up

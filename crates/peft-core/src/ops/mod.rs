@@ -14,6 +14,7 @@ mod rms_norm;
 mod rope;
 mod silu_mul;
 mod softmax;
+mod sparse;
 
 pub use attention::scaled_masked_softmax;
 pub use cross_entropy::cross_entropy_sum;
@@ -22,3 +23,4 @@ pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use silu_mul::silu_mul;
 pub use softmax::softmax_last_dim;
+pub use sparse::{sparse_add, SPARSE_OP_MAX_DENSITY};

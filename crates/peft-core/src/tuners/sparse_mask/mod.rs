@@ -3,9 +3,10 @@
 //! et al. 2021, "Parameter-Efficient Transfer Learning with Diff Pruning", §3): each
 //! targeted weight trains as W + ΔW where ΔW is zero outside a mask M chosen once before
 //! training (by magnitude, Fisher information or at random, `select.rs`), so only the
-//! masked entries δ = ΔW[M] are trained and stored. Forward: y = x Wᵀ + x ΔWᵀ, with ΔW
-//! built by scattering δ into zeros at the flat indices M (candle's `index_add`, whose
-//! backward gathers the gradient back: ∂L/∂δ = (∂L/∂ΔW)[M]). Merging adds δ at M.
+//! masked entries δ = ΔW[M] are trained and stored. Forward: y = x Wᵀ + x ΔWᵀ, by
+//! `ops::sparse_add` (below 3% density it loops over the k entries and never forms ΔW;
+//! above, ΔW is built with candle's `index_add`, whose backward gathers ∂L/∂δ = (∂L/∂ΔW)[M]).
+//! Merging adds δ at M.
 //! Our own `peft_type` "SPARSE_MASK"; tensors `<linear>.sparse_delta.<adapter>` (trained,
 //! zero-initialised, [k]) and the buffer `<linear>.sparse_indices.<adapter>` (int64 flat
 //! row-major indices, [k]), saved as `<linear>.sparse_delta` / `<linear>.sparse_indices`.
@@ -18,9 +19,9 @@ pub use fisher::{estimate_fisher, fisher_targets, FisherBatch};
 pub use select::MaskType;
 
 use crate::error::{Error, Result};
-use crate::model::linear::linear;
 use crate::model::llama::{Ctx, Linear};
 use crate::model::{Llama, ParamId, ParamStore};
+use crate::ops;
 use crate::tuners::{AdapterLayer, InjectReport, Tuners};
 use candle_core::{DType, Tensor};
 use std::path::Path;
@@ -55,12 +56,6 @@ pub struct SparseMaskLayer {
 }
 
 impl SparseMaskLayer {
-    /// ΔW [out, in] in δ's dtype: zeros with δ added at the indices.
-    fn dense(&self, delta: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        let zeros = Tensor::zeros(self.out_features * self.in_features, delta.dtype(), delta.device())?;
-        Ok(zeros.index_add(indices, delta, 0)?.reshape((self.out_features, self.in_features))?)
-    }
-
     /// `weight` with `sign`·δ added at the indices, in the weight's dtype.
     fn add_to(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
         let d = (store.get(self.delta).value().to_dtype(weight.dtype())? * sign)?;
@@ -84,10 +79,9 @@ impl AdapterLayer for SparseMaskLayer {
 
     fn forward(&self, _base: &Linear, x: &Tensor, result: Tensor, ctx: &Ctx) -> Result<Tensor> {
         let d = ctx.param(self.delta);
-        let dw = self.dense(&d, &ctx.param(self.indices))?;
         let dt = result.dtype();
-        let extra = linear(&x.to_dtype(d.dtype())?, &dw, None)?;
-        Ok((result.to_dtype(d.dtype())? + extra)?.to_dtype(dt)?)
+        let y = ops::sparse_add(&result.to_dtype(d.dtype())?, &x.to_dtype(d.dtype())?, &d, &ctx.param(self.indices))?;
+        Ok(y.to_dtype(dt)?)
     }
 
     /// Saved indices must be distinct flat positions inside the weight: index_add would
