@@ -62,8 +62,9 @@ export declare class NativeModel {
   /**
    * Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
    * Face checkpoint; merge adapters first to include them.
+   * `dtype` (default: the model's) converts the weights as they are written.
    */
-  savePretrained(dir: string): Promise<void>
+  savePretrained(dir: string, dtype?: string | undefined | null): Promise<void>
   /** The tokenizer that came with the checkpoint, if any. */
   tokenizer(): NativeTokenizer | null
   parameters(): Array<ParamInfo>

@@ -1,6 +1,6 @@
 // getPeftModel / PeftModel from TypeScript: names, counts, lifecycle, merged checkpoints, bad input.
 import test from 'ava'
-import { mkdtempSync, writeFileSync, readFileSync, copyFileSync } from 'node:fs'
+import { mkdtempSync, writeFileSync, readFileSync, copyFileSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { AdamW, LlamaModel, LoraConfig, PeftModel, getPeftModel } from '../src'
@@ -62,6 +62,18 @@ test('training lowers the loss; save, load and merge agree; the merged checkpoin
   const again = await LlamaModel.fromPretrained(out)
   t.deepEqual(await (await again.forward(ids)).logits.toFloat32Array(), m)
   t.deepEqual(again.tokenizer!.encode('Free software'), merged.tokenizer!.encode('Free software'))
+  // Saved in bfloat16: half the weights' bytes, config says so, and it loads back (as float32)
+  // with logits within bf16 rounding of the float32 checkpoint's.
+  const half = scratch()
+  await merged.savePretrained(half, { dtype: 'bfloat16' })
+  const size = (d: string) => statSync(join(d, 'model.safetensors')).size
+  t.true(size(half) < 0.55 * size(out), `${size(half)} vs ${size(out)} bytes`)
+  t.is(JSON.parse(readFileSync(join(half, 'config.json'), 'utf8')).torch_dtype, 'bfloat16')
+  const h = await (await (await LlamaModel.fromPretrained(half)).forward(ids)).logits.toFloat32Array()
+  const worst = h.reduce((w, x, i) => Math.max(w, Math.abs(x - m[i])), 0)
+  t.log(`bf16 checkpoint: max |logit - f32| = ${worst.toExponential(2)}`)
+  t.true(worst > 0 && worst < 0.05)
+  await t.throwsAsync(merged.savePretrained(scratch(), { dtype: 'int8' as never }), { message: /dtype/ })
   peft.dispose()
 })
 

@@ -162,10 +162,12 @@ export class LlamaModel {
   /**
    * Writes a Hugging Face checkpoint (config.json, model.safetensors, tokenizer files) that
    * transformers and `fromPretrained` read. Merge adapters first (`peft.mergeAndUnload()`).
+   * `dtype` converts the weights as they are written (default: the model's, float32 after a
+   * GGUF load; 'bfloat16' halves the file).
    */
-  async savePretrained(dir: string): Promise<void> {
+  async savePretrained(dir: string, opts: { dtype?: DType } = {}): Promise<void> {
     if (typeof dir !== 'string' || dir.length === 0) throw new Error(`dir: expected a folder path, found ${String(dir)}`)
-    await this.inner.savePretrained(dir)
+    await this.inner.savePretrained(dir, opts.dtype)
   }
 
   /** Frees the native weights now. Any later call on this model throws. */

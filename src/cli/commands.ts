@@ -9,6 +9,7 @@ import { trainOptions } from './config'
 import { methodConfig, methodOptions } from './methods'
 import { loadModel, required } from './load'
 import type { Io } from './io'
+import type { DType } from '../tensor'
 
 const num = (v: unknown, d: number) => (v === undefined ? d : Number(v))
 
@@ -106,7 +107,8 @@ export async function mergeCommand(flags: Record<string, unknown>, io: Io): Prom
   const model = await loadModel({ ...flags, adapter })
   if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
   const merged = model.mergeAndUnload()
-  await merged.savePretrained(output)
-  io.out(`merged ${adapter} into ${String(flags.model)}: wrote ${output} (config.json, model.safetensors, tokenizer files)`)
+  const dtype = flags.dtype === undefined ? undefined : (String(flags.dtype) as DType)
+  await merged.savePretrained(output, { dtype })
+  io.out(`merged ${adapter} into ${String(flags.model)}: wrote ${output} (config.json, model.safetensors${dtype ? ` in ${dtype}` : ''}, tokenizer files)`)
   merged.dispose()
 }

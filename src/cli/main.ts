@@ -19,7 +19,7 @@ export const USAGE = `peft-node <command> [options]
   chat      --model M [--adapter DIR] [--system "..."]      interactive; /reset, /exit
   eval      --model M [--adapter DIR] --data D               loss and perplexity
   info      --model M [--adapter DIR | --method ... ]        trainable parameters, targeted modules
-  merge     --model M --adapter DIR --output DIR             (a Hugging Face checkpoint)`
+  merge     --model M --adapter DIR --output DIR [--dtype bfloat16]   (a Hugging Face checkpoint)`
 
 export async function main(argv: string[], io: Io = processIo, signal?: AbortSignal): Promise<number> {
   const { command, flags, positional } = parseArgs(argv)

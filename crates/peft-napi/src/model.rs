@@ -172,13 +172,15 @@ impl NativeModel {
 
     /// Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
     /// Face checkpoint; merge adapters first to include them.
+    /// `dtype` (default: the model's) converts the weights as they are written.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn save_pretrained(&self, dir: String) -> Result<AsyncTask<crate::job::UnitJob>> {
+    pub fn save_pretrained(&self, dir: String, dtype: Option<String>) -> Result<AsyncTask<crate::job::UnitJob>> {
         let shared = self.inner.clone();
+        let dtype = dtype.as_deref().map(|d| parse_dtype(Some(d))).transpose()?;
         Ok(crate::job::UnitJob::spawn(move || {
             with_model(&shared, |m| {
                 let dir = std::path::Path::new(&dir);
-                m.llama.save_pretrained(dir)?;
+                m.llama.save_pretrained_as(dir, dtype)?;
                 m.tokenizer.as_ref().map(|t| t.save_pretrained(dir)).transpose().map(|_| ())
             })
         }))

@@ -7,8 +7,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 impl Llama {
-    /// Base weights only (adapter parameters, named `base_model.…`, are not part of it).
+    /// Base weights only (adapter parameters, named `base_model.…`, are not part of it), in
+    /// the model's dtype.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.save_pretrained_as(dir, None)
+    }
+
+    /// As `save_pretrained`, with the floating-point weights converted to `dtype` (e.g. bf16
+    /// for a model loaded from a quantized GGUF, which trains and merges in f32).
+    pub fn save_pretrained_as(&self, dir: &Path, dtype: Option<candle_core::DType>) -> Result<()> {
+        let dtype = dtype.unwrap_or(self.dtype);
+        if !dtype.is_float() {
+            return Err(Error::arg("dtype", "a floating-point dtype (float32, bfloat16, float16, float64)", format!("{dtype:?}")));
+        }
         if dir.is_file() {
             return Err(Error::arg("dir", "a folder to write the checkpoint in", format!("{} (an existing file)", dir.display())));
         }
@@ -17,12 +28,12 @@ impl Llama {
             .store
             .iter()
             .filter(|(_, p)| !p.name.starts_with("base_model."))
-            .map(|(_, p)| (p.name.clone(), p.value().clone()))
-            .collect();
+            .map(|(_, p)| Ok((p.name.clone(), if p.value().dtype().is_float() { p.value().to_dtype(dtype)? } else { p.value().clone() })))
+            .collect::<Result<_>>()?;
         let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         save_file(&tensors, Some(metadata), &dir.join("model.safetensors"))?;
         let mut config = self.config.to_hf_json();
-        config["torch_dtype"] = crate::io::dtype_name(self.dtype).into();
+        config["torch_dtype"] = crate::io::dtype_name(dtype).into();
         let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Unsupported(e.to_string()))?;
         write_atomic(&dir.join("config.json"), text.as_bytes())
     }
