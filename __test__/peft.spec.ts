@@ -72,7 +72,8 @@ test('training lowers the loss; save, load and merge agree; the merged checkpoin
   const h = await (await (await LlamaModel.fromPretrained(half)).forward(ids)).logits.toFloat32Array()
   const worst = h.reduce((w, x, i) => Math.max(w, Math.abs(x - m[i])), 0)
   t.log(`bf16 checkpoint: max |logit - f32| = ${worst.toExponential(2)}`)
-  t.true(worst > 0 && worst < 0.05)
+  const scale = m.reduce((w, x) => Math.max(w, Math.abs(x)), 0)
+  t.true(worst > 0 && worst < 0.02 * scale, `${worst} vs logits up to ${scale}`) // bf16 keeps 8 bits of mantissa
   await t.throwsAsync(merged.savePretrained(scratch(), { dtype: 'int8' as never }), { message: /dtype/ })
   peft.dispose()
 })
