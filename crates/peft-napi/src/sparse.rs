@@ -1,7 +1,7 @@
 //! Sparse masks on a model handle: the Fisher estimate that chooses a "fisher" mask, and
 //! adding a SPARSE_MASK adapter with those scores. The scores stay native (one tensor per
 //! targeted weight), passed to the adapter by handle.
-use crate::error::{closed, invalid, Result};
+use crate::error::{closed, Result};
 use crate::job::{FisherJob, StringsJob};
 use crate::model::{rows, with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
