@@ -3,6 +3,7 @@
 import test from 'ava'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { spawnSync } from 'node:child_process'
 import { main } from '../src/cli/main'
 import { parseArgs } from '../src/cli/args'
 import { parseYaml } from '../src/cli/yaml'
@@ -161,4 +162,12 @@ test('info, eval and generate with an adapter', async (t) => {
   const again = capture()
   t.is(await main(['generate', '--model', merged, '--prompt', 'Say copy:', '--max-tokens', '5'], again), 0, again.errors())
   t.true(again.text().length > 0, 'the merged checkpoint loads and generates')
+})
+
+test('the bin prints warnings as plain lines before it exits', (t) => {
+  const bin = join(__dirname, '..', 'dist', 'cli', 'main.js')
+  const r = spawnSync(process.execPath, [bin, 'info', '--model', MODEL_DIR, '--method', 'lora', '--frobnicate', '1'], { encoding: 'utf8' })
+  t.is(r.status, 0, r.stderr)
+  t.regex(r.stderr, /^warning: unknown LoraConfig field `frobnicate` \(kept and written back, not used\)$/m)
+  t.notRegex(r.stderr, /\(node:\d+\)|--trace-warnings/)
 })

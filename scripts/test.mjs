@@ -27,6 +27,14 @@ if (!readdirSync('.').some((f) => /^peft-node\..*\.node$/.test(f))) {
     process.exit(1)
   }
 }
+// The CLI specs also run the built bin (dist/): compile the TypeScript so it matches src/.
+if (!process.argv.includes('--rust')) {
+  const ts = await run('npm', ['run', 'build:ts'])
+  if (ts.code !== 0) {
+    console.log('\n0 passed, 1 failed')
+    process.exit(1)
+  }
+}
 
 let passed = 0
 let failed = 0

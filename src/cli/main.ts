@@ -43,6 +43,10 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
 }
 
 if (require.main === module) {
+  // Warnings (unknown config fields, adapter notes) as plain `warning:` lines, without Node's
+  // "(node:PID) PeftWarning" prefix and --trace-warnings hint, which are noise in a CLI.
+  process.removeAllListeners('warning')
+  process.on('warning', (w) => process.stderr.write(`warning: ${w.message}\n`))
   // First Ctrl-C: stop after the current step and save a checkpoint; second: quit now.
   const ac = new AbortController()
   process.on('SIGINT', () => {
@@ -50,5 +54,6 @@ if (require.main === module) {
     process.stderr.write('\nstopping after this step (Ctrl-C again to quit now)...\n')
     ac.abort()
   })
-  main(process.argv.slice(2), processIo, ac.signal).then((code) => process.exit(code))
+  // setImmediate: warnings emitted during the command (on process.nextTick) print before exit.
+  main(process.argv.slice(2), processIo, ac.signal).then((code) => setImmediate(() => process.exit(code)))
 }
