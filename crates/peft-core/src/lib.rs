@@ -8,5 +8,5 @@ pub mod optim;
 pub mod tokenizer;
 pub mod tuners;
 
-pub use config::LlamaConfig;
+pub use config::ModelConfig;
 pub use error::{Error, Result};

@@ -3,18 +3,19 @@
 //! The allocator is in `adalora_allocator.rs`.
 mod common;
 mod methods_common;
+use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;
 use methods_common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
-use peft_core::model::{Ctx, Llama, LoadOptions};
+use peft_core::model::{Ctx, CausalLm, LoadOptions};
 use peft_core::tuners::adalora::{self, orth_regularization, AdaLoraLayer};
 use peft_core::tuners::{AdapterLayer, Tuners};
 use serde_json::{json, Value};
 
-pub fn setup(dtype: DType, targets: Value) -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+pub fn setup(dtype: DType, targets: Value) -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
     let cfg = config("ADALORA", json!({"init_r": 4, "target_r": 2, "lora_alpha": 6, "total_step": 10, "target_modules": targets}));
     tuners.inject(&mut model, "default", cfg, 1).unwrap();
@@ -51,7 +52,7 @@ fn adalora_gradients_merge_and_disable() {
     println!("adalora: merged vs unmerged logits {dm:e}, base after unmerge {db:e}");
 }
 
-fn loss_with_reg(model: &Llama, tuners: &Tuners) -> f64 {
+fn loss_with_reg(model: &CausalLm, tuners: &Tuners) -> f64 {
     let ctx = Ctx::inference(&model.store);
     loss64(model, tuners) + orth_regularization(model, tuners, "default", &ctx).unwrap().to_vec0::<f64>().unwrap()
 }
@@ -88,7 +89,7 @@ fn orthogonal_regulariser_hand_computed() {
             _ => {}
         }
     }
-    let reg = |m: &Llama| orth_regularization(m, &tuners, "default", &Ctx::inference(&m.store)).unwrap().to_vec0::<f64>().unwrap();
+    let reg = |m: &CausalLm| orth_regularization(m, &tuners, "default", &Ctx::inference(&m.store)).unwrap().to_vec0::<f64>().unwrap();
     assert!(reg(&model).abs() < 1e-12);
     for (_, p) in model.store.iter().filter(|(_, p)| p.name.contains("lora_A")) {
         p.set(&(eye(4, 64) * 2.0).unwrap()).unwrap();

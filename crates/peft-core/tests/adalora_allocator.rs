@@ -9,7 +9,7 @@ use common::*;
 use methods_common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
-use peft_core::model::Llama;
+use peft_core::model::CausalLm;
 use peft_core::tuners::adalora::{AdaLoraConfig, RankAllocator};
 use peft_core::tuners::Tuners;
 use serde_json::{json, Value};
@@ -23,7 +23,7 @@ fn name(m: &str, attr: &str) -> String {
 
 /// Every A, E, B value 1; the gradient of rank i is the constant (ε, α, β)[i] on E_i, on
 /// row i of A and on column i of B, so that each importance is I = |1 · grad|.
-fn set(model: &mut Llama, m: &str, grads: [[f64; 3]; 2]) {
+fn set(model: &mut CausalLm, m: &str, grads: [[f64; 3]; 2]) {
     let t = |v: Vec<f64>, dims: &[usize]| Tensor::from_vec(v, dims, &Device::Cpu).unwrap();
     for (attr, k) in [("lora_E", 0), ("lora_A", 1), ("lora_B", 2)] {
         let p = model.store.by_name_mut(&name(m, attr)).unwrap();
@@ -38,7 +38,7 @@ fn set(model: &mut Llama, m: &str, grads: [[f64; 3]; 2]) {
     }
 }
 
-fn e_values(model: &Llama, m: &str) -> Vec<f32> {
+fn e_values(model: &CausalLm, m: &str) -> Vec<f32> {
     flat(model.store.by_name(&name(m, "lora_E")).unwrap().value())
 }
 

@@ -3,9 +3,10 @@
 //! and a kept `RankAllocator` knows when its adapter was replaced.
 mod common;
 mod methods_common;
+use peft_core::tuners::WithTuners;
 use common::*;
 use methods_common::*;
-use peft_core::model::{loss, Ctx, Llama};
+use peft_core::model::{loss, Ctx, CausalLm};
 use peft_core::tuners::adalora::{orth_regularization, regularized_loss, RankAllocator};
 use peft_core::tuners::Tuners;
 use serde_json::json;
@@ -16,10 +17,10 @@ fn adalora(weight: f64) -> Box<dyn peft_core::tuners::TunerConfig> {
 }
 
 /// (plain cross-entropy, the forward's regularised loss) in the given mode.
-fn losses(model: &Llama, tuners: &Tuners, training: bool) -> (f32, f32) {
+fn losses(model: &CausalLm, tuners: &Tuners, training: bool) -> (f32, f32) {
     let inp = inputs();
     let mut ctx = Ctx::new(&model.store, false);
-    ctx.tuners = Some(tuners);
+    ctx = ctx.with_tuners(tuners);
     let ctx = if training { ctx.training(7) } else { ctx };
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
     let plain = loss::causal_lm_loss(&logits, &inp.labels).unwrap();

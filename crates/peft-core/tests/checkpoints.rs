@@ -4,7 +4,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use peft_core::io::safetensors::{load_file, save_file};
-use peft_core::model::{Ctx, Llama, LoadOptions};
+use peft_core::model::{Ctx, CausalLm, LoadOptions};
 use std::path::{Path, PathBuf};
 
 fn scratch(name: &str) -> PathBuf {
@@ -24,19 +24,20 @@ fn with_config(dir: &Path, config_file: &str) {
     std::fs::copy(model_dir().join(config_file), dir.join("config.json")).unwrap();
 }
 
-fn logits(m: &Llama) -> Tensor {
+fn logits(m: &CausalLm) -> Tensor {
     let ctx = Ctx::inference(&m.store);
     m.forward(&inputs().batch(), &ctx, None, false).unwrap()
 }
 
-fn load(dir: &Path) -> peft_core::Result<Llama> {
-    Llama::from_pretrained(dir, &LoadOptions::default())
+fn load(dir: &Path) -> peft_core::Result<CausalLm> {
+    CausalLm::from_pretrained(dir, &LoadOptions::default())
 }
 
 #[test]
 fn both_config_spellings_give_the_same_model() {
-    let a = peft_core::LlamaConfig::from_file(&model_dir().join("config.json")).unwrap();
-    let b = peft_core::LlamaConfig::from_file(&model_dir().join("config.rope_parameters.json")).unwrap();
+    let mut a = peft_core::ModelConfig::from_file(&model_dir().join("config.json")).unwrap();
+    let mut b = peft_core::ModelConfig::from_file(&model_dir().join("config.rope_parameters.json")).unwrap();
+    (a.source_json, b.source_json) = (None, None); // the texts differ; what they resolve to must not
     assert_eq!(a, b);
     let dir = scratch("spelling");
     with_config(&dir, "config.rope_parameters.json");

@@ -5,10 +5,11 @@
 mod common;
 mod method_contract;
 mod methods_common;
+use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
-use peft_core::model::{loss, Batch, Ctx, Llama};
+use peft_core::model::{loss, Batch, Ctx, CausalLm};
 use peft_core::tuners::dylora::{DyLoraConfig, DyLoraLayer};
 use peft_core::tuners::Tuners;
 use serde_json::{json, Value};
@@ -22,25 +23,25 @@ fn cfg(extra: Value) -> Value {
 
 /// The rank a training forward seeded with `seed` runs at (`DyLoraLayer::rank`, the first
 /// draw of that forward's generator).
-fn rank_of(model: &Llama, tuners: &Tuners, seed: u64) -> usize {
+fn rank_of(model: &CausalLm, tuners: &Tuners, seed: u64) -> usize {
     let c = tuners.config("default").unwrap().as_any().downcast_ref::<DyLoraConfig>().unwrap();
     let (id, _) = model.store.iter().next().unwrap();
     DyLoraLayer::new(c, "default", id, id).rank(&Ctx::new(&model.store, true).with_tuners(tuners).training(seed))
 }
 
 /// Loss on the fixture batch in training mode, the rank sampled with `seed`.
-fn train_loss_tensor(model: &Llama, tuners: &Tuners, seed: u64, no_grad: bool) -> Tensor {
+fn train_loss_tensor(model: &CausalLm, tuners: &Tuners, seed: u64, no_grad: bool) -> Tensor {
     let inp = inputs();
     let ctx = Ctx::new(&model.store, no_grad).with_tuners(tuners).training(seed);
     loss::causal_lm_loss(&model.forward(&inp.batch(), &ctx, None, false).unwrap(), &inp.labels).unwrap()
 }
 
-fn train_loss(model: &Llama, tuners: &Tuners, seed: u64) -> f64 {
+fn train_loss(model: &CausalLm, tuners: &Tuners, seed: u64) -> f64 {
     train_loss_tensor(model, tuners, seed, true).to_dtype(DType::F64).unwrap().to_vec0::<f64>().unwrap()
 }
 
 /// Accumulates the gradients of a training-mode forward seeded with `seed`.
-fn train_backward(model: &mut Llama, tuners: &Tuners, seed: u64) {
+fn train_backward(model: &mut CausalLm, tuners: &Tuners, seed: u64) {
     model.store.zero_grad();
     let g = train_loss_tensor(model, tuners, seed, false).backward().unwrap();
     model.store.accumulate_grads(&g).unwrap();
@@ -51,13 +52,13 @@ fn values(t: &Tensor) -> Vec<f64> {
 }
 
 /// Σ|g| per rank: rows of A's gradient [r, in], columns of B's [out, r].
-fn grad_per_rank(model: &Llama, name: &str) -> Vec<f64> {
+fn grad_per_rank(model: &CausalLm, name: &str) -> Vec<f64> {
     let g = model.store.by_name(name).unwrap().grad.as_ref().unwrap().to_dtype(DType::F64).unwrap();
     let g = if name.contains("lora_B") { g.t().unwrap() } else { g };
     g.abs().unwrap().sum(1).unwrap().to_vec1::<f64>().unwrap()
 }
 
-fn factor_names(model: &Llama) -> Vec<String> {
+fn factor_names(model: &CausalLm) -> Vec<String> {
     let mut n: Vec<String> = model.store.iter().map(|(_, p)| p.name.clone()).filter(|n| n.contains(".lora_")).collect();
     n.sort();
     n
@@ -79,7 +80,7 @@ fn finite_differences_at_a_fixed_rank() {
         let (mut model, tuners) = method_contract::setup(&cfg(extra.clone()), DType::F64);
         let training = label == "training";
         let seed = (0..).find(|&s| rank_of(&model, &tuners, s) == 3).unwrap();
-        let loss = |m: &Llama, t: &Tuners| if training { train_loss(m, t, seed) } else { methods_common::loss64(m, t) };
+        let loss = |m: &CausalLm, t: &Tuners| if training { train_loss(m, t, seed) } else { methods_common::loss64(m, t) };
         if training {
             train_backward(&mut model, &tuners, seed);
         } else {
@@ -110,8 +111,8 @@ fn dense_weight(w: &[f64], a: &[f64], b_up: &[f64], (out, inp, r): (usize, usize
 }
 
 /// The base model with every targeted weight replaced by its dense form at rank `b`.
-fn dense_model(adapted: &Llama, tuners: &Tuners, b: usize) -> Llama {
-    let dense = Llama::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap();
+fn dense_model(adapted: &CausalLm, tuners: &Tuners, b: usize) -> CausalLm {
+    let dense = CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap();
     for path in tuners.modules("default").unwrap() {
         let p = |n: &str| values(adapted.store.by_name(n).unwrap().value());
         let w = dense.store.by_name(&format!("{path}.weight")).unwrap();
@@ -255,9 +256,11 @@ fn every_rank_beats_the_base_after_training() {
     let row: Vec<u32> = [40u32, 41, 42, 43, 44, 45].repeat(3);
     let batch = Batch::new(vec![row.clone(); 2]);
     let labels: Vec<Vec<i64>> = vec![row.iter().map(|&x| x as i64).collect(); 2];
-    let eval_loss = |model: &Llama, tuners: Option<&Tuners>| {
+    let eval_loss = |model: &CausalLm, tuners: Option<&Tuners>| {
         let mut ctx = Ctx::inference(&model.store);
-        ctx.tuners = tuners;
+        if let Some(t) = tuners {
+            ctx = ctx.with_tuners(t);
+        }
         scalar(&loss::causal_lm_loss(&model.forward(&batch, &ctx, None, false).unwrap(), &labels).unwrap())
     };
     let base = eval_loss(&load_model(), None);

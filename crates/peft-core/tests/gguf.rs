@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use peft_core::io::gguf::{load_gguf, write_llama_gguf, GgufFile};
 use peft_core::io::safetensors::load_checkpoint_dir;
 use peft_core::tokenizer::GgufTokenizerSpec;
-use peft_core::LlamaConfig;
+use peft_core::ModelConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -26,8 +26,8 @@ fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("peft-gguf-{}-{n}-{name}", std::process::id()))
 }
 
-fn fixture() -> (LlamaConfig, HashMap<String, Tensor>) {
-    let cfg = LlamaConfig::from_file(&fixture_dir().join("config.json")).unwrap();
+fn fixture() -> (ModelConfig, HashMap<String, Tensor>) {
+    let cfg = ModelConfig::from_file(&fixture_dir().join("config.json")).unwrap();
     let w = load_checkpoint_dir(&fixture_dir(), Some(DType::F32), &Device::Cpu).unwrap();
     (cfg, w.tensors)
 }
@@ -54,7 +54,7 @@ fn values(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
-fn write_fixture(name: &str, quant: GgmlDType) -> (PathBuf, LlamaConfig, HashMap<String, Tensor>) {
+fn write_fixture(name: &str, quant: GgmlDType) -> (PathBuf, ModelConfig, HashMap<String, Tensor>) {
     let (cfg, w) = fixture();
     let path = tmp(name);
     write_llama_gguf(&path, &cfg, &w, Some(&spec(cfg.vocab_size)), quant).unwrap();
@@ -74,6 +74,7 @@ fn f32_round_trip_matches_safetensors() {
     }
     let mut got = ck.config.clone();
     got.torch_dtype = cfg.torch_dtype.clone(); // GGUF has no torch_dtype
+    got.source_json = cfg.source_json.clone(); // nor a config.json
     assert_eq!(got, cfg);
     let s = spec(cfg.vocab_size);
     assert_eq!((ck.tokenizer.model.as_str(), &ck.tokenizer.pre, &ck.tokenizer.tokens), (s.model.as_str(), &s.pre, &s.tokens));
@@ -161,11 +162,11 @@ fn k_quant_falls_back_when_rows_are_shorter_than_a_block() {
 }
 
 /// A tied model with 256-wide rows, so that every K-quant applies; deterministic weights.
-fn synthetic() -> (LlamaConfig, HashMap<String, Tensor>) {
+fn synthetic() -> (ModelConfig, HashMap<String, Tensor>) {
     let json = serde_json::json!({"model_type": "llama", "vocab_size": 256, "hidden_size": 256, "intermediate_size": 512,
         "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
         "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": true, "bos_token_id": 0, "eos_token_id": 1});
-    let cfg = LlamaConfig::from_json(&json, Path::new("synthetic")).unwrap();
+    let cfg = ModelConfig::from_json(&json, Path::new("synthetic")).unwrap();
     let mut seed = 0x2545f4914f6cdd1du64;
     let mut w = HashMap::new();
     let mut names = vec![("model.embed_tokens.weight", vec![256, 256]), ("model.norm.weight", vec![256])];

@@ -15,10 +15,11 @@
 //! Tolerances (normwise: max |got - want| / max |want|) are printed with every measured error.
 #![cfg(feature = "cuda")]
 mod common;
+use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use peft_core::io::adapter::load_adapter;
-use peft_core::model::{loss, Llama, LoadOptions};
+use peft_core::model::{loss, CausalLm, LoadOptions};
 use peft_core::ops;
 use peft_core::tuners::Tuners;
 
@@ -185,8 +186,8 @@ fn cuda_ops_match_cpu() {
 
 // ---- fixture suite ---------------------------------------------------------------------------
 
-fn load_on(dev: &Device, dtype: DType) -> Llama {
-    Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, device: dev.clone() }).unwrap()
+fn load_on(dev: &Device, dtype: DType) -> CausalLm {
+    CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, device: dev.clone() }).unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -360,7 +361,7 @@ fn mem_info(dev: &Device) -> (usize, usize) {
 #[test]
 #[ignore = "benchmark: run by scripts/gpu-check.sh"]
 fn bench_lora_tinyllama() {
-    use peft_core::config::LlamaConfig;
+    use peft_core::config::ModelConfig;
     use peft_core::io::safetensors::WeightMap;
     use peft_core::model::{Batch, Ctx};
     use peft_core::optim::{adamw_step, zeros_state, AdamWHyper};
@@ -373,7 +374,7 @@ fn bench_lora_tinyllama() {
     let layers = env_usize("PEFT_BENCH_LAYERS", 22);
     let (free0, total) = mem_info(&dev);
 
-    let config = LlamaConfig {
+    let config = ModelConfig {
         vocab_size: 32000,
         hidden_size: 2048,
         intermediate_size: 5632,
@@ -420,7 +421,7 @@ fn bench_lora_tinyllama() {
     add("model.norm.weight".into(), &[h]);
     add("lm_head.weight".into(), &[c.vocab_size, h]);
     let opts = LoadOptions { dtype: DType::BF16, device: dev.clone() };
-    let mut model = Llama::from_weights(config.clone(), w, std::path::Path::new("random TinyLlama-1.1B"), &opts).unwrap();
+    let mut model = CausalLm::from_weights(config.clone(), w, std::path::Path::new("random TinyLlama-1.1B"), &opts).unwrap();
     let mut tuners = Tuners::new();
     let cfg = lora(serde_json::json!({ "r": 16, "lora_alpha": 32, "target_modules": "all-linear", "lora_dropout": 0.0 }));
     tuners.inject(&mut model, "default", cfg, 0).unwrap();

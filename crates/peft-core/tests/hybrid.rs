@@ -7,10 +7,11 @@
 mod common;
 mod method_contract;
 mod methods_common;
+use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::{inputs, logits_with, loss_with, max_abs_diff};
 use method_contract::{check, config, error_of, setup};
-use peft_core::model::{Batch, Ctx, KvCache, Llama};
+use peft_core::model::{Batch, Ctx, KvCache, CausalLm};
 use peft_core::tuners::Tuners;
 use serde_json::{json, Value};
 
@@ -60,7 +61,7 @@ fn unipelt_contract_and_finite_differences() {
 
 /// Copies adapter `from`'s parameters whose names contain `part` into adapter `to`'s
 /// (same name with `.to.` / `prompt_encoder.to.`), multiplied by `scale` where `scaled` says.
-fn copy_part(model: &Llama, tuners: &Tuners, from: &str, to: &str, part: &str, scale: f64, scaled: impl Fn(&str) -> bool) {
+fn copy_part(model: &CausalLm, tuners: &Tuners, from: &str, to: &str, part: &str, scale: f64, scaled: impl Fn(&str) -> bool) {
     for id in tuners.params(from).unwrap() {
         let name = model.store.get(id).name.clone();
         if !name.contains(part) {
@@ -74,7 +75,7 @@ fn copy_part(model: &Llama, tuners: &Tuners, from: &str, to: &str, part: &str, s
 }
 
 /// Gate weights 0 and biases logit(c): every gate is the constant c of its kind.
-fn force_gates(model: &Llama, tuners: &Tuners, adapter: &str, c: &[(&str, f64)]) {
+fn force_gates(model: &CausalLm, tuners: &Tuners, adapter: &str, c: &[(&str, f64)]) {
     for id in tuners.params(adapter).unwrap() {
         let p = model.store.get(id);
         for (kind, c) in c {
@@ -91,7 +92,7 @@ fn force_gates(model: &Llama, tuners: &Tuners, adapter: &str, c: &[(&str, f64)])
     }
 }
 
-fn active_logits(model: &mut Llama, tuners: &mut Tuners, names: &[&str]) -> Tensor {
+fn active_logits(model: &mut CausalLm, tuners: &mut Tuners, names: &[&str]) -> Tensor {
     tuners.set_active(model, names).unwrap();
     logits_with(model, Some(tuners))
 }

@@ -5,7 +5,7 @@ mod methods_common;
 use candle_core::DType;
 use common::*;
 use methods_common::*;
-use peft_core::model::{Llama, LoadOptions};
+use peft_core::model::{CausalLm, LoadOptions};
 use peft_core::tuners::{ia3, Tuners};
 use serde_json::json;
 
@@ -19,8 +19,8 @@ fn ia3_files_round_trip_byte_identical() {
     check_round_trip("ia3", &ia3::peft_defaults());
 }
 
-fn setup(dtype: DType) -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+fn setup(dtype: DType) -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
     let cfg = config("IA3", json!({"target_modules": "all-linear", "feedforward_modules": ["down_proj", "up_proj"]}));
     tuners.inject(&mut model, "default", cfg, 1).unwrap();

@@ -2,10 +2,11 @@
 //! training-only rank and module dropout.
 mod common;
 mod methods_common;
+use peft_core::tuners::WithTuners;
 use candle_core::DType;
 use common::*;
 use methods_common::*;
-use peft_core::model::{loss, Ctx, Llama, LoadOptions};
+use peft_core::model::{loss, Ctx, CausalLm, LoadOptions};
 use peft_core::tuners::{loha, Tuners};
 use serde_json::json;
 
@@ -19,8 +20,8 @@ fn loha_files_round_trip_byte_identical() {
     check_round_trip("loha", &loha::peft_defaults());
 }
 
-fn setup(dtype: DType, extra: serde_json::Value) -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+fn setup(dtype: DType, extra: serde_json::Value) -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
     let mut cfg = json!({"r": 4, "alpha": 8, "target_modules": "all-linear", "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"q_proj": 2}});
     cfg.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -49,7 +50,7 @@ fn loha_finite_differences_in_f64() {
     }
 }
 
-fn training_logits(model: &Llama, tuners: &Tuners, seed: u64) -> candle_core::Tensor {
+fn training_logits(model: &CausalLm, tuners: &Tuners, seed: u64) -> candle_core::Tensor {
     let ctx = Ctx::new(&model.store, true).with_tuners(tuners).training(seed);
     model.forward(&inputs().batch(), &ctx, None, false).unwrap()
 }

@@ -5,7 +5,7 @@ mod methods_common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use methods_common::*;
-use peft_core::model::{Llama, LoadOptions};
+use peft_core::model::{CausalLm, LoadOptions};
 use peft_core::tuners::lokr::{self, kron};
 use peft_core::tuners::Tuners;
 use serde_json::json;
@@ -28,7 +28,7 @@ fn kron_is_torch_kron() {
     assert_eq!(k, [[0., 5., 1., 0., 10., 2.], [0., 15., 3., 0., 20., 4.]]);
 }
 
-fn shapes(model: &Llama, path: &str, adapter: &str) -> Vec<(String, Vec<usize>)> {
+fn shapes(model: &CausalLm, path: &str, adapter: &str) -> Vec<(String, Vec<usize>)> {
     let prefix = format!("base_model.model.{path}.lokr_");
     let mut v: Vec<(String, Vec<usize>)> = (model.store.iter())
         .filter(|(_, p)| p.name.starts_with(&prefix) && p.name.ends_with(&format!(".{adapter}")))
@@ -53,8 +53,8 @@ fn factors_follow_peft_update_layer() {
     assert_eq!(s, [("lokr_w1".into(), vec![4, 4]), ("lokr_w2".into(), vec![16, 40])]);
 }
 
-fn setup(dtype: DType) -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+fn setup(dtype: DType) -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
     let cfg = config("LOKR", json!({"r": 2, "alpha": 4, "target_modules": "all-linear", "decompose_both": true, "rank_pattern": {"q_proj": 8}}));
     tuners.inject(&mut model, "default", cfg, 1).unwrap();

@@ -1,17 +1,18 @@
 //! Gradients of LoRA and DoRA parameters: every trainable one receives a finite, non-zero
 //! gradient, and the gradients agree with central finite differences in f64.
 mod common;
+use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;
-use peft_core::model::{loss, Ctx, Llama, LoadOptions};
+use peft_core::model::{loss, Ctx, CausalLm, LoadOptions};
 use peft_core::tuners::Tuners;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 /// LoRA (all linears, rsLoRA) and DoRA (attention) both active, every B randomised so that
 /// the gradients of A are not zero.
-fn setup(dtype: DType) -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+fn setup(dtype: DType) -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
     tuners.inject(&mut model, "lora", lora(json!({"r": 4, "lora_alpha": 8, "use_rslora": true, "target_modules": "all-linear"})), 1).unwrap();
     tuners.inject(&mut model, "dora", lora(json!({"r": 2, "lora_alpha": 4, "use_dora": true, "target_modules": r".*self_attn\..*"})), 2).unwrap();
@@ -24,7 +25,7 @@ fn setup(dtype: DType) -> (Llama, Tuners) {
     (model, tuners)
 }
 
-fn loss64(model: &Llama, tuners: &Tuners) -> f64 {
+fn loss64(model: &CausalLm, tuners: &Tuners) -> f64 {
     let inp = inputs();
     let ctx = Ctx::inference(&model.store).with_tuners(tuners);
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
@@ -48,7 +49,7 @@ fn every_trainable_adapter_parameter_gets_a_gradient() {
 }
 
 /// Central differences against autograd for a few elements of `name`.
-fn check_fd(model: &mut Llama, tuners: &Tuners, name: &str, grads: &std::collections::HashMap<String, Vec<f64>>) -> f64 {
+fn check_fd(model: &mut CausalLm, tuners: &Tuners, name: &str, grads: &std::collections::HashMap<String, Vec<f64>>) -> f64 {
     let p = model.store.by_name(name).unwrap();
     let base: Vec<f64> = p.value().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let dims = p.value().dims().to_vec();

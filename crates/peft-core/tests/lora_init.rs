@@ -1,20 +1,21 @@
 //! LoRA inits (default, gaussian, false, PiSSA), DoRA's magnitude init, seeds, dropout.
 mod common;
+use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter};
-use peft_core::model::{Ctx, Llama};
+use peft_core::model::{Ctx, CausalLm};
 use peft_core::tuners::Tuners;
 use serde_json::json;
 
-fn inject(cfg: serde_json::Value, seed: u64) -> (Llama, Tuners) {
+fn inject(cfg: serde_json::Value, seed: u64) -> (CausalLm, Tuners) {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     tuners.inject(&mut model, "default", lora(cfg), seed).unwrap();
     (model, tuners)
 }
 
-fn param(model: &Llama, name: &str) -> Vec<f32> {
+fn param(model: &CausalLm, name: &str) -> Vec<f32> {
     model.store.by_name(name).unwrap().value().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
@@ -98,7 +99,7 @@ fn pissa_keeps_the_output_and_the_base_comes_back() {
     assert!(e.contains("PiSSA") && e.contains("65"), "{e}");
 }
 
-fn logits_training(model: &Llama, tuners: &Tuners, seed: Option<u64>) -> Tensor {
+fn logits_training(model: &CausalLm, tuners: &Tuners, seed: Option<u64>) -> Tensor {
     let mut ctx = Ctx::new(&model.store, true).with_tuners(tuners);
     if let Some(s) = seed {
         ctx = ctx.training(s);
@@ -126,7 +127,7 @@ fn dropout_only_in_training_and_seeded() {
 /// the principal part it takes out is close to the exact one (the rank-4 energy of q_proj).
 #[test]
 fn pissa_niter_is_a_randomized_principal_part() {
-    let energy = |model: &Llama| -> f64 {
+    let energy = |model: &CausalLm| -> f64 {
         let (a, b) = (model.store.by_name(A).unwrap().value(), model.store.by_name(B).unwrap().value());
         b.to_dtype(DType::F64).unwrap().matmul(&a.to_dtype(DType::F64).unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
     };

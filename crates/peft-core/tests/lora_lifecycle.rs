@@ -2,7 +2,7 @@
 //! named adapters, set_adapter, delete_adapter, unload, merge_and_unload.
 mod common;
 use common::*;
-use peft_core::model::Llama;
+use peft_core::model::CausalLm;
 use peft_core::tuners::Tuners;
 use serde_json::json;
 
@@ -10,7 +10,7 @@ use serde_json::json;
 /// both with random B so that neither is a no-op. They share no module: with DoRA and
 /// another adapter on one module, PEFT's merge is not its forward (the DoRA norm is taken
 /// of W in the forward, of W + the other's delta in the merge), and we follow PEFT.
-fn two_adapters() -> (Llama, Tuners) {
+fn two_adapters() -> (CausalLm, Tuners) {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     tuners.inject(&mut model, "a", lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false})), 1).unwrap();
@@ -19,17 +19,17 @@ fn two_adapters() -> (Llama, Tuners) {
     (model, tuners)
 }
 
-fn trainable(model: &Llama) -> Vec<String> {
+fn trainable(model: &CausalLm) -> Vec<String> {
     let mut v: Vec<String> = model.store.iter().filter(|(_, p)| p.requires_grad).map(|(_, p)| p.name.clone()).collect();
     v.sort();
     v
 }
 
-fn base_weights(model: &Llama) -> std::collections::HashMap<String, candle_core::Tensor> {
+fn base_weights(model: &CausalLm) -> std::collections::HashMap<String, candle_core::Tensor> {
     snapshot(model).into_iter().filter(|(k, _)| !k.starts_with("base_model.")).collect()
 }
 
-fn base_diff(model: &Llama, base: &std::collections::HashMap<String, candle_core::Tensor>) -> f32 {
+fn base_diff(model: &CausalLm, base: &std::collections::HashMap<String, candle_core::Tensor>) -> f32 {
     base.iter().map(|(k, v)| max_abs_diff(model.store.by_name(k).unwrap().value(), v)).fold(0.0, f32::max)
 }
 

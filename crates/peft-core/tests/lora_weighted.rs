@@ -7,7 +7,7 @@ mod common;
 mod errors;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use peft_core::model::{Llama, LoadOptions};
+use peft_core::model::{CausalLm, LoadOptions};
 use peft_core::tuners::lora::WeightedOptions;
 use peft_core::tuners::Tuners;
 use serde_json::json;
@@ -17,8 +17,8 @@ pub const V1: &str = "model.layers.1.self_attn.v_proj";
 pub const K0: &str = "model.layers.0.self_attn.k_proj";
 
 /// `a` (r 4, alpha 8: s = 2) on q/v and `b` (r 4, alpha 2: s = 0.5) on q/k, random B.
-pub fn two_loras() -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype: DType::F64, device: Device::Cpu }).unwrap();
+pub fn two_loras() -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype: DType::F64, device: Device::Cpu }).unwrap();
     let mut tuners = Tuners::new();
     let a = lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false}));
     tuners.inject(&mut model, "a", a, 1).unwrap();
@@ -27,12 +27,12 @@ pub fn two_loras() -> (Llama, Tuners) {
     (model, tuners)
 }
 
-pub fn factor(model: &Llama, path: &str, ab: &str, name: &str) -> Tensor {
+pub fn factor(model: &CausalLm, path: &str, ab: &str, name: &str) -> Tensor {
     model.store.by_name(&format!("base_model.model.{path}.lora_{ab}.{name}.weight")).unwrap().value().clone()
 }
 
 /// s · B A of adapter `name` at `path` (zeros when it has no LoRA there).
-pub fn delta(model: &Llama, tuners: &Tuners, path: &str, name: &str) -> Tensor {
+pub fn delta(model: &CausalLm, tuners: &Tuners, path: &str, name: &str) -> Tensor {
     if !tuners.modules(name).unwrap().iter().any(|m| m == path) {
         return model.store.by_name(&format!("{path}.weight")).unwrap().value().zeros_like().unwrap();
     }
@@ -41,13 +41,13 @@ pub fn delta(model: &Llama, tuners: &Tuners, path: &str, name: &str) -> Tensor {
     (factor(model, path, "B", name).matmul(&factor(model, path, "A", name)).unwrap() * s).unwrap()
 }
 
-pub fn combine(tuners: &mut Tuners, model: &mut Llama, weights: &[f64], name: &str, kind: &str, f: impl FnOnce(&mut WeightedOptions)) {
+pub fn combine(tuners: &mut Tuners, model: &mut CausalLm, weights: &[f64], name: &str, kind: &str, f: impl FnOnce(&mut WeightedOptions)) {
     let mut o = WeightedOptions { combination_type: kind.into(), ..Default::default() };
     f(&mut o);
     tuners.add_weighted_adapter(model, &["a", "b"], weights, name, &o).unwrap();
 }
 
-fn weighted_sum(model: &Llama, tuners: &Tuners, path: &str, w: &[f64]) -> Tensor {
+fn weighted_sum(model: &CausalLm, tuners: &Tuners, path: &str, w: &[f64]) -> Tensor {
     ((delta(model, tuners, path, "a") * w[0]).unwrap() + (delta(model, tuners, path, "b") * w[1]).unwrap()).unwrap()
 }
 

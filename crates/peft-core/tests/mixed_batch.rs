@@ -3,19 +3,20 @@
 //! adapter active (or with the adapters disabled for `__base__`).
 mod common;
 mod methods_common;
+use peft_core::tuners::WithTuners;
 use candle_core::{Device, Tensor};
 use common::*;
 use methods_common::*;
 use peft_core::io::adapter::load_adapter;
 use peft_core::model::generate::{generate, Flow, GenerateOptions};
-use peft_core::model::{Batch, Ctx, Llama};
+use peft_core::model::{Batch, Ctx, CausalLm};
 use peft_core::tuners::Tuners;
 use serde_json::json;
 
 /// Two LoRA adapters of different ranks and targets (r 4 on q/v; rsLoRA r 8 on every
 /// linear) and one IA³ adapter (k/v, and down_proj as a feed-forward input scale), all from
 /// the PEFT fixtures. Only `a` is active: the others must be reachable per row anyway.
-fn three_adapters() -> (Llama, Tuners) {
+fn three_adapters() -> (CausalLm, Tuners) {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     for (case, name) in [("lora_qv", "a"), ("lora_all_rslora", "b"), ("ia3", "ia3")] {
@@ -44,18 +45,18 @@ fn row(batch: &Batch, r: usize) -> Batch {
     Batch { ids: vec![batch.ids[r].clone()], attention_mask: batch.attention_mask.as_ref().map(|m| vec![m[r].clone()]), position_ids: None, segment_ids: None }
 }
 
-fn logits_on(model: &Llama, tuners: &Tuners, batch: &Batch) -> Tensor {
+fn logits_on(model: &CausalLm, tuners: &Tuners, batch: &Batch) -> Tensor {
     model.forward(batch, &Ctx::inference(&model.store).with_tuners(tuners), None, false).unwrap()
 }
 
-fn mixed_logits(model: &Llama, tuners: &Tuners, batch: &Batch, assign: &[&str]) -> peft_core::Result<Tensor> {
+fn mixed_logits(model: &CausalLm, tuners: &Tuners, batch: &Batch, assign: &[&str]) -> peft_core::Result<Tensor> {
     let rows = tuners.route_rows(&names(assign), &Device::Cpu)?;
-    let ctx = Ctx::inference(&model.store).with_tuners(tuners).with_rows(rows);
+    let ctx = Ctx::inference(&model.store).with_tuners_per_row(tuners, rows);
     model.forward(batch, &ctx, None, false)
 }
 
 /// Row `r` alone, with only adapter `name` running (`__base__`: adapters disabled).
-fn alone(model: &mut Llama, tuners: &mut Tuners, batch: &Batch, r: usize, name: &str) -> Tensor {
+fn alone(model: &mut CausalLm, tuners: &mut Tuners, batch: &Batch, r: usize, name: &str) -> Tensor {
     if name == "__base__" {
         tuners.set_enabled(model, false).unwrap();
     } else {
@@ -68,7 +69,7 @@ fn alone(model: &mut Llama, tuners: &mut Tuners, batch: &Batch, r: usize, name: 
 
 /// Compares every mixed row with the row alone (where the mask is 1); returns the largest
 /// difference, and checks that each adapter row differs from the base model's.
-fn check_rows(model: &mut Llama, tuners: &mut Tuners, batch: &Batch, assign: &[&str]) -> f32 {
+fn check_rows(model: &mut CausalLm, tuners: &mut Tuners, batch: &Batch, assign: &[&str]) -> f32 {
     let mixed = mixed_logits(model, tuners, batch, assign).unwrap();
     let mut worst = 0f32;
     for (r, name) in assign.iter().enumerate() {
@@ -152,7 +153,7 @@ fn generation_per_row_matches_each_adapter_alone() {
         vec![inp.input_ids[0][..10].to_vec(), inp.input_ids[1][..6].to_vec(), inp.input_ids[0][4..12].to_vec(), inp.input_ids[1][..9].to_vec()];
     let assign = ["a", "b", "__base__", "ia3"];
     let rows = tuners.route_rows(&names(&assign), &Device::Cpu).unwrap();
-    let ctx = Ctx::inference(&model.store).with_tuners(&tuners).with_rows(rows);
+    let ctx = Ctx::inference(&model.store).with_tuners_per_row(&tuners, rows);
     let mixed = generate(&model, &ctx, &prompts, &greedy_opts(), &mut |_| Flow::Continue).unwrap();
     drop(ctx);
     let mut differs = 0;
@@ -200,7 +201,7 @@ fn merged_adapters_are_an_error() {
 fn training_mode_is_an_error() {
     let (model, tuners) = three_adapters();
     let rows = tuners.route_rows(&names(&["a", "b", "__base__", "ia3"]), &Device::Cpu).unwrap();
-    let ctx = Ctx::new(&model.store, false).with_tuners(&tuners).training(0).with_rows(rows);
+    let ctx = Ctx::new(&model.store, false).training(0).with_tuners_per_row(&tuners, rows);
     let e = model.forward(&four_rows(), &ctx, None, false).unwrap_err().to_string();
     assert!(e.contains("adapterNames") && e.contains("training mode"), "{e}");
 }

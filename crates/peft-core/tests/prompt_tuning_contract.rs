@@ -2,6 +2,7 @@
 //! without projection) and LN tuning, and their config errors.
 mod common;
 mod method_contract;
+use peft_core::tuners::WithTuners;
 use method_contract::{check, error_of};
 use serde_json::json;
 

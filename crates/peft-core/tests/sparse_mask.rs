@@ -3,11 +3,12 @@
 //! Fisher), what the files hold, and config errors.
 mod common;
 mod method_contract;
+use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use method_contract::{check, config, error_of, setup};
 use peft_core::io::adapter::save_adapter;
-use peft_core::model::{loss, Batch, Ctx, Llama};
+use peft_core::model::{loss, Batch, Ctx, CausalLm};
 use peft_core::tuners::sparse_mask::{estimate_fisher, inject_with_fisher, FisherBatch, FisherScores, SparseMaskConfig};
 use peft_core::tuners::{TargetSpec, Targets, Tuners};
 use serde_json::{json, Value};
@@ -20,11 +21,11 @@ fn values(t: &Tensor) -> Vec<f64> {
     t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
 }
 
-fn indices_of(model: &Llama, path: &str) -> Vec<i64> {
+fn indices_of(model: &CausalLm, path: &str) -> Vec<i64> {
     model.store.by_name(&format!("base_model.model.{path}.sparse_indices.default")).unwrap().value().to_vec1::<i64>().unwrap()
 }
 
-fn inject(model: &mut Llama, cfg: SparseMaskConfig) -> Tuners {
+fn inject(model: &mut CausalLm, cfg: SparseMaskConfig) -> Tuners {
     let mut tuners = Tuners::new();
     tuners.inject(model, "default", Box::new(cfg), 0).unwrap();
     tuners
@@ -34,7 +35,7 @@ fn parsed(v: &Value) -> SparseMaskConfig {
     SparseMaskConfig::from_value(v, Path::new("test config")).unwrap().0
 }
 
-fn loss_f64(model: &Llama, tuners: &Tuners) -> f64 {
+fn loss_f64(model: &CausalLm, tuners: &Tuners) -> f64 {
     let inp = inputs();
     let ctx = Ctx::inference(&model.store).with_tuners(tuners);
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();

@@ -207,7 +207,7 @@ fn gguf_pre_tokenizer_flavours() {
         "{pieces:?}"
     );
     assert_eq!(pieces.concat(), "in 2024 and 1.5");
-    // Llama 3: numbers in groups of up to three; BOS by default.
+    // CausalLm 3: numbers in groups of up to three; BOS by default.
     let mut spec = fixture_spec(Some("llama-bpe"));
     spec.add_bos_token = None;
     let llama3 = Tokenizer::from_gguf(&spec, path).unwrap();
@@ -358,7 +358,7 @@ fn stream_decoder_matches_decode() {
 
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-/// Llama-3 style: BOS, stripped contents, role checks with raise_exception, trim/lstrip blocks.
+/// CausalLm-3 style: BOS, stripped contents, role checks with raise_exception, trim/lstrip blocks.
 const LLAMA3_TEMPLATE: &str = r#"{{- bos_token }}
 {% for message in messages %}
     {% if message['role'] not in ['system', 'user', 'assistant'] %}

@@ -7,7 +7,7 @@ use common::*;
 use methods_common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
-use peft_core::model::{Llama, LoadOptions};
+use peft_core::model::{CausalLm, LoadOptions};
 use peft_core::tuners::{vera, Tuners};
 use serde_json::{json, Value};
 
@@ -74,8 +74,8 @@ fn without_saved_projections_they_are_regenerated_from_the_key() {
     }
 }
 
-fn setup(dtype: DType) -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+fn setup(dtype: DType) -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
     let cfg = config("VERA", json!({"r": 8, "target_modules": "all-linear", "projection_prng_key": 5}));
     tuners.inject(&mut model, "default", cfg, 1).unwrap();

@@ -77,7 +77,7 @@ impl NativeModel {
         let shared = self.inner.clone();
         Ok(NumberJob::spawn(move || {
             with_model(&shared, |m| {
-                let ctx = peft_core::model::Ctx::inference(&m.llama.store).with_tuners(&m.tuners);
+                let ctx = peft_core::tuners::WithTuners::with_tuners(peft_core::model::Ctx::inference(&m.llama.store), &m.tuners);
                 let logits = m.llama.forward(&input, &ctx, None, false)?;
                 let l = loss::causal_lm_loss(&logits, &labels)?;
                 Ok(l.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0])

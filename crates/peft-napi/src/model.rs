@@ -5,16 +5,16 @@ use crate::tensor::{dtype_name, NativeTensor};
 use candle_core::{DType, Device};
 use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
-use peft_core::model::{loss, Batch, Ctx, Llama, LoadOptions, ParamStore};
+use peft_core::model::{loss, Batch, Ctx, CausalLm, LoadOptions, ParamStore};
 use peft_core::tokenizer::Tokenizer;
 use peft_core::tuners::adalora::{regularized_loss, RankAllocator};
-use peft_core::tuners::Tuners;
+use peft_core::tuners::{Tuners, WithTuners};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub struct ModelState {
-    pub llama: Llama,
+    pub llama: CausalLm,
     pub tokenizer: Option<Tokenizer>,
     pub tuners: Tuners,
     /// What the model was loaded from: adapters record it as `base_model_name_or_path`.
@@ -28,14 +28,19 @@ pub struct ModelState {
 }
 
 impl ModelState {
-    pub fn new(llama: Llama, tokenizer: Option<Tokenizer>, source: String) -> Self {
+    pub fn new(llama: CausalLm, tokenizer: Option<Tokenizer>, source: String) -> Self {
         ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new() }
     }
 
     /// The forward context: the attached adapters, and dropout in training mode, seeded by
     /// `seed` or else by a per-model counter.
     pub fn ctx(&self, no_grad: bool, seed: Option<u64>) -> Ctx<'_> {
-        let ctx = Ctx::new(&self.llama.store, no_grad).with_tuners(&self.tuners);
+        self.ctx_without_adapters(no_grad, seed).with_tuners(&self.tuners)
+    }
+
+    /// `ctx` with nothing attached yet (mixed batches attach the adapters per row).
+    pub fn ctx_without_adapters(&self, no_grad: bool, seed: Option<u64>) -> Ctx<'_> {
+        let ctx = Ctx::new(&self.llama.store, no_grad);
         if self.training && !no_grad {
             ctx.training(seed.unwrap_or_else(|| self.forward_count.fetch_add(1, Ordering::Relaxed)))
         } else {
@@ -101,7 +106,7 @@ pub struct NativeModel {
 pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -> Result<AsyncTask<ModelJob>> {
     let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())? };
     Ok(ModelJob::spawn(move || {
-        let (llama, tokenizer) = Llama::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)?;
+        let (llama, tokenizer) = CausalLm::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)?;
         Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState::new(llama, tokenizer, path)))) })
     }))
 }

@@ -7,7 +7,7 @@ pub mod pyjson;
 
 use crate::error::{Error, Result};
 use crate::io::safetensors::{load_file, save_file, write_atomic};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::{parse_config, InjectReport, TunerConfig, Tuners};
 use candle_core::Tensor;
 use serde_json::Value;
@@ -40,7 +40,7 @@ pub fn read_config(dir: &Path) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
 /// Loads a PEFT adapter folder onto `model` as adapter `name`. With `trainable` false the
 /// adapter is frozen (PEFT's `is_trainable=False`, its default). Nothing is left attached
 /// when the files do not fit the model.
-pub fn load_adapter(tuners: &mut Tuners, model: &mut Llama, dir: &Path, name: &str, trainable: bool) -> Result<InjectReport> {
+pub fn load_adapter(tuners: &mut Tuners, model: &mut CausalLm, dir: &Path, name: &str, trainable: bool) -> Result<InjectReport> {
     let (mut config, mut warnings) = read_config(dir)?;
     config.set_inference_mode(!trainable);
     let file = dir.join(WEIGHTS_NAME);
@@ -64,7 +64,7 @@ pub fn load_adapter(tuners: &mut Tuners, model: &mut Llama, dir: &Path, name: &s
 }
 
 /// Copies the file's tensors into the freshly injected adapter, checking keys and shapes.
-fn fill(tuners: &Tuners, model: &Llama, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<()> {
+fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<()> {
     let expected = tuners.checkpoint_keys(model, name)?;
     let want: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
     let have: BTreeSet<&str> = tensors.keys().map(String::as_str).collect();
@@ -110,7 +110,7 @@ fn list(keys: &[&str]) -> String {
 /// `save_pretrained` does: the tensors under PEFT's keys with metadata `{"format": "pt"}`,
 /// and the config with every field, `inference_mode: true`, 2-space indented, keys sorted.
 /// Both files are written atomically.
-pub fn save_adapter(tuners: &Tuners, model: &Llama, name: &str, dir: &Path) -> Result<()> {
+pub fn save_adapter(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Path) -> Result<()> {
     if dir.is_file() {
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }
@@ -123,7 +123,7 @@ pub fn save_adapter(tuners: &Tuners, model: &Llama, name: &str, dir: &Path) -> R
 
 /// `PeftModel.save_pretrained` layout: adapter `default` in `dir`, any other in `dir/<name>`.
 /// `names`: the adapters to save (default: all). Returns the folders written.
-pub fn save_pretrained(tuners: &Tuners, model: &Llama, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
+pub fn save_pretrained(tuners: &Tuners, model: &CausalLm, dir: &Path, names: Option<&[&str]>) -> Result<Vec<PathBuf>> {
     if dir.is_file() {
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }

@@ -14,7 +14,7 @@ pub use names::{gguf_to_hf, hf_to_gguf};
 pub use read::{MetaValue, TensorInfo, DEFAULT_ALIGNMENT};
 pub use write::write_llama_gguf;
 
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::io::safetensors::WeightMap;
 use crate::tokenizer::GgufTokenizerSpec;
@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 pub struct GgufCheckpoint {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     /// Hugging Face names, HF shapes and row order, in the requested dtype.
     pub weights: WeightMap,
     pub tokenizer: GgufTokenizerSpec,
@@ -90,7 +90,7 @@ pub fn tokenizer_spec(file: &GgufFile) -> Result<GgufTokenizerSpec> {
 }
 
 /// The resolved config from the `llama.*` metadata and the tensor list.
-pub fn config_from_metadata(file: &GgufFile, tok: &GgufTokenizerSpec) -> Result<LlamaConfig> {
+pub fn config_from_metadata(file: &GgufFile, tok: &GgufTokenizerSpec) -> Result<ModelConfig> {
     let path = file.path.as_path();
     // Dimensions up to 2^31 keep every product of two of them inside usize.
     let int = |key: &str| -> Result<Option<usize>> {
@@ -133,30 +133,24 @@ pub fn config_from_metadata(file: &GgufFile, tok: &GgufTokenizerSpec) -> Result<
     let eot = file.get_u64("tokenizer.ggml.eot_token_id")?.and_then(|v| u32::try_from(v).ok());
     let mut eos_token_ids: Vec<u32> = tok.eos_token_id.into_iter().collect();
     eos_token_ids.extend(eot.filter(|e| !eos_token_ids.contains(e)));
-    Ok(LlamaConfig {
-        vocab_size,
-        hidden_size: hidden,
-        intermediate_size: req("llama.feed_forward_length")?,
-        num_hidden_layers: req("llama.block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        rms_norm_eps: file.get_f64("llama.attention.layer_norm_rms_epsilon")?
-            .ok_or_else(|| corrupt(path, "metadata `llama.attention.layer_norm_rms_epsilon` is missing"))?,
-        rope_theta: file.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0),
-        rope_scaling: None,
-        max_position_embeddings: req("llama.context_length")?,
-        tie_word_embeddings: file.tensor_info("output.weight").is_none(),
-        attention_bias: ["attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias"].iter().any(|s| has(s)),
-        mlp_bias: ["ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"].iter().any(|s| has(s)),
-        bos_token_id: tok.bos_token_id,
-        eos_token_ids,
-        pad_token_id: tok.pad_token_id,
-        torch_dtype: None,
-    })
+    let mut cfg = ModelConfig::llama(vocab_size, hidden, req("llama.feed_forward_length")?, req("llama.block_count")?, heads, kv_heads);
+    cfg.head_dim = head_dim;
+    cfg.arch = crate::config::ArchConfig::llama(head_dim, cfg.num_hidden_layers);
+    cfg.rms_norm_eps = file.get_f64("llama.attention.layer_norm_rms_epsilon")?
+        .ok_or_else(|| corrupt(path, "metadata `llama.attention.layer_norm_rms_epsilon` is missing"))?;
+    cfg.rope_theta = file.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
+    cfg.max_position_embeddings = req("llama.context_length")?;
+    cfg.tie_word_embeddings = file.tensor_info("output.weight").is_none();
+    cfg.arch.qkv_bias = ["attn_q.bias", "attn_k.bias", "attn_v.bias"].iter().any(|s| has(s));
+    cfg.arch.o_bias = has("attn_output.bias");
+    cfg.mlp_bias = ["ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"].iter().any(|s| has(s));
+    cfg.bos_token_id = tok.bos_token_id;
+    cfg.eos_token_ids = eos_token_ids;
+    cfg.pad_token_id = tok.pad_token_id;
+    Ok(cfg)
 }
 
-fn load_weights(file: &GgufFile, cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<WeightMap> {
+fn load_weights(file: &GgufFile, cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<WeightMap> {
     let path = file.path.as_path();
     // Check every name and shape before dequantizing anything: errors come fast and cheap.
     let mut plan = Vec::with_capacity(file.tensors.len());

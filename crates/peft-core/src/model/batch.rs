@@ -86,7 +86,7 @@ impl Batch {
     pub fn attention_bias(&self, past_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
         let (b, t) = self.dims();
         let segments = self.key_segments(past_len);
-        attention_bias(self.attention_mask.as_deref(), segments.as_deref(), b, t, past_len, dtype, device)
+        attention_bias(self.attention_mask.as_deref(), segments.as_deref(), b, t, past_len, None, dtype, device)
     }
 
     /// `segment_ids` over the keys: `shared` positions every example attends (virtual
@@ -111,6 +111,7 @@ pub fn attention_bias(
     b: usize,
     t: usize,
     past_len: usize,
+    window: Option<usize>,
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
@@ -126,7 +127,9 @@ pub fn attention_bias(
             for j in 0..kv {
                 let padded = mask.is_some_and(|m| m[r][j] == 0);
                 let other_example = segments.is_some_and(|s| s[r][j] != SHARED_SEGMENT && s[r][j] != s[r][past_len + i]);
-                if j > past_len + i || padded || other_example {
+                // transformers' `sliding_window_overlay`: key j is seen by query q iff q - j < window.
+                let outside_window = window.is_some_and(|w| past_len + i >= j + w);
+                if j > past_len + i || padded || other_example || outside_window {
                     bias[(r * t + i) * kv + j] = min;
                 }
             }

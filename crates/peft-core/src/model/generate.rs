@@ -2,7 +2,7 @@
 //! with positions taken from the attention mask as transformers' `generate` does.
 use super::batch::Batch;
 use super::kv_cache::KvCache;
-use super::llama::{Ctx, Llama};
+use super::decoder::{Ctx, CausalLm};
 use super::sampling::{choose, SamplingOptions};
 use crate::error::{Error, Result};
 use rand::rngs::StdRng;
@@ -26,7 +26,7 @@ pub enum Flow {
 /// Generates for every prompt; returns each prompt followed by its new tokens.
 /// `on_step` sees each step's new token per row (None for rows already finished).
 pub fn generate(
-    model: &Llama,
+    model: &CausalLm,
     ctx: &Ctx,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,

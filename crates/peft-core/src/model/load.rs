@@ -1,9 +1,10 @@
-//! Building a `Llama` from a config and a map of checkpoint tensors, checking that every
+//! Building a `CausalLm` from a config and a map of checkpoint tensors, checking that every
 //! weight is present with the shape the config implies.
-use super::llama::{Attention, Block, Linear, Llama, Mlp};
+use super::decoder::CausalLm;
+use super::layers::{Attention, Block, GateUpProj, Linear, Mlp, Norm, QkvProj};
 use super::params::{ParamId, ParamStore};
 use super::rope::Rope;
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::io::gguf::load_gguf;
 use crate::io::safetensors::{load_checkpoint_dir, WeightMap};
@@ -22,7 +23,7 @@ impl Default for LoadOptions {
     }
 }
 
-impl Llama {
+impl CausalLm {
     /// A Hugging Face checkpoint folder (config.json + safetensors), or a `.gguf` file.
     pub fn from_pretrained(path: &Path, opts: &LoadOptions) -> Result<Self> {
         if !path.exists() {
@@ -31,7 +32,7 @@ impl Llama {
         if path.is_file() {
             return Self::from_gguf(path, opts).map(|(m, _)| m);
         }
-        let config = LlamaConfig::from_file(&path.join("config.json"))?;
+        let config = ModelConfig::from_file(&path.join("config.json"))?;
         let weights = load_checkpoint_dir(path, Some(opts.dtype), &opts.device)?;
         Self::from_weights(config, weights, path, opts)
     }
@@ -54,42 +55,69 @@ impl Llama {
         Ok((model, tok))
     }
 
-    pub fn from_weights(config: LlamaConfig, mut w: WeightMap, source: &Path, opts: &LoadOptions) -> Result<Self> {
+    pub fn from_weights(config: ModelConfig, mut w: WeightMap, source: &Path, opts: &LoadOptions) -> Result<Self> {
         let mut b = Builder { w: &mut w, source, store: ParamStore::default(), dtype: opts.dtype };
-        let c = &config;
-        let (h, kv, q) = (c.hidden_size, c.num_key_value_heads * c.head_dim, c.num_attention_heads * c.head_dim);
+        let (c, a) = (&config, &config.arch);
+        let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let norm = |b: &mut Builder, path: String, dim: usize| -> Result<Norm> {
+            let weight = b.param(&format!("{path}.weight"), &[dim])?;
+            Ok(Norm { path, weight, eps: c.rms_norm_eps, unit_offset: a.unit_offset_norms })
+        };
         let embed_tokens = b.param("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let attn_bias = c.attention_bias;
-            let mlp_bias = c.mlp_bias;
+            let (pa, pm) = (format!("{p}.self_attn"), format!("{p}.mlp"));
+            let qkv = if a.fused_projections {
+                QkvProj::Fused { qkv_proj: b.linear(&format!("{pa}.qkv_proj"), q + 2 * kv, h, a.qkv_bias)?, q_rows: q, kv_rows: kv }
+            } else {
+                QkvProj::Separate {
+                    q_proj: b.linear(&format!("{pa}.q_proj"), q, h, a.qkv_bias)?,
+                    k_proj: b.linear(&format!("{pa}.k_proj"), kv, h, a.qkv_bias)?,
+                    v_proj: b.linear(&format!("{pa}.v_proj"), kv, h, a.qkv_bias)?,
+                }
+            };
+            let o_proj = b.linear(&format!("{pa}.o_proj"), h, q, a.o_bias)?;
+            let (q_norm, k_norm) = match a.qk_norm {
+                true => (Some(norm(&mut b, format!("{pa}.q_norm"), hd)?), Some(norm(&mut b, format!("{pa}.k_norm"), hd)?)),
+                false => (None, None),
+            };
+            let gate_up = if a.fused_projections {
+                GateUpProj::Fused { gate_up_proj: b.linear(&format!("{pm}.gate_up_proj"), 2 * inter, h, c.mlp_bias)? }
+            } else {
+                GateUpProj::Separate {
+                    gate_proj: b.linear(&format!("{pm}.gate_proj"), inter, h, c.mlp_bias)?,
+                    up_proj: b.linear(&format!("{pm}.up_proj"), inter, h, c.mlp_bias)?,
+                }
+            };
+            let down_proj = b.linear(&format!("{pm}.down_proj"), h, inter, c.mlp_bias)?;
+            let (pre_ff, post_ff) = match a.sandwich_norms {
+                true => (Some(norm(&mut b, format!("{p}.pre_feedforward_layernorm"), h)?), Some(norm(&mut b, format!("{p}.post_feedforward_layernorm"), h)?)),
+                false => (None, None),
+            };
             layers.push(Block {
-                input_layernorm: b.param(&format!("{p}.input_layernorm.weight"), &[h])?,
-                self_attn: Attention {
-                    q_proj: b.linear(&format!("{p}.self_attn.q_proj"), q, h, attn_bias)?,
-                    k_proj: b.linear(&format!("{p}.self_attn.k_proj"), kv, h, attn_bias)?,
-                    v_proj: b.linear(&format!("{p}.self_attn.v_proj"), kv, h, attn_bias)?,
-                    o_proj: b.linear(&format!("{p}.self_attn.o_proj"), h, q, attn_bias)?,
-                },
-                post_attention_layernorm: b.param(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                mlp: Mlp {
-                    gate_proj: b.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, mlp_bias)?,
-                    up_proj: b.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, mlp_bias)?,
-                    down_proj: b.linear(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, mlp_bias)?,
-                },
+                input_layernorm: norm(&mut b, format!("{p}.input_layernorm"), h)?,
+                self_attn: Attention { path: pa, qkv, o_proj, q_norm, k_norm },
+                post_attention_layernorm: norm(&mut b, format!("{p}.post_attention_layernorm"), h)?,
+                pre_feedforward_layernorm: pre_ff,
+                post_feedforward_layernorm: post_ff,
+                mlp: Mlp { path: pm, gate_up, down_proj, act: a.hidden_act },
+                sliding: a.is_sliding(i),
             });
         }
-        let norm = b.param("model.norm.weight", &[h])?;
+        let final_norm = norm(&mut b, "model.norm".into(), h)?;
         let lm_head = if c.tie_word_embeddings { None } else { Some(b.linear("lm_head", c.vocab_size, h, false)?) };
+        b.refuse_unused_biases(c)?;
         let store = b.store;
-        Ok(Llama {
+        Ok(CausalLm {
             rope: Rope::new(&config),
+            local_rope: a.local_rope_theta.map(|theta| Rope::plain(theta, a.rotary_dim)),
             config,
             store,
             embed_tokens,
             layers,
-            norm,
+            norm: final_norm,
             lm_head,
             dtype: opts.dtype,
             device: opts.device.clone(),
@@ -120,5 +148,21 @@ impl Builder<'_> {
         let weight = self.param(&format!("{path}.weight"), &[out, inp])?;
         let bias = if bias { Some(self.param(&format!("{path}.bias"), &[out])?) } else { None };
         Ok(Linear { path: path.into(), weight, bias })
+    }
+
+    /// A bias the checkpoint has but the config says the model has not: the config is wrong
+    /// (transformers would silently drop the bias and compute something else).
+    fn refuse_unused_biases(&self, c: &ModelConfig) -> Result<()> {
+        let mut left: Vec<&String> = self.w.tensors.keys().filter(|n| n.ends_with("_proj.bias")).collect();
+        left.sort();
+        let Some(name) = left.first() else { return Ok(()) };
+        let key = if name.contains(".mlp.") { "mlp_bias" } else { "attention_bias" };
+        let file = self.w.files.get(*name).cloned().unwrap_or_else(|| self.source.into());
+        Err(Error::InvalidConfig {
+            file: self.source.join("config.json"),
+            key: key.into(),
+            expected: format!("true: {} has the bias `{name}` that a {} model with this config does not use", file.display(), c.arch.model_type),
+            found: "false or missing".into(),
+        })
     }
 }

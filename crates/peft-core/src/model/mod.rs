@@ -1,11 +1,14 @@
-//! The differentiable LLaMA, its parameters, KV cache and generation.
+//! The differentiable decoder of the LLaMA family, its parameters, KV cache and generation.
 pub mod batch;
 pub mod generate;
+pub mod hooks;
 pub mod kv_cache;
+pub mod layers;
 pub mod linear;
-pub mod llama;
+pub mod decoder;
 pub mod load;
 pub mod loss;
+pub mod modules;
 pub mod params;
 pub mod rope;
 pub mod save;
@@ -13,6 +16,9 @@ pub mod sampling;
 
 pub use batch::Batch;
 pub use kv_cache::KvCache;
-pub use llama::{Ctx, Llama};
+pub use decoder::{CausalLm, Ctx};
+pub use hooks::{ModelHooks, Prompt, PROMPT_ENCODER};
+pub use layers::{Linear, Norm};
+pub use modules::{Module, ModuleKind};
 pub use load::LoadOptions;
 pub use params::{ParamId, ParamStore, Parameter};

@@ -2,7 +2,7 @@
 //! transformers' `_compute_llama3_parameters`), and cos/sin tables for given positions.
 //! transformers computes the frequencies, angles and cos/sin in f32 whatever the model
 //! dtype (autocast disabled, `.float()`), so we do too: an f64 model then matches it.
-use crate::config::LlamaConfig;
+use crate::config::{ModelConfig, RopeScaling};
 use candle_core::{DType, Device, Result, Tensor};
 
 pub struct Rope {
@@ -10,28 +10,38 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(cfg: &LlamaConfig) -> Self {
-        let d = cfg.head_dim;
-        let base = cfg.rope_theta as f32;
-        let mut inv_freq: Vec<f32> = (0..d / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / d as f32)).collect();
-        if let Some(s) = &cfg.rope_scaling {
-            let old = s.original_max_position_embeddings as f64;
-            let low_wavelen = old / s.low_freq_factor;
-            let high_wavelen = old / s.high_freq_factor;
-            for f in inv_freq.iter_mut() {
-                let f64_ = *f as f64;
-                let wavelen = 2.0 * std::f64::consts::PI / f64_;
-                *f = if wavelen > low_wavelen {
-                    f64_ / s.factor
-                } else if wavelen < high_wavelen {
-                    f64_
-                } else {
-                    let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                    (1.0 - smooth) * f64_ / s.factor + smooth * f64_
-                } as f32;
+    /// The rotary dims' frequencies of a config (`rotary_dim` = head_dim unless Phi-3's
+    /// partial rotary factor says otherwise), with its scaling.
+    pub fn new(cfg: &ModelConfig) -> Self {
+        let mut rope = Self::plain(cfg.rope_theta, cfg.arch.rotary_dim);
+        match &cfg.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => rope.inv_freq.iter_mut().for_each(|f| *f /= *factor as f32),
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in rope.inv_freq.iter_mut() {
+                    let f64_ = *f as f64;
+                    let wavelen = 2.0 * std::f64::consts::PI / f64_;
+                    *f = if wavelen > low_wavelen {
+                        f64_ / factor
+                    } else if wavelen < high_wavelen {
+                        f64_
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f64_ / factor + smooth * f64_
+                    } as f32;
+                }
             }
         }
-        Rope { inv_freq }
+        rope
+    }
+
+    /// Unscaled frequencies `1 / theta^(2i/d)` over `d` rotated dims.
+    pub fn plain(theta: f64, d: usize) -> Self {
+        let base = theta as f32;
+        Rope { inv_freq: (0..d / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / d as f32)).collect() }
     }
 
     /// cos and sin of shape [b, t, head_dim/2] for positions [b][t].

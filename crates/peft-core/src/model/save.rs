@@ -1,12 +1,12 @@
 //! Writing the model as a Hugging Face checkpoint (`config.json` + `model.safetensors`),
 //! e.g. after merging adapters: transformers and our loader both read it back.
-use super::llama::Llama;
+use super::decoder::CausalLm;
 use crate::error::{Error, Result};
 use crate::io::safetensors::{save_file, write_atomic};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-impl Llama {
+impl CausalLm {
     /// Base weights only (adapter parameters, named `base_model.…`, are not part of it), in
     /// the model's dtype.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {

@@ -4,15 +4,10 @@
 //! implements the `AdapterLayer` methods of the sites it uses and registers its layers at
 //! those sites' module paths through `TunerConfig::hook_sites` / `create_hook`.
 use super::{LinearInfo, Tuners};
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::model::llama::Ctx;
-use crate::model::{Llama, ParamId};
-use crate::ops;
+use crate::model::{CausalLm, Ctx, Norm, ParamId, ParamStore, Prompt, PROMPT_ENCODER};
 use candle_core::Tensor;
-
-/// Module path of the prompt site (PEFT's `PeftModel.prompt_encoder`).
-pub const PROMPT_ENCODER: &str = "prompt_encoder";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sublayer {
@@ -26,7 +21,7 @@ pub enum Sublayer {
 #[derive(Debug, Clone)]
 pub enum HookSite {
     /// The whole model's prompt; `embed_tokens` for inits from token ids.
-    Prompt { config: LlamaConfig, embed_tokens: ParamId },
+    Prompt { config: ModelConfig, embed_tokens: ParamId },
     /// An RMSNorm (`model.layers.{i}.input_layernorm`, `...post_attention_layernorm`, `model.norm`).
     Norm { path: String, weight: ParamId, dim: usize },
     /// The output of a decoder layer's attention or MLP, before the residual add.
@@ -44,42 +39,35 @@ impl HookSite {
         }
     }
 
-    pub fn prompt(model: &Llama) -> Self {
+    /// A norm's site; `dim` is its width (head_dim for Qwen3's and Gemma's q/k norms).
+    pub fn norm(norm: &Norm, store: &ParamStore) -> Self {
+        let dim = store.get(norm.weight).value().dim(0).unwrap_or(0);
+        HookSite::Norm { path: norm.path.clone(), weight: norm.weight, dim }
+    }
+
+    pub fn prompt(model: &CausalLm) -> Self {
         HookSite::Prompt { config: model.config.clone(), embed_tokens: model.embed_tokens }
     }
 
     /// The sublayer sites of `kind` in the given decoder layers (None: all).
-    pub fn sublayers(model: &Llama, kind: Sublayer, layers: Option<&[usize]>) -> Vec<Self> {
-        let name = match kind {
-            Sublayer::Attention => "self_attn",
-            Sublayer::Mlp => "mlp",
-        };
-        (0..model.layers.len())
-            .filter(|i| layers.is_none_or(|l| l.contains(i)))
-            .map(|i| HookSite::Sublayer { path: format!("model.layers.{i}.{name}"), layer: i, kind, hidden: model.config.hidden_size })
+    pub fn sublayers(model: &CausalLm, kind: Sublayer, layers: Option<&[usize]>) -> Vec<Self> {
+        (model.sublayers().into_iter())
+            .filter(|(i, _, _)| layers.is_none_or(|l| l.contains(i)))
+            .map(|(i, attn, mlp)| {
+                let path = match kind {
+                    Sublayer::Attention => attn,
+                    Sublayer::Mlp => mlp,
+                };
+                HookSite::Sublayer { path: path.to_string(), layer: i, kind, hidden: model.config.hidden_size }
+            })
             .collect()
     }
-}
-
-/// What the prompt site adds to one forward pass.
-#[derive(Default)]
-pub struct Prompt {
-    /// [b, n, hidden], prepended to the input embeddings.
-    pub virtual_tokens: Option<Tensor>,
-    /// Per decoder layer, keys and values [b, kv_heads, n, head_dim] attended before the tokens.
-    pub kv_prefix: Option<Vec<(Tensor, Tensor)>>,
-    /// Which adapter owns which key/value prefix columns, in order: (adapter, n). Gated
-    /// prefixes (UniPELT's G_P) find their columns by it.
-    pub prefix_spans: Vec<(String, usize)>,
 }
 
 impl Tuners {
     /// The running adapters' prompt contributions for a batch of `b`, concatenated in the
     /// active order (PEFT runs one prompt-learning adapter at a time; several simply stack).
-    pub(crate) fn prompt(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
-        if ctx.rows.is_some() {
-            return Ok(Prompt::default()); // `route_rows` refuses prompt-learning adapters per row
-        }
+    pub(crate) fn prompt_running(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
         let mut virt: Vec<Tensor> = Vec::new();
         let mut prefix: Vec<Vec<(Tensor, Tensor)>> = Vec::new();
         let mut prefix_spans = Vec::new();
@@ -117,20 +105,17 @@ impl Tuners {
         Ok(Prompt { virtual_tokens, kv_prefix, prefix_spans })
     }
 
-    /// RMSNorm at `path`: a running adapter may replace the weight (LN tuning), then each
+    /// The norm `norm`: a running adapter may replace the weight (LN tuning), then each
     /// may transform the output (SSF after a norm).
-    pub(crate) fn norm(&self, path: &str, x: &Tensor, weight: Tensor, eps: f64, ctx: &Ctx) -> Result<Tensor> {
-        if let Some(rows) = &ctx.rows {
-            return self.route_norm(rows, path, x, weight, eps, ctx);
-        }
-        let layers = self.running(path);
-        let mut w = weight;
+    pub(crate) fn norm_running(&self, norm: &Norm, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let layers = self.running(&norm.path);
+        let mut w = ctx.param(norm.weight);
         for l in &layers {
             if let Some(nw) = l.norm_weight(&w, ctx)? {
                 w = nw.to_dtype(w.dtype())?;
             }
         }
-        let mut y = ops::rms_norm(x, &w, eps)?;
+        let mut y = norm.apply(x, &w)?;
         for l in &layers {
             y = l.norm_output(y, ctx)?;
         }
@@ -141,7 +126,7 @@ impl Tuners {
     /// [b, 1, t, n] (n = the spans' total), from the attention input `x` [b, t, hidden]:
     /// each span's owner may gate its columns (`AdapterLayer::prefix_gate`), others get 1.
     /// None when no running adapter gates its prefix (the attention is then unchanged).
-    pub(crate) fn prefix_gates(&self, path: &str, spans: &[(String, usize)], x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+    pub(crate) fn prefix_gates_running(&self, path: &str, spans: &[(String, usize)], x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
         let layers = self.running(path);
         let gates = spans
             .iter()
@@ -166,10 +151,7 @@ impl Tuners {
     }
 
     /// A sublayer's output through the running adapters at `path`, in the active order.
-    pub(crate) fn sublayer(&self, path: &str, input: &Tensor, output: Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if let Some(rows) = &ctx.rows {
-            return self.route_sublayer(rows, path, input, output, ctx);
-        }
+    pub(crate) fn sublayer_running(&self, path: &str, input: &Tensor, output: Tensor, ctx: &Ctx) -> Result<Tensor> {
         let mut out = output;
         for l in self.running(path) {
             out = l.sublayer(input, out, ctx)?;

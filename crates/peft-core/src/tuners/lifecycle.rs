@@ -5,8 +5,8 @@
 use super::targeting::{self, Targets};
 use super::{AdapterLayer, BuildCtx, HookSite, LinearInfo, TunerConfig};
 use crate::error::{Error, Result};
-use crate::model::llama::{Ctx, Linear};
-use crate::model::{Llama, ParamId};
+use crate::model::{Ctx, Linear};
+use crate::model::{CausalLm, ParamId};
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -51,11 +51,11 @@ impl Tuners {
     /// Attaches adapter `name` built from `config` to the modules it targets. The first
     /// adapter becomes active; later ones are added inactive (and frozen), as PEFT's
     /// `add_adapter`. `seed` drives the random inits.
-    pub fn inject(&mut self, model: &mut Llama, name: &str, config: Box<dyn TunerConfig>, seed: u64) -> Result<InjectReport> {
+    pub fn inject(&mut self, model: &mut CausalLm, name: &str, config: Box<dyn TunerConfig>, seed: u64) -> Result<InjectReport> {
         self.inject_with(model, name, config, seed, false)
     }
 
-    pub(crate) fn inject_with(&mut self, model: &mut Llama, name: &str, mut config: Box<dyn TunerConfig>, seed: u64, loading: bool) -> Result<InjectReport> {
+    pub(crate) fn inject_with(&mut self, model: &mut CausalLm, name: &str, mut config: Box<dyn TunerConfig>, seed: u64, loading: bool) -> Result<InjectReport> {
         if name.is_empty() || name.contains('.') {
             return Err(Error::arg("adapter name", "a non-empty name without dots", format!("\"{name}\"")));
         }
@@ -114,7 +114,7 @@ impl Tuners {
     }
 
     /// Runs every layer's `check_loaded` for adapter `name` after its tensors were loaded from `file`.
-    pub fn check_loaded(&self, model: &Llama, name: &str, file: &std::path::Path) -> Result<()> {
+    pub fn check_loaded(&self, model: &CausalLm, name: &str, file: &std::path::Path) -> Result<()> {
         self.layers.values().flatten().filter(|l| l.adapter_name() == name).try_for_each(|l| l.check_loaded(&model.store, file))
     }
 
@@ -156,7 +156,7 @@ impl Tuners {
 
     /// (file key, parameter) pairs of adapter `name`, as PEFT's `get_peft_model_state_dict` keys them.
     /// Saved buffers (`AdapterLayer::buffers`) follow the parameters, each once.
-    pub fn checkpoint_keys(&self, model: &Llama, name: &str) -> Result<Vec<(String, ParamId)>> {
+    pub fn checkpoint_keys(&self, model: &CausalLm, name: &str) -> Result<Vec<(String, ParamId)>> {
         let a = self.adapter(name)?;
         let layers: Vec<&dyn AdapterLayer> = a.modules.iter().flat_map(|p| self.layer(p, name)).collect();
         let ids = saved_ids(&layers, a.config.saves_buffers());
@@ -166,7 +166,7 @@ impl Tuners {
     /// (file key, tensor) pairs that saving adapter `name` writes: `checkpoint_keys` with
     /// their values as the config saves them (`TunerConfig::checkpoint_tensor`), except for
     /// layers that export something else (`AdapterLayer::export`), whose pairs follow.
-    pub fn checkpoint_tensors(&self, model: &Llama, name: &str) -> Result<Vec<(String, Tensor)>> {
+    pub fn checkpoint_tensors(&self, model: &CausalLm, name: &str) -> Result<Vec<(String, Tensor)>> {
         let a = self.adapter(name)?;
         let (mut plain, mut exported) = (Vec::new(), Vec::new());
         for layer in a.modules.iter().flat_map(|p| self.layer(p, name)) {
@@ -184,7 +184,7 @@ impl Tuners {
 
     /// Activates `names` in this order (their outputs are added in it). Unmerges first, as
     /// PEFT does; the active adapters become trainable unless in inference mode.
-    pub fn set_active(&mut self, model: &mut Llama, names: &[&str]) -> Result<()> {
+    pub fn set_active(&mut self, model: &mut CausalLm, names: &[&str]) -> Result<()> {
         for n in names {
             self.adapter(n)?;
         }
@@ -196,7 +196,7 @@ impl Tuners {
 
     /// Disabling runs the base model alone (merged weights are unmerged first) and freezes
     /// every adapter; enabling restores the active set.
-    pub fn set_enabled(&mut self, model: &mut Llama, on: bool) -> Result<()> {
+    pub fn set_enabled(&mut self, model: &mut CausalLm, on: bool) -> Result<()> {
         if !on {
             self.unmerge(model)?;
         }
@@ -208,7 +208,7 @@ impl Tuners {
     /// Removes adapter `name` and its parameters; its changes to base weights are undone.
     /// If it was active, the remaining active ones stay, or else the first adapter by name
     /// becomes active (PEFT's rule). Returns warnings.
-    pub fn delete_adapter(&mut self, model: &mut Llama, name: &str) -> Result<Vec<String>> {
+    pub fn delete_adapter(&mut self, model: &mut CausalLm, name: &str) -> Result<Vec<String>> {
         let i = self.index(name)?;
         if self.merged.values().any(|m| m.iter().any(|n| n == name)) {
             return Err(Error::Unsupported(format!("adapter `{name}` is merged: unmerge before deleting it")));
@@ -231,7 +231,7 @@ impl Tuners {
     }
 
     /// Removes every adapter, leaving the base model as it was.
-    pub fn unload(&mut self, model: &mut Llama) -> Result<()> {
+    pub fn unload(&mut self, model: &mut CausalLm) -> Result<()> {
         self.unmerge(model)?;
         while !self.adapters.is_empty() {
             self.remove(model, 0, true)?;
@@ -240,7 +240,7 @@ impl Tuners {
         Ok(())
     }
 
-    pub(super) fn remove(&mut self, model: &mut Llama, index: usize, restore: bool) -> Result<()> {
+    pub(super) fn remove(&mut self, model: &mut CausalLm, index: usize, restore: bool) -> Result<()> {
         let a = self.adapters.remove(index);
         for path in &a.modules {
             let Some(layers) = self.layers.get_mut(path) else { continue };
@@ -260,7 +260,7 @@ impl Tuners {
 
     /// PEFT's `set_adapter`/`enable_adapters` rule: an adapter trains when the adapters
     /// are enabled, it is active, and its config is not in inference mode.
-    fn update_requires_grad(&self, model: &mut Llama) {
+    fn update_requires_grad(&self, model: &mut CausalLm) {
         for a in &self.adapters {
             let on = self.enabled && self.active.contains(&a.name) && !a.config.inference_mode();
             for id in a.modules.iter().flat_map(|p| self.layer(p, &a.name)).flat_map(|l| l.params()) {
@@ -287,11 +287,8 @@ impl Tuners {
         self.layers.get_mut(path)?.iter_mut().find(|l| l.adapter_name() == name)
     }
 
-    /// Called by `Linear::forward` before the base matmul.
+    /// The input transforms of the running adapters at a linear, before the base matmul.
     pub(crate) fn linear_input(&self, linear: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
-        if ctx.rows.is_some() {
-            return Ok(None); // a mixed batch transforms each adapter's rows in `route_linear`
-        }
         let mut out: Option<Tensor> = None;
         for layer in self.running(&linear.path) {
             if let Some(y) = layer.transform_input(out.as_ref().unwrap_or(x), ctx)? {
@@ -301,11 +298,8 @@ impl Tuners {
         Ok(out)
     }
 
-    /// Called by `Linear::forward` with the base output.
+    /// The running adapters' outputs at a linear, from the base output.
     pub(crate) fn linear_output(&self, linear: &Linear, x: &Tensor, base: Tensor, ctx: &Ctx) -> Result<Tensor> {
-        if let Some(rows) = &ctx.rows {
-            return self.route_linear(rows, linear, x, base, ctx);
-        }
         let mut result = base;
         for layer in self.running(&linear.path) {
             result = layer.forward(linear, x, result, ctx)?;

@@ -6,7 +6,7 @@
 use super::fields::Fields;
 use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::llama::{Ctx, Linear};
+use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::AdapterLayer;
 use candle_core::{DType, Tensor};

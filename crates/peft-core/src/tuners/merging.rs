@@ -4,14 +4,14 @@
 //! reverse order and the forward pass skips them.
 use super::Tuners;
 use crate::error::{Error, Result};
-use crate::model::{Llama, ParamId};
+use crate::model::{CausalLm, ParamId};
 use candle_core::Tensor;
 use std::collections::HashMap;
 
 impl Tuners {
     /// Merges the given adapters (default: the active ones) into the base weights of
     /// their modules; the forward pass then runs the base layer alone there.
-    pub fn merge(&mut self, model: &mut Llama, names: Option<&[&str]>) -> Result<()> {
+    pub fn merge(&mut self, model: &mut CausalLm, names: Option<&[&str]>) -> Result<()> {
         let names: Vec<String> = names.map_or_else(|| self.active.clone(), |n| n.iter().map(|s| s.to_string()).collect());
         for n in &names {
             let config = &self.adapter(n)?.config;
@@ -44,7 +44,7 @@ impl Tuners {
     }
 
     /// Undoes every merge, last merged first.
-    pub fn unmerge(&mut self, model: &mut Llama) -> Result<()> {
+    pub fn unmerge(&mut self, model: &mut CausalLm) -> Result<()> {
         let paths: Vec<String> = self.merged.keys().cloned().collect();
         for path in paths {
             let weight = base_weight(model, &path)?;
@@ -72,7 +72,7 @@ impl Tuners {
 
     /// Merges the given adapters (default: the active ones) and removes every adapter: the
     /// base model then carries the merged weights.
-    pub fn merge_and_unload(&mut self, model: &mut Llama, names: Option<&[&str]>) -> Result<()> {
+    pub fn merge_and_unload(&mut self, model: &mut CausalLm, names: Option<&[&str]>) -> Result<()> {
         self.merge(model, names)?;
         let merged: Vec<String> = self.merged.values().flatten().cloned().collect();
         while let Some(a) = self.adapters.first() {
@@ -86,13 +86,13 @@ impl Tuners {
     }
 }
 
-fn base_weight(model: &Llama, path: &str) -> Result<ParamId> {
+fn base_weight(model: &CausalLm, path: &str) -> Result<ParamId> {
     model.module_weight(path).ok_or_else(|| Error::arg("module path", "a linear or norm module of the model", path))
 }
 
 /// Sets the bias of the linear at `path`, creating a frozen `<path>.bias` when it has none
 /// (LLaMA's linears have no bias; SSF and bias tuning merge into one).
-fn set_bias(model: &mut Llama, added: &mut HashMap<String, ParamId>, path: &str, value: &Tensor) -> Result<()> {
+fn set_bias(model: &mut CausalLm, added: &mut HashMap<String, ParamId>, path: &str, value: &Tensor) -> Result<()> {
     let current = model.linears().into_iter().find(|l| l.path == path).and_then(|l| l.bias);
     match current {
         Some(id) => model.store.get(id).set(value),

@@ -5,7 +5,7 @@
 //! A method brings two things: a config (`TunerConfig`) that knows how to build its layer
 //! for one targeted module, and that layer (`AdapterLayer`).
 //!
-//! Hook sites (`hooks.rs`), all driven by the `Tuners` in `Ctx`: the linear layers (LoRA,
+//! Hook sites (`hooks.rs`), all driven through the model's `ModelHooks` (`attach.rs`): the linear layers (LoRA,
 //! IA³, VeRA, LoHa, LoKr, AdaLoRA, SSF, bias tuning, sparse masks: an optional input
 //! transform before the base matmul, then an output hook that sees the running result); the
 //! prompt (prompt tuning and p-tuning prepend virtual tokens, prefix tuning adds per-layer
@@ -15,6 +15,7 @@
 //! `AdapterLayer` methods of its sites; the ones that are not linear-only list their sites
 //! in `TunerConfig::hook_sites`. Each method lives in one folder next to `lora/`.
 pub mod adalora;
+mod attach;
 pub mod bias;
 pub mod bottleneck;
 pub mod dylora;
@@ -44,13 +45,15 @@ pub mod targeting;
 pub mod unipelt;
 pub mod vera;
 
-pub use hooks::{HookSite, Sublayer, PROMPT_ENCODER};
+pub use attach::WithTuners;
+pub use crate::model::PROMPT_ENCODER;
+pub use hooks::{HookSite, Sublayer};
 pub use lifecycle::{InjectReport, Tuners};
 pub use targeting::{TargetSpec, Targets};
 
 use crate::error::{Error, Result};
-use crate::model::llama::{Ctx, Linear};
-use crate::model::{Llama, ParamId, ParamStore};
+use crate::model::{Ctx, Linear};
+use crate::model::{CausalLm, ParamId, ParamStore};
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use serde_json::Value;
@@ -211,14 +214,14 @@ pub trait TunerConfig: Send + Sync + std::fmt::Debug {
     /// Whether the layers can be merged into the base weights.
     fn can_merge(&self) -> bool;
     /// Checks that need the model (biases, tied heads); returns warnings.
-    fn check_model(&mut self, _model: &Llama, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, _model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
     /// Builds the adapter layer of one targeted linear, adding its parameters to the store.
     fn create_linear(&self, target: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>>;
     /// Methods that attach at other hook sites (`hooks.rs`) list them here; None (the
     /// default) selects linear layers by `targets()` and builds them with `create_linear`.
-    fn hook_sites(&self, _model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, _model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         Ok(None)
     }
     /// Builds the layer of one site returned by `hook_sites`.

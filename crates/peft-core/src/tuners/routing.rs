@@ -2,7 +2,7 @@
 //! `model(**inputs, adapter_names=[...])` (`_enable_peft_forward_hooks` in the tuner,
 //! `_mixed_batch_forward` in each layer) and S-LoRA/Punica-style serving.
 //!
-//! The assignment travels in `Ctx::rows`. Every hook site routes it the same way, so every
+//! The assignment travels in the hooks a forward pass runs with (`attach.rs`). Every hook site routes it the same way, so every
 //! method works without knowing about it: for each distinct adapter in the batch that has a
 //! layer at the site, that layer runs on the sub-batch of its rows (an `index_select`), the
 //! other rows keep the base result, and the rows are put back in their order with one
@@ -10,9 +10,7 @@
 //! adapters disabled every row gets the base model, as PEFT checks `disable_adapters` first.
 use super::{AdapterLayer, Tuners, PROMPT_ENCODER};
 use crate::error::{Error, Result};
-use crate::model::linear;
-use crate::model::llama::{Ctx, Linear};
-use crate::ops;
+use crate::model::{Ctx, Linear, Norm};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -189,7 +187,7 @@ impl Tuners {
         self.route(rows, &linear.path, base, |layer, r| {
             let xs = r.select(x)?;
             let start = match layer.transform_input(&xs, ctx)? {
-                Some(t) => linear::linear(&t, &ctx.param(linear.weight), linear.bias.map(|b| ctx.param(b)).as_ref())?,
+                Some(t) => linear.base(&t, ctx)?,
                 None => r.select(&whole)?,
             };
             layer.forward(linear, &xs, start, ctx)
@@ -198,14 +196,15 @@ impl Tuners {
 
     /// `Tuners::norm` for a mixed batch: each adapter's rows normalised with its weight
     /// (LN tuning) and through its output transform (SSF).
-    pub(super) fn route_norm(&self, rows: &RowAdapters, path: &str, x: &Tensor, weight: Tensor, eps: f64, ctx: &Ctx) -> Result<Tensor> {
-        let base = ops::rms_norm(x, &weight, eps)?;
-        self.route(rows, path, base, |layer, r| {
+    pub(super) fn route_norm(&self, rows: &RowAdapters, norm: &Norm, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let weight = ctx.param(norm.weight);
+        let base = norm.apply(x, &weight)?;
+        self.route(rows, &norm.path, base, |layer, r| {
             let w = match layer.norm_weight(&weight, ctx)? {
                 Some(w) => w.to_dtype(weight.dtype())?,
                 None => weight.clone(),
             };
-            layer.norm_output(ops::rms_norm(&r.select(x)?, &w, eps)?, ctx)
+            layer.norm_output(norm.apply(&r.select(x)?, &w)?, ctx)
         })
     }
 

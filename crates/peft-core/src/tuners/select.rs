@@ -3,12 +3,12 @@
 //! every module path, keeping those of the kinds the method supports.
 use super::targeting::{module_names, Match, Matcher, TargetSpec};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use std::path::Path;
 
 /// The module paths `spec` targets, each accepted by `supported`; `what` names the
 /// supported kinds in errors.
-pub fn select_modules(spec: &TargetSpec, model: &Llama, file: &Path, supported: &dyn Fn(&str) -> bool, what: &str) -> Result<Vec<String>> {
+pub fn select_modules(spec: &TargetSpec, model: &CausalLm, file: &Path, supported: &dyn Fn(&str) -> bool, what: &str) -> Result<Vec<String>> {
     let m = Matcher::new(spec, file)?;
     let mut hit = Vec::new();
     for key in module_names(model) {
@@ -36,6 +36,6 @@ pub fn select_modules(spec: &TargetSpec, model: &Llama, file: &Path, supported: 
 }
 
 /// Whether `path` is one of the model's RMSNorms.
-pub fn is_norm(model: &Llama, path: &str) -> bool {
-    model.norms().iter().any(|(p, _)| p == path)
+pub fn is_norm(model: &CausalLm, path: &str) -> bool {
+    model.norms().iter().any(|n| n.path == path)
 }

@@ -3,7 +3,7 @@
 //! `_find_minimal_target_modules`, `inject_adapter`'s errors; `utils/other.py`:
 //! `get_pattern_key`). Keys are module paths as transformers' `named_modules()` lists them.
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use regex::Regex;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ pub const ALL_LINEAR: &str = "all-linear";
 const MIN_TARGET_MODULES_FOR_OPTIMIZATION: usize = 20;
 
 /// Every module path of `LlamaForCausalLM`, in `named_modules()` order (the root "" left out).
-pub fn module_names(model: &Llama) -> Vec<String> {
+pub fn module_names(model: &CausalLm) -> Vec<String> {
     let mut v: Vec<String> = ["model", "model.embed_tokens", "model.layers"].map(String::from).to_vec();
     for i in 0..model.layers.len() {
         let p = format!("model.layers.{i}");
@@ -147,7 +147,7 @@ impl<'a> Matcher<'a> {
 /// The `target_modules` PEFT actually injects with: `all-linear` becomes the set of linear
 /// module names minus the output head, and lists of 20 or more are condensed to minimal
 /// suffixes. PEFT writes the result back into the config (and so into the saved file).
-pub fn resolve_targets(spec: &TargetSpec, model: &Llama) -> Option<Targets> {
+pub fn resolve_targets(spec: &TargetSpec, model: &CausalLm) -> Option<Targets> {
     let names = module_names(model);
     let mut list: Vec<String> = match &spec.target_modules {
         Some(Targets::Regex(s)) if s.to_lowercase() == ALL_LINEAR => {
@@ -200,12 +200,12 @@ fn minimal_target_modules(targets: &[String], others: &[&String]) -> Vec<String>
 }
 
 /// Module paths of the linear layers that can carry an adapter.
-pub fn linear_paths(model: &Llama) -> Vec<String> {
+pub fn linear_paths(model: &CausalLm) -> Vec<String> {
     model.linears().iter().map(|l| l.path.clone()).collect()
 }
 
 /// The module paths an adapter with `spec` attaches to, or PEFT's error when none match.
-pub fn select(spec: &TargetSpec, model: &Llama, file: &Path) -> Result<Vec<String>> {
+pub fn select(spec: &TargetSpec, model: &CausalLm, file: &Path) -> Result<Vec<String>> {
     let m = Matcher::new(spec, file)?;
     let linears: HashSet<String> = linear_paths(model).into_iter().collect();
     let (mut hit, mut excluded, mut unmatched) = (Vec::new(), false, false);
@@ -261,7 +261,7 @@ fn layer_note(spec: &TargetSpec) -> String {
     s
 }
 
-fn available(model: &Llama) -> String {
+fn available(model: &CausalLm) -> String {
     let paths = linear_paths(model);
     let mut leaves: Vec<&str> = Vec::new();
     for p in &paths {

@@ -1,7 +1,8 @@
 //! Access to the shared HF fixtures (read in place, never copied).
 #![allow(dead_code)]
+use peft_core::tuners::WithTuners;
 use candle_core::{Device, Tensor};
-use peft_core::model::{Batch, Llama, LoadOptions};
+use peft_core::model::{Batch, CausalLm, LoadOptions};
 use peft_core::tuners::Tuners;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,8 +53,8 @@ pub fn expected(case: &str) -> HashMap<String, Tensor> {
     peft_core::io::safetensors::load_file(&p, None, &Device::Cpu).unwrap()
 }
 
-pub fn load_model() -> Llama {
-    Llama::from_pretrained(&model_dir(), &LoadOptions::default()).unwrap()
+pub fn load_model() -> CausalLm {
+    CausalLm::from_pretrained(&model_dir(), &LoadOptions::default()).unwrap()
 }
 
 /// Largest |a - b| over positions where `mask` [b, t] is 1 (a, b: [b, t, v]).
@@ -100,17 +101,20 @@ pub fn adamw_from_case(case: &str) -> peft_core::optim::AdamWHyper {
 }
 
 /// Loss on the fixture batch; with `backward`, gradients are accumulated into the store.
-pub fn loss_on_fixture(model: &mut Llama, backward: bool) -> f32 {
+pub fn loss_on_fixture(model: &mut CausalLm, backward: bool) -> f32 {
     loss_with(model, None, backward)
 }
 
 /// `loss_on_fixture` with adapters attached.
-pub fn loss_with(model: &mut Llama, tuners: Option<&Tuners>, backward: bool) -> f32 {
+pub fn loss_with(model: &mut CausalLm, tuners: Option<&Tuners>, backward: bool) -> f32 {
     let inp = inputs();
     let mut ctx = peft_core::model::Ctx::new(&model.store, !backward);
-    ctx.tuners = tuners;
+    if let Some(t) = tuners {
+        ctx = ctx.with_tuners(t);
+    }
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
     let l = peft_core::model::loss::causal_lm_loss(&logits, &inp.labels).unwrap();
+    drop(ctx);
     if backward {
         let g = l.backward().unwrap();
         model.store.accumulate_grads(&g).unwrap();
@@ -119,19 +123,21 @@ pub fn loss_with(model: &mut Llama, tuners: Option<&Tuners>, backward: bool) -> 
 }
 
 /// Logits [2, 16, vocab] on the fixture batch, inference mode.
-pub fn logits_with(model: &Llama, tuners: Option<&Tuners>) -> Tensor {
+pub fn logits_with(model: &CausalLm, tuners: Option<&Tuners>) -> Tensor {
     let mut ctx = peft_core::model::Ctx::inference(&model.store);
-    ctx.tuners = tuners;
+    if let Some(t) = tuners {
+        ctx = ctx.with_tuners(t);
+    }
     model.forward(&inputs().batch(), &ctx, None, false).unwrap()
 }
 
 /// Two AdamW steps on the fixture batch, as make_fixtures.py does; returns the loss after step 1.
-pub fn two_adamw_steps(model: &mut Llama, h: &peft_core::optim::AdamWHyper) -> f32 {
+pub fn two_adamw_steps(model: &mut CausalLm, h: &peft_core::optim::AdamWHyper) -> f32 {
     two_adamw_steps_with(model, None, h)
 }
 
 /// `two_adamw_steps` with adapters attached (only trainable parameters step).
-pub fn two_adamw_steps_with(model: &mut Llama, tuners: Option<&Tuners>, h: &peft_core::optim::AdamWHyper) -> f32 {
+pub fn two_adamw_steps_with(model: &mut CausalLm, tuners: Option<&Tuners>, h: &peft_core::optim::AdamWHyper) -> f32 {
     let mut state: HashMap<String, (Tensor, Tensor)> = HashMap::new();
     let mut loss1 = 0.0;
     for step in 1..=2u64 {
@@ -150,14 +156,16 @@ pub fn two_adamw_steps_with(model: &mut Llama, tuners: Option<&Tuners>, h: &peft
     loss1
 }
 
-pub fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+pub fn greedy(model: &CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
     greedy_with(model, None, prompt, n)
 }
 
-pub fn greedy_with(model: &Llama, tuners: Option<&Tuners>, prompt: &[u32], n: usize) -> Vec<u32> {
+pub fn greedy_with(model: &CausalLm, tuners: Option<&Tuners>, prompt: &[u32], n: usize) -> Vec<u32> {
     use peft_core::model::generate::{generate, Flow, GenerateOptions};
     let mut ctx = peft_core::model::Ctx::inference(&model.store);
-    ctx.tuners = tuners;
+    if let Some(t) = tuners {
+        ctx = ctx.with_tuners(t);
+    }
     let opts = GenerateOptions { max_new_tokens: n, sampling: Default::default(), seed: 0, stop_token_ids: vec![] };
     generate(model, &ctx, &[prompt.to_vec()], &opts, &mut |_| Flow::Continue).unwrap().remove(0)
 }
@@ -197,6 +205,6 @@ pub fn inject_err(cfg: serde_json::Value) -> String {
 }
 
 /// Snapshot of every parameter's value by name.
-pub fn snapshot(model: &Llama) -> HashMap<String, Tensor> {
+pub fn snapshot(model: &CausalLm) -> HashMap<String, Tensor> {
     model.store.iter().map(|(_, p)| (p.name.clone(), p.value().copy().unwrap())).collect()
 }

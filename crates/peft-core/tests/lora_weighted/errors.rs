@@ -2,7 +2,7 @@
 //! what differs, and leave no half-built adapter behind; LoRAHub's element-wise composition.
 use super::*;
 
-fn err(tuners: &mut Tuners, model: &mut Llama, adapters: &[&str], weights: &[f64], f: impl FnOnce(&mut WeightedOptions)) -> String {
+fn err(tuners: &mut Tuners, model: &mut CausalLm, adapters: &[&str], weights: &[f64], f: impl FnOnce(&mut WeightedOptions)) -> String {
     let mut o = WeightedOptions::default();
     f(&mut o);
     let names = tuners.names();

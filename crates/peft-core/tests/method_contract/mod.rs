@@ -4,10 +4,11 @@
 //! differences, save/load round trip with identical logits, merge = unmerged output (or a
 //! clear error), disabled = base output, and a falling loss over 20 AdamW steps.
 #![allow(dead_code)]
+use peft_core::tuners::WithTuners;
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
 use peft_core::io::adapter::{load_adapter, save_adapter};
-use peft_core::model::{loss, Batch, Ctx, Llama, LoadOptions};
+use peft_core::model::{loss, Batch, Ctx, CausalLm, LoadOptions};
 use peft_core::tuners::{parse_config, Tuners};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -31,8 +32,8 @@ pub fn error_of(v: &Value) -> String {
 
 /// Model in `dtype` with the adapter injected and every trainable parameter moved by
 /// noise (scale ±0.1 around its init), seeded.
-pub fn setup(v: &Value, dtype: DType) -> (Llama, Tuners) {
-    let mut model = Llama::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+pub fn setup(v: &Value, dtype: DType) -> (CausalLm, Tuners) {
+    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
     tuners.inject(&mut model, "default", config(v), 3).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -44,7 +45,7 @@ pub fn setup(v: &Value, dtype: DType) -> (Llama, Tuners) {
     (model, tuners)
 }
 
-fn loss_value(model: &Llama, tuners: &Tuners) -> f64 {
+fn loss_value(model: &CausalLm, tuners: &Tuners) -> f64 {
     let inp = inputs();
     let ctx = Ctx::inference(&model.store).with_tuners(tuners);
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
@@ -167,6 +168,7 @@ fn loss_falls(v: &Value) {
         let ctx = Ctx::new(&model.store, false).with_tuners(&tuners).training(step);
         let logits = model.forward(&batch, &ctx, None, false).unwrap();
         let l = loss::causal_lm_loss(&logits, &labels).unwrap();
+        drop(ctx);
         let g = l.backward().unwrap();
         model.store.accumulate_grads(&g).unwrap();
         if step == 1 {

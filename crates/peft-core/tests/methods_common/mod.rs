@@ -2,10 +2,11 @@
 //! a fixture case end to end, PEFT file round trips, gradient presence and f64 finite
 //! differences. Each test file declares `mod common; mod methods_common;`.
 #![allow(dead_code)]
+use peft_core::tuners::WithTuners;
 use crate::common::*;
 use candle_core::{DType, Tensor};
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
-use peft_core::model::{loss, Ctx, Llama};
+use peft_core::model::{loss, Ctx, CausalLm};
 use peft_core::tuners::{parse_config, TunerConfig, Tuners};
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
@@ -162,7 +163,7 @@ pub fn check_round_trip(case: &str, defaults: &Map<String, Value>) {
 
 /// Gives every adapter parameter random values (so that zero-initialised factors do not
 /// zero the gradients of the others): multiplicative ones near 1, others near 0.
-pub fn randomize(model: &Llama, seed: u64, near_one: bool) {
+pub fn randomize(model: &CausalLm, seed: u64, near_one: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
         let v: Vec<f64> = (0..p.value().elem_count()).map(|_| rng.random_range(-0.2..0.2) + if near_one { 1.0 } else { 0.0 }).collect();
@@ -172,7 +173,7 @@ pub fn randomize(model: &Llama, seed: u64, near_one: bool) {
 
 /// Every trainable parameter has a finite, non-zero gradient and no base weight has one;
 /// returns how many were checked.
-pub fn check_all_gradients(model: &mut Llama, tuners: &Tuners) -> usize {
+pub fn check_all_gradients(model: &mut CausalLm, tuners: &Tuners) -> usize {
     model.store.zero_grad();
     loss_with(model, Some(tuners), true);
     let mut n = 0;
@@ -187,7 +188,7 @@ pub fn check_all_gradients(model: &mut Llama, tuners: &Tuners) -> usize {
     n
 }
 
-pub fn loss64(model: &Llama, tuners: &Tuners) -> f64 {
+pub fn loss64(model: &CausalLm, tuners: &Tuners) -> f64 {
     let inp = inputs();
     let ctx = Ctx::inference(&model.store).with_tuners(tuners);
     let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
@@ -196,13 +197,13 @@ pub fn loss64(model: &Llama, tuners: &Tuners) -> f64 {
 
 /// Central differences in f64 against autograd for a few elements of parameter `name`
 /// (the model must be f64 and the gradients accumulated); returns max |fd − g| / max |g|.
-pub fn fd_error(model: &mut Llama, tuners: &Tuners, name: &str, loss: impl Fn(&Llama, &Tuners) -> f64) -> f64 {
+pub fn fd_error(model: &mut CausalLm, tuners: &Tuners, name: &str, loss: impl Fn(&CausalLm, &Tuners) -> f64) -> f64 {
     let p = model.store.by_name(name).unwrap();
     let g: Vec<f64> = p.grad.as_ref().expect("accumulate gradients first").flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let base: Vec<f64> = p.value().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let dims = p.value().dims().to_vec();
     let gmax = g.iter().fold(0f64, |m, x| m.max(x.abs()));
-    let set = |model: &Llama, v: Vec<f64>| model.store.by_name(name).unwrap().set(&Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu).unwrap()).unwrap();
+    let set = |model: &CausalLm, v: Vec<f64>| model.store.by_name(name).unwrap().set(&Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu).unwrap()).unwrap();
     let h = 1e-5;
     let mut worst = 0f64;
     for i in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
@@ -221,7 +222,7 @@ pub fn fd_error(model: &mut Llama, tuners: &Tuners, name: &str, loss: impl Fn(&L
 
 /// Merge then unmerge: merged output equals the unmerged one, the base comes back; a
 /// disabled adapter gives the base model. Returns (merged vs unmerged logits, base error).
-pub fn check_merge_and_disable(model: &mut Llama, tuners: &mut Tuners) -> (f32, f32) {
+pub fn check_merge_and_disable(model: &mut CausalLm, tuners: &mut Tuners) -> (f32, f32) {
     let base_logits = logits_with(model, None);
     let base: HashMap<String, Tensor> = snapshot(model).into_iter().filter(|(k, _)| !k.starts_with("base_model.")).collect();
     let with = logits_with(model, Some(tuners));

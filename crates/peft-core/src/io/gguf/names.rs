@@ -1,6 +1,6 @@
 //! llama.cpp's tensor names and Hugging Face's, the shape a config implies for each, and
 //! llama.cpp's Q/K row permutation.
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::error::Result;
 use candle_core::Tensor;
 
@@ -65,7 +65,7 @@ pub(crate) fn layer_of(hf_name: &str) -> Option<usize> {
 }
 
 /// The shape `config` implies for a Hugging Face weight name ([out, in] for linears).
-pub(crate) fn expected_shape(cfg: &LlamaConfig, hf_name: &str) -> Option<Vec<usize>> {
+pub(crate) fn expected_shape(cfg: &ModelConfig, hf_name: &str) -> Option<Vec<usize>> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
     match hf_name {
@@ -93,10 +93,14 @@ pub(crate) fn expected_shape(cfg: &LlamaConfig, hf_name: &str) -> Option<Vec<usi
 
 /// Every weight a checkpoint of `cfg` must have, in llama.cpp's file order. Lazy, so that an
 /// absurd `block_count` costs nothing until a layer turns out to be missing.
-pub(crate) fn required_names(cfg: &LlamaConfig) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn required_names(cfg: &ModelConfig) -> impl Iterator<Item = String> + '_ {
     let layers = (0..cfg.num_hidden_layers).flat_map(move |l| {
         LAYER_PARTS.iter().flat_map(move |&(_, h)| {
-            let bias = if h.starts_with("self_attn.") { cfg.attention_bias } else { cfg.mlp_bias && h.starts_with("mlp.") };
+            let bias = match h {
+                "self_attn.o_proj" => cfg.arch.o_bias,
+                _ if h.starts_with("self_attn.") => cfg.arch.qkv_bias,
+                _ => cfg.mlp_bias && h.starts_with("mlp."),
+            };
             let suffixes: &[&str] = if bias { &["weight", "bias"] } else { &["weight"] };
             suffixes.iter().map(move |s| format!("model.layers.{l}.{h}.{s}"))
         })
@@ -108,7 +112,7 @@ pub(crate) fn required_names(cfg: &LlamaConfig) -> impl Iterator<Item = String> 
 }
 
 /// The head count llama.cpp permuted a weight with: q by the query heads, k by the KV heads.
-pub(crate) fn rope_heads(cfg: &LlamaConfig, hf_name: &str) -> Option<usize> {
+pub(crate) fn rope_heads(cfg: &ModelConfig, hf_name: &str) -> Option<usize> {
     match split_layer(hf_name, "model.layers.")?.1 {
         "self_attn.q_proj" => Some(cfg.num_attention_heads),
         "self_attn.k_proj" => Some(cfg.num_key_value_heads),

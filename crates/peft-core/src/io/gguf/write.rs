@@ -5,7 +5,7 @@
 //! into place, so memory stays at one tensor and a crash never leaves a partial file.
 use super::names::{expected_shape, hf_to_gguf, required_names, rope_heads, to_gguf_rows};
 use super::read::{ggml_type_id, DEFAULT_ALIGNMENT};
-use crate::config::LlamaConfig;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::io::safetensors::tensor_bytes;
 use crate::tokenizer::GgufTokenizerSpec;
@@ -103,7 +103,7 @@ fn u32_of(key: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::arg(key, "a value below 2^32", v))
 }
 
-fn metadata<'a>(cfg: &LlamaConfig, tok: Option<&'a GgufTokenizerSpec>, quant: GgmlDType) -> Result<Vec<(&'static str, Val<'a>)>> {
+fn metadata<'a>(cfg: &ModelConfig, tok: Option<&'a GgufTokenizerSpec>, quant: GgmlDType) -> Result<Vec<(&'static str, Val<'a>)>> {
     let mut kv = vec![("general.architecture", Val::Str("llama")), ("general.type", Val::Str("model"))];
     for (key, v) in [("llama.block_count", cfg.num_hidden_layers), ("llama.context_length", cfg.max_position_embeddings),
         ("llama.embedding_length", cfg.hidden_size), ("llama.feed_forward_length", cfg.intermediate_size),
@@ -157,7 +157,7 @@ fn metadata<'a>(cfg: &LlamaConfig, tok: Option<&'a GgufTokenizerSpec>, quant: Gg
 
 /// Writes a llama checkpoint (Hugging Face names and layout) as GGUF, quantized to `quant`
 /// where the row length allows. `lm_head.weight` is skipped when the config ties it.
-pub fn write_llama_gguf(path: &Path, config: &LlamaConfig, weights: &HashMap<String, Tensor>,
+pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<String, Tensor>,
     tokenizer: Option<&GgufTokenizerSpec>, quant: GgmlDType) -> Result<()> {
     if config.rope_scaling.is_some() {
         return Err(Error::Unsupported("writing GGUF with llama3 RoPE scaling (rope_freqs.weight)".into()));

@@ -10,8 +10,8 @@
 //! (Λᵢ = 0, `mask_to_budget`), and after T − tfinal the final mask is re-applied each step.
 use super::{AdaLoraConfig, RankPattern};
 use crate::error::{Error, Result};
-use crate::model::llama::Ctx;
-use crate::model::{Llama, ParamId, ParamStore};
+use crate::model::Ctx;
+use crate::model::{CausalLm, ParamId, ParamStore};
 use crate::tuners::{param_dict_name, Tuners};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ fn host(t: &Tensor) -> Result<Vec<f64>> {
 
 impl RankAllocator {
     /// `RankAllocator.__init__` / `_set_budget_scheduler`: init budget = Σ ranks, target = target_r · modules.
-    pub fn new(tuners: &Tuners, model: &Llama, adapter: &str) -> Result<Self> {
+    pub fn new(tuners: &Tuners, model: &CausalLm, adapter: &str) -> Result<Self> {
         let c = config(tuners, adapter)?;
         let mut modules = Vec::new();
         for path in tuners.modules(adapter)? {
@@ -144,7 +144,7 @@ impl RankAllocator {
 
     /// `AdaLoraModel.update_and_allocate(global_step)`: call every step after the optimizer
     /// step, before the gradients are cleared. Returns the budget when it applied one.
-    pub fn update_and_allocate(&mut self, tuners: &mut Tuners, model: &Llama, step: u64) -> Result<Option<usize>> {
+    pub fn update_and_allocate(&mut self, tuners: &mut Tuners, model: &CausalLm, step: u64) -> Result<Option<usize>> {
         let mut c = config(tuners, &self.adapter)?;
         let end = c.total_step - c.tfinal;
         if step > end {
@@ -175,7 +175,7 @@ impl RankAllocator {
 /// `AdaLoraModel.forward`'s regulariser (paper eq. 4): orth_reg_weight · mean over every
 /// lora_A (Q) and lora_B (P) of ‖QQᵀ − I‖_F and ‖PᵀP − I‖_F, to be added to the loss.
 /// Differentiable in the adapter's parameters as `ctx` lets them enter the graph.
-pub fn orth_regularization(model: &Llama, tuners: &Tuners, adapter: &str, ctx: &Ctx) -> Result<Tensor> {
+pub fn orth_regularization(model: &CausalLm, tuners: &Tuners, adapter: &str, ctx: &Ctx) -> Result<Tensor> {
     let c = config(tuners, adapter)?;
     let mut terms = Vec::new();
     for path in tuners.modules(adapter)? {

@@ -3,8 +3,8 @@
 //! belongs to the adapter of its name (it may have been deleted and re-added since).
 use super::{orth_regularization, AdaLoraConfig, RankAllocator};
 use crate::error::Result;
-use crate::model::llama::Ctx;
-use crate::model::Llama;
+use crate::model::Ctx;
+use crate::model::CausalLm;
 use crate::tuners::{param_dict_name, Tuners};
 use candle_core::Tensor;
 
@@ -13,7 +13,7 @@ use candle_core::Tensor;
 /// (`ctx.training`, PyTorch's `model.train()`), so evaluation losses and perplexities stay
 /// the plain cross-entropy; PEFT adds it to any forward with labels. A weight of 0 adds
 /// nothing (PEFT refuses 0 with a ValueError; here it switches the term off).
-pub fn regularized_loss(loss: Tensor, model: &Llama, tuners: &Tuners, ctx: &Ctx) -> Result<Tensor> {
+pub fn regularized_loss(loss: Tensor, model: &CausalLm, tuners: &Tuners, ctx: &Ctx) -> Result<Tensor> {
     if !ctx.training || !tuners.is_enabled() {
         return Ok(loss);
     }
@@ -33,7 +33,7 @@ pub fn regularized_loss(loss: Tensor, model: &Llama, tuners: &Tuners, ctx: &Ctx)
 impl RankAllocator {
     /// Whether every lora_A/E/B parameter this allocator scores is still the one of that
     /// name in the model (false once the adapter was deleted, reloaded or re-added).
-    pub fn is_current(&self, model: &Llama) -> bool {
+    pub fn is_current(&self, model: &CausalLm) -> bool {
         self.triplets().iter().all(|(path, ids)| {
             ["lora_A", "lora_E", "lora_B"].iter().zip(ids).all(|(attr, id)| model.store.id(&param_dict_name(path, attr, &self.adapter)) == Some(*id))
         })

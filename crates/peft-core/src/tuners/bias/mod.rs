@@ -9,7 +9,7 @@ pub mod config;
 pub use config::BiasTuningConfig;
 
 use crate::error::Result;
-use crate::model::llama::{Ctx, Linear};
+use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::AdapterLayer;
 use candle_core::Tensor;

@@ -1,7 +1,7 @@
 //! `BOTTLENECK_ADAPTER` / `PARALLEL_ADAPTER` configs (our own, PEFT's file conventions).
 use super::{Activation, BottleneckLayer};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::{HookSite, Sublayer};
 use crate::tuners::init::{kaiming_uniform, uniform};
@@ -72,7 +72,7 @@ impl BottleneckConfig {
     }
 
     /// The sublayer sites this config adapts.
-    pub fn sites(&self, model: &Llama) -> Result<Vec<HookSite>> {
+    pub fn sites(&self, model: &CausalLm) -> Result<Vec<HookSite>> {
         let layers = self.fields.layer_indices(model.layers.len())?;
         Ok(self.sublayers.iter().flat_map(|&k| HookSite::sublayers(model, k, layers.as_deref())).collect())
     }
@@ -113,7 +113,7 @@ impl TunerConfig for BottleneckConfig {
         false
     }
 
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         self.sites(model).map(Some)
     }
 

@@ -14,7 +14,7 @@ pub use config::{BottleneckConfig, Placement};
 
 use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::llama::Ctx;
+use crate::model::Ctx;
 use crate::model::ParamId;
 use crate::tuners::AdapterLayer;
 use candle_core::Tensor;

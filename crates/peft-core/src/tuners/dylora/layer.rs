@@ -7,7 +7,7 @@
 //! and dropout are LoRA's (`lora::layer::low_rank_forward`, `delta_weight`).
 use super::config::{DyLoraConfig, UpdateMode};
 use crate::error::Result;
-use crate::model::llama::{Ctx, Linear};
+use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
 use crate::tuners::AdapterLayer;

@@ -1,6 +1,6 @@
 //! One (IA)³ layer, after PEFT's `ia3.Linear` (`forward`, `merge`, `unmerge`).
 use crate::error::Result;
-use crate::model::llama::{Ctx, Linear};
+use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::AdapterLayer;
 use candle_core::Tensor;

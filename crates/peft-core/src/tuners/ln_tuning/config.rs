@@ -1,7 +1,7 @@
 //! `LNTuningConfig` as PEFT 0.21 reads and writes it.
 use super::LnTuningLayer;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::HookSite;
 use crate::tuners::select::{is_norm, select_modules};
@@ -41,14 +41,14 @@ impl TunerConfig for LnTuningConfig {
         true
     }
 
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         let paths = select_modules(&self.targets, model, &self.fields.source, &|p| is_norm(model, p), "norm layers (input_layernorm, post_attention_layernorm, norm)")?;
         let norms = model.norms();
         let sites = paths
             .into_iter()
             .map(|path| {
-                let weight = norms.iter().find(|(p, _)| *p == path).map(|(_, w)| *w).expect("selected a norm");
-                HookSite::Norm { path, weight, dim: model.config.hidden_size }
+                let norm = norms.iter().find(|n| n.path == path).expect("selected a norm");
+                HookSite::norm(norm, &model.store)
             })
             .collect();
         Ok(Some(sites))

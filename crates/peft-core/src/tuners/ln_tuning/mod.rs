@@ -8,7 +8,7 @@ pub mod config;
 pub use config::LnTuningConfig;
 
 use crate::error::Result;
-use crate::model::llama::Ctx;
+use crate::model::Ctx;
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::AdapterLayer;
 use candle_core::Tensor;

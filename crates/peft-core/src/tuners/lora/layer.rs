@@ -3,7 +3,7 @@
 use super::dora::{self, Dora, DoraInputs};
 use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::llama::{Ctx, Linear};
+use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::init::dropout_mask;
 use crate::tuners::AdapterLayer;

@@ -6,7 +6,7 @@
 //! this once per candidate, so it only overwrites the composed adapter's A and B.
 use super::config::LoraInit;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::Tuners;
 use candle_core::Tensor;
 
@@ -14,7 +14,7 @@ impl Tuners {
     /// Sets adapter `name` to A = Σ wᵢAᵢ, B = Σ wᵢBᵢ over `adapters` (all LoRA, same modules
     /// and shapes). The first call adds `name` with the first adapter's config (so its
     /// scaling); later calls overwrite it. Returns warnings.
-    pub fn compose_lorahub(&mut self, model: &mut Llama, adapters: &[&str], weights: &[f64], name: &str) -> Result<Vec<String>> {
+    pub fn compose_lorahub(&mut self, model: &mut CausalLm, adapters: &[&str], weights: &[f64], name: &str) -> Result<Vec<String>> {
         let configs = self.check_sources(adapters, weights)?;
         let first = adapters[0];
         if let Some((i, c)) = configs.iter().enumerate().find(|(_, c)| c.use_dora) {
@@ -70,7 +70,7 @@ impl Tuners {
 
     /// Every source has A and B at each module, shaped as the first source's: checked before
     /// anything is injected, so a refused composition leaves no adapter behind.
-    fn check_lorahub_shapes(&self, model: &Llama, adapters: &[&str], modules: &[String]) -> Result<()> {
+    fn check_lorahub_shapes(&self, model: &CausalLm, adapters: &[&str], modules: &[String]) -> Result<()> {
         for path in modules {
             let dims = |a: &str| -> Result<Vec<Vec<usize>>> {
                 let ids = self.params_at(path, a);

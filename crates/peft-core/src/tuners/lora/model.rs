@@ -5,7 +5,7 @@ use super::config::{LoraConfig, LoraInit};
 use super::dora::{self, Dora};
 use super::layer::LoraLayer;
 use crate::error::{Error, Result};
-use crate::model::{Llama, ParamStore};
+use crate::model::{CausalLm, ParamStore};
 use crate::tuners::init::{kaiming_uniform, normal};
 use crate::tuners::linalg::svd;
 use crate::tuners::svd_fast::randomized_svd;
@@ -51,7 +51,7 @@ impl TunerConfig for LoraConfig {
         true
     }
 
-    fn check_model(&mut self, _model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         if self.bias != "none" {
             if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
                 return Err(Error::Unsupported(format!(

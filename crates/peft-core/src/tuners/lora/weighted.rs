@@ -11,7 +11,7 @@ use super::combine::{combine_module, Combination, Recipe};
 use super::config::{LoraConfig, LoraInit};
 use super::merge_utils::{Merge, SignMethod};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::targeting::Targets;
 use crate::tuners::{TunerConfig, Tuners};
 use rand::rngs::StdRng;
@@ -84,7 +84,7 @@ fn parse_combination(s: &str) -> Result<Combination> {
 impl Tuners {
     /// Adds adapter `name`, the combination of `adapters` with `weights` (PEFT's
     /// `add_weighted_adapter`). It is added inactive and frozen. Returns warnings.
-    pub fn add_weighted_adapter(&mut self, model: &mut Llama, adapters: &[&str], weights: &[f64], name: &str, opts: &WeightedOptions) -> Result<Vec<String>> {
+    pub fn add_weighted_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], weights: &[f64], name: &str, opts: &WeightedOptions) -> Result<Vec<String>> {
         let plan = self.plan_weighted(adapters, weights, name, opts)?;
         let recipe = plan.recipe;
         let mut warnings = plan.warnings;

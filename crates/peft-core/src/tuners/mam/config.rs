@@ -2,7 +2,7 @@
 //! bottleneck config, each parsed from the MAM fields by its own reader (so that bad
 //! values are rejected with the same key-naming errors).
 use crate::error::Result;
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::bottleneck::{BottleneckConfig, Placement};
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::{HookSite, Sublayer};
@@ -45,7 +45,7 @@ pub fn prefix_config(fields: &Fields, source: &Path) -> Result<PrefixTuningConfi
 
 /// `PrefixTuningConfig::check_model` (fills the sizes from the model), then copies them
 /// back so that `adapter_config.json` records them, as PEFT's prompt-learning configs do.
-pub fn fill_prefix(prefix: &mut PrefixTuningConfig, fields: &mut Fields, model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
+pub fn fill_prefix(prefix: &mut PrefixTuningConfig, fields: &mut Fields, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
     let warnings = prefix.check_model(model, targets)?;
     for k in PREFIX_KEYS {
         fields.set(k, prefix.fields.get(k).clone());
@@ -91,11 +91,11 @@ impl TunerConfig for MamAdapterConfig {
         false
     }
 
-    fn check_model(&mut self, model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         fill_prefix(&mut self.prefix, &mut self.fields, model, targets)
     }
 
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         let mut sites = vec![HookSite::prompt(model)];
         sites.extend(HookSite::sublayers(model, Sublayer::Mlp, None));
         Ok(Some(sites))

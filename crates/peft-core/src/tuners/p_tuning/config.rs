@@ -1,7 +1,7 @@
 //! `PromptEncoderConfig` (`peft_type` "P_TUNING") as PEFT 0.21 reads and writes it.
 use super::PromptEncoder;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::HookSite;
 use crate::tuners::init::{kaiming_uniform, normal, uniform};
@@ -57,7 +57,7 @@ impl TunerConfig for PTuningConfig {
         false
     }
 
-    fn check_model(&mut self, model: &Llama, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
         self.dims = learning::fill(&mut self.fields, model, false)?;
         if self.fields.get("encoder_hidden_size").is_null() {
             self.fields.set("encoder_hidden_size", self.dims.token_dim);
@@ -66,7 +66,7 @@ impl TunerConfig for PTuningConfig {
         Ok(Vec::new())
     }
 
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         Ok(Some(vec![HookSite::prompt(model)]))
     }
 

@@ -11,7 +11,7 @@ pub use config::PTuningConfig;
 
 use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::llama::Ctx;
+use crate::model::Ctx;
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::prompt_tuning::learning;
 use crate::tuners::AdapterLayer;

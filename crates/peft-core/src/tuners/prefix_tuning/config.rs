@@ -1,7 +1,7 @@
 //! `PrefixTuningConfig` as PEFT 0.21 reads and writes it, and its build at the prompt site.
 use super::{PrefixLayer, Projection};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::HookSite;
 use crate::tuners::init::{kaiming_uniform, normal, uniform};
@@ -54,7 +54,7 @@ impl TunerConfig for PrefixTuningConfig {
         false
     }
 
-    fn check_model(&mut self, model: &Llama, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
         self.dims = learning::fill(&mut self.fields, model, true)?;
         if self.fields.get("encoder_hidden_size").is_null() {
             self.fields.set("encoder_hidden_size", self.dims.token_dim);
@@ -63,7 +63,7 @@ impl TunerConfig for PrefixTuningConfig {
         Ok(Vec::new())
     }
 
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         Ok(Some(vec![HookSite::prompt(model)]))
     }
 

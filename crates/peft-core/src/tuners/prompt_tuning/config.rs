@@ -2,7 +2,7 @@
 use super::learning::{self, Dims};
 use super::PromptEmbedding;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::HookSite;
 use crate::tuners::init::normal;
@@ -123,12 +123,12 @@ impl TunerConfig for PromptTuningConfig {
         false
     }
 
-    fn check_model(&mut self, model: &Llama, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
         self.dims = learning::fill(&mut self.fields, model, false)?;
         Ok(Vec::new())
     }
 
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         Ok(Some(vec![HookSite::prompt(model)]))
     }
 

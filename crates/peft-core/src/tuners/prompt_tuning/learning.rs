@@ -3,7 +3,7 @@
 //! `tuners_utils.py`): the fields filled from the model at injection, one encoder at the
 //! `prompt_encoder` site, and the file key `prompt_embeddings`.
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::Fields;
 use serde_json::{json, Value};
 
@@ -43,7 +43,7 @@ pub struct Dims {
 /// prefix tuning (`kv`), sets `token_dim` = head_dim · num_key_value_heads and
 /// `num_attention_heads` = num_key_value_heads (GQA, PEFT #1901). Values given in the
 /// config must fit the model.
-pub fn fill(f: &mut Fields, model: &Llama, kv: bool) -> Result<Dims> {
+pub fn fill(f: &mut Fields, model: &CausalLm, kv: bool) -> Result<Dims> {
     let c = &model.config;
     let n = f.positive("num_virtual_tokens", "the number of virtual tokens")?;
     let mut want = vec![("num_layers", c.num_hidden_layers), ("num_transformer_submodules", 1)];

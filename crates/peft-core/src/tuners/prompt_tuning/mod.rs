@@ -8,7 +8,7 @@ pub mod learning;
 pub use config::{PromptInit, PromptTuningConfig};
 
 use crate::error::Result;
-use crate::model::llama::Ctx;
+use crate::model::Ctx;
 use crate::model::ParamId;
 use crate::tuners::AdapterLayer;
 use candle_core::Tensor;

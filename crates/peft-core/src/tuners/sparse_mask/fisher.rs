@@ -6,7 +6,7 @@
 use super::config::DEFAULT_TARGETS;
 use super::FisherScores;
 use crate::error::{Error, Result};
-use crate::model::{loss, Batch, Ctx, Llama, ParamId};
+use crate::model::{loss, Batch, Ctx, CausalLm, ParamId};
 use crate::tuners::targeting::{self, TargetSpec, Targets};
 use crate::tuners::fields::Fields;
 use candle_core::DType;
@@ -30,7 +30,7 @@ pub fn fisher_targets(value: &Value, source: &Path) -> Result<(TargetSpec, Vec<S
 /// the base model alone (attached adapters are not run), by module path. The targets
 /// default to SPARSE_MASK's (`DEFAULT_TARGETS`) when `spec.target_modules` is None;
 /// `source` names the options in errors.
-pub fn estimate_fisher(model: &mut Llama, spec: &TargetSpec, batches: &[FisherBatch], source: &Path) -> Result<FisherScores> {
+pub fn estimate_fisher(model: &mut CausalLm, spec: &TargetSpec, batches: &[FisherBatch], source: &Path) -> Result<FisherScores> {
     if batches.is_empty() {
         return Err(Error::arg("batches", "at least one batch of inputIds and labels", "none"));
     }
@@ -54,7 +54,7 @@ pub fn estimate_fisher(model: &mut Llama, spec: &TargetSpec, batches: &[FisherBa
     result
 }
 
-fn accumulate(model: &Llama, weights: &[(String, ParamId)], batches: &[FisherBatch]) -> Result<FisherScores> {
+fn accumulate(model: &CausalLm, weights: &[(String, ParamId)], batches: &[FisherBatch]) -> Result<FisherScores> {
     let dtype = if model.dtype == DType::F64 { DType::F64 } else { DType::F32 };
     let mut sums = FisherScores::new();
     for (i, b) in batches.iter().enumerate() {

@@ -19,8 +19,8 @@ pub use fisher::{estimate_fisher, fisher_targets, FisherBatch};
 pub use select::MaskType;
 
 use crate::error::{Error, Result};
-use crate::model::llama::{Ctx, Linear};
-use crate::model::{Llama, ParamId, ParamStore};
+use crate::model::{Ctx, Linear};
+use crate::model::{CausalLm, ParamId, ParamStore};
 use crate::ops;
 use crate::tuners::{AdapterLayer, InjectReport, Tuners};
 use candle_core::{DType, Tensor};
@@ -33,7 +33,7 @@ pub type FisherScores = HashMap<String, Tensor>;
 
 /// Injects `config` with its mask chosen from `fisher`, then keeps the config without the
 /// scores: they are as large as the targeted weights and only the chosen indices are needed.
-pub fn inject_with_fisher(tuners: &mut Tuners, model: &mut Llama, name: &str, config: SparseMaskConfig, fisher: Arc<FisherScores>, seed: u64) -> Result<InjectReport> {
+pub fn inject_with_fisher(tuners: &mut Tuners, model: &mut CausalLm, name: &str, config: SparseMaskConfig, fisher: Arc<FisherScores>, seed: u64) -> Result<InjectReport> {
     let report = tuners.inject(model, name, Box::new(config.with_fisher(fisher)), seed)?;
     let stored = tuners.config(name)?.as_any().downcast_ref::<SparseMaskConfig>().cloned();
     let mut plain = stored.ok_or_else(|| Error::Unsupported(format!("adapter `{name}` is not a SPARSE_MASK adapter")))?;

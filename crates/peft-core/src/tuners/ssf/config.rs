@@ -1,7 +1,7 @@
 //! The `SSF` config (our own; PEFT's file conventions and targeting rules).
 use super::SsfLayer;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::HookSite;
 use crate::tuners::select::{is_norm, select_modules};
@@ -31,7 +31,7 @@ impl SsfConfig {
         Ok((SsfConfig { fields, targets, init_weights, on_norms: false }, warnings))
     }
 
-    fn paths(&self, model: &Llama) -> Result<Vec<String>> {
+    fn paths(&self, model: &CausalLm) -> Result<Vec<String>> {
         let linears: Vec<String> = model.linears().iter().map(|l| l.path.clone()).collect();
         select_modules(&self.targets, model, &self.fields.source, &|p| is_norm(model, p) || linears.iter().any(|l| l == p), "linear or norm layers")
     }
@@ -53,12 +53,12 @@ impl TunerConfig for SsfConfig {
         !self.on_norms
     }
 
-    fn check_model(&mut self, model: &Llama, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
         self.on_norms = self.paths(model)?.iter().any(|p| is_norm(model, p));
         Ok(Vec::new())
     }
 
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         let norms = model.norms();
         let linears = model.linears();
         let sites = self
@@ -67,8 +67,8 @@ impl TunerConfig for SsfConfig {
             .map(|p| match linears.iter().find(|l| l.path == p) {
                 Some(l) => LinearInfo::of(l, &model.store).map(HookSite::Linear),
                 None => {
-                    let weight = norms.iter().find(|(n, _)| *n == p).map(|(_, w)| *w).expect("selected a norm");
-                    Ok(HookSite::Norm { path: p, weight, dim: model.config.hidden_size })
+                    let norm = norms.iter().find(|n| n.path == p).expect("selected a norm");
+                    Ok(HookSite::norm(norm, &model.store))
                 }
             })
             .collect::<Result<Vec<_>>>()?;

@@ -2,7 +2,7 @@
 //! serial bottleneck config, each parsed by its own reader from the UniPELT fields.
 use super::gate::{Gate, GatedAdapter, GatedLora, PrefixGate};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::bottleneck::{BottleneckConfig, Placement};
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::{HookSite, Sublayer};
@@ -66,12 +66,12 @@ impl TunerConfig for UniPeltConfig {
         false
     }
 
-    fn check_model(&mut self, model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         fill_prefix(&mut self.prefix, &mut self.fields, model, targets)
     }
 
     /// The prompt (prefix), each attention (G_P), each MLP (gated adapter), and the LoRA linears.
-    fn hook_sites(&self, model: &Llama) -> Result<Option<Vec<HookSite>>> {
+    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
         let mut sites = vec![HookSite::prompt(model)];
         sites.extend(HookSite::sublayers(model, Sublayer::Attention, None));
         sites.extend(HookSite::sublayers(model, Sublayer::Mlp, None));

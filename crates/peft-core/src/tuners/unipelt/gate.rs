@@ -2,7 +2,7 @@
 //! sits at the attention beside the prefix layer) and one `Gate`.
 use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::llama::{Ctx, Linear};
+use crate::model::{Ctx, Linear};
 use crate::model::ParamId;
 use crate::tuners::bottleneck::config::name;
 use crate::tuners::bottleneck::BottleneckLayer;

@@ -1,7 +1,7 @@
 //! One VeRA layer, after PEFT's `vera.Linear` (`forward`, `get_delta_weight`, `merge`).
 use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::llama::{Ctx, Linear};
+use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
 use crate::tuners::init::dropout_mask;
 use crate::tuners::AdapterLayer;

@@ -9,7 +9,7 @@ pub mod torch_rng;
 pub use layer::VeraLayer;
 
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, object, Fields};
 use crate::tuners::init::normal;
 use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, PEFT_VERSION};
@@ -104,7 +104,7 @@ impl TunerConfig for VeraConfig {
     }
 
     /// `_find_dim`: the projections are sized by the largest in and out features targeted.
-    fn check_model(&mut self, _model: &Llama, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         if self.bias != "none" {
             if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
                 return Err(Error::Unsupported(format!("VeraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")", self.bias, t.path)));

@@ -2,21 +2,28 @@
 //! `rope_theta`/`rope_scaling`/`torch_dtype` and transformers 5's `rope_parameters`/`dtype`),
 //! resolved once into a plain struct. Keys are read one by one so that an error names
 //! the file and the key.
+mod arch;
+mod hf_json;
+
+pub use arch::{Activation, ArchConfig, LayerType, SUPPORTED_MODEL_TYPES};
+
 use crate::error::{Error, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
+/// RoPE frequency scaling (transformers' `ROPE_INIT_FUNCTIONS`), by `rope_type`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Llama3RopeScaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: usize,
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// `_compute_llama3_parameters`.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
+    /// `_compute_linear_scaling_rope_parameters`: every frequency divided by `factor`.
+    Linear { factor: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LlamaConfig {
+pub struct ModelConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -26,21 +33,51 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
-    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    pub attention_bias: bool,
     pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
     /// The dtype the checkpoint declares (`torch_dtype` or `dtype`), if any.
     pub torch_dtype: Option<String>,
+    /// What sets this architecture apart from LLaMA.
+    pub arch: ArchConfig,
+    /// The `config.json` it was read from (None for GGUF): merged checkpoints write it back.
+    #[serde(skip)]
+    pub source_json: Option<Value>,
 }
 
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama"];
+impl ModelConfig {
+    /// A LLaMA config with the given sizes (tests, GGUF metadata), the rest at transformers' defaults.
+    pub fn llama(vocab_size: usize, hidden_size: usize, intermediate_size: usize, num_hidden_layers: usize, num_attention_heads: usize, num_key_value_heads: usize) -> Self {
+        let head_dim = hidden_size / num_attention_heads.max(1);
+        ModelConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 4096,
+            tie_word_embeddings: false,
+            mlp_bias: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            pad_token_id: None,
+            torch_dtype: None,
+            arch: ArchConfig::llama(head_dim, num_hidden_layers),
+            source_json: None,
+        }
+    }
+}
 
-impl LlamaConfig {
+impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Err(Error::MissingFile { path: path.into(), what: "a Hugging Face config.json".into() });
@@ -62,11 +99,6 @@ impl LlamaConfig {
                 file: file.into(), found: model_type, supported: SUPPORTED_MODEL_TYPES.join(", "),
             });
         }
-        if let Some(act) = r.opt_string("hidden_act")? {
-            if act != "silu" {
-                return Err(r.invalid("hidden_act", "\"silu\"", format!("{act:?}")));
-            }
-        }
         let hidden_size = r.usize("hidden_size")?;
         let num_attention_heads = r.usize("num_attention_heads")?;
         let num_key_value_heads = r.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
@@ -77,7 +109,17 @@ impl LlamaConfig {
                 num_key_value_heads.to_string(),
             ));
         }
-        let head_dim = r.opt_usize("head_dim")?.unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim = match r.opt_usize("head_dim")? {
+            Some(d) => d,
+            None if num_attention_heads > 0 && hidden_size % num_attention_heads != 0 => {
+                return Err(r.invalid(
+                    "num_attention_heads",
+                    &format!("a divisor of hidden_size ({hidden_size}), or an explicit head_dim"),
+                    num_attention_heads.to_string(),
+                ))
+            }
+            None => hidden_size / num_attention_heads.max(1),
+        };
         let max_position_embeddings = r.opt_usize("max_position_embeddings")?.unwrap_or(4096);
         let (rope_theta, rope_scaling) = rope(&r)?;
         let eos_token_ids = match obj.get("eos_token_id") {
@@ -88,7 +130,7 @@ impl LlamaConfig {
                 .collect::<Result<_>>()?,
             Some(v) => vec![v.as_u64().ok_or_else(|| r.invalid("eos_token_id", "a token id", kind(v)))? as u32],
         };
-        let cfg = LlamaConfig {
+        let cfg = ModelConfig {
             vocab_size: r.usize("vocab_size")?,
             hidden_size,
             intermediate_size: r.usize("intermediate_size")?,
@@ -100,8 +142,7 @@ impl LlamaConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings,
-            tie_word_embeddings: r.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            attention_bias: r.opt_bool("attention_bias")?.unwrap_or(false),
+            tie_word_embeddings: r.opt_bool("tie_word_embeddings")?.unwrap_or(model_type == "gemma3_text"),
             mlp_bias: r.opt_bool("mlp_bias")?.unwrap_or(false),
             bos_token_id: r.opt_usize("bos_token_id")?.map(|x| x as u32),
             eos_token_ids,
@@ -110,6 +151,8 @@ impl LlamaConfig {
                 Some(d) => Some(d),
                 None => r.opt_string("torch_dtype")?,
             },
+            arch: arch::resolve(&r, &model_type, head_dim, hidden_size, r.usize("num_hidden_layers")?)?,
+            source_json: Some(value.clone()),
         };
         for (key, v) in [("vocab_size", cfg.vocab_size), ("hidden_size", cfg.hidden_size),
             ("intermediate_size", cfg.intermediate_size), ("num_hidden_layers", cfg.num_hidden_layers),
@@ -118,81 +161,79 @@ impl LlamaConfig {
                 return Err(r.invalid(key, "a positive integer", "0".to_string()));
             }
         }
+        if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps.is_finite()) {
+            return Err(r.invalid("rms_norm_eps", "a small positive number", cfg.rms_norm_eps.to_string()));
+        }
+        if cfg.max_position_embeddings == 0 {
+            return Err(r.invalid("max_position_embeddings", "a positive integer", "0".into()));
+        }
         if cfg.head_dim % 2 != 0 {
             return Err(r.invalid("head_dim", "an even number (RoPE rotates pairs)", cfg.head_dim.to_string()));
         }
         Ok(cfg)
     }
 
-    /// The config as transformers 4 writes it, for merged checkpoints.
+    /// The config.json of a merged checkpoint: the one it was loaded from with the dtype
+    /// updated, or (GGUF sources) one written from the resolved fields (`hf_json.rs`).
     pub fn to_hf_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
-        m.insert("model_type".into(), "llama".into());
-        m.insert("hidden_act".into(), "silu".into());
-        for (k, v) in [("vocab_size", self.vocab_size), ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size), ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads), ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim), ("max_position_embeddings", self.max_position_embeddings)] {
-            m.insert(k.into(), v.into());
+        let dtype = self.torch_dtype.clone().unwrap_or_else(|| "float32".into());
+        match &self.source_json {
+            Some(Value::Object(src)) => {
+                let mut m = src.clone();
+                let key = if m.contains_key("dtype") { "dtype" } else { "torch_dtype" };
+                m.insert(key.into(), dtype.into());
+                Value::Object(m)
+            }
+            _ => hf_json::written(self, &dtype),
         }
-        m.insert("rms_norm_eps".into(), self.rms_norm_eps.into());
-        m.insert("rope_theta".into(), self.rope_theta.into());
-        m.insert("rope_scaling".into(), match &self.rope_scaling {
-            None => Value::Null,
-            Some(s) => serde_json::json!({
-                "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-                "high_freq_factor": s.high_freq_factor,
-                "original_max_position_embeddings": s.original_max_position_embeddings,
-            }),
-        });
-        m.insert("tie_word_embeddings".into(), self.tie_word_embeddings.into());
-        m.insert("attention_bias".into(), self.attention_bias.into());
-        m.insert("mlp_bias".into(), self.mlp_bias.into());
-        m.insert("bos_token_id".into(), self.bos_token_id.map(Value::from).unwrap_or(Value::Null));
-        m.insert("eos_token_id".into(), match self.eos_token_ids.as_slice() {
-            [] => Value::Null,
-            [one] => (*one).into(),
-            many => many.to_vec().into(),
-        });
-        m.insert("pad_token_id".into(), self.pad_token_id.map(Value::from).unwrap_or(Value::Null));
-        m.insert("torch_dtype".into(), self.torch_dtype.clone().unwrap_or_else(|| "float32".into()).into());
-        Value::Object(m)
     }
 }
 
-/// RoPE from either `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling`.
-fn rope(r: &Reader) -> Result<(f64, Option<Llama3RopeScaling>)> {
+/// RoPE from either `rope_parameters` (transformers 5; Gemma 3 nests it per layer type and
+/// the full-attention layers' entry is the main one) or `rope_theta` + `rope_scaling`.
+fn rope(r: &Reader) -> Result<(f64, Option<RopeScaling>)> {
     let (theta, scaling, key) = match r.obj.get("rope_parameters") {
         Some(Value::Object(p)) => {
-            let theta = p.get("rope_theta").and_then(Value::as_f64).unwrap_or(10000.0);
-            (theta, Some(p), "rope_parameters")
+            let (p, key) = match p.get("full_attention") {
+                Some(Value::Object(full)) => (full, "rope_parameters.full_attention"),
+                _ => (p, "rope_parameters"),
+            };
+            let theta = match p.get("rope_theta") {
+                None | Some(Value::Null) => 10000.0,
+                Some(v) => v.as_f64().ok_or_else(|| r.invalid(&format!("{key}.rope_theta"), "a number", kind(v)))?,
+            };
+            (theta, Some(p), key)
         }
         _ => {
             let theta = r.opt_f64("rope_theta")?.unwrap_or(10000.0);
             (theta, r.obj.get("rope_scaling").and_then(Value::as_object), "rope_scaling")
         }
     };
+    if !(theta > 0.0 && theta.is_finite()) {
+        let k = if key == "rope_scaling" { "rope_theta".to_string() } else { format!("{key}.rope_theta") };
+        return Err(r.invalid(&k, "a positive number", theta.to_string()));
+    }
     let Some(s) = scaling else { return Ok((theta, None)) };
     let rope_type = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str| {
+        s.get(k).and_then(Value::as_f64).filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| {
+            r.invalid(&format!("{key}.{k}"), "a positive number", s.get(k).map_or("nothing".into(), kind))
+        })
+    };
     match rope_type {
         "default" => Ok((theta, None)),
-        "llama3" => {
-            let num = |k: &str| {
-                s.get(k).and_then(Value::as_f64).ok_or_else(|| r.invalid(&format!("{key}.{k}"), "a number", "nothing".into()))
-            };
-            Ok((theta, Some(Llama3RopeScaling {
-                factor: num("factor")?,
-                low_freq_factor: num("low_freq_factor")?,
-                high_freq_factor: num("high_freq_factor")?,
-                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
-            })))
-        }
-        other => Err(r.invalid(&format!("{key}.rope_type"), "\"default\" or \"llama3\"", format!("{other:?}"))),
+        "llama3" => Ok((theta, Some(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        }))),
+        "linear" => Ok((theta, Some(RopeScaling::Linear { factor: num("factor")? }))),
+        other => Err(r.invalid(&format!("{key}.rope_type"), "\"default\", \"linear\" or \"llama3\"", format!("{other:?}"))),
     }
 }
 
-fn kind(v: &Value) -> String {
+pub(crate) fn kind(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
@@ -203,36 +244,36 @@ fn kind(v: &Value) -> String {
     }
 }
 
-struct Reader<'a> {
-    obj: &'a Map<String, Value>,
-    file: PathBuf,
+pub(crate) struct Reader<'a> {
+    pub(crate) obj: &'a Map<String, Value>,
+    pub(crate) file: PathBuf,
 }
 
 impl Reader<'_> {
-    fn invalid(&self, key: &str, expected: &str, found: String) -> Error {
+    pub(crate) fn invalid(&self, key: &str, expected: &str, found: String) -> Error {
         Error::InvalidConfig { file: self.file.clone(), key: key.into(), expected: expected.into(), found }
     }
-    fn present(&self, key: &str) -> Option<&Value> {
+    pub(crate) fn present(&self, key: &str) -> Option<&Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
-    fn usize(&self, key: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, key: &str) -> Result<usize> {
         self.opt_usize(key)?.ok_or_else(|| self.invalid(key, "a non-negative integer", "nothing (key missing)".into()))
     }
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub(crate) fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         self.present(key)
             .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| self.invalid(key, "a non-negative integer", kind(v))))
             .transpose()
     }
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+    pub(crate) fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         self.present(key).map(|v| v.as_f64().ok_or_else(|| self.invalid(key, "a number", kind(v)))).transpose()
     }
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+    pub(crate) fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         self.present(key).map(|v| v.as_bool().ok_or_else(|| self.invalid(key, "true or false", kind(v)))).transpose()
     }
-    fn string(&self, key: &str) -> Result<String> {
+    pub(crate) fn string(&self, key: &str) -> Result<String> {
         self.opt_string(key)?.ok_or_else(|| self.invalid(key, "a string", "nothing (key missing)".into()))
     }
-    fn opt_string(&self, key: &str) -> Result<Option<String>> {
+    pub(crate) fn opt_string(&self, key: &str) -> Result<Option<String>> {
         self.present(key)
             .map(|v| v.as_str().map(String::from).ok_or_else(|| self.invalid(key, "a string", kind(v))))
             .transpose()

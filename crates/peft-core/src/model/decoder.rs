@@ -1,0 +1,305 @@
+//! The decoder of the LLaMA family, built only from ops that record a backward. Weight
+//! names are the checkpoint paths of transformers' `*ForCausalLM`; what differs between
+//! architectures is read from `ArchConfig` fields, never from the model type. Adapters act
+//! through `Ctx::hooks` (`hooks.rs`): this module knows nothing of them.
+use super::batch::{attention_bias, Batch};
+use super::hooks::ModelHooks;
+use super::kv_cache::KvCache;
+use super::layers::{Block, Linear, Norm};
+use super::linear::linear;
+use super::params::{ParamId, ParamStore};
+use super::rope::Rope;
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::ops;
+use candle_core::{DType, Device, Tensor, D};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// What a forward pass reads besides the weights.
+pub struct Ctx<'a> {
+    pub store: &'a ParamStore,
+    /// Inference: every weight enters detached and no graph is kept.
+    pub no_grad: bool,
+    /// Training mode (PyTorch's `model.train()`): adapter dropout is applied only then.
+    pub training: bool,
+    /// Whatever is attached to the model (the adapters); None runs the base model alone.
+    pub hooks: Option<&'a dyn ModelHooks>,
+    /// State of this pass that only the hooks read (a mixed batch's row assignment). Owned
+    /// and `'static`, so a `Ctx` borrows nothing but the store and the hooks.
+    pub hook_state: Option<Box<dyn Any + Send + Sync>>,
+    /// Randomness of training-time ops (dropout), seeded so that a step is reproducible.
+    pub rng: Mutex<StdRng>,
+    /// Values drawn from `rng` once per forward pass and read by every layer that asks
+    /// (`draw_once`): DyLoRA samples one rank per step for the whole model.
+    pub shared_draws: Mutex<HashMap<String, u64>>,
+}
+
+impl<'a> Ctx<'a> {
+    /// Base model, evaluation mode; `no_grad` as above.
+    pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
+        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default() }
+    }
+
+    /// Inference: no graph, no dropout.
+    pub fn inference(store: &'a ParamStore) -> Self {
+        Self::new(store, true)
+    }
+
+    pub fn with_hooks(mut self, hooks: &'a dyn ModelHooks, state: Option<Box<dyn Any + Send + Sync>>) -> Self {
+        self.hooks = Some(hooks);
+        self.hook_state = state;
+        self
+    }
+
+    /// Training mode with dropout drawn from a generator seeded by `seed`.
+    pub fn training(mut self, seed: u64) -> Self {
+        self.training = true;
+        self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// The value drawn under `key` in this forward pass: the first caller draws it from
+    /// `rng` (so it follows the seed), later callers get the same value.
+    pub fn draw_once(&self, key: &str, draw: impl FnOnce(&mut StdRng) -> u64) -> u64 {
+        let mut drawn = self.shared_draws.lock().unwrap_or_else(|e| e.into_inner());
+        *drawn.entry(key.to_string()).or_insert_with(|| draw(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// A parameter as it enters the graph (detached when frozen or under `no_grad`).
+    pub fn param(&self, id: ParamId) -> Tensor {
+        self.store.get(id).tensor(self.no_grad)
+    }
+}
+
+pub struct CausalLm {
+    pub config: ModelConfig,
+    pub store: ParamStore,
+    pub embed_tokens: ParamId,
+    pub layers: Vec<Block>,
+    pub norm: Norm,
+    /// None when the embeddings are tied.
+    pub lm_head: Option<Linear>,
+    pub rope: Rope,
+    /// The sliding layers' RoPE when its base differs (Gemma 3's local base).
+    pub local_rope: Option<Rope>,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// Per-call state that flows through the layers.
+struct Step<'a> {
+    ctx: &'a Ctx<'a>,
+    /// cos/sin of the full-attention layers, and of the sliding ones when their RoPE differs.
+    rope: (Tensor, Tensor),
+    local_rope: Option<(Tensor, Tensor)>,
+    bias: Tensor,
+    /// The additive mask of the sliding layers (None when no layer slides).
+    sliding_bias: Option<Tensor>,
+    /// Per-layer key/value prefixes [b, kv_heads, n, head_dim] (prefix tuning), at prefill.
+    prefix: Option<Vec<(Tensor, Tensor)>>,
+    /// The prefix columns' owners (from the prompt at prefill, from the cache after).
+    prefix_spans: Vec<(String, usize)>,
+}
+
+impl CausalLm {
+    /// Logits [b, t, vocab] (or [b, 1, vocab] with `last_only`). With a cache, keys and
+    /// values of earlier calls are attended to and this call's are appended.
+    ///
+    /// Hooks with a prompt act at prefill (nothing cached yet), as PEFT's
+    /// `PeftModelForCausalLM.forward` / `prepare_inputs_for_generation`: virtual tokens are
+    /// prepended to the input embeddings (the logits then start with their n positions),
+    /// key/value prefixes are attended to as if cached. The caller's attention mask and
+    /// position ids never count these positions: the mask is widened by ones and real
+    /// positions start after them (`cache_position` / `position_ids + num_virtual_tokens`).
+    pub fn forward(&self, batch: &Batch, ctx: &Ctx, mut cache: Option<&mut KvCache>, last_only: bool) -> Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let virt_past = cache.as_ref().map_or(0, |c| c.virtual_len());
+        batch.validate(self.config.vocab_size, past - virt_past)?;
+        let (b, t) = batch.dims();
+        if let Some(h) = &ctx.hooks {
+            h.begin_forward(b, ctx)?;
+        }
+        let ids = batch.ids_tensor(&self.device)?;
+        let mut x = ctx.param(self.embed_tokens).index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        if let Some(scale) = self.config.arch.embed_scale {
+            x = x.affine(scale, 0.0)?;
+        }
+        let prompt = match &ctx.hooks {
+            Some(h) if past == 0 => h.prompt(ctx, b)?,
+            _ => Default::default(),
+        };
+        let nv = match &prompt.virtual_tokens {
+            Some(v) => {
+                x = Tensor::cat(&[&v.to_dtype(x.dtype())?, &x], 1)?;
+                v.dim(1)?
+            }
+            None => 0,
+        };
+        let prefix = match prompt.kv_prefix {
+            Some(p) => Some(p.into_iter().map(|(k, v)| Ok((k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?))).collect::<Result<Vec<_>>>()?),
+            None => None,
+        };
+        let np = prefix.as_ref().map_or(Ok(0), |p| p[0].0.dim(2))?;
+        let (tq, past_keys, virt) = (nv + t, past + np, virt_past + np + nv);
+        let positions: Vec<Vec<i64>> = match &batch.position_ids {
+            None => vec![(past_keys as i64..(past_keys + tq) as i64).collect(); b],
+            Some(p) => p.iter().map(|row| (past_keys..past_keys + nv).map(|i| i as i64).chain(row.iter().map(|x| x + virt as i64)).collect()).collect(),
+        };
+        let rope = self.rope.cos_sin(&positions, self.dtype, &self.device)?;
+        let local_rope = self.local_rope.as_ref().map(|r| r.cos_sin(&positions, self.dtype, &self.device)).transpose()?;
+        let mask = batch.attention_mask.as_ref().map(|m| m.iter().map(|r| [vec![1u8; virt], r.clone()].concat()).collect::<Vec<_>>());
+        let segments = batch.key_segments(if virt == 0 { past } else { virt });
+        let bias_with = |window| attention_bias(mask.as_deref(), segments.as_deref(), b, tq, past_keys, window, self.dtype, &self.device);
+        let bias = bias_with(None)?;
+        let sliding_bias = match self.config.arch.sliding_window {
+            Some(w) if self.layers.iter().any(|l| l.sliding) => Some(bias_with(Some(w))?),
+            _ => None,
+        };
+        let prefix_spans = match (&cache, past) {
+            (Some(c), p) if p > 0 => c.prefix_spans().to_vec(),
+            _ => prompt.prefix_spans,
+        };
+        if let Some(c) = cache.as_deref_mut().filter(|_| past == 0) {
+            c.set_prefix_spans(prefix_spans.clone());
+        }
+        let step = Step { ctx, rope, local_rope, bias, sliding_bias, prefix, prefix_spans };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| c.layer_mut(i));
+            x = self.block(i, layer, &x, &step, kv)?;
+        }
+        if let Some(c) = cache {
+            c.advance(np + tq, np + nv);
+        }
+        if last_only {
+            x = x.narrow(1, tq - 1, 1)?;
+        }
+        let x = self.norm.forward(&x, ctx)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x, ctx)?,
+            None => linear(&x, &ctx.param(self.embed_tokens), None)?,
+        };
+        Ok(match self.config.arch.final_logit_softcapping {
+            Some(cap) => (logits.affine(1.0 / cap, 0.0)?.tanh()? * cap)?,
+            None => logits,
+        })
+    }
+
+    /// A sublayer's output passed through the hooks at `path` (bottleneck adapters).
+    fn sublayer(&self, path: &str, input: &Tensor, output: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        match &ctx.hooks {
+            Some(h) => h.sublayer(path, input, output, ctx),
+            None => Ok(output),
+        }
+    }
+
+    fn block(&self, i: usize, layer: &Block, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let ctx = step.ctx;
+        let h = layer.input_layernorm.forward(x, ctx)?;
+        let a = self.attention(i, layer, &h, step, kv)?;
+        let a = self.sublayer(&layer.self_attn.path, &h, a, ctx)?;
+        let mlp = &layer.mlp;
+        match (&layer.pre_feedforward_layernorm, &layer.post_feedforward_layernorm) {
+            // Gemma: each sublayer's output is normed before its residual add.
+            (Some(pre), Some(post)) => {
+                let x = (x + layer.post_attention_layernorm.forward(&a, ctx)?)?;
+                let h = pre.forward(&x, ctx)?;
+                let m = self.sublayer(&mlp.path, &h, mlp.forward(&h, ctx)?, ctx)?;
+                Ok((x + post.forward(&m, ctx)?)?)
+            }
+            _ => {
+                let x = (x + a)?;
+                let h = layer.post_attention_layernorm.forward(&x, ctx)?;
+                let m = self.sublayer(&mlp.path, &h, mlp.forward(&h, ctx)?, ctx)?;
+                Ok((x + m)?)
+            }
+        }
+    }
+
+    /// RoPE on the first `rotary_dim` dims of each head (all of them but for Phi-3's
+    /// `partial_rotary_factor`), the rest passed through, as transformers' `apply_rotary_pos_emb`.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (hd, rd) = (self.config.head_dim, self.config.arch.rotary_dim);
+        if rd == hd {
+            return Ok(ops::rope(x, cos, sin)?);
+        }
+        let rot = ops::rope(&x.narrow(D::Minus1, 0, rd)?.contiguous()?, cos, sin)?;
+        Ok(Tensor::cat(&[&rot, &x.narrow(D::Minus1, rd, hd - rd)?], D::Minus1)?.contiguous()?)
+    }
+
+    fn attention(&self, i: usize, layer: &Block, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let (attn, cfg) = (&layer.self_attn, &self.config);
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (q, k, v) = attn.qkv(x, step.ctx)?;
+        // [b, t, heads * hd] -> [b, t, heads, hd], per-head norms there, then [b, heads, t, hd]
+        let heads = |y: Tensor, n: usize, norm: Option<&Norm>| -> Result<Tensor> {
+            let y = y.reshape((b, t, n, hd))?;
+            let y = match norm {
+                Some(norm) => norm.forward(&y.contiguous()?, step.ctx)?,
+                None => y,
+            };
+            Ok(y.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(q, nh, attn.q_norm.as_ref())?;
+        let k = heads(k, nkv, attn.k_norm.as_ref())?;
+        let v = heads(v, nkv, None)?;
+        let (cos, sin) = match (&step.local_rope, layer.sliding) {
+            (Some(local), true) => (&local.0, &local.1),
+            _ => (&step.rope.0, &step.rope.1),
+        };
+        let q = self.rotate(&q, cos, sin)?;
+        let mut k = self.rotate(&k, cos, sin)?;
+        let mut v = v;
+        // A key/value prefix enters as PEFT's `past_key_values` does: as given, no RoPE.
+        if let Some((pk, pv)) = step.prefix.as_ref().map(|p| &p[i]) {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.detach(), v.detach()));
+        }
+        let kv_len = k.dim(2)?;
+        // Grouped-query attention without copying K/V: fold each group's query heads
+        // into the sequence axis, [b, nkv, rep * t, hd].
+        let rep = nh / nkv;
+        let qg = q.reshape((b, nkv, rep * t, hd))?;
+        let mut scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, kv_len))?;
+        // Gated prefixes (UniPELT's G_P · P_K, G_P · P_V with a per-query gate g_t): query t
+        // sees g_t·(q_t·p_k) and weighs p_v by g_t, i.e. both the scores and the
+        // probabilities of the prefix columns are multiplied by g_t.
+        let gate = self.prefix_gate_columns(&attn.path, x, kv_len, step)?;
+        if let Some(m) = &gate {
+            scores = scores.broadcast_mul(m)?;
+        }
+        let bias = match (&step.sliding_bias, layer.sliding) {
+            (Some(sb), true) => sb,
+            _ => &step.bias,
+        };
+        let mut probs = ops::scaled_masked_softmax(&scores, bias, cfg.arch.attn_scale)?;
+        if let Some(m) = &gate {
+            probs = probs.broadcast_mul(m)?;
+        }
+        let out = probs.reshape((b, nkv, rep * t, kv_len))?.matmul(&v)?;
+        // [b, nkv, rep * t, hd] -> [b, nh, t, hd] -> [b, t, nh * hd]
+        let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        attn.o_proj.forward(&out, step.ctx)
+    }
+
+    /// The multiplier [b, 1, t, kv_len] of the attention columns at `path` when a hook
+    /// gates its key/value prefix (ones outside the prefix), else None.
+    fn prefix_gate_columns(&self, path: &str, x: &Tensor, kv_len: usize, step: &Step) -> Result<Option<Tensor>> {
+        let Some(hooks) = step.ctx.hooks.as_ref().filter(|_| !step.prefix_spans.is_empty()) else { return Ok(None) };
+        let Some(g) = hooks.prefix_gates(path, &step.prefix_spans, x, step.ctx)? else { return Ok(None) };
+        let (b, _, t, n) = g.dims4()?;
+        let rest = Tensor::ones((b, 1, t, kv_len - n), g.dtype(), g.device())?;
+        Ok(Some(Tensor::cat(&[&g, &rest], 3)?))
+    }
+}

@@ -1,0 +1,59 @@
+//! The points where something attached to the model may change a forward pass. The model
+//! calls them and knows nothing of what implements them (the adapters, `tuners/`, do), so the
+//! dependency runs one way: tuners -> model. Every method's default is "unchanged", the
+//! behaviour of the base model, which is also what runs when `Ctx::hooks` is None.
+use super::decoder::Ctx;
+use super::layers::{Linear, Norm};
+use crate::error::Result;
+use candle_core::Tensor;
+
+/// Module path of the prompt site (PEFT's `PeftModel.prompt_encoder`).
+pub const PROMPT_ENCODER: &str = "prompt_encoder";
+
+/// What the prompt site adds to one forward pass.
+#[derive(Default)]
+pub struct Prompt {
+    /// [b, n, hidden], prepended to the input embeddings.
+    pub virtual_tokens: Option<Tensor>,
+    /// Per decoder layer, keys and values [b, kv_heads, n, head_dim] attended before the tokens.
+    pub kv_prefix: Option<Vec<(Tensor, Tensor)>>,
+    /// Which adapter owns which key/value prefix columns, in order: (owner, n). Gated
+    /// prefixes find their columns by it.
+    pub prefix_spans: Vec<(String, usize)>,
+}
+
+pub trait ModelHooks: Send + Sync {
+    /// Called once at the start of every forward pass with the batch size, before any
+    /// other hook; an error stops the pass (a per-row assignment of the wrong length).
+    fn begin_forward(&self, _batch: usize, _ctx: &Ctx) -> Result<()> {
+        Ok(())
+    }
+
+    /// A linear layer's output for input `x` (`linear.base(x, ctx)` when unchanged).
+    fn linear(&self, linear: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        linear.base(x, ctx)
+    }
+
+    /// A norm's output for input `x` (`norm.apply(x, weight)` with its own weight when unchanged).
+    fn norm(&self, norm: &Norm, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        norm.apply(x, &ctx.param(norm.weight))
+    }
+
+    /// The output of a decoder layer's attention or MLP sublayer at `path`
+    /// (`model.layers.{i}.self_attn` / `.mlp`), before the residual add, from its input
+    /// (the normed hidden state) and its own output.
+    fn sublayer(&self, _path: &str, _input: &Tensor, output: Tensor, _ctx: &Ctx) -> Result<Tensor> {
+        Ok(output)
+    }
+
+    /// What to prepend to the sequence at prefill (nothing cached yet), for a batch of `b`.
+    fn prompt(&self, _ctx: &Ctx, _b: usize) -> Result<Prompt> {
+        Ok(Prompt::default())
+    }
+
+    /// The per-query multiplier [b, 1, t, n] of the key/value prefix columns (n = the spans'
+    /// total) at the attention `path`, from the attention input `x` [b, t, hidden]. None: ungated.
+    fn prefix_gates(&self, _path: &str, _spans: &[(String, usize)], _x: &Tensor, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}

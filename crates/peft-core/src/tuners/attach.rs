@@ -1,0 +1,76 @@
+//! The adapters as the model sees them: `ModelHooks` implemented by `Tuners`, for a forward
+//! pass on the active adapters, or on a per-row assignment (mixed batches, `routing.rs`)
+//! carried in `Ctx::hook_state`.
+use super::routing::RowAdapters;
+use super::Tuners;
+use crate::error::{Error, Result};
+use crate::model::{Ctx, Linear, ModelHooks, Norm, Prompt};
+use candle_core::Tensor;
+
+/// `Ctx::with_tuners(&tuners)`: a forward pass with the adapters attached.
+pub trait WithTuners<'a> {
+    fn with_tuners(self, tuners: &'a Tuners) -> Self;
+    /// Row i runs adapter `rows.names()[i]` (from `Tuners::route_rows`).
+    fn with_tuners_per_row(self, tuners: &'a Tuners, rows: RowAdapters) -> Self;
+}
+
+impl<'a> WithTuners<'a> for Ctx<'a> {
+    fn with_tuners(self, tuners: &'a Tuners) -> Self {
+        self.with_hooks(tuners, None)
+    }
+
+    fn with_tuners_per_row(self, tuners: &'a Tuners, rows: RowAdapters) -> Self {
+        self.with_hooks(tuners, Some(Box::new(rows)))
+    }
+}
+
+fn rows<'c>(ctx: &'c Ctx) -> Option<&'c RowAdapters> {
+    ctx.hook_state.as_ref().and_then(|s| s.downcast_ref::<RowAdapters>())
+}
+
+impl ModelHooks for Tuners {
+    fn begin_forward(&self, batch: usize, ctx: &Ctx) -> Result<()> {
+        if let Some(rows) = rows(ctx) {
+            rows.check_batch(batch)?;
+            if ctx.training {
+                return Err(Error::Unsupported("adapterNames: per-row adapters are for inference; the model is in training mode (call eval() first)".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn linear(&self, linear: &Linear, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if let Some(rows) = rows(ctx) {
+            // each adapter's rows get their own input transform in `route_linear`
+            return self.route_linear(rows, linear, x, linear.base(x, ctx)?, ctx);
+        }
+        let input = self.linear_input(linear, x, ctx)?;
+        let base = linear.base(input.as_ref().unwrap_or(x), ctx)?;
+        self.linear_output(linear, x, base, ctx)
+    }
+
+    fn norm(&self, norm: &Norm, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        match rows(ctx) {
+            Some(rows) => self.route_norm(rows, norm, x, ctx),
+            None => self.norm_running(norm, x, ctx),
+        }
+    }
+
+    fn sublayer(&self, path: &str, input: &Tensor, output: Tensor, ctx: &Ctx) -> Result<Tensor> {
+        match rows(ctx) {
+            Some(rows) => self.route_sublayer(rows, path, input, output, ctx),
+            None => self.sublayer_running(path, input, output, ctx),
+        }
+    }
+
+    fn prompt(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
+        match rows(ctx) {
+            Some(_) => Ok(Prompt::default()), // `route_rows` refuses prompt-learning adapters per row
+            None => self.prompt_running(ctx, b),
+        }
+    }
+
+    fn prefix_gates(&self, path: &str, spans: &[(String, usize)], x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        self.prefix_gates_running(path, spans, x, ctx)
+    }
+}
