@@ -1,4 +1,4 @@
-export { LlamaModel } from './model'
+export { AutoModelForCausalLM, LlamaModel } from './model'
 export type { LoadOptions, ForwardInput, ForwardOutput, LlamaConfig } from './model'
 export { Tensor } from './tensor'
 export type { DType } from './tensor'

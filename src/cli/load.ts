@@ -1,5 +1,5 @@
 // Loading a model, optionally with an adapter folder, for the CLI commands.
-import { LlamaModel } from '../model'
+import { AutoModelForCausalLM, LlamaModel } from '../model'
 import { PeftModel } from '../peft'
 
 export function required(opts: Record<string, unknown>, key: string, what: string): string {
@@ -9,7 +9,7 @@ export function required(opts: Record<string, unknown>, key: string, what: strin
 }
 
 export async function loadModel(opts: Record<string, unknown>): Promise<LlamaModel | PeftModel> {
-  const model = await LlamaModel.fromPretrained(required(opts, 'model', 'a Hugging Face checkpoint folder or a .gguf file'))
+  const model = await AutoModelForCausalLM.fromPretrained(required(opts, 'model', 'a Hugging Face checkpoint folder or a .gguf file'))
   if (typeof opts.adapter === 'string') return PeftModel.fromPretrained(model, opts.adapter)
   return model
 }

@@ -1,7 +1,7 @@
 // `peft-node train`: flags and/or a config file -> data, adapter, Trainer with progress; Ctrl-C
 // stops after the current step and saves a checkpoint. Without arguments: the demo.
 import { join } from 'node:path'
-import { LlamaModel } from '../model'
+import { AutoModelForCausalLM } from '../model'
 import { getPeftModel } from '../peft'
 import { RawPeftConfig, type PeftConfig } from '../methods/config'
 import { loadData } from '../data/dataset'
@@ -35,7 +35,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
     config = new RawPeftConfig(readTrainerState(resolveCheckpoint(o.resume)).adapter.config) // resume as trained
   }
   const t0 = Date.now()
-  const model = await LlamaModel.fromPretrained(modelPath)
+  const model = await AutoModelForCausalLM.fromPretrained(modelPath)
   const peft = await getPeftModel(model, config, { seed: num(o.seed) })
   rejectUnknownFlags(flags, peft.warnings, String(config.peftType))
   peft.printTrainableParameters(io.out)

@@ -130,7 +130,7 @@ fn check_quantized(path: &Path, w: &HashMap<String, Tensor>, stored: impl Fn(&[u
             continue;
         }
         let ty = stored(t.dims());
-        let info = file.tensor_info(&peft_core::io::gguf::hf_to_gguf(name).unwrap()).unwrap();
+        let info = file.tensor_info(&peft_core::io::gguf::hf_to_gguf(name, "llama").unwrap()).unwrap();
         assert_eq!(info.dtype, ty, "{name}");
         let got = values(&ck.weights.tensors[name]);
         let expected = if ty == GgmlDType::F32 { values(t) } else { values(&QTensor::quantize(t, ty).unwrap().dequantize(&Device::Cpu).unwrap()) };

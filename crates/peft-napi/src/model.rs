@@ -123,7 +123,7 @@ impl NativeModel {
     /// The resolved config, as JSON in Hugging Face's key names.
     #[napi]
     pub fn config_json(&self) -> Result<String> {
-        with_model(&self.inner, |m| Ok(m.llama.config.to_hf_json().to_string()))
+        with_model(&self.inner, |m| Ok(m.llama.config.resolved_json().to_string()))
     }
 
     /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.

@@ -172,7 +172,8 @@ pub(super) fn resolve(r: &Reader, model_type: &str, head_dim: usize, hidden: usi
             Some(0) => return Err(r.invalid("sliding_window", "a positive integer", "0".into())),
             Some(_) => {}
         }
-    } else if model_type == "mistral" && a.sliding_window.is_some() {
+    } else if matches!(model_type, "mistral" | "phi3") && a.sliding_window.is_some() {
+        // MistralModel and Phi3Model mask every layer with the window when it is set.
         a.layer_types = vec![LayerType::SlidingAttention; layers];
     }
     Ok(a)

@@ -175,6 +175,11 @@ impl ModelConfig {
 
     /// The config.json of a merged checkpoint: the one it was loaded from with the dtype
     /// updated, or (GGUF sources) one written from the resolved fields (`hf_json.rs`).
+    /// The resolved config in transformers' spelling (every key set, whatever the source).
+    pub fn resolved_json(&self) -> Value {
+        hf_json::written(self, self.torch_dtype.as_deref().unwrap_or("float32"))
+    }
+
     pub fn to_hf_json(&self) -> Value {
         let dtype = self.torch_dtype.clone().unwrap_or_else(|| "float32".into());
         match &self.source_json {

@@ -45,20 +45,9 @@ pub const ALL_LINEAR: &str = "all-linear";
 /// PEFT condenses target lists at least this long to minimal suffixes (`MIN_TARGET_MODULES_FOR_OPTIMIZATION`).
 const MIN_TARGET_MODULES_FOR_OPTIMIZATION: usize = 20;
 
-/// Every module path of `LlamaForCausalLM`, in `named_modules()` order (the root "" left out).
+/// Every module path of the model, in `named_modules()` order (the root "" left out).
 pub fn module_names(model: &CausalLm) -> Vec<String> {
-    let mut v: Vec<String> = ["model", "model.embed_tokens", "model.layers"].map(String::from).to_vec();
-    for i in 0..model.layers.len() {
-        let p = format!("model.layers.{i}");
-        v.push(p.clone());
-        v.push(format!("{p}.self_attn"));
-        v.extend(["q_proj", "k_proj", "v_proj", "o_proj"].map(|n| format!("{p}.self_attn.{n}")));
-        v.push(format!("{p}.mlp"));
-        v.extend(["gate_proj", "up_proj", "down_proj", "act_fn"].map(|n| format!("{p}.mlp.{n}")));
-        v.extend(["input_layernorm", "post_attention_layernorm"].map(|n| format!("{p}.{n}")));
-    }
-    v.extend(["model.norm", "model.rotary_emb", "lm_head"].map(String::from));
-    v
+    model.module_names()
 }
 
 /// Python's `re.fullmatch(pattern, key)`.

@@ -4,8 +4,9 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use candle_core::Tensor;
 
-/// Per-layer parts: (GGUF stem, HF stem). Norms have weights only; the rest may have biases.
-const LAYER_PARTS: &[(&str, &str)] = &[
+/// Per-layer parts of llama, mistral and qwen2: (GGUF stem, HF stem). Norms have weights
+/// only; the rest may have biases.
+const LLAMA_PARTS: &[(&str, &str)] = &[
     ("attn_norm", "input_layernorm"),
     ("attn_q", "self_attn.q_proj"),
     ("attn_k", "self_attn.k_proj"),
@@ -17,6 +18,57 @@ const LAYER_PARTS: &[(&str, &str)] = &[
     ("ffn_down", "mlp.down_proj"),
 ];
 
+const QWEN3_PARTS: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// Phi-3: fused `attn_qkv` (rows q, k, v) and `ffn_up` holding gate_up_proj (gate half first).
+const PHI3_PARTS: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("attn_qkv", "self_attn.qkv_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_up", "mlp.gate_up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// Gemma 3: GGUF's `ffn_norm` is the pre-feedforward norm, the attention output's norm is
+/// `post_attention_norm`.
+const GEMMA3_PARTS: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("post_attention_norm", "post_attention_layernorm"),
+    ("ffn_norm", "pre_feedforward_layernorm"),
+    ("post_ffw_norm", "post_feedforward_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+fn layer_parts(model_type: &str) -> &'static [(&'static str, &'static str)] {
+    match model_type {
+        "qwen3" => QWEN3_PARTS,
+        "phi3" => PHI3_PARTS,
+        "gemma3_text" => GEMMA3_PARTS,
+        _ => LLAMA_PARTS,
+    }
+}
+
 const GLOBALS: &[(&str, &str)] = &[
     ("token_embd.weight", "model.embed_tokens.weight"),
     ("output_norm.weight", "model.norm.weight"),
@@ -24,7 +76,12 @@ const GLOBALS: &[(&str, &str)] = &[
 ];
 
 fn is_norm(hf_stem: &str) -> bool {
-    hf_stem.ends_with("layernorm")
+    hf_stem.ends_with("layernorm") || hf_stem.ends_with("_norm")
+}
+
+/// Whether a Hugging Face weight name is a norm's weight.
+pub(crate) fn is_norm_weight(hf_name: &str) -> bool {
+    hf_name == "model.norm.weight" || hf_name.strip_suffix(".weight").is_some_and(is_norm)
 }
 
 /// `(layer, stem, suffix)` of `<prefix>N.<stem>.<suffix>`.
@@ -37,26 +94,27 @@ fn split_layer<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str, &'a s
     Some((n.parse().ok()?, stem, suffix))
 }
 
-fn translate(name: &str, from_prefix: &str, to_prefix: &str, to_hf: bool) -> Option<String> {
+fn translate(name: &str, model_type: &str, from_prefix: &str, to_prefix: &str, to_hf: bool) -> Option<String> {
     if let Some(&(g, h)) = GLOBALS.iter().find(|(g, h)| *(if to_hf { g } else { h }) == name) {
         return Some(if to_hf { h } else { g }.to_string());
     }
     let (layer, stem, suffix) = split_layer(name, from_prefix)?;
-    let &(g, h) = LAYER_PARTS.iter().find(|(g, h)| *(if to_hf { g } else { h }) == stem)?;
+    let &(g, h) = layer_parts(model_type).iter().find(|(g, h)| *(if to_hf { g } else { h }) == stem)?;
     if suffix != "weight" && (suffix != "bias" || is_norm(h)) {
         return None;
     }
     Some(format!("{to_prefix}{layer}.{}.{suffix}", if to_hf { h } else { g }))
 }
 
-/// `blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None for names llama has not.
-pub fn gguf_to_hf(name: &str) -> Option<String> {
-    translate(name, "blk.", "model.layers.", true)
+/// `blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight` in a model of
+/// `model_type`; None for names that architecture has not.
+pub fn gguf_to_hf(name: &str, model_type: &str) -> Option<String> {
+    translate(name, model_type, "blk.", "model.layers.", true)
 }
 
 /// The inverse of [`gguf_to_hf`].
-pub fn hf_to_gguf(name: &str) -> Option<String> {
-    translate(name, "model.layers.", "blk.", false)
+pub fn hf_to_gguf(name: &str, model_type: &str) -> Option<String> {
+    translate(name, model_type, "model.layers.", "blk.", false)
 }
 
 /// The layer index of a Hugging Face weight name, if it belongs to a layer.
@@ -75,7 +133,10 @@ pub(crate) fn expected_shape(cfg: &ModelConfig, hf_name: &str) -> Option<Vec<usi
     }
     let (_, stem, suffix) = split_layer(hf_name, "model.layers.")?;
     let (out, inp) = match stem {
-        "input_layernorm" | "post_attention_layernorm" => (h, 0),
+        "input_layernorm" | "post_attention_layernorm" | "pre_feedforward_layernorm" | "post_feedforward_layernorm" => (h, 0),
+        "self_attn.q_norm" | "self_attn.k_norm" => (cfg.head_dim, 0),
+        "self_attn.qkv_proj" => (q + 2 * kv, h),
+        "mlp.gate_up_proj" => (2 * i, h),
         "self_attn.q_proj" => (q, h),
         "self_attn.k_proj" | "self_attn.v_proj" => (kv, h),
         "self_attn.o_proj" => (h, q),
@@ -95,8 +156,9 @@ pub(crate) fn expected_shape(cfg: &ModelConfig, hf_name: &str) -> Option<Vec<usi
 /// absurd `block_count` costs nothing until a layer turns out to be missing.
 pub(crate) fn required_names(cfg: &ModelConfig) -> impl Iterator<Item = String> + '_ {
     let layers = (0..cfg.num_hidden_layers).flat_map(move |l| {
-        LAYER_PARTS.iter().flat_map(move |&(_, h)| {
+        layer_parts(&cfg.arch.model_type).iter().flat_map(move |&(_, h)| {
             let bias = match h {
+                _ if is_norm(h) => false,
                 "self_attn.o_proj" => cfg.arch.o_bias,
                 _ if h.starts_with("self_attn.") => cfg.arch.qkv_bias,
                 _ => cfg.mlp_bias && h.starts_with("mlp."),
@@ -112,7 +174,11 @@ pub(crate) fn required_names(cfg: &ModelConfig) -> impl Iterator<Item = String> 
 }
 
 /// The head count llama.cpp permuted a weight with: q by the query heads, k by the KV heads.
+/// Only its `llama` architecture (LLaMA, Mistral) permutes; the others use rotate-half RoPE.
 pub(crate) fn rope_heads(cfg: &ModelConfig, hf_name: &str) -> Option<usize> {
+    if !matches!(cfg.arch.model_type.as_str(), "llama" | "mistral") {
+        return None;
+    }
     match split_layer(hf_name, "model.layers.")?.1 {
         "self_attn.q_proj" => Some(cfg.num_attention_heads),
         "self_attn.k_proj" => Some(cfg.num_key_value_heads),

@@ -159,6 +159,9 @@ fn metadata<'a>(cfg: &ModelConfig, tok: Option<&'a GgufTokenizerSpec>, quant: Gg
 /// where the row length allows. `lm_head.weight` is skipped when the config ties it.
 pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<String, Tensor>,
     tokenizer: Option<&GgufTokenizerSpec>, quant: GgmlDType) -> Result<()> {
+    if config.arch.model_type != "llama" {
+        return Err(Error::Unsupported(format!("writing a GGUF of a {} model (only llama so far)", config.arch.model_type)));
+    }
     if config.rope_scaling.is_some() {
         return Err(Error::Unsupported("writing GGUF with llama3 RoPE scaling (rope_freqs.weight)".into()));
     }
@@ -176,7 +179,7 @@ pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<Str
         }
         let ty = storage_type(&expected, quant);
         let size = (tensor.elem_count() / ty.block_size() * ty.type_size()) as u64;
-        let gguf = hf_to_gguf(&hf).expect("required names have GGUF names");
+        let gguf = hf_to_gguf(&hf, &config.arch.model_type).expect("required names have GGUF names");
         entries.push(Entry { hf, gguf, tensor, ty, offset, size });
         offset += size.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
     }

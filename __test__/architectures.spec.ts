@@ -1,0 +1,53 @@
+// The LLaMA family as transformers + PEFT compute it: Qwen2, Qwen3, Mistral, Phi-3 and Gemma 3
+// against ../shared/fixtures/hf-peft-tiny-arch (every case of every architecture), through
+// AutoModelForCausalLM and PeftModel.
+import test from 'ava'
+import { mkdtempSync, readdirSync, rmSync, symlinkSync, copyFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { AutoModelForCausalLM, LlamaModel } from '../src'
+import { Fixture, checkAdapterCase, checkBase, checkFull } from './helpers/fixture-runner'
+
+const ROOT = join(__dirname, '..', '..', 'shared', 'fixtures', 'hf-peft-tiny-arch')
+const ARCHS: Record<string, string> = { qwen2: 'qwen2', qwen3: 'qwen3', mistral: 'mistral', phi3: 'phi3', gemma3: 'gemma3_text' }
+
+for (const [arch, modelType] of Object.entries(ARCHS)) {
+  const fx = new Fixture(join(ROOT, arch))
+  test(`${arch}: AutoModelForCausalLM picks ${modelType}; base logits, loss and greedy match transformers`, async (t) => {
+    const m = await AutoModelForCausalLM.fromPretrained(fx.modelDir)
+    t.is(m.config.modelType, modelType)
+    t.is(m.config.model_type, modelType)
+    m.dispose()
+    await checkBase(t, fx)
+  })
+
+  test(`${arch}: both config spellings give the same logits`, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), `peft-node-spelling-${arch}-`))
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+    for (const f of readdirSync(fx.modelDir).filter((f) => !f.startsWith('config'))) symlinkSync(join(fx.modelDir, f), join(dir, f))
+    const spellings = readdirSync(fx.modelDir).filter((f) => f.startsWith('config') && f.endsWith('.json'))
+    const ids = fx.inputs().input_ids
+    const outs: Float32Array[] = []
+    for (const s of spellings) {
+      copyFileSync(join(fx.modelDir, s), join(dir, 'config.json'))
+      const m = await AutoModelForCausalLM.fromPretrained(dir)
+      outs.push(await (await m.forward({ inputIds: ids })).logits.toFloat32Array())
+      m.dispose()
+    }
+    t.true(outs.length >= 1)
+    for (const o of outs.slice(1)) t.deepEqual(o, outs[0])
+  })
+
+  test(`${arch}: full fine-tuning: every gradient, two AdamW steps and greedy match`, (t) => checkFull(t, fx))
+
+  for (const name of readdirSync(join(ROOT, arch, 'cases')).filter((c) => c !== 'full')) {
+    test(`${arch}: ${name} matches PEFT (files, logits, gradients, AdamW, greedy, merge)`, (t) => checkAdapterCase(t, fx, name))
+  }
+}
+
+test('LlamaModel.fromPretrained still loads LLaMA, and names AutoModelForCausalLM for the others', async (t) => {
+  const m = await LlamaModel.fromPretrained(join(ROOT, '..', 'hf-peft-tiny-llama', 'model'))
+  t.is(m.config.modelType, 'llama')
+  m.dispose()
+  await t.throwsAsync(LlamaModel.fromPretrained(join(ROOT, 'qwen3', 'model')), { message: /qwen3.*AutoModelForCausalLM/ })
+})
