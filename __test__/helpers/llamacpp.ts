@@ -146,15 +146,15 @@ export interface CompareOptions extends OracleOptions {
 }
 
 /**
- * Loads `gguf` with `LlamaModel.fromPretrained` and in llama.cpp, encodes every prompt with our
+ * Loads `gguf` with `AutoModelForCausalLM.fromPretrained` and in llama.cpp, encodes every prompt with our
  * tokenizer, and asserts that our argmax equals llama.cpp's on at least `minAgreement` of all
  * positions. Logs the agreement per prompt, the disagreements (with our logit gap: small = a
  * near tie), and whether llama.cpp's own tokenizer gives the same ids. Returns the overall fraction.
  */
 export async function compareWithLlamaCpp(t: ExecutionContext, gguf: string, prompts: OraclePrompt[], opts: CompareOptions = {}): Promise<number> {
-  const { LlamaModel } = await import('../../src')
+  const { AutoModelForCausalLM } = await import('../../src')
   const start = Date.now()
-  const base = await LlamaModel.fromPretrained(gguf)
+  const base = await AutoModelForCausalLM.fromPretrained(gguf)
   try {
     const tok = base.tokenizer
     if (!tok) throw new Error(`${gguf}: our loader found no tokenizer`)

@@ -46,6 +46,7 @@ fn spec(vocab: usize) -> GgufTokenizerSpec {
         unknown_token_id: None,
         add_bos_token: Some(false),
         add_eos_token: None,
+        add_space_prefix: None,
         chat_template: Some("{% for m in messages %}{{ m['content'] }}{% endfor %}".into()),
     }
 }

@@ -69,6 +69,7 @@ pub fn tokenizer_spec(file: &GgufFile) -> Result<GgufTokenizerSpec> {
         unknown_token_id: id("tokenizer.ggml.unknown_token_id")?,
         add_bos_token: file.get_bool("tokenizer.ggml.add_bos_token")?,
         add_eos_token: file.get_bool("tokenizer.ggml.add_eos_token")?,
+        add_space_prefix: file.get_bool("tokenizer.ggml.add_space_prefix")?,
         chat_template: file.get_str("tokenizer.chat_template")?.map(String::from),
     };
     let n = spec.tokens.len();

@@ -190,10 +190,16 @@ fn sentencepiece(spec: &super::GgufTokenizerSpec) -> std::result::Result<tokeniz
     }
     let bpe = builder.build().map_err(|e| format!("cannot build the BPE model: {e}"))?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, false)));
+    // Gemma's files say `add_space_prefix = false`: spaces become "▁" but none is prepended,
+    // and decoding strips none.
+    let prefix = spec.add_space_prefix != Some(false);
+    let scheme = if prefix { PrependScheme::First } else { PrependScheme::Never };
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)));
     let replace = Replace::new("▁", " ").map_err(|e| e.to_string())?;
-    let decoders: Vec<DecoderWrapper> =
-        vec![replace.into(), ByteFallback::new().into(), Fuse::new().into(), Strip::new(' ', 1, 0).into()];
+    let mut decoders: Vec<DecoderWrapper> = vec![replace.into(), ByteFallback::new().into(), Fuse::new().into()];
+    if prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
     tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(tokenizer)
 }

@@ -17,5 +17,8 @@ pub struct GgufTokenizerSpec {
     pub unknown_token_id: Option<u32>,
     pub add_bos_token: Option<bool>,
     pub add_eos_token: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece): false for Gemma, whose text gets no
+    /// leading "▁"; unset means true, as llama.cpp reads it.
+    pub add_space_prefix: Option<bool>,
     pub chat_template: Option<String>,
 }
