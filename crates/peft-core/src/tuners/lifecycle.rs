@@ -56,8 +56,10 @@ impl Tuners {
     }
 
     pub(crate) fn inject_with(&mut self, model: &mut CausalLm, name: &str, mut config: Box<dyn TunerConfig>, seed: u64, loading: bool) -> Result<InjectReport> {
-        if name.is_empty() || name.contains('.') {
-            return Err(Error::arg("adapter name", "a non-empty name without dots", format!("\"{name}\"")));
+        // A name becomes a folder under the save directory: an identifier, never a path.
+        let identifier = name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+        if name.is_empty() || name.chars().count() > 128 || !identifier || name == super::routing::BASE_ROWS {
+            return Err(Error::arg("adapter name", "1 to 128 letters, digits, `_` or `-` (no dots, slashes or `__base__`)", format!("\"{name}\"")));
         }
         if self.adapters.iter().any(|a| a.name == name) {
             return Err(Error::arg("adapter name", format!("a name not in use (in use: {})", self.names().join(", ")), format!("\"{name}\"")));
@@ -66,8 +68,10 @@ impl Tuners {
             return Err(Error::Unsupported(format!("cannot add adapter `{name}` while adapters are merged: unmerge first")));
         }
         let source = config.source().to_path_buf();
-        if config.targets().target_modules.is_none() && !config.default_targets().is_empty() {
-            config.set_target_modules(Targets::List(config.default_targets().iter().map(|s| s.to_string()).collect()));
+        if config.targets().target_modules.is_none() {
+            if let Some(defaults) = super::defaults::default_targets(config.as_ref(), &model.config.arch.model_type)? {
+                config.set_target_modules(Targets::List(defaults));
+            }
         }
         if let Some(t) = targeting::resolve_targets(config.targets(), model) {
             config.set_target_modules(t);

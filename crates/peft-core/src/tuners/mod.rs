@@ -18,6 +18,7 @@ pub mod adalora;
 mod attach;
 pub mod bias;
 pub mod bottleneck;
+pub mod defaults;
 pub mod dylora;
 pub mod fields;
 pub mod hooks;
@@ -204,7 +205,8 @@ pub trait TunerConfig: Send + Sync + std::fmt::Debug {
     fn targets(&self) -> &TargetSpec;
     /// PEFT rewrites `target_modules` at injection (`all-linear` becomes the module names).
     fn set_target_modules(&mut self, targets: Targets);
-    /// What PEFT targets on LLaMA when `target_modules` is None (its per-architecture table).
+    /// What the method targets on LLaMA when `target_modules` is None; `defaults.rs` swaps in
+    /// PEFT's per-architecture table for the methods PEFT has. Empty: needs no targets.
     fn default_targets(&self) -> &'static [&'static str] {
         &[]
     }
