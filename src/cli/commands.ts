@@ -86,8 +86,10 @@ export async function evalCommand(flags: Record<string, unknown>, io: Io): Promi
 
 export async function infoCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const o = trainOptions(flags)
+  // The method's options are checked before the (slow) model load.
+  const config = typeof o.adapter === 'string' ? null : methodConfig(o.method, methodOptions(o))
   let model = await loadModel(o)
-  if (!(model instanceof PeftModel)) model = await getPeftModel(model, methodConfig(o.method, methodOptions(o)))
+  if (!(model instanceof PeftModel)) model = await getPeftModel(model, config!)
   const c = model.config
   io.out(`model: ${String(o.model)} (${c.num_hidden_layers} layers, hidden ${c.hidden_size}, vocab ${c.vocab_size})`)
   const cfg = model.peftConfig[model.activeAdapter]

@@ -1,10 +1,9 @@
 // Method names on the command line -> PEFT configs. LoRA goes through LoraConfig (checked);
 // every other method is passed through as `{ peft_type, ...options }` for the native core,
 // which validates the options.
-import { readFileSync } from 'node:fs'
 import { LoraConfig } from '../methods/lora'
 import { PeftConfig, RawPeftConfig, toSnake } from '../methods/config'
-import { TRAIN_KEYS, normalise } from './config'
+import { TRAIN_KEYS, normalise, readConfigFile } from './config'
 
 /** Every method the native core supports, by its command-line name. */
 export const METHODS: Record<string, { peftType: string; defaults?: Record<string, unknown> }> = {
@@ -33,7 +32,7 @@ function listish(key: string, v: unknown): unknown {
 /** The method options among `opts` (everything that is not a trainer option). */
 export function methodOptions(opts: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {}
-  if (typeof opts.methodConfig === 'string') Object.assign(out, JSON.parse(readFileSync(opts.methodConfig, 'utf8')) as Record<string, unknown>)
+  if (typeof opts.methodConfig === 'string') Object.assign(out, readConfigFile(opts.methodConfig, '--method-config', 'json'))
   else if (opts.methodConfig && typeof opts.methodConfig === 'object') Object.assign(out, opts.methodConfig)
   for (const [k, v] of Object.entries(opts)) if (!TRAIN_KEYS.has(k)) out[k] = listish(k, v)
   return out
