@@ -1,5 +1,5 @@
 // `generate`, `chat`, `eval`, `info` and `merge`.
-import { createInterface } from 'node:readline/promises'
+import { createInterface } from 'node:readline'
 import { LlamaModel } from '../model'
 import { PeftModel, getPeftModel } from '../peft'
 import type { ChatMessage } from '../tokenizer'
@@ -52,19 +52,28 @@ export async function generateCommand(flags: Record<string, unknown>, positional
 export async function chatCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const o = trainOptions(flags)
   const model = await loadModel(o)
-  const rl = createInterface({ input: process.stdin, output: process.stdout })
+  const input = io.input ?? process.stdin
+  // A terminal echoes what is typed; piped lines are echoed after the prompt so the transcript reads as a dialogue.
+  const echo = !(input as { isTTY?: boolean }).isTTY
+  const rl = createInterface({ input, output: echo ? undefined : process.stdout, terminal: !echo, prompt: '> ' })
+  // On a terminal readline draws the prompt (so line editing keeps it); Ctrl-C there ends the chat.
+  const prompt = () => (echo ? io.write('> ') : rl.prompt())
+  rl.on('SIGINT', () => rl.close())
   const history: ChatMessage[] = typeof o.system === 'string' ? [{ role: 'system', content: o.system }] : []
   io.out('chat: /reset clears the history, /exit (or Ctrl-D) quits')
   try {
-    for (;;) {
-      const line = await rl.question('> ').catch(() => null)
-      if (line === null || line.trim() === '/exit') break
-      if (line.trim() === '/reset') {
-        history.splice(history[0]?.role === 'system' ? 1 : 0)
-        continue
+    prompt()
+    // The async iterator queues lines that arrive while a reply is generated; `rl.question` did
+    // not, so piped input (`printf 'A\nB\n' | peft-node chat`) lost every line after the first.
+    for await (const line of rl) {
+      if (echo) io.write(`${line}\n`)
+      if (line.trim() === '/exit') break
+      if (line.trim() === '/reset') history.splice(history[0]?.role === 'system' ? 1 : 0)
+      else {
+        history.push({ role: 'user', content: line })
+        history.push({ role: 'assistant', content: (await streamReply(model, promptIds(model, history, false), o, io)).trim() })
       }
-      history.push({ role: 'user', content: line })
-      history.push({ role: 'assistant', content: (await streamReply(model, promptIds(model, history, false), o, io)).trim() })
+      prompt()
     }
   } finally {
     rl.close()
