@@ -8,6 +8,11 @@ export interface PeftModelOptions {
   adapterName?: string
   /** Seeds the adapter's random init (default 0, so runs are reproducible). */
   seed?: number
+  /**
+   * Emit the adapter's warnings (unknown config fields, ...) as process warnings (default true);
+   * false leaves them in `peft.warnings` only, for callers that report them their own way.
+   */
+  warn?: boolean
 }
 
 export interface LoadAdapterOptions {
@@ -51,11 +56,11 @@ export class PeftModel {
   }
 
   /** Adds an adapter; the first one becomes active, later ones wait for `setAdapter`. */
-  async addAdapter(name: string, config: PeftConfig, opts: { seed?: number } = {}): Promise<void> {
+  async addAdapter(name: string, config: PeftConfig, opts: { seed?: number; warn?: boolean } = {}): Promise<void> {
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
     const seed = opts.seed ?? 0
     this.warnings = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    if (opts.warn ?? true) for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
   /**
@@ -263,6 +268,6 @@ function pefName(name: string, wrapped: Set<string>): string {
 export async function getPeftModel(model: LlamaModel, config: PeftConfig, opts: PeftModelOptions = {}): Promise<PeftModel> {
   if (!(model instanceof LlamaModel)) throw new Error('model: expected a LlamaModel')
   const peft = new PeftModel(model)
-  await peft.addAdapter(opts.adapterName ?? 'default', config, { seed: opts.seed })
+  await peft.addAdapter(opts.adapterName ?? 'default', config, { seed: opts.seed, warn: opts.warn })
   return peft
 }

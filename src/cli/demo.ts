@@ -8,7 +8,7 @@ import { LoraConfig } from '../methods/lora'
 import { capitalsDataset, capitalQuestion, stateCapitals } from '../data/capitals'
 import { loadData } from '../data/dataset'
 import { Trainer } from '../train/trainer'
-import { methodConfig, rejectUnknownFlags } from './methods'
+import { cliPeftModel, methodConfig } from './methods'
 import type { Io } from './io'
 
 export const SMOLLM2 = join(__dirname, '..', '..', '.cache', 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf')
@@ -60,8 +60,7 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
 
   const steps = o.steps ?? Math.ceil(train.length / o.batchSize) * o.epochs
   const config = o.method ? methodConfig(o.method.name, o.method.options, steps) : new LoraConfig({ r: o.r, loraAlpha: 2 * o.r, loraDropout: 0, targetModules: o.targetModules })
-  const peft = await getPeftModel(model, config, { seed: o.seed })
-  if (o.flags) rejectUnknownFlags(o.flags, peft.warnings, String(config.peftType))
+  const peft = o.flags ? await cliPeftModel(model, config, o.seed, 'train', o.flags, io) : await getPeftModel(model, config, { seed: o.seed })
   peft.printTrainableParameters(io.out)
   const data = await loadData({ train: train, valid: heldOut }, peft.tokenizer, { maxSeqLength: 128 })
   const trainer = new Trainer(peft, { train: data.train, valid: data.valid, output: o.output, epochs: o.epochs, maxSteps: o.steps, batchSize: o.batchSize, learningRate: o.learningRate, lrSchedule: 'constant', seed: o.seed, maxGradNorm: 1 })

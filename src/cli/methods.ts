@@ -2,7 +2,11 @@
 // every other method is passed through as `{ peft_type, ...options }` for the native core,
 // which validates the options.
 import { LoraConfig } from '../methods/lora'
-import { PeftConfig, RawPeftConfig, toSnake } from '../methods/config'
+import { PeftConfig, RawPeftConfig, toCamel, toSnake } from '../methods/config'
+import type { LlamaModel } from '../model'
+import { getPeftModel, type PeftModel } from '../peft'
+import { methodFlags, unknownOptionError } from './options'
+import type { Io } from './io'
 import { TRAIN_KEYS, normalise, readConfigFile } from './config'
 
 /** Every method the native core supports, by its command-line name. */
@@ -59,15 +63,20 @@ export function methodConfig(method: unknown, options: Record<string, unknown>, 
 }
 
 /**
- * Method fields given as command-line flags that the method does not have (the adapter's
- * "unknown … field" warnings): on the command line that is a typo (`--stpes 3`), so an error;
- * in a `--method-config` file such fields are kept with a warning, as PEFT does.
+ * getPeftModel for the CLI. Method fields given as command-line flags that the method does not
+ * have (the adapter's "unknown … field" warnings) are typos there (`--stpes 3`): an error, and
+ * not also a warning that says the field was kept. In a `--method-config` file such fields are
+ * kept with a warning, as PEFT does; the other warnings print as `warning:` lines.
  */
-export function rejectUnknownFlags(flags: Record<string, unknown>, warnings: string[], peftType: string): void {
-  const given = new Set(Object.keys(normalise(flags)).filter((k) => !TRAIN_KEYS.has(k) && k !== 'demo').map(toSnake))
-  const unknown = warnings.map((w) => /^unknown \w+ field `([^`]+)`/.exec(w)?.[1]).filter((k): k is string => k !== undefined && given.has(k))
+export async function cliPeftModel(model: LlamaModel, config: PeftConfig, seed: number | undefined, command: string, flags: Record<string, unknown>, io: Io): Promise<PeftModel> {
+  const peft = await getPeftModel(model, config, { seed, warn: false })
+  const given = new Set(methodFlags(command, flags).map(toSnake))
+  const field = (w: string) => /^unknown \w+ field `([^`]+)`/.exec(w)?.[1]
+  const unknown = peft.warnings.map(field).filter((k): k is string => k !== undefined && given.has(k))
   if (unknown.length > 0) {
-    const flagsList = unknown.map((k) => `--${k.replace(/_/g, '-')}`).join(', ')
-    throw new Error(`${flagsList}: not a trainer option, and ${peftType} has no such field (run \`peft-node help\` for the trainer options)`)
+    peft.dispose()
+    throw unknownOptionError(command, unknown.map(toCamel), String(config.peftType))
   }
+  for (const w of peft.warnings) io.err(`warning: ${w}`)
+  return peft
 }

@@ -2,13 +2,12 @@
 // stops after the current step and saves a checkpoint. Without arguments: the demo.
 import { join } from 'node:path'
 import { LlamaModel } from '../model'
-import { getPeftModel } from '../peft'
 import { RawPeftConfig, type PeftConfig } from '../methods/config'
 import { loadData } from '../data/dataset'
 import { Trainer } from '../train/trainer'
 import { readTrainerState, resolveCheckpoint } from '../train/checkpoint'
 import { trainOptions } from './config'
-import { methodConfig, methodOptions, rejectUnknownFlags } from './methods'
+import { cliPeftModel, methodConfig, methodOptions } from './methods'
 import { attachProgress, duration } from './progress'
 import { required } from './load'
 import { runDemo } from './demo'
@@ -36,8 +35,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   }
   const t0 = Date.now()
   const model = await LlamaModel.fromPretrained(modelPath)
-  const peft = await getPeftModel(model, config, { seed: num(o.seed) })
-  rejectUnknownFlags(flags, peft.warnings, String(config.peftType))
+  const peft = await cliPeftModel(model, config, num(o.seed), 'train', flags, io)
   peft.printTrainableParameters(io.out)
   const data = await loadData(dataPath, peft.tokenizer, { maxSeqLength: num(o.maxSeqLength), maskPrompt: o.maskPrompt as boolean | undefined, truncation: o.truncation as boolean | undefined, validSplit: num(o.validSplit), seed: num(o.seed) })
   for (const w of data.warnings.slice(0, 10)) io.err(`warning: ${w}`)
