@@ -1,12 +1,11 @@
 // Several adapters: PEFT's addWeightedAdapter through the TS API (every combination type,
 // forward, save/load, errors) and LoRAHub's gradient-free composition on two tiny tasks.
 import test from 'ava'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { AdamW, IA3Config, LlamaModel, LoraConfig, PeftModel, cmaes, composeLoraHub, eigenSym, examplesLoss, getPeftModel, loraHub } from '../src'
 import type { CombinationType, LoraHubExample } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 const lora = (targetModules: string[], loraAlpha = 8) => new LoraConfig({ r: 4, loraAlpha, targetModules, initLoraWeights: false })
 
@@ -32,7 +31,7 @@ test('cat with weights 1, 1 runs as both adapters at once, and saves and loads l
   peft.setAdapter('both')
   const combined = await logits(peft)
   t.true(maxDiff(combined, together) < 1e-4, `${maxDiff(combined, together)}`)
-  const dir = mkdtempSync(join(tmpdir(), 'peft-compose-'))
+  const dir = tempDir(t, 'peft-compose-')
   await peft.savePretrained(dir, { selectedAdapters: ['both'] })
   await peft.loadAdapter(join(dir, 'both'), 'reloaded')
   peft.setAdapter('reloaded')
