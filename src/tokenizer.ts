@@ -20,6 +20,11 @@ export interface SpecialToken {
   id: number
 }
 
+function describe(v: unknown): string {
+  if (v === null) return 'null'
+  return typeof v === 'string' ? 'a string' : typeof v === 'object' ? 'an object' : typeof v
+}
+
 /** A Hugging Face tokenizer (tokenizer.json or a GGUF's embedded one) with its chat template. */
 export class Tokenizer {
   /** @internal */
@@ -37,6 +42,11 @@ export class Tokenizer {
   }
 
   async encodeBatch(texts: string[], opts: { addSpecialTokens?: boolean } = {}): Promise<number[][]> {
+    // napi's own message for a non-array is "Failed to get Array length", naming nothing.
+    if (!Array.isArray(texts)) throw new Error(`texts: expected an array of strings, found ${describe(texts)}`)
+    texts.forEach((s, i) => {
+      if (typeof s !== 'string') throw new Error(`texts[${i}]: expected a string, found ${s === null ? 'null' : typeof s}`)
+    })
     return this.inner.encodeBatch(texts, opts.addSpecialTokens ?? true)
   }
 
