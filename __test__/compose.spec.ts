@@ -74,7 +74,7 @@ test('incompatible adapters and bad arguments give errors naming what is wrong',
   await fails(['a', 'b'], [1, 1], { combinationType: 'ties' }, ['density', '(0, 1]'])
   await fails(['a', 'b'], [1, 1], { combinationType: 'dare_ties', density: 1.5 }, ['density', '1.5'])
   await fails(['a', 'b'], [1, 1], { svdRank: 100 }, ['svd_rank', 'at most'])
-  await fails(['a', 'b'], [1, 1], { svdRank: -1 }, ['svdRank', 'positive integer'])
+  await fails(['a', 'b'], [1, 1], { svdRank: -1 }, ['svdRank', 'an integer in 1..4294967295'])
   await fails(['a', 'b'], [1, 1], { combinationType: 'mean' }, ['combination_type', '"mean"'])
   t.false(peft.adapterNames.includes('new'))
 })

@@ -3,6 +3,7 @@ import { Parameter } from './parameter'
 import type { GenerateOptions } from './generation'
 import { PeftConfig, RawPeftConfig } from './methods/config'
 import { addWeightedAdapter, type WeightedAdapterOptions } from './compose/weighted'
+import { intArg, seedArg } from './inputs'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -58,7 +59,7 @@ export class PeftModel {
   /** Adds an adapter; the first one becomes active, later ones wait for `setAdapter`. */
   async addAdapter(name: string, config: PeftConfig, opts: { seed?: number; warn?: boolean } = {}): Promise<void> {
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
-    const seed = opts.seed ?? 0
+    const seed = seedArg('seed', opts.seed ?? 0)
     this.warnings = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
     if (opts.warn ?? true) for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
@@ -173,8 +174,7 @@ export class PeftModel {
    * Refused while the adapter is merged.
    */
   setDyLoraRank(rank: number, adapterName = this.activeAdapter): void {
-    if (!Number.isInteger(rank) || rank <= 0) throw new Error(`rank: expected an integer > 0, found ${String(rank)}`)
-    this.native.setDyloraRank(adapterName, rank)
+    this.native.setDyloraRank(adapterName, intArg('rank', rank, 1))
   }
 
   /** `input.adapterNames` runs each row with its own adapter (any loaded one, or "__base__"), as PEFT's `adapter_names`. */

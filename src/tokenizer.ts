@@ -1,4 +1,5 @@
 import { native } from './native'
+import { tokenIdArg, tokenIdList } from './inputs'
 
 type NativeTokenizer = InstanceType<typeof native.NativeTokenizer>
 
@@ -51,7 +52,7 @@ export class Tokenizer {
   }
 
   decode(ids: ArrayLike<number>, opts: { skipSpecialTokens?: boolean } = {}): string {
-    return this.inner.decode(Array.from(ids), opts.skipSpecialTokens ?? false)
+    return this.inner.decode(tokenIdList('ids', ids, this.vocabSize), opts.skipSpecialTokens ?? false)
   }
 
   tokenToId(token: string): number | null {
@@ -59,7 +60,7 @@ export class Tokenizer {
   }
 
   idToToken(id: number): string | null {
-    return this.inner.idToToken(id) ?? null
+    return this.inner.idToToken(tokenIdArg('id', id, this.vocabSize)) ?? null
   }
 
   get vocabSize(): number {
@@ -96,7 +97,8 @@ export class Tokenizer {
   /** Decodes a stream of ids into text pieces, holding back characters split across tokens. */
   streamDecoder(opts: { skipSpecialTokens?: boolean } = {}): { step(id: number): string; finish(): string } {
     const d = this.inner.streamDecoder(opts.skipSpecialTokens ?? true)
-    return { step: (id) => d.step(id) ?? '', finish: () => d.finish() ?? '' }
+    const vocab = this.vocabSize
+    return { step: (id) => d.step(tokenIdArg('id', id, vocab)) ?? '', finish: () => d.finish() ?? '' }
   }
 
   dispose(): void {
