@@ -13,6 +13,7 @@ export interface GenerateOptions {
   seed?: number
   /** Stop a row when one of these is produced (kept in the output). Default: the model's EOS tokens. */
   stopTokenIds?: number[]
+  /** Stops generation after the current token; already aborted: rejects with its reason (an AbortError) before any work. */
   signal?: AbortSignal
   /** Mixed batch (PEFT's `adapter_names`): the adapter of each prompt, "__base__" for none. */
   adapterNames?: string[]

@@ -137,6 +137,7 @@ export class LlamaModel {
   async generate(ids: ArrayLike<number> | ArrayLike<number>[], opts: GenerateOptions = {}): Promise<number[] | number[][]> {
     const { prompts, single } = promptRows(ids, this.config.vocab_size)
     const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    opts.signal?.throwIfAborted() // the native loop checks the flag only after its first step
     const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal), adapterNameList(opts.adapterNames))
     return single ? out[0] : out
   }
@@ -145,6 +146,7 @@ export class LlamaModel {
   async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
     const { prompts } = promptRows(ids, this.config.vocab_size)
     const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    opts.signal?.throwIfAborted()
     const adapterNames = adapterNameList(opts.adapterNames)
     let result: number[][] | undefined
     const run = (onStep: (row: number[]) => void, abort: Parameters<NativeModel['generate']>[3]) =>

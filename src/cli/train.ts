@@ -49,7 +49,10 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
     saveEvery: num(o.saveEvery), saveTotalLimit: num(o.saveTotalLimit), seed: num(o.seed), resumeFromCheckpoint: o.resume as string | undefined,
   })
   attachProgress(trainer, io)
-  const end = await trainer.train()
+  const end = await trainer.train().catch((e: unknown) => {
+    if (signal?.aborted && e === signal.reason) throw new Error('interrupted before the first step: nothing was trained or saved')
+    throw e
+  })
   io.out(`${end.reason === 'aborted' ? 'stopped' : 'done'} at step ${end.step} in ${duration(Date.now() - t0)}; final loss ${end.loss?.toFixed(4) ?? '-'}${end.eval ? `, validation loss ${end.eval.loss.toFixed(4)} (perplexity ${end.eval.perplexity.toFixed(3)})` : ''}`)
   io.out(`adapter: ${output}  loss curve: ${join(output, 'loss.svg')}  checkpoint: ${end.checkpoint ?? '-'}`)
   peft.dispose()
