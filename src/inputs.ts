@@ -131,11 +131,31 @@ export function flatLabels(name: string, rows: IdRows, batch: number, seq: numbe
   return flatten(name, rows, (n) => new Int32Array(n), ok, `${IGNORE} or a token id in 0..${max}`).data
 }
 
+// Adapter names are identifiers, never paths: savePretrained writes adapter `x` to `dir/x`, so
+// '/an/absolute/dir' or '../x' would write outside `dir`. Letters and digits of any script, "_"
+// and "-"; no dots either, since the native core joins names into dot-separated parameter paths
+// (and refuses them).
+const ADAPTER_NAME = /^[\p{L}\p{N}_-]{1,128}$/u
+/** In `adapterNames` (PEFT's `adapter_names`), the rows that run without an adapter. */
+export const BASE_ROWS = '__base__'
+
+/** Checks one adapter name; `isNew`: a name being given to an adapter, so not "__base__". */
+export function adapterNameArg(arg: string, name: unknown, opts: { isNew?: boolean } = {}): string {
+  if (typeof name !== 'string' || !ADAPTER_NAME.test(name)) {
+    throw new Error(`${arg}: expected an adapter name: 1 to 128 letters, digits, "_" or "-" (a name, not a path), found ${show(name)}`)
+  }
+  if (opts.isNew && name === BASE_ROWS) throw new Error(`${arg}: "${BASE_ROWS}" is reserved: in adapterNames it means "no adapter"`)
+  return name
+}
+
+/** A list of adapter names, each checked as `${arg}[i]`; undefined stays undefined. */
+export function adapterNameArgs(arg: string, names: unknown): string[] | undefined {
+  if (names === undefined) return undefined
+  if (!Array.isArray(names)) throw new Error(`${arg}: expected an array of adapter names, found ${show(names)}`)
+  return names.map((n, i) => adapterNameArg(`${arg}[${i}]`, n))
+}
+
 /** `adapterNames` (PEFT's `adapter_names`): one adapter name, or "__base__", per row. */
 export function adapterNameList(names: unknown): string[] | undefined {
-  if (names === undefined) return undefined
-  if (!Array.isArray(names) || names.some((n) => typeof n !== 'string')) {
-    throw new Error(`adapterNames: expected an array of adapter names (or "__base__"), one per row, found ${JSON.stringify(names)}`)
-  }
-  return names as string[]
+  return adapterNameArgs('adapterNames', names)
 }

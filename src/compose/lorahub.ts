@@ -10,7 +10,7 @@ import type { PeftModel } from '../peft'
 import { collate } from '../data/batches'
 import { targetCount } from '../data/tokenize'
 import { cmaes } from './cmaes'
-import { flatIds, flatLabels } from '../inputs'
+import { adapterNameArg, adapterNameArgs, flatIds, flatLabels } from '../inputs'
 
 export interface LoraHubExample {
   inputIds: number[]
@@ -49,6 +49,8 @@ export interface LoraHubResult {
 
 /** Sets adapter `name` to the element-wise composition of `adapters` with `weights`. */
 export async function composeLoraHub(peft: PeftModel, adapters: string[], weights: number[], name: string): Promise<void> {
+  adapterNameArgs('adapters', adapters)
+  adapterNameArg('name', name)
   for (const w of await peft.baseModel.native.composeLorahub(adapters, weights, name)) process.emitWarning(w, 'PeftWarning')
 }
 
