@@ -43,3 +43,16 @@ maybe('the demo trains another method by name: UniPELT, 2 steps with finite loss
   t.true(losses.every(Number.isFinite))
   t.is(JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')).peft_type, 'UNIPELT')
 })
+
+// The README's loop: decode each streamed id as it comes. The reply used to end with `<|im_end|>`.
+maybe('streamed SmolLM2 text does not end with the stop token <|im_end|>', async (t) => {
+  const model = await LlamaModel.fromPretrained(GGUF)
+  const tok = model.tokenizer!
+  const ids = tok.encode(tok.applyChatTemplate([{ role: 'user', content: 'Hi!' }], { addGenerationPrompt: true }))
+  let text = ''
+  for await (const id of model.stream(ids, { maxNewTokens: 64 })) text += tok.decode([id])
+  t.log(JSON.stringify(text))
+  t.true(text.length > 0)
+  t.false(text.includes('<|im_end|>'), text)
+  model.dispose()
+})

@@ -11,8 +11,14 @@ export interface GenerateOptions {
   topP?: number
   /** Seed for sampling; the same seed gives the same tokens. */
   seed?: number
-  /** Stop a row when one of these is produced (kept in the output). Default: the model's EOS tokens. */
+  /**
+   * Stop a row when one of these is produced. Default: the model's EOS tokens. `generate` keeps
+   * the stop token in its output (as transformers does); `stream` does not yield it unless
+   * `includeStopToken` is set.
+   */
   stopTokenIds?: number[]
+  /** `stream` only: also yield the stop token that ended generation (default false: stop tokens are not text). */
+  includeStopToken?: boolean
   /** Stops generation after the current token; already aborted: rejects with its reason (an AbortError) before any work. */
   signal?: AbortSignal
   /** Mixed batch (PEFT's `adapter_names`): the adapter of each prompt, "__base__" for none. */

@@ -142,7 +142,10 @@ export class LlamaModel {
     return single ? out[0] : out
   }
 
-  /** The async-iterator form of `generate` for one prompt: yields each new token id. */
+  /**
+   * The async-iterator form of `generate` for one prompt: yields each new token id, except the
+   * stop token that ends it (`<|im_end|>` is not text; `includeStopToken: true` yields it too).
+   */
   async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
     const { prompts } = promptRows(ids, this.config.vocab_size)
     const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
@@ -151,16 +154,18 @@ export class LlamaModel {
     let result: number[][] | undefined
     const run = (onStep: (row: number[]) => void, abort: Parameters<NativeModel['generate']>[3]) =>
       this.inner.generate(prompts, args, onStep, abort, adapterNames).then((r) => (result = r))
+    // A stop token ends the row, so it can only be the last token.
+    const stops = new Set(opts.includeStopToken ? [] : args.stopTokenIds)
     let streamed = 0
     for await (const row of streamSteps(run, opts.signal)) {
       if (row[0] < 0) continue
       streamed++
-      yield row[0]
+      if (!stops.has(row[0])) yield row[0]
     }
     // The last step callbacks can arrive after the generation settles; its result is
     // authoritative, so whatever was not streamed yet comes from it.
     const all = result?.[0] ?? []
-    for (let k = prompts[0].length + streamed; k < all.length; k++) yield all[k]
+    for (let k = prompts[0].length + streamed; k < all.length; k++) if (!stops.has(all[k])) yield all[k]
   }
 
   /**
