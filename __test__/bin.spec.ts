@@ -35,3 +35,10 @@ test('the built bin runs as a program (npm test builds dist/ with build:ts first
   t.is(r.status, 0, r.stderr)
   t.regex(r.stdout, /^peft-node <command> \[options\]/)
 })
+
+test('output piped into a reader that stops early (| head) ends quietly, not with an EPIPE stack trace', (t) => {
+  // `true` exits without reading, so every write of the bin meets a closed pipe.
+  const r = spawnSync('sh', ['-c', `"${process.execPath}" "${join(ROOT, pkg.bin['peft-node'])}" help | true`], { encoding: 'utf8' })
+  t.is(r.status, 0)
+  t.is(r.stderr, '')
+})

@@ -50,6 +50,12 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
 if (require.main === module) {
   // Warnings (unknown config fields, adapter notes) as plain `warning:` lines, without Node's
   // "(node:PID) PeftWarning" prefix and --trace-warnings hint, which are noise in a CLI.
+  // `peft-node info M | head`: the reader may close the pipe before we are done; that is not an
+  // error to report (Node would throw EPIPE with a stack trace), just the end of the output.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0)
+    throw e
+  })
   process.removeAllListeners('warning')
   process.on('warning', (w) => process.stderr.write(`warning: ${w.message}\n`))
   // First Ctrl-C: stop after the current step and save a checkpoint; second: quit now.
