@@ -7,7 +7,8 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AdaLoraConfig, LlamaModel, LoraConfig, PeftModel, Trainer, getPeftModel, loadData } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
-import { scratch, texts } from './helpers/train-data'
+import { texts } from './helpers/train-data'
+import { tempDir } from './helpers/temp'
 
 const qv = ['q_proj', 'v_proj']
 const MODULES = 4 // q_proj and v_proj in each of the fixture's 2 layers
@@ -36,7 +37,7 @@ test('the Trainer allocates ranks from init_r down to target_r over tinit..total
     return budget
   }
   const data = await loadData(texts(8), peft.tokenizer)
-  const out = scratch('peft-node-adalora-')
+  const out = tempDir(t, 'peft-node-adalora-')
   const end = await new Trainer(peft, { train: data.train, output: out, maxSteps: 10, batchSize: 2, learningRate: 1e-2, saveEvery: 5 }).train()
   t.is(end.step, 10)
 

@@ -7,18 +7,13 @@ import { spawnSync } from 'node:child_process'
 import { main } from '../src/cli/main'
 import { parseArgs } from '../src/cli/args'
 import { parseYaml } from '../src/cli/yaml'
-import type { Io } from '../src/cli/io'
+import { capture } from './helpers/cli'
 import { MODEL_DIR } from './helpers/fixtures'
-import { completions, scratch, writeJsonl } from './helpers/train-data'
+import { completions, tinyLora, writeJsonl } from './helpers/train-data'
+import { tempDir, type Teardown } from './helpers/temp'
 
-function capture(isTTY = false): Io & { text: () => string; errors: () => string } {
-  const out: string[] = []
-  const err: string[] = []
-  return { out: (l) => out.push(l + '\n'), err: (l) => err.push(l + '\n'), write: (s) => out.push(s), isTTY, text: () => out.join(''), errors: () => err.join('') }
-}
-
-function dataDir(): string {
-  const d = join(scratch('peft-node-cli-'), 'data')
+function dataDir(t: Teardown): string {
+  const d = join(tempDir(t, 'peft-node-cli-'), 'data')
   mkdirSync(d)
   writeJsonl(join(d, 'train.jsonl'), completions(12))
   writeJsonl(join(d, 'valid.jsonl'), completions(4))
@@ -39,8 +34,8 @@ test('the YAML subset reads an mlx-lm config', (t) => {
 })
 
 test('train from flags: plain progress lines, adapter, loss.svg, metrics; then --resume continues', async (t) => {
-  const out = join(scratch('peft-node-cli-'), 'run')
-  const data = dataDir()
+  const out = join(tempDir(t, 'peft-node-cli-'), 'run')
+  const data = dataDir(t)
   const io = capture()
   const code = await main(['train', ...BASE, '--data', data, '--steps', '4', '--output', out, '--method', 'lora', '--r', '4', '--target-modules', 'q_proj,v_proj', '--eval-every', '2'], io)
   t.is(code, 0, io.errors())
@@ -56,9 +51,9 @@ test('train from flags: plain progress lines, adapter, loss.svg, metrics; then -
 })
 
 test('train from a YAML config with mlx-lm keys; flags override the file', async (t) => {
-  const d = scratch('peft-node-cli-')
+  const d = tempDir(t, 'peft-node-cli-')
   const out = join(d, 'adapters')
-  writeFileSync(join(d, 'c.yaml'), `model: ${MODEL_DIR}\ndata: ${dataDir()}\niters: 50\nbatch_size: 2\nadapter_path: ${out}\nlora_parameters:\n  keys: [self_attn.q_proj, self_attn.k_proj]\n  rank: 2\n  scale: 4.0\n  dropout: 0.0\n`)
+  writeFileSync(join(d, 'c.yaml'), `model: ${MODEL_DIR}\ndata: ${dataDir(t)}\niters: 50\nbatch_size: 2\nadapter_path: ${out}\nlora_parameters:\n  keys: [self_attn.q_proj, self_attn.k_proj]\n  rank: 2\n  scale: 4.0\n  dropout: 0.0\n`)
   const io = capture(true)
   t.is(await main(['train', '-c', join(d, 'c.yaml'), '--steps', '2'], io), 0, io.errors())
   const cfg = JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'))
@@ -67,7 +62,7 @@ test('train from a YAML config with mlx-lm keys; flags override the file', async
 })
 
 test('methods by name: unknown ones and bad input are clear errors', async (t) => {
-  const data = dataDir()
+  const data = dataDir(t)
   const run = async (...args: string[]) => {
     const io = capture()
     const code = await main(args, io)
@@ -81,7 +76,7 @@ test('methods by name: unknown ones and bad input are clear errors', async (t) =
   t.regex((await run('merge', '--model', MODEL_DIR)).err, /--adapter is required/)
   t.regex((await run('frobnicate')).err, /unknown command "frobnicate"/)
   // Another method passes through to the native core: it trains, or says why not.
-  const ia3 = await run('train', ...BASE, '--data', data, '--steps', '1', '--output', join(scratch(), 'ia3'), '--method', 'ia3', '--target-modules', 'k_proj,down_proj', '--feedforward-modules', 'down_proj')
+  const ia3 = await run('train', ...BASE, '--data', data, '--steps', '1', '--output', join(tempDir(t, 'peft-node-cli-'), 'ia3'), '--method', 'ia3', '--target-modules', 'k_proj,down_proj', '--feedforward-modules', 'down_proj')
   t.log(`--method ia3: ${ia3.code === 0 ? 'trained' : ia3.err.trim()}`)
   t.is(ia3.code, 0, ia3.err)
   const dora = await run('info', '--model', MODEL_DIR, '--method', 'dora', '--r', '2')
@@ -89,7 +84,7 @@ test('methods by name: unknown ones and bad input are clear errors', async (t) =
 })
 
 test('non-LoRA methods by name train 2 steps and save their peft_type; AdaLoRA takes total_step from --steps', async (t) => {
-  const data = dataDir()
+  const data = dataDir(t)
   const cases: [string, string, string[]][] = [
     ['ia3', 'IA3', ['--target-modules', 'k_proj,down_proj', '--feedforward-modules', 'down_proj']],
     ['prefix-tuning', 'PREFIX_TUNING', ['--num-virtual-tokens', '4']],
@@ -101,7 +96,7 @@ test('non-LoRA methods by name train 2 steps and save their peft_type; AdaLoRA t
     ['unipelt', 'UNIPELT', ['--num-virtual-tokens', '4', '--bottleneck-size', '8']],
   ]
   for (const [method, peftType, extra] of cases) {
-    const out = join(scratch('peft-node-cli-'), method)
+    const out = join(tempDir(t, 'peft-node-cli-'), method)
     const io = capture()
     const code = await main(['train', ...BASE, '--data', data, '--steps', '2', '--output', out, '--method', method, ...extra], io)
     t.is(code, 0, `${method}: ${io.errors()}`)
@@ -125,11 +120,11 @@ test('help for every command, typos in flags refused, merge of a method that can
   const help = capture()
   t.is(await main(['train', '--help'], help), 0)
   t.regex(help.text(), /^peft-node <command> \[options\]/m)
-  const data = dataDir()
+  const data = dataDir(t)
   const typo = capture()
-  t.is(await main(['train', ...BASE, '--data', data, '--stpes', '2', '--output', join(scratch('peft-node-cli-'), 'typo')], typo), 1)
-  t.regex(typo.errors(), /--stpes: not a trainer option, and LORA has no such field/)
-  const out = join(scratch('peft-node-cli-'), 'bn')
+  t.is(await main(['train', ...BASE, '--data', data, '--stpes', '2', '--output', join(tempDir(t, 'peft-node-cli-'), 'typo')], typo), 1)
+  t.regex(typo.errors(), /--stpes: not an option of `train`, and LORA has no such field \(did you mean --steps\?\)/)
+  const out = join(tempDir(t, 'peft-node-cli-'), 'bn')
   t.is(await main(['train', ...BASE, '--data', data, '--steps', '1', '--output', out, '--method', 'bottleneck', '--bottleneck-size', '4'], capture()), 0)
   const merge = capture()
   t.is(await main(['merge', '--model', MODEL_DIR, '--adapter', out, '--output', join(out, 'merged')], merge), 1)
@@ -140,8 +135,8 @@ test('help for every command, typos in flags refused, merge of a method that can
 })
 
 test('info, eval and generate with an adapter', async (t) => {
-  const out = join(scratch('peft-node-cli-'), 'a')
-  const data = dataDir()
+  const out = join(tempDir(t, 'peft-node-cli-'), 'a')
+  const data = dataDir(t)
   t.is(await main(['train', ...BASE, '--data', data, '--steps', '2', '--output', out, '--r', '4'], capture()), 0)
   const info = capture()
   t.is(await main(['info', '--model', MODEL_DIR, '--adapter', out], info), 0, info.errors())
@@ -153,7 +148,7 @@ test('info, eval and generate with an adapter', async (t) => {
   const gen = capture()
   t.is(await main(['generate', '--model', MODEL_DIR, '--adapter', out, '--prompt', 'Say copy:', '--max-tokens', '5'], gen), 0, gen.errors())
   t.true(gen.text().length > 0)
-  const merged = join(scratch('peft-node-cli-'), 'merged')
+  const merged = join(tempDir(t, 'peft-node-cli-'), 'merged')
   const mg = capture()
   t.is(await main(['merge', '--model', MODEL_DIR, '--adapter', out, '--output', merged, '--dtype', 'bfloat16'], mg), 0, mg.errors())
   t.regex(mg.text(), /model\.safetensors in bfloat16/)
@@ -164,10 +159,22 @@ test('info, eval and generate with an adapter', async (t) => {
   t.true(again.text().length > 0, 'the merged checkpoint loads and generates')
 })
 
-test('the bin prints warnings as plain lines before it exits', (t) => {
+test('the bin prints warnings as plain lines before it exits', async (t) => {
   const bin = join(__dirname, '..', 'dist', 'cli', 'main.js')
-  const r = spawnSync(process.execPath, [bin, 'info', '--model', MODEL_DIR, '--method', 'lora', '--frobnicate', '1'], { encoding: 'utf8' })
+  const dir = tempDir(t)
+  // An unknown field in a --method-config file is kept with a warning (a flag would be refused as a typo).
+  writeFileSync(join(dir, 'method.json'), JSON.stringify({ r: 2, frobnicate: 1 }))
+  const r = spawnSync(process.execPath, [bin, 'info', '--model', MODEL_DIR, '--method-config', join(dir, 'method.json')], { encoding: 'utf8' })
   t.is(r.status, 0, r.stderr)
   t.regex(r.stderr, /^warning: unknown LoraConfig field `frobnicate` \(kept and written back, not used\)$/m)
-  t.notRegex(r.stderr, /\(node:\d+\)|--trace-warnings/)
+  // Loading an adapter warns through process warnings, which used to be lost at exit.
+  const peft = await tinyLora()
+  await peft.savePretrained(join(dir, 'adapter'))
+  peft.dispose()
+  const cfg = join(dir, 'adapter', 'adapter_config.json')
+  writeFileSync(cfg, JSON.stringify({ ...JSON.parse(readFileSync(cfg, 'utf8')), frobnicate: 1 }))
+  const loaded = spawnSync(process.execPath, [bin, 'info', '--model', MODEL_DIR, '--adapter', join(dir, 'adapter')], { encoding: 'utf8' })
+  t.is(loaded.status, 0, loaded.stderr)
+  t.regex(loaded.stderr, /^warning: unknown LoraConfig field `frobnicate`/m)
+  for (const out of [r.stderr, loaded.stderr]) t.notRegex(out, /\(node:\d+\)|--trace-warnings/)
 })

@@ -1,12 +1,11 @@
 // Several adapters: PEFT's addWeightedAdapter through the TS API (every combination type,
 // forward, save/load, errors) and LoRAHub's gradient-free composition on two tiny tasks.
 import test from 'ava'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { AdamW, IA3Config, LlamaModel, LoraConfig, PeftModel, cmaes, composeLoraHub, eigenSym, examplesLoss, getPeftModel, loraHub } from '../src'
 import type { CombinationType, LoraHubExample } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 const lora = (targetModules: string[], loraAlpha = 8) => new LoraConfig({ r: 4, loraAlpha, targetModules, initLoraWeights: false })
 
@@ -32,7 +31,7 @@ test('cat with weights 1, 1 runs as both adapters at once, and saves and loads l
   peft.setAdapter('both')
   const combined = await logits(peft)
   t.true(maxDiff(combined, together) < 1e-4, `${maxDiff(combined, together)}`)
-  const dir = mkdtempSync(join(tmpdir(), 'peft-compose-'))
+  const dir = tempDir(t, 'peft-compose-')
   await peft.savePretrained(dir, { selectedAdapters: ['both'] })
   await peft.loadAdapter(join(dir, 'both'), 'reloaded')
   peft.setAdapter('reloaded')
@@ -75,7 +74,7 @@ test('incompatible adapters and bad arguments give errors naming what is wrong',
   await fails(['a', 'b'], [1, 1], { combinationType: 'ties' }, ['density', '(0, 1]'])
   await fails(['a', 'b'], [1, 1], { combinationType: 'dare_ties', density: 1.5 }, ['density', '1.5'])
   await fails(['a', 'b'], [1, 1], { svdRank: 100 }, ['svd_rank', 'at most'])
-  await fails(['a', 'b'], [1, 1], { svdRank: -1 }, ['svdRank', 'positive integer'])
+  await fails(['a', 'b'], [1, 1], { svdRank: -1 }, ['svdRank', 'an integer in 1..4294967295'])
   await fails(['a', 'b'], [1, 1], { combinationType: 'mean' }, ['combination_type', '"mean"'])
   t.false(peft.adapterNames.includes('new'))
 })

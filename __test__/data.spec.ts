@@ -5,13 +5,14 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { IGNORE, Rng, Tokenizer, collate, collatePacked, loadData, packExamples, packedAttentionAllowed, planEpoch, targetCount } from '../src'
 import { MODEL_DIR } from './helpers/fixtures'
-import { completions, scratch, texts, withChatML, writeJsonl } from './helpers/train-data'
+import { completions, texts, withChatML, writeJsonl } from './helpers/train-data'
+import { tempDir } from './helpers/temp'
 
 const tokenizer = () => Tokenizer.fromFile(join(MODEL_DIR, 'tokenizer.json'))
 
 test('text, prompt/completion and messages records: labels cover completions and assistant turns only', async (t) => {
   const tok = await tokenizer()
-  const d = scratch()
+  const d = tempDir(t)
   const file = writeJsonl(join(d, 'mixed.jsonl'), [
     { text: 'free software' },
     { prompt: 'Say copy:', completion: ' copy' },
@@ -60,7 +61,7 @@ test('the real ChatML template (SmolLM2 tokenizer) masks exactly the generation 
 
 test('bad records: errors name the file and line', async (t) => {
   const tok = withChatML(await tokenizer())
-  const d = scratch()
+  const d = tempDir(t)
   const cases: [unknown[], RegExp][] = [
     [[{ text: 'ok' }, { text: 'ok' }, '{"text": "broken'], /bad\.jsonl:3: malformed JSON/],
     [[{ text: 'ok' }, { messages: [{ role: 'user', content: 'a' }, { content: 'b' }] }], /bad\.jsonl:2: messages\[1\]: missing "role"/],
@@ -83,7 +84,7 @@ test('bad records: errors name the file and line', async (t) => {
 
 test('truncation: long examples are cut to maxSeqLength, or an error naming them with truncation off', async (t) => {
   const tok = await tokenizer()
-  const d = scratch()
+  const d = tempDir(t)
   const file = writeJsonl(join(d, 'long.jsonl'), [{ text: 'free software '.repeat(30) }, { prompt: 'free software '.repeat(30), completion: ' copy' }])
   const { train, warnings } = await loadData(file, tok, { maxSeqLength: 16 })
   t.is(train.examples.length, 1, 'the completion that was cut away entirely is dropped')
@@ -95,7 +96,7 @@ test('truncation: long examples are cut to maxSeqLength, or an error naming them
 
 test('a folder with train.jsonl and valid.jsonl; a seeded validation split otherwise', async (t) => {
   const tok = await tokenizer()
-  const d = scratch()
+  const d = tempDir(t)
   mkdirSync(join(d, 'data'))
   writeJsonl(join(d, 'data', 'train.jsonl'), completions(10))
   writeJsonl(join(d, 'data', 'valid.jsonl'), completions(3))

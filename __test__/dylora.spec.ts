@@ -1,11 +1,11 @@
 // DyLoRA from TypeScript: the inference rank can be changed after training (and is saved),
 // training-mode forwards sample a rank reproducibly per seed, bad input is refused.
 import test from 'ava'
-import { mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AdamW, DyLoraConfig, LlamaModel, LoraConfig, PeftModel, getPeftModel } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })
 
@@ -32,7 +32,7 @@ test('setDyLoraRank changes the inference rank, and saving keeps it', async (t) 
   peft.setDyLoraRank(2)
   const at2 = await lossOf(peft)
   t.not(at2, atR, 'rank 2 and rank 4 give different outputs')
-  const dir = mkdtempSync(join(tmpdir(), 'peft-node-dylora-'))
+  const dir = tempDir(t, 'peft-node-dylora-')
   await peft.savePretrained(dir)
   t.is(JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')).eval_rank, 2)
   const back = await PeftModel.fromPretrained(await LlamaModel.fromPretrained(MODEL_DIR), dir)

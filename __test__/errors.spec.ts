@@ -1,37 +1,33 @@
 // Bad input reaches JS as an Error naming the file, key or argument at fault; never a crash.
 import test from 'ava'
-import { mkdtempSync, copyFileSync, writeFileSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { copyFileSync, writeFileSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { LlamaModel, Tokenizer } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
-
-function scratch(): string {
-  return mkdtempSync(join(tmpdir(), 'peft-node-err-'))
-}
+import { tempDir } from './helpers/temp'
 
 test('a nonexistent path names the path', async (t) => {
-  const p = join(scratch(), 'no-such-model')
+  const p = join(tempDir(t, 'peft-node-err-'), 'no-such-model')
   const e = await t.throwsAsync(LlamaModel.fromPretrained(p))
   t.regex(e!.message, /no-such-model/)
 })
 
 test('a folder without config.json says so', async (t) => {
-  const d = scratch()
+  const d = tempDir(t, 'peft-node-err-')
   copyFileSync(join(MODEL_DIR, 'model.safetensors'), join(d, 'model.safetensors'))
   const e = await t.throwsAsync(LlamaModel.fromPretrained(d))
   t.regex(e!.message, /config\.json/)
 })
 
 test('an unsupported model_type names it', async (t) => {
-  const d = scratch()
+  const d = tempDir(t, 'peft-node-err-')
   writeFileSync(join(d, 'config.json'), readFileSync(join(MODEL_DIR, 'config.json'), 'utf8').replace('"llama"', '"bert"'))
   const e = await t.throwsAsync(LlamaModel.fromPretrained(d))
   t.regex(e!.message, /model_type.*bert/)
 })
 
 test('a truncated safetensors file names the file', async (t) => {
-  const d = scratch()
+  const d = tempDir(t, 'peft-node-err-')
   copyFileSync(join(MODEL_DIR, 'config.json'), join(d, 'config.json'))
   const bytes = readFileSync(join(MODEL_DIR, 'model.safetensors'))
   writeFileSync(join(d, 'model.safetensors'), bytes.subarray(0, 1000))
@@ -40,7 +36,7 @@ test('a truncated safetensors file names the file', async (t) => {
 })
 
 test('a truncated GGUF file names the file', async (t) => {
-  const p = join(scratch(), 'broken.gguf')
+  const p = join(tempDir(t, 'peft-node-err-'), 'broken.gguf')
   writeFileSync(p, Buffer.from('GGUF\x03\x00\x00\x00\x05', 'latin1'))
   const e = await t.throwsAsync(LlamaModel.fromPretrained(p))
   t.regex(e!.message, /broken\.gguf/)
@@ -89,6 +85,6 @@ test('a disposed model or tensor gives a clear error', async (t) => {
 })
 
 test('a missing tokenizer file names it', async (t) => {
-  const e = await t.throwsAsync(Tokenizer.fromFile(join(scratch(), 'tokenizer.json')))
+  const e = await t.throwsAsync(Tokenizer.fromFile(join(tempDir(t, 'peft-node-err-'), 'tokenizer.json')))
   t.regex(e!.message, /tokenizer\.json/)
 })

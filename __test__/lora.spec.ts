@@ -1,11 +1,11 @@
 // LoRA, rsLoRA and DoRA from TypeScript against PEFT's fixture cases: PEFT's files in,
 // logits, gradients, two AdamW steps, greedy generation and merged weights out.
 import test from 'ava'
-import { mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AdamW, LlamaModel, PeftModel } from '../src'
 import { FIXTURES, MODEL_DIR, expected, inputs, maxMaskedDiff, relErr } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 const CASES = ['lora_qv', 'lora_all_rslora', 'dora'] as const
 
@@ -85,7 +85,7 @@ for (const name of CASES) {
 
 test('a PEFT-written adapter loaded and saved by us gives the same files; save then load gives the same logits', async (t) => {
   for (const name of CASES) {
-    const dir = mkdtempSync(join(tmpdir(), `peft-node-${name}-`))
+    const dir = tempDir(t, `peft-node-${name}-`)
     const peft = await PeftModel.fromPretrained(await LlamaModel.fromPretrained(MODEL_DIR), caseDir(name))
     await peft.savePretrained(dir)
     t.deepEqual(readFileSync(join(dir, 'adapter_model.safetensors')), readFileSync(join(caseDir(name), 'adapter_model.safetensors')), name)

@@ -1,12 +1,11 @@
 // One contract over every method (a row each): shapes, gradients reach every trainable
 // parameter, finite differences in float64, save/load, merge, disable, and training.
 import test from 'ava'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as peftNode from '../src'
 import { AdamW, LlamaModel, PeftModel, getPeftModel, type PeftConfig } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 interface Row {
   name: string
@@ -125,7 +124,7 @@ for (const row of ROWS) {
     const losses = await trainSteps(peft, 20, 1e-2)
     t.true(losses[19] < losses[0], `loss ${losses[0]} -> ${losses[19]}`)
     const trained = await logitsOf(peft)
-    const dir = mkdtempSync(join(tmpdir(), 'peft-node-contract-'))
+    const dir = tempDir(t, 'peft-node-contract-')
     await peft.savePretrained(dir)
     const back = await PeftModel.fromPretrained(await LlamaModel.fromPretrained(MODEL_DIR), dir)
     t.deepEqual(await logitsOf(back), trained, 'save/load round trip')

@@ -85,3 +85,20 @@ test('stop tokens end generation and keep the stop token', async (t) => {
   t.deepEqual(out, greedy.slice(0, greedy.indexOf(stop, 6) + 1))
   model.dispose()
 })
+
+test('stream does not yield the stop token that ends it (stop tokens are not text) unless includeStopToken', async (t) => {
+  const model = await LlamaModel.fromPretrained(MODEL_DIR)
+  const prompt = [1, 2, 3]
+  const free = (await model.generate(prompt, { maxNewTokens: 6, stopTokenIds: [] })).slice(prompt.length)
+  const stop = free[2]
+  const before = free.slice(0, free.indexOf(stop))
+  const collect = async (o: object) => {
+    const got: number[] = []
+    for await (const id of model.stream(prompt, { maxNewTokens: 6, stopTokenIds: [stop], ...o })) got.push(id)
+    return got
+  }
+  t.deepEqual(await collect({}), before)
+  t.deepEqual(await collect({ includeStopToken: true }), [...before, stop])
+  t.deepEqual((await model.generate(prompt, { maxNewTokens: 6, stopTokenIds: [stop] })).slice(prompt.length), [...before, stop], 'generate keeps it, as transformers does')
+  model.dispose()
+})

@@ -156,3 +156,15 @@ test('manifests: exports map with types for import and require; files ships only
   t.false(pkg.files.some((f: string) => f.includes('.node') || f.startsWith('src') || f.startsWith('crates')))
   t.true(existsSync(join(ROOT, 'LICENSE')))
 })
+
+test('package-lock.json is the one npm writes: its root entry matches package.json', (t) => {
+  // `npm install` rewrites the root entry from package.json; a stale one shows up as a diff in
+  // every contributor's checkout (it lacked `bin` once).
+  const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8'))
+  const root = lock.packages['']
+  t.is(lock.name, pkg.name)
+  t.is(lock.version, pkg.version)
+  for (const k of ['name', 'version', 'license', 'bin', 'engines', 'dependencies', 'devDependencies', 'optionalDependencies', 'peerDependencies']) {
+    t.deepEqual(root[k], pkg[k], `packages[""].${k}`)
+  }
+})

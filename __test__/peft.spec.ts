@@ -1,12 +1,11 @@
 // getPeftModel / PeftModel from TypeScript: names, counts, lifecycle, merged checkpoints, bad input.
 import test from 'ava'
-import { mkdtempSync, writeFileSync, readFileSync, copyFileSync, statSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync, readFileSync, copyFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { AdamW, LlamaModel, LoraConfig, PeftModel, getPeftModel } from '../src'
 import { FIXTURES, MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
-const scratch = () => mkdtempSync(join(tmpdir(), 'peft-node-peft-'))
 const load = () => LlamaModel.fromPretrained(MODEL_DIR)
 const batch = () => ({ inputIds: inputs().input_ids, attentionMask: inputs().attention_mask, labels: inputs().labels })
 
@@ -43,7 +42,7 @@ test('training lowers the loss; save, load and merge agree; the merged checkpoin
     await opt.step()
   }
   t.true(losses[4] < losses[0], `loss ${losses.join(' ')}`)
-  const dir = scratch()
+  const dir = tempDir(t, 'peft-node-peft-')
   await peft.savePretrained(dir)
   const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8'))
   t.is(cfg.inference_mode, true)
@@ -57,14 +56,14 @@ test('training lowers the loss; save, load and merge agree; the merged checkpoin
   const merged = reloaded.mergeAndUnload()
   const m = await (await merged.forward(ids)).logits.toFloat32Array()
   t.true(m.every((x, i) => Math.abs(x - trained[i]) < 1e-4))
-  const out = scratch()
+  const out = tempDir(t, 'peft-node-peft-')
   await merged.savePretrained(out)
   const again = await LlamaModel.fromPretrained(out)
   t.deepEqual(await (await again.forward(ids)).logits.toFloat32Array(), m)
   t.deepEqual(again.tokenizer!.encode('Free software'), merged.tokenizer!.encode('Free software'))
   // Saved in bfloat16: half the weights' bytes, config says so, and it loads back (as float32)
   // with logits within bf16 rounding of the float32 checkpoint's.
-  const half = scratch()
+  const half = tempDir(t, 'peft-node-peft-')
   await merged.savePretrained(half, { dtype: 'bfloat16' })
   const size = (d: string) => statSync(join(d, 'model.safetensors')).size
   t.true(size(half) < 0.55 * size(out), `${size(half)} vs ${size(out)} bytes`)
@@ -74,7 +73,7 @@ test('training lowers the loss; save, load and merge agree; the merged checkpoin
   t.log(`bf16 checkpoint: max |logit - f32| = ${worst.toExponential(2)}`)
   const scale = m.reduce((w, x) => Math.max(w, Math.abs(x)), 0)
   t.true(worst > 0 && worst < 0.02 * scale, `${worst} vs logits up to ${scale}`) // bf16 keeps 8 bits of mantissa
-  await t.throwsAsync(merged.savePretrained(scratch(), { dtype: 'int8' as never }), { message: /dtype/ })
+  await t.throwsAsync(merged.savePretrained(tempDir(t, 'peft-node-peft-'), { dtype: 'int8' as never }), { message: /dtype/ })
   peft.dispose()
 })
 
@@ -104,18 +103,18 @@ test('bad LoRA input gives clear errors', async (t) => {
   t.regex(e!.message, /nope_proj/)
   t.regex(e!.message, /q_proj/, 'lists the available module names')
   const peft = await getPeftModel(model, new LoraConfig({ r: 2 }))
-  const file = join(scratch(), 'a-file')
+  const file = join(tempDir(t, 'peft-node-peft-'), 'a-file')
   writeFileSync(file, 'x')
   t.regex((await t.throwsAsync(peft.savePretrained(file)))!.message, /a-file/)
   peft.dispose()
 
-  const dir = scratch()
+  const dir = tempDir(t, 'peft-node-peft-')
   const src = join(FIXTURES, 'cases', 'lora_qv')
   writeFileSync(join(dir, 'adapter_config.json'), readFileSync(join(src, 'adapter_config.json'), 'utf8').replace('"LORA"', '"NOT_A_METHOD"'))
   copyFileSync(join(src, 'adapter_model.safetensors'), join(dir, 'adapter_model.safetensors'))
   t.regex((await t.throwsAsync(PeftModel.fromPretrained(await load(), dir)))!.message, /NOT_A_METHOD/)
 
-  const shapes = scratch()
+  const shapes = tempDir(t, 'peft-node-peft-')
   writeFileSync(join(shapes, 'adapter_config.json'), readFileSync(join(src, 'adapter_config.json'), 'utf8').replace('"r": 4', '"r": 3'))
   copyFileSync(join(src, 'adapter_model.safetensors'), join(shapes, 'adapter_model.safetensors'))
   t.regex((await t.throwsAsync(PeftModel.fromPretrained(await load(), shapes)))!.message, /shape/)

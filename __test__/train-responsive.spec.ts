@@ -5,12 +5,13 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { Trainer, loadData } from '../src'
-import { scratch, texts, tinyLora } from './helpers/train-data'
+import { texts, tinyLora } from './helpers/train-data'
+import { tempDir } from './helpers/temp'
 
 test.serial('the event loop keeps ticking during training (setInterval gaps under 50 ms)', async (t) => {
   const peft = await tinyLora()
   const { train, valid } = await loadData(texts(16), peft.tokenizer, { validSplit: 4 })
-  const trainer = new Trainer(peft, { train, valid, output: scratch(), maxSteps: 30, batchSize: 4, evalEvery: 10, saveEvery: 10 })
+  const trainer = new Trainer(peft, { train, valid, output: tempDir(t), maxSteps: 30, batchSize: 4, evalEvery: 10, saveEvery: 10 })
   let last = performance.now()
   let worst = 0
   let ticks = 0
@@ -30,7 +31,7 @@ test.serial('the event loop keeps ticking during training (setInterval gaps unde
 })
 
 test.serial('a worker thread hosts a training run and streams its steps', async (t) => {
-  const output = scratch()
+  const output = tempDir(t)
   const tsx = require.resolve('tsx/cjs')
   const entry = join(__dirname, 'helpers', 'trainer-worker.ts')
   const worker = new Worker(`require(${JSON.stringify(tsx)}); require(${JSON.stringify(entry)})`, { eval: true, workerData: { steps: 4, output } })

@@ -5,7 +5,8 @@ import { spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, listCheckpoints, loadData, readMetrics, resolveCheckpoint, type StepInfo, type TrainerOptions } from '../src'
-import { scratch, snapshot, texts, tinyLora } from './helpers/train-data'
+import { snapshot, texts, tinyLora } from './helpers/train-data'
+import { tempDir } from './helpers/temp'
 
 const OPTS = { maxSteps: 10, batchSize: 2, gradientAccumulationSteps: 2, learningRate: 5e-3, warmupSteps: 3, lrSchedule: 'cosine', seed: 3 } as const
 
@@ -24,7 +25,7 @@ async function run(opts: Partial<TrainerOptions>, abortAt?: number): Promise<{ l
 
 test('10 steps straight equal 5 steps + resume + 5 steps, bit for bit (dropout, accumulation, epochs, schedule)', async (t) => {
   const straight = await run({})
-  const out = scratch()
+  const out = tempDir(t)
   const first = await run({ output: out }, 5)
   t.is(first.losses.length, 5)
   const second = await run({ output: out, resumeFromCheckpoint: out })
@@ -34,7 +35,7 @@ test('10 steps straight equal 5 steps + resume + 5 steps, bit for bit (dropout, 
 })
 
 test('SIGKILL during a save: the partial checkpoint is never picked up, the newest complete one resumes', async (t) => {
-  const out = scratch()
+  const out = tempDir(t)
   const child = spawn(process.execPath, ['--import=tsx', join(__dirname, 'helpers', 'ckpt-child.ts'), out, '3'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let err = ''
   child.stderr.on('data', (d) => (err += d))
@@ -60,7 +61,7 @@ test('SIGKILL during a save: the partial checkpoint is never picked up, the newe
 })
 
 test('a checkpoint of another model or method, or none at all, is a clear error', async (t) => {
-  const out = scratch()
+  const out = tempDir(t)
   const base = await run({ output: out, maxSteps: 1 })
   t.is(base.losses.length, 1)
   const resume = async (opts: { r?: number } = {}) => {
@@ -82,7 +83,7 @@ test('a checkpoint of another model or method, or none at all, is a clear error'
   writeFileSync(stateFile, state)
   await t.notThrowsAsync(resume())
 
-  const empty = scratch()
+  const empty = tempDir(t)
   mkdirSync(join(empty, 'checkpoints', '.tmp-step-00000004-1-1'), { recursive: true })
   const peft = await tinyLora()
   const { train } = await loadData(texts(4), peft.tokenizer)

@@ -4,12 +4,13 @@ import test from 'ava'
 import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, accumulateGradients, collate, loadData, readMetrics, type StepInfo } from '../src'
-import { completions, scratch, snapshot, texts, tinyLora } from './helpers/train-data'
+import { completions, snapshot, texts, tinyLora } from './helpers/train-data'
+import { tempDir } from './helpers/temp'
 
 test('LoRA training lowers the loss; events, steps(), metrics.jsonl, the final adapter and loss.svg', async (t) => {
   const peft = await tinyLora()
   const data = await loadData(texts(16), peft.tokenizer, { validSplit: 4 })
-  const out = scratch()
+  const out = tempDir(t)
   const trainer = new Trainer(peft, { train: data.train, valid: data.valid, output: out, epochs: 6, batchSize: 4, learningRate: 1e-2, evalEvery: 3, lrSchedule: 'cosine', warmupSteps: 2 })
   t.is(trainer.totalSteps, 18)
   const seen: string[] = []
@@ -64,7 +65,7 @@ test('gradient accumulation is normalised by target tokens: 2 micro-batches of 2
 test('an AbortSignal stops after the current step and saves a checkpoint; the last K are kept', async (t) => {
   const peft = await tinyLora()
   const { train } = await loadData(texts(12), peft.tokenizer)
-  const out = scratch()
+  const out = tempDir(t)
   const ac = new AbortController()
   const trainer = new Trainer(peft, { train, output: out, maxSteps: 50, batchSize: 2, saveEvery: 2, saveTotalLimit: 2, signal: ac.signal })
   trainer.on('step', (s: StepInfo) => s.step === 7 && ac.abort())

@@ -1,5 +1,6 @@
 // Generation options, and the async iterator over streamed tokens.
 import { native, type NativeModel } from './native'
+import { intArg, seedArg, tokenIdList } from './inputs'
 
 export interface GenerateOptions {
   /** New tokens to produce at most (default 128). */
@@ -10,8 +11,15 @@ export interface GenerateOptions {
   topP?: number
   /** Seed for sampling; the same seed gives the same tokens. */
   seed?: number
-  /** Stop a row when one of these is produced (kept in the output). Default: the model's EOS tokens. */
+  /**
+   * Stop a row when one of these is produced. Default: the model's EOS tokens. `generate` keeps
+   * the stop token in its output (as transformers does); `stream` does not yield it unless
+   * `includeStopToken` is set.
+   */
   stopTokenIds?: number[]
+  /** `stream` only: also yield the stop token that ended generation (default false: stop tokens are not text). */
+  includeStopToken?: boolean
+  /** Stops generation after the current token; already aborted: rejects with its reason (an AbortError) before any work. */
   signal?: AbortSignal
   /** Mixed batch (PEFT's `adapter_names`): the adapter of each prompt, "__base__" for none. */
   adapterNames?: string[]
@@ -19,21 +27,16 @@ export interface GenerateOptions {
 
 type NativeArgs = Parameters<NativeModel['generate']>[1]
 
-export function generationArgs(o: GenerateOptions, defaultStops: number[]): NativeArgs {
-  const maxNewTokens = o.maxNewTokens ?? 128
-  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
-    throw new Error(`maxNewTokens: expected an integer >= 0, found ${maxNewTokens}`)
-  }
+/** `vocab`: the model's vocab_size, which bounds the stop tokens. */
+export function generationArgs(o: GenerateOptions, defaultStops: number[], vocab?: number): NativeArgs {
+  const maxNewTokens = intArg('maxNewTokens', o.maxNewTokens ?? 128)
   const temperature = o.temperature ?? 1
   if (!(temperature > 0)) throw new Error(`temperature: expected a number > 0, found ${temperature}`)
-  const topK = o.topK ?? 0
-  if (!Number.isInteger(topK) || topK < 0) throw new Error(`topK: expected an integer >= 0 (0 = off), found ${topK}`)
+  const topK = intArg('topK', o.topK ?? 0, 0, undefined, '(0 = off)')
   const topP = o.topP ?? 1
   if (!(topP > 0 && topP <= 1)) throw new Error(`topP: expected a number in (0, 1], found ${topP}`)
-  const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31)
-  if (!Number.isInteger(seed)) throw new Error(`seed: expected an integer, found ${seed}`)
-  const stops = o.stopTokenIds ?? defaultStops
-  for (const s of stops) if (!Number.isInteger(s) || s < 0) throw new Error(`stopTokenIds: expected token ids, found ${s}`)
+  const seed = seedArg('seed', o.seed ?? Math.floor(Math.random() * 2 ** 31))
+  const stops = tokenIdList('stopTokenIds', o.stopTokenIds ?? defaultStops, vocab, () => '')
   return { maxNewTokens, doSample: o.doSample ?? false, temperature, topK, topP, seed, stopTokenIds: stops }
 }
 

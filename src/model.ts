@@ -1,7 +1,7 @@
 import { native, loadNative, wantsCuda, type NativeModel } from './native'
 import { Tensor, type DType } from './tensor'
 import { Parameter } from './parameter'
-import { adapterNameList, flatIds, flatLabels, flatMask, type IdRows } from './inputs'
+import { I32_MAX, U32_MAX, adapterNameList, flatIds, flatInts, flatLabels, flatMask, seedArg, tokenIdList, type IdRows } from './inputs'
 import { Tokenizer } from './tokenizer'
 import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
 
@@ -91,11 +91,13 @@ export class LlamaModel {
   }
 
   async forward(input: ForwardInput): Promise<ForwardOutput> {
-    const ids = flatIds('inputIds', input.inputIds)
+    const vocab = this.config.vocab_size
+    const ids = flatIds('inputIds', input.inputIds, vocab)
     const mask = input.attentionMask ? flatMask('attentionMask', input.attentionMask, ids.batch, ids.seq) : undefined
-    const labels = input.labels ? flatLabels('labels', input.labels, ids.batch, ids.seq) : undefined
-    const positions = input.positionIds ? flatIds('positionIds', input.positionIds) : undefined
-    const segments = input.segmentIds ? flatIds('segmentIds', input.segmentIds) : undefined
+    const labels = input.labels ? flatLabels('labels', input.labels, ids.batch, ids.seq, vocab) : undefined
+    const positions = input.positionIds ? flatInts('positionIds', input.positionIds, I32_MAX) : undefined
+    const segments = input.segmentIds ? flatInts('segmentIds', input.segmentIds, U32_MAX) : undefined
+    const dropoutSeed = input.dropoutSeed === undefined ? undefined : seedArg('dropoutSeed', input.dropoutSeed)
     const adapterNames = adapterNameList(input.adapterNames)
     for (const [name, f] of [['positionIds', positions], ['segmentIds', segments]] as const) {
       if (f && (f.batch !== ids.batch || f.seq !== ids.seq)) {
@@ -108,7 +110,7 @@ export class LlamaModel {
       ids.seq,
       mask,
       labels,
-      input.dropoutSeed,
+      dropoutSeed,
       positions ? Int32Array.from(positions.data) : undefined,
       segments?.data,
       adapterNames,
@@ -145,30 +147,37 @@ export class LlamaModel {
   async generate(ids: ArrayLike<number>, opts?: GenerateOptions): Promise<number[]>
   async generate(ids: ArrayLike<number>[], opts?: GenerateOptions): Promise<number[][]>
   async generate(ids: ArrayLike<number> | ArrayLike<number>[], opts: GenerateOptions = {}): Promise<number[] | number[][]> {
-    const { prompts, single } = promptRows(ids)
-    const args = generationArgs(opts, this.defaultStopTokenIds)
+    const { prompts, single } = promptRows(ids, this.config.vocab_size)
+    const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    opts.signal?.throwIfAborted() // the native loop checks the flag only after its first step
     const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal), adapterNameList(opts.adapterNames))
     return single ? out[0] : out
   }
 
-  /** The async-iterator form of `generate` for one prompt: yields each new token id. */
+  /**
+   * The async-iterator form of `generate` for one prompt: yields each new token id, except the
+   * stop token that ends it (`<|im_end|>` is not text; `includeStopToken: true` yields it too).
+   */
   async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
-    const { prompts } = promptRows(ids)
-    const args = generationArgs(opts, this.defaultStopTokenIds)
+    const { prompts } = promptRows(ids, this.config.vocab_size)
+    const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    opts.signal?.throwIfAborted()
     const adapterNames = adapterNameList(opts.adapterNames)
     let result: number[][] | undefined
     const run = (onStep: (row: number[]) => void, abort: Parameters<NativeModel['generate']>[3]) =>
       this.inner.generate(prompts, args, onStep, abort, adapterNames).then((r) => (result = r))
+    // A stop token ends the row, so it can only be the last token.
+    const stops = new Set(opts.includeStopToken ? [] : args.stopTokenIds)
     let streamed = 0
     for await (const row of streamSteps(run, opts.signal)) {
       if (row[0] < 0) continue
       streamed++
-      yield row[0]
+      if (!stops.has(row[0])) yield row[0]
     }
     // The last step callbacks can arrive after the generation settles; its result is
     // authoritative, so whatever was not streamed yet comes from it.
     const all = result?.[0] ?? []
-    for (let k = prompts[0].length + streamed; k < all.length; k++) yield all[k]
+    for (let k = prompts[0].length + streamed; k < all.length; k++) if (!stops.has(all[k])) yield all[k]
   }
 
   /**
@@ -192,14 +201,13 @@ export class LlamaModel {
   }
 }
 
-function promptRows(ids: ArrayLike<number> | ArrayLike<number>[]): { prompts: number[][]; single: boolean } {
+function promptRows(ids: ArrayLike<number> | ArrayLike<number>[], vocab: number): { prompts: number[][]; single: boolean } {
   const single = ids.length > 0 && typeof (ids as ArrayLike<number>)[0] === 'number'
   const rows = single ? [ids as ArrayLike<number>] : (ids as ArrayLike<number>[])
   if (!Array.isArray(rows) || rows.length === 0) throw new Error('ids: expected a prompt (number[]) or prompts (number[][]), found an empty array')
   const prompts = rows.map((r, i) => {
-    const a = Array.from(r ?? [])
+    const a = tokenIdList('ids', r ?? [], vocab, () => ` in prompt ${i}`)
     if (a.length === 0) throw new Error(`ids: prompt ${i} is empty`)
-    for (const v of a) if (!Number.isInteger(v) || v < 0) throw new Error(`ids: expected non-negative integer token ids, found ${v} in prompt ${i}`)
     return a
   })
   return { prompts, single }

@@ -3,11 +3,17 @@ import { Parameter } from './parameter'
 import type { GenerateOptions } from './generation'
 import { PeftConfig, RawPeftConfig } from './methods/config'
 import { addWeightedAdapter, type WeightedAdapterOptions } from './compose/weighted'
+import { adapterNameArg, adapterNameArgs, intArg, seedArg } from './inputs'
 
 export interface PeftModelOptions {
   adapterName?: string
   /** Seeds the adapter's random init (default 0, so runs are reproducible). */
   seed?: number
+  /**
+   * Emit the adapter's warnings (unknown config fields, ...) as process warnings (default true);
+   * false leaves them in `peft.warnings` only, for callers that report them their own way.
+   */
+  warn?: boolean
 }
 
 export interface LoadAdapterOptions {
@@ -27,8 +33,9 @@ export class PeftModel {
 
   /** Loads a PEFT adapter folder onto `model`, as `PeftModel.from_pretrained`. */
   static async fromPretrained(model: LlamaModel, dir: string, opts: LoadAdapterOptions = {}): Promise<PeftModel> {
+    const name = adapterNameArg('adapterName', opts.adapterName ?? 'default', { isNew: true })
     const peft = new PeftModel(model)
-    await peft.loadAdapter(dir, opts.adapterName ?? 'default', { isTrainable: opts.isTrainable ?? false })
+    await peft.loadAdapter(dir, name, { isTrainable: opts.isTrainable ?? false })
     return peft
   }
 
@@ -51,11 +58,12 @@ export class PeftModel {
   }
 
   /** Adds an adapter; the first one becomes active, later ones wait for `setAdapter`. */
-  async addAdapter(name: string, config: PeftConfig, opts: { seed?: number } = {}): Promise<void> {
+  async addAdapter(name: string, config: PeftConfig, opts: { seed?: number; warn?: boolean } = {}): Promise<void> {
+    adapterNameArg('name', name, { isNew: true })
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
-    const seed = opts.seed ?? 0
+    const seed = seedArg('seed', opts.seed ?? 0)
     this.warnings = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    if (opts.warn ?? true) for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
   /**
@@ -63,18 +71,21 @@ export class PeftModel {
    * (PEFT's `add_weighted_adapter`; `compose/weighted.ts`). It is added inactive and frozen.
    */
   async addWeightedAdapter(adapters: string[], weights: number[], name: string, opts: WeightedAdapterOptions = {}): Promise<void> {
+    adapterNameArgs('adapters', adapters)
+    adapterNameArg('name', name, { isNew: true })
     this.warnings = await addWeightedAdapter(this.native, adapters, weights, name, opts)
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
   async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } = {}): Promise<void> {
+    adapterNameArg('name', name, { isNew: true })
     this.warnings = await this.native.loadAdapter(dir, name, opts.isTrainable ?? false)
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
   /** Writes `adapter_config.json` and `adapter_model.safetensors` exactly as PEFT does. */
   async savePretrained(dir: string, opts: { selectedAdapters?: string[] } = {}): Promise<void> {
-    await this.native.saveAdapters(dir, opts.selectedAdapters)
+    await this.native.saveAdapters(dir, adapterNameArgs('selectedAdapters', opts.selectedAdapters))
   }
 
   get adapterNames(): string[] {
@@ -96,20 +107,20 @@ export class PeftModel {
 
   /** The config of an adapter as a config object. */
   adapterConfig(name = this.activeAdapter): PeftConfig {
-    return new RawPeftConfig(JSON.parse(this.native.adapterConfigJson(name)) as Record<string, unknown>)
+    return new RawPeftConfig(JSON.parse(this.native.adapterConfigJson(adapterNameArg('name', name))) as Record<string, unknown>)
   }
 
   /** Module paths the adapter is attached to. */
   targetedModules(name = this.activeAdapter): string[] {
-    return this.native.adapterModules(name)
+    return this.native.adapterModules(adapterNameArg('name', name))
   }
 
   setAdapter(name: string | string[]): void {
-    this.native.setActiveAdapters(Array.isArray(name) ? name : [name])
+    this.native.setActiveAdapters(Array.isArray(name) ? adapterNameArgs('name', name)! : [adapterNameArg('name', name)])
   }
 
   deleteAdapter(name: string): void {
-    for (const w of this.native.deleteAdapter(name)) process.emitWarning(w, 'PeftWarning')
+    for (const w of this.native.deleteAdapter(adapterNameArg('name', name))) process.emitWarning(w, 'PeftWarning')
   }
 
   disableAdapters(): void {
@@ -131,7 +142,7 @@ export class PeftModel {
   }
 
   mergeAdapter(names?: string[]): void {
-    this.native.mergeAdapters(names)
+    this.native.mergeAdapters(adapterNameArgs('names', names))
   }
 
   unmergeAdapter(): void {
@@ -140,7 +151,7 @@ export class PeftModel {
 
   /** Merges the adapters into the base weights, removes them, and returns the base model. */
   mergeAndUnload(opts: { adapterNames?: string[] } = {}): LlamaModel {
-    this.native.mergeAndUnload(opts.adapterNames)
+    this.native.mergeAndUnload(adapterNameArgs('adapterNames', opts.adapterNames))
     this.#unloaded = true
     return this.model
   }
@@ -168,8 +179,7 @@ export class PeftModel {
    * Refused while the adapter is merged.
    */
   setDyLoraRank(rank: number, adapterName = this.activeAdapter): void {
-    if (!Number.isInteger(rank) || rank <= 0) throw new Error(`rank: expected an integer > 0, found ${String(rank)}`)
-    this.native.setDyloraRank(adapterName, rank)
+    this.native.setDyloraRank(adapterNameArg('adapterName', adapterName), intArg('rank', rank, 1))
   }
 
   /** `input.adapterNames` runs each row with its own adapter (any loaded one, or "__base__"), as PEFT's `adapter_names`. */
@@ -262,7 +272,8 @@ function pefName(name: string, wrapped: Set<string>): string {
 /** Attaches a new adapter to `model` (modified in place) and returns the PEFT wrapper. */
 export async function getPeftModel(model: LlamaModel, config: PeftConfig, opts: PeftModelOptions = {}): Promise<PeftModel> {
   if (!(model instanceof LlamaModel)) throw new Error('model: expected a LlamaModel')
+  const name = adapterNameArg('adapterName', opts.adapterName ?? 'default', { isNew: true })
   const peft = new PeftModel(model)
-  await peft.addAdapter(opts.adapterName ?? 'default', config, { seed: opts.seed })
+  await peft.addAdapter(name, config, { seed: opts.seed, warn: opts.warn })
   return peft
 }

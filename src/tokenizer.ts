@@ -1,4 +1,5 @@
 import { native } from './native'
+import { tokenIdArg, tokenIdList } from './inputs'
 
 type NativeTokenizer = InstanceType<typeof native.NativeTokenizer>
 
@@ -20,6 +21,11 @@ export interface SpecialToken {
   id: number
 }
 
+function describe(v: unknown): string {
+  if (v === null) return 'null'
+  return typeof v === 'string' ? 'a string' : typeof v === 'object' ? 'an object' : typeof v
+}
+
 /** A Hugging Face tokenizer (tokenizer.json or a GGUF's embedded one) with its chat template. */
 export class Tokenizer {
   /** @internal */
@@ -37,11 +43,16 @@ export class Tokenizer {
   }
 
   async encodeBatch(texts: string[], opts: { addSpecialTokens?: boolean } = {}): Promise<number[][]> {
+    // napi's own message for a non-array is "Failed to get Array length", naming nothing.
+    if (!Array.isArray(texts)) throw new Error(`texts: expected an array of strings, found ${describe(texts)}`)
+    texts.forEach((s, i) => {
+      if (typeof s !== 'string') throw new Error(`texts[${i}]: expected a string, found ${s === null ? 'null' : typeof s}`)
+    })
     return this.inner.encodeBatch(texts, opts.addSpecialTokens ?? true)
   }
 
   decode(ids: ArrayLike<number>, opts: { skipSpecialTokens?: boolean } = {}): string {
-    return this.inner.decode(Array.from(ids), opts.skipSpecialTokens ?? false)
+    return this.inner.decode(tokenIdList('ids', ids, this.vocabSize), opts.skipSpecialTokens ?? false)
   }
 
   tokenToId(token: string): number | null {
@@ -49,7 +60,7 @@ export class Tokenizer {
   }
 
   idToToken(id: number): string | null {
-    return this.inner.idToToken(id) ?? null
+    return this.inner.idToToken(tokenIdArg('id', id, this.vocabSize)) ?? null
   }
 
   get vocabSize(): number {
@@ -86,7 +97,8 @@ export class Tokenizer {
   /** Decodes a stream of ids into text pieces, holding back characters split across tokens. */
   streamDecoder(opts: { skipSpecialTokens?: boolean } = {}): { step(id: number): string; finish(): string } {
     const d = this.inner.streamDecoder(opts.skipSpecialTokens ?? true)
-    return { step: (id) => d.step(id) ?? '', finish: () => d.finish() ?? '' }
+    const vocab = this.vocabSize
+    return { step: (id) => d.step(tokenIdArg('id', id, vocab)) ?? '', finish: () => d.finish() ?? '' }
   }
 
   dispose(): void {

@@ -1,13 +1,8 @@
 // Small datasets and a tiny LoRA model for the data, trainer and CLI specs.
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { LlamaModel, LoraConfig, getPeftModel, type PeftModel, type TextTokenizer, type Tokenizer } from '../../src'
 import { MODEL_DIR } from './fixtures'
-
-export function scratch(prefix = 'peft-node-train-'): string {
-  return mkdtempSync(join(tmpdir(), prefix))
-}
 
 export function writeJsonl(file: string, records: unknown[]): string {
   writeFileSync(file, records.map((r) => (typeof r === 'string' ? r : JSON.stringify(r))).join('\n') + '\n')

@@ -45,7 +45,8 @@ async function smoke(peft, label, modelDir) {
     log(`step ${step}: loss ${value.toFixed(5)}`)
   }
   assert.ok(losses[2] < losses[0], `the loss goes down (${losses.map((l) => l.toFixed(5)).join(' -> ')})`)
-  const dir = require('node:fs').mkdtempSync(path.join(require('node:os').tmpdir(), 'peft-node-smoke-'))
+  // In the working folder (pack-test's temp app), which is removed with it, not in the system temp folder.
+  const dir = require('node:fs').mkdtempSync(path.join(process.cwd(), 'adapter-'))
   await lora.savePretrained(dir)
   for (const f of ['adapter_config.json', 'adapter_model.safetensors']) assert.ok(require('node:fs').existsSync(path.join(dir, f)), f)
   const back = await PeftModel.fromPretrained(await LlamaModel.fromPretrained(modelDir), dir)

@@ -1,12 +1,14 @@
 // `generate`, `chat`, `eval`, `info` and `merge`.
-import { createInterface } from 'node:readline/promises'
+import { existsSync, readdirSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { LlamaModel } from '../model'
-import { PeftModel, getPeftModel } from '../peft'
+import { PeftModel } from '../peft'
 import type { ChatMessage } from '../tokenizer'
 import { loadData } from '../data/dataset'
 import { evaluate } from '../train/evaluate'
 import { trainOptions } from './config'
-import { methodConfig, methodOptions } from './methods'
+import { cliPeftModel, methodConfig, methodOptions } from './methods'
 import { loadModel, required } from './load'
 import type { Io } from './io'
 import type { DType } from '../tensor'
@@ -15,7 +17,7 @@ const num = (v: unknown, d: number) => (v === undefined ? d : Number(v))
 
 function genOpts(o: Record<string, unknown>) {
   const temperature = num(o.temperature ?? o.temp, 0)
-  return { maxNewTokens: num(o.maxTokens ?? o.maxNewTokens, 256), doSample: temperature > 0, temperature: temperature > 0 ? temperature : 1, topP: num(o.topP, 1), seed: num(o.seed, 0) }
+  return { maxNewTokens: num(o.maxTokens ?? o.maxNewTokens, 256), doSample: temperature > 0, temperature: temperature > 0 ? temperature : 1, topP: num(o.topP, 1), topK: num(o.topK, 0), seed: num(o.seed, 0) }
 }
 
 async function streamReply(model: LlamaModel | PeftModel, ids: number[], o: Record<string, unknown>, io: Io): Promise<string> {
@@ -42,7 +44,7 @@ function promptIds(model: LlamaModel | PeftModel, messages: ChatMessage[], raw: 
 export async function generateCommand(flags: Record<string, unknown>, positional: string[], io: Io): Promise<void> {
   const o = trainOptions(flags)
   const prompt = (o.prompt as string | undefined) ?? positional.join(' ')
-  if (!prompt) throw new Error('generate: give a prompt (--prompt "..." or as an argument)')
+  if (!prompt) throw new Error('give a prompt (--prompt "..." or as an argument)') // main prefixes `peft-node generate: `
   const model = await loadModel(o)
   const messages: ChatMessage[] = typeof o.system === 'string' ? [{ role: 'system', content: o.system }] : []
   await streamReply(model, promptIds(model, [...messages, { role: 'user', content: prompt }], o.raw === true), o, io)
@@ -52,19 +54,28 @@ export async function generateCommand(flags: Record<string, unknown>, positional
 export async function chatCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const o = trainOptions(flags)
   const model = await loadModel(o)
-  const rl = createInterface({ input: process.stdin, output: process.stdout })
+  const input = io.input ?? process.stdin
+  // A terminal echoes what is typed; piped lines are echoed after the prompt so the transcript reads as a dialogue.
+  const echo = !(input as { isTTY?: boolean }).isTTY
+  const rl = createInterface({ input, output: echo ? undefined : process.stdout, terminal: !echo, prompt: '> ' })
+  // On a terminal readline draws the prompt (so line editing keeps it); Ctrl-C there ends the chat.
+  const prompt = () => (echo ? io.write('> ') : rl.prompt())
+  rl.on('SIGINT', () => rl.close())
   const history: ChatMessage[] = typeof o.system === 'string' ? [{ role: 'system', content: o.system }] : []
   io.out('chat: /reset clears the history, /exit (or Ctrl-D) quits')
   try {
-    for (;;) {
-      const line = await rl.question('> ').catch(() => null)
-      if (line === null || line.trim() === '/exit') break
-      if (line.trim() === '/reset') {
-        history.splice(history[0]?.role === 'system' ? 1 : 0)
-        continue
+    prompt()
+    // The async iterator queues lines that arrive while a reply is generated; `rl.question` did
+    // not, so piped input (`printf 'A\nB\n' | peft-node chat`) lost every line after the first.
+    for await (const line of rl) {
+      if (echo) io.write(`${line}\n`)
+      if (line.trim() === '/exit') break
+      if (line.trim() === '/reset') history.splice(history[0]?.role === 'system' ? 1 : 0)
+      else {
+        history.push({ role: 'user', content: line })
+        history.push({ role: 'assistant', content: (await streamReply(model, promptIds(model, history, false), o, io)).trim() })
       }
-      history.push({ role: 'user', content: line })
-      history.push({ role: 'assistant', content: (await streamReply(model, promptIds(model, history, false), o, io)).trim() })
+      prompt()
     }
   } finally {
     rl.close()
@@ -72,22 +83,34 @@ export async function chatCommand(flags: Record<string, unknown>, io: Io): Promi
   }
 }
 
+/** eval's data: a JSONL file, or a folder's valid.jsonl, else its train.jsonl. */
+function evalData(path: string): string {
+  if (!existsSync(path) || !statSync(path).isDirectory()) return path // loadData names a missing file
+  const file = ['valid.jsonl', 'train.jsonl'].map((f) => join(path, f)).find((f) => existsSync(f))
+  if (!file) throw new Error(`${path}: a data folder for eval needs a valid.jsonl or a train.jsonl`)
+  return file
+}
+
 export async function evalCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const o = trainOptions(flags)
-  const data = required(o, 'data', 'a JSONL file, or a folder with valid.jsonl / train.jsonl')
+  const data = evalData(required(o, 'data', 'a JSONL file, or a folder with valid.jsonl or train.jsonl'))
   const model = await loadModel(o)
   const peft = model instanceof PeftModel ? model : new PeftModel(model)
   const d = await loadData(data, model.tokenizer, { maxSeqLength: o.maxSeqLength as number | undefined, maskPrompt: o.maskPrompt as boolean | undefined })
-  const set = d.valid ?? d.train
-  const r = await evaluate(peft, set.examples, { batchSize: num(o.batchSize, 4), padTokenId: model.tokenizer?.padToken?.id ?? 0 })
-  io.out(`${set.name}: ${set.examples.length} examples, ${r.targetTokens} target tokens: loss ${r.loss.toFixed(4)}  perplexity ${r.perplexity.toFixed(3)}`)
+  const r = await evaluate(peft, d.train.examples, { batchSize: num(o.batchSize, 4), padTokenId: model.tokenizer?.padToken?.id ?? 0 })
+  io.out(`${d.train.name}: ${d.train.examples.length} examples, ${r.targetTokens} target tokens: loss ${r.loss.toFixed(4)}  perplexity ${r.perplexity.toFixed(3)}`)
   model.dispose()
 }
 
-export async function infoCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
-  const o = trainOptions(flags)
+/** `info M` or `info --model M`: the model as the argument, as generate takes its prompt. */
+export async function infoCommand(flags: Record<string, unknown>, positional: string[], io: Io): Promise<void> {
+  if (positional.length > 1) throw new Error(`unexpected argument "${positional[1]}" (\`info\` takes one: the model)`)
+  if (positional.length === 1 && flags.model !== undefined) throw new Error('give the model once: as the argument or as --model')
+  const o: Record<string, unknown> = { ...trainOptions(flags), ...(positional.length === 1 ? { model: positional[0] } : {}) }
+  // The method's options are checked before the (slow) model load.
+  const config = typeof o.adapter === 'string' ? null : methodConfig(o.method, methodOptions(o))
   let model = await loadModel(o)
-  if (!(model instanceof PeftModel)) model = await getPeftModel(model, methodConfig(o.method, methodOptions(o)))
+  if (!(model instanceof PeftModel)) model = await cliPeftModel(model, config!, undefined, 'info', flags, io)
   const c = model.config
   io.out(`model: ${String(o.model)} (${c.num_hidden_layers} layers, hidden ${c.hidden_size}, vocab ${c.vocab_size})`)
   const cfg = model.peftConfig[model.activeAdapter]
@@ -100,10 +123,20 @@ export async function infoCommand(flags: Record<string, unknown>, io: Io): Promi
   model.dispose()
 }
 
+/** merge never writes into a folder that holds something unless told to (`--force`). */
+function checkOutput(output: string, force: boolean): void {
+  if (!existsSync(output)) return
+  if (!statSync(output).isDirectory()) throw new Error(`--output ${output}: is a file, not a folder`)
+  if (!force && readdirSync(output).length > 0) {
+    throw new Error(`--output ${output}: already exists and is not empty; pass --force to write into it (files of the same name are replaced)`)
+  }
+}
+
 /** Merges `--adapter` into `--model` and writes a Hugging Face checkpoint to `--output`. */
 export async function mergeCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const adapter = required(flags, 'adapter', 'the adapter folder to merge')
   const output = required(flags, 'output', 'the folder to write the merged checkpoint to')
+  checkOutput(output, flags.force === true || flags.force === 'true')
   const model = await loadModel({ ...flags, adapter })
   if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
   const merged = model.mergeAndUnload()

@@ -2,7 +2,7 @@
 // (flags win). Keys may be snake_case, kebab-case or camelCase; mlx-lm's names are understood.
 import { readFileSync } from 'node:fs'
 import { camel, coerce } from './args'
-import { parseYaml } from './yaml'
+import { MAX_YAML_DEPTH, parseYaml } from './yaml'
 
 /** mlx-lm's config keys -> ours. */
 const ALIASES: Record<string, string> = {
@@ -18,20 +18,44 @@ export const TRAIN_KEYS = new Set([
   'saveEvery', 'saveTotalLimit', 'seed', 'maskPrompt', 'validSplit', 'weightDecay', 'truncation', 'methodConfig', 'train', 'help', 'demo',
 ])
 
-export function readConfigFile(file: string): Record<string, unknown> {
+/**
+ * Nesting depth of a parsed value, counted without recursion: JSON.parse takes any depth, but a
+ * 100,000-deep value later overflows the stack (JSON.stringify, option walks) with no file named.
+ */
+function nestingDepth(root: unknown): number {
+  let max = 0
+  const stack: [unknown, number][] = [[root, 1]]
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!
+    if (typeof v !== 'object' || v === null) continue
+    max = Math.max(max, d)
+    for (const child of Object.values(v)) stack.push([child, d + 1])
+  }
+  return max
+}
+
+/**
+ * A map of options from `file`: JSON when `format` is 'json' or the name ends in `.json`, else
+ * the YAML subset. `flag` prefixes read errors (`--config x.yaml: cannot read it`).
+ */
+export function readConfigFile(file: string, flag = '--config', format: 'json' | 'auto' = 'auto'): Record<string, unknown> {
   let text: string
   try {
     text = readFileSync(file, 'utf8')
   } catch (e) {
-    throw new Error(`--config ${file}: cannot read it (${(e as Error).message})`)
+    throw new Error(`${flag} ${file}: cannot read it (${(e as Error).message})`)
   }
+  const json = format === 'json' || file.endsWith('.json')
+  // Errors of the main config name the file (as YAML's `file:line:` do); --method-config's add the flag.
+  const where = flag === '--config' ? file : `${flag} ${file}`
   let v: unknown
   try {
-    v = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text, file)
+    v = json ? JSON.parse(text) : parseYaml(text, where)
   } catch (e) {
-    throw new Error(file.endsWith('.json') ? `${file}: malformed JSON (${(e as Error).message})` : (e as Error).message)
+    throw new Error(json ? `${where}: malformed JSON (${(e as Error).message})` : (e as Error).message)
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${file}: expected a map of options at the top level`)
+  if (json && nestingDepth(v) > MAX_YAML_DEPTH) throw new Error(`${where}: nested deeper than ${MAX_YAML_DEPTH} levels (a config needs a few)`)
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${where}: expected a map of options at the top level`)
   return v as Record<string, unknown>
 }
 

@@ -8,8 +8,9 @@ import { LoraConfig } from '../methods/lora'
 import { capitalsDataset, capitalQuestion, stateCapitals } from '../data/capitals'
 import { loadData } from '../data/dataset'
 import { Trainer } from '../train/trainer'
-import { methodConfig, rejectUnknownFlags } from './methods'
+import { cliPeftModel, methodConfig } from './methods'
 import type { Io } from './io'
+import { answerReport, isRight } from './demo-report'
 
 export const SMOLLM2 = join(__dirname, '..', '..', '.cache', 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf')
 
@@ -55,13 +56,12 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
   const inTrain = new Set(train.map((e) => e.messages[0].content))
   io.out(`Asking SmolLM2-135M-Instruct the capitals of the ${states.length} states...`)
   const before = await askCapitals(model, states)
-  const right = (a: string, i: number) => a.includes(all[i].capital)
+  const right = (a: string, i: number) => isRight(a, all[i].capital)
   io.out(`before training: ${before.filter(right).length}/${states.length} right (${secs()})\n`)
 
   const steps = o.steps ?? Math.ceil(train.length / o.batchSize) * o.epochs
   const config = o.method ? methodConfig(o.method.name, o.method.options, steps) : new LoraConfig({ r: o.r, loraAlpha: 2 * o.r, loraDropout: 0, targetModules: o.targetModules })
-  const peft = await getPeftModel(model, config, { seed: o.seed })
-  if (o.flags) rejectUnknownFlags(o.flags, peft.warnings, String(config.peftType))
+  const peft = o.flags ? await cliPeftModel(model, config, o.seed, 'train', o.flags, io) : await getPeftModel(model, config, { seed: o.seed })
   peft.printTrainableParameters(io.out)
   const data = await loadData({ train: train, valid: heldOut }, peft.tokenizer, { maxSeqLength: 128 })
   const trainer = new Trainer(peft, { train: data.train, valid: data.valid, output: o.output, epochs: o.epochs, maxSteps: o.steps, batchSize: o.batchSize, learningRate: o.learningRate, lrSchedule: 'constant', seed: o.seed, maxGradNorm: 1 })
@@ -73,19 +73,8 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
 
   const after = await askCapitals(peft, states)
   io.out(`\nafter training: ${after.filter(right).length}/${states.length} right (${secs()})`)
-  io.out('\nQuestions it got wrong before:')
-  let fixed = 0
-  let fixedHeld = 0
-  states.forEach((s, i) => {
-    if (right(before[i], i)) return
-    const seen = inTrain.has(capitalQuestion(s))
-    if (right(after[i], i)) seen ? fixed++ : fixedHeld++
-    io.out(`  ${seen ? ' ' : '*'} ${capitalQuestion(s)}\n      before: ${before[i]}\n      after:  ${after[i]}`)
-  })
-  const wrongTrain = states.filter((s, i) => !right(before[i], i) && inTrain.has(capitalQuestion(s))).length
-  io.out(`\nwrong before -> right after: ${fixed}/${wrongTrain} trained questions, ${fixedHeld} held-out (* = held out, never trained on)`)
-  const broken = states.map((s, i) => [s, i] as const).filter(([, i]) => right(before[i], i) && !right(after[i], i))
-  if (broken.length) io.out(`right before -> wrong after: ${broken.map(([s, i]) => `${s} ("${after[i]}")`).join(', ')}`)
+  io.out('')
+  for (const line of answerReport(all, before, after, (state) => inTrain.has(capitalQuestion(state)))) io.out(line)
   if (o.output) io.out(`adapter saved to ${o.output} (loss curve: ${join(o.output, 'loss.svg')})`)
   io.out(`done in ${secs()}`)
   peft.dispose()

@@ -5,6 +5,8 @@ export interface Io {
   /** Writes without a newline (progress bars). */
   write(text: string): void
   isTTY: boolean
+  /** Where `chat` reads its lines (default: stdin). */
+  input?: NodeJS.ReadableStream
 }
 
 export const processIo: Io = {
@@ -12,4 +14,8 @@ export const processIo: Io = {
   err: (l) => void process.stderr.write(l + '\n'),
   write: (t) => void process.stdout.write(t),
   isTTY: !!process.stdout.isTTY,
+  // A getter: touching process.stdin opens it, which only `chat` should do.
+  get input() {
+    return process.stdin
+  },
 }

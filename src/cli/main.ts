@@ -4,6 +4,7 @@ import { parseArgs } from './args'
 import { trainCommand } from './train'
 import { chatCommand, evalCommand, generateCommand, infoCommand, mergeCommand } from './commands'
 import { processIo, type Io } from './io'
+import { checkCommandLine } from './options'
 
 export const USAGE = `peft-node <command> [options]
 
@@ -18,8 +19,11 @@ export const USAGE = `peft-node <command> [options]
   generate  --model M [--adapter DIR] --prompt "..." [--max-tokens 256] [--temperature 0] [--raw]
   chat      --model M [--adapter DIR] [--system "..."]      interactive; /reset, /exit
   eval      --model M [--adapter DIR] --data D               loss and perplexity
-  info      --model M [--adapter DIR | --method ... ]        trainable parameters, targeted modules
-  merge     --model M --adapter DIR --output DIR [--dtype bfloat16]   (a Hugging Face checkpoint)`
+  info      M | --model M [--adapter DIR | --method ... ]    trainable parameters, targeted modules
+  merge     --model M --adapter DIR --output DIR [--dtype bfloat16] [--force]
+            a Hugging Face checkpoint; an existing, non-empty --output needs --force
+
+  Unknown options are refused. generate and chat also take --top-p, --top-k and --seed.`
 
 export async function main(argv: string[], io: Io = processIo, signal?: AbortSignal): Promise<number> {
   const { command, flags, positional } = parseArgs(argv)
@@ -28,11 +32,12 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
       io.out(USAGE)
       return command || flags.help ? 0 : 1
     }
+    const args = checkCommandLine(command, flags, positional)
     if (command === 'train') await trainCommand(flags, io, signal)
-    else if (command === 'generate') await generateCommand(flags, positional, io)
+    else if (command === 'generate') await generateCommand(flags, args, io)
     else if (command === 'chat') await chatCommand(flags, io)
     else if (command === 'eval') await evalCommand(flags, io)
-    else if (command === 'info') await infoCommand(flags, io)
+    else if (command === 'info') await infoCommand(flags, args, io)
     else if (command === 'merge') await mergeCommand(flags, io)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
@@ -45,6 +50,12 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
 if (require.main === module) {
   // Warnings (unknown config fields, adapter notes) as plain `warning:` lines, without Node's
   // "(node:PID) PeftWarning" prefix and --trace-warnings hint, which are noise in a CLI.
+  // `peft-node info M | head`: the reader may close the pipe before we are done; that is not an
+  // error to report (Node would throw EPIPE with a stack trace), just the end of the output.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0)
+    throw e
+  })
   process.removeAllListeners('warning')
   process.on('warning', (w) => process.stderr.write(`warning: ${w.message}\n`))
   // First Ctrl-C: stop after the current step and save a checkpoint; second: quit now.

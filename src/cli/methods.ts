@@ -1,10 +1,13 @@
 // Method names on the command line -> PEFT configs. LoRA goes through LoraConfig (checked);
 // every other method is passed through as `{ peft_type, ...options }` for the native core,
 // which validates the options.
-import { readFileSync } from 'node:fs'
 import { LoraConfig } from '../methods/lora'
-import { PeftConfig, RawPeftConfig, toSnake } from '../methods/config'
-import { TRAIN_KEYS, normalise } from './config'
+import { PeftConfig, RawPeftConfig, toCamel, toSnake } from '../methods/config'
+import type { LlamaModel } from '../model'
+import { getPeftModel, type PeftModel } from '../peft'
+import { methodFlags, unknownOptionError } from './options'
+import type { Io } from './io'
+import { TRAIN_KEYS, normalise, readConfigFile } from './config'
 
 /** Every method the native core supports, by its command-line name. */
 export const METHODS: Record<string, { peftType: string; defaults?: Record<string, unknown> }> = {
@@ -33,7 +36,7 @@ function listish(key: string, v: unknown): unknown {
 /** The method options among `opts` (everything that is not a trainer option). */
 export function methodOptions(opts: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {}
-  if (typeof opts.methodConfig === 'string') Object.assign(out, JSON.parse(readFileSync(opts.methodConfig, 'utf8')) as Record<string, unknown>)
+  if (typeof opts.methodConfig === 'string') Object.assign(out, readConfigFile(opts.methodConfig, '--method-config', 'json'))
   else if (opts.methodConfig && typeof opts.methodConfig === 'object') Object.assign(out, opts.methodConfig)
   for (const [k, v] of Object.entries(opts)) if (!TRAIN_KEYS.has(k)) out[k] = listish(k, v)
   return out
@@ -60,15 +63,20 @@ export function methodConfig(method: unknown, options: Record<string, unknown>, 
 }
 
 /**
- * Method fields given as command-line flags that the method does not have (the adapter's
- * "unknown … field" warnings): on the command line that is a typo (`--stpes 3`), so an error;
- * in a `--method-config` file such fields are kept with a warning, as PEFT does.
+ * getPeftModel for the CLI. Method fields given as command-line flags that the method does not
+ * have (the adapter's "unknown … field" warnings) are typos there (`--stpes 3`): an error, and
+ * not also a warning that says the field was kept. In a `--method-config` file such fields are
+ * kept with a warning, as PEFT does; the other warnings print as `warning:` lines.
  */
-export function rejectUnknownFlags(flags: Record<string, unknown>, warnings: string[], peftType: string): void {
-  const given = new Set(Object.keys(normalise(flags)).filter((k) => !TRAIN_KEYS.has(k) && k !== 'demo').map(toSnake))
-  const unknown = warnings.map((w) => /^unknown \w+ field `([^`]+)`/.exec(w)?.[1]).filter((k): k is string => k !== undefined && given.has(k))
+export async function cliPeftModel(model: LlamaModel, config: PeftConfig, seed: number | undefined, command: string, flags: Record<string, unknown>, io: Io): Promise<PeftModel> {
+  const peft = await getPeftModel(model, config, { seed, warn: false })
+  const given = new Set(methodFlags(command, flags).map(toSnake))
+  const field = (w: string) => /^unknown \w+ field `([^`]+)`/.exec(w)?.[1]
+  const unknown = peft.warnings.map(field).filter((k): k is string => k !== undefined && given.has(k))
   if (unknown.length > 0) {
-    const flagsList = unknown.map((k) => `--${k.replace(/_/g, '-')}`).join(', ')
-    throw new Error(`${flagsList}: not a trainer option, and ${peftType} has no such field (run \`peft-node help\` for the trainer options)`)
+    peft.dispose()
+    throw unknownOptionError(command, unknown.map(toCamel), String(config.peftType))
   }
+  for (const w of peft.warnings) io.err(`warning: ${w}`)
+  return peft
 }

@@ -2,13 +2,12 @@
 // stops after the current step and saves a checkpoint. Without arguments: the demo.
 import { join } from 'node:path'
 import { AutoModelForCausalLM } from '../model'
-import { getPeftModel } from '../peft'
 import { RawPeftConfig, type PeftConfig } from '../methods/config'
 import { loadData } from '../data/dataset'
 import { Trainer } from '../train/trainer'
 import { readTrainerState, resolveCheckpoint } from '../train/checkpoint'
 import { trainOptions } from './config'
-import { methodConfig, methodOptions, rejectUnknownFlags } from './methods'
+import { cliPeftModel, methodConfig, methodOptions } from './methods'
 import { attachProgress, duration } from './progress'
 import { required } from './load'
 import { runDemo } from './demo'
@@ -36,8 +35,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   }
   const t0 = Date.now()
   const model = await AutoModelForCausalLM.fromPretrained(modelPath)
-  const peft = await getPeftModel(model, config, { seed: num(o.seed) })
-  rejectUnknownFlags(flags, peft.warnings, String(config.peftType))
+  const peft = await cliPeftModel(model, config, num(o.seed), 'train', flags, io)
   peft.printTrainableParameters(io.out)
   const data = await loadData(dataPath, peft.tokenizer, { maxSeqLength: num(o.maxSeqLength), maskPrompt: o.maskPrompt as boolean | undefined, truncation: o.truncation as boolean | undefined, validSplit: num(o.validSplit), seed: num(o.seed) })
   for (const w of data.warnings.slice(0, 10)) io.err(`warning: ${w}`)
@@ -51,7 +49,10 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
     saveEvery: num(o.saveEvery), saveTotalLimit: num(o.saveTotalLimit), seed: num(o.seed), resumeFromCheckpoint: o.resume as string | undefined,
   })
   attachProgress(trainer, io)
-  const end = await trainer.train()
+  const end = await trainer.train().catch((e: unknown) => {
+    if (signal?.aborted && e === signal.reason) throw new Error('interrupted before the first step: nothing was trained or saved')
+    throw e
+  })
   io.out(`${end.reason === 'aborted' ? 'stopped' : 'done'} at step ${end.step} in ${duration(Date.now() - t0)}; final loss ${end.loss?.toFixed(4) ?? '-'}${end.eval ? `, validation loss ${end.eval.loss.toFixed(4)} (perplexity ${end.eval.perplexity.toFixed(3)})` : ''}`)
   io.out(`adapter: ${output}  loss curve: ${join(output, 'loss.svg')}  checkpoint: ${end.checkpoint ?? '-'}`)
   peft.dispose()

@@ -3,25 +3,71 @@
 // booleans, null and `#` comments. Anchors, multi-line strings and documents are not supported.
 import { coerce } from './args'
 
+/**
+ * The deepest nesting (block and flow levels together) a config may have. The parser recurses
+ * once per level, so without a bound a file like `a: [[[[…` 100,000 deep overflows the stack
+ * and the error names neither file nor line; real configs nest 2 or 3 levels.
+ */
+export const MAX_YAML_DEPTH = 100
+
+/** Where a value sits, for errors: `file:line`. */
+type At = string
+
+function tooDeep(at: At): Error {
+  return new Error(`${at}: nested deeper than ${MAX_YAML_DEPTH} levels (a config needs a few)`)
+}
+
+/** One level deeper than `depth`, or an error past the bound. */
+function enter(depth: number, at: At): number {
+  if (depth >= MAX_YAML_DEPTH) throw tooDeep(at)
+  return depth + 1
+}
+
 interface Line {
   indent: number
   text: string
   no: number
 }
 
-function scalar(raw: string): unknown {
+/** `depth`: the levels around this value (the line's block levels plus enclosing brackets). */
+function scalar(raw: string, at: At, depth: number): unknown {
   const s = raw.trim()
   if (s === '' || s === '~') return null
   if (/^".*"$/.test(s)) return JSON.parse(s)
   if (/^'.*'$/.test(s)) return s.slice(1, -1).replace(/''/g, "'")
-  if (/^\[.*\]$/.test(s)) return splitFlow(s.slice(1, -1)).map(scalar)
+  if (/^\[.*\]$/.test(s)) {
+    const inner = enter(depth, at)
+    return splitFlow(s.slice(1, -1)).map((v) => scalar(v, at, inner))
+  }
   if (/^\{.*\}$/.test(s)) {
+    const inner = enter(depth, at)
     return Object.fromEntries(splitFlow(s.slice(1, -1)).map((kv) => {
       const i = kv.indexOf(':')
-      return [kv.slice(0, i).trim().replace(/^["']|["']$/g, ''), scalar(kv.slice(i + 1))]
+      return [kv.slice(0, i).trim().replace(/^["']|["']$/g, ''), scalar(kv.slice(i + 1), at, inner)]
     }))
   }
   return coerce(s)
+}
+
+/** The deepest bracket nesting in a flow value, outside quotes: one linear scan, so a 100,000-deep
+ * value is refused before the recursive parse walks (and re-copies) it level by level. */
+function flowDepth(s: string): number {
+  let depth = 0
+  let max = 0
+  let quote = ''
+  for (const c of s) {
+    if (quote) quote = c === quote ? '' : quote
+    else if (c === '"' || c === "'") quote = c
+    else if (c === '[' || c === '{') max = Math.max(max, ++depth)
+    else if (c === ']' || c === '}') depth--
+  }
+  return max
+}
+
+/** A value after `key:` or `- `, at block depth `depth`. */
+function value(raw: string, at: At, depth: number): unknown {
+  if (depth + flowDepth(raw) > MAX_YAML_DEPTH) throw tooDeep(at)
+  return scalar(raw, at, depth)
 }
 
 function splitFlow(s: string): string[] {
@@ -56,13 +102,14 @@ function stripComment(s: string): string {
   return s
 }
 
-function block(lines: Line[], start: number, indent: number, file: string): [unknown, number] {
+function block(lines: Line[], start: number, indent: number, file: string, outer: number): [unknown, number] {
+  const depth = enter(outer, `${file}:${lines[start].no}`)
   const isList = lines[start].text.startsWith('- ') || lines[start].text === '-'
   const out: Record<string, unknown> | unknown[] = isList ? [] : {}
   let i = start
   while (i < lines.length && lines[i].indent === indent) {
     const { text, no } = lines[i]
-    const nested = (): [unknown, number] => (i + 1 < lines.length && lines[i + 1].indent > indent ? block(lines, i + 1, lines[i + 1].indent, file) : [null, i + 1])
+    const nested = (): [unknown, number] => (i + 1 < lines.length && lines[i + 1].indent > indent ? block(lines, i + 1, lines[i + 1].indent, file, depth) : [null, i + 1])
     if (isList) {
       if (!text.startsWith('-')) throw new Error(`${file}:${no}: expected a "- item" in this list`)
       const rest = text.slice(1).trim()
@@ -71,7 +118,7 @@ function block(lines: Line[], start: number, indent: number, file: string): [unk
         ;(out as unknown[]).push(v)
         i = next
       } else {
-        ;(out as unknown[]).push(scalar(rest))
+        ;(out as unknown[]).push(value(rest, `${file}:${no}`, depth))
         i++
       }
       continue
@@ -84,7 +131,7 @@ function block(lines: Line[], start: number, indent: number, file: string): [unk
       ;(out as Record<string, unknown>)[key] = v
       i = next
     } else {
-      ;(out as Record<string, unknown>)[key] = scalar(m[2])
+      ;(out as Record<string, unknown>)[key] = value(m[2], `${file}:${no}`, depth)
       i++
     }
   }
@@ -101,7 +148,7 @@ export function parseYaml(text: string, file = 'config'): unknown {
     lines.push({ indent: s.length - s.trimStart().length, text: s.trim(), no: i + 1 })
   })
   if (lines.length === 0) return {}
-  const [v, end] = block(lines, 0, lines[0].indent, file)
+  const [v, end] = block(lines, 0, lines[0].indent, file, 0)
   if (end < lines.length) throw new Error(`${file}:${lines[end].no}: unexpected indentation`)
   return v
 }

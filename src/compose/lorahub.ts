@@ -10,6 +10,7 @@ import type { PeftModel } from '../peft'
 import { collate } from '../data/batches'
 import { targetCount } from '../data/tokenize'
 import { cmaes } from './cmaes'
+import { adapterNameArg, adapterNameArgs, flatIds, flatLabels } from '../inputs'
 
 export interface LoraHubExample {
   inputIds: number[]
@@ -48,6 +49,8 @@ export interface LoraHubResult {
 
 /** Sets adapter `name` to the element-wise composition of `adapters` with `weights`. */
 export async function composeLoraHub(peft: PeftModel, adapters: string[], weights: number[], name: string): Promise<void> {
+  adapterNameArgs('adapters', adapters)
+  adapterNameArg('name', name)
   for (const w of await peft.baseModel.native.composeLorahub(adapters, weights, name)) process.emitWarning(w, 'PeftWarning')
 }
 
@@ -61,13 +64,15 @@ export async function examplesLoss(peft: PeftModel, examples: LoraHubExample[], 
   let count = 0
   for (let s = 0; s < usable.length; s += bs) {
     const b = collate(usable.slice(s, s + bs).map((e) => ({ ...e, where: 'lorahub' })), o.padTokenId ?? 0)
-    const seq = b.inputIds[0].length
+    // Checked like forward's inputs: ids out of the vocabulary would wrap into it natively.
+    const vocab = peft.config.vocab_size
+    const ids = flatIds('examples inputIds', b.inputIds, vocab)
     const loss = await native.inferenceLoss(
-      Uint32Array.from(b.inputIds.flat()),
-      b.inputIds.length,
-      seq,
+      ids.data,
+      ids.batch,
+      ids.seq,
       Uint8Array.from(b.attentionMask.flat()),
-      Int32Array.from(b.labels.flat()),
+      flatLabels('examples labels', b.labels, ids.batch, ids.seq, vocab),
     )
     sum += loss * b.targetTokens
     count += b.targetTokens

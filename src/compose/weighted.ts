@@ -1,6 +1,7 @@
 // PEFT's `add_weighted_adapter` options in camelCase, checked for type here; the native
 // core checks the values (names, ranks, density, base models) with errors naming them.
 import type { NativeModel } from '../native'
+import { intArg } from '../inputs'
 
 export type CombinationType =
   | 'svd'
@@ -46,9 +47,8 @@ export async function addWeightedAdapter(
   check(Array.isArray(adapters) && adapters.every((a) => typeof a === 'string'), 'adapters', 'an array of adapter names', adapters)
   check(Array.isArray(weights) && weights.every((w) => typeof w === 'number'), 'weights', 'an array of numbers', weights)
   check(typeof name === 'string', 'adapterName', 'a string', name)
-  const int = (v: unknown) => v === undefined || (Number.isInteger(v) && (v as number) >= 0)
-  check(int(o.svdRank), 'svdRank', 'a positive integer', o.svdRank)
-  check(int(o.seed), 'seed', 'a non-negative integer', o.seed)
+  if (o.svdRank !== undefined) intArg('svdRank', o.svdRank, 1)
+  if (o.seed !== undefined) intArg('seed', o.seed, 0, Number.MAX_SAFE_INTEGER)
   return native.addWeightedAdapter(adapters, weights, name, {
     combinationType: o.combinationType,
     svdRank: o.svdRank,

@@ -40,7 +40,7 @@ export interface TrainerOptions {
   /** Pack short examples into rows of `maxSeqLength` tokens; no example attends to another. */
   packing?: boolean
   maxSeqLength?: number
-  /** Stop after the current step, save a checkpoint and end. */
+  /** Stop after the current step, save a checkpoint and end. Aborted before train(): it rejects with the signal's reason, having done nothing. */
   signal?: AbortSignal
   /** A checkpoint folder, or an output / checkpoints folder (its newest complete checkpoint). */
   resumeFromCheckpoint?: string

@@ -58,6 +58,9 @@ export class Trainer extends EventEmitter {
 
   async *steps(): AsyncGenerator<StepInfo> {
     const o = this.options
+    // Aborted already: reject with the signal's reason (an AbortError), as fetch does, rather
+    // than run a step and save a checkpoint; an abort during training still stops after a step.
+    o.signal?.throwIfAborted()
     await this.#setup()
     const totalMicro = o.epochs === null ? Infinity : o.epochs * this.stream.batchesPerEpoch
     const start = Date.now()
