@@ -2,11 +2,11 @@
 // against ../shared/fixtures/hf-peft-tiny-arch (every case of every architecture), through
 // AutoModelForCausalLM and PeftModel.
 import test from 'ava'
-import { mkdtempSync, readdirSync, rmSync, symlinkSync, copyFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { copyFileSync, readdirSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { AutoModelForCausalLM, LlamaModel } from '../src'
 import { Fixture, checkAdapterCase, checkBase, checkFull } from './helpers/fixture-runner'
+import { tempDir } from './helpers/temp'
 
 const ROOT = join(__dirname, '..', '..', 'shared', 'fixtures', 'hf-peft-tiny-arch')
 const ARCHS: Record<string, string> = { qwen2: 'qwen2', qwen3: 'qwen3', mistral: 'mistral', phi3: 'phi3', gemma3: 'gemma3_text' }
@@ -22,8 +22,7 @@ for (const [arch, modelType] of Object.entries(ARCHS)) {
   })
 
   test(`${arch}: both config spellings give the same logits`, async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), `peft-node-spelling-${arch}-`))
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = tempDir(t, `peft-node-spelling-${arch}-`)
     for (const f of readdirSync(fx.modelDir).filter((f) => !f.startsWith('config'))) symlinkSync(join(fx.modelDir, f), join(dir, f))
     const spellings = readdirSync(fx.modelDir).filter((f) => f.startsWith('config') && f.endsWith('.json'))
     const ids = fx.inputs().input_ids

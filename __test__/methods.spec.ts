@@ -15,6 +15,8 @@ interface Arch {
   fx: Fixture
   qv: string[]
   ia3: { targetModules: string[]; feedforwardModules: string[] }
+  /** LN tuning's targets where PEFT has no default for the architecture (phi3). */
+  ln?: string[]
   /** Only these rows (all when absent): the contract's LLaMA run covers every method. */
   rows?: string[]
 }
@@ -30,7 +32,7 @@ const llamaLike = (name: string): Arch => ({
 const ARCHS: Arch[] = [
   { ...llamaLike('llama'), fx: new Fixture(FIXTURES), rows: undefined },
   ...['qwen2', 'qwen3', 'mistral', 'gemma3'].map(llamaLike),
-  { ...llamaLike('phi3'), qv: ['qkv_proj'], ia3: { targetModules: ['qkv_proj', 'down_proj'], feedforwardModules: ['down_proj'] } },
+  { ...llamaLike('phi3'), qv: ['qkv_proj'], ia3: { targetModules: ['qkv_proj', 'down_proj'], feedforwardModules: ['down_proj'] }, ln: ['input_layernorm', 'post_attention_layernorm', 'norm'] },
 ]
 
 interface Row {
@@ -62,7 +64,7 @@ const ROWS: Row[] = [
   // With the reparameterisation MLP the prefixes are its output: check its first layer.
   { name: 'prefix tuning + projection', config: (a) => new peftNode.PrefixTuningConfig({ numVirtualTokens: 3, prefixProjection: true, encoderHiddenSize: 16 }), canMerge: false, fdParam: /transform\.0\.weight/ },
   { name: 'p-tuning', config: (a) => new peftNode.PromptEncoderConfig({ numVirtualTokens: 3, encoderHiddenSize: 16 }), canMerge: false, virtual: 3, fdParam: /mlp_head\.0\.weight/ },
-  { name: 'LN tuning', config: (a) => new peftNode.LNTuningConfig(), canMerge: true },
+  { name: 'LN tuning', config: (a) => new peftNode.LNTuningConfig(a.ln ? { targetModules: a.ln } : {}), canMerge: true },
   { name: 'bottleneck adapter', config: (a) => new peftNode.BottleneckAdapterConfig({ bottleneckSize: 8 }), canMerge: false, fdParam: /adapter_down\.default\.weight/ },
   { name: 'parallel adapter', config: (a) => new peftNode.ParallelAdapterConfig({ bottleneckSize: 8 }), canMerge: false, fdParam: /adapter_down\.default\.weight/ },
   { name: 'SSF on linears', config: (a) => new peftNode.SsfConfig({ targetModules: a.qv }), canMerge: true, fdParam: /ssf_scale/ },

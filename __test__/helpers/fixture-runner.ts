@@ -2,10 +2,10 @@
 // API, for any fixture folder of ../shared/fixtures: PEFT's files in, logits, loss, every
 // gradient, two AdamW steps, greedy generation, merged weights and byte-identical files out.
 import type { ExecutionContext } from 'ava'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AdamW, AutoModelForCausalLM, PeftModel, type LlamaModel, type Parameter } from '../../src'
+import { tempDir } from './temp'
 import { maxMaskedDiff, readSafetensors, relErr, type FixtureTensor, type Inputs } from './fixtures'
 
 export class Fixture {
@@ -144,8 +144,7 @@ export async function checkAdapterCase(t: ExecutionContext, fx: Fixture, name: s
   const dir = fx.caseDir(name)
   const inp = fx.inputs()
   const exp = fx.expected(name)
-  const files = mkdtempSync(join(tmpdir(), `peft-node-${name}-`))
-  t.teardown(() => rmSync(files, { recursive: true, force: true }))
+  const files = tempDir(t, `peft-node-${name}-`)
   const loaded = await PeftModel.fromPretrained(await fx.load(), dir)
   await loaded.savePretrained(files)
   t.deepEqual(readFileSync(join(files, 'adapter_model.safetensors')), readFileSync(join(dir, 'adapter_model.safetensors')), `${name}: adapter_model.safetensors`)

@@ -30,8 +30,9 @@ pub enum Error {
     #[error("{file}: missing weight `{name}`")]
     MissingWeight { file: PathBuf, name: String },
 
-    #[error("{file}: weight `{name}` has shape {found:?}, expected {expected:?} from the config")]
-    WeightShape { file: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    /// `because`: the config keys and values the expected shape comes from.
+    #[error("{file}: weight `{name}` has shape {found:?}, but the config implies {expected:?} ({because}): the config contradicts the weights")]
+    WeightShape { file: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize>, because: String },
 
     #[error("{file}: weight `{name}` has unsupported dtype {found} (expected f32, f16 or bf16)")]
     WeightDtype { file: PathBuf, name: String, found: String },

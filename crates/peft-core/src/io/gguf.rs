@@ -103,7 +103,8 @@ fn load_weights(file: &GgufFile, cfg: &ModelConfig, dtype: DType, device: &Devic
         }
         let expected = names::expected_shape(cfg, &hf).expect("every known name has a shape");
         if info.dims != expected {
-            return Err(Error::WeightShape { file: path.into(), name: info.name.clone(), expected, found: info.dims.clone() });
+            let because = names::shape_keys(cfg, &hf);
+            return Err(Error::WeightShape { file: path.into(), name: info.name.clone(), expected, found: info.dims.clone(), because });
         }
         seen.insert(hf.clone());
         plan.push((info, hf));

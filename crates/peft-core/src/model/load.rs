@@ -4,6 +4,7 @@ use super::decoder::CausalLm;
 use super::layers::{Attention, Block, GateUpProj, Linear, Mlp, Norm, QkvProj};
 use super::params::{ParamId, ParamStore};
 use super::rope::Rope;
+use super::shapes;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::io::gguf::load_gguf;
@@ -56,7 +57,8 @@ impl CausalLm {
     }
 
     pub fn from_weights(config: ModelConfig, mut w: WeightMap, source: &Path, opts: &LoadOptions) -> Result<Self> {
-        let mut b = Builder { w: &mut w, source, store: ParamStore::default(), dtype: opts.dtype };
+        let cfg = config.clone();
+        let mut b = Builder { config: &cfg, w: &mut w, source, store: ParamStore::default(), dtype: opts.dtype };
         let (c, a) = (&config, &config.arch);
         let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
@@ -126,6 +128,7 @@ impl CausalLm {
 }
 
 struct Builder<'a> {
+    config: &'a ModelConfig,
     w: &'a mut WeightMap,
     source: &'a Path,
     store: ParamStore,
@@ -136,7 +139,8 @@ impl Builder<'_> {
     fn param(&mut self, name: &str, shape: &[usize]) -> Result<ParamId> {
         let (t, file): (_, PathBuf) = self.w.take(name, self.source)?;
         if t.dims() != shape {
-            return Err(Error::WeightShape { file, name: name.into(), expected: shape.to_vec(), found: t.dims().to_vec() });
+            let because = shapes::shape_keys(self.config, name);
+            return Err(Error::WeightShape { file, name: name.into(), expected: shape.to_vec(), found: t.dims().to_vec(), because });
         }
         if !t.dtype().is_float() {
             return Err(Error::WeightDtype { file, name: name.into(), found: format!("{:?}", t.dtype()) });
@@ -146,8 +150,33 @@ impl Builder<'_> {
 
     fn linear(&mut self, path: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         let weight = self.param(&format!("{path}.weight"), &[out, inp])?;
-        let bias = if bias { Some(self.param(&format!("{path}.bias"), &[out])?) } else { None };
+        let name = format!("{path}.bias");
+        if bias && !self.w.tensors.contains_key(&name) {
+            return Err(self.missing_bias(&name));
+        }
+        let bias = if bias { Some(self.param(&name, &[out])?) } else { None };
         Ok(Linear { path: path.into(), weight, bias })
+    }
+
+    /// The config file the weights are checked against (a GGUF is its own config).
+    fn config_file(&self) -> PathBuf {
+        if self.source.is_dir() { self.source.join("config.json") } else { self.source.into() }
+    }
+
+    /// A bias the config implies that the checkpoint lacks, named by the key that implies it.
+    fn missing_bias(&self, name: &str) -> Error {
+        let qwen2 = self.config.arch.model_type == "qwen2" && !name.contains("o_proj") && name.contains(".self_attn.");
+        let (key, found) = match () {
+            _ if qwen2 => ("model_type", "\"qwen2\" (Qwen2 has biases on q, k and v)".to_string()),
+            _ if name.contains(".mlp.") => ("mlp_bias", "true".to_string()),
+            _ => ("attention_bias", "true".to_string()),
+        };
+        Error::InvalidConfig {
+            file: self.config_file(),
+            key: key.into(),
+            expected: format!("a value matching the weights: {} has no `{name}`", self.source.display()),
+            found,
+        }
     }
 
     /// A bias the checkpoint has but the config says the model has not: the config is wrong
@@ -159,7 +188,7 @@ impl Builder<'_> {
         let key = if name.contains(".mlp.") { "mlp_bias" } else { "attention_bias" };
         let file = self.w.files.get(*name).cloned().unwrap_or_else(|| self.source.into());
         Err(Error::InvalidConfig {
-            file: self.source.join("config.json"),
+            file: self.config_file(),
             key: key.into(),
             expected: format!("true: {} has the bias `{name}` that a {} model with this config does not use", file.display(), c.arch.model_type),
             found: "false or missing".into(),

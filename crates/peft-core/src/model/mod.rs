@@ -12,6 +12,7 @@ pub mod modules;
 pub mod params;
 pub mod rope;
 pub mod save;
+pub mod shapes;
 pub mod sampling;
 
 pub use batch::Batch;

@@ -122,35 +122,7 @@ pub(crate) fn layer_of(hf_name: &str) -> Option<usize> {
     split_layer(hf_name, "model.layers.").map(|(n, _, _)| n)
 }
 
-/// The shape `config` implies for a Hugging Face weight name ([out, in] for linears).
-pub(crate) fn expected_shape(cfg: &ModelConfig, hf_name: &str) -> Option<Vec<usize>> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
-    match hf_name {
-        "model.embed_tokens.weight" | "lm_head.weight" => return Some(vec![cfg.vocab_size, h]),
-        "model.norm.weight" => return Some(vec![h]),
-        _ => {}
-    }
-    let (_, stem, suffix) = split_layer(hf_name, "model.layers.")?;
-    let (out, inp) = match stem {
-        "input_layernorm" | "post_attention_layernorm" | "pre_feedforward_layernorm" | "post_feedforward_layernorm" => (h, 0),
-        "self_attn.q_norm" | "self_attn.k_norm" => (cfg.head_dim, 0),
-        "self_attn.qkv_proj" => (q + 2 * kv, h),
-        "mlp.gate_up_proj" => (2 * i, h),
-        "self_attn.q_proj" => (q, h),
-        "self_attn.k_proj" | "self_attn.v_proj" => (kv, h),
-        "self_attn.o_proj" => (h, q),
-        "mlp.gate_proj" | "mlp.up_proj" => (i, h),
-        "mlp.down_proj" => (h, i),
-        _ => return None,
-    };
-    match suffix {
-        "weight" if inp == 0 => Some(vec![out]),
-        "weight" => Some(vec![out, inp]),
-        "bias" if inp != 0 => Some(vec![out]),
-        _ => None,
-    }
-}
+pub(crate) use crate::model::shapes::{expected_shape, shape_keys};
 
 /// Every weight a checkpoint of `cfg` must have, in llama.cpp's file order. Lazy, so that an
 /// absurd `block_count` costs nothing until a layer turns out to be missing.

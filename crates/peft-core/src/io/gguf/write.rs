@@ -3,7 +3,7 @@
 //! (norms, biases) kept in f32, and 2-D ones quantized where the row length allows.
 //! Tensors are quantized and streamed one at a time into a temporary file that is renamed
 //! into place, so memory stays at one tensor and a crash never leaves a partial file.
-use super::names::{expected_shape, hf_to_gguf, required_names, rope_heads, to_gguf_rows};
+use super::names::{expected_shape, hf_to_gguf, required_names, rope_heads, shape_keys, to_gguf_rows};
 use super::read::{ggml_type_id, DEFAULT_ALIGNMENT};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -175,7 +175,8 @@ pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<Str
         let tensor = weights.get(&hf).ok_or_else(|| Error::MissingWeight { file: path.into(), name: hf.clone() })?;
         let expected = expected_shape(config, &hf).expect("required names have shapes");
         if tensor.dims() != expected {
-            return Err(Error::WeightShape { file: path.into(), name: hf, expected, found: tensor.dims().to_vec() });
+            let because = shape_keys(config, &hf);
+            return Err(Error::WeightShape { file: path.into(), name: hf, expected, found: tensor.dims().to_vec(), because });
         }
         let ty = storage_type(&expected, quant);
         let size = (tensor.elem_count() / ty.block_size() * ty.type_size()) as u64;
