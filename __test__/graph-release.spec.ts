@@ -2,8 +2,13 @@
 // the loss and the logits of that forward keep only their own data, and a second backward is
 // refused unless the first asked for { retainGraph: true }.
 import test from 'ava'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { join } from 'node:path'
 import { LlamaModel } from '../src'
+import { writeRandomLlama } from '../bench/make-model'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 const NORM = 'model.norm.weight'
 
@@ -86,4 +91,24 @@ test('a bad retainGraph is an Error naming it', async (t) => {
   await t.throwsAsync(loss!.backward(null as unknown as {}), { message: /backward: options: expected an object, found null/ })
   await loss!.backward() // the refused calls freed nothing
   model.dispose()
+})
+
+// A model whose per-step graph (~300 MB of saved activations) dwarfs its logits (vocab 256, so
+// the logits a README loop leaves for the GC stay a few MB): what is measured is the graph.
+const LOOP_MODEL = { hidden_size: 256, intermediate_size: 768, num_hidden_layers: 6, vocab_size: 256, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 64 }
+
+/** The peak RSS of a child process running the 20-step loop (one loop per process). */
+async function peakOf(dir: string, mode: 'readme' | 'dispose'): Promise<number> {
+  const { stdout } = await promisify(execFile)(process.execPath, ['--import=tsx', join(__dirname, 'helpers', 'graph-loop.ts'), dir, mode, '20'])
+  return JSON.parse(stdout.trim().split('\n').pop()!).peakBytes
+}
+
+test('a 20-step README loop (no dispose) peaks like the same loop with logits.dispose(); loss.dispose()', async (t) => {
+  const dir = tempDir(t, 'peft-node-graph-')
+  writeRandomLlama(dir, { batch: 4, seq: 128, config: LOOP_MODEL })
+  // One after the other: two loops at once on a small machine would slow both.
+  const readme = await peakOf(dir, 'readme')
+  const disposed = await peakOf(dir, 'dispose')
+  t.log(`peak RSS: README loop ${(readme / 2 ** 20).toFixed(0)} MiB, dispose loop ${(disposed / 2 ** 20).toFixed(0)} MiB (ratio ${(readme / disposed).toFixed(2)})`)
+  t.true(readme <= 1.1 * disposed)
 })
