@@ -134,9 +134,10 @@ export declare class NativeTensor {
   toFloat64Array(): Promise<Float64Array>
   /**
    * Backpropagates from this scalar into the `.grad` of every trainable parameter
-   * of the model that produced it, adding to what is there.
+   * of the model that produced it, adding to what is there. Then frees the graph (every
+   * handle of that forward keeps only its data) unless `retain_graph`.
    */
-  backward(): Promise<void>
+  backward(retainGraph?: boolean | undefined | null): Promise<void>
   /** `self * factor`, keeping the graph (e.g. to weight a micro-batch's loss). */
   mulScalar(factor: number): NativeTensor
   /** Frees the native memory now (and the graph a loss keeps alive). */

@@ -27,7 +27,7 @@ test('full fine-tuning: every gradient matches transformers, and accumulates unt
   t.true(params.every(([, p]) => !p.requiresGrad), 'base weights start frozen')
   for (const [, p] of params) p.requiresGrad = true
   const { loss } = await model.forward({ inputIds: inp.input_ids, attentionMask: inp.attention_mask, labels: inp.labels })
-  await loss!.backward()
+  await loss!.backward({ retainGraph: true }) // kept for the second backward below
   let worst = 0
   for (const [name, p] of params) {
     const g = p.grad

@@ -1,7 +1,7 @@
 export { AutoModelForCausalLM, LlamaModel } from './model'
 export type { LoadOptions, ForwardInput, ForwardOutput, LlamaConfig } from './model'
 export { Tensor } from './tensor'
-export type { DType } from './tensor'
+export type { BackwardOptions, DType } from './tensor'
 export { Parameter } from './parameter'
 export type { GenerateOptions } from './generation'
 export { Tokenizer } from './tokenizer'

@@ -2,7 +2,16 @@ import type { NativeTensor } from './native'
 
 export type DType = 'float32' | 'float16' | 'bfloat16' | 'float64'
 
-/** A tensor in native memory. Call `dispose()` to free it early; the GC frees it eventually. */
+/** Options of `Tensor.backward`, as PyTorch's `retain_graph`. */
+export interface BackwardOptions {
+  /** Keep the forward's graph so that a second `backward()` can run through it (default false). */
+  retainGraph?: boolean
+}
+
+/**
+ * A tensor in native memory. `backward()` frees the autograd graph behind a loss and its logits
+ * (they keep only their own data); `dispose()` frees that data now, or the GC frees it later.
+ */
 export class Tensor {
   /** @internal */
   constructor(private readonly inner: NativeTensor) {}
@@ -41,9 +50,18 @@ export class Tensor {
     return (await this.toFloat64Array())[0]
   }
 
-  /** Backpropagates from this scalar loss; gradients add up in each trainable `Parameter.grad` until `zeroGrad()`. */
-  async backward(): Promise<void> {
-    return this.inner.backward()
+  /**
+   * Backpropagates from this scalar loss; gradients add up in each trainable `Parameter.grad`
+   * until `zeroGrad()`. Then frees the forward's graph (saved activations), as PyTorch does:
+   * a second `backward()` on this loss is an error unless the first had `{ retainGraph: true }`.
+   */
+  async backward(options: BackwardOptions = {}): Promise<void> {
+    if (typeof options !== 'object' || options === null) throw new Error(`backward: options: expected an object, found ${options === null ? 'null' : typeof options}`)
+    const { retainGraph } = options
+    if (retainGraph !== undefined && typeof retainGraph !== 'boolean') {
+      throw new Error(`backward: retainGraph: expected a boolean, found ${typeof retainGraph}`)
+    }
+    return this.inner.backward(retainGraph)
   }
 
   /** `this * factor`, still differentiable (e.g. weighting a micro-batch's loss). */

@@ -19,3 +19,11 @@ pub fn closed(what: &str) -> Error {
 pub fn invalid(name: &str, expected: &str, found: impl std::fmt::Display) -> Error {
     to_js(peft_core::Error::arg(name, expected, found))
 }
+
+/// PyTorch's "Trying to backward through the graph a second time", with the way out.
+pub fn graph_freed() -> Error {
+    Error::new(
+        Status::GenericFailure,
+        "backward: the graph of this loss was freed by the first backward(); pass { retainGraph: true } to the first call to backward twice",
+    )
+}

@@ -10,6 +10,7 @@ mod dylora;
 mod error;
 mod compose;
 mod generate;
+mod graph;
 mod job;
 mod mixed;
 mod model;

@@ -169,8 +169,10 @@ impl NativeModel {
                 let loss = labels.map(|l| regularized_loss(loss::causal_lm_loss(&logits, &l)?, &m.llama, &m.tuners, &ctx)).transpose()?;
                 Ok((logits, loss))
             })?;
-            let mut out = vec![NativeTensor::new(logits, Some(owner.clone()))];
-            out.extend(loss.map(|l| NativeTensor::new(l, Some(owner))));
+            // One graph for both: the loss's backward frees the logits' graph too.
+            let graph = crate::graph::Graph::new_shared();
+            let mut out = vec![NativeTensor::in_graph(logits, owner.clone(), &graph)];
+            out.extend(loss.map(|l| NativeTensor::in_graph(l, owner, &graph)));
             Ok(out)
         }))
     }

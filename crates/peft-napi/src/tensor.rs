@@ -1,5 +1,7 @@
-//! A tensor handle. A loss tensor remembers its model so `backward` can store gradients.
-use crate::error::{closed, to_js, Result};
+//! A tensor handle. A loss tensor remembers its model so `backward` can store gradients, and
+//! the graph of the forward that made it so `backward` can free that graph (graph.rs).
+use crate::error::{closed, graph_freed, to_js, Result};
+use crate::graph::{SharedGraph, Slot};
 use crate::job::{Float32Job, Float64Job, UnitJob};
 use crate::model::SharedModel;
 use candle_core::{DType, Tensor};
@@ -9,13 +11,21 @@ use std::sync::{Arc, Mutex};
 
 #[napi]
 pub struct NativeTensor {
-    inner: Arc<Mutex<Option<Tensor>>>,
+    inner: Slot,
     owner: Option<SharedModel>,
+    graph: Option<SharedGraph>,
 }
 
 impl NativeTensor {
     pub fn new(t: Tensor, owner: Option<SharedModel>) -> Self {
-        NativeTensor { inner: Arc::new(Mutex::new(Some(t))), owner }
+        NativeTensor { inner: Arc::new(Mutex::new(Some(t))), owner, graph: None }
+    }
+
+    /// A handle on a tensor of `graph`, the forward that made it: backward frees it.
+    pub fn in_graph(t: Tensor, owner: SharedModel, graph: &SharedGraph) -> Self {
+        let h = NativeTensor::new(t, Some(owner));
+        graph.join(&h.inner);
+        NativeTensor { graph: Some(graph.clone()), ..h }
     }
 
     pub fn get(&self) -> Result<Tensor> {
@@ -24,7 +34,7 @@ impl NativeTensor {
 
     /// Another handle on the same tensor (for work that outlives this call).
     pub fn share(&self) -> NativeTensor {
-        NativeTensor { inner: self.inner.clone(), owner: self.owner.clone() }
+        NativeTensor { inner: self.inner.clone(), owner: self.owner.clone(), graph: self.graph.clone() }
     }
 
     pub fn replace(&self, t: Tensor) -> Result<()> {
@@ -82,26 +92,44 @@ impl NativeTensor {
     }
 
     /// Backpropagates from this scalar into the `.grad` of every trainable parameter
-    /// of the model that produced it, adding to what is there.
+    /// of the model that produced it, adding to what is there. Then frees the graph (every
+    /// handle of that forward keeps only its data) unless `retain_graph`.
     #[napi]
-    pub fn backward(&self) -> Result<AsyncTask<UnitJob>> {
+    pub fn backward(&self, retain_graph: Option<bool>) -> Result<AsyncTask<UnitJob>> {
         let t = self.get()?;
         let owner = self.owner.clone().ok_or_else(|| {
             to_js(peft_core::Error::arg("tensor", "a loss produced by a model's forward", "a tensor with no model"))
         })?;
+        // Before the checks below: a freed loss is detached, and would read as "no trainable parameter".
+        if self.graph.as_ref().is_some_and(|g| g.is_freed()) {
+            return Err(graph_freed());
+        }
+        if t.elem_count() != 1 {
+            return Err(to_js(peft_core::Error::arg("tensor", "a scalar (one element) to backpropagate from", format!("shape {:?}", t.dims()))));
+        }
+        if !t.track_op() {
+            return Err(to_js(peft_core::Error::arg(
+                "tensor",
+                "a loss that depends on a parameter with requiresGrad = true",
+                "a tensor that depends on no trainable parameter (base weights start frozen: set requiresGrad or attach an adapter)",
+            )));
+        }
+        // Marked here, on the JS thread, so a second un-awaited backward is refused too.
+        let to_free = self.graph.clone().filter(|_| !retain_graph.unwrap_or(false));
+        if let Some(g) = &to_free {
+            g.mark_freed();
+        }
         Ok(UnitJob::spawn(move || {
-            if t.elem_count() != 1 {
-                return Err(to_js(peft_core::Error::arg("tensor", "a scalar (one element) to backpropagate from", format!("shape {:?}", t.dims()))));
+            let result = t.backward().map_err(|e| to_js(e.into()));
+            drop(t);
+            let result = result.and_then(|grads| crate::model::with_model_mut(&owner, |m| m.store_mut().accumulate_grads(&grads)));
+            if let Some(g) = to_free {
+                match result {
+                    Ok(()) => g.release(),
+                    Err(_) => g.unmark_freed(),
+                }
             }
-            if !t.track_op() {
-                return Err(to_js(peft_core::Error::arg(
-                    "tensor",
-                    "a loss that depends on a parameter with requiresGrad = true",
-                    "a tensor that depends on no trainable parameter (base weights start frozen: set requiresGrad or attach an adapter)",
-                )));
-            }
-            let grads = t.backward().map_err(|e| to_js(e.into()))?;
-            crate::model::with_model_mut(&owner, |m| m.store_mut().accumulate_grads(&grads))
+            result
         }))
     }
 
@@ -109,7 +137,10 @@ impl NativeTensor {
     #[napi]
     pub fn mul_scalar(&self, factor: f64) -> Result<NativeTensor> {
         let t = (self.get()? * factor).map_err(|e| to_js(e.into()))?;
-        Ok(NativeTensor::new(t, self.owner.clone()))
+        Ok(match (&self.owner, &self.graph) {
+            (Some(owner), Some(graph)) => NativeTensor::in_graph(t, owner.clone(), graph),
+            _ => NativeTensor::new(t, self.owner.clone()),
+        })
     }
 
     /// Frees the native memory now (and the graph a loss keeps alive).
