@@ -207,7 +207,7 @@ fn gguf_pre_tokenizer_flavours() {
         "{pieces:?}"
     );
     assert_eq!(pieces.concat(), "in 2024 and 1.5");
-    // CausalLm 3: numbers in groups of up to three; BOS by default.
+    // Llama 3: numbers in groups of up to three; BOS by default.
     let mut spec = fixture_spec(Some("llama-bpe"));
     spec.add_bos_token = None;
     let llama3 = Tokenizer::from_gguf(&spec, path).unwrap();
@@ -221,6 +221,12 @@ fn gguf_pre_tokenizer_flavours() {
             assert_eq!(at / 3, (at + p.len() - 1) / 3, "a token crosses a 3-digit group: {pieces:?}");
         }
         at += p.len();
+    }
+    // llama.cpp's converter writes GPT-2's flavour as `gpt-2`: the same as `gpt2` and `default`.
+    let text = "Hello, world! 2024";
+    let ids = Tokenizer::from_gguf(&fixture_spec(Some("default")), path).unwrap().encode(text, false).unwrap();
+    for pre in ["gpt2", "gpt-2"] {
+        assert_eq!(Tokenizer::from_gguf(&fixture_spec(Some(pre)), path).unwrap().encode(text, false).unwrap(), ids, "{pre}");
     }
     // Unknown flavours and models are refused, not guessed.
     let err = Tokenizer::from_gguf(&fixture_spec(Some("qwen2")), path).unwrap_err();
@@ -358,7 +364,7 @@ fn stream_decoder_matches_decode() {
 
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-/// CausalLm-3 style: BOS, stripped contents, role checks with raise_exception, trim/lstrip blocks.
+/// Llama-3 style: BOS, stripped contents, role checks with raise_exception, trim/lstrip blocks.
 const LLAMA3_TEMPLATE: &str = r#"{{- bos_token }}
 {% for message in messages %}
     {% if message['role'] not in ['system', 'user', 'assistant'] %}

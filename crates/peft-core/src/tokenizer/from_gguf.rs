@@ -126,7 +126,8 @@ fn byte_level(
         .collect();
     let llama3 = pre.is_some_and(|p| LLAMA3_PRE.contains(&p));
     let pre_tokenizer: PreTokenizerWrapper = match pre {
-        None | Some("default") | Some("gpt2") => byte_level_pre(true).into(),
+        // llama.cpp names GPT-2's split `gpt-2` (LLAMA_VOCAB_PRE_TYPE_GPT2); older files say `gpt2`.
+        None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level_pre(true).into(),
         Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level_pre(true).into()]).into(),
         Some(_) if llama3 => {
             let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
@@ -136,7 +137,7 @@ fn byte_level(
         Some(other) => {
             return Err(format!(
                 "unsupported `tokenizer.ggml.pre` `{other}` for a gpt2 tokenizer \
-                 (supported: default, gpt2, smollm, {})",
+                 (supported: default, gpt2, gpt-2, smollm, {})",
                 LLAMA3_PRE.join(", ")
             ))
         }
