@@ -94,6 +94,8 @@ export declare class NativeModel {
   loadAdapter(dir: string, name: string, trainable: boolean): Promise<Array<string>>
   /** Writes the adapters (default: all) in PEFT's layout: `default` in `dir`, others in `dir/<name>`. */
   saveAdapters(dir: string, names?: Array<string> | undefined | null): Promise<void>
+  /** Writes adapter `name` as a llama.cpp LoRA GGUF (`outtype`: f32, f16, bf16 or q8_0). */
+  saveLoraGguf(path: string, name: string, outtype: string): Promise<void>
   adapterNames(): Array<string>
   activeAdapters(): Array<string>
   adapterConfigJson(name: string): string

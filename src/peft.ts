@@ -88,6 +88,19 @@ export class PeftModel {
     await this.native.saveAdapters(dir, adapterNameArgs('selectedAdapters', opts.selectedAdapters))
   }
 
+  /**
+   * Writes an adapter as a llama.cpp LoRA GGUF (what `convert_lora_to_gguf.py` writes), to load
+   * next to the base GGUF in llama.cpp, node-llama-cpp, Ollama or LM Studio. LoRA only (rsLoRA and
+   * rank/alpha patterns are folded in exactly); other methods are refused with a hint to export
+   * the merged model instead.
+   */
+  async saveGguf(path: string, opts: { outtype?: 'f32' | 'f16' | 'bf16' | 'q8_0'; adapterName?: string } = {}): Promise<void> {
+    if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a .gguf file path, found ${String(path)}`)
+    const name = opts.adapterName ?? this.activeAdapter
+    adapterNameArg('adapterName', name)
+    await this.native.saveLoraGguf(path, name, opts.outtype ?? 'f16')
+  }
+
   get adapterNames(): string[] {
     return this.native.adapterNames()
   }

@@ -145,3 +145,26 @@ export async function mergeCommand(flags: Record<string, unknown>, io: Io): Prom
   io.out(`merged ${adapter} into ${String(flags.model)}: wrote ${output} (config.json, model.safetensors${dtype ? ` in ${dtype}` : ''}, tokenizer files)`)
   merged.dispose()
 }
+
+const EXPORT_FORMATS = ['gguf-lora']
+const OUTTYPES = ['f32', 'f16', 'bf16', 'q8_0'] as const
+
+/** Writes `--adapter` on `--model` in another tool's format to `--output` (llama.cpp's LoRA GGUF). */
+export async function exportCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
+  const format = required(flags, 'format', `the format to write: ${EXPORT_FORMATS.join(', ')}`)
+  if (!EXPORT_FORMATS.includes(format)) throw new Error(`--format ${format}: expected one of ${EXPORT_FORMATS.join(', ')}`)
+  const adapter = required(flags, 'adapter', 'the adapter folder to export')
+  const output = required(flags, 'output', 'the .gguf file to write')
+  const outtype = flags.outtype === undefined ? 'f16' : String(flags.outtype)
+  if (!(OUTTYPES as readonly string[]).includes(outtype)) throw new Error(`--outtype ${outtype}: expected one of ${OUTTYPES.join(', ')}`)
+  if (existsSync(output) && !(flags.force === true || flags.force === 'true')) throw new Error(`--output ${output}: already exists; pass --force to replace it`)
+  const model = await loadModel({ ...flags, adapter })
+  if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
+  try {
+    await model.saveGguf(output, { outtype: outtype as (typeof OUTTYPES)[number] })
+  } finally {
+    model.dispose()
+  }
+  io.out(`exported ${adapter} as a llama.cpp LoRA adapter (${outtype}): ${output}`)
+  io.out(`run it: llama-cli -m ${String(flags.model)} --lora ${output}`)
+}

@@ -2,7 +2,7 @@
 // The `peft-node` command: train | generate | chat | eval | info | merge.
 import { parseArgs } from './args'
 import { trainCommand } from './train'
-import { chatCommand, evalCommand, generateCommand, infoCommand, mergeCommand } from './commands'
+import { chatCommand, evalCommand, exportCommand, generateCommand, infoCommand, mergeCommand } from './commands'
 import { processIo, type Io } from './io'
 import { checkCommandLine } from './options'
 
@@ -22,6 +22,8 @@ export const USAGE = `peft-node <command> [options]
   info      M | --model M [--adapter DIR | --method ... ]    trainable parameters, targeted modules
   merge     --model M --adapter DIR --output DIR [--dtype bfloat16] [--force]
             a Hugging Face checkpoint; an existing, non-empty --output needs --force
+  export    --model M --adapter DIR --format gguf-lora --output FILE.gguf [--outtype f16|f32|bf16|q8_0] [--force]
+            a llama.cpp LoRA adapter to load next to the base GGUF (llama.cpp, Ollama, LM Studio)
 
   Unknown options are refused. generate and chat also take --top-p, --top-k and --seed.`
 
@@ -39,6 +41,7 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
     else if (command === 'eval') await evalCommand(flags, io)
     else if (command === 'info') await infoCommand(flags, args, io)
     else if (command === 'merge') await mergeCommand(flags, io)
+    else if (command === 'export') await exportCommand(flags, io)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
   } catch (e) {

@@ -59,6 +59,18 @@ impl NativeModel {
         }))
     }
 
+    /// Writes adapter `name` as a llama.cpp LoRA GGUF (`outtype`: f32, f16, bf16 or q8_0).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save_lora_gguf(&self, path: String, name: String, outtype: String) -> Result<AsyncTask<UnitJob>> {
+        let shared = self.inner.clone();
+        Ok(UnitJob::spawn(move || {
+            with_model(&shared, |m| {
+                let ty = peft_core::io::gguf::outtype(&outtype)?;
+                peft_core::io::gguf::write_lora_gguf(Path::new(&path), &m.llama, &m.tuners, &name, ty)
+            })
+        }))
+    }
+
     #[napi]
     pub fn adapter_names(&self) -> Result<Vec<String>> {
         with_model(&self.inner, |m| Ok(m.tuners.names()))

@@ -7,12 +7,14 @@
 //! (tests, `merge --gguf`), `names` maps names and undoes the permutation.
 mod config;
 mod file;
+mod lora;
 mod names;
 mod read;
 mod write;
 
 pub use config::{config_from_metadata, model_type_of};
 pub use file::GgufFile;
+pub use lora::{outtype, write_lora_gguf};
 pub use names::{gguf_to_hf, hf_to_gguf};
 pub use read::{MetaValue, TensorInfo, DEFAULT_ALIGNMENT};
 pub use write::write_llama_gguf;

@@ -283,6 +283,11 @@ impl Tuners {
         Ok(&self.adapters[self.index(name)?])
     }
 
+    /// The layers of adapter `name`, with their module paths, in the order it targets them.
+    pub fn layers_of(&self, name: &str) -> Result<Vec<(&str, &dyn AdapterLayer)>> {
+        Ok(self.modules(name)?.iter().filter_map(|p| self.layer(p, name).map(|l| (p.as_str(), l))).collect())
+    }
+
     fn layer(&self, path: &str, name: &str) -> Option<&dyn AdapterLayer> {
         self.layers.get(path)?.iter().find(|l| l.adapter_name() == name).map(|l| l.as_ref())
     }

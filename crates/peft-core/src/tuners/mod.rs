@@ -186,6 +186,11 @@ pub trait AdapterLayer: Send + Sync {
         Err(Error::Unsupported(format!("adapter `{}`: this method cannot be unmerged", self.adapter_name())))
     }
 
+    /// The layer as `Any`, for exporters that read one method's layers (GGUF LoRA adapters).
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
+
     /// Checks the values just loaded from `file` (index buffers in range). Default: nothing to check.
     fn check_loaded(&self, _store: &ParamStore, _file: &Path) -> Result<()> {
         Ok(())

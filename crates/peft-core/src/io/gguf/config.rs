@@ -12,6 +12,14 @@ use serde_json::{json, Map, Value};
 /// `general.architecture` -> transformers' `model_type`.
 const ARCHITECTURES: &[(&str, &str)] = &[("llama", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("phi3", "phi3"), ("gemma3", "gemma3_text")];
 
+/// llama.cpp's `general.architecture` for a model type (Mistral is written as llama).
+pub fn gguf_architecture(model_type: &str) -> Option<&'static str> {
+    match model_type {
+        "mistral" => Some("llama"),
+        t => ARCHITECTURES.iter().find(|(_, m)| *m == t).map(|(a, _)| *a),
+    }
+}
+
 /// The model type of a GGUF file, or a refusal naming the supported architectures.
 pub fn model_type_of(file: &GgufFile) -> Result<&'static str> {
     match file.get_str("general.architecture")? {

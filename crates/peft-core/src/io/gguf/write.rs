@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-enum Val<'a> {
+pub(super) enum Val<'a> {
     U32(u32),
     F32(f32),
     Bool(bool),
@@ -168,9 +168,8 @@ pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<Str
     if quant == GgmlDType::Q8_1 {
         return Err(Error::Unsupported("GGUF tensors in Q8_1 (llama.cpp never stores weights in it)".into()));
     }
-    struct Entry<'a> { hf: String, gguf: String, tensor: &'a Tensor, ty: GgmlDType, offset: u64, size: u64 }
+    struct Entry<'a> { hf: String, gguf: String, tensor: &'a Tensor, ty: GgmlDType }
     let mut entries: Vec<Entry> = Vec::new();
-    let mut offset = 0u64;
     for hf in required_names(config) {
         let tensor = weights.get(&hf).ok_or_else(|| Error::MissingWeight { file: path.into(), name: hf.clone() })?;
         let expected = expected_shape(config, &hf).expect("required names have shapes");
@@ -179,44 +178,62 @@ pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<Str
             return Err(Error::WeightShape { file: path.into(), name: hf, expected, found: tensor.dims().to_vec(), because });
         }
         let ty = storage_type(&expected, quant);
-        let size = (tensor.elem_count() / ty.block_size() * ty.type_size()) as u64;
         let gguf = hf_to_gguf(&hf, &config.arch.model_type).expect("required names have GGUF names");
-        entries.push(Entry { hf, gguf, tensor, ty, offset, size });
-        offset += size.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+        entries.push(Entry { hf, gguf, tensor, ty });
     }
     let tied_head = |n: &str| n == "lm_head.weight" && config.tie_word_embeddings;
     if let Some(extra) = weights.keys().find(|n| !tied_head(n) && !entries.iter().any(|e| &e.hf == *n)) {
         return Err(Error::arg("weights", "only the llama weights the config implies", format!("`{extra}`")));
     }
     let kv = metadata(config, tokenizer, quant)?;
+    let tensors = entries
+        .into_iter()
+        .map(|e| {
+            let t = match rope_heads(config, &e.hf) {
+                Some(n_head) => to_gguf_rows(e.tensor, n_head)?,
+                None => e.tensor.clone(),
+            };
+            Ok((e.gguf, t, e.ty))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    write_gguf(path, &kv, &tensors)
+}
+
+/// A GGUF file of `kv` metadata and `tensors` (GGUF name, tensor in llama.cpp's row order,
+/// storage type), written through a temporary file renamed into place.
+pub(super) fn write_gguf(path: &Path, kv: &[(&str, Val)], tensors: &[(String, Tensor, GgmlDType)]) -> Result<()> {
     let mut header = b"GGUF".to_vec();
     header.extend_from_slice(&3u32.to_le_bytes());
-    header.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     header.extend_from_slice(&(kv.len() as u64).to_le_bytes());
     kv.iter().for_each(|(k, v)| put_kv(&mut header, k, v));
-    for e in &entries {
-        put_str(&mut header, &e.gguf);
-        header.extend_from_slice(&(e.tensor.rank() as u32).to_le_bytes());
-        e.tensor.dims().iter().rev().for_each(|&d| header.extend_from_slice(&(d as u64).to_le_bytes()));
-        header.extend_from_slice(&ggml_type_id(e.ty).to_le_bytes());
-        header.extend_from_slice(&e.offset.to_le_bytes());
+    let mut offset = 0u64;
+    let mut sizes = Vec::with_capacity(tensors.len());
+    for (name, t, ty) in tensors {
+        if t.dims().last().is_some_and(|&row| !row.is_multiple_of(ty.block_size())) {
+            return Err(Error::arg("outtype", format!("a type whose block ({}) divides every row", ty.block_size()), format!("{ty:?} for `{name}` of shape {:?}", t.dims())));
+        }
+        let size = (t.elem_count() / ty.block_size() * ty.type_size()) as u64;
+        put_str(&mut header, name);
+        header.extend_from_slice(&(t.rank() as u32).to_le_bytes());
+        t.dims().iter().rev().for_each(|&d| header.extend_from_slice(&(d as u64).to_le_bytes()));
+        header.extend_from_slice(&ggml_type_id(*ty).to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+        sizes.push(size);
+        offset += size.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
     }
     let pad = |len: u64| vec![0u8; (len.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT - len) as usize];
     header.extend(pad(header.len() as u64));
     let io = |e: std::io::Error| Error::io(path, e);
     write_streamed(path, |out| {
         out.write_all(&header).map_err(io)?;
-        for e in &entries {
-            let t = match rope_heads(config, &e.hf) {
-                Some(n_head) => to_gguf_rows(e.tensor, n_head)?,
-                None => e.tensor.clone(),
-            };
-            let bytes = encode(&t, e.ty)?;
-            if bytes.len() as u64 != e.size {
-                return Err(Error::Unsupported(format!("`{}` encoded to {} bytes, expected {}", e.hf, bytes.len(), e.size)));
+        for ((name, t, ty), size) in tensors.iter().zip(sizes) {
+            let bytes = encode(t, *ty)?;
+            if bytes.len() as u64 != size {
+                return Err(Error::Unsupported(format!("`{name}` encoded to {} bytes, expected {size}", bytes.len())));
             }
             out.write_all(&bytes).map_err(io)?;
-            out.write_all(&pad(e.size)).map_err(io)?;
+            out.write_all(&pad(size)).map_err(io)?;
         }
         Ok(())
     })

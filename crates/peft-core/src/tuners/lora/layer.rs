@@ -64,6 +64,10 @@ impl AdapterLayer for LoraLayer {
         &self.adapter
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn params(&self) -> Vec<ParamId> {
         let mut p = vec![self.a, self.b];
         p.extend(self.dora.as_ref().map(|d| d.magnitude));
