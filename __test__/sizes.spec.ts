@@ -37,7 +37,7 @@ test('huge sizes in a TS config are errors naming the key, for every method', as
     ['AdaLoRA', new AdaLoraConfig({ initR: HUGE, targetR: 4, totalStep: 10 }), /key `init_r`/],
     ['DyLoRA', new DyLoraConfig({ r: HUGE }), /key `r`/],
     ['LoKr', new LoKrConfig({ r: HUGE }), /key `r`/],
-    ['VeRA', new VeraConfig({ r: HUGE }), /key `r`/],
+    ['VeRA', new VeraConfig({ r: HUGE }), /key `r`: expected at most 4 x/],
   ]
   for (const [what, config, message] of cases) {
     const err = await t.throwsAsync(getPeftModel(model, config as LoraConfig))

@@ -17,8 +17,12 @@ const RANK_KEYS: &[&str] = &["r", "init_r", "target_r", "r_min", "eval_rank", "b
 /// against `model`; the error names the key, the file and the bound.
 pub fn check_sizes(config: &Value, model: &ModelConfig, file: &Path) -> Result<()> {
     let widest = widest_layer(model);
+    let vera = config.get("peft_type").and_then(Value::as_str) == Some("VERA");
     let bound = |key: &str| -> Option<(usize, String)> {
         match key {
+            // VeRA's `r` sizes two projections shared by every layer (PEFT's default is 256, more
+            // than a small model's widest layer): a looser bound
+            "r" if vera => Some((4 * widest, format!("4 x the model's widest layer ({}) for VeRA", 4 * widest))),
             k if RANK_KEYS.contains(&k) => Some((widest, format!("the model's widest layer ({widest})"))),
             "num_virtual_tokens" => Some((model.max_position_embeddings, format!("max_position_embeddings ({})", model.max_position_embeddings))),
             // the prompt encoder's MLP/LSTM width: PEFT's default is the hidden size
