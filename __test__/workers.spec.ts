@@ -1,6 +1,7 @@
 // The addon in worker_threads: training off the main thread (what an Electron utility process or
 // a server does), several workers loading the addon at once, and a worker terminated mid-run.
 import test from 'ava'
+import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { LlamaModel } from '../src'
@@ -75,4 +76,17 @@ test('terminating a worker mid-training leaves the addon usable', async (t) => {
   const [first] = await trainNorm(model, ids(), 1)
   t.true(Number.isFinite(first.loss))
   model.dispose()
+})
+
+// Node unloads the addon when the last Worker that loaded it exits; a second load must work
+// (issue 15: SIGSEGV in mimalloc's thread init). Run in a child process whose main thread has
+// not loaded the addon, as ava's has.
+test('workers load the addon one after another, then the main thread does', (t) => {
+  const script = join(__dirname, 'helpers', 'sequential-workers.js')
+  const res = spawnSync(process.execPath, [script, MODEL_DIR, JSON.stringify(ids())], { encoding: 'utf8', timeout: 120_000 })
+  t.is(res.signal, null, `killed by ${res.signal}: ${res.stderr}`)
+  t.is(res.status, 0, res.stderr)
+  const out = JSON.parse(res.stdout) as { first: number[]; second: number[]; mainLoaded: boolean }
+  t.deepEqual(out.first, out.second, 'the reloaded addon computes the same losses')
+  t.true(out.mainLoaded)
 })

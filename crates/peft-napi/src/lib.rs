@@ -35,7 +35,39 @@ pub use tokenizer::{NativeStreamDecoder, NativeTokenizer};
 /// The matmuls still use RAYON_NUM_THREADS; an explicit CANDLE_NUM_THREADS wins.
 #[napi_derive::module_init]
 fn init() {
+    keep_mimalloc_main_thread_state();
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// mimalloc (v3, libmimalloc-sys 0.1.49) takes the thread that loads the library for the
+/// process's main thread and keeps that thread's heap in static storage. When a Worker loads the
+/// addon first, that thread's exit runs mimalloc's thread-exit hook (a pthread-key destructor),
+/// which tears the static heap down; the next thread glibc starts on the cached stack has the same
+/// thread id, is taken for the main thread again, and used the torn-down heap: SIGSEGV in
+/// `mi_thread_init` (issue 15: Workers one after another). A thread-local guard on the loading
+/// thread clears the key just before the key destructors run (glibc runs thread_local destructors
+/// first), so the static heap stays intact for whichever thread inherits the id, as mimalloc
+/// itself leaves the main thread alone on Windows. mimalloc v2 has no such bug but kept training's
+/// peak RSS at 7.5 GB instead of 4.6 GB (docs/benchmarks.md), so v3 stays.
+fn keep_mimalloc_main_thread_state() {
+    #[cfg(all(unix, not(target_vendor = "apple")))]
+    {
+        extern "C" {
+            // mimalloc's own prim API (statically linked): sets this thread's value of the
+            // pthread key whose destructor runs mimalloc's thread-exit cleanup.
+            fn _mi_prim_thread_associate_default_theap(theap: *mut std::ffi::c_void);
+        }
+        struct Dissociate;
+        impl Drop for Dissociate {
+            fn drop(&mut self) {
+                unsafe { _mi_prim_thread_associate_default_theap(std::ptr::null_mut()) }
+            }
+        }
+        thread_local!(static GUARD: Dissociate = const { Dissociate });
+        // Only the first load runs on mimalloc's loading thread; later loads are other threads.
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| GUARD.with(|_| ()));
     }
 }

@@ -68,6 +68,7 @@ impl Tuners {
             return Err(Error::Unsupported(format!("cannot add adapter `{name}` while adapters are merged: unmerge first")));
         }
         let source = config.source().to_path_buf();
+        super::bounds::check_sizes(&config.to_json(), &model.config, &source)?;
         if config.targets().target_modules.is_none() {
             if let Some(defaults) = super::defaults::default_targets(config.as_ref(), &model.config.arch.model_type)? {
                 config.set_target_modules(Targets::List(defaults));

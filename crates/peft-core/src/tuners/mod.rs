@@ -17,6 +17,7 @@
 pub mod adalora;
 mod attach;
 pub mod bias;
+pub mod bounds;
 pub mod bottleneck;
 pub mod defaults;
 pub mod dylora;

@@ -88,6 +88,12 @@ impl Tuners {
         let plan = self.plan_weighted(adapters, weights, name, opts)?;
         let recipe = plan.recipe;
         let mut warnings = plan.warnings;
+        // The new adapter's rank is allocated on injection: refuse a huge svd_rank by its name
+        // first (the same bound `bounds::check_sizes` puts on `r`).
+        let widest = crate::tuners::bounds::widest_layer(&model.config);
+        if matches!(recipe.combination, Combination::Svd(_)) && recipe.new_rank > widest {
+            return Err(Error::arg("svd_rank", format!("at most the model's widest layer ({widest})"), recipe.new_rank));
+        }
         let report = self.inject(model, name, Box::new(plan.config), 0)?;
         warnings.extend(report.warnings);
         let mut rng = StdRng::seed_from_u64(opts.seed);
