@@ -10,6 +10,7 @@ mod cross_entropy;
 mod cuda;
 mod kernel;
 mod lora;
+pub(crate) mod precomputed;
 mod rms_norm;
 mod rope;
 mod silu_mul;
