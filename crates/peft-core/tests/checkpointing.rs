@@ -2,73 +2,14 @@
 //! equals the one of the plain graph (1e-6 relative, f64) on the shared fixtures, for full
 //! fine-tuning and adapters on LLaMA and Gemma 3, prefix tuning (its per-layer key/value
 //! prefixes enter the layers as inputs), dropout and DyLoRA's per-step rank (replayed).
-use candle_core::{DType, Device, Tensor};
-use peft_core::io::adapter::load_adapter;
+mod arch_fixture;
+use arch_fixture::{batch, max_rel_diff, setup, Lent, Trainable};
+use candle_core::Tensor;
 use peft_core::model::checkpoint::backward;
-use peft_core::model::{loss, Batch, CausalLm, Checkpointing, Ctx, LoadOptions, ModelAccess, ModelHooks};
-use peft_core::tuners::{parse_config, Tuners, WithTuners};
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
-
-/// The fixture folder of `arch` (`llama`: hf-peft-tiny-llama, else hf-peft-tiny-arch/<arch>).
-fn fixture(arch: &str) -> PathBuf {
-    if arch == "llama" { shared().join("hf-peft-tiny-llama") } else { shared().join("hf-peft-tiny-arch").join(arch) }
-}
-
-/// The model and its adapters, lent to the recompute as the Node handle lends its own.
-struct Lent(RwLock<(CausalLm, Tuners)>);
-
-impl ModelAccess for Lent {
-    fn with_model(&self, f: &mut dyn FnMut(&CausalLm, Option<&dyn ModelHooks>) -> peft_core::Result<()>) -> peft_core::Result<()> {
-        let g = self.0.read().unwrap();
-        f(&g.0, Some(&g.1))
-    }
-}
-
-enum Trainable<'a> {
-    /// Every base weight (full fine-tuning).
-    Full,
-    /// A fixture case's adapter files.
-    Case(&'a str),
-    /// An adapter config injected with a fixed seed.
-    Config(Value),
-}
-
-fn setup(arch: &str, trainable: Trainable) -> Arc<Lent> {
-    let dir = fixture(arch);
-    let mut model = CausalLm::from_pretrained(&dir.join("model"), &LoadOptions { dtype: DType::F64, device: Device::Cpu }).unwrap();
-    let mut tuners = Tuners::new();
-    match trainable {
-        Trainable::Full => model.store.iter_mut().for_each(|p| p.requires_grad = true),
-        Trainable::Case(case) => {
-            load_adapter(&mut tuners, &mut model, &dir.join("cases").join(case), "default", true).unwrap();
-        }
-        Trainable::Config(cfg) => {
-            let (cfg, _) = parse_config(&cfg, None, Path::new("test config")).unwrap();
-            tuners.inject(&mut model, "default", cfg, 3).unwrap();
-            // Off the zero init (LoRA's B), so that every factor gets a non-zero gradient.
-            for p in model.store.iter_mut().filter(|p| p.requires_grad) {
-                let v = p.value();
-                let noise = (Tensor::arange(0u32, v.elem_count() as u32, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap() * 0.37).unwrap().sin().unwrap();
-                p.set(&(v + (noise.reshape(v.dims()).unwrap() * 0.1).unwrap()).unwrap()).unwrap();
-            }
-        }
-    }
-    Arc::new(Lent(RwLock::new((model, tuners))))
-}
-
-fn batch(arch: &str) -> (Batch, Vec<Vec<i64>>) {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture(arch).join("inputs.json")).unwrap()).unwrap();
-    let rows = |k: &str| -> Vec<Vec<i64>> { v[k].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect() };
-    let ids = rows("input_ids").into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
-    let mask = rows("attention_mask").into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
-    (Batch { ids, attention_mask: Some(mask), position_ids: None, segment_ids: None }, rows("labels"))
-}
+use peft_core::model::{loss, Checkpointing, Ctx};
+use peft_core::tuners::WithTuners;
+use serde_json::json;
+use std::sync::Arc;
 
 /// (name, gradient) of every trainable parameter after one forward and backward; `seed`
 /// switches training mode (dropout) on.
@@ -94,20 +35,6 @@ fn gradients(lent: &Arc<Lent>, arch: &str, checkpoint: bool, seed: Option<u64>) 
         let grad = grads.get(&t).unwrap_or_else(|| panic!("{arch}: no gradient for {n} (checkpoint {checkpoint})")).clone();
         (n, grad)
     }).collect()
-}
-
-fn max_rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
-    let mut worst = (0f64, String::new());
-    for ((n, x), (m, y)) in a.iter().zip(b) {
-        assert_eq!(n, m);
-        let scale = y.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-        assert!(scale > 0.0, "{n}: zero gradient, the comparison would prove nothing");
-        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap() / scale;
-        if d > worst.0 || worst.1.is_empty() {
-            worst = (d, n.clone());
-        }
-    }
-    worst
 }
 
 fn check(label: &str, arch: &str, trainable: Trainable, seed: Option<u64>) {
