@@ -167,8 +167,9 @@ impl LayerCheckpoint {
     fn recompute(&self, x: &Tensor, prefix: Option<(&Tensor, &Tensor)>, grad: &Tensor) -> Result<[Option<Tensor>; 3]> {
         let x = leaf(x, self.input_grad)?;
         let prefix = prefix.map(|(k, v)| Ok::<_, Error>((leaf(k, k.track_op())?, leaf(v, v.track_op())?))).transpose()?;
-        let mut y = None;
+        let (mut y, mut params) = (None, Vec::new());
         self.checkpoint.access.with_model(&mut |lm, hooks| {
+            params = lm.store.iter().filter(|(_, p)| p.requires_grad).map(|(_, p)| p.value().clone()).collect();
             let layer = lm.layers.get(self.layer).ok_or_else(|| Error::Unsupported(format!("checkpointed layer {}: the model now has {} layers", self.layer, lm.layers.len())))?;
             let ctx = self.replay.ctx(&lm.store, false, self.training, hooks);
             y = Some(lm.block(layer, &x, &self.step.step(&ctx), prefix.as_ref(), None)?);
@@ -183,7 +184,15 @@ impl LayerCheckpoint {
         let mut take = |t: &Tensor| grads.remove(t);
         let dx = take(&x);
         let (dk, dv) = prefix.as_ref().map_or((None, None), |(k, v)| (take(k), take(v)));
-        self.checkpoint.deposit(grads)?;
+        // Only the parameters' gradients are kept: candle's store also holds gradients of the
+        // graph's constant inputs (masks, RoPE tables), which nobody reads.
+        let mut kept = GradStore::default();
+        for p in &params {
+            if let Some(g) = grads.remove(p) {
+                kept.insert(p, g);
+            }
+        }
+        self.checkpoint.deposit(kept)?;
         Ok([dx, dk, dv])
     }
 
