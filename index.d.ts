@@ -57,8 +57,10 @@ export declare class NativeModel {
    * Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
    * `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
    * `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
+   * `return_logits` false (labels needed): the loss alone, computed chunk by chunk without
+   * the [b, t, vocab] logits (`CausalLm::loss_sum`); the result is then `[loss]`.
    */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<NativeTensor>>
+  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null, adapterNames?: Array<string> | undefined | null, returnLogits?: boolean | undefined | null): Promise<Array<NativeTensor>>
   /**
    * Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
    * Face checkpoint; merge adapters first to include them.
@@ -68,6 +70,9 @@ export declare class NativeModel {
   /** The tokenizer that came with the checkpoint, if any. */
   tokenizer(): NativeTokenizer | null
   parameters(): Array<ParamInfo>
+  /** transformers' `gradient_checkpointing_enable()` / `_disable()`. */
+  setGradientCheckpointing(on: boolean): void
+  gradientCheckpointing(): boolean
   setRequiresGrad(name: string, value: boolean): void
   requiresGrad(name: string): boolean
   /** The parameter's value (shares storage: later optimizer steps show through). */

@@ -25,11 +25,22 @@ export interface ForwardInput {
   segmentIds?: IdRows
   /** Mixed batch (PEFT's `adapter_names`): the adapter of each row, "__base__" for none. Inference only. */
   adapterNames?: string[]
+  /**
+   * With `labels`, `false` returns the loss alone: the LM head and the cross-entropy then run
+   * a chunk of tokens at a time, so the [batch, seq, vocab] logits and their gradient are never
+   * built whole (what the Trainer does). Default `true`: logits and loss, as before.
+   */
+  returnLogits?: boolean
 }
 
 export interface ForwardOutput {
   logits: Tensor
   loss?: Tensor
+}
+
+/** `forward` with `returnLogits: false`: the loss only. */
+export interface LossOutput {
+  loss: Tensor
 }
 
 /** The model's config, with Hugging Face's key names (every key resolved), plus `modelType`. */
@@ -90,7 +101,9 @@ export class LlamaModel {
     return this.#tokenizer
   }
 
-  async forward(input: ForwardInput): Promise<ForwardOutput> {
+  forward(input: ForwardInput & { returnLogits: false }): Promise<LossOutput>
+  forward(input: ForwardInput): Promise<ForwardOutput>
+  async forward(input: ForwardInput): Promise<ForwardOutput | LossOutput> {
     const vocab = this.config.vocab_size
     const ids = flatIds('inputIds', input.inputIds, vocab)
     const mask = input.attentionMask ? flatMask('attentionMask', input.attentionMask, ids.batch, ids.seq) : undefined
@@ -99,6 +112,9 @@ export class LlamaModel {
     const segments = input.segmentIds ? flatInts('segmentIds', input.segmentIds, U32_MAX) : undefined
     const dropoutSeed = input.dropoutSeed === undefined ? undefined : seedArg('dropoutSeed', input.dropoutSeed)
     const adapterNames = adapterNameList(input.adapterNames)
+    const returnLogits = input.returnLogits ?? true
+    if (typeof returnLogits !== 'boolean') throw new Error(`returnLogits: expected a boolean, found ${typeof returnLogits}`)
+    if (!returnLogits && !labels) throw new Error('returnLogits: false needs `labels` (without them the logits are the only output)')
     for (const [name, f] of [['positionIds', positions], ['segmentIds', segments]] as const) {
       if (f && (f.batch !== ids.batch || f.seq !== ids.seq)) {
         throw new Error(`${name}: expected shape [${ids.batch}, ${ids.seq}] (the shape of inputIds), found [${f.batch}, ${f.seq}]`)
@@ -114,7 +130,9 @@ export class LlamaModel {
       positions ? Int32Array.from(positions.data) : undefined,
       segments?.data,
       adapterNames,
+      returnLogits,
     )
+    if (!returnLogits) return { loss: new Tensor(logits) }
     return loss ? { logits: new Tensor(logits), loss: new Tensor(loss) } : { logits: new Tensor(logits) }
   }
 
@@ -125,6 +143,24 @@ export class LlamaModel {
 
   parameters(): Parameter[] {
     return this.namedParameters().map(([, p]) => p)
+  }
+
+  /**
+   * transformers' `gradient_checkpointing_enable()`: forwards that build a graph keep only each
+   * decoder layer's input and recompute the layer during `backward()` (about one more forward of
+   * compute for activation memory of one layer). Gradients are unchanged, dropout included.
+   * Generation and inference are unaffected. Dispose the model only after the backward.
+   */
+  gradientCheckpointingEnable(): void {
+    this.inner.setGradientCheckpointing(true)
+  }
+
+  gradientCheckpointingDisable(): void {
+    this.inner.setGradientCheckpointing(false)
+  }
+
+  get isGradientCheckpointing(): boolean {
+    return this.inner.gradientCheckpointing()
   }
 
   /** Clears every accumulated gradient. */

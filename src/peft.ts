@@ -1,4 +1,4 @@
-import { LlamaModel, type ForwardInput, type ForwardOutput } from './model'
+import { LlamaModel, type ForwardInput, type ForwardOutput, type LossOutput } from './model'
 import { Parameter } from './parameter'
 import type { GenerateOptions } from './generation'
 import { PeftConfig, RawPeftConfig } from './methods/config'
@@ -196,9 +196,26 @@ export class PeftModel {
   }
 
   /** `input.adapterNames` runs each row with its own adapter (any loaded one, or "__base__"), as PEFT's `adapter_names`. */
-  forward(input: ForwardInput): Promise<ForwardOutput> {
+  forward(input: ForwardInput & { returnLogits: false }): Promise<LossOutput>
+  forward(input: ForwardInput): Promise<ForwardOutput>
+  forward(input: ForwardInput): Promise<ForwardOutput | LossOutput> {
     void this.native
     return this.model.forward(input)
+  }
+
+  /** transformers' `gradient_checkpointing_enable()` on the base model (see `LlamaModel`). */
+  gradientCheckpointingEnable(): void {
+    void this.native
+    this.model.gradientCheckpointingEnable()
+  }
+
+  gradientCheckpointingDisable(): void {
+    void this.native
+    this.model.gradientCheckpointingDisable()
+  }
+
+  get isGradientCheckpointing(): boolean {
+    return this.model.isGradientCheckpointing
   }
 
   /** `opts.adapterNames` generates each prompt with its own adapter (mixed batch), as PEFT's `adapter_names`. */

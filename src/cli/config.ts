@@ -8,7 +8,7 @@ import { MAX_YAML_DEPTH, parseYaml } from './yaml'
 const ALIASES: Record<string, string> = {
   iters: 'steps', maxSteps: 'steps', adapterPath: 'output', adapterFile: 'output', fineTuneType: 'method',
   gradAccumulationSteps: 'gradientAccumulationSteps', stepsPerEval: 'evalEvery', saveEvery: 'saveEvery',
-  valBatches: 'evalBatches', resumeAdapterFile: 'resume', lr: 'learningRate', rank: 'r',
+  valBatches: 'evalBatches', gradCheckpoint: 'gradientCheckpointing', resumeAdapterFile: 'resume', lr: 'learningRate', rank: 'r',
 }
 
 /** Options every command understands outside the method's own. */
@@ -16,6 +16,7 @@ export const TRAIN_KEYS = new Set([
   'model', 'data', 'method', 'steps', 'epochs', 'batchSize', 'learningRate', 'output', 'resume', 'config',
   'gradientAccumulationSteps', 'maxSeqLength', 'warmupSteps', 'lrSchedule', 'maxGradNorm', 'evalEvery', 'evalBatches',
   'saveEvery', 'saveTotalLimit', 'seed', 'maskPrompt', 'validSplit', 'weightDecay', 'truncation', 'methodConfig', 'train', 'help', 'demo',
+  'gradientCheckpointing',
 ])
 
 /**

@@ -47,6 +47,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
     gradientAccumulationSteps: num(o.gradientAccumulationSteps), warmupSteps: num(o.warmupSteps), weightDecay: num(o.weightDecay),
     lrSchedule: o.lrSchedule as 'linear' | undefined, maxGradNorm: num(o.maxGradNorm), evalEvery: num(o.evalEvery), evalBatches: num(o.evalBatches),
     saveEvery: num(o.saveEvery), saveTotalLimit: num(o.saveTotalLimit), seed: num(o.seed), resumeFromCheckpoint: o.resume as string | undefined,
+    gradientCheckpointing: o.gradientCheckpointing === undefined ? undefined : o.gradientCheckpointing === true || o.gradientCheckpointing === 'true',
   })
   attachProgress(trainer, io)
   const end = await trainer.train().catch((e: unknown) => {

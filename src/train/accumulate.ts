@@ -27,18 +27,19 @@ export async function accumulateGradients(model: PeftModel, batches: Batch[], dr
     if (b.targetTokens === 0) continue
     const w = b.targetTokens / total
     if (prev !== 0 && prev !== w) native.scaleGrads(paramNames, prev / w)
-    const { logits, loss } = await model.forward({
+    // The loss alone: chunked over tokens, no [batch, seq, vocab] logits (model.ts `returnLogits`).
+    const { loss } = await model.forward({
       inputIds: b.inputIds,
       attentionMask: b.attentionMask,
       labels: b.labels,
       dropoutSeed: dropoutSeeds[i],
       positionIds: b.positionIds,
       segmentIds: b.segmentIds,
+      returnLogits: false,
     })
-    const value = await loss!.item()
-    await loss!.backward()
-    loss!.dispose()
-    logits.dispose()
+    const value = await loss.item()
+    await loss.backward()
+    loss.dispose()
     lossSum += value * b.targetTokens
     tokens += b.tokens
     prev = w

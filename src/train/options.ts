@@ -47,6 +47,8 @@ export interface TrainerOptions {
   /** Builds the optimizer (default AdamW with learningRate and weightDecay). */
   optimizer?: (params: [string, Parameter][]) => Optimizer<{ lr: number }, unknown>
   padTokenId?: number
+  /** transformers' `gradient_checkpointing`: recompute each decoder layer in the backward (less memory, ~1 more forward of compute). Default false. */
+  gradientCheckpointing?: boolean
 }
 
 export type ResolvedOptions = Required<Omit<TrainerOptions, 'valid' | 'output' | 'epochs' | 'maxSteps' | 'signal' | 'resumeFromCheckpoint' | 'optimizer' | 'padTokenId' | 'evalBatches' | 'maxSeqLength'>> &
@@ -101,6 +103,7 @@ export function resolveOptions(o: TrainerOptions, defaultPad: number): ResolvedO
     shuffle: o.shuffle ?? true,
     lengthBucketing: o.lengthBucketing ?? true,
     packing: o.packing ?? false,
+    gradientCheckpointing: o.gradientCheckpointing ?? false,
     padTokenId: int('padTokenId', o.padTokenId ?? defaultPad, 0),
   }
   if (!['constant', 'linear', 'cosine'].includes(r.lrSchedule)) throw new Error(`lrSchedule: expected "constant", "linear" or "cosine", found ${String(r.lrSchedule)}`)
@@ -108,6 +111,7 @@ export function resolveOptions(o: TrainerOptions, defaultPad: number): ResolvedO
   if (r.evalEvery > 0 && !r.validExamples) throw new Error('evalEvery: evaluation needs a validation set (pass `valid`, or `validSplit` to loadData)')
   if (r.saveEvery > 0 && !r.output) throw new Error('saveEvery: checkpoints need an `output` folder')
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) throw new Error('signal: expected an AbortSignal')
+  if (typeof r.gradientCheckpointing !== 'boolean') throw new Error(`gradientCheckpointing: expected a boolean, found ${String(r.gradientCheckpointing)}`)
   if (r.packing && !r.maxSeqLength) throw new Error('packing: needs `maxSeqLength` (the length of a packed row)')
   return r
 }

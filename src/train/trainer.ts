@@ -66,6 +66,7 @@ export class Trainer extends EventEmitter {
     const start = Date.now()
     const first = this.step
     this.model.train()
+    if (o.gradientCheckpointing) this.model.gradientCheckpointingEnable()
     while (this.step < this.totalSteps) {
       const t0 = Date.now()
       const n = Math.min(o.gradientAccumulationSteps, totalMicro - this.stream.consumed)

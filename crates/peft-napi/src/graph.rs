@@ -8,6 +8,7 @@
 //! each member handle is swapped for `Tensor::detach()` (same storage, no op graph), so only the
 //! tensors' own data stays, and a second `backward` through the same graph is refused.
 use candle_core::Tensor;
+use peft_core::model::Checkpointing;
 use std::sync::{Arc, Mutex, Weak};
 
 /// The slot a `NativeTensor` handle reads; `None` once disposed.
@@ -23,13 +24,23 @@ struct State {
 }
 
 #[derive(Default)]
-pub struct Graph(Mutex<State>);
+pub struct Graph(Mutex<State>, Option<Checkpointing>);
 
 pub type SharedGraph = Arc<Graph>;
 
 impl Graph {
     pub fn new_shared() -> SharedGraph {
         Arc::new(Graph::default())
+    }
+
+    /// A graph whose decoder layers were checkpointed: a backward through it must collect the
+    /// layers' parameter gradients from `checkpoint` (`Checkpointing::collect_into`).
+    pub fn new_shared_with(checkpoint: Option<Checkpointing>) -> SharedGraph {
+        Arc::new(Graph(Mutex::default(), checkpoint))
+    }
+
+    pub fn checkpointing(&self) -> Option<&Checkpointing> {
+        self.1.as_ref()
     }
 
     pub fn join(&self, slot: &Slot) {

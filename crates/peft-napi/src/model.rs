@@ -5,7 +5,7 @@ use crate::tensor::{dtype_name, NativeTensor};
 use candle_core::{DType, Device};
 use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
-use peft_core::model::{loss, Batch, Ctx, CausalLm, LoadOptions, ParamStore};
+use peft_core::model::{loss, Batch, Checkpointing, Ctx, CausalLm, LoadOptions, ParamStore};
 use peft_core::tokenizer::Tokenizer;
 use peft_core::tuners::adalora::{regularized_loss, RankAllocator};
 use peft_core::tuners::{Tuners, WithTuners};
@@ -25,11 +25,14 @@ pub struct ModelState {
     pub forward_count: AtomicU64,
     /// AdaLoRA's importance EMAs, per adapter, between `updateAndAllocate` calls.
     pub allocators: HashMap<String, RankAllocator>,
+    /// transformers' `gradient_checkpointing_enable()`: forwards that build a graph keep only
+    /// each decoder layer's input and recompute the layer in the backward.
+    pub gradient_checkpointing: bool,
 }
 
 impl ModelState {
     pub fn new(llama: CausalLm, tokenizer: Option<Tokenizer>, source: String) -> Self {
-        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new() }
+        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new(), gradient_checkpointing: false }
     }
 
     /// The forward context: the attached adapters, and dropout in training mode, seeded by
@@ -129,6 +132,8 @@ impl NativeModel {
     /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
     /// `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
     /// `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
+    /// `return_logits` false (labels needed): the loss alone, computed chunk by chunk without
+    /// the [b, t, vocab] logits (`CausalLm::loss_sum`); the result is then `[loss]`.
     #[napi]
     pub fn forward(
         &self,
@@ -141,8 +146,13 @@ impl NativeModel {
         position_ids: Option<Int32Array>,
         segment_ids: Option<Uint32Array>,
         adapter_names: Option<Vec<String>>,
+        return_logits: Option<bool>,
     ) -> Result<AsyncTask<TensorsJob>> {
         let (b, t) = (batch as usize, seq as usize);
+        let return_logits = return_logits.unwrap_or(true);
+        if !return_logits && labels.is_none() {
+            return Err(invalid("returnLogits", "true (the default) when no labels are given", "false"));
+        }
         let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
         if let Some(m) = attention_mask {
             if m.len() != b * t {
@@ -162,16 +172,31 @@ impl NativeModel {
         };
         let shared = self.inner.clone();
         let owner = self.inner.clone();
+        let lent = Arc::downgrade(&self.inner);
         Ok(TensorsJob::spawn(move || {
-            let (logits, loss) = with_model(&shared, |m| {
-                let ctx = crate::mixed::ctx_with_rows(m, false, dropout_seed.map(|s| s as u64), adapter_names.as_deref())?;
-                let logits = m.llama.forward(&input, &ctx, None, false)?;
-                let loss = labels.map(|l| regularized_loss(loss::causal_lm_loss(&logits, &l)?, &m.llama, &m.tuners, &ctx)).transpose()?;
-                Ok((logits, loss))
+            let (logits, loss, checkpoint) = with_model(&shared, |m| {
+                let mut ctx = crate::mixed::ctx_with_rows(m, false, dropout_seed.map(|s| s as u64), adapter_names.as_deref())?;
+                let checkpoint = m.gradient_checkpointing.then(|| Checkpointing::new(Arc::new(crate::checkpoint::LentModel(lent))));
+                if let Some(cp) = &checkpoint {
+                    ctx = ctx.with_checkpointing(cp.clone());
+                }
+                let (logits, loss) = match labels {
+                    Some(l) if !return_logits => {
+                        let (sum, count) = m.llama.loss_sum(&input, &ctx, &l)?;
+                        (None, Some((sum / count as f64)?))
+                    }
+                    l => {
+                        let logits = m.llama.forward(&input, &ctx, None, false)?;
+                        let loss = l.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
+                        (Some(logits), loss)
+                    }
+                };
+                let loss = loss.map(|l| regularized_loss(l, &m.llama, &m.tuners, &ctx)).transpose()?;
+                Ok((logits, loss, checkpoint))
             })?;
             // One graph for both: the loss's backward frees the logits' graph too.
-            let graph = crate::graph::Graph::new_shared();
-            let mut out = vec![NativeTensor::in_graph(logits, owner.clone(), &graph)];
+            let graph = crate::graph::Graph::new_shared_with(checkpoint);
+            let mut out: Vec<NativeTensor> = logits.into_iter().map(|l| NativeTensor::in_graph(l, owner.clone(), &graph)).collect();
             out.extend(loss.map(|l| NativeTensor::in_graph(l, owner, &graph)));
             Ok(out)
         }))
@@ -210,6 +235,20 @@ impl NativeModel {
                 has_grad: p.grad.is_some(),
             }).collect())
         })
+    }
+
+    /// transformers' `gradient_checkpointing_enable()` / `_disable()`.
+    #[napi]
+    pub fn set_gradient_checkpointing(&self, on: bool) -> Result<()> {
+        with_model_mut(&self.inner, |m| {
+            m.gradient_checkpointing = on;
+            Ok(())
+        })
+    }
+
+    #[napi]
+    pub fn gradient_checkpointing(&self) -> Result<bool> {
+        with_model(&self.inner, |m| Ok(m.gradient_checkpointing))
     }
 
     #[napi]

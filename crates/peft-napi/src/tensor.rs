@@ -119,8 +119,9 @@ impl NativeTensor {
         if let Some(g) = &to_free {
             g.mark_freed();
         }
+        let checkpoint = self.graph.as_ref().and_then(|g| g.checkpointing().cloned());
         Ok(UnitJob::spawn(move || {
-            let result = t.backward().map_err(|e| to_js(e.into()));
+            let result = peft_core::model::checkpoint::backward(&t, checkpoint.as_ref()).map_err(to_js);
             drop(t);
             let result = result.and_then(|grads| crate::model::with_model_mut(&owner, |m| m.store_mut().accumulate_grads(&grads)));
             if let Some(g) = to_free {

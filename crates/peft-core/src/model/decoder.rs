@@ -3,6 +3,7 @@
 //! architectures is read from `ArchConfig` fields, never from the model type. Adapters act
 //! through `Ctx::hooks` (`hooks.rs`): this module knows nothing of them.
 use super::batch::{attention_bias, Batch};
+use super::checkpoint::Checkpointing;
 use super::hooks::ModelHooks;
 use super::kv_cache::KvCache;
 use super::layers::{Block, Linear, Norm};
@@ -36,12 +37,15 @@ pub struct Ctx<'a> {
     /// Values drawn from `rng` once per forward pass and read by every layer that asks
     /// (`draw_once`): DyLoRA samples one rank per step for the whole model.
     pub shared_draws: Mutex<HashMap<String, u64>>,
+    /// Gradient checkpointing (`checkpoint.rs`): when set and a graph is built, each decoder
+    /// layer keeps only its input and is recomputed in the backward.
+    pub checkpoint: Option<Checkpointing>,
 }
 
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
-        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default() }
+        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None }
     }
 
     /// Inference: no graph, no dropout.
@@ -59,6 +63,12 @@ impl<'a> Ctx<'a> {
     pub fn training(mut self, seed: u64) -> Self {
         self.training = true;
         self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// Checkpoint the decoder layers of the passes run with this context (see `checkpoint.rs`).
+    pub fn with_checkpointing(mut self, checkpoint: Checkpointing) -> Self {
+        self.checkpoint = Some(checkpoint);
         self
     }
 
@@ -91,18 +101,18 @@ pub struct CausalLm {
 }
 
 /// Per-call state that flows through the layers.
-struct Step<'a> {
-    ctx: &'a Ctx<'a>,
+pub(super) struct Step<'a> {
+    pub(super) ctx: &'a Ctx<'a>,
     /// cos/sin of the full-attention layers, and of the sliding ones when their RoPE differs.
-    rope: (Tensor, Tensor),
-    local_rope: Option<(Tensor, Tensor)>,
-    bias: Tensor,
+    pub(super) rope: (Tensor, Tensor),
+    pub(super) local_rope: Option<(Tensor, Tensor)>,
+    pub(super) bias: Tensor,
     /// The additive mask of the sliding layers (None when no layer slides).
-    sliding_bias: Option<Tensor>,
+    pub(super) sliding_bias: Option<Tensor>,
     /// Per-layer key/value prefixes [b, kv_heads, n, head_dim] (prefix tuning), at prefill.
-    prefix: Option<Vec<(Tensor, Tensor)>>,
+    pub(super) prefix: Option<Vec<(Tensor, Tensor)>>,
     /// The prefix columns' owners (from the prompt at prefill, from the cache after).
-    prefix_spans: Vec<(String, usize)>,
+    pub(super) prefix_spans: Vec<(String, usize)>,
 }
 
 impl CausalLm {
@@ -115,7 +125,13 @@ impl CausalLm {
     /// key/value prefixes are attended to as if cached. The caller's attention mask and
     /// position ids never count these positions: the mask is widened by ones and real
     /// positions start after them (`cache_position` / `position_ids + num_virtual_tokens`).
-    pub fn forward(&self, batch: &Batch, ctx: &Ctx, mut cache: Option<&mut KvCache>, last_only: bool) -> Result<Tensor> {
+    pub fn forward(&self, batch: &Batch, ctx: &Ctx, cache: Option<&mut KvCache>, last_only: bool) -> Result<Tensor> {
+        let x = self.hidden_states(batch, ctx, cache, last_only)?;
+        self.head(&x, ctx)
+    }
+
+    /// `forward` up to the final norm: hidden states [b, t, hidden] (or [b, 1, hidden]).
+    pub fn hidden_states(&self, batch: &Batch, ctx: &Ctx, mut cache: Option<&mut KvCache>, last_only: bool) -> Result<Tensor> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let virt_past = cache.as_ref().map_or(0, |c| c.virtual_len());
         batch.validate(self.config.vocab_size, past - virt_past)?;
@@ -167,9 +183,15 @@ impl CausalLm {
             c.set_prefix_spans(prefix_spans.clone());
         }
         let step = Step { ctx, rope, local_rope, bias, sliding_bias, prefix, prefix_spans };
+        // Checkpointing only pays where a graph is kept; the KV-cache (generation) path and
+        // per-row adapters (inference only) run the layers as they are.
+        let checkpoint = ctx.checkpoint.as_ref().filter(|_| !ctx.no_grad && cache.is_none() && ctx.hook_state.is_none());
         for (i, layer) in self.layers.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            x = self.block(i, layer, &x, &step, kv)?;
+            let prefix = step.prefix.as_ref().map(|p| &p[i]);
+            x = match checkpoint {
+                Some(cp) => self.checkpointed_block(i, &x, &step, prefix, cp)?,
+                None => self.block(layer, &x, &step, prefix, cache.as_deref_mut().map(|c| c.layer_mut(i)))?,
+            };
         }
         if let Some(c) = cache {
             c.advance(np + tq, np + nv);
@@ -177,7 +199,12 @@ impl CausalLm {
         if last_only {
             x = x.narrow(1, tq - 1, 1)?;
         }
-        let x = self.norm.forward(&x, ctx)?;
+        self.norm.forward(&x, ctx)
+    }
+
+    /// Logits from final hidden states: the LM head (the embeddings when tied), then Gemma's
+    /// final soft-capping.
+    pub fn head(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let logits = match &self.lm_head {
             Some(head) => head.forward(&x, ctx)?,
             None => linear(&x, &ctx.param(self.embed_tokens), None)?,
@@ -196,10 +223,11 @@ impl CausalLm {
         }
     }
 
-    fn block(&self, i: usize, layer: &Block, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    /// One decoder layer; `prefix` is its key/value prefix (prefix tuning), if any.
+    pub(super) fn block(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let ctx = step.ctx;
         let h = layer.input_layernorm.forward(x, ctx)?;
-        let a = self.attention(i, layer, &h, step, kv)?;
+        let a = self.attention(layer, &h, step, prefix, kv)?;
         let a = self.sublayer(&layer.self_attn.path, &h, a, ctx)?;
         let mlp = &layer.mlp;
         match (&layer.pre_feedforward_layernorm, &layer.post_feedforward_layernorm) {
@@ -230,7 +258,7 @@ impl CausalLm {
         Ok(Tensor::cat(&[&rot, &x.narrow(D::Minus1, rd, hd - rd)?], D::Minus1)?.contiguous()?)
     }
 
-    fn attention(&self, i: usize, layer: &Block, x: &Tensor, step: &Step, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn attention(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (attn, cfg) = (&layer.self_attn, &self.config);
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
@@ -255,7 +283,7 @@ impl CausalLm {
         let mut k = self.rotate(&k, cos, sin)?;
         let mut v = v;
         // A key/value prefix enters as PEFT's `past_key_values` does: as given, no RoPE.
-        if let Some((pk, pv)) = step.prefix.as_ref().map(|p| &p[i]) {
+        if let Some((pk, pv)) = prefix {
             k = Tensor::cat(&[pk, &k], 2)?;
             v = Tensor::cat(&[pv, &v], 2)?;
         }

@@ -34,6 +34,13 @@ pub trait ModelHooks: Send + Sync {
         linear.base(x, ctx)
     }
 
+    /// Whether `linear` at `path` may give something other than `linear.base` in this pass.
+    /// The chunked loss (`loss.rs`) reads the LM head's weight directly only when it does
+    /// not; an implementation that does not say is assumed to change every linear.
+    fn changes_linear(&self, _path: &str, _ctx: &Ctx) -> bool {
+        true
+    }
+
     /// A norm's output for input `x` (`norm.apply(x, weight)` with its own weight when unchanged).
     fn norm(&self, norm: &Norm, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         norm.apply(x, &ctx.param(norm.weight))

@@ -1,5 +1,6 @@
 //! The differentiable decoder of the LLaMA family, its parameters, KV cache and generation.
 pub mod batch;
+pub mod checkpoint;
 pub mod generate;
 pub mod hooks;
 pub mod kv_cache;
@@ -16,6 +17,7 @@ pub mod shapes;
 pub mod sampling;
 
 pub use batch::Batch;
+pub use checkpoint::{Checkpointing, ModelAccess};
 pub use kv_cache::KvCache;
 pub use decoder::{CausalLm, Ctx};
 pub use hooks::{ModelHooks, Prompt, PROMPT_ENCODER};

@@ -9,7 +9,9 @@ mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod kernel;
+mod linear_cross_entropy;
 mod lora;
+pub(crate) mod precomputed;
 mod rms_norm;
 mod rope;
 mod silu_mul;
@@ -18,6 +20,7 @@ mod sparse;
 
 pub use attention::scaled_masked_softmax;
 pub use cross_entropy::cross_entropy_sum;
+pub use linear_cross_entropy::{default_chunk_rows, linear_cross_entropy_sum};
 pub use lora::lora_add;
 pub use rms_norm::rms_norm;
 pub use rope::rope;

@@ -49,6 +49,10 @@ impl ModelHooks for Tuners {
         self.linear_output(linear, x, base, ctx)
     }
 
+    fn changes_linear(&self, path: &str, ctx: &Ctx) -> bool {
+        rows(ctx).is_some() || !self.running(path).is_empty()
+    }
+
     fn norm(&self, norm: &Norm, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         match rows(ctx) {
             Some(rows) => self.route_norm(rows, norm, x, ctx),
