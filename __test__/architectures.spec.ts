@@ -50,3 +50,11 @@ test('LlamaModel.fromPretrained still loads LLaMA, and names AutoModelForCausalL
   m.dispose()
   await t.throwsAsync(LlamaModel.fromPretrained(join(ROOT, 'qwen3', 'model')), { message: /qwen3.*AutoModelForCausalLM/ })
 })
+
+// Phi-4-mini's shape of Phi-3: partial rotary (factor 0.5) and LongRoPE (short factors up to
+// original_max_position_embeddings 16, long ones past it, cos/sin × sqrt(1 + ln 16 / ln 16)).
+// Made by make_fixtures.py (transformers 5.17) from __test__/data/fixtures/phi3-longrope/spec.json;
+// the 24-token rows use the long factors, the 9-token prompt the short ones.
+const longrope = new Fixture(join(__dirname, 'data', 'fixtures', 'phi3-longrope'), 17)
+test('phi3 with partial rotary and LongRoPE: logits, loss and greedy (up to the switch) match transformers', (t) => checkBase(t, longrope))
+test('phi3 with partial rotary and LongRoPE: full fine-tuning gradients and two AdamW steps match', (t) => checkFull(t, longrope))

@@ -9,7 +9,13 @@ import { tempDir } from './temp'
 import { maxMaskedDiff, readSafetensors, relErr, type FixtureTensor, type Inputs } from './fixtures'
 
 export class Fixture {
-  constructor(readonly root: string) {}
+  /**
+   * `greedyUpTo`: generated ids are compared up to this length only. transformers 5.17's Phi-3
+   * `prepare_inputs_for_generation` drops the KV cache when a LongRoPE sequence passes
+   * original_max_position_embeddings, and generation then sees only the newest token; we
+   * recompute the cache over the whole sequence with the long factors, as its comment intends.
+   */
+  constructor(readonly root: string, readonly greedyUpTo = Infinity) {}
   get modelDir(): string {
     return join(this.root, 'model')
   }
@@ -107,9 +113,11 @@ async function checkGradients(t: ExecutionContext, params: [string, Parameter][]
   return worst
 }
 
-async function checkGreedy(t: ExecutionContext, m: LlamaModel | PeftModel, inp: Inputs, want: FixtureTensor, what: string) {
+/** `upTo`: compare only the first ids (see `Fixture.greedyUpTo`). */
+async function checkGreedy(t: ExecutionContext, m: LlamaModel | PeftModel, inp: Inputs, want: FixtureTensor, what: string, upTo = Infinity) {
   const prompt = inp.input_ids[0].slice(0, inp.prompt_len)
-  t.deepEqual(await m.generate(prompt, { maxNewTokens: inp.new_tokens, stopTokenIds: [] }), Array.from(want.data), `${what}: greedy`)
+  const got = await m.generate(prompt, { maxNewTokens: inp.new_tokens, stopTokenIds: [] })
+  t.deepEqual(got.slice(0, upTo), Array.from(want.data).slice(0, upTo), `${what}: greedy`)
 }
 
 /** The base model: logits, loss and greedy generation. */
@@ -118,7 +126,7 @@ export async function checkBase(t: ExecutionContext, fx: Fixture): Promise<void>
   const inp = fx.inputs()
   const exp = fx.expected('base')
   const { dl } = await checkForward(t, model, inp, exp, 'base')
-  await checkGreedy(t, model, inp, exp.get('greedy')!, 'base')
+  await checkGreedy(t, model, inp, exp.get('greedy')!, 'base', fx.greedyUpTo)
   t.log(`base: logits ${dl.toExponential(1)}`)
   model.dispose()
 }
@@ -134,7 +142,7 @@ export async function checkFull(t: ExecutionContext, fx: Fixture): Promise<void>
   await loss.backward()
   const g = await checkGradients(t, params, exp, 'full')
   const s = await checkTwoSteps(t, model, params, inp, exp, fx.adamw('full'), 'full')
-  await checkGreedy(t, model, inp, exp.get('greedy_after_step2')!, 'full')
+  await checkGreedy(t, model, inp, exp.get('greedy_after_step2')!, 'full', fx.greedyUpTo)
   t.log(`full: grads ${g.toExponential(1)}, after_step2 ${s.worst.toExponential(1)} (near-zero ${s.worstTiny.toExponential(1)})`)
   model.dispose()
 }

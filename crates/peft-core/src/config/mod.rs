@@ -20,6 +20,9 @@ pub enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
     /// `_compute_linear_scaling_rope_parameters`: every frequency divided by `factor`.
     Linear { factor: f64 },
+    /// `_compute_longrope_parameters` (Phi-3.5, Phi-4-mini): per-frequency factors, short ones up
+    /// to `original_max_position_embeddings`, long ones past it; cos/sin scaled by `attention_factor`.
+    Longrope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max_position_embeddings: usize, attention_factor: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -167,6 +170,14 @@ impl ModelConfig {
         if cfg.max_position_embeddings == 0 {
             return Err(r.invalid("max_position_embeddings", "a positive integer", "0".into()));
         }
+        if let Some(RopeScaling::Longrope { short_factor, long_factor, .. }) = &cfg.rope_scaling {
+            let half = cfg.arch.rotary_dim / 2;
+            for (k, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                if f.len() != half {
+                    return Err(r.invalid(&format!("rope_scaling.{k}"), &format!("{half} factors (half the {} rotated dims)", cfg.arch.rotary_dim), format!("{} factors", f.len())));
+                }
+            }
+        }
         if cfg.head_dim % 2 != 0 {
             return Err(r.invalid("head_dim", "an even number (RoPE rotates pairs)", cfg.head_dim.to_string()));
         }
@@ -234,8 +245,27 @@ fn rope(r: &Reader) -> Result<(f64, Option<RopeScaling>)> {
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         }))),
         "linear" => Ok((theta, Some(RopeScaling::Linear { factor: num("factor")? }))),
-        other => Err(r.invalid(&format!("{key}.rope_type"), "\"default\", \"linear\" or \"llama3\"", format!("{other:?}"))),
+        "longrope" | "su" => Ok((theta, Some(longrope(r, s, key)?))),
+        other => Err(r.invalid(&format!("{key}.rope_type"), "\"default\", \"linear\", \"llama3\" or \"longrope\"", format!("{other:?}"))),
     }
+}
+
+/// LongRoPE's parameters; the attention factor as transformers derives it when absent:
+/// sqrt(1 + ln(f) / ln(original_max)) with f = max_position_embeddings / original_max.
+fn longrope(r: &Reader, s: &Map<String, Value>, key: &str) -> Result<RopeScaling> {
+    let original_max = match s.get("original_max_position_embeddings").and_then(Value::as_u64) {
+        Some(v) => v as usize,
+        None => r.opt_usize("original_max_position_embeddings")?.or(r.opt_usize("max_position_embeddings")?).unwrap_or(4096),
+    };
+    let factors = |k: &str| -> Result<Vec<f64>> {
+        let v = s.get(k).and_then(Value::as_array).ok_or_else(|| r.invalid(&format!("{key}.{k}"), "an array of numbers", s.get(k).map_or("nothing".into(), kind)))?;
+        v.iter().map(|x| x.as_f64().filter(|f| f.is_finite() && *f > 0.0).ok_or_else(|| r.invalid(&format!("{key}.{k}"), "positive numbers", kind(x)))).collect()
+    };
+    let max_pos = r.opt_usize("max_position_embeddings")?.unwrap_or(original_max) as f64;
+    let factor = if original_max > 0 { max_pos / original_max as f64 } else { 1.0 };
+    let derived = if factor <= 1.0 || original_max <= 1 { 1.0 } else { (1.0 + factor.ln() / (original_max as f64).ln()).sqrt() };
+    let attention_factor = s.get("attention_factor").and_then(Value::as_f64).unwrap_or(derived);
+    Ok(RopeScaling::Longrope { short_factor: factors("short_factor")?, long_factor: factors("long_factor")?, original_max_position_embeddings: original_max, attention_factor })
 }
 
 pub(crate) fn kind(v: &Value) -> String {

@@ -50,8 +50,19 @@ pub fn generate(
     let mut done = vec![false; prompts.len()];
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cache = KvCache::new(model.config.num_hidden_layers);
+    // Everything fed so far, to recompute the cache from (LongRoPE below).
+    let (mut fed_ids, mut fed_pos) = (ids.clone(), positions.clone());
     let mut batch = Batch { ids, attention_mask: Some(mask), position_ids: Some(positions), segment_ids: None };
     for _ in 0..opts.max_new_tokens {
+        // LongRoPE switches to its long factors once the sequence passes original_max; keys
+        // cached with the short ones are then recomputed, as transformers' Phi-3
+        // `prepare_inputs_for_generation` drops the cache at that point.
+        let past = cache.len();
+        if model.rope.long_from().is_some_and(|m| past > 0 && past <= m && past + 1 > m) {
+            cache = KvCache::new(model.config.num_hidden_layers);
+            let mask = batch.attention_mask.take();
+            batch = Batch { ids: fed_ids.clone(), attention_mask: mask, position_ids: Some(fed_pos.clone()), segment_ids: None };
+        }
         let logits = model.forward(&batch, ctx, Some(&mut cache), true)?;
         let rows = logits.squeeze(1)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let mut step = Vec::with_capacity(rows.len());
@@ -73,7 +84,11 @@ pub fn generate(
             batch.position_ids.as_ref().unwrap().iter().map(|p| vec![p.last().copied().unwrap_or(0) + 1]).collect();
         let mut mask = batch.attention_mask.take().unwrap();
         mask.iter_mut().for_each(|m| m.push(1));
-        let ids = step.iter().map(|t| vec![t.unwrap_or(pad)]).collect();
+        let ids: Vec<Vec<u32>> = step.iter().map(|t| vec![t.unwrap_or(pad)]).collect();
+        for r in 0..ids.len() {
+            fed_ids[r].push(ids[r][0]);
+            fed_pos[r].push(next_pos[r][0]);
+        }
         batch = Batch { ids, attention_mask: Some(mask), position_ids: Some(next_pos), segment_ids: None };
     }
     Ok(outputs)
