@@ -374,26 +374,12 @@ fn bench_lora_tinyllama() {
     let layers = env_usize("PEFT_BENCH_LAYERS", 22);
     let (free0, total) = mem_info(&dev);
 
-    let config = ModelConfig {
-        vocab_size: 32000,
-        hidden_size: 2048,
-        intermediate_size: 5632,
-        num_hidden_layers: layers,
-        num_attention_heads: 32,
-        num_key_value_heads: 4,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        max_position_embeddings: 2048,
-        tie_word_embeddings: false,
-        attention_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        pad_token_id: None,
-        torch_dtype: Some("bfloat16".into()),
-    };
+    let mut config = ModelConfig::llama(32000, 2048, 5632, layers, 32, 4);
+    config.rms_norm_eps = 1e-5;
+    config.max_position_embeddings = 2048;
+    config.bos_token_id = Some(1);
+    config.eos_token_ids = vec![2];
+    config.torch_dtype = Some("bfloat16".into());
     let c = &config;
     let (h, kv) = (c.hidden_size, c.num_key_value_heads * c.head_dim);
     let mut w = WeightMap::default();
