@@ -11,11 +11,11 @@
 //   2. llama.cpp (node-llama-cpp, prebuilt CPU binary) on the same file: its teacher-forced argmax
 //      against transformers' (base/expected.safetensors) and against ours from the GGUF.
 import test, { ExecutionContext } from 'ava'
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AutoModelForCausalLM } from '../src'
 import { readSafetensors } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 import { llamaCppArgmax } from './helpers/llamacpp'
 
 const SHARED = join(__dirname, '..', '..', 'shared', 'fixtures')
@@ -84,8 +84,7 @@ function fixtureRows(fixture: string): Rows {
 /** The fixture's model folder with config.json replaced (the other files linked). */
 function modelWithConfig(t: ExecutionContext, fixture: string, edit: (c: Record<string, unknown>) => Record<string, unknown>): string {
   const src = join(fixture, 'model')
-  const dir = mkdtempSync(join(tmpdir(), 'peft-node-gguf-arch-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const dir = tempDir(t, 'peft-node-gguf-arch-')
   for (const f of readdirSync(src).filter((f) => !f.startsWith('config'))) symlinkSync(join(src, f), join(dir, f))
   const config = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as Record<string, unknown>
   writeFileSync(join(dir, 'config.json'), JSON.stringify(edit(config), null, 2))
