@@ -39,7 +39,7 @@ fn set(model: &mut CausalLm, m: &str, grads: [[f64; 3]; 2]) {
 }
 
 fn e_values(model: &CausalLm, m: &str) -> Vec<f32> {
-    flat(model.store.by_name(&name(m, "lora_E")).unwrap().value())
+    flat(&model.store.by_name(&name(m, "lora_E")).unwrap().value())
 }
 
 fn pattern(tuners: &Tuners) -> Value {

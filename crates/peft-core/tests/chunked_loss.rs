@@ -105,7 +105,7 @@ fn run(lent: &Arc<Lent>, arch: &str, chunk_rows: Option<usize>) -> (f64, Vec<(St
         }
     };
     let grads = l.backward().unwrap();
-    let out = model.store.iter().filter(|(_, p)| p.requires_grad).map(|(_, p)| (p.name.clone(), grads.get(p.value()).unwrap_or_else(|| panic!("no gradient for {}", p.name)).clone())).collect();
+    let out = model.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| (p.name.clone(), grads.get(&p.value()).unwrap_or_else(|| panic!("no gradient for {}", p.name)).clone())).collect();
     (l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), out)
 }
 

@@ -114,11 +114,11 @@ fn dense_weight(w: &[f64], a: &[f64], b_up: &[f64], (out, inp, r): (usize, usize
 fn dense_model(adapted: &CausalLm, tuners: &Tuners, b: usize) -> CausalLm {
     let dense = CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap();
     for path in tuners.modules("default").unwrap() {
-        let p = |n: &str| values(adapted.store.by_name(n).unwrap().value());
+        let p = |n: &str| values(&adapted.store.by_name(n).unwrap().value());
         let w = dense.store.by_name(&format!("{path}.weight")).unwrap();
         let (out, inp) = w.value().dims2().unwrap();
         let (a, b_up) = (p(&format!("base_model.model.{path}.lora_A.default.weight")), p(&format!("base_model.model.{path}.lora_B.default.weight")));
-        let v = dense_weight(&values(w.value()), &a, &b_up, (out, inp, a.len() / inp), b, 8.0);
+        let v = dense_weight(&values(&w.value()), &a, &b_up, (out, inp, a.len() / inp), b, 8.0);
         w.set(&Tensor::from_vec(v, (out, inp), &Device::Cpu).unwrap()).unwrap();
     }
     dense
@@ -275,7 +275,7 @@ fn every_rank_beats_the_base_after_training() {
             let ctx = Ctx::new(&model.store, false).with_tuners(&tuners).training(step);
             let g = loss::causal_lm_loss(&model.forward(&batch, &ctx, None, false).unwrap(), &labels).unwrap().backward().unwrap();
             model.store.accumulate_grads(&g).unwrap();
-            for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+            for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
                 let (m, v) = state.entry(p.name.clone()).or_insert_with(|| (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap()));
                 peft_core::optim::adamw_step(p, m, v, step, &h).unwrap();
             }

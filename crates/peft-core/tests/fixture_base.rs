@@ -23,7 +23,7 @@ fn base_logits_and_loss_match_transformers() {
 fn full_finetuning_gradients_match_transformers() {
     let mut model = load_model();
     for p in model.store.iter_mut() {
-        p.requires_grad = true;
+        p.set_requires_grad(true).unwrap();
     }
     let inp = inputs();
     let exp = expected("full");
@@ -65,7 +65,7 @@ fn base_greedy_generation_matches_transformers() {
 fn full_finetuning_adamw_steps_match_torch() {
     let mut model = load_model();
     for p in model.store.iter_mut() {
-        p.requires_grad = true;
+        p.set_requires_grad(true).unwrap();
     }
     let exp = expected("full");
     let loss1 = two_adamw_steps(&mut model, &adamw_from_case("full"));

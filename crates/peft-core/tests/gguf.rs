@@ -65,7 +65,7 @@ fn write_fixture(name: &str, quant: GgmlDType) -> (PathBuf, ModelConfig, HashMap
 #[test]
 fn f32_round_trip_matches_safetensors() {
     let (path, cfg, w) = write_fixture("f32.gguf", GgmlDType::F32);
-    let ck = load_gguf(&path, DType::F32, &Device::Cpu).unwrap();
+    let ck = load_gguf(&path, DType::F32, &Device::Cpu, false).unwrap();
     assert_eq!(ck.weights.tensors.len(), w.len());
     for (name, t) in &w {
         let got = &ck.weights.tensors[name];
@@ -83,7 +83,7 @@ fn f32_round_trip_matches_safetensors() {
     assert_eq!((ck.tokenizer.bos_token_id, ck.tokenizer.eos_token_id, ck.tokenizer.pad_token_id), (Some(0), Some(1), Some(2)));
     assert_eq!((ck.tokenizer.add_bos_token, ck.tokenizer.add_eos_token), (Some(false), None));
     for dtype in [DType::F16, DType::BF16] {
-        let ck = load_gguf(&path, dtype, &Device::Cpu).unwrap();
+        let ck = load_gguf(&path, dtype, &Device::Cpu, false).unwrap();
         for (name, t) in &w {
             assert_eq!(ck.weights.tensors[name].dtype(), dtype);
             assert_eq!(values(&ck.weights.tensors[name]), values(&t.to_dtype(dtype).unwrap()), "{name} {dtype:?}");
@@ -123,7 +123,7 @@ fn q_and_k_rows_are_stored_in_llama_cpp_order() {
 /// Loaded tensors must equal candle's dequantize(quantize(w)) exactly (row-wise quantization
 /// commutes with the Q/K row permutation) and be within `tol` relative RMS error of w.
 fn check_quantized(path: &Path, w: &HashMap<String, Tensor>, stored: impl Fn(&[usize]) -> GgmlDType, tol: f64) {
-    let ck = load_gguf(path, DType::F32, &Device::Cpu).unwrap();
+    let ck = load_gguf(path, DType::F32, &Device::Cpu, false).unwrap();
     let file = GgufFile::open(path).unwrap();
     let mut worst = 0f64;
     for (name, t) in w {
@@ -195,7 +195,7 @@ fn k_quants_match_candle_round_trip() {
         (GgmlDType::Q6K, 0.04), (GgmlDType::Q8K, 0.01)] {
         let path = tmp(&format!("{q:?}.gguf"));
         write_llama_gguf(&path, &cfg, &w, None, q).unwrap();
-        let ck = load_gguf(&path, DType::F32, &Device::Cpu).unwrap();
+        let ck = load_gguf(&path, DType::F32, &Device::Cpu, false).unwrap();
         assert!(ck.config.tie_word_embeddings && !ck.weights.tensors.contains_key("lm_head.weight"));
         assert_eq!((ck.config.rms_norm_eps, ck.config.rope_theta, ck.config.head_dim), (1e-5, 500000.0, 64));
         assert!(ck.tokenizer.tokens.is_empty() && ck.tokenizer.model.is_empty());

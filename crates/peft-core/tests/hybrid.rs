@@ -27,7 +27,7 @@ fn unipelt() -> Value {
 fn fd_every_kind(v: &Value, kinds: &[&str]) -> f64 {
     let (mut model, tuners) = setup(v, DType::F64);
     loss_with(&mut model, Some(&tuners), true);
-    let names: Vec<String> = model.store.iter().filter(|(_, p)| p.requires_grad).map(|(_, p)| p.name.clone()).collect();
+    let names: Vec<String> = model.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.name.clone()).collect();
     let mut worst = 0f64;
     for kind in kinds {
         let name = names.iter().find(|n| n.contains(kind)).unwrap_or_else(|| panic!("no parameter `{kind}` in {names:?}"));
@@ -216,7 +216,7 @@ fn every_parameter_trains_from_the_default_init() {
         model.store.zero_grad();
         loss_with(&mut model, Some(&tuners), true);
         let mut n = 0;
-        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
             let g = methods_common::flat(p.grad.as_ref().unwrap_or_else(|| panic!("{} has no gradient", p.name)));
             assert!(g.iter().all(|x| x.is_finite()) && g.iter().any(|&x| x != 0.0), "{}: {}", v["peft_type"], p.name);
             n += 1;

@@ -37,7 +37,7 @@ fn every_trainable_adapter_parameter_gets_a_gradient() {
     let (mut model, tuners) = setup(DType::F32);
     loss_with(&mut model, Some(&tuners), true);
     let mut n = 0;
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         assert!(p.name.starts_with("base_model.model."), "{} should be frozen", p.name);
         let g = p.grad.as_ref().unwrap_or_else(|| panic!("{} has no gradient", p.name)).flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(g.iter().all(|x| x.is_finite()), "{}: non-finite gradient", p.name);

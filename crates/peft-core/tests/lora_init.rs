@@ -76,7 +76,7 @@ fn pissa_keeps_the_output_and_the_base_comes_back() {
     let cfg = json!({"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": "pissa"});
     tuners.inject(&mut model, "default", lora(cfg), 0).unwrap();
     let w = "model.layers.0.mlp.down_proj.weight";
-    assert!(max_abs_diff(model.store.by_name(w).unwrap().value(), &base[w]) > 1e-2, "PiSSA takes the principal part out of the base");
+    assert!(max_abs_diff(&model.store.by_name(w).unwrap().value(), &base[w]) > 1e-2, "PiSSA takes the principal part out of the base");
     assert!(param(&model, "base_model.model.model.layers.0.mlp.down_proj.lora_B.default.weight").iter().any(|&x| x != 0.0));
     let d = max_abs_diff(&logits_with(&model, Some(&tuners)), &base_logits);
     println!("pissa at init: logits moved by {d:e}");
@@ -91,7 +91,7 @@ fn pissa_keeps_the_output_and_the_base_comes_back() {
     std::fs::remove_dir_all(&out).unwrap();
     // Deleting the adapter puts the principal part back into the base weight.
     tuners.delete_adapter(&mut model, "default").unwrap();
-    let worst = base.iter().map(|(k, v)| max_abs_diff(model.store.by_name(k).unwrap().value(), v)).fold(0f32, f32::max);
+    let worst = base.iter().map(|(k, v)| max_abs_diff(&model.store.by_name(k).unwrap().value(), v)).fold(0f32, f32::max);
     println!("pissa base after delete max abs err {worst:e}");
     assert!(worst < 1e-6);
     // r larger than the weight allows is refused.

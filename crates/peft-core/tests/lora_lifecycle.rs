@@ -20,7 +20,7 @@ fn two_adapters() -> (CausalLm, Tuners) {
 }
 
 fn trainable(model: &CausalLm) -> Vec<String> {
-    let mut v: Vec<String> = model.store.iter().filter(|(_, p)| p.requires_grad).map(|(_, p)| p.name.clone()).collect();
+    let mut v: Vec<String> = model.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.name.clone()).collect();
     v.sort();
     v
 }
@@ -30,7 +30,7 @@ fn base_weights(model: &CausalLm) -> std::collections::HashMap<String, candle_co
 }
 
 fn base_diff(model: &CausalLm, base: &std::collections::HashMap<String, candle_core::Tensor>) -> f32 {
-    base.iter().map(|(k, v)| max_abs_diff(model.store.by_name(k).unwrap().value(), v)).fold(0.0, f32::max)
+    base.iter().map(|(k, v)| max_abs_diff(&model.store.by_name(k).unwrap().value(), v)).fold(0.0, f32::max)
 }
 
 #[test]
@@ -41,7 +41,7 @@ fn first_adapter_is_active_and_only_it_trains() {
     let t = trainable(&model);
     assert_eq!(t.len(), 8);
     assert!(t.iter().all(|n| n.contains(".default.") || n.contains(".a.")), "{t:?}");
-    assert!(model.store.iter().filter(|(_, p)| !p.name.starts_with("base_model.")).all(|(_, p)| !p.requires_grad), "base weights stay frozen");
+    assert!(model.store.iter().filter(|(_, p)| !p.name.starts_with("base_model.")).all(|(_, p)| !p.requires_grad()), "base weights stay frozen");
     tuners.set_active(&mut model, &["b"]).unwrap();
     assert!(trainable(&model).iter().all(|n| n.contains(".b.")));
     assert_eq!(trainable(&model).len(), 10 * 3);
@@ -51,7 +51,7 @@ fn first_adapter_is_active_and_only_it_trains() {
     assert!(e.contains("\"c\"") && e.contains("a, b"), "{e}");
     // Both active: both receive gradients from one backward pass.
     loss_with(&mut model, Some(&tuners), true);
-    assert!(model.store.iter().filter(|(_, p)| p.requires_grad).all(|(_, p)| p.grad.is_some()));
+    assert!(model.store.iter().filter(|(_, p)| p.requires_grad()).all(|(_, p)| p.grad.is_some()));
     // Parameter names are PEFT's, with the adapter name inside.
     assert!(model.store.by_name("base_model.model.model.layers.0.self_attn.q_proj.lora_A.a.weight").is_ok());
     assert!(model.store.by_name("base_model.model.model.layers.1.mlp.down_proj.lora_magnitude_vector.b.weight").is_ok());
@@ -157,7 +157,7 @@ fn merge_and_unload_keeps_the_output() {
     tuners.merge_and_unload(&mut model, None).unwrap();
     assert!(tuners.names().is_empty());
     assert_eq!(model.store.iter().count(), base.len());
-    assert!(model.store.iter().all(|(_, p)| !p.requires_grad));
+    assert!(model.store.iter().all(|(_, p)| !p.requires_grad()));
     let d = max_abs_diff(&logits_with(&model, None), &with);
     println!("merge_and_unload vs adapters logits {d:e}");
     assert!(d < 1e-4);

@@ -68,7 +68,7 @@ fn every_masked_delta_has_the_exact_gradient() {
     for path in [Q0, "model.layers.1.mlp.down_proj"] {
         let name = format!("base_model.model.{path}.sparse_delta.default");
         let p = model.store.by_name(&name).unwrap();
-        let (base, grad) = (values(p.value()), values(p.grad.as_ref().unwrap()));
+        let (base, grad) = (values(&p.value()), values(p.grad.as_ref().unwrap()));
         let gmax = grad.iter().fold(0f64, |m, x| m.max(x.abs()));
         for i in 0..base.len() {
             let at = |h: f64| {
@@ -90,7 +90,7 @@ fn every_masked_delta_has_the_exact_gradient() {
 #[test]
 fn magnitude_keeps_the_largest_weights_and_density_one_keeps_all() {
     let mut model = load_model();
-    let w = values(model.store.by_name(&format!("{Q0}.weight")).unwrap().value());
+    let w = values(&model.store.by_name(&format!("{Q0}.weight")).unwrap().value());
     let abs: Vec<f64> = w.iter().map(|x| x.abs()).collect();
     let tuners = inject(&mut model, parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "target_modules": ["q_proj", "up_proj"]})));
     assert_eq!(indices_of(&model, Q0), top_k_by_sort(&abs, 410), "k = round(0.1 · 4096)");
@@ -133,16 +133,16 @@ fn fisher_is_the_mean_squared_gradient_and_leaves_the_model_as_it_was() {
     let spec = TargetSpec { target_modules: Some(Targets::List(vec!["q_proj".into(), "v_proj".into()])), ..Default::default() };
     let scores = estimate_fisher(&mut model, &spec, &fisher_batches(), Path::new("test")).unwrap();
     assert_eq!(scores.len(), 4);
-    assert!(model.store.iter().all(|(_, p)| !p.requires_grad && p.grad.is_none()), "requires_grad restored, no gradient left");
+    assert!(model.store.iter().all(|(_, p)| !p.requires_grad() && p.grad.is_none()), "requires_grad restored, no gradient left");
 
     // The definition, by hand: the gradient of each batch's loss, squared, averaged.
     let mut expected = vec![0f64; 4096];
     for b in fisher_batches() {
         let mut m = load_model();
-        m.store.by_name_mut(&format!("{Q0}.weight")).unwrap().requires_grad = true;
+        m.store.by_name_mut(&format!("{Q0}.weight")).unwrap().set_requires_grad(true).unwrap();
         let ctx = Ctx::new(&m.store, false);
         let l = loss::causal_lm_loss(&m.forward(&b.batch, &ctx, None, false).unwrap(), &b.labels).unwrap();
-        let g = values(l.backward().unwrap().get(m.store.by_name(&format!("{Q0}.weight")).unwrap().value()).unwrap());
+        let g = values(l.backward().unwrap().get(&m.store.by_name(&format!("{Q0}.weight")).unwrap().value()).unwrap());
         expected.iter_mut().zip(g).for_each(|(e, g)| *e += g * g / 2.0);
     }
     let got = values(&scores[Q0]);

@@ -88,7 +88,7 @@ fn vera_shares_one_projection_pair_sized_by_the_largest_target() {
     let (model, mut tuners) = setup(DType::F32);
     assert_eq!(model.store.by_name("base_model.vera_A.default").unwrap().value().dims(), [8, 160]);
     assert_eq!(model.store.by_name("base_model.vera_B.default").unwrap().value().dims(), [160, 8]);
-    assert!(!model.store.by_name("base_model.vera_A.default").unwrap().requires_grad);
+    assert!(!model.store.by_name("base_model.vera_A.default").unwrap().requires_grad());
     let mut model = model;
     tuners.inject(&mut model, "second", config("VERA", json!({"r": 4, "target_modules": ["q_proj"]})), 0).unwrap();
     assert_eq!(model.store.by_name("base_model.vera_A.second").unwrap().value().dims(), [4, 64]);
@@ -123,7 +123,7 @@ fn vera_init_and_config_errors() {
     let mut tuners = Tuners::new();
     tuners.inject(&mut model, "default", config("VERA", json!({"r": 4})), 0).unwrap();
     let d = model.store.by_name("base_model.model.model.layers.0.self_attn.q_proj.vera_lambda_d.default").unwrap();
-    assert!(flat(d.value()).iter().all(|&x| (x - 0.1).abs() < 1e-7), "d starts at d_initial");
+    assert!(flat(&d.value()).iter().all(|&x| (x - 0.1).abs() < 1e-7), "d starts at d_initial");
     assert_eq!(max_abs_diff(&logits_with(&model, Some(&tuners)), &logits_with(&model, None)), 0.0, "b starts at zero");
     assert_eq!(tuners.modules("default").unwrap().len(), 4, "q_proj and v_proj by default");
     for (cfg, key) in [

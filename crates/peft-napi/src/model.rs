@@ -107,7 +107,9 @@ pub struct NativeModel {
 
 #[napi]
 pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -> Result<AsyncTask<ModelJob>> {
-    let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())? };
+    // Without a dtype, frozen weights stay in their storage type (GGUF quantizations, f16/bf16).
+    let quantized = dtype.is_none();
+    let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())?, quantized };
     Ok(ModelJob::spawn(move || {
         let (llama, tokenizer) = CausalLm::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)?;
         Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState::new(llama, tokenizer, path)))) })
@@ -231,7 +233,7 @@ impl NativeModel {
                 name: p.name.clone(),
                 shape: p.value().dims().iter().map(|d| *d as u32).collect(),
                 dtype: dtype_name(p.value().dtype()).into(),
-                requires_grad: p.requires_grad,
+                requires_grad: p.requires_grad(),
                 has_grad: p.grad.is_some(),
             }).collect())
         })
@@ -255,7 +257,7 @@ impl NativeModel {
     pub fn set_requires_grad(&self, name: String, value: bool) -> Result<()> {
         with_model_mut(&self.inner, |m| {
             let p = m.llama.store.by_name_mut(&name)?;
-            p.requires_grad = value;
+            p.set_requires_grad(value)?;
             if !value {
                 p.grad = None;
             }
@@ -265,7 +267,7 @@ impl NativeModel {
 
     #[napi]
     pub fn requires_grad(&self, name: String) -> Result<bool> {
-        with_model(&self.inner, |m| Ok(m.llama.store.by_name(&name)?.requires_grad))
+        with_model(&self.inner, |m| Ok(m.llama.store.by_name(&name)?.requires_grad()))
     }
 
     /// The parameter's value (shares storage: later optimizer steps show through).

@@ -22,6 +22,7 @@ pub use write::write_llama_gguf;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::io::safetensors::WeightMap;
+use crate::model::QWeight;
 use crate::tokenizer::GgufTokenizerSpec;
 use candle_core::{DType, Device};
 use read::corrupt;
@@ -35,8 +36,9 @@ pub struct GgufCheckpoint {
     pub tokenizer: GgufTokenizerSpec,
 }
 
-/// Loads a llama GGUF file, dequantizing every tensor to `dtype` (f32, f16 or bf16).
-pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<GgufCheckpoint> {
+/// Loads a GGUF file, dequantizing every tensor to `dtype` (f32, f16 or bf16), except, with
+/// `keep_quantized` on the CPU, the 2-D weights in a storage type `QWeight` keeps.
+pub fn load_gguf(path: &Path, dtype: DType, device: &Device, keep_quantized: bool) -> Result<GgufCheckpoint> {
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
         return Err(Error::arg("dtype", "f32, f16 or bf16", format!("{dtype:?}")));
     }
@@ -47,7 +49,8 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<GgufCheck
     }
     let tokenizer = tokenizer_spec(&file)?;
     let config = config_from_metadata(&file, &tokenizer)?;
-    let weights = load_weights(&file, &config, dtype, device)?;
+    let keep = keep_quantized && device.is_cpu();
+    let weights = load_weights(&file, &config, dtype, device, keep)?;
     Ok(GgufCheckpoint { config, weights, tokenizer })
 }
 
@@ -90,7 +93,7 @@ pub fn tokenizer_spec(file: &GgufFile) -> Result<GgufTokenizerSpec> {
     Ok(spec)
 }
 
-fn load_weights(file: &GgufFile, cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<WeightMap> {
+fn load_weights(file: &GgufFile, cfg: &ModelConfig, dtype: DType, device: &Device, keep: bool) -> Result<WeightMap> {
     let path = file.path.as_path();
     // Check every name and shape before dequantizing anything: errors come fast and cheap.
     let mut plan = Vec::with_capacity(file.tensors.len());
@@ -117,6 +120,16 @@ fn load_weights(file: &GgufFile, cfg: &ModelConfig, dtype: DType, device: &Devic
     }
     let mut weights = WeightMap::default();
     for (info, hf) in plan {
+        if keep && info.dims.len() == 2 && QWeight::keeps(info.dtype) {
+            let (rows, cols) = (info.dims[0], info.dims[1]);
+            let mut q = QWeight::from_bytes(&info.name, info.dtype, rows, cols, file.tensor_bytes(info))?;
+            if let Some(n_head) = names::rope_heads(cfg, &hf) {
+                q = q.permute_rows(&names::from_gguf_row_order(rows, n_head));
+            }
+            weights.files.insert(hf.clone(), path.into());
+            weights.quantized.insert(hf, std::sync::Arc::new(q));
+            continue;
+        }
         let mut t = file.tensor(info, dtype, device)?;
         if let Some(n_head) = names::rope_heads(cfg, &hf) {
             t = names::from_gguf_rows(&t, n_head)?;

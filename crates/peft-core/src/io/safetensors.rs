@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 #[derive(Default)]
 pub struct WeightMap {
     pub tensors: HashMap<String, Tensor>,
+    /// Weights kept in their storage type (see `LoadOptions::quantized`), by the same names.
+    pub quantized: HashMap<String, std::sync::Arc<crate::model::QWeight>>,
     pub files: HashMap<String, PathBuf>,
 }
 

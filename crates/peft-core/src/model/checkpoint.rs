@@ -169,7 +169,7 @@ impl LayerCheckpoint {
         let prefix = prefix.map(|(k, v)| Ok::<_, Error>((leaf(k, k.track_op())?, leaf(v, v.track_op())?))).transpose()?;
         let (mut y, mut params) = (None, Vec::new());
         self.checkpoint.access.with_model(&mut |lm, hooks| {
-            params = lm.store.iter().filter(|(_, p)| p.requires_grad).map(|(_, p)| p.value().clone()).collect();
+            params = lm.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.value().clone()).collect();
             let layer = lm.layers.get(self.layer).ok_or_else(|| Error::Unsupported(format!("checkpointed layer {}: the model now has {} layers", self.layer, lm.layers.len())))?;
             let ctx = self.replay.ctx(&lm.store, false, self.training, hooks);
             y = Some(lm.block(layer, &x, &self.step.step(&ctx), prefix.as_ref(), None)?);

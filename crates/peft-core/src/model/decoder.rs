@@ -140,7 +140,7 @@ impl CausalLm {
             h.begin_forward(b, ctx)?;
         }
         let ids = batch.ids_tensor(&self.device)?;
-        let mut x = ctx.param(self.embed_tokens).index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let mut x = self.embed(&ids.flatten_all()?, ctx)?.reshape((b, t, ()))?;
         if let Some(scale) = self.config.arch.embed_scale {
             x = x.affine(scale, 0.0)?;
         }
@@ -202,12 +202,28 @@ impl CausalLm {
         self.norm.forward(&x, ctx)
     }
 
+    /// The embeddings of token ids [n]: [n, hidden]. A quantized table dequantizes only
+    /// the rows asked for (it is frozen, so no gradient flows to it).
+    fn embed(&self, ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let Some(q) = ctx.store.get(self.embed_tokens).quantized() else {
+            return Ok(ctx.param(self.embed_tokens).index_select(ids, 0)?);
+        };
+        let ids = ids.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let hidden = q.dims().1;
+        let mut out = vec![0f32; ids.len() * hidden];
+        q.gather_rows(&ids, &mut out);
+        Ok(Tensor::from_vec(out, (ids.len(), hidden), &self.device)?.to_dtype(self.dtype)?)
+    }
+
     /// Logits from final hidden states: the LM head (the embeddings when tied), then Gemma's
     /// final soft-capping.
     pub fn head(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let logits = match &self.lm_head {
             Some(head) => head.forward(&x, ctx)?,
-            None => linear(&x, &ctx.param(self.embed_tokens), None)?,
+            None => match ctx.store.get(self.embed_tokens).quantized() {
+                Some(q) => ops::qlinear(x, &q, None)?,
+                None => linear(x, &ctx.param(self.embed_tokens), None)?,
+            },
         };
         Ok(match self.config.arch.final_logit_softcapping {
             Some(cap) => (logits.affine(1.0 / cap, 0.0)?.tanh()? * cap)?,

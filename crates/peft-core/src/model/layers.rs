@@ -19,7 +19,10 @@ impl Linear {
     /// `x Wᵀ + b`, nothing attached.
     pub fn base(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let bias = self.bias.map(|b| ctx.param(b));
-        Ok(linear(x, &ctx.param(self.weight), bias.as_ref())?)
+        match ctx.store.get(self.weight).quantized() {
+            Some(q) => Ok(ops::qlinear(x, &q, bias.as_ref())?),
+            None => Ok(linear(x, &ctx.param(self.weight), bias.as_ref())?),
+        }
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {

@@ -3,6 +3,7 @@
 use super::decoder::CausalLm;
 use super::layers::{Attention, Block, GateUpProj, Linear, Mlp, Norm, QkvProj};
 use super::params::{ParamId, ParamStore};
+use super::qweight::QWeight;
 use super::rope::Rope;
 use super::shapes;
 use crate::config::ModelConfig;
@@ -16,11 +17,15 @@ use std::path::{Path, PathBuf};
 pub struct LoadOptions {
     pub dtype: DType,
     pub device: Device,
+    /// Keep the frozen linear and embedding weights in their storage type (a GGUF's block
+    /// quantizations, a safetensors checkpoint's f16/bf16) instead of converting them to
+    /// `dtype` (CPU only). They cannot be trained then; adapters over them can.
+    pub quantized: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { dtype: DType::F32, device: Device::Cpu }
+        LoadOptions { dtype: DType::F32, device: Device::Cpu, quantized: false }
     }
 }
 
@@ -34,13 +39,15 @@ impl CausalLm {
             return Self::from_gguf(path, opts).map(|(m, _)| m);
         }
         let config = ModelConfig::from_file(&path.join("config.json"))?;
-        let weights = load_checkpoint_dir(path, Some(opts.dtype), &opts.device)?;
+        // Kept half-precision weights are converted per weight in `Builder::param`.
+        let keep = opts.quantized && opts.device.is_cpu();
+        let weights = load_checkpoint_dir(path, if keep { None } else { Some(opts.dtype) }, &opts.device)?;
         Self::from_weights(config, weights, path, opts)
     }
 
     /// A `.gguf` file: the model, and the tokenizer its metadata describes.
     pub fn from_gguf(path: &Path, opts: &LoadOptions) -> Result<(Self, GgufTokenizerSpec)> {
-        let ckpt = load_gguf(path, opts.dtype, &opts.device)?;
+        let ckpt = load_gguf(path, opts.dtype, &opts.device, opts.quantized)?;
         Ok((Self::from_weights(ckpt.config, ckpt.weights, path, opts)?, ckpt.tokenizer))
     }
 
@@ -58,7 +65,8 @@ impl CausalLm {
 
     pub fn from_weights(config: ModelConfig, mut w: WeightMap, source: &Path, opts: &LoadOptions) -> Result<Self> {
         let cfg = config.clone();
-        let mut b = Builder { config: &cfg, w: &mut w, source, store: ParamStore::default(), dtype: opts.dtype };
+        let keep = opts.quantized && opts.device.is_cpu();
+        let mut b = Builder { config: &cfg, w: &mut w, source, store: ParamStore::default(), dtype: opts.dtype, keep };
         let (c, a) = (&config, &config.arch);
         let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
@@ -66,7 +74,7 @@ impl CausalLm {
             let weight = b.param(&format!("{path}.weight"), &[dim])?;
             Ok(Norm { path, weight, eps: c.rms_norm_eps, unit_offset: a.unit_offset_norms })
         };
-        let embed_tokens = b.param("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let embed_tokens = b.weight("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -133,6 +141,8 @@ struct Builder<'a> {
     source: &'a Path,
     store: ParamStore,
     dtype: DType,
+    /// `LoadOptions::quantized` on the CPU.
+    keep: bool,
 }
 
 impl Builder<'_> {
@@ -148,8 +158,31 @@ impl Builder<'_> {
         self.store.add(name, t.to_dtype(self.dtype)?, false)
     }
 
+    /// A linear or embedding weight: kept in its storage type when asked and possible.
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<ParamId> {
+        if let Some(q) = self.w.quantized.remove(name) {
+            let file = self.w.files.remove(name).unwrap_or_else(|| self.source.into());
+            let found = [q.dims().0, q.dims().1];
+            if found != shape {
+                let because = shapes::shape_keys(self.config, name);
+                return Err(Error::WeightShape { file, name: name.into(), expected: shape.to_vec(), found: found.to_vec(), because });
+            }
+            return self.store.add_quantized(name, q);
+        }
+        let half = self.w.tensors.get(name).is_some_and(|t| matches!(t.dtype(), DType::F16 | DType::BF16));
+        if !(self.keep && half) {
+            return self.param(name, shape);
+        }
+        let (t, file) = self.w.take(name, self.source)?;
+        if t.dims() != shape {
+            let because = shapes::shape_keys(self.config, name);
+            return Err(Error::WeightShape { file, name: name.into(), expected: shape.to_vec(), found: t.dims().to_vec(), because });
+        }
+        self.store.add_quantized(name, std::sync::Arc::new(QWeight::from_half(name, &t)?))
+    }
+
     fn linear(&mut self, path: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        let weight = self.param(&format!("{path}.weight"), &[out, inp])?;
+        let weight = self.weight(&format!("{path}.weight"), &[out, inp])?;
         let name = format!("{path}.bias");
         if bias && !self.w.tensors.contains_key(&name) {
             return Err(self.missing_bias(&name));

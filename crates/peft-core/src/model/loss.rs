@@ -81,15 +81,20 @@ impl CausalLm {
     pub fn loss_sum_chunked(&self, batch: &Batch, ctx: &Ctx, labels: &[Vec<i64>], chunk_rows: usize) -> Result<(Tensor, usize)> {
         let x = self.hidden_states(batch, ctx, None, false)?;
         let weight = match &self.lm_head {
-            None => Some(ctx.param(self.embed_tokens)),
-            Some(head) if head.bias.is_none() && !ctx.hooks.is_some_and(|h| h.changes_linear(&head.path, ctx)) => Some(ctx.param(head.weight)),
+            None => Some(self.embed_tokens),
+            Some(head) if head.bias.is_none() && !ctx.hooks.is_some_and(|h| h.changes_linear(&head.path, ctx)) => Some(head.weight),
             Some(_) => None,
         };
         let Some(weight) = weight else { return causal_lm_loss_sum(&self.head(&x, ctx)?, labels) };
         let (b, t, hidden) = x.dims3()?;
         let (targets, weights, count) = row_targets(labels, b, t, self.config.vocab_size, &self.device)?;
         let softcap = self.config.arch.final_logit_softcapping;
-        let sum = ops::linear_cross_entropy_sum(&x.reshape((b * t, hidden))?, &weight, &targets, &weights, softcap, chunk_rows)?;
+        let h = x.reshape((b * t, hidden))?;
+        let sum = match ctx.store.get(weight).quantized() {
+            // Each chunk dequantizes the whole head tile by tile: chunks 4× larger do that 4× less often.
+            Some(q) => ops::qlinear_cross_entropy_sum(&h, &q, &targets, &weights, softcap, 4 * chunk_rows)?,
+            None => ops::linear_cross_entropy_sum(&h, &ctx.param(weight), &targets, &weights, softcap, chunk_rows)?,
+        };
         Ok((sum, count))
     }
 }

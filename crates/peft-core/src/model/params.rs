@@ -1,9 +1,12 @@
 //! Named parameters. Every weight is a candle `Var`; whether it is trainable is a flag
 //! read at forward time: a frozen weight enters the graph detached (sharing storage), so
-//! no gradient is computed for it and freezing follows from the flag alone.
+//! no gradient is computed for it and freezing follows from the flag alone. A frozen base
+//! weight may instead be kept quantized (`QWeight`), and is then never trainable.
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use super::qweight::QWeight;
+use candle_core::{DType, Device, Tensor, Var};
+use std::sync::{Arc, RwLock};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -11,30 +14,108 @@ pub struct ParamId(usize);
 
 pub struct Parameter {
     pub name: String,
-    var: Var,
-    pub requires_grad: bool,
+    /// Behind a lock so that `set` can turn a quantized weight dense through `&self`, as
+    /// `Var::set` updates a dense one.
+    value: RwLock<Value>,
+    requires_grad: bool,
     pub grad: Option<Tensor>,
 }
 
+/// A dense `Var`, or a frozen weight kept in its storage type (a GGUF quantization or half
+/// precision): see `QWeight`. Only linear and embedding weights are kept quantized.
+enum Value {
+    Dense(Var),
+    Quantized(Arc<QWeight>),
+}
+
 impl Parameter {
-    /// The value as it enters a graph: tracked when trainable, detached otherwise.
+    /// The value as it enters a graph: tracked when trainable, detached otherwise. A
+    /// quantized weight comes dequantized (f32), for this use only: the model's linears and
+    /// embedding read it through `quantized()` instead, without dequantizing it whole.
     pub fn tensor(&self, no_grad: bool) -> Tensor {
-        if self.requires_grad && !no_grad {
-            self.var.as_tensor().clone()
-        } else {
-            self.var.as_tensor().detach()
+        match &*self.read() {
+            Value::Dense(var) if self.requires_grad && !no_grad => var.as_tensor().clone(),
+            Value::Dense(var) => var.as_tensor().detach(),
+            Value::Quantized(q) => q.to_tensor(DType::F32, &Device::Cpu).expect("dequantizing a checked weight"),
         }
     }
 
-    pub fn value(&self) -> &Tensor {
-        self.var.as_tensor()
+    /// The value (a quantized weight dequantized to f32: see `tensor`).
+    pub fn value(&self) -> Tensor {
+        self.tensor(true)
     }
 
+    /// The quantized weight, when this parameter is one.
+    pub fn quantized(&self) -> Option<Arc<QWeight>> {
+        match &*self.read() {
+            Value::Quantized(q) => Some(q.clone()),
+            Value::Dense(_) => None,
+        }
+    }
+
+    pub fn dims(&self) -> Vec<usize> {
+        match &*self.read() {
+            Value::Dense(var) => var.dims().to_vec(),
+            Value::Quantized(q) => vec![q.dims().0, q.dims().1],
+        }
+    }
+
+    /// The dtype computations see (f32 for a quantized weight).
+    pub fn dtype(&self) -> DType {
+        match &*self.read() {
+            Value::Dense(var) => var.dtype(),
+            Value::Quantized(_) => DType::F32,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match &*self.read() {
+            Value::Dense(var) => var.device().clone(),
+            Value::Quantized(_) => Device::Cpu,
+        }
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+    }
+
+    /// Makes the parameter trainable or frozen. A quantized weight can only be frozen: its
+    /// gradient would need the dense weight this storage exists to avoid.
+    pub fn set_requires_grad(&mut self, on: bool) -> Result<()> {
+        if let Some(q) = self.quantized().filter(|_| on) {
+            return Err(Error::Unsupported(format!(
+                "training `{}`: it is kept quantized ({:?}) and a quantized base weight is frozen; load the model with dtype 'float32' to train base weights",
+                self.name, q.dtype())));
+        }
+        self.requires_grad = on;
+        Ok(())
+    }
+
+    /// Replaces the value. A quantized weight becomes dense f32 (merging an adapter into it,
+    /// PiSSA's residual): the new value is no longer what the storage type can hold exactly.
     pub fn set(&self, value: &Tensor) -> Result<()> {
-        if value.dims() != self.var.dims() {
-            return Err(Error::arg(&self.name, format!("shape {:?}", self.var.dims()), format!("{:?}", value.dims())));
+        if value.dims() != self.dims().as_slice() {
+            return Err(Error::arg(&self.name, format!("shape {:?}", self.dims()), format!("{:?}", value.dims())));
         }
-        Ok(self.var.set(&value.to_dtype(self.var.dtype())?)?)
+        let mut guard = self.value.write().unwrap_or_else(|e| e.into_inner());
+        match &*guard {
+            Value::Dense(var) => Ok(var.set(&value.to_dtype(var.dtype())?)?),
+            Value::Quantized(_) => {
+                *guard = Value::Dense(Var::from_tensor(&value.to_dtype(DType::F32)?.copy()?)?);
+                Ok(())
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Value> {
+        self.value.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn var(&self) -> Option<Var> {
+        match &*self.read() {
+            Value::Dense(var) => Some(var.clone()),
+            Value::Quantized(_) => None,
+        }
     }
 }
 
@@ -52,9 +133,26 @@ impl ParamStore {
         }
         let id = ParamId(self.params.len());
         let var = Var::from_tensor(&value)?;
-        self.params.push(Some(Parameter { name: name.clone(), var, requires_grad, grad: None }));
+        self.params.push(Some(Parameter { name: name.clone(), value: RwLock::new(Value::Dense(var)), requires_grad, grad: None }));
         self.by_name.insert(name, id);
         Ok(id)
+    }
+
+    /// A frozen weight kept in its storage type.
+    pub fn add_quantized(&mut self, name: impl Into<String>, value: Arc<QWeight>) -> Result<ParamId> {
+        let name = name.into();
+        if self.by_name.contains_key(&name) {
+            return Err(Error::arg("parameter name", "a name not already in use", name));
+        }
+        let id = ParamId(self.params.len());
+        self.params.push(Some(Parameter { name: name.clone(), value: RwLock::new(Value::Quantized(value)), requires_grad: false, grad: None }));
+        self.by_name.insert(name, id);
+        Ok(id)
+    }
+
+    /// Bytes held by quantized weights, and their count.
+    pub fn quantized_bytes(&self) -> (usize, usize) {
+        self.iter().filter_map(|(_, p)| p.quantized()).fold((0, 0), |(b, n), q| (b + q.storage_bytes(), n + 1))
     }
 
     pub fn remove(&mut self, id: ParamId) -> Option<Parameter> {
@@ -99,8 +197,9 @@ impl ParamStore {
             if !p.requires_grad {
                 continue;
             }
-            if let Some(g) = grads.get(p.var.as_tensor()) {
-                let g = g.detach().to_dtype(p.var.dtype())?;
+            let Some(var) = p.var() else { continue };
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let g = g.detach().to_dtype(var.dtype())?;
                 p.grad = Some(match p.grad.take() {
                     Some(acc) => (acc + g)?,
                     None => g,

@@ -12,6 +12,7 @@ mod kernel;
 mod linear_cross_entropy;
 mod lora;
 pub(crate) mod precomputed;
+mod qlinear;
 mod rms_norm;
 mod rope;
 mod silu_mul;
@@ -20,8 +21,9 @@ mod sparse;
 
 pub use attention::scaled_masked_softmax;
 pub use cross_entropy::cross_entropy_sum;
-pub use linear_cross_entropy::{default_chunk_rows, linear_cross_entropy_sum};
+pub use linear_cross_entropy::{default_chunk_rows, linear_cross_entropy_sum, qlinear_cross_entropy_sum};
 pub use lora::lora_add;
+pub use qlinear::{qlinear, qlinear_input_grad};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use silu_mul::silu_mul;

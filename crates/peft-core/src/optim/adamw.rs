@@ -35,8 +35,8 @@ pub fn adamw_step(p: &Parameter, m: &mut Tensor, v: &mut Tensor, step: u64, h: &
         w[i] = w[i] * decay - step_size * mv[i] / denom;
     }
     let dt = state_dtype(p);
-    *m = state_tensor(mv, p.value(), dt)?;
-    *v = state_tensor(vv, p.value(), dt)?;
+    *m = state_tensor(mv, &p.value(), dt)?;
+    *v = state_tensor(vv, &p.value(), dt)?;
     write_back(p, w)
 }
 

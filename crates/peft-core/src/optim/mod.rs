@@ -13,7 +13,7 @@ pub use sgd::{sgd_step, SgdHyper};
 /// A parameter's value and gradient as f32 host vectors, checked for a gradient.
 pub(crate) fn value_and_grad(p: &Parameter) -> Result<(Vec<f64>, Vec<f64>)> {
     let grad = p.grad.as_ref().ok_or_else(|| Error::arg(&p.name, "a parameter with a gradient (call backward first)", "no gradient"))?;
-    Ok((flat(p.value())?, flat(grad)?))
+    Ok((flat(&p.value())?, flat(grad)?))
 }
 
 /// Host copy in f64: the update math runs in f64 whatever the storage dtype.

@@ -36,7 +36,7 @@ pub fn sgd_step(p: &Parameter, buf: &mut Option<Tensor>, h: &SgdHyper) -> Result
             std::mem::swap(&mut g, &mut b);
             b = g.clone();
         }
-        *buf = Some(state_tensor(b, p.value(), state_dtype(p))?);
+        *buf = Some(state_tensor(b, &p.value(), state_dtype(p))?);
     }
     w.iter_mut().zip(&g).for_each(|(wi, gi)| *wi -= lr * gi);
     write_back(p, w)

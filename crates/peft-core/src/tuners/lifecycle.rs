@@ -269,7 +269,8 @@ impl Tuners {
         for a in &self.adapters {
             let on = self.enabled && self.active.contains(&a.name) && !a.config.inference_mode();
             for id in a.modules.iter().flat_map(|p| self.layer(p, &a.name)).flat_map(|l| l.params()) {
-                model.store.get_mut(id).requires_grad = on;
+                // Adapter parameters are dense, so this cannot fail (only a quantized base weight refuses).
+                let _ = model.store.get_mut(id).set_requires_grad(on);
             }
         }
     }

@@ -44,10 +44,10 @@ pub fn setup(arch: &str, trainable: Trainable) -> Arc<Lent> {
 
 pub fn setup_in(arch: &str, trainable: Trainable, dtype: DType) -> Arc<Lent> {
     let dir = fixture(arch);
-    let mut model = CausalLm::from_pretrained(&dir.join("model"), &LoadOptions { dtype, device: Device::Cpu }).unwrap();
+    let mut model = CausalLm::from_pretrained(&dir.join("model"), &LoadOptions { dtype, device: Device::Cpu, quantized: false }).unwrap();
     let mut tuners = Tuners::new();
     match trainable {
-        Trainable::Full => model.store.iter_mut().for_each(|p| p.requires_grad = true),
+        Trainable::Full => model.store.iter_mut().for_each(|p| p.set_requires_grad(true).unwrap()),
         Trainable::Case(case) => {
             load_adapter(&mut tuners, &mut model, &dir.join("cases").join(case), "default", true).unwrap();
         }
@@ -55,10 +55,10 @@ pub fn setup_in(arch: &str, trainable: Trainable, dtype: DType) -> Arc<Lent> {
             let (cfg, _) = parse_config(&cfg, None, Path::new("test config")).unwrap();
             tuners.inject(&mut model, "default", cfg, 3).unwrap();
             // Off the zero init (LoRA's B), so that every factor gets a non-zero gradient.
-            for p in model.store.iter_mut().filter(|p| p.requires_grad) {
+            for p in model.store.iter_mut().filter(|p| p.requires_grad()) {
                 let v = p.value();
                 let noise = (Tensor::arange(0u32, v.elem_count() as u32, &Device::Cpu).unwrap().to_dtype(v.dtype()).unwrap() * 0.37).unwrap().sin().unwrap();
-                p.set(&(v + (noise.reshape(v.dims()).unwrap() * 0.1).unwrap()).unwrap()).unwrap();
+                p.set(&(&v + (noise.reshape(v.dims()).unwrap() * 0.1).unwrap()).unwrap()).unwrap();
             }
         }
     }

@@ -146,7 +146,7 @@ pub fn two_adamw_steps_with(model: &mut CausalLm, tuners: Option<&Tuners>, h: &p
         if step == 2 {
             loss1 = l;
         }
-        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
             let (m, v) = state.entry(p.name.clone()).or_insert_with(|| {
                 (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap())
             });

@@ -51,7 +51,7 @@ pub fn check_case(case: &str, virtual_tokens: usize, can_merge: bool) {
     loss_with(&mut model, Some(&tuners), true);
     let mut worst = (0f32, String::new());
     let mut n = 0;
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let key = format!("grad.{}", fixture_name(&p.name));
         let want = exp.get(&key).unwrap_or_else(|| panic!("fixture lacks {key}"));
         let err = rel_err(p.grad.as_ref().unwrap_or_else(|| panic!("no gradient for {}", p.name)), want);
@@ -72,9 +72,9 @@ pub fn check_case(case: &str, virtual_tokens: usize, can_merge: bool) {
     println!("{case}: loss_after_step1 err {:e}", (loss1 - e1).abs());
     assert!((loss1 - e1).abs() < 1e-4 * e1.abs().max(1.0));
     let (mut strict, mut loose) = (0f32, 0f32);
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let name = fixture_name(&p.name);
-        let (got, want, g0) = (flat(p.value()), flat(&exp[&format!("after_step2.{name}")]), flat(&exp[&format!("grad.{name}")]));
+        let (got, want, g0) = (flat(&p.value()), flat(&exp[&format!("after_step2.{name}")]), flat(&exp[&format!("grad.{name}")]));
         let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
         for i in 0..got.len() {
             let d = (got[i] - want[i]).abs();
@@ -88,7 +88,7 @@ pub fn check_case(case: &str, virtual_tokens: usize, can_merge: bool) {
     assert_eq!(got, ids_of(&exp["greedy_after_step2"]), "{case}: greedy after step 2");
 
     // Merging, from PEFT's step-2 parameters.
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         p.set(&exp[&format!("after_step2.{}", fixture_name(&p.name))]).unwrap();
     }
     let before = logits_with(&model, Some(&tuners));

@@ -30,7 +30,7 @@ fn patch(bytes: &[u8], at: usize, with: &[u8]) -> Vec<u8> {
 fn load_err(name: &str, bytes: &[u8]) -> Error {
     let path = tmp(name);
     std::fs::write(&path, bytes).unwrap();
-    let result = load_gguf(&path, DType::F32, &Device::Cpu);
+    let result = load_gguf(&path, DType::F32, &Device::Cpu, false);
     std::fs::remove_file(&path).unwrap();
     let err = match result {
         Ok(_) => panic!("{name}: a damaged file loaded without error"),
@@ -151,7 +151,7 @@ fn header_byte_fuzz_never_panics() {
                 continue;
             }
             file.write_all_at(&[v], at as u64).unwrap();
-            if let Err(e) = load_gguf(&path, DType::F32, &Device::Cpu) {
+            if let Err(e) = load_gguf(&path, DType::F32, &Device::Cpu, false) {
                 assert!(e.to_string().contains(&path.display().to_string()), "byte {at} = {v:#x}: {e}");
                 failures += 1;
             }

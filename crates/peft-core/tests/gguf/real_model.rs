@@ -27,7 +27,7 @@ fn smollm2_135m_instruct_q4_1() {
         return;
     }
     let start = Instant::now();
-    let ck = load_gguf(&path, DType::F32, &Device::Cpu).unwrap();
+    let ck = load_gguf(&path, DType::F32, &Device::Cpu, false).unwrap();
     let load_time = start.elapsed();
     let c = &ck.config;
     assert_eq!((c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads), (30, 576, 9, 3));

@@ -37,7 +37,7 @@ pub fn setup(v: &Value, dtype: DType) -> (CausalLm, Tuners) {
     let mut tuners = Tuners::new();
     tuners.inject(&mut model, "default", config(v), 3).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let noise: Vec<f64> = (0..p.value().elem_count()).map(|_| rng.random_range(-0.1..0.1)).collect();
         let noise = Tensor::from_vec(noise, p.value().dims(), &Device::Cpu).unwrap().to_dtype(p.value().dtype()).unwrap();
         p.set(&(p.value() + noise).unwrap()).unwrap();
@@ -65,7 +65,7 @@ pub fn check(v: &Value, virtual_tokens: usize, can_merge: bool) -> f64 {
     assert_eq!(logits.dims(), &[2, 16 + virtual_tokens, 384]);
     loss_with(&mut model, Some(&tuners), true);
     let mut n = 0;
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let g = p.grad.as_ref().unwrap_or_else(|| panic!("{} has no gradient", p.name));
         let g = g.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(g.iter().all(|x| x.is_finite()), "{}: non-finite gradient", p.name);
@@ -73,7 +73,7 @@ pub fn check(v: &Value, virtual_tokens: usize, can_merge: bool) -> f64 {
         n += 1;
     }
     assert!(n > 0, "no trainable parameters");
-    assert!(model.store.iter().filter(|(_, p)| !p.requires_grad).all(|(_, p)| p.grad.is_none()), "frozen weights got gradients");
+    assert!(model.store.iter().filter(|(_, p)| !p.requires_grad()).all(|(_, p)| p.grad.is_none()), "frozen weights got gradients");
 
     // Finite differences in f64 on a few elements of every trainable parameter.
     let fd = finite_differences(v);
@@ -175,7 +175,7 @@ fn loss_falls(v: &Value) {
             first = scalar(&l);
         }
         last = scalar(&l);
-        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
             let (m, vv) = state.entry(p.name.clone()).or_insert_with(|| (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap()));
             peft_core::optim::adamw_step(p, m, vv, step, &h).unwrap();
         }

@@ -78,7 +78,7 @@ pub fn check_case(case: &str) -> CaseErrors {
     model.store.zero_grad();
     loss_with(&mut model, Some(&tuners), true);
     let mut worst = (0f32, String::new());
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let key = format!("grad.{}", fixture_name(&p.name));
         let want = exp.get(&key).unwrap_or_else(|| panic!("{case}: fixture lacks {key}"));
         let err = rel_err(p.grad.as_ref().unwrap_or_else(|| panic!("no gradient for {}", p.name)), want);
@@ -99,9 +99,9 @@ pub fn check_case(case: &str) -> CaseErrors {
     // As in the LoRA tests: AdamW divides each element by its own gradient's magnitude, so
     // elements whose step-0 gradient is below 1% of the tensor's largest move by ~lr in a
     // direction set by rounding; those are held to 1e-3, all others to the README's 1e-4.
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let name = fixture_name(&p.name);
-        let (got, want, g0) = (flat(p.value()), flat(&exp[&format!("after_step2.{name}")]), flat(&exp[&format!("grad.{name}")]));
+        let (got, want, g0) = (flat(&p.value()), flat(&exp[&format!("after_step2.{name}")]), flat(&exp[&format!("grad.{name}")]));
         let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
         for i in 0..got.len() {
             let d = (got[i] - want[i]).abs();
@@ -117,7 +117,7 @@ pub fn check_case(case: &str) -> CaseErrors {
     let merged_keys: Vec<&String> = exp.keys().filter(|k| k.starts_with("merged_after_step2.")).collect();
     if !merged_keys.is_empty() {
         // From PEFT's step-2 parameters, so that the merge is checked apart from AdamW.
-        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+        for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
             p.set(&exp[&format!("after_step2.{}", fixture_name(&p.name))]).unwrap();
         }
         let before = logits_with(&model, Some(&tuners));
@@ -128,7 +128,7 @@ pub fn check_case(case: &str) -> CaseErrors {
         let dm = max_masked_diff(&after, &before, &inp.attention_mask);
         let mut worst = 0f32;
         for k in &merged_keys {
-            worst = worst.max(max_abs_diff(model.store.by_name(&k["merged_after_step2.".len()..]).unwrap().value(), &exp[*k]));
+            worst = worst.max(max_abs_diff(&model.store.by_name(&k["merged_after_step2.".len()..]).unwrap().value(), &exp[*k]));
             used.push(k.to_string());
         }
         errs.merged = Some(worst);
@@ -165,7 +165,7 @@ pub fn check_round_trip(case: &str, defaults: &Map<String, Value>) {
 /// zero the gradients of the others): multiplicative ones near 1, others near 0.
 pub fn randomize(model: &CausalLm, seed: u64, near_one: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let v: Vec<f64> = (0..p.value().elem_count()).map(|_| rng.random_range(-0.2..0.2) + if near_one { 1.0 } else { 0.0 }).collect();
         p.set(&Tensor::from_vec(v, p.value().dims(), p.value().device()).unwrap()).unwrap();
     }
@@ -177,14 +177,14 @@ pub fn check_all_gradients(model: &mut CausalLm, tuners: &Tuners) -> usize {
     model.store.zero_grad();
     loss_with(model, Some(tuners), true);
     let mut n = 0;
-    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad) {
+    for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         assert!(p.name.starts_with("base_model.model."), "{} should be frozen", p.name);
         let g = flat(p.grad.as_ref().unwrap_or_else(|| panic!("{} has no gradient", p.name)));
         assert!(g.iter().all(|x| x.is_finite()), "{}: non-finite gradient", p.name);
         assert!(g.iter().any(|&x| x != 0.0), "{}: zero gradient", p.name);
         n += 1;
     }
-    assert!(model.store.iter().filter(|(_, p)| !p.requires_grad).all(|(_, p)| p.grad.is_none()), "frozen tensors got gradients");
+    assert!(model.store.iter().filter(|(_, p)| !p.requires_grad()).all(|(_, p)| p.grad.is_none()), "frozen tensors got gradients");
     n
 }
 
@@ -231,7 +231,7 @@ pub fn check_merge_and_disable(model: &mut CausalLm, tuners: &mut Tuners) -> (f3
     let merged = logits_with(model, Some(tuners));
     let dm = max_abs_diff(&merged, &with);
     tuners.unmerge(model).unwrap();
-    let db = base.iter().map(|(k, v)| max_abs_diff(model.store.by_name(k).unwrap().value(), v)).fold(0.0, f32::max);
+    let db = base.iter().map(|(k, v)| max_abs_diff(&model.store.by_name(k).unwrap().value(), v)).fold(0.0, f32::max);
     tuners.set_enabled(model, false).unwrap();
     // The base model as it now is (IA³'s unmerge divides by l + 1e-8: not bit-exact).
     assert!(max_abs_diff(&logits_with(model, Some(tuners)), &logits_with(model, None)) == 0.0, "disabled adapter should give the base model");

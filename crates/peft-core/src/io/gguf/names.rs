@@ -165,6 +165,16 @@ pub(crate) fn to_gguf_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
 }
 
 /// The inverse of [`to_gguf_rows`]: back to HF's rotate-half layout.
+/// `from_gguf_rows` as a row order: row i of the result is row `order[i]` of the GGUF
+/// tensor (rows [n_head, half, 2] read as [n_head, 2, half]).
+pub(crate) fn from_gguf_row_order(rows: usize, n_head: usize) -> Vec<usize> {
+    let half = rows / n_head / 2;
+    (0..rows).map(|r| {
+        let (h, j, i) = (r / (2 * half), (r / half) % 2, r % half);
+        h * 2 * half + 2 * i + j
+    }).collect()
+}
+
 pub(crate) fn from_gguf_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
     swap_row_axes(t, n_head, false)
 }

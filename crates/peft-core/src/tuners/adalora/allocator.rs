@@ -89,7 +89,7 @@ impl RankAllocator {
         for id in self.modules.iter().flat_map(|m| [m.1, m.2, m.3]) {
             let p = store.get(id);
             let g = p.grad.as_ref().ok_or_else(|| Error::arg(&p.name, "a gradient: call update_and_allocate after backward and before zero_grad", "none"))?;
-            let (w, g) = (host(p.value())?, host(g)?);
+            let (w, g) = (host(&p.value())?, host(g)?);
             let e = self.ema.entry(id).or_insert_with(|| Ema { ipt: vec![0.0; w.len()], unc: vec![0.0; w.len()] });
             for i in 0..w.len() {
                 let ipt = (w[i] * g[i]).abs();
@@ -136,7 +136,7 @@ impl RankAllocator {
     fn apply(&self, store: &ParamStore, masks: &[Vec<bool>]) -> Result<()> {
         for ((_, _, e, _), keep) in self.modules.iter().zip(masks) {
             let p = store.get(*e);
-            let v: Vec<f64> = host(p.value())?.iter().zip(keep).map(|(x, &k)| if k { *x } else { 0.0 }).collect();
+            let v: Vec<f64> = host(&p.value())?.iter().zip(keep).map(|(x, &k)| if k { *x } else { 0.0 }).collect();
             p.set(&Tensor::from_vec(v, p.value().dims(), p.value().device())?)?;
         }
         Ok(())

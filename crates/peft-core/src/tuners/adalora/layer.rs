@@ -31,7 +31,7 @@ impl AdaLoraLayer {
     /// `get_delta_weight`: B (A ⊙ E) · scaling / (ranknum + 1e-5).
     pub fn delta_weight(&self, store: &ParamStore) -> Result<Tensor> {
         let (a, e, b) = (store.get(self.a).value(), store.get(self.e).value(), store.get(self.b).value());
-        Ok((b.matmul(&a.broadcast_mul(e)?)? * (self.scaling / (self.ranknum + 1e-5)))?)
+        Ok((b.matmul(&a.broadcast_mul(&e)?)? * (self.scaling / (self.ranknum + 1e-5)))?)
     }
 
     fn shifted(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {

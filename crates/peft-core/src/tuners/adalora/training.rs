@@ -21,7 +21,7 @@ pub fn regularized_loss(loss: Tensor, model: &CausalLm, tuners: &Tuners, ctx: &C
     for name in tuners.active() {
         let weight = tuners.config(name)?.as_any().downcast_ref::<AdaLoraConfig>().map(|c| c.orth_reg_weight);
         // PEFT regularises the adapter being trained: a frozen AdaLoRA (loaded for inference) adds nothing.
-        let trainable = || tuners.params(name).is_ok_and(|ids| ids.iter().any(|id| model.store.get(*id).requires_grad));
+        let trainable = || tuners.params(name).is_ok_and(|ids| ids.iter().any(|id| model.store.get(*id).requires_grad()));
         if weight.is_some_and(|w| w > 0.0) && trainable() {
             let reg = orth_regularization(model, tuners, name, ctx)?.to_dtype(loss.dtype())?.reshape(loss.shape())?;
             loss = (loss + reg)?;

@@ -69,7 +69,7 @@ impl DyLoraLayer {
     /// α/b · B↓b A↓b at `eval_rank`: the weight a merge adds.
     pub fn delta_weight(&self, store: &ParamStore) -> Result<Tensor> {
         let e = self.eval_rank;
-        let (a, b) = Self::truncated(store.get(self.a).value(), store.get(self.b).value(), e, 0)?;
+        let (a, b) = Self::truncated(&store.get(self.a).value(), &store.get(self.b).value(), e, 0)?;
         delta_weight(&a, &b, self.alpha / e as f64)
     }
 

@@ -54,7 +54,7 @@ impl AdapterLayer for Ia3Layer {
             let bias = store.get(b).value();
             store.get(b).set(&bias.to_dtype(l.dtype())?.mul(&l.flatten_all()?)?)?;
         }
-        Ok(weight.to_dtype(l.dtype())?.broadcast_mul(l)?.to_dtype(weight.dtype())?)
+        Ok(weight.to_dtype(l.dtype())?.broadcast_mul(&l)?.to_dtype(weight.dtype())?)
     }
 
     /// W / (l + 1e-8) (`Linear.unmerge`: "Unmerge result can be inaccurate for (IA)^3").

@@ -74,7 +74,7 @@ pub(crate) fn combine_module(tuners: &Tuners, store: &ParamStore, path: &str, ad
         let (a, b) = (store.get(ids[0]).value(), store.get(ids[1]).value());
         let (r, i) = a.dims2()?;
         (out, inp, dtype, device) = (b.dim(0)?, i, a.dtype(), a.device().clone());
-        sources.push(Source { a: flat(a)?, b: flat(b)?, r, weight, scaling: config.scaling(r_cfg, alpha) });
+        sources.push(Source { a: flat(&a)?, b: flat(&b)?, r, weight, scaling: config.scaling(r_cfg, alpha) });
     }
     if sources.is_empty() {
         return Err(Error::arg(

@@ -30,7 +30,7 @@ pub struct LoraLayer {
 impl LoraLayer {
     /// s · B A in the adapter dtype (`get_delta_weight`).
     pub fn delta_weight(&self, store: &ParamStore) -> Result<Tensor> {
-        delta_weight(store.get(self.a).value(), store.get(self.b).value(), self.scaling)
+        delta_weight(&store.get(self.a).value(), &store.get(self.b).value(), self.scaling)
     }
 }
 

@@ -43,13 +43,13 @@ pub fn estimate_fisher(model: &mut CausalLm, spec: &TargetSpec, batches: &[Fishe
     }
     let paths = targeting::select(&spec, model, source)?;
     let weights: Vec<(String, ParamId)> = model.linears().into_iter().filter(|l| paths.contains(&l.path)).map(|l| (l.path.clone(), l.weight)).collect();
-    let before: Vec<bool> = weights.iter().map(|(_, id)| model.store.get(*id).requires_grad).collect();
+    let before: Vec<bool> = weights.iter().map(|(_, id)| model.store.get(*id).requires_grad()).collect();
     for (_, id) in &weights {
-        model.store.get_mut(*id).requires_grad = true;
+        model.store.get_mut(*id).set_requires_grad(true)?;
     }
     let result = accumulate(model, &weights, batches);
     for ((_, id), on) in weights.iter().zip(before) {
-        model.store.get_mut(*id).requires_grad = on;
+        model.store.get_mut(*id).set_requires_grad(on)?;
     }
     result
 }
@@ -64,7 +64,7 @@ fn accumulate(model: &CausalLm, weights: &[(String, ParamId)], batches: &[Fisher
         let grads = l.backward()?;
         for (path, id) in weights {
             let w = model.store.get(*id).value();
-            let sq = match grads.get(w) {
+            let sq = match grads.get(&w) {
                 Some(g) => g.to_dtype(dtype)?.sqr()?,
                 None => w.zeros_like()?.to_dtype(dtype)?,
             };

@@ -60,7 +60,7 @@ impl SparseMaskLayer {
     fn add_to(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
         let d = (store.get(self.delta).value().to_dtype(weight.dtype())? * sign)?;
         let idx = store.get(self.indices).value();
-        Ok(weight.flatten_all()?.index_add(idx, &d, 0)?.reshape(weight.shape())?)
+        Ok(weight.flatten_all()?.index_add(&idx, &d, 0)?.reshape(weight.shape())?)
     }
 }
 

@@ -1,0 +1,191 @@
+//! A frozen 2-D weight kept in its storage type: a GGUF block quantization (Q4_0 … Q8_0,
+//! the k-quants) or half precision. Its rows are contiguous runs of blocks (ggml stores a
+//! [out, in] weight row by row), so any range of rows dequantizes on its own: the matmul in
+//! `ops::qlinear` never holds more than one tile of the weight in f32 (bitsandbytes'
+//! `MatMul4Bit` and unsloth's `fast_dequantize` dequantize one whole weight at a time).
+//! Dequantization is candle's (`GgmlType::to_float`), the same code as `QTensor::dequantize`,
+//! so a quantized base computes what the dequantize-to-f32 path computes.
+use crate::error::{Error, Result};
+use candle_core::quantized::k_quants::*;
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// The blocks, typed (aligned) so that candle's dequantizers can read them.
+enum Blocks {
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
+    Q8_0(Vec<BlockQ8_0>),
+    Q2K(Vec<BlockQ2K>),
+    Q3K(Vec<BlockQ3K>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// Runs `$body` with `$v` bound to the typed block vector.
+macro_rules! with_blocks {
+    ($blocks:expr, $v:ident => $body:expr) => {
+        match $blocks {
+            Blocks::Q4_0($v) => $body, Blocks::Q4_1($v) => $body, Blocks::Q5_0($v) => $body,
+            Blocks::Q5_1($v) => $body, Blocks::Q8_0($v) => $body, Blocks::Q2K($v) => $body,
+            Blocks::Q3K($v) => $body, Blocks::Q4K($v) => $body, Blocks::Q5K($v) => $body,
+            Blocks::Q6K($v) => $body, Blocks::F16($v) => $body, Blocks::BF16($v) => $body,
+        }
+    };
+}
+
+/// Copies little-endian block bytes into a typed vector. The block types are `repr(C)`
+/// plain data (f16 scales and byte arrays), so any bytes are a valid value; the copy gives
+/// them their alignment, which a slice of a memory-mapped file does not promise.
+fn typed<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    let n = bytes.len() / std::mem::size_of::<T>();
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    // SAFETY: `v` has capacity for n values of T; exactly n·size_of::<T>() bytes are
+    // copied into it, and every bit pattern is a valid T (see above).
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, n * std::mem::size_of::<T>());
+        v.set_len(n);
+    }
+    v
+}
+
+pub struct QWeight {
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    blocks: Blocks,
+}
+
+impl QWeight {
+    /// Storage types kept as they are; others (F32, Q8_1, Q8K) are dequantized at load.
+    pub fn keeps(dtype: GgmlDType) -> bool {
+        use GgmlDType::*;
+        matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2K | Q3K | Q4K | Q5K | Q6K | F16 | BF16)
+    }
+
+    /// A [rows, cols] weight from its raw ggml bytes. `name` is for errors.
+    pub fn from_bytes(name: &str, dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let bad = |why: String| Error::arg(name, format!("a {dtype:?} weight of {rows}×{cols}"), why);
+        if !Self::keeps(dtype) {
+            return Err(bad(format!("storage type {dtype:?}, which is dequantized at load instead")));
+        }
+        if cols % dtype.block_size() != 0 {
+            return Err(bad(format!("rows of {cols} values, not a multiple of the {}-value block", dtype.block_size())));
+        }
+        let want = rows * (cols / dtype.block_size()) * dtype.type_size();
+        if bytes.len() != want {
+            return Err(bad(format!("{} bytes of data where {want} were expected", bytes.len())));
+        }
+        use GgmlDType::*;
+        let blocks = match dtype {
+            Q4_0 => Blocks::Q4_0(typed(bytes)), Q4_1 => Blocks::Q4_1(typed(bytes)),
+            Q5_0 => Blocks::Q5_0(typed(bytes)), Q5_1 => Blocks::Q5_1(typed(bytes)),
+            Q8_0 => Blocks::Q8_0(typed(bytes)), Q2K => Blocks::Q2K(typed(bytes)),
+            Q3K => Blocks::Q3K(typed(bytes)), Q4K => Blocks::Q4K(typed(bytes)),
+            Q5K => Blocks::Q5K(typed(bytes)), Q6K => Blocks::Q6K(typed(bytes)),
+            F16 => Blocks::F16(typed(bytes)), BF16 => Blocks::BF16(typed(bytes)),
+            F32 | Q8_1 | Q8K => unreachable!("refused above"),
+        };
+        Ok(QWeight { dtype, rows, cols, blocks })
+    }
+
+    /// A half-precision weight from a dense tensor (safetensors' f16/bf16 frozen bases).
+    pub fn from_half(name: &str, t: &Tensor) -> Result<Self> {
+        let (rows, cols) = t.dims2()?;
+        let blocks = match t.dtype() {
+            DType::F16 => Blocks::F16(t.flatten_all()?.to_vec1::<f16>()?),
+            DType::BF16 => Blocks::BF16(t.flatten_all()?.to_vec1::<bf16>()?),
+            other => return Err(Error::arg(name, "an f16 or bf16 weight", format!("{other:?}"))),
+        };
+        let dtype = if t.dtype() == DType::F16 { GgmlDType::F16 } else { GgmlDType::BF16 };
+        Ok(QWeight { dtype, rows, cols, blocks })
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    /// [rows, cols] = [out_features, in_features].
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Bytes held (the blocks).
+    pub fn storage_bytes(&self) -> usize {
+        self.rows * (self.cols / self.dtype.block_size()) * self.dtype.type_size()
+    }
+
+    fn blocks_per_row(&self) -> usize {
+        self.cols / self.dtype.block_size()
+    }
+
+    /// Rows `start..start + out.len() / cols` into `out` (row-major f32), in parallel.
+    pub fn dequantize_rows(&self, start: usize, out: &mut [f32]) {
+        let (cols, bpr) = (self.cols, self.blocks_per_row());
+        let n = out.len() / cols;
+        assert!(start + n <= self.rows && out.len() == n * cols, "dequantize_rows: rows {start}..{} of {}", start + n, self.rows);
+        // A few rows per task: enough work to amortise rayon's scheduling.
+        let per_task = (16384 / cols).max(1);
+        with_blocks!(&self.blocks, v => {
+            out.par_chunks_mut(per_task * cols).enumerate().for_each(|(i, chunk)| {
+                let r0 = start + i * per_task;
+                let r1 = r0 + chunk.len() / cols;
+                GgmlType::to_float(&v[r0 * bpr..r1 * bpr], chunk);
+            })
+        })
+    }
+
+    /// Rows `ids` (token ids: an embedding lookup) as [ids.len(), cols] f32.
+    pub fn gather_rows(&self, ids: &[u32], out: &mut [f32]) {
+        let (cols, bpr) = (self.cols, self.blocks_per_row());
+        with_blocks!(&self.blocks, v => {
+            out.par_chunks_mut(cols).zip(ids.par_iter()).for_each(|(row, &id)| {
+                let r = id as usize;
+                GgmlType::to_float(&v[r * bpr..(r + 1) * bpr], row);
+            })
+        })
+    }
+
+    /// The whole weight, dequantized: for the uses that need it dense (DoRA's weight norm,
+    /// merging, PiSSA's SVD, saving), one weight at a time.
+    pub fn to_tensor(&self, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows(0, &mut out);
+        Tensor::from_vec(out, (self.rows, self.cols), device)?.to_dtype(dtype)
+    }
+
+    /// The weight with its rows reordered: row i of the result is row `order[i]` of this one.
+    /// Quantization blocks never cross rows, so whole rows move as they are (llama.cpp's Q/K
+    /// row permutation is undone this way without dequantizing).
+    pub fn permute_rows(&self, order: &[usize]) -> QWeight {
+        let bpr = self.blocks_per_row();
+        let blocks = {
+            macro_rules! gather {
+                ($v:expr) => {
+                    order.iter().flat_map(|&r| $v[r * bpr..(r + 1) * bpr].iter().cloned()).collect()
+                };
+            }
+            match &self.blocks {
+                Blocks::Q4_0(v) => Blocks::Q4_0(gather!(v)), Blocks::Q4_1(v) => Blocks::Q4_1(gather!(v)),
+                Blocks::Q5_0(v) => Blocks::Q5_0(gather!(v)), Blocks::Q5_1(v) => Blocks::Q5_1(gather!(v)),
+                Blocks::Q8_0(v) => Blocks::Q8_0(gather!(v)), Blocks::Q2K(v) => Blocks::Q2K(gather!(v)),
+                Blocks::Q3K(v) => Blocks::Q3K(gather!(v)), Blocks::Q4K(v) => Blocks::Q4K(gather!(v)),
+                Blocks::Q5K(v) => Blocks::Q5K(gather!(v)), Blocks::Q6K(v) => Blocks::Q6K(gather!(v)),
+                Blocks::F16(v) => Blocks::F16(gather!(v)), Blocks::BF16(v) => Blocks::BF16(gather!(v)),
+            }
+        };
+        QWeight { dtype: self.dtype, rows: self.rows, cols: self.cols, blocks }
+    }
+}
+
+impl std::fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QWeight({:?}, {}×{})", self.dtype, self.rows, self.cols)
+    }
+}
