@@ -206,6 +206,11 @@ export interface ParamInfo {
   name: string
   shape: Array<number>
   dtype: string
+  /**
+   * The storage type of a frozen weight kept quantized or in half precision ("Q4_0",
+   * "Q6K", "BF16", ...); computations see it as `dtype`.
+   */
+  storage?: string
   requiresGrad: boolean
   hasGrad: boolean
 }

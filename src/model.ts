@@ -6,7 +6,14 @@ import { Tokenizer } from './tokenizer'
 import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
 
 export interface LoadOptions {
-  /** Weights are converted to this dtype on load (default float32; the CPU trains in float32). */
+  /**
+   * Converts every weight to this dtype on load. Left out, the frozen base weights (every
+   * linear and the embedding) keep their storage type: a GGUF's quantization (Q4_0, Q4_K, Q6_K,
+   * ...) or a safetensors checkpoint's bfloat16/float16, at a fraction of float32's memory,
+   * and adapters train over them exactly as over float32 weights (the rest is float32). Give
+   * `dtype: 'float32'` to train the base weights themselves (full fine-tuning, BitFit on
+   * weights, sparse masks).
+   */
   dtype?: DType
   /** "cpu" (default), "cuda" or "cuda:N" (needs the CUDA build). */
   device?: string
@@ -138,7 +145,7 @@ export class LlamaModel {
 
   /** `[name, Parameter]` pairs with Hugging Face names, e.g. `model.layers.0.self_attn.q_proj.weight`. */
   namedParameters(): [string, Parameter][] {
-    return this.inner.parameters().map((p) => [p.name, new Parameter(this.inner, p.name, p.shape)])
+    return this.inner.parameters().map((p) => [p.name, new Parameter(this.inner, p.name, p.shape, p.storage ?? null)])
   }
 
   parameters(): Parameter[] {

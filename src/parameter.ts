@@ -8,6 +8,12 @@ export class Parameter {
     private readonly model: NativeModel,
     readonly name: string,
     readonly shape: number[],
+    /**
+     * The storage type of a frozen base weight kept quantized or in half precision ("Q4_0",
+     * "Q6K", "BF16", ...; see `LoadOptions.dtype`), null for a float32 parameter. Such a weight
+     * cannot train; `data` gives it dequantized.
+     */
+    readonly storage: string | null = null,
   ) {}
 
   get requiresGrad(): boolean {

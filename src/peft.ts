@@ -240,7 +240,7 @@ export class PeftModel {
     const out: [string, Parameter][] = []
     for (const info of this.native.parameters()) {
       if (opts.trainableOnly && !info.requiresGrad) continue
-      const p = new Parameter(this.native, info.name, info.shape)
+      const p = new Parameter(this.native, info.name, info.shape, info.storage ?? null)
       out.push([pefName(info.name, wrapped), p])
     }
     return out

@@ -27,14 +27,14 @@ fn set(model: &mut CausalLm, m: &str, grads: [[f64; 3]; 2]) {
     let t = |v: Vec<f64>, dims: &[usize]| Tensor::from_vec(v, dims, &Device::Cpu).unwrap();
     for (attr, k) in [("lora_E", 0), ("lora_A", 1), ("lora_B", 2)] {
         let p = model.store.by_name_mut(&name(m, attr)).unwrap();
-        let dims = p.value().dims().to_vec();
+        let dims = p.dims().to_vec();
         let g: Vec<f64> = match attr {
             "lora_B" => (0..64 * 2).map(|j| grads[j % 2][k]).collect(),
             "lora_A" => (0..2 * 64).map(|j| grads[j / 64][k]).collect(),
             _ => vec![grads[0][0], grads[1][0]],
         };
         p.set(&t(vec![1.0; g.len()], &dims)).unwrap();
-        p.grad = Some(t(g, &dims).to_dtype(p.value().dtype()).unwrap());
+        p.grad = Some(t(g, &dims).to_dtype(p.dtype()).unwrap());
     }
 }
 
@@ -112,7 +112,7 @@ fn allocation_follows_peft_equations_by_hand() {
     let mut fresh = load_model();
     let mut t2 = Tuners::new();
     load_adapter(&mut t2, &mut fresh, &out, "default", false).unwrap();
-    assert_eq!(fresh.store.by_name(&name(M0, "lora_A")).unwrap().value().dims(), [1, 64]);
+    assert_eq!(fresh.store.by_name(&name(M0, "lora_A")).unwrap().dims(), [1, 64]);
     assert!(max_abs_diff(&logits_with(&fresh, Some(&t2)), &before) < 1e-6);
     let again = tmp("alloc-again");
     save_adapter(&t2, &fresh, "default", &again).unwrap();

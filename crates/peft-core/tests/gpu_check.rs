@@ -226,8 +226,8 @@ fn check_lora_case(dev: &Device, dtype: DType, case: &str, tol: &Tol) {
     load_adapter(&mut tuners, &mut model, &fixture_dir().join("cases").join(case), "default", true).unwrap();
     for (_, p) in model.store.iter() {
         let want = if p.name.starts_with("base_model.") { DType::F32 } else { dtype };
-        assert_eq!(p.value().dtype(), want, "{label}: {} dtype", p.name);
-        assert!(p.value().device().is_cuda(), "{label}: {} not on the GPU", p.name);
+        assert_eq!(p.dtype(), want, "{label}: {} dtype", p.name);
+        assert!(p.device().is_cuda(), "{label}: {} not on the GPU", p.name);
     }
     let exp = expected(case);
     let inp = inputs();

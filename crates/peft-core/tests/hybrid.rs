@@ -84,7 +84,7 @@ fn force_gates(model: &CausalLm, tuners: &Tuners, adapter: &str, c: &[(&str, f64
                     p.value().zeros_like().unwrap()
                 } else {
                     let logit = if *c == 0.0 { -1e4 } else { (c / (1.0 - c)).ln() };
-                    Tensor::full(logit, p.value().dims(), p.value().device()).unwrap().to_dtype(p.value().dtype()).unwrap()
+                    Tensor::full(logit, p.dims(), &p.device()).unwrap().to_dtype(p.dtype()).unwrap()
                 };
                 p.set(&v).unwrap();
             }
@@ -235,7 +235,7 @@ fn saturated_gates_keep_gradients_finite() {
         let p = model.store.get(id);
         if p.name.contains("gate_") && p.name.ends_with(".bias") {
             let z = if p.name.contains("gate_lora") { 300.0 } else { -300.0 };
-            p.set(&Tensor::full(z as f32, p.value().dims(), p.value().device()).unwrap()).unwrap();
+            p.set(&Tensor::full(z as f32, p.dims(), &p.device()).unwrap()).unwrap();
         }
     }
     model.store.zero_grad();

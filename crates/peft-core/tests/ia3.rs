@@ -32,8 +32,8 @@ fn setup(dtype: DType) -> (CausalLm, Tuners) {
 fn ia3_gradients_merge_and_disable() {
     let (mut model, mut tuners) = setup(DType::F32);
     let ff = model.store.by_name("base_model.model.model.layers.0.mlp.up_proj.ia3_l.default").unwrap();
-    assert_eq!(ff.value().dims(), [1, 64], "feed-forward vectors scale the input");
-    assert_eq!(model.store.by_name("base_model.model.model.layers.0.mlp.gate_proj.ia3_l.default").unwrap().value().dims(), [160, 1]);
+    assert_eq!(ff.dims(), [1, 64], "feed-forward vectors scale the input");
+    assert_eq!(model.store.by_name("base_model.model.model.layers.0.mlp.gate_proj.ia3_l.default").unwrap().dims(), [160, 1]);
     assert_eq!(check_all_gradients(&mut model, &tuners), 14);
     let (dm, db) = check_merge_and_disable(&mut model, &mut tuners);
     println!("ia3: merged vs unmerged logits {dm:e}, base after unmerge {db:e}");

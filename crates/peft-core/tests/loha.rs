@@ -33,7 +33,7 @@ fn setup(dtype: DType, extra: serde_json::Value) -> (CausalLm, Tuners) {
 #[test]
 fn loha_gradients_merge_and_disable() {
     let (mut model, mut tuners) = setup(DType::F32, json!({}));
-    assert_eq!(model.store.by_name("base_model.model.model.layers.0.mlp.down_proj.hada_w1_b.default").unwrap().value().dims(), [2, 160], "rank_pattern");
+    assert_eq!(model.store.by_name("base_model.model.model.layers.0.mlp.down_proj.hada_w1_b.default").unwrap().dims(), [2, 160], "rank_pattern");
     assert_eq!(check_all_gradients(&mut model, &tuners), 14 * 4);
     let (dm, db) = check_merge_and_disable(&mut model, &mut tuners);
     println!("loha: merged vs unmerged logits {dm:e}, base after unmerge {db:e}");

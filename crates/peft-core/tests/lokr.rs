@@ -32,7 +32,7 @@ fn shapes(model: &CausalLm, path: &str, adapter: &str) -> Vec<(String, Vec<usize
     let prefix = format!("base_model.model.{path}.lokr_");
     let mut v: Vec<(String, Vec<usize>)> = (model.store.iter())
         .filter(|(_, p)| p.name.starts_with(&prefix) && p.name.ends_with(&format!(".{adapter}")))
-        .map(|(_, p)| (p.name[prefix.len() - 5..p.name.len() - adapter.len() - 1].to_string(), p.value().dims().to_vec()))
+        .map(|(_, p)| (p.name[prefix.len() - 5..p.name.len() - adapter.len() - 1].to_string(), p.dims().to_vec()))
         .collect();
     v.sort();
     v

@@ -20,7 +20,7 @@ fn setup(dtype: DType) -> (CausalLm, Tuners) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for (_, p) in model.store.iter().filter(|(_, p)| p.name.contains("lora_B")) {
         let v: Vec<f64> = (0..p.value().elem_count()).map(|_| rng.random_range(-0.2..0.2)).collect();
-        p.set(&Tensor::from_vec(v, p.value().dims(), p.value().device()).unwrap()).unwrap();
+        p.set(&Tensor::from_vec(v, p.dims(), &p.device()).unwrap()).unwrap();
     }
     (model, tuners)
 }
@@ -52,7 +52,7 @@ fn every_trainable_adapter_parameter_gets_a_gradient() {
 fn check_fd(model: &mut CausalLm, tuners: &Tuners, name: &str, grads: &std::collections::HashMap<String, Vec<f64>>) -> f64 {
     let p = model.store.by_name(name).unwrap();
     let base: Vec<f64> = p.value().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let dims = p.value().dims().to_vec();
+    let dims = p.dims().to_vec();
     let g = &grads[name];
     let gmax = g.iter().fold(0f64, |m, x| m.max(x.abs()));
     let h = 1e-5;

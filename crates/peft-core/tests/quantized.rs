@@ -57,6 +57,24 @@ fn qlinear_equals_the_dequantized_linear_for_every_storage_type() {
 }
 
 #[test]
+fn decode_rows_multiply_through_the_storage_type() {
+    // Block types: x quantized to 8 bits per block as llama.cpp does (close, not equal);
+    // half precision: exact.
+    let (rows, cols) = (300, 512);
+    let x = randn(&[3, cols], 4);
+    for ty in TYPES {
+        let (q, dense) = weight(ty, rows, cols);
+        let got = Tensor::from_vec(q.matmul_rows(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 3), (3, rows), &Device::Cpu).unwrap();
+        let want = x.matmul(&dense.t().unwrap()).unwrap();
+        let tol = if matches!(ty, GgmlDType::F16 | GgmlDType::BF16) { 1e-6 } else { 2e-2 };
+        assert!(rel_err(&got, &want) < tol, "{ty:?}: {}", rel_err(&got, &want));
+        // Inference through qlinear with a few rows takes this path.
+        let via_op = ops::qlinear(&x, &q, None).unwrap();
+        assert_eq!(common::max_abs_diff(&via_op, &got), 0.0, "{ty:?}");
+    }
+}
+
+#[test]
 fn row_permutation_moves_whole_quantized_rows() {
     let (q, dense) = weight(GgmlDType::Q4_0, 8, 64);
     let order = [3, 1, 7, 0, 2, 6, 5, 4];

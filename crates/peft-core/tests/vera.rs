@@ -86,12 +86,12 @@ fn setup(dtype: DType) -> (CausalLm, Tuners) {
 #[test]
 fn vera_shares_one_projection_pair_sized_by_the_largest_target() {
     let (model, mut tuners) = setup(DType::F32);
-    assert_eq!(model.store.by_name("base_model.vera_A.default").unwrap().value().dims(), [8, 160]);
-    assert_eq!(model.store.by_name("base_model.vera_B.default").unwrap().value().dims(), [160, 8]);
+    assert_eq!(model.store.by_name("base_model.vera_A.default").unwrap().dims(), [8, 160]);
+    assert_eq!(model.store.by_name("base_model.vera_B.default").unwrap().dims(), [160, 8]);
     assert!(!model.store.by_name("base_model.vera_A.default").unwrap().requires_grad());
     let mut model = model;
     tuners.inject(&mut model, "second", config("VERA", json!({"r": 4, "target_modules": ["q_proj"]})), 0).unwrap();
-    assert_eq!(model.store.by_name("base_model.vera_A.second").unwrap().value().dims(), [4, 64]);
+    assert_eq!(model.store.by_name("base_model.vera_A.second").unwrap().dims(), [4, 64]);
     tuners.delete_adapter(&mut model, "second").unwrap();
     assert!(model.store.by_name("base_model.vera_A.second").is_err(), "projections go with their adapter");
     tuners.unload(&mut model).unwrap();

@@ -96,6 +96,9 @@ pub struct ParamInfo {
     pub name: String,
     pub shape: Vec<u32>,
     pub dtype: String,
+    /// The storage type of a frozen weight kept quantized or in half precision ("Q4_0",
+    /// "Q6K", "BF16", ...); computations see it as `dtype`.
+    pub storage: Option<String>,
     pub requires_grad: bool,
     pub has_grad: bool,
 }
@@ -231,8 +234,9 @@ impl NativeModel {
         with_model(&self.inner, |m| {
             Ok(m.llama.store.iter().map(|(_, p)| ParamInfo {
                 name: p.name.clone(),
-                shape: p.value().dims().iter().map(|d| *d as u32).collect(),
-                dtype: dtype_name(p.value().dtype()).into(),
+                shape: p.dims().iter().map(|d| *d as u32).collect(),
+                dtype: dtype_name(p.dtype()).into(),
+                storage: p.quantized().map(|q| format!("{:?}", q.dtype())),
                 requires_grad: p.requires_grad(),
                 has_grad: p.grad.is_some(),
             }).collect())

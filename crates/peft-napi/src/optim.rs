@@ -92,7 +92,7 @@ impl NativeModel {
     pub fn set_param_data(&self, name: String, values: napi::bindgen_prelude::Float64Array) -> Result<()> {
         with_model(&self.inner, |s| {
             let p = s.llama.store.by_name(&name)?;
-            let t = candle_core::Tensor::from_slice(&values, p.value().dims(), p.value().device()).map_err(peft_core::Error::from)?;
+            let t = candle_core::Tensor::from_slice(&values, p.dims(), &p.device()).map_err(peft_core::Error::from)?;
             p.set(&t)
         })
     }

@@ -83,13 +83,13 @@ fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<Stri
     for (key, id) in &expected {
         let p = model.store.get(*id);
         let t = tensors.remove(key).expect("checked above");
-        if t.dims() != p.value().dims() {
+        if t.dims() != p.dims() {
             return Err(Error::Adapter {
                 file: file.into(),
-                message: format!("`{key}` has shape {:?}, the model expects {:?} (check r, rank_pattern and the base model)", t.dims(), p.value().dims()),
+                message: format!("`{key}` has shape {:?}, the model expects {:?} (check r, rank_pattern and the base model)", t.dims(), p.dims()),
             });
         }
-        if t.dtype().is_float() != p.value().dtype().is_float() {
+        if t.dtype().is_float() != p.dtype().is_float() {
             return Err(Error::WeightDtype { file: file.into(), name: key.clone(), found: format!("{:?}", t.dtype()) });
         }
         p.set(&t)?;

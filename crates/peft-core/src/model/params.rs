@@ -40,9 +40,13 @@ impl Parameter {
         }
     }
 
-    /// The value (a quantized weight dequantized to f32: see `tensor`).
+    /// The value: the `Var`'s own tensor (the key of its gradient in a `GradStore`), or a
+    /// quantized weight dequantized to f32 (see `tensor`).
     pub fn value(&self) -> Tensor {
-        self.tensor(true)
+        match &*self.read() {
+            Value::Dense(var) => var.as_tensor().clone(),
+            Value::Quantized(q) => q.to_tensor(DType::F32, &Device::Cpu).expect("dequantizing a checked weight"),
+        }
     }
 
     /// The quantized weight, when this parameter is one.

@@ -152,6 +152,64 @@ impl QWeight {
         })
     }
 
+    /// `x[m, cols] · Wᵀ` for a few rows without dequantizing the weight: decoding reads the
+    /// 4–8 bits a weight is stored in, not 32. Block types multiply with `x` quantized to 8
+    /// bits per block (candle's `vec_dot`, as llama.cpp does: within ~1e-3 of the f32
+    /// product); half precision multiplies in f32, exactly. For inference only: training
+    /// uses the exact tiled path (`ops::qlinear`).
+    pub fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
+        match &self.blocks {
+            Blocks::F16(v) => self.dot_exact(v, x, m),
+            Blocks::BF16(v) => self.dot_exact(v, x, m),
+            other => with_blocks!(other, v => self.dot_q8(v, x, m)),
+        }
+    }
+
+    /// y[m, rows], filling `yt` [rows, m] row by row in parallel, then transposing.
+    fn by_rows(&self, m: usize, dot: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let n = self.rows;
+        let mut yt = vec![0f32; n * m];
+        let per_task = (65536 / self.cols.max(1)).max(1);
+        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(i, chunk)| {
+            for (j, out) in chunk.chunks_mut(m).enumerate() {
+                dot(i * per_task + j, out);
+            }
+        });
+        let mut y = vec![0f32; m * n];
+        for r in 0..n {
+            for i in 0..m {
+                y[i * n + r] = yt[r * m + i];
+            }
+        }
+        y
+    }
+
+    fn dot_q8<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
+        let (k, bpr) = (self.cols, self.blocks_per_row());
+        let xq: Vec<Vec<T::VecDotType>> = x.chunks(k).map(|row| {
+            let mut q = vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE];
+            T::VecDotType::from_float(row, &mut q);
+            q
+        }).collect();
+        self.by_rows(m, |r, out| {
+            let w = &blocks[r * bpr..(r + 1) * bpr];
+            for (o, xr) in out.iter_mut().zip(&xq) {
+                *o = T::vec_dot(k, w, xr);
+            }
+        })
+    }
+
+    fn dot_exact<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
+        let k = self.cols;
+        self.by_rows(m, |r, out| {
+            let mut w = vec![0f32; k];
+            T::to_float(&blocks[r * k..(r + 1) * k], &mut w);
+            for (o, xr) in out.iter_mut().zip(x.chunks(k)) {
+                *o = w.iter().zip(xr).map(|(a, b)| a * b).sum();
+            }
+        })
+    }
+
     /// The whole weight, dequantized: for the uses that need it dense (DoRA's weight norm,
     /// merging, PiSSA's SVD, saving), one weight at a time.
     pub fn to_tensor(&self, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {

@@ -28,7 +28,7 @@ impl CausalLm {
             .store
             .iter()
             .filter(|(_, p)| !p.name.starts_with("base_model."))
-            .map(|(_, p)| Ok((p.name.clone(), if p.value().dtype().is_float() { p.value().to_dtype(dtype)? } else { p.value().clone() })))
+            .map(|(_, p)| Ok((p.name.clone(), if p.dtype().is_float() { p.value().to_dtype(dtype)? } else { p.value().clone() })))
             .collect::<Result<_>>()?;
         let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         save_file(&tensors, Some(metadata), &dir.join("model.safetensors"))?;

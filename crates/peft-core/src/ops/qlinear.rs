@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// `x`: [..., in]; `w`: [out, in]. Returns [..., out]; the gradient flows to `x` only.
 pub fn qlinear(x: &Tensor, w: &Arc<QWeight>, bias: Option<&Tensor>) -> Result<Tensor> {
     let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.apply_op1(QLinear { w: w.clone() })?
+        x.apply_op1(QLinear { w: w.clone(), decode: !x.track_op() })?
     } else {
         // Other dtypes (f64 gradient checks) and devices: the dense weight, for this call only.
         let dense = w.to_tensor(x.dtype(), x.device())?;
@@ -107,8 +107,15 @@ fn out_shape(dims: &[usize], w: &QWeight) -> Result<(usize, Shape)> {
     Ok((dims.iter().product::<usize>() / k.max(1), Shape::from(out)))
 }
 
+/// Up to this many rows (tokens) an inference call multiplies through the storage type
+/// (`QWeight::matmul_rows`): generation's decode steps. Above it, and whenever a gradient
+/// may be asked for, the exact tiled path.
+const DECODE_ROWS: usize = 8;
+
 struct QLinear {
     w: Arc<QWeight>,
+    /// No gradient can be asked for (the input tracks none).
+    decode: bool,
 }
 
 impl CustomOp1 for QLinear {
@@ -119,6 +126,9 @@ impl CustomOp1 for QLinear {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (m, shape) = out_shape(l.dims(), &self.w)?;
         let x = contiguous::<f32>(s, l)?;
+        if self.decode && m <= DECODE_ROWS {
+            return Ok((CpuStorage::F32(self.w.matmul_rows(&x, m)), shape));
+        }
         Ok((CpuStorage::F32(forward(&x, m, &self.w)), shape))
     }
 

@@ -16,7 +16,7 @@ pub struct AdamWHyper {
 
 /// One step for `p`; `step` counts from 1. `m` and `v` are replaced by their new values.
 pub fn adamw_step(p: &Parameter, m: &mut Tensor, v: &mut Tensor, step: u64, h: &AdamWHyper) -> Result<()> {
-    if !p.value().device().is_cpu() {
+    if !p.device().is_cpu() {
         return adamw_step_on_device(p, m, v, step, h);
     }
     let (mut w, g) = value_and_grad(p)?;

@@ -23,7 +23,7 @@ pub(crate) fn flat(t: &Tensor) -> Result<Vec<f64>> {
 
 /// Optimizer state is f32, or f64 for f64 parameters (used by gradient checks).
 pub fn state_dtype(p: &Parameter) -> DType {
-    if p.value().dtype() == DType::F64 { DType::F64 } else { DType::F32 }
+    if p.dtype() == DType::F64 { DType::F64 } else { DType::F32 }
 }
 
 pub(crate) fn state_tensor(values: Vec<f64>, like: &Tensor, dtype: DType) -> Result<Tensor> {
@@ -32,7 +32,7 @@ pub(crate) fn state_tensor(values: Vec<f64>, like: &Tensor, dtype: DType) -> Res
 
 /// Optimizer state starts as zeros shaped like the parameter.
 pub fn zeros_state(p: &Parameter) -> Result<Tensor> {
-    Ok(Tensor::zeros(p.value().dims(), state_dtype(p), p.value().device())?)
+    Ok(Tensor::zeros(p.dims(), state_dtype(p), &p.device())?)
 }
 
 /// Sum of squares of the gradient (for global-norm clipping); NaN/Inf propagate.
@@ -51,6 +51,6 @@ pub fn scale_grad(p: &mut Parameter, factor: f64) -> Result<()> {
 }
 
 pub(crate) fn write_back(p: &Parameter, values: Vec<f64>) -> Result<()> {
-    let t = Tensor::from_vec(values, p.value().dims(), p.value().device())?;
+    let t = Tensor::from_vec(values, p.dims(), &p.device())?;
     p.set(&t)
 }

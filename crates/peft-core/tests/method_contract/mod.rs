@@ -39,7 +39,7 @@ pub fn setup(v: &Value, dtype: DType) -> (CausalLm, Tuners) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let noise: Vec<f64> = (0..p.value().elem_count()).map(|_| rng.random_range(-0.1..0.1)).collect();
-        let noise = Tensor::from_vec(noise, p.value().dims(), &Device::Cpu).unwrap().to_dtype(p.value().dtype()).unwrap();
+        let noise = Tensor::from_vec(noise, p.dims(), &Device::Cpu).unwrap().to_dtype(p.dtype()).unwrap();
         p.set(&(p.value() + noise).unwrap()).unwrap();
     }
     (model, tuners)
@@ -131,7 +131,7 @@ fn finite_differences(v: &Value) -> f64 {
     for name in names.iter().step_by(step) {
         let p = model.store.by_name(name).unwrap();
         let base: Vec<f64> = p.value().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let dims = p.value().dims().to_vec();
+        let dims = p.dims().to_vec();
         let g = &grads[name];
         let gmax = g.iter().fold(0f64, |m, x| m.max(x.abs()));
         let h = 1e-5;

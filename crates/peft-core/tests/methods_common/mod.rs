@@ -167,7 +167,7 @@ pub fn randomize(model: &CausalLm, seed: u64, near_one: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         let v: Vec<f64> = (0..p.value().elem_count()).map(|_| rng.random_range(-0.2..0.2) + if near_one { 1.0 } else { 0.0 }).collect();
-        p.set(&Tensor::from_vec(v, p.value().dims(), p.value().device()).unwrap()).unwrap();
+        p.set(&Tensor::from_vec(v, p.dims(), &p.device()).unwrap()).unwrap();
     }
 }
 
@@ -201,7 +201,7 @@ pub fn fd_error(model: &mut CausalLm, tuners: &Tuners, name: &str, loss: impl Fn
     let p = model.store.by_name(name).unwrap();
     let g: Vec<f64> = p.grad.as_ref().expect("accumulate gradients first").flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let base: Vec<f64> = p.value().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let dims = p.value().dims().to_vec();
+    let dims = p.dims().to_vec();
     let gmax = g.iter().fold(0f64, |m, x| m.max(x.abs()));
     let set = |model: &CausalLm, v: Vec<f64>| model.store.by_name(name).unwrap().set(&Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu).unwrap()).unwrap();
     let h = 1e-5;

@@ -137,7 +137,7 @@ impl RankAllocator {
         for ((_, _, e, _), keep) in self.modules.iter().zip(masks) {
             let p = store.get(*e);
             let v: Vec<f64> = host(&p.value())?.iter().zip(keep).map(|(x, &k)| if k { *x } else { 0.0 }).collect();
-            p.set(&Tensor::from_vec(v, p.value().dims(), p.value().device())?)?;
+            p.set(&Tensor::from_vec(v, p.dims(), &p.device())?)?;
         }
         Ok(())
     }

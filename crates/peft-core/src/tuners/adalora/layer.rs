@@ -117,7 +117,7 @@ impl TunerConfig for AdaLoraConfig {
             }
             _ => self.init_r,
         };
-        let dev = bc.store.get(t.weight).value().device().clone();
+        let dev = bc.store.get(t.weight).device();
         let (dt, std) = (bc.dtype, if self.random_init { 1.0 } else { 0.02 });
         let a = normal(r, t.in_features, std, bc.rng, dt, &dev)?;
         let b = normal(t.out_features, r, std, bc.rng, dt, &dev)?;

@@ -44,7 +44,7 @@ impl TunerConfig for BiasTuningConfig {
     }
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        let dev = bc.store.get(t.weight).value().device().clone();
+        let dev = bc.store.get(t.weight).device();
         let d = if self.init_weights {
             Tensor::zeros(t.out_features, bc.dtype, &dev)?
         } else {

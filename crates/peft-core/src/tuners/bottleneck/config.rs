@@ -122,7 +122,7 @@ impl TunerConfig for BottleneckConfig {
     }
 
     fn create_hook(&self, site: &HookSite, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        let device = bc.store.iter().next().map(|(_, p)| p.value().device().clone()).unwrap_or(Device::Cpu);
+        let device = bc.store.iter().next().map(|(_, p)| p.device()).unwrap_or(Device::Cpu);
         Ok(Box::new(self.build(site, bc, &device)?))
     }
 }

@@ -99,7 +99,7 @@ impl TunerConfig for DyLoraConfig {
     /// LoRA's parameters under LoRA's names (`lora_A` [r, in], `lora_B` [out, r]), so the
     /// file has PEFT's LoRA key layout; init as LoRA's `reset_lora_parameters`.
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        let dev = bc.store.get(t.weight).value().device().clone();
+        let dev = bc.store.get(t.weight).device();
         let a = kaiming_uniform(self.r, t.in_features, bc.rng, bc.dtype, &dev)?;
         let b = if self.zero_init_b {
             Tensor::zeros((t.out_features, self.r), bc.dtype, &dev)?

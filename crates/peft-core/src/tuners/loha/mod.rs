@@ -72,7 +72,7 @@ impl TunerConfig for LohaConfig {
     /// `init_weights` false: all four kaiming-uniform.
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let (r, alpha) = self.lycoris.rank_alpha(&self.fields, &t.path)?;
-        let dev = bc.store.get(t.weight).value().device().clone();
+        let dev = bc.store.get(t.weight).device();
         let (dt, out, inp) = (bc.dtype, t.out_features, t.in_features);
         let w1a = kaiming_uniform(out, r, bc.rng, dt, &dev)?;
         let w1b = kaiming_uniform(r, inp, bc.rng, dt, &dev)?;

@@ -140,7 +140,7 @@ impl TunerConfig for LokrConfig {
         let (out_l, out_k) = factorization(t.out_features, self.decompose_factor);
         let full_w1 = !(self.decompose_both && (r as f64) < out_l.max(in_m) as f64 / 2.0);
         let full_w2 = r as f64 >= out_k.max(in_n) as f64 / 2.0;
-        let dev = bc.store.get(t.weight).value().device().clone();
+        let dev = bc.store.get(t.weight).device();
         let dt = bc.dtype;
         let zero_w1 = self.init == LokrInit::Default;
         let zero_w2 = self.init == LokrInit::Lycoris;

@@ -77,7 +77,7 @@ impl Tuners {
                 if ids.len() < 2 {
                     return Err(Error::Unsupported(format!("adapter `{a}`: no LoRA factors on `{path}`")));
                 }
-                Ok(ids[..2].iter().map(|id| model.store.get(*id).value().dims().to_vec()).collect())
+                Ok(ids[..2].iter().map(|id| model.store.get(*id).dims().to_vec()).collect())
             };
             let first = dims(adapters[0])?;
             for a in &adapters[1..] {

@@ -79,7 +79,7 @@ impl TunerConfig for PTuningConfig {
         let HookSite::Prompt { embed_tokens, .. } = site else {
             return Err(Error::Unsupported(format!("p-tuning attaches to the prompt, not `{}`", site.path())));
         };
-        let dev = bc.store.get(*embed_tokens).value().device().clone();
+        let dev = bc.store.get(*embed_tokens).device();
         let (n, td, hid, dt) = (self.num_virtual_tokens, self.dims.token_dim, self.encoder_hidden_size, bc.dtype);
         let name = |attr: &str| learning::param_name(bc.adapter, attr);
         let emb = if bc.loading { Tensor::zeros((n, td), dt, &dev)? } else { normal(n, td, 1.0, bc.rng, dt, &dev)? };

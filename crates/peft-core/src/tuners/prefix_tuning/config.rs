@@ -80,7 +80,7 @@ impl TunerConfig for PrefixTuningConfig {
         };
         let Dims { num_virtual_tokens: n, token_dim, num_attention_heads: heads, num_layers } = self.dims;
         let out = num_layers * 2 * token_dim;
-        let dev = bc.store.get(*embed_tokens).value().device().clone();
+        let dev = bc.store.get(*embed_tokens).device();
         let project = self.prefix_projection && !bc.loading;
         let name = |attr: &str| learning::param_name(bc.adapter, attr);
         let emb_dim = if project { token_dim } else { out };

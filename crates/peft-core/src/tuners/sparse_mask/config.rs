@@ -102,7 +102,7 @@ impl TunerConfig for SparseMaskConfig {
             return Err(Error::Unsupported(format!("SPARSE_MASK: `{}` has too many entries to index", t.path)));
         }
         let k = self.k_of(numel);
-        let dev = bc.store.get(t.weight).value().device().clone();
+        let dev = bc.store.get(t.weight).device();
         // Loading: the saved indices overwrite these, so none are chosen (a "fisher" mask
         // loads without scores).
         let idx: Vec<i64> = if bc.loading {

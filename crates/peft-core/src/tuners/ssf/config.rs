@@ -81,8 +81,8 @@ impl TunerConfig for SsfConfig {
 
     fn create_hook(&self, site: &HookSite, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let (path, dim, device, on_norm) = match site {
-            HookSite::Linear(l) => (&l.path, l.out_features, bc.store.get(l.weight).value().device().clone(), false),
-            HookSite::Norm { path, weight, dim } => (path, *dim, bc.store.get(*weight).value().device().clone(), true),
+            HookSite::Linear(l) => (&l.path, l.out_features, bc.store.get(l.weight).device(), false),
+            HookSite::Norm { path, weight, dim } => (path, *dim, bc.store.get(*weight).device(), true),
             _ => return Err(Error::Unsupported(format!("SSF attaches to linear and norm layers, not `{}`", site.path()))),
         };
         let (g, b) = if self.init_weights {

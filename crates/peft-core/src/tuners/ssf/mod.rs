@@ -67,7 +67,7 @@ impl AdapterLayer for SsfLayer {
     }
 
     fn merge_bias(&mut self, bias: Option<&Tensor>, out_features: usize, store: &ParamStore) -> Result<Option<Tensor>> {
-        let dt = bias.map_or(store.get(self.shift).value().dtype(), |b| b.dtype());
+        let dt = bias.map_or(store.get(self.shift).dtype(), |b| b.dtype());
         let (g, b) = self.values(store, dt)?;
         let _ = out_features;
         Ok(Some(match bias {

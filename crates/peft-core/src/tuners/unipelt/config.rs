@@ -46,7 +46,7 @@ impl UniPeltConfig {
 }
 
 fn device_of(bc: &BuildCtx) -> Device {
-    bc.store.iter().next().map(|(_, p)| p.value().device().clone()).unwrap_or(Device::Cpu)
+    bc.store.iter().next().map(|(_, p)| p.device()).unwrap_or(Device::Cpu)
 }
 
 impl TunerConfig for UniPeltConfig {

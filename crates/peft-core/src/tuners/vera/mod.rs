@@ -121,7 +121,7 @@ impl TunerConfig for VeraConfig {
     /// adapter's projections (`base_model.vera_A.<adapter>`), the others share them.
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let dims = self.projection_dims.ok_or_else(|| Error::Unsupported("VeRA: projection sizes unknown (check_model not run)".into()))?;
-        let dev = bc.store.get(t.weight).value().device().clone();
+        let dev = bc.store.get(t.weight).device();
         let (dt, r) = (bc.dtype, self.r);
         let (name_a, name_b) = (format!("base_model.vera_A.{}", bc.adapter), format!("base_model.vera_B.{}", bc.adapter));
         let (vera_a, vera_b) = match (bc.store.id(&name_a), bc.store.id(&name_b)) {
