@@ -175,3 +175,50 @@ for (const arch of ARCHS) {
     })
   }
 }
+
+// Every method over a frozen base kept quantized: llama.cpp's own Q8_0 conversion of the tiny
+// Qwen2 (`__test__/data/tiny-gguf`), loaded as it is stored and loaded dequantized to float32.
+// The quantized linears compute with the dequantized values, so logits, loss and every adapter
+// gradient agree to float32 rounding. Sparse masks train the base weights themselves: refused.
+const QUANTIZED = join(__dirname, 'data', 'tiny-gguf', 'qwen2.q8_0.gguf')
+const qwen2 = ARCHS.find((a) => a.name === 'qwen2')!
+const closeTo = (a: Float64Array, b: Float64Array) => {
+  const scale = b.reduce((m, x) => Math.max(m, Math.abs(x)), 0)
+  return maxDiffOf(a, b) <= 1e-5 * Math.max(scale, 1e-6)
+}
+const maxDiffOf = (a: Float64Array, b: Float64Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0)
+for (const row of ROWS) {
+  test(`${row.name}: over a quantized base (Q8_0) as over its dequantized copy`, async (t) => {
+    const kept = await AutoModelForCausalLM.fromPretrained(QUANTIZED)
+    t.true(kept.namedParameters().some(([n, p]) => n.endsWith('q_proj.weight') && p.storage === 'Q8_0'), 'linears stay Q8_0')
+    if (row.name.startsWith('SparseMask')) {
+      await t.throwsAsync(async () => getPeftModel(kept, row.config(qwen2), { seed: 1 }), { message: /quantized.*float32/s })
+      return
+    }
+    const inp = qwen2.fx.inputs()
+    const batch = { inputIds: inp.input_ids, attentionMask: inp.attention_mask, labels: inp.labels }
+    const runs = []
+    for (const model of [kept, await AutoModelForCausalLM.fromPretrained(QUANTIZED, { dtype: 'float32' })]) {
+      const peft = getPeftModel(model, row.config(qwen2), { seed: 1 })
+      const opt = new AdamW(peft.parameters({ trainableOnly: true }), { lr: 1e-2, weightDecay: 0 })
+      const first = await peft.forward(batch)
+      await first.loss!.backward()
+      await opt.step() // off the zero init
+      opt.zeroGrad()
+      const { loss, logits } = await peft.forward(batch)
+      await loss!.backward()
+      const grads = await Promise.all(peft.namedParameters({ trainableOnly: true }).map(async ([n, p]) => [n, await p.grad!.toFloat64Array()] as const))
+      runs.push({ loss: await loss!.item(), logits: await logits.toFloat64Array(), grads })
+      peft.dispose()
+    }
+    const [q, d] = runs
+    t.true(Math.abs(q.loss - d.loss) <= 1e-5 * Math.abs(d.loss), `loss ${q.loss} vs ${d.loss}`)
+    t.true(closeTo(q.logits, d.logits), `logits differ by ${maxDiffOf(q.logits, d.logits)}`)
+    t.deepEqual(q.grads.map(([n]) => n), d.grads.map(([n]) => n))
+    t.true(q.grads.length > 0)
+    for (const [[name, gq], [, gd]] of q.grads.map((g, i) => [g, d.grads[i]] as const)) {
+      t.true(gq.some((x) => x !== 0) && gq.every(Number.isFinite), `${name}: finite, non-zero gradient`)
+      t.true(closeTo(gq, gd), `${name}: gradients differ by ${maxDiffOf(gq, gd)}`)
+    }
+  })
+}

@@ -158,23 +158,33 @@ impl QWeight {
     /// product); half precision multiplies in f32, exactly. For inference only: training
     /// uses the exact tiled path (`ops::qlinear`).
     pub fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
-        match &self.blocks {
-            Blocks::F16(v) => self.dot_exact(v, x, m),
-            Blocks::BF16(v) => self.dot_exact(v, x, m),
-            other => with_blocks!(other, v => self.dot_q8(v, x, m)),
+        if std::env::var_os("PEFT_NODE_Q8_DECODE").is_some() {
+            return match &self.blocks {
+                Blocks::F16(v) => self.dot_exact(v, x, m),
+                Blocks::BF16(v) => self.dot_exact(v, x, m),
+                other => with_blocks!(other, v => self.dot_q8(v, x, m)),
+            };
         }
+        with_blocks!(&self.blocks, v => self.dot_exact(v, x, m))
     }
 
-    /// y[m, rows], filling `yt` [rows, m] row by row in parallel, then transposing.
-    fn by_rows(&self, m: usize, dot: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-        let n = self.rows;
+    /// y[m, rows], filling `yt` [rows, m] row by row in parallel (`dot(row, scratch, out)`,
+    /// with a scratch row of `cols` floats per task), then transposing.
+    fn by_rows(&self, m: usize, dot: impl Fn(usize, &mut [f32], &mut [f32]) + Sync) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
         let mut yt = vec![0f32; n * m];
-        let per_task = (65536 / self.cols.max(1)).max(1);
-        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(i, chunk)| {
-            for (j, out) in chunk.chunks_mut(m).enumerate() {
-                dot(i * per_task + j, out);
-            }
-        });
+        let per_task = (65536 / k.max(1)).max(1);
+        yt.par_chunks_mut(per_task * m).enumerate().for_each_init(
+            || vec![0f32; k],
+            |scratch, (i, chunk)| {
+                for (j, out) in chunk.chunks_mut(m).enumerate() {
+                    dot(i * per_task + j, scratch, out);
+                }
+            },
+        );
+        if m == 1 {
+            return yt;
+        }
         let mut y = vec![0f32; m * n];
         for r in 0..n {
             for i in 0..m {
@@ -191,7 +201,7 @@ impl QWeight {
             T::VecDotType::from_float(row, &mut q);
             q
         }).collect();
-        self.by_rows(m, |r, out| {
+        self.by_rows(m, |r, _, out| {
             let w = &blocks[r * bpr..(r + 1) * bpr];
             for (o, xr) in out.iter_mut().zip(&xq) {
                 *o = T::vec_dot(k, w, xr);
@@ -200,12 +210,11 @@ impl QWeight {
     }
 
     fn dot_exact<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
-        let k = self.cols;
-        self.by_rows(m, |r, out| {
-            let mut w = vec![0f32; k];
-            T::to_float(&blocks[r * k..(r + 1) * k], &mut w);
+        let (k, bpr) = (self.cols, self.blocks_per_row());
+        self.by_rows(m, |r, w, out| {
+            T::to_float(&blocks[r * bpr..(r + 1) * bpr], w);
             for (o, xr) in out.iter_mut().zip(x.chunks(k)) {
-                *o = w.iter().zip(xr).map(|(a, b)| a * b).sum();
+                *o = dot(w, xr);
             }
         })
     }
@@ -246,4 +255,18 @@ impl std::fmt::Debug for QWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "QWeight({:?}, {}×{})", self.dtype, self.rows, self.cols)
     }
+}
+
+/// Σ a·b in eight lanes (independent accumulators the compiler keeps in one SIMD register).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
