@@ -33,3 +33,5 @@ export type { SparseMaskConfigOptions, MaskType, FisherBatch } from './methods/s
 export * from './data'
 export * from './train'
 export * from './compose'
+export { downloadFromHub } from './hub/resolve'
+export type { HubOptions, HubProgress } from './hub/settings'

@@ -4,8 +4,11 @@ import { Parameter } from './parameter'
 import { I32_MAX, U32_MAX, adapterNameList, flatIds, flatInts, flatLabels, flatMask, seedArg, tokenIdList, type IdRows } from './inputs'
 import { Tokenizer } from './tokenizer'
 import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
+import { resolvePretrained } from './hub/resolve'
+import type { HubOptions } from './hub/settings'
 
-export interface LoadOptions {
+/** With a Hub repo id (`org/name`) for the path, the `HubOptions` apply (revision, file, token, ...). */
+export interface LoadOptions extends HubOptions {
   /** Weights are converted to this dtype on load (default float32; the CPU trains in float32). */
   dtype?: DType
   /** "cpu" (default), "cuda" or "cuda:N" (needs the CUDA build). */
@@ -68,7 +71,10 @@ export class LlamaModel {
   /** @internal */
   constructor(private readonly inner: NativeModel) {}
 
-  /** Loads a Hugging Face checkpoint folder (config.json + safetensors) or a `.gguf` file. */
+  /**
+   * Loads a Hugging Face checkpoint folder (config.json + safetensors) or a `.gguf` file, or a
+   * Hub repo id (`org/name`), downloaded into the shared Hugging Face cache (docs/hub.md).
+   */
   static async fromPretrained(path: string, opts: LoadOptions = {}): Promise<LlamaModel> {
     const model = await loadAny(path, opts)
     if (!LLAMA_TYPES.includes(model.config.modelType)) {
@@ -253,7 +259,9 @@ async function loadAny(path: string, opts: LoadOptions): Promise<LlamaModel> {
   if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a folder or .gguf file path, found ${String(path)}`)
   // "cuda"/"cuda:N" loads the opt-in CUDA build (peft-node-linux-x64-gnu-cuda); it is never required otherwise.
   const binding = wantsCuda(opts.device) ? loadNative({ cuda: true }) : native
-  return new LlamaModel(await binding.loadModel(path, opts.dtype, opts.device))
+  // A path that exists locally wins; an `org/name` that does not is fetched from the Hub.
+  const local = await resolvePretrained(path, 'model', opts)
+  return new LlamaModel(await binding.loadModel(local, opts.dtype, opts.device))
 }
 
 /**

@@ -4,6 +4,8 @@ import type { GenerateOptions } from './generation'
 import { PeftConfig, RawPeftConfig } from './methods/config'
 import { addWeightedAdapter, type WeightedAdapterOptions } from './compose/weighted'
 import { adapterNameArg, adapterNameArgs, intArg, seedArg } from './inputs'
+import { resolvePretrained } from './hub/resolve'
+import type { HubOptions } from './hub/settings'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -16,7 +18,8 @@ export interface PeftModelOptions {
   warn?: boolean
 }
 
-export interface LoadAdapterOptions {
+/** With a Hub repo id (`user/adapter`) for the folder, the `HubOptions` apply (revision, token, ...). */
+export interface LoadAdapterOptions extends Omit<HubOptions, 'file'> {
   adapterName?: string
   /** Load for training (default false: frozen, as PEFT's `is_trainable=False`). */
   isTrainable?: boolean
@@ -35,7 +38,7 @@ export class PeftModel {
   static async fromPretrained(model: LlamaModel, dir: string, opts: LoadAdapterOptions = {}): Promise<PeftModel> {
     const name = adapterNameArg('adapterName', opts.adapterName ?? 'default', { isNew: true })
     const peft = new PeftModel(model)
-    await peft.loadAdapter(dir, name, { isTrainable: opts.isTrainable ?? false })
+    await peft.loadAdapter(dir, name, { ...opts, isTrainable: opts.isTrainable ?? false })
     return peft
   }
 
@@ -77,9 +80,11 @@ export class PeftModel {
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
-  async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } = {}): Promise<void> {
+  /** Loads an adapter folder, or a Hub repo id (`user/adapter`) fetched into the Hugging Face cache. */
+  async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } & Omit<HubOptions, 'file'> = {}): Promise<void> {
     adapterNameArg('name', name, { isNew: true })
-    this.warnings = await this.native.loadAdapter(dir, name, opts.isTrainable ?? false)
+    const local = await resolvePretrained(dir, 'adapter', opts)
+    this.warnings = await this.native.loadAdapter(local, name, opts.isTrainable ?? false)
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 

@@ -45,7 +45,7 @@ export async function generateCommand(flags: Record<string, unknown>, positional
   const o = trainOptions(flags)
   const prompt = (o.prompt as string | undefined) ?? positional.join(' ')
   if (!prompt) throw new Error('give a prompt (--prompt "..." or as an argument)') // main prefixes `peft-node generate: `
-  const model = await loadModel(o)
+  const model = await loadModel(o, io)
   const messages: ChatMessage[] = typeof o.system === 'string' ? [{ role: 'system', content: o.system }] : []
   await streamReply(model, promptIds(model, [...messages, { role: 'user', content: prompt }], o.raw === true), o, io)
   model.dispose()
@@ -53,7 +53,7 @@ export async function generateCommand(flags: Record<string, unknown>, positional
 
 export async function chatCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const o = trainOptions(flags)
-  const model = await loadModel(o)
+  const model = await loadModel(o, io)
   const input = io.input ?? process.stdin
   // A terminal echoes what is typed; piped lines are echoed after the prompt so the transcript reads as a dialogue.
   const echo = !(input as { isTTY?: boolean }).isTTY
@@ -94,7 +94,7 @@ function evalData(path: string): string {
 export async function evalCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const o = trainOptions(flags)
   const data = evalData(required(o, 'data', 'a JSONL file, or a folder with valid.jsonl or train.jsonl'))
-  const model = await loadModel(o)
+  const model = await loadModel(o, io)
   const peft = model instanceof PeftModel ? model : new PeftModel(model)
   const d = await loadData(data, model.tokenizer, { maxSeqLength: o.maxSeqLength as number | undefined, maskPrompt: o.maskPrompt as boolean | undefined })
   const r = await evaluate(peft, d.train.examples, { batchSize: num(o.batchSize, 4), padTokenId: model.tokenizer?.padToken?.id ?? 0 })
@@ -109,7 +109,7 @@ export async function infoCommand(flags: Record<string, unknown>, positional: st
   const o: Record<string, unknown> = { ...trainOptions(flags), ...(positional.length === 1 ? { model: positional[0] } : {}) }
   // The method's options are checked before the (slow) model load.
   const config = typeof o.adapter === 'string' ? null : methodConfig(o.method, methodOptions(o))
-  let model = await loadModel(o)
+  let model = await loadModel(o, io)
   if (!(model instanceof PeftModel)) model = await cliPeftModel(model, config!, undefined, 'info', flags, io)
   const c = model.config
   io.out(`model: ${String(o.model)} (${c.num_hidden_layers} layers, hidden ${c.hidden_size}, vocab ${c.vocab_size})`)
@@ -137,7 +137,7 @@ export async function mergeCommand(flags: Record<string, unknown>, io: Io): Prom
   const adapter = required(flags, 'adapter', 'the adapter folder to merge')
   const output = required(flags, 'output', 'the folder to write the merged checkpoint to')
   checkOutput(output, flags.force === true || flags.force === 'true')
-  const model = await loadModel({ ...flags, adapter })
+  const model = await loadModel({ ...flags, adapter }, io)
   if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
   const merged = model.mergeAndUnload()
   const dtype = flags.dtype === undefined ? undefined : (String(flags.dtype) as DType)
@@ -158,7 +158,7 @@ export async function exportCommand(flags: Record<string, unknown>, io: Io): Pro
   const outtype = flags.outtype === undefined ? 'f16' : String(flags.outtype)
   if (!(OUTTYPES as readonly string[]).includes(outtype)) throw new Error(`--outtype ${outtype}: expected one of ${OUTTYPES.join(', ')}`)
   if (existsSync(output) && !(flags.force === true || flags.force === 'true')) throw new Error(`--output ${output}: already exists; pass --force to replace it`)
-  const model = await loadModel({ ...flags, adapter })
+  const model = await loadModel({ ...flags, adapter }, io)
   if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
   try {
     await model.saveGguf(output, { outtype: outtype as (typeof OUTTYPES)[number] })

@@ -25,6 +25,9 @@ export const USAGE = `peft-node <command> [options]
   export    --model M --adapter DIR --format gguf-lora --output FILE.gguf [--outtype f16|f32|bf16|q8_0] [--force]
             a llama.cpp LoRA adapter to load next to the base GGUF (llama.cpp, Ollama, LM Studio)
 
+  --model and --adapter also take a Hugging Face Hub id (org/name), downloaded into the shared
+  HF cache: [--revision R] [--adapter-revision R] [--file F.gguf] (HF_TOKEN, HF_HUB_OFFLINE, ...)
+
   Unknown options are refused. generate and chat also take --top-p, --top-k and --seed.`
 
 export async function main(argv: string[], io: Io = processIo, signal?: AbortSignal): Promise<number> {
