@@ -1,6 +1,7 @@
 // A local stand-in for the Hugging Face Hub, for hub.spec.ts and the by-hand Python check.
 // It serves what `huggingface_hub` and peft-node use, with the Hub's headers:
 //   GET  /api/models/{org}/{name}/revision/{rev}   {"sha", "siblings": [{"rfilename"}]}
+//   GET  /api/models/{org}/{name}/tree/{rev}       [{"type", "path", "oid", "size", "lfs"}] (Python's snapshot_download)
 //   HEAD|GET /{org}/{name}/resolve/{rev}/{file}     X-Repo-Commit; a small file: 200, ETag = git blob sha1;
 //        an LFS file (*.safetensors, *.gguf): 302 to the CDN server (another host) with X-Linked-Etag (sha256) and X-Linked-Size
 //   GET  (CDN) /{org}/{name}/{sha256}               the bytes; honours Range
@@ -52,12 +53,19 @@ export const gitSha1 = (b: Buffer) => createHash('sha1').update(`blob ${b.length
 /** A commit id made from a label, so tests can name them. */
 export const commitOf = (label: string) => createHash('sha1').update(label).digest('hex')
 
-function listen(handler: http.RequestListener): Promise<http.Server> {
+function listen(handler: http.RequestListener, host: string): Promise<http.Server> {
   const server = http.createServer(handler)
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)))
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, host, () => resolve(server))
+  })
 }
 
-export async function startHub(): Promise<HubServer> {
+/**
+ * `cdnHost`: the CDN's address. peft-node counts another port as another host; Python's
+ * huggingface_hub compares host names only, so the Python check puts the CDN on 127.0.0.2 (Linux).
+ */
+export async function startHub(cdnHost = '127.0.0.1'): Promise<HubServer> {
   const repos = new Map<string, FakeRepo>()
   const faults: Faults = { dropOnce: new Set(), dropAlways: new Set(), badEtag: new Set() }
   const log: LoggedRequest[] = []
@@ -81,16 +89,16 @@ export async function startHub(): Promise<HubServer> {
     dropped.add(blob.name)
     // Half of what is left (nothing when little is left), then the socket is cut mid-body.
     res.write(body.subarray(0, faults.dropAlways.has(blob.name) && from > 0 ? 0 : Math.floor(body.length / 2)), () => res.socket?.destroy())
-  })
-  const cdnBase = `http://127.0.0.1:${(cdn.address() as AddressInfo).port}`
+  }, cdnHost)
+  const cdnBase = `http://${cdnHost}:${(cdn.address() as AddressInfo).port}`
 
   const hub = await listen((req, res) => {
     note(req, 'hub')
     const url = decodeURI((req.url ?? '').split('?')[0])
     const error = (status: number, code: string, message: string) => res.writeHead(status, { 'x-error-code': code, 'x-error-message': message }).end()
-    const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/.exec(url)
+    const api = /^\/api\/models\/([^/]+\/[^/]+)\/(revision|tree)\/(.+)$/.exec(url)
     const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(url)
-    const [, id, revRaw, file] = api ?? resolve ?? []
+    const [, id, revRaw, file] = api ? [api[0], api[1], api[3]] : resolve ?? []
     const repo = id ? repos.get(id) : undefined
     if (!api && !resolve) return void res.writeHead(404).end()
     if (!repo || (repo.token && req.headers.authorization !== `Bearer ${repo.token}`)) return error(401, 'RepoNotFound', 'Repository not found')
@@ -98,6 +106,10 @@ export async function startHub(): Promise<HubServer> {
     const commit = repo.commits[rev] ? rev : repo.refs[rev]
     if (!commit) return error(404, 'RevisionNotFound', `Invalid rev id: ${rev}`)
     const files = repo.commits[commit]
+    if (api?.[2] === 'tree') {
+      const tree = Object.entries(files).map(([path, b]) => ({ type: 'file', path, oid: gitSha1(b), size: b.length, ...(isLfs(path) ? { lfs: { oid: sha256(b), size: b.length, pointerSize: 130 } } : {}) }))
+      return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(tree))
+    }
     if (api) {
       const body = JSON.stringify({ id, sha: commit, siblings: Object.keys(files).map((rfilename) => ({ rfilename })) })
       return void res.writeHead(200, { 'content-type': 'application/json' }).end(body)
@@ -112,7 +124,7 @@ export async function startHub(): Promise<HubServer> {
     }
     res.writeHead(200, { etag: `"${wrong ?? gitSha1(data)}"`, 'x-repo-commit': commit, 'content-length': data.length })
     res.end(req.method === 'HEAD' ? undefined : data)
-  })
+  }, '127.0.0.1')
   const endpoint = `http://127.0.0.1:${(hub.address() as AddressInfo).port}`
   const close = (s: http.Server) => new Promise<void>((r) => {
     s.closeAllConnections?.()

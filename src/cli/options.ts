@@ -11,13 +11,13 @@ const HUB = ['revision', 'adapterRevision', 'file']
 /** The options of each command, as `normalise` names them (camelCase, mlx-lm aliases resolved). */
 export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string; methodFields?: boolean }> = {
   train: { options: [...TRAIN_KEYS], methodFields: true },
-  generate: { options: ['model', 'adapter', ...HUB, 'config', 'prompt', 'system', 'raw', ...GENERATION], args: 'the prompt' },
-  chat: { options: ['model', 'adapter', ...HUB, 'config', 'system', ...GENERATION] },
-  eval: { options: ['model', 'adapter', ...HUB, 'config', 'data', 'batchSize', 'maxSeqLength', 'maskPrompt'] },
+  generate: { options: ['model', 'adapter', 'config', 'prompt', 'system', 'raw', ...GENERATION, ...HUB], args: 'the prompt' },
+  chat: { options: ['model', 'adapter', 'config', 'system', ...GENERATION, ...HUB] },
+  eval: { options: ['model', 'adapter', 'config', 'data', 'batchSize', 'maxSeqLength', 'maskPrompt', ...HUB] },
   // With --adapter, info describes that adapter: method options do not apply (checked in infoCommand).
   info: { options: ['model', 'adapter', 'config', 'method', 'methodConfig', ...HUB], args: 'the model', methodFields: true },
-  merge: { options: ['model', 'adapter', ...HUB, 'output', 'dtype', 'force'] },
-  export: { options: ['model', 'adapter', ...HUB, 'output', 'format', 'outtype', 'force'] },
+  merge: { options: ['model', 'adapter', 'output', 'dtype', 'force', ...HUB] },
+  export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'force', ...HUB] },
 }
 
 const ALWAYS = ['help']
