@@ -21,6 +21,34 @@ const MAIN = commitOf('main')
 const V1 = commitOf('v1')
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
+/** The fixture model split into two safetensors shards and their index, as `save_pretrained(max_shard_size=...)` writes. */
+function shardedModel(): Record<string, Buffer> {
+  const st = MODEL_FILES['model.safetensors']
+  const n = Number(st.readBigUInt64LE(0))
+  const header = JSON.parse(st.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>
+  const names = Object.keys(header).filter((k) => k !== '__metadata__')
+  const shards = [names.slice(0, names.length >> 1), names.slice(names.length >> 1)]
+  const out: Record<string, Buffer> = {}
+  const weightMap: Record<string, string> = {}
+  shards.forEach((group, i) => {
+    const file = `model-0000${i + 1}-of-00002.safetensors`
+    let offset = 0
+    const entries = group.map((k) => {
+      const [a, b] = header[k].data_offsets
+      const e = { dtype: header[k].dtype, shape: header[k].shape, data_offsets: [offset, offset + b - a] }
+      offset += b - a
+      weightMap[k] = file
+      return [k, e] as const
+    })
+    const json = Buffer.from(JSON.stringify(Object.fromEntries(entries)))
+    const len = Buffer.alloc(8)
+    len.writeBigUInt64LE(BigInt(json.length))
+    out[file] = Buffer.concat([len, json, ...group.map((k) => st.subarray(8 + n + header[k].data_offsets[0], 8 + n + header[k].data_offsets[1]))])
+  })
+  out['model.safetensors.index.json'] = Buffer.from(JSON.stringify({ metadata: {}, weight_map: weightMap }))
+  return out
+}
+
 let hub: HubServer
 test.before(async () => {
   hub = await startHub()
@@ -28,6 +56,8 @@ test.before(async () => {
   hub.repos.set('tiny/llama', { refs: { main: MAIN, 'v1.0': V1 }, commits: { [MAIN]: { ...MODEL_FILES, 'README.md': readme }, [V1]: MODEL_FILES } })
   hub.repos.set('tiny/layout', hub.repos.get('tiny/llama')!)
   hub.repos.set('tiny/private', { refs: { main: MAIN }, commits: { [MAIN]: MODEL_FILES }, token: 'hf_secret' })
+  const { 'model.safetensors': _whole, ...rest } = MODEL_FILES
+  hub.repos.set('tiny/sharded', { refs: { main: MAIN }, commits: { [MAIN]: { ...rest, ...shardedModel() } } })
   hub.repos.set('tiny/lora', { refs: { main: MAIN }, commits: { [MAIN]: ADAPTER_FILES } })
   hub.repos.set('tiny/gguf', { refs: { main: MAIN }, commits: { [MAIN]: { 'qwen2.q8_0.gguf': GGUF } } })
   hub.repos.set('tiny/ggufs', { refs: { main: MAIN }, commits: { [MAIN]: { 'a.q8_0.gguf': GGUF, 'b.q8_0.gguf': GGUF } } })
@@ -190,6 +220,19 @@ test.serial('offline (HF_HUB_OFFLINE, localFilesOnly, or the Hub unreachable) lo
   // A closed port: the Hub cannot be reached, the cached snapshot serves.
   t.is(await downloadFromHub('tiny/llama', { cacheDir: o.cacheDir, endpoint: 'http://127.0.0.1:9' }), snap)
   await t.throwsAsync(downloadFromHub('tiny/lora', { cacheDir: o.cacheDir, endpoint: 'http://127.0.0.1:9' }), { message: /not in the Hub cache .* the Hub is unreachable \(could not reach 127\.0\.0\.1:9/ })
+})
+
+test('a sharded checkpoint: the index and every shard it lists are fetched, and it loads', async (t) => {
+  const o = setup(t)
+  const model = await AutoModelForCausalLM.fromPretrained('tiny/sharded', { cacheDir: o.cacheDir, endpoint: o.endpoint })
+  const whole = await AutoModelForCausalLM.fromPretrained(MODEL_DIR)
+  t.is(model.config.num_hidden_layers, 2)
+  const logits = async (m: typeof model) => [...(await (await m.forward({ inputIds: [[5, 6, 7]] })).logits.toFloat32Array())]
+  t.deepEqual(await logits(model), await logits(whole))
+  model.dispose()
+  whole.dispose()
+  const files = readdirSync(join(repoDir(o.cacheDir, 'tiny/sharded'), 'snapshots', MAIN)).sort()
+  t.deepEqual(files.filter((f) => f.startsWith('model')), ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json'])
 })
 
 test('an adapter repo loads onto the model with PeftModel.fromPretrained', async (t) => {
