@@ -128,7 +128,7 @@ test('revision: a tag and a commit each get their own snapshot and ref', async (
 test('an unknown repo, an unknown revision and a missing token are clear errors that leave no snapshot', async (t) => {
   const o = setup(t)
   const opts = { cacheDir: o.cacheDir, endpoint: o.endpoint }
-  await t.throwsAsync(AutoModelForCausalLM.fromPretrained('tiny/nope', opts), { message: /Hub repo tiny\/nope on http:\/\/127\.0\.0\.1:\d+ not found, or private \(HTTP 401; no token was given: set HF_TOKEN/ })
+  await t.throwsAsync(AutoModelForCausalLM.fromPretrained('tiny/nope', opts), { message: /^tiny\/nope: no such local file or folder; as a Hub repo id: Hub repo tiny\/nope on http:\/\/127\.0\.0\.1:\d+ not found, or private \(HTTP 401; no token was given: set HF_TOKEN/ })
   await t.throwsAsync(downloadFromHub('tiny/llama', { ...opts, revision: 'v9' }), { message: /revision "v9" not found in tiny\/llama/ })
   await t.throwsAsync(downloadFromHub('tiny/private', opts), { message: /not found, or private \(HTTP 401; no token/ })
   await t.throwsAsync(downloadFromHub('tiny/private', { ...opts, token: 'hf_wrong' }), { message: /HTTP 401; the token was refused/ })
@@ -281,5 +281,5 @@ test.serial('CLI: --model and --adapter take Hub ids, with download progress on 
   t.regex(io.errors(), /downloading tiny\/lora: adapter_config\.json/)
   const bad = capture()
   t.is(await main(['info', '--model', 'tiny/ggufs'], bad), 1)
-  t.regex(bad.errors(), /peft-node info: tiny\/ggufs has 2 \.gguf files; pick one with the `file` option \(--file\)/)
+  t.regex(bad.errors(), /peft-node info: tiny\/ggufs: no such local file or folder; as a Hub repo id: tiny\/ggufs has 2 \.gguf files; pick one with the `file` option \(--file\)/)
 })

@@ -17,7 +17,14 @@ import { checkRevision, hubSettings, isCommit, isHubId, type HubOptions, type Hu
  */
 export async function resolvePretrained(path: string, kind: RepoKind, opts: HubOptions): Promise<string> {
   if (typeof path !== 'string' || existsSync(path) || !isHubId(path)) return path
-  return downloadFromHub(path, { ...opts, kind })
+  try {
+    return await downloadFromHub(path, { ...opts, kind })
+  } catch (e) {
+    // `models/llama` may be a mistyped local folder as well as a Hub id: say both.
+    const err = e as Error
+    if (err.name !== 'AbortError') err.message = `${path}: no such local file or folder; as a Hub repo id: ${err.message}`
+    throw err
+  }
 }
 
 /** Downloads what loading `repoId` needs into the Hub cache; returns the snapshot folder (or the .gguf file in it). */
