@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { AutoModelForCausalLM, PeftModel, downloadFromHub, type HubProgress } from '../src'
 import { resolvePretrained } from '../src/hub/resolve'
 import { main } from '../src/cli/main'
+import { downloadProgress } from '../src/cli/progress'
 import { FIXTURES, MODEL_DIR } from './helpers/fixtures'
 import { capture } from './helpers/cli'
 import { tempDir } from './helpers/temp'
@@ -282,4 +283,17 @@ test.serial('CLI: --model and --adapter take Hub ids, with download progress on 
   const bad = capture()
   t.is(await main(['info', '--model', 'tiny/ggufs'], bad), 1)
   t.regex(bad.errors(), /peft-node info: tiny\/ggufs: no such local file or folder; as a Hub repo id: tiny\/ggufs has 2 \.gguf files; pick one with the `file` option \(--file\)/)
+})
+
+test('CLI: on a terminal the download is one redrawn bar on stderr, closed by a newline', (t) => {
+  const drawn: string[] = []
+  const bar = downloadProgress({ ...capture(), errIsTTY: true, errWrite: (s) => drawn.push(s) })
+  const p = { repoId: 'tiny/llama', file: 'model.safetensors', fileTotal: 2e6, total: 2e6 }
+  bar({ ...p, fileBytes: 5e5, bytes: 5e5 })
+  bar({ ...p, fileBytes: 1e6, bytes: 1e6 }) // within 100 ms of the last: not drawn
+  bar({ ...p, fileBytes: 2e6, bytes: 2e6 })
+  t.deepEqual(drawn, [
+    '\r\x1b[K[######------------------] tiny/llama model.safetensors  0.5 MB/2.0 MB',
+    '\r\x1b[K[########################] tiny/llama model.safetensors  2.0 MB/2.0 MB\n',
+  ])
 })
