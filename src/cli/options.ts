@@ -15,7 +15,7 @@ export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string;
   // With --adapter, info describes that adapter: method options do not apply (checked in infoCommand).
   info: { options: ['model', 'adapter', 'config', 'method', 'methodConfig'], args: 'the model', methodFields: true },
   merge: { options: ['model', 'adapter', 'output', 'dtype', 'force'] },
-  export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'force'] },
+  export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'ollama', 'force'] },
 }
 
 const ALWAYS = ['help']
