@@ -163,8 +163,13 @@ export declare class NativeTokenizer {
   get eosToken(): SpecialToken | null
   get padToken(): SpecialToken | null
   get chatTemplate(): string | null
-  /** `messages_json`: a JSON array of `{role, content, ...}`; `extra_json`: more template variables. */
+  /**
+   * `messages_json`: a JSON array of `{role, content, ...}`; `extra_json`: more template variables.
+   * Renders on the JS thread; the template's fuel and output bounds cap how long it can block.
+   */
   applyChatTemplate(messagesJson: string, addGenerationPrompt: boolean, extraJson?: string | undefined | null): string
+  /** As `apply_chat_template`, rendered on the libuv pool (for long conversations or costly templates). */
+  applyChatTemplateAsync(messagesJson: string, addGenerationPrompt: boolean, extraJson?: string | undefined | null): Promise<string>
   streamDecoder(skipSpecialTokens: boolean): NativeStreamDecoder
   dispose(): void
 }
