@@ -3,7 +3,7 @@ import { Tensor, type DType } from './tensor'
 import { Parameter } from './parameter'
 import { I32_MAX, U32_MAX, adapterNameList, flatIds, flatInts, flatLabels, flatMask, seedArg, tokenIdList, type IdRows } from './inputs'
 import { Tokenizer } from './tokenizer'
-import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
+import { abortHandle, fitContext, generationArgs, streamSteps, type GenerateOptions } from './generation'
 
 export interface LoadOptions {
   /** Weights are converted to this dtype on load (default float32; the CPU trains in float32). */
@@ -54,6 +54,8 @@ export type LlamaConfig = Record<string, unknown> & {
   num_attention_heads: number
   num_key_value_heads: number
   head_dim: number
+  /** The context length: generation stops there. */
+  max_position_embeddings: number
   eos_token_id: number | number[] | null
 }
 
@@ -184,7 +186,7 @@ export class LlamaModel {
   async generate(ids: ArrayLike<number>[], opts?: GenerateOptions): Promise<number[][]>
   async generate(ids: ArrayLike<number> | ArrayLike<number>[], opts: GenerateOptions = {}): Promise<number[] | number[][]> {
     const { prompts, single } = promptRows(ids, this.config.vocab_size)
-    const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    const args = fitContext(prompts, generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size), this.config.max_position_embeddings)
     opts.signal?.throwIfAborted() // the native loop checks the flag only after its first step
     const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal), adapterNameList(opts.adapterNames))
     return single ? out[0] : out
@@ -196,7 +198,7 @@ export class LlamaModel {
    */
   async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
     const { prompts } = promptRows(ids, this.config.vocab_size)
-    const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    const args = fitContext(prompts, generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size), this.config.max_position_embeddings)
     opts.signal?.throwIfAborted()
     const adapterNames = adapterNameList(opts.adapterNames)
     let result: number[][] | undefined
