@@ -183,6 +183,12 @@ export interface AdamWArgs {
   step: number
 }
 
+/**
+ * Stops every native loop this JS environment started (at its next step). Called when the
+ * process (or Worker) exits; the jobs' promises are never seen.
+ */
+export declare function cancelNativeWork(): void
+
 /** One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask. */
 export interface FisherBatchInput {
   inputIds: Uint32Array
