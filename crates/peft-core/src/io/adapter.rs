@@ -109,11 +109,15 @@ fn list(keys: &[&str]) -> String {
 /// Writes adapter `name` to the folder `dir` (created if needed) as PEFT's
 /// `save_pretrained` does: the tensors under PEFT's keys with metadata `{"format": "pt"}`,
 /// and the config with every field, `inference_mode: true`, 2-space indented, keys sorted.
-/// Both files are written atomically.
+/// The folder is written as a unit (`io::folder::write_folder`).
 pub fn save_adapter(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Path) -> Result<()> {
     if dir.is_file() {
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }
+    super::folder::write_folder(dir, |tmp| write_adapter_files(tuners, model, name, tmp))
+}
+
+fn write_adapter_files(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors: Vec<(String, Tensor)> = tuners.checkpoint_tensors(model, name)?;
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
@@ -128,13 +132,15 @@ pub fn save_pretrained(tuners: &Tuners, model: &CausalLm, dir: &Path, names: Opt
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }
     let names: Vec<String> = names.map_or_else(|| tuners.names(), |n| n.iter().map(|s| s.to_string()).collect());
-    let mut written = Vec::new();
-    for name in &names {
-        let out = if name == "default" { dir.to_path_buf() } else { dir.join(name) };
-        save_adapter(tuners, model, name, &out)?;
-        written.push(out);
-    }
-    Ok(written)
+    // All the adapters of one call go in together (one temporary folder, one swap).
+    super::folder::write_folder(dir, |tmp| {
+        for name in &names {
+            let out = if name == "default" { tmp.to_path_buf() } else { tmp.join(name) };
+            write_adapter_files(tuners, model, name, &out)?;
+        }
+        Ok(())
+    })?;
+    Ok(names.iter().map(|name| if name == "default" { dir.to_path_buf() } else { dir.join(name) }).collect())
 }
 
 /// `adapter_config.json` text for `config` as PEFT saves it (`inference_mode` set to true).

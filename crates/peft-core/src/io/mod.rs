@@ -1,5 +1,6 @@
 //! Reading and writing checkpoints: safetensors (single or sharded), GGUF, adapter files.
 pub mod adapter;
+pub mod folder;
 pub mod gguf;
 pub mod safetensors;
 
