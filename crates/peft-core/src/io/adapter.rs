@@ -54,9 +54,12 @@ pub fn load_adapter(tuners: &mut Tuners, model: &mut CausalLm, dir: &Path, name:
     }
     let tensors = load_file(&file, None, &model.device)?;
     let mut report = tuners.inject_with(model, name, config, 0, true)?;
-    if let Err(e) = fill(tuners, model, name, tensors, &file).and_then(|()| tuners.check_loaded(model, name, &file)) {
-        let _ = tuners.delete_adapter(model, name);
-        return Err(e);
+    match fill(tuners, model, name, tensors, &file).and_then(|w| tuners.check_loaded(model, name, &file).map(|()| w)) {
+        Ok(mut nonfinite) => warnings.append(&mut nonfinite),
+        Err(e) => {
+            let _ = tuners.delete_adapter(model, name);
+            return Err(e);
+        }
     }
     warnings.append(&mut report.warnings);
     report.warnings = warnings;
@@ -64,7 +67,10 @@ pub fn load_adapter(tuners: &mut Tuners, model: &mut CausalLm, dir: &Path, name:
 }
 
 /// Copies the file's tensors into the freshly injected adapter, checking keys and shapes.
-fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<()> {
+/// Returns a warning for each tensor holding NaN or infinite values (a diverged training
+/// run saves them; the adapter then turns every output into NaN).
+fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
     let expected = tuners.checkpoint_keys(model, name)?;
     let want: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
     let have: BTreeSet<&str> = tensors.keys().map(String::as_str).collect();
@@ -92,9 +98,29 @@ fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<Stri
         if t.dtype().is_float() != p.value().dtype().is_float() {
             return Err(Error::WeightDtype { file: file.into(), name: key.clone(), found: format!("{:?}", t.dtype()) });
         }
+        if let Some(w) = nonfinite_warning(&t, key, file)? {
+            warnings.push(w);
+        }
         p.set(&t)?;
     }
-    Ok(())
+    Ok(warnings)
+}
+
+fn nonfinite_warning(t: &Tensor, key: &str, file: &Path) -> Result<Option<String>> {
+    if !t.dtype().is_float() {
+        return Ok(None);
+    }
+    let values = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let nan = values.iter().filter(|v| v.is_nan()).count();
+    let inf = values.iter().filter(|v| v.is_infinite()).count();
+    if nan + inf == 0 {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{}: `{key}` holds {nan} NaN and {inf} infinite value(s) of {}; outputs with this adapter will be NaN/Inf (was it saved from a diverged run?)",
+        file.display(),
+        values.len()
+    )))
 }
 
 fn list(keys: &[&str]) -> String {
