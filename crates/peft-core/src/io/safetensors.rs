@@ -25,7 +25,7 @@ impl WeightMap {
 
 /// Every tensor of one file, converted to `dtype` (floating tensors only; integer tensors keep theirs).
 pub fn load_file(path: &Path, dtype: Option<DType>, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = super::open_file(path, "a safetensors file")?;
     // SAFETY: the map is read-only and dropped before this function returns; tensors are copied out.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| corrupt(path, e))?;
