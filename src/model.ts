@@ -220,7 +220,7 @@ export class LlamaModel {
 
   /**
    * Writes a Hugging Face checkpoint (config.json, model.safetensors, tokenizer files) that
-   * transformers and `fromPretrained` read. Merge adapters first (`peft.mergeAndUnload()`).
+   * transformers and `fromPretrained` read. Merge adapters first (`await peft.mergeAndUnload()`).
    * `dtype` converts the weights as they are written (default: the model's, float32 after a
    * GGUF load; 'bfloat16' halves the file).
    */

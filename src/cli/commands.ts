@@ -140,7 +140,7 @@ export async function mergeCommand(flags: Record<string, unknown>, io: Io): Prom
   checkOutput(output, flags.force === true || flags.force === 'true')
   const model = await loadModel({ ...flags, adapter })
   if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
-  const merged = model.mergeAndUnload()
+  const merged = await model.mergeAndUnload()
   const dtype = flags.dtype === undefined ? undefined : (String(flags.dtype) as DType)
   await merged.savePretrained(output, { dtype })
   io.out(`merged ${adapter} into ${String(flags.model)}: wrote ${output} (config.json, model.safetensors${dtype ? ` in ${dtype}` : ''}, tokenizer files)`)
