@@ -1,5 +1,6 @@
 export { AutoModelForCausalLM, LlamaModel } from './model'
-export type { LoadOptions, ForwardInput, ForwardOutput, LlamaConfig } from './model'
+export type { LoadOptions, ForwardInput, ForwardOutput, LlamaConfig, GgufOuttype } from './model'
+export { ollamaModelfile } from './ollama'
 export { Tensor } from './tensor'
 export type { BackwardOptions, DType } from './tensor'
 export { Parameter } from './parameter'
@@ -33,3 +34,5 @@ export type { SparseMaskConfigOptions, MaskType, FisherBatch } from './methods/s
 export * from './data'
 export * from './train'
 export * from './compose'
+export { downloadFromHub } from './hub/resolve'
+export type { HubOptions, HubProgress } from './hub/settings'

@@ -4,8 +4,11 @@ import { Parameter } from './parameter'
 import { I32_MAX, U32_MAX, adapterNameList, flatIds, flatInts, flatLabels, flatMask, seedArg, tokenIdList, type IdRows } from './inputs'
 import { Tokenizer } from './tokenizer'
 import { abortHandle, fitContext, generationArgs, streamSteps, type GenerateOptions } from './generation'
+import { resolvePretrained } from './hub/resolve'
+import type { HubOptions } from './hub/settings'
 
-export interface LoadOptions {
+/** With a Hub repo id (`org/name`) for the path, the `HubOptions` apply (revision, file, token, ...). */
+export interface LoadOptions extends HubOptions {
   /** Weights are converted to this dtype on load (default float32; the CPU trains in float32). */
   dtype?: DType
   /** "cpu" (default), "cuda" or "cuda:N" (needs the CUDA build). */
@@ -70,7 +73,10 @@ export class LlamaModel {
   /** @internal */
   constructor(private readonly inner: NativeModel) {}
 
-  /** Loads a Hugging Face checkpoint folder (config.json + safetensors) or a `.gguf` file. */
+  /**
+   * Loads a Hugging Face checkpoint folder (config.json + safetensors) or a `.gguf` file, or a
+   * Hub repo id (`org/name`), downloaded into the shared Hugging Face cache (docs/hub.md).
+   */
   static async fromPretrained(path: string, opts: LoadOptions = {}): Promise<LlamaModel> {
     const model = await loadAny(path, opts)
     if (!LLAMA_TYPES.includes(model.config.modelType)) {
@@ -229,6 +235,17 @@ export class LlamaModel {
     await this.inner.savePretrained(dir, opts.dtype)
   }
 
+  /**
+   * Writes the model as one llama.cpp GGUF file, as `convert_hf_to_gguf.py` (f32, f16, bf16,
+   * q8_0) or `llama-quantize` (q4_0, q4_k_m: the head in Q6_K, Q4_K_M's per-tensor mix) would,
+   * with the tokenizer and chat template in its metadata. Merge adapters first
+   * (`(await peft.mergeAndUnload()).saveGguf(path)`); a model with adapters attached is refused.
+   */
+  async saveGguf(path: string, opts: { outtype?: GgufOuttype } = {}): Promise<void> {
+    if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a .gguf file path, found ${String(path)}`)
+    await this.inner.saveGguf(path, opts.outtype ?? 'f16')
+  }
+
   /** Frees the native weights now. Any later call on this model throws. */
   dispose(): void {
     this.inner.dispose()
@@ -238,6 +255,10 @@ export class LlamaModel {
     this.dispose()
   }
 }
+
+/** Whole-model GGUF types (`LlamaModel.saveGguf`, `peft-node export --format gguf`). */
+export const GGUF_OUTTYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k_m'] as const
+export type GgufOuttype = (typeof GGUF_OUTTYPES)[number]
 
 function promptRows(ids: ArrayLike<number> | ArrayLike<number>[], vocab: number): { prompts: number[][]; single: boolean } {
   const single = ids.length > 0 && typeof (ids as ArrayLike<number>)[0] === 'number'
@@ -255,7 +276,9 @@ async function loadAny(path: string, opts: LoadOptions): Promise<LlamaModel> {
   if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a folder or .gguf file path, found ${String(path)}`)
   // "cuda"/"cuda:N" loads the opt-in CUDA build (peft-node-linux-x64-gnu-cuda); it is never required otherwise.
   const binding = wantsCuda(opts.device) ? loadNative({ cuda: true }) : native
-  return new LlamaModel(await binding.loadModel(path, opts.dtype, opts.device))
+  // A path that exists locally wins; an `org/name` that does not is fetched from the Hub.
+  const local = await resolvePretrained(path, 'model', opts)
+  return new LlamaModel(await binding.loadModel(local, opts.dtype, opts.device))
 }
 
 /**

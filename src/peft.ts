@@ -4,6 +4,8 @@ import type { GenerateOptions } from './generation'
 import { PeftConfig, RawPeftConfig } from './methods/config'
 import { addWeightedAdapter, type WeightedAdapterOptions } from './compose/weighted'
 import { adapterNameArg, adapterNameArgs, intArg, seedArg } from './inputs'
+import { resolvePretrained } from './hub/resolve'
+import type { HubOptions } from './hub/settings'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -16,7 +18,8 @@ export interface PeftModelOptions {
   warn?: boolean
 }
 
-export interface LoadAdapterOptions {
+/** With a Hub repo id (`user/adapter`) for the folder, the `HubOptions` apply (revision, token, ...). */
+export interface LoadAdapterOptions extends Omit<HubOptions, 'file'> {
   adapterName?: string
   /** Load for training (default false: frozen, as PEFT's `is_trainable=False`). */
   isTrainable?: boolean
@@ -31,11 +34,11 @@ export class PeftModel {
   /** @internal */
   constructor(private readonly model: LlamaModel) {}
 
-  /** Loads a PEFT adapter folder onto `model`, as `PeftModel.from_pretrained`. */
+  /** Loads a PEFT adapter folder onto `model`, as `PeftModel.from_pretrained`; an mlx-lm adapter folder (adapters.safetensors) is converted. */
   static async fromPretrained(model: LlamaModel, dir: string, opts: LoadAdapterOptions = {}): Promise<PeftModel> {
     const name = adapterNameArg('adapterName', opts.adapterName ?? 'default', { isNew: true })
     const peft = new PeftModel(model)
-    await peft.loadAdapter(dir, name, { isTrainable: opts.isTrainable ?? false })
+    await peft.loadAdapter(dir, name, { ...opts, isTrainable: opts.isTrainable ?? false })
     return peft
   }
 
@@ -57,7 +60,7 @@ export class PeftModel {
     return this.model.config
   }
 
-  /** Adds an adapter; the first one becomes active, later ones wait for `setAdapter`. */
+  /** Adds an adapter (a PEFT folder, or an mlx-lm one, converted); the first one becomes active, later ones wait for `setAdapter`. */
   async addAdapter(name: string, config: PeftConfig, opts: { seed?: number; warn?: boolean } = {}): Promise<void> {
     adapterNameArg('name', name, { isNew: true })
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
@@ -77,9 +80,11 @@ export class PeftModel {
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
-  async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } = {}): Promise<void> {
+  /** Loads an adapter folder, or a Hub repo id (`user/adapter`) fetched into the Hugging Face cache. */
+  async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } & Omit<HubOptions, 'file'> = {}): Promise<void> {
     adapterNameArg('name', name, { isNew: true })
-    this.warnings = await this.native.loadAdapter(dir, name, opts.isTrainable ?? false)
+    const local = await resolvePretrained(dir, 'adapter', opts)
+    this.warnings = await this.native.loadAdapter(local, name, opts.isTrainable ?? false)
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
@@ -99,6 +104,18 @@ export class PeftModel {
     const name = opts.adapterName ?? this.activeAdapter
     adapterNameArg('adapterName', name)
     await this.native.saveLoraGguf(path, name, opts.outtype ?? 'f16')
+  }
+
+  /**
+   * Writes an adapter as mlx-lm's adapter folder (`adapters.safetensors` + `adapter_config.json`,
+   * what `mlx_lm.generate --adapter-path` loads). LoRA/DoRA with one rank and scale on the same
+   * modules of the last N layers; anything else is refused with the alternative (merging).
+   */
+  async saveMlx(dir: string, opts: { adapterName?: string } = {}): Promise<void> {
+    if (typeof dir !== 'string' || dir.length === 0) throw new Error(`dir: expected a folder path, found ${String(dir)}`)
+    const name = opts.adapterName ?? this.activeAdapter
+    adapterNameArg('adapterName', name)
+    await this.native.saveMlxAdapter(dir, name)
   }
 
   get adapterNames(): string[] {

@@ -5,17 +5,19 @@
 import { TRAIN_KEYS, normalise } from './config'
 
 const GENERATION = ['maxTokens', 'maxNewTokens', 'temperature', 'temp', 'topP', 'topK', 'seed']
+/** --model/--adapter may be Hub ids: their revisions, and the .gguf of a GGUF repo. */
+const HUB = ['revision', 'adapterRevision', 'file']
 
 /** The options of each command, as `normalise` names them (camelCase, mlx-lm aliases resolved). */
 export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string; methodFields?: boolean }> = {
   train: { options: [...TRAIN_KEYS], methodFields: true },
-  generate: { options: ['model', 'adapter', 'config', 'prompt', 'system', 'raw', ...GENERATION], args: 'the prompt' },
-  chat: { options: ['model', 'adapter', 'config', 'system', ...GENERATION] },
-  eval: { options: ['model', 'adapter', 'config', 'data', 'batchSize', 'maxSeqLength', 'maskPrompt'] },
+  generate: { options: ['model', 'adapter', 'config', 'prompt', 'system', 'raw', ...GENERATION, ...HUB], args: 'the prompt' },
+  chat: { options: ['model', 'adapter', 'config', 'system', ...GENERATION, ...HUB] },
+  eval: { options: ['model', 'adapter', 'config', 'data', 'batchSize', 'maxSeqLength', 'maskPrompt', ...HUB] },
   // With --adapter, info describes that adapter: method options do not apply (checked in infoCommand).
-  info: { options: ['model', 'adapter', 'config', 'method', 'methodConfig'], args: 'the model', methodFields: true },
-  merge: { options: ['model', 'adapter', 'output', 'dtype', 'force'] },
-  export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'force'] },
+  info: { options: ['model', 'adapter', 'config', 'method', 'methodConfig', ...HUB], args: 'the model', methodFields: true },
+  merge: { options: ['model', 'adapter', 'output', 'dtype', 'force', ...HUB] },
+  export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'ollama', 'force', ...HUB] },
 }
 
 const ALWAYS = ['help']
@@ -71,7 +73,7 @@ export function checkCommandLine(command: string, flags: Record<string, unknown>
   // `info --adapter DIR` describes that adapter: the method and its fields do not apply there.
   const described = command === 'info' && flags.adapter !== undefined
   if (!spec.methodFields || described) {
-    const allowed = new Set([...(described ? ['model', 'adapter', 'config'] : spec.options), ...ALWAYS])
+    const allowed = new Set([...(described ? ['model', 'adapter', 'config', ...HUB] : spec.options), ...ALWAYS])
     const unknown = Object.keys(normalise(flags)).filter((k) => !allowed.has(k))
     if (unknown.length > 0) throw unknownOptionError(command, unknown)
   }

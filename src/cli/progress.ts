@@ -2,6 +2,7 @@
 // line per step, fit for logs and CI.
 import type { Trainer, EvalInfo, SaveInfo, StepInfo } from '../train/trainer'
 import type { Io } from './io'
+import type { HubProgress } from '../hub/settings'
 
 export function duration(ms: number): string {
   if (!Number.isFinite(ms)) return '?'
@@ -37,4 +38,33 @@ export function attachProgress(trainer: Trainer, io: Io): void {
   trainer.on('eval', (e: EvalInfo) => line(`eval at step ${e.step}: loss ${e.loss.toFixed(4)}  perplexity ${e.perplexity.toFixed(3)}`))
   trainer.on('save', (c: SaveInfo) => line(`checkpoint: ${c.dir}`))
   trainer.on('end', () => onBar && line(''))
+}
+
+export function megabytes(n: number): string {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : `${(n / 1e6).toFixed(1)} MB`
+}
+
+/**
+ * A Hub download's progress on stderr (stdout stays the command's output): on a terminal one
+ * redrawn bar, at most ten times a second; otherwise one line per file.
+ */
+export function downloadProgress(io: Io): (p: HubProgress) => void {
+  let file = ''
+  let drawn = 0
+  return (p) => {
+    const done = p.total !== null && p.bytes >= p.total
+    if (!io.errIsTTY || !io.errWrite) {
+      if (p.file !== file) io.err(`downloading ${p.repoId}: ${p.file}${p.fileTotal === null ? '' : ` (${megabytes(p.fileTotal)})`}`)
+      file = p.file
+      return
+    }
+    file = p.file
+    if (!done && Date.now() - drawn < 100) return
+    drawn = Date.now()
+    const frac = p.total ? Math.min(1, p.bytes / p.total) : 0
+    const width = 24
+    const filled = Math.round(frac * width)
+    const size = p.total === null ? megabytes(p.bytes) : `${megabytes(p.bytes)}/${megabytes(p.total)}`
+    io.errWrite(`\r\x1b[K[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${p.repoId} ${p.file}  ${size}${done ? '\n' : ''}`)
+  }
 }

@@ -9,7 +9,7 @@ import { readTrainerState, resolveCheckpoint } from '../train/checkpoint'
 import { trainOptions } from './config'
 import { cliPeftModel, methodConfig, methodOptions } from './methods'
 import { attachProgress, duration } from './progress'
-import { required } from './load'
+import { modelHubOptions, required } from './load'
 import { runDemo } from './demo'
 import type { Io } from './io'
 
@@ -34,7 +34,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
     config = new RawPeftConfig(readTrainerState(resolveCheckpoint(o.resume)).adapter.config) // resume as trained
   }
   const t0 = Date.now()
-  const model = await AutoModelForCausalLM.fromPretrained(modelPath)
+  const model = await AutoModelForCausalLM.fromPretrained(modelPath, modelHubOptions(o, io))
   const peft = await cliPeftModel(model, config, num(o.seed), 'train', flags, io)
   peft.printTrainableParameters(io.out)
   const data = await loadData(dataPath, peft.tokenizer, { maxSeqLength: num(o.maxSeqLength), maskPrompt: o.maskPrompt as boolean | undefined, truncation: o.truncation as boolean | undefined, validSplit: num(o.validSplit), seed: num(o.seed) })

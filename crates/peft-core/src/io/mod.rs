@@ -1,7 +1,9 @@
-//! Reading and writing checkpoints: safetensors (single or sharded), GGUF, adapter files.
+//! Reading and writing checkpoints: safetensors (single or sharded), GGUF, adapter files
+//! (PEFT's, and mlx-lm's converted to and from them).
 pub mod adapter;
 pub mod folder;
 pub mod gguf;
+pub mod mlx;
 pub mod safetensors;
 
 /// Opens a file to read or map. A folder under a file's name (`model.safetensors/`) is named as
