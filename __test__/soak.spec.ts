@@ -27,7 +27,7 @@ async function cycle(dir: string): Promise<void> {
   again.dispose()
 }
 
-test('soak: RSS stops growing after warm-up (< 5% over the cycles after it)', async (t) => {
+test('soak: RSS stops growing after warm-up (< 5% between the first and the last window of cycles)', async (t) => {
   const dir = tempDir(t)
   const rss: number[] = []
   for (let i = 0; i < CYCLES; i++) {
@@ -36,12 +36,14 @@ test('soak: RSS stops growing after warm-up (< 5% over the cycles after it)', as
     if (process.env.SOAK_CYCLES && (i + 1) % 50 === 0) t.log(`cycle ${i + 1}: RSS ${(rss[i] / 2 ** 20).toFixed(1)} MiB`)
   }
   const mib = (x: number) => (x / 2 ** 20).toFixed(1)
-  // Medians of 10 cycles: single samples swing +-5% with the allocator's purges.
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
-  const window = Math.min(10, Math.floor((CYCLES - WARMUP) / 2))
-  const warm = median(rss.slice(WARMUP, WARMUP + window))
-  const end = median(rss.slice(-window))
-  t.log(`RSS (median of ${window} cycles) after ${WARMUP} warm-up cycles ${mib(warm)} MiB, at ${CYCLES} ${mib(end)} MiB (+${(((end - warm) / warm) * 100).toFixed(2)}%)`)
+  // RSS saws up and down by ~10% as the allocator returns memory every ~20 cycles, with rare
+  // spikes: the 90th percentile of the first window (warm-up included) against that of the
+  // last one. A leak lifts the whole saw, so it lifts the percentile.
+  const w = Math.max(WARMUP, Math.floor(CYCLES / 10))
+  const p90 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(0.9 * (xs.length - 1))]
+  const warm = p90(rss.slice(0, w))
+  const end = p90(rss.slice(-w))
+  t.log(`RSS p90 over cycles 1-${w} ${mib(warm)} MiB, over the last ${w} of ${CYCLES} ${mib(end)} MiB (+${(((end - warm) / warm) * 100).toFixed(2)}%)`)
   t.true(end < warm * 1.05, `RSS grew from ${mib(warm)} to ${mib(end)} MiB`)
 })
 
