@@ -16,8 +16,11 @@
 //! in `TunerConfig::hook_sites`. Each method lives in one folder next to `lora/`.
 pub mod adalora;
 mod attach;
+pub mod aux_loss;
 pub mod bias;
 pub mod bounds;
+pub mod child_tuning;
+pub mod compacter;
 pub mod bottleneck;
 pub mod defaults;
 pub mod dylora;
@@ -32,14 +35,19 @@ pub mod loha;
 pub mod lokr;
 mod merging;
 pub mod lora;
+pub mod lora_dropout;
 pub mod lycoris;
 pub mod mam;
+pub mod mixlora;
+pub mod molora;
+pub mod moslora;
 pub mod p_tuning;
 pub mod patterns;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
 pub mod routing;
 pub mod select;
+pub mod sora;
 pub mod sparse_mask;
 pub mod svd_fast;
 pub mod ssf;
@@ -292,6 +300,14 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("MAM_ADAPTER") => boxed(mam::MamAdapterConfig::from_value(value, source)),
         Some("UNIPELT") => boxed(unipelt::UniPeltConfig::from_value(value, source)),
         Some("SPARSE_MASK") => boxed(sparse_mask::SparseMaskConfig::from_value(value, source)),
+        Some("MOSLORA") => boxed(moslora::MosLoraConfig::from_value(value, source)),
+        Some("MOLORA") => boxed(molora::MoLoraConfig::from_value(value, source)),
+        Some("MOV") => boxed(molora::MovConfig::from_value(value, source)),
+        Some("MIXLORA") => boxed(mixlora::MixLoraConfig::from_value(value, source)),
+        Some("LORA_DROPOUT") => boxed(lora_dropout::LoraDropoutConfig::from_value(value, source)),
+        Some("SORA") => boxed(sora::SoraConfig::from_value(value, source)),
+        Some("CHILD_TUNING") => boxed(child_tuning::ChildTuningConfig::from_value(value, source)),
+        Some("COMPACTER") => boxed(compacter::CompacterConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -308,6 +324,7 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
+    "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
