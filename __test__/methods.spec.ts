@@ -94,6 +94,8 @@ const ROWS: Row[] = [
   { name: 'Child-tuning (D)', config: (a) => new peftNode.ChildTuningConfig({ childRatio: 0.3, targetModules: a.qv }), canMerge: true },
   // The shared Kronecker rule Aᵢ is the new part: the finite differences check it.
   { name: 'Compacter', config: (a) => new peftNode.CompacterConfig({ bottleneckSize: 8, phmDim: 4 }), canMerge: false, fdParam: /compacter_rule/ },
+  // The offsets' factor A is what the finite differences check (B starts at 0; one step moves it).
+  { name: 'DePT', config: (a) => new peftNode.DeptConfig({ numVirtualTokens: 3, r: 4, maxLength: 32 }), canMerge: false, virtual: 3, fdParam: /dept_A/ },
   { name: 'MixLoRA', config: (a) => new peftNode.MixLoraConfig({ r: 2, numExperts: 3, topK: 2 }), canMerge: false, fdParam: /mixlora_router/ },
 ]
 

@@ -57,7 +57,7 @@ test('SoRA: the Trainer soft-thresholds the gates after each step and reports th
 })
 
 test('every new CLI method name builds a config the native core accepts', async (t) => {
-  const names = ['moslora', 'molora', 'mov', 'mixlora', 'lora-dropout', 'sora', 'child-tuning', 'compacter', 'pafi']
+  const names = ['moslora', 'molora', 'mov', 'mixlora', 'lora-dropout', 'sora', 'child-tuning', 'compacter', 'pafi', 'dept']
   for (const name of names) {
     t.truthy(METHODS[name], name)
     const config = methodConfig(name, name === 'compacter' ? { bottleneckSize: 8 } : {})

@@ -26,7 +26,7 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   unipelt: { peftType: 'UNIPELT' },
   moslora: { peftType: 'MOSLORA' }, molora: { peftType: 'MOLORA' }, mov: { peftType: 'MOV' }, mixlora: { peftType: 'MIXLORA' },
   'lora-dropout': { peftType: 'LORA_DROPOUT' }, sora: { peftType: 'SORA' }, 'child-tuning': { peftType: 'CHILD_TUNING' },
-  compacter: { peftType: 'COMPACTER' },
+  compacter: { peftType: 'COMPACTER' }, dept: { peftType: 'DEPT', defaults: { numVirtualTokens: 20 } },
   pafi: { peftType: 'SPARSE_MASK', defaults: { density: 0.005, maskType: 'smallest_magnitude' } },
 }
 

@@ -391,3 +391,72 @@ fn compacter_config_errors_name_the_key() {
         assert!(e.contains(key), "{cfg}: {e}");
     }
 }
+
+fn dept(max_length: usize) -> Value {
+    json!({"peft_type": "DEPT", "num_virtual_tokens": 3, "r": 4, "max_length": max_length})
+}
+
+#[test]
+fn dept_contract() {
+    let e = check(&dept(16), 3, false);
+    println!("DePT: finite differences rel err {e:e}");
+}
+
+/// With B = 0 DePT is prompt tuning with its prompt; with B ≠ 0 the offsets act per position,
+/// the cache counts positions on (decoding token by token = one full pass, across the
+/// `max_length` boundary), and the file holds the prompt and both factors under PEFT-style keys.
+#[test]
+fn dept_is_prompt_tuning_plus_position_offsets() {
+    use peft_core::model::{Batch, Ctx, KvCache};
+    use peft_core::tuners::WithTuners;
+    let (d, d_t) = inject(&dept(5), 1);
+    let (pt, pt_t) = inject(&json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3}), 2);
+    set(&pt, "prompt_encoder.default.embedding.weight", &value(&d, "prompt_encoder.default.embedding.weight"));
+    assert!(max_abs_diff(&logits_with(&d, Some(&d_t)), &logits_with(&pt, Some(&pt_t))) < 1e-6, "B = 0: prompt tuning");
+
+    let (model, tuners) = method_contract::setup(&dept(5), DType::F64);
+    let row: Vec<u32> = inputs().input_ids[0].iter().take(8).copied().collect();
+    let ctx = Ctx::inference(&model.store).with_tuners(&tuners);
+    let full = model.forward(&Batch::new(vec![row.clone()]), &ctx, None, false).unwrap();
+    let mut cache = KvCache::new(model.layers.len());
+    let mut steps = vec![model.forward(&Batch::new(vec![row[..3].to_vec()]), &ctx, Some(&mut cache), false).unwrap()];
+    for &tok in &row[3..] {
+        steps.push(model.forward(&Batch::new(vec![vec![tok]]), &ctx, Some(&mut cache), false).unwrap());
+    }
+    let diff = max_abs_diff(&Tensor::cat(&steps, 1).unwrap(), &full);
+    assert!(diff < 1e-10, "cached decoding vs full pass: {diff}");
+    // Positions 5.. get no offset: zeroing the rows of A past max_length changes nothing, row 4 does.
+    let a = value(&model, "prompt_encoder.default.dept_A.weight");
+    let zero_row = |i: usize| {
+        let mut v: Vec<Vec<f64>> = a.to_vec2().unwrap();
+        v[i].iter_mut().for_each(|x| *x = 0.0);
+        Tensor::new(v, &Device::Cpu).unwrap()
+    };
+    set(&model, "prompt_encoder.default.dept_A.weight", &zero_row(4));
+    let changed = max_abs_diff(&model.forward(&Batch::new(vec![row.clone()]), &ctx, None, false).unwrap(), &full);
+    assert!(changed > 1e-6, "row 4 offsets the fifth token: {changed}");
+
+    let dir = std::env::temp_dir().join(format!("peft-core-dept-{}", std::process::id()));
+    peft_core::io::adapter::save_adapter(&tuners, &model, "default", &dir).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["prompt_embeddings", "prompt_encoder.dept_A.weight", "prompt_encoder.dept_B.weight"]);
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["max_length"].as_u64(), cfg["token_dim"].as_u64()), (Some("DEPT"), Some(4), Some(5), Some(64)));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn dept_config_errors_name_the_key() {
+    for (cfg, key) in [
+        (json!({"peft_type": "DEPT", "r": 4}), "num_virtual_tokens"),
+        (json!({"peft_type": "DEPT", "num_virtual_tokens": 3, "max_length": 0}), "max_length"),
+        (json!({"peft_type": "DEPT", "num_virtual_tokens": 3, "max_length": 100000000}), "max_length"),
+        (json!({"peft_type": "DEPT", "num_virtual_tokens": 3, "r": 100000}), "r"),
+        (json!({"peft_type": "DEPT", "num_virtual_tokens": 3, "prompt_tuning_init": "WORDS"}), "prompt_tuning_init"),
+    ] {
+        let e = error_of(&cfg);
+        assert!(e.contains(key), "{cfg}: {e}");
+    }
+}

@@ -152,6 +152,9 @@ impl CausalLm {
         if let Some(scale) = self.config.arch.embed_scale {
             x = x.affine(scale, 0.0)?;
         }
+        if let Some(h) = &ctx.hooks {
+            x = h.input_embeddings(x, past - virt_past, ctx)?;
+        }
         let prompt = match &ctx.hooks {
             Some(h) if past == 0 => h.prompt(ctx, b)?,
             _ => Default::default(),

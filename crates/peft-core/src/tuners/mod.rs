@@ -23,6 +23,7 @@ pub mod child_tuning;
 pub mod compacter;
 pub mod bottleneck;
 pub mod defaults;
+pub mod dept;
 pub mod dylora;
 pub mod fields;
 pub mod hooks;
@@ -128,6 +129,12 @@ pub trait AdapterLayer: Send + Sync {
     /// Prompt site: virtual token embeddings [n, hidden] prepended to the input embeddings.
     fn virtual_tokens(&self, _ctx: &Ctx) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+
+    /// Prompt site: the input tokens' embeddings [b, t, hidden] changed (DePT's position-wise
+    /// offsets); `past` real tokens came before them. Default: unchanged.
+    fn input_embeddings(&self, x: Tensor, _past: usize, _ctx: &Ctx) -> Result<Tensor> {
+        Ok(x)
     }
 
     /// Prompt site: per decoder layer, keys and values [kv_heads, n, head_dim] attended
@@ -308,6 +315,7 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("SORA") => boxed(sora::SoraConfig::from_value(value, source)),
         Some("CHILD_TUNING") => boxed(child_tuning::ChildTuningConfig::from_value(value, source)),
         Some("COMPACTER") => boxed(compacter::CompacterConfig::from_value(value, source)),
+        Some("DEPT") => boxed(dept::DeptConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -324,7 +332,7 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
-    "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER",
+    "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
