@@ -64,7 +64,7 @@ export class PromptEncoderConfig extends PeftConfig {
 export interface DeptConfigOptions extends PromptTuningConfigOptions {
   /** Rank of the embedding offsets (default 60, the paper's). */
   r?: number
-  /** Positions that get an offset (default 256). */
+  /** Positions that get an offset (default: 256, or the model's max positions when fewer). */
   maxLength?: number
 }
 

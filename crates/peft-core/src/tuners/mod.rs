@@ -37,6 +37,7 @@ pub mod lokr;
 mod merging;
 pub mod lora;
 pub mod lora_dropout;
+pub mod low_rank;
 pub mod lycoris;
 pub mod mam;
 pub mod mixlora;

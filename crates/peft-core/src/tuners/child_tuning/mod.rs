@@ -14,9 +14,10 @@ use crate::error::Result;
 use crate::model::{Ctx, Linear, ParamId, ParamStore};
 use crate::tuners::fields::{config_plumbing, object, Fields};
 use crate::tuners::init::dropout_mask;
+use crate::tuners::low_rank::add_delta;
 use crate::tuners::sparse_mask::config::DEFAULT_TARGETS;
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -77,8 +78,7 @@ pub struct ChildTuningLayer {
 
 impl ChildTuningLayer {
     fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
-        let d = store.get(self.delta).value().to_dtype(DType::F64)?;
-        Ok((weight.to_dtype(DType::F64)? + (d * sign)?)?.to_dtype(weight.dtype())?)
+        add_delta(weight, store.get(self.delta).value(), sign)
     }
 }
 

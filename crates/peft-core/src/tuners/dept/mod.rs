@@ -1,7 +1,7 @@
 //! DePT (Shi & Lipani 2024, "DePT: Decomposed Prompt Tuning for Parameter-Efficient
 //! Fine-tuning", §2, eqs. 2-3): a shorter soft prompt P ∈ ℝᵐˣᵈ prepended as in prompt tuning,
 //! plus a low-rank update of the frozen input embeddings, E' = E + A B, A ∈ ℝˢˣʳ, B ∈ ℝʳˣᵈ,
-//! s = `max_length`: row j of A B is added to the embedding of the token at position j of the
+//! s = `max_length` (default min(256, the model's positions)): row j of A B is added to the embedding of the token at position j of the
 //! input (positions count real tokens, cached ones included; a token at position ≥ s gets no
 //! offset). A is Kaiming-uniform and B zero, so the offsets start at 0 (the paper's code, as
 //! LoRA's init). The paper trains the two parts with different learning rates: give the
@@ -22,8 +22,12 @@ use candle_core::{Tensor, D};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// DePT's own fields (besides prompt tuning's) and their defaults.
-const OWN: [(&str, u64); 2] = [("r", 60), ("max_length", 256)];
+/// DePT's own fields (besides prompt tuning's) and their defaults; `max_length` null is
+/// filled at injection with min(256, the model's max_position_embeddings).
+fn own_defaults() -> [(&'static str, Value); 2] {
+    [("r", json!(60)), ("max_length", Value::Null)]
+}
+const DEFAULT_MAX_LENGTH: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct DeptConfig {
@@ -31,7 +35,8 @@ pub struct DeptConfig {
     pub targets: TargetSpec,
     pub prompt: PromptTuningConfig,
     pub r: usize,
-    pub max_length: usize,
+    /// None until injection when the file leaves it null.
+    pub max_length: Option<usize>,
 }
 
 impl DeptConfig {
@@ -42,16 +47,16 @@ impl DeptConfig {
         }
         // The prompt part is prompt tuning's config, read (and checked) by its own reader.
         let mut inner = obj.clone();
-        OWN.iter().for_each(|(k, _)| drop(inner.remove(*k)));
+        own_defaults().iter().for_each(|(k, _)| drop(inner.remove(*k)));
         inner.insert("peft_type".into(), json!("PROMPT_TUNING"));
         let (prompt, warnings) = PromptTuningConfig::from_value(&Value::Object(inner), source)?;
         let mut fields = prompt.fields.clone();
         fields.set("peft_type", "DEPT");
-        for (k, default) in OWN {
-            fields.set(k, obj.get(k).cloned().unwrap_or(json!(default)));
+        for (k, default) in own_defaults() {
+            fields.set(k, obj.get(k).cloned().unwrap_or(default));
         }
         let r = fields.positive("r", "the rank of the embedding offsets")?;
-        let max_length = fields.positive("max_length", "the number of positions that get an offset")?;
+        let max_length = fields.opt_positive("max_length", "the number of positions that get an offset, or null for the model's (at most 256)")?;
         let warnings = warnings.into_iter().map(|w| w.replace("PromptTuningConfig", "DeptConfig")).collect();
         Ok((DeptConfig { fields, targets: TargetSpec::default(), prompt, r, max_length }, warnings))
     }
@@ -72,8 +77,13 @@ impl TunerConfig for DeptConfig {
     /// `r` by its width before anything is allocated.
     fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         let limit = model.config.max_position_embeddings;
-        if self.max_length > limit {
-            return Err(self.fields.err("max_length", &format!("at most max_position_embeddings ({limit})")));
+        match self.max_length {
+            Some(n) if n > limit => return Err(self.fields.err("max_length", &format!("at most max_position_embeddings ({limit})"))),
+            Some(_) => {}
+            None => {
+                self.max_length = Some(DEFAULT_MAX_LENGTH.min(limit));
+                self.fields.set("max_length", DEFAULT_MAX_LENGTH.min(limit));
+            }
         }
         let w = self.prompt.check_model(model, targets)?;
         for key in ["token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"] {
@@ -91,14 +101,15 @@ impl TunerConfig for DeptConfig {
     }
 
     fn create_hook(&self, site: &HookSite, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
+        let max_length = self.max_length.ok_or_else(|| Error::Unsupported("DePT: max_length unknown (check_model not run)".into()))?;
         let prompt = self.prompt.create_hook(site, bc)?;
         let embedding = prompt.params()[0];
         let device = bc.store.get(embedding).value().device().clone();
         let hidden = bc.store.get(embedding).value().dim(1)?;
-        let a = kaiming_uniform(self.max_length, self.r, bc.rng, bc.dtype, &device)?;
+        let a = kaiming_uniform(max_length, self.r, bc.rng, bc.dtype, &device)?;
         let a = bc.store.add(learning::param_name(bc.adapter, "dept_A.weight"), a, false)?;
         let b = bc.store.add(learning::param_name(bc.adapter, "dept_B.weight"), Tensor::zeros((self.r, hidden), bc.dtype, &device)?, false)?;
-        Ok(Box::new(DeptLayer { adapter: bc.adapter.to_string(), embedding, a, b, max_length: self.max_length }))
+        Ok(Box::new(DeptLayer { adapter: bc.adapter.to_string(), embedding, a, b, max_length }))
     }
 
     /// The prompt as `prompt_embeddings` (prompt tuning's key); the factors without the adapter name.

@@ -9,48 +9,30 @@
 //! (`<module>.lora_A.weight` [r, in], `lora_B.weight` [out, r]).
 use crate::error::Result;
 use crate::model::{Ctx, Linear, ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, object, Fields};
-use crate::tuners::init::{dropout_mask, kaiming_uniform};
+use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::init::dropout_mask;
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
-use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
-use candle_core::{DType, Tensor};
-use serde_json::{json, Map, Value};
+use crate::tuners::low_rank::{add_delta, defaults, LowRank};
+use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
+use candle_core::Tensor;
+use serde_json::{json, Value};
 use std::path::Path;
-
-pub fn defaults() -> Map<String, Value> {
-    object(json!({
-        "r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "param_dropout": 0.1, "target_modules": null, "exclude_modules": null,
-        "layers_to_transform": null, "layers_pattern": null, "init_weights": true, "modules_to_save": null
-    }))
-}
 
 #[derive(Debug, Clone)]
 pub struct LoraDropoutConfig {
     pub fields: Fields,
     pub targets: TargetSpec,
-    pub r: usize,
-    pub lora_alpha: f64,
-    /// LoRA's own dropout on the layer input.
-    pub lora_dropout: f64,
+    /// LoRA's fields (`lora_dropout` is LoRA's own dropout on the layer input).
+    pub low_rank: LowRank,
     /// p, the rate at which columns of A and rows of B are dropped in training.
     pub param_dropout: f64,
-    pub init_weights: bool,
 }
 
 impl LoraDropoutConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, "LORA_DROPOUT", "LoraDropoutConfig", defaults(), source)?;
-        f.no_modules_to_save()?;
-        let c = LoraDropoutConfig {
-            r: f.positive("r", "the rank")?,
-            lora_alpha: f.num("lora_alpha")?,
-            lora_dropout: f.prob("lora_dropout")?,
-            param_dropout: f.prob("param_dropout")?,
-            init_weights: f.bool("init_weights")?,
-            targets: f.target_spec()?,
-            fields: f,
-        };
-        Ok((c, warnings))
+        let (f, warnings) = Fields::parse(value, "LORA_DROPOUT", "LoraDropoutConfig", defaults(json!({"param_dropout": 0.1})), source)?;
+        let low_rank = LowRank::parse(&f, "the rank")?;
+        Ok((LoraDropoutConfig { low_rank, param_dropout: f.prob("param_dropout")?, targets: f.target_spec()?, fields: f }, warnings))
     }
 }
 
@@ -70,14 +52,9 @@ impl TunerConfig for LoraDropoutConfig {
     }
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        let dev = bc.store.get(t.weight).value().device().clone();
-        let (dt, r) = (bc.dtype, self.r);
-        let a = kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?;
-        let b = if self.init_weights { Tensor::zeros((t.out_features, r), dt, &dev)? } else { kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)? };
-        let a = bc.store.add(param_name(&t.path, "lora_A", bc.adapter), a, false)?;
-        let b = bc.store.add(param_name(&t.path, "lora_B", bc.adapter), b, false)?;
-        let scaling = self.lora_alpha / r as f64;
-        Ok(Box::new(LoraDropoutLayer { adapter: bc.adapter.to_string(), a, b, scaling, dropout: self.lora_dropout, param_dropout: self.param_dropout }))
+        let (a, b) = self.low_rank.add_factors(t, bc)?;
+        let (scaling, dropout) = (self.low_rank.scaling(), self.low_rank.lora_dropout);
+        Ok(Box::new(LoraDropoutLayer { adapter: bc.adapter.to_string(), a, b, scaling, dropout, param_dropout: self.param_dropout }))
     }
 }
 
@@ -93,8 +70,7 @@ pub struct LoraDropoutLayer {
 
 impl LoraDropoutLayer {
     fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
-        let d = delta_weight(store.get(self.a).value(), store.get(self.b).value(), self.scaling)?.to_dtype(DType::F64)?;
-        Ok((weight.to_dtype(DType::F64)? + (d * sign)?)?.to_dtype(weight.dtype())?)
+        add_delta(weight, &delta_weight(store.get(self.a).value(), store.get(self.b).value(), self.scaling)?, sign)
     }
 }
 

@@ -24,6 +24,7 @@ use crate::model::{CausalLm, ParamId};
 use crate::tuners::fields::{config_plumbing, object, Fields};
 use crate::tuners::hooks::{HookSite, Sublayer};
 use crate::tuners::init::{kaiming_uniform, normal};
+use crate::tuners::low_rank::LowRank;
 use crate::tuners::molora::num_experts;
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
 use candle_core::{Device, Tensor};
@@ -65,16 +66,14 @@ pub struct FfnWeights {
 pub struct MixLoraConfig {
     pub fields: Fields,
     pub targets: TargetSpec,
-    pub r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
+    /// Each expert's LoRA fields.
+    pub low_rank: LowRank,
     pub num_experts: usize,
     pub top_k: usize,
     pub aux_coef: f64,
     pub router_init_range: f64,
     /// Which of `PROJECTIONS` carry expert LoRAs.
     pub expert_modules: [bool; 3],
-    pub init_weights: bool,
     /// Per MLP path, set by `check_model`.
     pub ffn: HashMap<String, FfnWeights>,
     pub num_layers: usize,
@@ -83,7 +82,7 @@ pub struct MixLoraConfig {
 impl MixLoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
         let (f, warnings) = Fields::parse(value, "MIXLORA", "MixLoraConfig", defaults(), source)?;
-        f.no_modules_to_save()?;
+        let low_rank = LowRank::parse(&f, "the rank of each expert's LoRA")?;
         if !f.get("target_modules").is_null() {
             return Err(f.err("target_modules", "null (MixLoRA replaces the FFNs: choose layers with `layers_to_transform` and projections with `expert_modules`)"));
         }
@@ -100,15 +99,12 @@ impl MixLoraConfig {
         let expert_modules = PROJECTIONS.map(|p| names.iter().any(|n| n == p));
         f.layer_indices(usize::MAX)?;
         let c = MixLoraConfig {
-            r: f.positive("r", "the rank of each expert's LoRA")?,
-            lora_alpha: f.num("lora_alpha")?,
-            lora_dropout: f.prob("lora_dropout")?,
+            low_rank,
             num_experts,
             top_k,
             aux_coef: f.num_in("router_aux_loss_coef", |x| x >= 0.0 && x.is_finite(), "a number >= 0")?,
             router_init_range: f.num_in("router_init_range", |x| x > 0.0 && x.is_finite(), "a number > 0 (the router's init std)")?,
             expert_modules,
-            init_weights: f.bool("init_weights")?,
             targets: TargetSpec::default(),
             fields: f,
             ffn: HashMap::new(),
@@ -173,7 +169,7 @@ impl TunerConfig for MixLoraConfig {
         };
         let ffn = self.ffn.get(path).ok_or_else(|| Error::Unsupported(format!("MixLoRA: no FFN weights recorded for `{path}`")))?.clone();
         let device: Device = bc.store.get(ffn.proj[0].weight).value().device().clone();
-        let (dt, e, r) = (bc.dtype, self.num_experts, self.r);
+        let (dt, e, r) = (bc.dtype, self.num_experts, self.low_rank.r);
         let router = normal(e, *hidden, self.router_init_range, bc.rng, dt, &device)?;
         let router = bc.store.add(param_name(path, "mixlora_router", bc.adapter), router, false)?;
         let mut experts = [None, None, None];
@@ -183,7 +179,7 @@ impl TunerConfig for MixLoraConfig {
             }
             let (out, inp) = (ffn.proj[k].rows, ffn.proj[k].in_features);
             let a = kaiming_uniform(e * r, inp, bc.rng, dt, &device)?.reshape((e, r, inp))?;
-            let b = if self.init_weights { Tensor::zeros((e, out, r), dt, &device)? } else { kaiming_uniform(e * out, r, bc.rng, dt, &device)?.reshape((e, out, r))? };
+            let b = if self.low_rank.init_weights { Tensor::zeros((e, out, r), dt, &device)? } else { kaiming_uniform(e * out, r, bc.rng, dt, &device)?.reshape((e, out, r))? };
             let sub = format!("{path}.{name}");
             let a = bc.store.add(param_name(&sub, "lora_A", bc.adapter), a, false)?;
             let b = bc.store.add(param_name(&sub, "lora_B", bc.adapter), b, false)?;
@@ -196,8 +192,8 @@ impl TunerConfig for MixLoraConfig {
             ffn,
             num_experts: e,
             top_k: self.top_k,
-            scaling: self.lora_alpha / r as f64,
-            dropout: self.lora_dropout,
+            scaling: self.low_rank.scaling(),
+            dropout: self.low_rank.lora_dropout,
             aux_coef: self.aux_coef,
             num_layers: self.num_layers.max(1),
         }))

@@ -15,12 +15,13 @@ pub use mov::{MovConfig, MovLayer};
 use crate::error::Result;
 use crate::model::linear::linear;
 use crate::model::{Ctx, Linear, ParamId};
-use crate::tuners::fields::{config_plumbing, object, Fields};
+use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::init::kaiming_uniform;
 use crate::tuners::lora::layer::adapter_input;
+use crate::tuners::low_rank::{defaults, LowRank};
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
 use candle_core::{Tensor, D};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// Bound on `num_experts` (per layer; the experts are small but each adds a full-width router row).
@@ -41,39 +42,20 @@ pub fn num_experts(f: &Fields) -> Result<usize> {
     Ok(e)
 }
 
-pub fn defaults() -> Map<String, Value> {
-    object(json!({
-        "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "num_experts": 4, "target_modules": null, "exclude_modules": null,
-        "layers_to_transform": null, "layers_pattern": null, "init_weights": true, "modules_to_save": null
-    }))
-}
-
 #[derive(Debug, Clone)]
 pub struct MoLoraConfig {
     pub fields: Fields,
     pub targets: TargetSpec,
-    pub r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
+    /// Each expert's LoRA fields (init_weights: every Bᵢ = 0, the adapter starts as the base model).
+    pub low_rank: LowRank,
     pub num_experts: usize,
-    /// true: every Bᵢ = 0 (the adapter starts as the base model).
-    pub init_weights: bool,
 }
 
 impl MoLoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, "MOLORA", "MoLoraConfig", defaults(), source)?;
-        f.no_modules_to_save()?;
-        let c = MoLoraConfig {
-            r: f.positive("r", "the rank of each expert")?,
-            lora_alpha: f.num("lora_alpha")?,
-            lora_dropout: f.prob("lora_dropout")?,
-            num_experts: num_experts(&f)?,
-            init_weights: f.bool("init_weights")?,
-            targets: f.target_spec()?,
-            fields: f,
-        };
-        Ok((c, warnings))
+        let (f, warnings) = Fields::parse(value, "MOLORA", "MoLoraConfig", defaults(json!({"r": 4, "num_experts": 4})), source)?;
+        let low_rank = LowRank::parse(&f, "the rank of each expert")?;
+        Ok((MoLoraConfig { low_rank, num_experts: num_experts(&f)?, targets: f.target_spec()?, fields: f }, warnings))
     }
 }
 
@@ -96,10 +78,10 @@ impl TunerConfig for MoLoraConfig {
     /// B [out, E·r] (its columns), so that one matmul each runs all experts.
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let dev = bc.store.get(t.weight).value().device().clone();
-        let (dt, er) = (bc.dtype, self.num_experts * self.r);
+        let (dt, er, lr) = (bc.dtype, self.num_experts * self.low_rank.r, self.low_rank);
         let router = kaiming_uniform(self.num_experts, t.in_features, bc.rng, dt, &dev)?;
         let a = kaiming_uniform(er, t.in_features, bc.rng, dt, &dev)?;
-        let b = if self.init_weights { Tensor::zeros((t.out_features, er), dt, &dev)? } else { kaiming_uniform(t.out_features, er, bc.rng, dt, &dev)? };
+        let b = if lr.init_weights { Tensor::zeros((t.out_features, er), dt, &dev)? } else { kaiming_uniform(t.out_features, er, bc.rng, dt, &dev)? };
         let router = bc.store.add(param_name(&t.path, "lora_router", bc.adapter), router, false)?;
         let a = bc.store.add(param_name(&t.path, "lora_A", bc.adapter), a, false)?;
         let b = bc.store.add(param_name(&t.path, "lora_B", bc.adapter), b, false)?;
@@ -109,9 +91,9 @@ impl TunerConfig for MoLoraConfig {
             a,
             b,
             experts: self.num_experts,
-            r: self.r,
-            scaling: self.lora_alpha / self.r as f64,
-            dropout: self.lora_dropout,
+            r: lr.r,
+            scaling: lr.scaling(),
+            dropout: lr.lora_dropout,
         }))
     }
 }

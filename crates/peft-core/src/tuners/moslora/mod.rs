@@ -8,46 +8,27 @@
 use crate::error::Result;
 use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, object, Fields};
+use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::init::kaiming_uniform;
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
+use crate::tuners::low_rank::{add_delta, defaults, LowRank};
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
-use candle_core::{DType, Tensor};
-use serde_json::{json, Map, Value};
+use candle_core::Tensor;
+use serde_json::{json, Value};
 use std::path::Path;
-
-/// The fields of a MoSLoRA config and their defaults (LoRA's, as PEFT's `LoraConfig`).
-pub fn defaults() -> Map<String, Value> {
-    object(json!({
-        "r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": null, "exclude_modules": null,
-        "layers_to_transform": null, "layers_pattern": null, "init_weights": true, "modules_to_save": null
-    }))
-}
 
 #[derive(Debug, Clone)]
 pub struct MosLoraConfig {
     pub fields: Fields,
     pub targets: TargetSpec,
-    pub r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
-    /// true: B = 0 (ΔW starts at zero); false: B Kaiming-uniform too (tests).
-    pub init_weights: bool,
+    pub low_rank: LowRank,
 }
 
 impl MosLoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, "MOSLORA", "MoSLoraConfig", defaults(), source)?;
-        f.no_modules_to_save()?;
-        let c = MosLoraConfig {
-            r: f.positive("r", "the rank")?,
-            lora_alpha: f.num("lora_alpha")?,
-            lora_dropout: f.prob("lora_dropout")?,
-            init_weights: f.bool("init_weights")?,
-            targets: f.target_spec()?,
-            fields: f,
-        };
-        Ok((c, warnings))
+        let (f, warnings) = Fields::parse(value, "MOSLORA", "MoSLoraConfig", defaults(json!({})), source)?;
+        let low_rank = LowRank::parse(&f, "the rank")?;
+        Ok((MosLoraConfig { low_rank, targets: f.target_spec()?, fields: f }, warnings))
     }
 }
 
@@ -68,16 +49,11 @@ impl TunerConfig for MosLoraConfig {
     }
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
+        let (a, b) = self.low_rank.add_factors(t, bc)?;
         let dev = bc.store.get(t.weight).value().device().clone();
-        let (dt, r) = (bc.dtype, self.r);
-        let a = kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?;
-        let mixer = kaiming_uniform(r, r, bc.rng, dt, &dev)?;
-        let b = if self.init_weights { Tensor::zeros((t.out_features, r), dt, &dev)? } else { kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)? };
-        let a = bc.store.add(param_name(&t.path, "lora_A", bc.adapter), a, false)?;
-        let mixer = bc.store.add(param_name(&t.path, "lora_AB", bc.adapter), mixer, false)?;
-        let b = bc.store.add(param_name(&t.path, "lora_B", bc.adapter), b, false)?;
-        let scaling = self.lora_alpha / r as f64;
-        Ok(Box::new(MosLoraLayer { adapter: bc.adapter.to_string(), a, mixer, b, scaling, dropout: self.lora_dropout }))
+        let r = self.low_rank.r;
+        let mixer = bc.store.add(param_name(&t.path, "lora_AB", bc.adapter), kaiming_uniform(r, r, bc.rng, bc.dtype, &dev)?, false)?;
+        Ok(Box::new(MosLoraLayer { adapter: bc.adapter.to_string(), a, mixer, b, scaling: self.low_rank.scaling(), dropout: self.low_rank.lora_dropout }))
     }
 }
 
@@ -116,12 +92,10 @@ impl AdapterLayer for MosLoraLayer {
     }
 
     fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        let d = self.delta(store)?.to_dtype(DType::F64)?;
-        Ok((weight.to_dtype(DType::F64)? + d)?.to_dtype(weight.dtype())?)
+        add_delta(weight, &self.delta(store)?, 1.0)
     }
 
     fn unmerge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        let d = self.delta(store)?.to_dtype(DType::F64)?;
-        Ok((weight.to_dtype(DType::F64)? - d)?.to_dtype(weight.dtype())?)
+        add_delta(weight, &self.delta(store)?, -1.0)
     }
 }

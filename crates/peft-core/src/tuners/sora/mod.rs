@@ -11,47 +11,30 @@
 //! `sora_gate.weight` [r] (init 1, so the adapter starts as LoRA).
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, Ctx, Linear, ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, object, Fields};
-use crate::tuners::init::kaiming_uniform;
+use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
+use crate::tuners::low_rank::{add_delta, defaults, LowRank};
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, Tuners};
 use candle_core::{DType, Tensor};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::path::Path;
-
-pub fn defaults() -> Map<String, Value> {
-    object(json!({
-        "r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "sparse_lambda": 0.1, "target_modules": null, "exclude_modules": null,
-        "layers_to_transform": null, "layers_pattern": null, "init_weights": true, "modules_to_save": null
-    }))
-}
 
 #[derive(Debug, Clone)]
 pub struct SoraConfig {
     pub fields: Fields,
     pub targets: TargetSpec,
-    pub r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
+    /// LoRA's fields; `r` is r_max.
+    pub low_rank: LowRank,
     /// λ, the L1 penalty on the gates: each step thresholds them by learning rate · λ.
     pub sparse_lambda: f64,
-    pub init_weights: bool,
 }
 
 impl SoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, "SORA", "SoraConfig", defaults(), source)?;
-        f.no_modules_to_save()?;
-        let c = SoraConfig {
-            r: f.positive("r", "the largest rank (r_max)")?,
-            lora_alpha: f.num("lora_alpha")?,
-            lora_dropout: f.prob("lora_dropout")?,
-            sparse_lambda: f.num_in("sparse_lambda", |x| x >= 0.0 && x.is_finite(), "a number >= 0 (the L1 penalty on the gates)")?,
-            init_weights: f.bool("init_weights")?,
-            targets: f.target_spec()?,
-            fields: f,
-        };
-        Ok((c, warnings))
+        let (f, warnings) = Fields::parse(value, "SORA", "SoraConfig", defaults(json!({"sparse_lambda": 0.1})), source)?;
+        let low_rank = LowRank::parse(&f, "the largest rank (r_max)")?;
+        let sparse_lambda = f.num_in("sparse_lambda", |x| x >= 0.0 && x.is_finite(), "a number >= 0 (the L1 penalty on the gates)")?;
+        Ok((SoraConfig { low_rank, sparse_lambda, targets: f.target_spec()?, fields: f }, warnings))
     }
 }
 
@@ -71,14 +54,10 @@ impl TunerConfig for SoraConfig {
     }
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
+        let (a, b) = self.low_rank.add_factors(t, bc)?;
         let dev = bc.store.get(t.weight).value().device().clone();
-        let (dt, r) = (bc.dtype, self.r);
-        let a = kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?;
-        let b = if self.init_weights { Tensor::zeros((t.out_features, r), dt, &dev)? } else { kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)? };
-        let a = bc.store.add(param_name(&t.path, "lora_A", bc.adapter), a, false)?;
-        let b = bc.store.add(param_name(&t.path, "lora_B", bc.adapter), b, false)?;
-        let gate = bc.store.add(param_name(&t.path, "sora_gate", bc.adapter), Tensor::ones(r, dt, &dev)?, false)?;
-        Ok(Box::new(SoraLayer { adapter: bc.adapter.to_string(), a, b, gate, scaling: self.lora_alpha / r as f64, dropout: self.lora_dropout }))
+        let gate = bc.store.add(param_name(&t.path, "sora_gate", bc.adapter), Tensor::ones(self.low_rank.r, bc.dtype, &dev)?, false)?;
+        Ok(Box::new(SoraLayer { adapter: bc.adapter.to_string(), a, b, gate, scaling: self.low_rank.scaling(), dropout: self.low_rank.lora_dropout }))
     }
 }
 
@@ -95,8 +74,7 @@ pub struct SoraLayer {
 impl SoraLayer {
     fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
         let gated_a = store.get(self.a).value().broadcast_mul(&store.get(self.gate).value().unsqueeze(1)?)?;
-        let d = delta_weight(&gated_a, store.get(self.b).value(), self.scaling)?.to_dtype(DType::F64)?;
-        Ok((weight.to_dtype(DType::F64)? + (d * sign)?)?.to_dtype(weight.dtype())?)
+        add_delta(weight, &delta_weight(&gated_a, store.get(self.b).value(), self.scaling)?, sign)
     }
 }
 
