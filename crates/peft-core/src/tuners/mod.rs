@@ -9,7 +9,8 @@
 //! IA³, VeRA, LoHa, LoKr, AdaLoRA, SSF, bias tuning, sparse masks: an optional input
 //! transform before the base matmul, then an output hook that sees the running result); the
 //! prompt (prompt tuning and p-tuning prepend virtual tokens, prefix tuning adds per-layer
-//! key/value prefixes; the attention mask is widened as PEFT widens it); the norms (LN
+//! key/value prefixes; the attention mask is widened as PEFT widens it; DePT also offsets the
+//! input embeddings); the norms (LN
 //! tuning swaps the weight, SSF scales and shifts the output); and the attention and MLP
 //! sublayer outputs (bottleneck and parallel adapters). A method implements the
 //! `AdapterLayer` methods of its sites; the ones that are not linear-only list their sites
