@@ -78,6 +78,11 @@ export declare class NativeModel {
   /** transformers' `gradient_checkpointing_enable()` / `_disable()`. */
   setGradientCheckpointing(on: boolean): void
   gradientCheckpointing(): boolean
+  /**
+   * The auxiliary loss terms of the last training forward (`mixlora_balance`), by name;
+   * they are already included in that forward's loss. Empty when no method adds one.
+   */
+  auxLosses(): Record<string, number>
   setRequiresGrad(name: string, value: boolean): void
   requiresGrad(name: string): boolean
   /** The parameter's value (shares storage: later optimizer steps show through). */
@@ -126,6 +131,11 @@ export declare class NativeModel {
   /** PyTorch's `train()` / `eval()`: dropout in adapters applies only in training. */
   setTraining(on: boolean): void
   get training(): boolean
+  /**
+   * Soft-thresholds the gates of every active, trainable SoRA adapter by `lr` · sparse_lambda.
+   * Empty when no SoRA adapter is active.
+   */
+  soraProximalStep(lr: number): Array<SoraRank>
   /**
    * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
    * from the base model's gradients on `batches`.
@@ -240,6 +250,14 @@ export interface SgdArgs {
   dampening: number
   weightDecay: number
   nesterov: boolean
+}
+
+/** One SoRA adapter's gates after a proximal step. */
+export interface SoraRank {
+  adapter: string
+  /** Gates still non-zero (the ranks the training keeps). */
+  kept: number
+  total: number
 }
 
 export interface SpecialToken {

@@ -80,6 +80,23 @@ const ROWS: Row[] = [
   { name: 'MAM adapter', config: (a) => new peftNode.MamAdapterConfig({ numVirtualTokens: 4, bottleneckSize: 8 }), canMerge: false },
   { name: 'UniPELT', config: (a) => new peftNode.UniPeltConfig({ numVirtualTokens: 4, r: 4, loraAlpha: 4, bottleneckSize: 8 }), canMerge: false, fdParam: /gate_prefix/ },
   { name: 'SparseMask (magnitude)', config: (a) => new peftNode.SparseMaskConfig({ density: 0.05, targetModules: a.qv }), canMerge: true },
+  { name: 'PaFi (smallest magnitude)', config: (a) => new peftNode.PaFiConfig({ density: 0.05, targetModules: a.qv }), canMerge: true },
+  // Mixtures and LoRA improvements (survey issue 16). The routers' gradients are what the
+  // finite differences check for MoLoRA and MoV (the gates are the new part).
+  { name: 'MoSLoRA', config: (a) => new peftNode.MoSLoraConfig({ r: 4, loraAlpha: 8, targetModules: a.qv }), canMerge: true, fdParam: /lora_AB/ },
+  { name: 'MoLoRA', config: (a) => new peftNode.MoLoraConfig({ r: 2, numExperts: 3, targetModules: a.qv }), canMerge: false, fdParam: /lora_router/ },
+  { name: 'MoV', config: (a) => new peftNode.MoVConfig({ numExperts: 3 }), canMerge: false, fdParam: /mov_router/ },
+  // Top-2 of 3 experts: the router learns through the renormalised top-k gates; the finite
+  // differences on it check that gradient (the balance loss is added in training mode only).
+  // Evaluation (the contract's forwards) runs the unmasked LoRA; training draws the masks.
+  { name: 'LoRA Dropout', config: (a) => new peftNode.LoraDropoutConfig({ r: 4, paramDropout: 0.3, targetModules: a.qv }), canMerge: true },
+  { name: 'SoRA', config: (a) => new peftNode.SoraConfig({ r: 4, targetModules: a.qv }), canMerge: true, fdParam: /sora_gate/ },
+  { name: 'Child-tuning (D)', config: (a) => new peftNode.ChildTuningConfig({ childRatio: 0.3, targetModules: a.qv }), canMerge: true },
+  // The shared Kronecker rule Aᵢ is the new part: the finite differences check it.
+  { name: 'Compacter', config: (a) => new peftNode.CompacterConfig({ bottleneckSize: 8, phmDim: 4 }), canMerge: false, fdParam: /compacter_rule/ },
+  // The offsets' factor A is what the finite differences check (B starts at 0; one step moves it).
+  { name: 'DePT', config: (a) => new peftNode.DeptConfig({ numVirtualTokens: 3, r: 4, maxLength: 32 }), canMerge: false, virtual: 3, fdParam: /dept_A/ },
+  { name: 'MixLoRA', config: (a) => new peftNode.MixLoraConfig({ r: 2, numExperts: 3, topK: 2 }), canMerge: false, fdParam: /mixlora_router/ },
 ]
 
 for (const arch of ARCHS) {

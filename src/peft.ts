@@ -205,6 +205,15 @@ export class PeftModel {
   }
 
   /**
+   * The auxiliary loss terms of the last training forward, by name (MixLoRA's load-balancing
+   * loss is `mixlora_balance`). They are already part of that forward's loss; empty when the
+   * adapters add none.
+   */
+  auxLosses(): Record<string, number> {
+    return this.native.auxLosses()
+  }
+
+  /**
    * DyLoRA: the rank adapter `adapterName` runs at outside training (evaluation, generation,
    * merging), any in [rMin, r]; it becomes the config's `eval_rank`, so saving keeps it.
    * Refused while the adapter is merged.
@@ -303,6 +312,16 @@ export class PeftModel {
   updateAndAllocate(globalStep: number): Promise<number | null> {
     if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`updateAndAllocate: globalStep: expected an integer >= 0, found ${globalStep}`)
     return this.native.updateAndAllocate(globalStep)
+  }
+
+  /**
+   * SoRA's proximal step (Ding et al. 2023, eq. 5): soft-thresholds the gates of every active SoRA
+   * adapter by `lr` · sparseLambda. Call it after each optimizer step with that step's learning
+   * rate; the Trainer does. Returns each adapter's gates still non-zero (its kept rank) and in all.
+   */
+  soraProximalStep(lr: number): { adapter: string; kept: number; total: number }[] {
+    if (!(Number.isFinite(lr) && lr >= 0)) throw new Error(`soraProximalStep: lr: expected a finite number >= 0, found ${lr}`)
+    return this.native.soraProximalStep(lr)
   }
 
   dispose(): void {

@@ -24,6 +24,10 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   bottleneck: { peftType: 'BOTTLENECK_ADAPTER' }, 'parallel-adapter': { peftType: 'PARALLEL_ADAPTER' }, ssf: { peftType: 'SSF' },
   bias: { peftType: 'BIAS_TUNING' }, sparse: { peftType: 'SPARSE_MASK', defaults: { density: 0.01 } }, dylora: { peftType: 'DYLORA' }, mam: { peftType: 'MAM_ADAPTER' },
   unipelt: { peftType: 'UNIPELT' },
+  moslora: { peftType: 'MOSLORA' }, molora: { peftType: 'MOLORA' }, mov: { peftType: 'MOV' }, mixlora: { peftType: 'MIXLORA' },
+  'lora-dropout': { peftType: 'LORA_DROPOUT' }, sora: { peftType: 'SORA' }, 'child-tuning': { peftType: 'CHILD_TUNING' },
+  compacter: { peftType: 'COMPACTER' }, dept: { peftType: 'DEPT', defaults: { numVirtualTokens: 20 } },
+  pafi: { peftType: 'SPARSE_MASK', defaults: { density: 0.005, maskType: 'smallest_magnitude' } },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])

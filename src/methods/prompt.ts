@@ -56,3 +56,24 @@ export class PromptEncoderConfig extends PeftConfig {
     check(options)
   }
 }
+
+/**
+ * DePT (Shi & Lipani 2024): a shorter soft prompt plus low-rank offsets A·B added to the input
+ * embeddings by position (rows of A for positions 0..maxLength−1).
+ */
+export interface DeptConfigOptions extends PromptTuningConfigOptions {
+  /** Rank of the embedding offsets (default 60, the paper's). */
+  r?: number
+  /** Positions that get an offset (default: 256, or the model's max positions when fewer). */
+  maxLength?: number
+}
+
+export class DeptConfig extends PeftConfig {
+  readonly peftType = 'DEPT'
+  constructor(options: DeptConfigOptions) {
+    super(options)
+    check(options)
+    positiveInt('r', options.r)
+    positiveInt('maxLength', options.maxLength)
+  }
+}

@@ -9,7 +9,7 @@ import { flatIds, flatLabels, flatMask, type IdRows } from '../inputs'
 import type { NativeModel } from '../native'
 import type * as Native from '../../index'
 
-export type MaskType = 'magnitude' | 'fisher' | 'random'
+export type MaskType = 'magnitude' | 'smallest_magnitude' | 'fisher' | 'random'
 
 interface SparseTargets {
   targetModules?: string[] | string
@@ -47,6 +47,17 @@ export class SparseMaskConfig extends PeftConfig {
   /** @internal A "fisher" mask needs the native scores, which JSON cannot carry. */
   override addTo(native: NativeModel, name: string, seed: number): Promise<string[]> | undefined {
     return this.fisher ? native.addSparseMaskAdapter(name, JSON.stringify(this.toJSON()), seed, this.fisher.native) : undefined
+  }
+}
+
+/**
+ * PaFi (Liao et al. 2023): a sparse mask on the smallest-magnitude entries of each targeted
+ * weight, chosen without data; merges, so it adds no inference latency. A SPARSE_MASK file
+ * with `mask_type: "smallest_magnitude"`. Default density 0.005 (the paper trains ~0.5% of the weights).
+ */
+export class PaFiConfig extends SparseMaskConfig {
+  constructor(options: Omit<SparseMaskConfigOptions, 'density' | 'maskType' | 'fisher'> & { density?: number } = {}) {
+    super({ density: 0.005, ...options, maskType: 'smallest_magnitude' })
   }
 }
 

@@ -13,6 +13,8 @@ export interface AccumulateResult {
   loss: number
   targetTokens: number
   tokens: number
+  /** Auxiliary loss terms (MixLoRA's `mixlora_balance`), token-weighted over the micro-batches as the loss. */
+  auxLosses: Record<string, number>
 }
 
 export async function accumulateGradients(model: PeftModel, batches: Batch[], dropoutSeeds: number[], paramNames: string[]): Promise<AccumulateResult> {
@@ -22,6 +24,7 @@ export async function accumulateGradients(model: PeftModel, batches: Batch[], dr
   let lossSum = 0
   let tokens = 0
   let prev = 0
+  const aux: Record<string, number> = {}
   for (let i = 0; i < batches.length; i++) {
     const b = batches[i]
     if (b.targetTokens === 0) continue
@@ -41,9 +44,10 @@ export async function accumulateGradients(model: PeftModel, batches: Batch[], dr
     await loss.backward()
     loss.dispose()
     lossSum += value * b.targetTokens
+    for (const [k, v] of Object.entries(model.auxLosses())) aux[k] = (aux[k] ?? 0) + (v * b.targetTokens) / total
     tokens += b.tokens
     prev = w
   }
   if (prev !== 1) native.scaleGrads(paramNames, prev)
-  return { loss: lossSum / total, targetTokens: total, tokens }
+  return { loss: lossSum / total, targetTokens: total, tokens, auxLosses: aux }
 }

@@ -16,7 +16,13 @@ import { lossCurveSvg } from './svg'
 import * as ckpt from './checkpoint'
 import { readOptimizerState } from './optimizer-file'
 
-export interface StepInfo { step: number; totalSteps: number; epoch: number; loss: number; lr: number; gradNorm: number; tokens: number; targetTokens: number; tokensPerSecond: number; elapsedMs: number; etaMs: number }
+export interface StepInfo {
+  step: number; totalSteps: number; epoch: number; loss: number; lr: number; gradNorm: number; tokens: number; targetTokens: number; tokensPerSecond: number; elapsedMs: number; etaMs: number
+  /** Auxiliary loss terms included in `loss` (MixLoRA: `mixlora_balance`), when the method adds any. */
+  auxLosses?: Record<string, number>
+  /** SoRA: per adapter, the gates still non-zero after this step's proximal step (the kept rank, summed over layers). */
+  soraRanks?: Record<string, number>
+}
 export interface EvalInfo { step: number; loss: number; perplexity: number }
 export interface SaveInfo { step: number; dir: string }
 export interface EndInfo { step: number; reason: 'completed' | 'aborted'; loss: number | null; eval: EvalInfo | null; checkpoint: string | null; adapterDir: string | null }
@@ -36,6 +42,8 @@ export class Trainer extends EventEmitter {
   #end: EndInfo | null = null
   /** AdaLoRA: the rank allocation runs after each optimizer step. */
   #adalora = false
+  /** SoRA: the proximal gate step runs after each optimizer step. */
+  #sora = false
 
   constructor(readonly model: PeftModel, opts: TrainerOptions) {
     super()
@@ -77,6 +85,7 @@ export class Trainer extends EventEmitter {
       const gradNorm = await clipGradNorm(this.model.parameters({ trainableOnly: true }), o.maxGradNorm > 0 ? o.maxGradNorm : Infinity)
       await this.#opt!.step()
       if (this.#adalora) await this.model.updateAndAllocate(this.step) // reads the gradients: before zeroGrad, as PEFT requires
+      const soraRanks = this.#sora ? this.model.soraProximalStep(lr) : []
       this.#opt!.zeroGrad()
       this.#sched!.step()
       this.step++
@@ -84,6 +93,8 @@ export class Trainer extends EventEmitter {
       const now = Date.now()
       const perStep = (now - start) / (this.step - first)
       const info: StepInfo = { step: this.step, totalSteps: this.totalSteps, epoch: this.stream.position.epoch, loss: r.loss, lr, gradNorm, tokens: r.tokens, targetTokens: r.targetTokens, tokensPerSecond: (1000 * r.tokens) / Math.max(1, now - t0), elapsedMs: now - start, etaMs: perStep * (this.totalSteps - this.step) }
+      if (Object.keys(r.auxLosses).length > 0) info.auxLosses = r.auxLosses
+      if (soraRanks.length > 0) info.soraRanks = Object.fromEntries(soraRanks.map((k) => [k.adapter, k.kept]))
       this.#log?.append({ type: 'train', ...info })
       this.emit('step', info)
       yield info
@@ -132,6 +143,7 @@ export class Trainer extends EventEmitter {
     const w = { warmupSteps: o.warmupSteps, totalSteps: Number.isFinite(this.totalSteps) ? this.totalSteps : 0 }
     this.#sched = new LRScheduler(this.#opt, o.lrSchedule === 'constant' ? constantSchedule(w) : o.lrSchedule === 'cosine' ? cosineSchedule(w) : linearSchedule(w))
     this.#adalora = checkAdaLora(this.model, this.totalSteps)
+    this.#sora = this.model.activeAdapters.some((n) => this.model.peftConfig[n]?.peft_type === 'SORA')
     if (o.output) this.#log = new MetricsLog(join(o.output, 'metrics.jsonl'))
     if (o.resumeFromCheckpoint) await this.#resume(o.resumeFromCheckpoint)
   }

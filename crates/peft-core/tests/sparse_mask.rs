@@ -53,7 +53,7 @@ fn top_k_by_sort(scores: &[f64], k: usize) -> Vec<i64> {
 
 #[test]
 fn sparse_mask_contract() {
-    for mask in ["magnitude", "random"] {
+    for mask in ["magnitude", "smallest_magnitude", "random"] {
         let e = check(&json!({"peft_type": "SPARSE_MASK", "density": 0.05, "mask_type": mask}), 0, true);
         println!("sparse mask ({mask}): finite differences rel err {e:e}");
     }
@@ -104,6 +104,20 @@ fn magnitude_keeps_the_largest_weights_and_density_one_keeps_all() {
     let mut model = load_model();
     inject(&mut model, parsed(&json!({"peft_type": "SPARSE_MASK", "density": 1e-9, "target_modules": ["q_proj"]})));
     assert_eq!(indices_of(&model, Q0), top_k_by_sort(&abs, 1));
+}
+
+/// PaFi's mask: the k smallest |W| (ties to the lower index), disjoint from the magnitude mask.
+#[test]
+fn smallest_magnitude_keeps_the_smallest_weights() {
+    let mut model = load_model();
+    let w = values(model.store.by_name(&format!("{Q0}.weight")).unwrap().value());
+    let neg_abs: Vec<f64> = w.iter().map(|x| -x.abs()).collect();
+    inject(&mut model, parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "mask_type": "smallest_magnitude", "target_modules": ["q_proj"]})));
+    let small = indices_of(&model, Q0);
+    assert_eq!(small, top_k_by_sort(&neg_abs, 410));
+    let largest_kept = small.iter().map(|&i| w[i as usize].abs()).fold(0f64, f64::max);
+    let smallest_left = (0..w.len() as i64).filter(|i| !small.contains(i)).map(|i| w[i as usize].abs()).fold(f64::INFINITY, f64::min);
+    assert!(largest_kept <= smallest_left, "kept |w| up to {largest_kept}, left out one of {smallest_left}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod mixed;
 mod model;
 mod optim;
 mod peft;
+mod sora;
 mod sparse;
 mod tensor;
 mod tokenizer;

@@ -7,11 +7,12 @@ use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::{loss, Batch, Checkpointing, Ctx, CausalLm, LoadOptions, ParamStore};
 use peft_core::tokenizer::Tokenizer;
-use peft_core::tuners::adalora::{regularized_loss, RankAllocator};
+use peft_core::tuners::adalora::RankAllocator;
+use peft_core::tuners::aux_loss::training_loss;
 use peft_core::tuners::{Tuners, WithTuners};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub struct ModelState {
     pub llama: CausalLm,
@@ -28,11 +29,13 @@ pub struct ModelState {
     /// transformers' `gradient_checkpointing_enable()`: forwards that build a graph keep only
     /// each decoder layer's input and recompute the layer in the backward.
     pub gradient_checkpointing: bool,
+    /// The auxiliary loss terms (MixLoRA's load balancing) of the last training forward, by name.
+    pub last_aux_losses: Mutex<BTreeMap<String, f64>>,
 }
 
 impl ModelState {
     pub fn new(llama: CausalLm, tokenizer: Option<Tokenizer>, source: String) -> Self {
-        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new(), gradient_checkpointing: false }
+        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new(), gradient_checkpointing: false, last_aux_losses: Mutex::default() }
     }
 
     /// The forward context: the attached adapters, and dropout in training mode, seeded by
@@ -196,7 +199,16 @@ impl NativeModel {
                         (Some(logits), loss)
                     }
                 };
-                let loss = loss.map(|l| regularized_loss(l, &m.llama, &m.tuners, &ctx)).transpose()?;
+                let loss = match loss {
+                    Some(l) => {
+                        let (l, aux) = training_loss(l, &m.llama, &m.tuners, &ctx)?;
+                        if ctx.training {
+                            *m.last_aux_losses.lock().unwrap_or_else(|e| e.into_inner()) = aux;
+                        }
+                        Some(l)
+                    }
+                    None => None,
+                };
                 Ok((logits, loss, checkpoint))
             })?;
             // One graph for both: the loss's backward frees the logits' graph too.
@@ -277,6 +289,13 @@ impl NativeModel {
     #[napi]
     pub fn gradient_checkpointing(&self) -> Result<bool> {
         with_model(&self.inner, |m| Ok(m.gradient_checkpointing))
+    }
+
+    /// The auxiliary loss terms of the last training forward (`mixlora_balance`), by name;
+    /// they are already included in that forward's loss. Empty when no method adds one.
+    #[napi]
+    pub fn aux_losses(&self) -> Result<HashMap<String, f64>> {
+        with_model(&self.inner, |m| Ok(m.last_aux_losses.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()))
     }
 
     #[napi]

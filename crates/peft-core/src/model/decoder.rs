@@ -40,12 +40,15 @@ pub struct Ctx<'a> {
     /// Gradient checkpointing (`checkpoint.rs`): when set and a graph is built, each decoder
     /// layer keeps only its input and is recomputed in the backward.
     pub checkpoint: Option<Checkpointing>,
+    /// Auxiliary training losses the layers add in this pass (MixLoRA's load balancing), by
+    /// name; `tuners::aux_loss` adds them to the training loss.
+    pub aux_losses: Mutex<Vec<(String, Tensor)>>,
 }
 
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
-        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None }
+        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None, aux_losses: Mutex::default() }
     }
 
     /// Inference: no graph, no dropout.
@@ -77,6 +80,11 @@ impl<'a> Ctx<'a> {
     pub fn draw_once(&self, key: &str, draw: impl FnOnce(&mut StdRng) -> u64) -> u64 {
         let mut drawn = self.shared_draws.lock().unwrap_or_else(|e| e.into_inner());
         *drawn.entry(key.to_string()).or_insert_with(|| draw(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// Records an auxiliary loss term of this pass (summed into the training loss by name).
+    pub fn add_aux_loss(&self, name: &str, term: Tensor) {
+        self.aux_losses.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), term));
     }
 
     /// A parameter as it enters the graph (detached when frozen or under `no_grad`).
@@ -143,6 +151,9 @@ impl CausalLm {
         let mut x = self.embed(&ids.flatten_all()?, ctx)?.reshape((b, t, ()))?;
         if let Some(scale) = self.config.arch.embed_scale {
             x = x.affine(scale, 0.0)?;
+        }
+        if let Some(h) = &ctx.hooks {
+            x = h.input_embeddings(x, past - virt_past, ctx)?;
         }
         let prompt = match &ctx.hooks {
             Some(h) if past == 0 => h.prompt(ctx, b)?,

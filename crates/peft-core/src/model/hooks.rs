@@ -53,6 +53,12 @@ pub trait ModelHooks: Send + Sync {
         Ok(output)
     }
 
+    /// The input tokens' embeddings x [b, t, hidden] (after any embedding scale, before virtual
+    /// tokens are prepended); `past` is the number of real tokens before them (the cache's).
+    fn input_embeddings(&self, x: Tensor, _past: usize, _ctx: &Ctx) -> Result<Tensor> {
+        Ok(x)
+    }
+
     /// What to prepend to the sequence at prefill (nothing cached yet), for a batch of `b`.
     fn prompt(&self, _ctx: &Ctx, _b: usize) -> Result<Prompt> {
         Ok(Prompt::default())

@@ -109,6 +109,14 @@ pub enum GateUpProj {
     Fused { gate_up_proj: Linear },
 }
 
+/// act(gate) * up, the gated FFN activation (also MixLoRA's experts, which reuse the MLP's weights).
+pub fn gated_activation(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => ops::silu_mul(gate, up)?,
+        Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
+    })
+}
+
 pub struct Mlp {
     /// `model.layers.{i}.mlp`.
     pub path: String,
@@ -128,11 +136,7 @@ impl Mlp {
                 (y.narrow(D::Minus1, 0, n)?.contiguous()?, y.narrow(D::Minus1, n, n)?.contiguous()?)
             }
         };
-        let h = match self.act {
-            Activation::Silu => ops::silu_mul(&gate, &up)?,
-            Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
-        };
-        self.down_proj.forward(&h, ctx)
+        self.down_proj.forward(&gated_activation(self.act, &gate, &up)?, ctx)
     }
 
     pub fn linears(&self) -> Vec<&Linear> {

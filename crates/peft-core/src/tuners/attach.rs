@@ -4,7 +4,7 @@
 use super::routing::RowAdapters;
 use super::Tuners;
 use crate::error::{Error, Result};
-use crate::model::{Ctx, Linear, ModelHooks, Norm, Prompt};
+use crate::model::{Ctx, Linear, ModelHooks, Norm, Prompt, PROMPT_ENCODER};
 use candle_core::Tensor;
 
 /// `Ctx::with_tuners(&tuners)`: a forward pass with the adapters attached.
@@ -64,6 +64,13 @@ impl ModelHooks for Tuners {
         match rows(ctx) {
             Some(rows) => self.route_sublayer(rows, path, input, output, ctx),
             None => self.sublayer_running(path, input, output, ctx),
+        }
+    }
+
+    fn input_embeddings(&self, x: Tensor, past: usize, ctx: &Ctx) -> Result<Tensor> {
+        match rows(ctx) {
+            Some(_) => Ok(x), // as `prompt`: prompt-site adapters do not run per row
+            None => self.running(PROMPT_ENCODER).into_iter().try_fold(x, |x, layer| layer.input_embeddings(x, past, ctx)),
         }
     }
 

@@ -9,17 +9,22 @@
 //! IA³, VeRA, LoHa, LoKr, AdaLoRA, SSF, bias tuning, sparse masks: an optional input
 //! transform before the base matmul, then an output hook that sees the running result); the
 //! prompt (prompt tuning and p-tuning prepend virtual tokens, prefix tuning adds per-layer
-//! key/value prefixes; the attention mask is widened as PEFT widens it); the norms (LN
+//! key/value prefixes; the attention mask is widened as PEFT widens it; DePT also offsets the
+//! input embeddings); the norms (LN
 //! tuning swaps the weight, SSF scales and shifts the output); and the attention and MLP
 //! sublayer outputs (bottleneck and parallel adapters). A method implements the
 //! `AdapterLayer` methods of its sites; the ones that are not linear-only list their sites
 //! in `TunerConfig::hook_sites`. Each method lives in one folder next to `lora/`.
 pub mod adalora;
 mod attach;
+pub mod aux_loss;
 pub mod bias;
 pub mod bounds;
+pub mod child_tuning;
+pub mod compacter;
 pub mod bottleneck;
 pub mod defaults;
+pub mod dept;
 pub mod dylora;
 pub mod fields;
 pub mod hooks;
@@ -32,14 +37,20 @@ pub mod loha;
 pub mod lokr;
 mod merging;
 pub mod lora;
+pub mod lora_dropout;
+pub mod low_rank;
 pub mod lycoris;
 pub mod mam;
+pub mod mixlora;
+pub mod molora;
+pub mod moslora;
 pub mod p_tuning;
 pub mod patterns;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
 pub mod routing;
 pub mod select;
+pub mod sora;
 pub mod sparse_mask;
 pub mod svd_fast;
 pub mod ssf;
@@ -120,6 +131,12 @@ pub trait AdapterLayer: Send + Sync {
     /// Prompt site: virtual token embeddings [n, hidden] prepended to the input embeddings.
     fn virtual_tokens(&self, _ctx: &Ctx) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+
+    /// Prompt site: the input tokens' embeddings [b, t, hidden] changed (DePT's position-wise
+    /// offsets); `past` real tokens came before them. Default: unchanged.
+    fn input_embeddings(&self, x: Tensor, _past: usize, _ctx: &Ctx) -> Result<Tensor> {
+        Ok(x)
     }
 
     /// Prompt site: per decoder layer, keys and values [kv_heads, n, head_dim] attended
@@ -292,6 +309,15 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("MAM_ADAPTER") => boxed(mam::MamAdapterConfig::from_value(value, source)),
         Some("UNIPELT") => boxed(unipelt::UniPeltConfig::from_value(value, source)),
         Some("SPARSE_MASK") => boxed(sparse_mask::SparseMaskConfig::from_value(value, source)),
+        Some("MOSLORA") => boxed(moslora::MosLoraConfig::from_value(value, source)),
+        Some("MOLORA") => boxed(molora::MoLoraConfig::from_value(value, source)),
+        Some("MOV") => boxed(molora::MovConfig::from_value(value, source)),
+        Some("MIXLORA") => boxed(mixlora::MixLoraConfig::from_value(value, source)),
+        Some("LORA_DROPOUT") => boxed(lora_dropout::LoraDropoutConfig::from_value(value, source)),
+        Some("SORA") => boxed(sora::SoraConfig::from_value(value, source)),
+        Some("CHILD_TUNING") => boxed(child_tuning::ChildTuningConfig::from_value(value, source)),
+        Some("COMPACTER") => boxed(compacter::CompacterConfig::from_value(value, source)),
+        Some("DEPT") => boxed(dept::DeptConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -308,6 +334,7 @@ fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<d
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
+    "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

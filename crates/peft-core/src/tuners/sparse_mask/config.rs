@@ -1,6 +1,6 @@
 //! The `SPARSE_MASK` config (our own `peft_type`; PEFT's file conventions and linear
 //! targeting). Fields on disk: `density` (required, the fraction of each targeted weight
-//! that trains, in (0, 1]), `mask_type` ("magnitude", the default, "fisher" or "random"),
+//! that trains, in (0, 1]), `mask_type` ("magnitude", the default, "smallest_magnitude" (PaFi), "fisher" or "random"),
 //! `mask_seed` (random masks; the config alone then reproduces the mask), and the shared
 //! targeting fields.
 use super::select::{choose_indices, MaskType};
@@ -39,8 +39,9 @@ impl SparseMaskConfig {
         let targets = fields.target_spec()?;
         // NaN and ±inf cannot be written in JSON: they arrive as null (or not at all) and fail here too.
         let density = fields.num_in("density", |d| d > 0.0 && d <= 1.0, "a number in (0, 1]: the fraction of each targeted weight to train")?;
-        let mask_type = match fields.choice("mask_type", &["magnitude", "fisher", "random"])?.as_str() {
+        let mask_type = match fields.choice("mask_type", &["magnitude", "smallest_magnitude", "fisher", "random"])?.as_str() {
             "magnitude" => MaskType::Magnitude,
+            "smallest_magnitude" => MaskType::SmallestMagnitude,
             "fisher" => MaskType::Fisher,
             _ => MaskType::Random,
         };
@@ -65,6 +66,7 @@ impl SparseMaskConfig {
         match self.mask_type {
             MaskType::Random => Ok(None),
             MaskType::Magnitude => Ok(Some(flat(&bc.store.get(t.weight).value().abs()?)?)),
+            MaskType::SmallestMagnitude => Ok(Some(flat(&bc.store.get(t.weight).value().abs()?.neg()?)?)),
             MaskType::Fisher => {
                 let fisher = self.fisher.as_ref().ok_or_else(|| {
                     self.fields.err("mask_type", "\"magnitude\" or \"random\", or Fisher scores estimated first (estimateFisher) for \"fisher\"")

@@ -1,15 +1,19 @@
 //! Choosing the fixed mask: the k flat indices of a weight [out, in] that train. FishMask
 //! (Sung et al. 2021, §3.2) keeps the k entries with the largest Fisher information,
 //! F̂ = 1/N Σᵢ (∇_θ log p(yᵢ | xᵢ))²; the baselines of its §4 keep the largest |θ| or a
-//! random subset. We choose per weight (k = round(density · numel)) rather than over the
-//! whole model, so every tensor's shape follows from the config and a file can be checked
-//! before loading.
+//! random subset; PaFi keeps the smallest |θ|. We choose per weight (k = round(density ·
+//! numel)) rather than over the whole model, so every tensor's shape follows from the config
+//! and a file can be checked before loading.
 use rand::rngs::StdRng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaskType {
     /// Largest |W| (diff pruning's magnitude baseline).
     Magnitude,
+    /// Smallest |W|: PaFi (Liao et al. 2023, "Parameter-Efficient Fine-Tuning without
+    /// Introducing New Latency", §3.1) trains the least important weights by magnitude, a
+    /// task-agnostic choice that needs no data.
+    SmallestMagnitude,
     /// Largest empirical Fisher score (`estimate_fisher`).
     Fisher,
     /// Uniform without replacement, seeded.

@@ -1,0 +1,171 @@
+// LoRA improvements and mixtures of experts from the PEFT survey (Han et al. 2024, §3.3-3.4).
+// Each is a `peft_type` of ours (docs/methods.md); the native core validates every field.
+import { PeftConfig, positiveInt, probability, type PeftConfigOptions } from './config'
+
+interface TargetOptions extends PeftConfigOptions {
+  targetModules?: string[] | string
+  excludeModules?: string[] | string
+  layersToTransform?: number[] | number
+}
+
+interface LowRankOptions extends TargetOptions {
+  r?: number
+  loraAlpha?: number
+  loraDropout?: number
+  /** true (default): the up-projections start at zero, so the adapter starts as the base model. */
+  initWeights?: boolean
+}
+
+function checkLowRank(o: LowRankOptions): void {
+  positiveInt('r', o.r)
+  probability('loraDropout', o.loraDropout)
+}
+
+/** MoSLoRA (Wu et al. 2024): LoRA with a trainable r×r mixer between A and B, ΔW = s·B W A; mergeable. */
+export type MoSLoraConfigOptions = LowRankOptions
+
+export class MoSLoraConfig extends PeftConfig {
+  readonly peftType = 'MOSLORA'
+  constructor(options: MoSLoraConfigOptions = {}) {
+    super(options)
+    checkLowRank(options)
+  }
+}
+
+/** MoLoRA (Zadouri et al. 2024): `numExperts` LoRA experts per linear, mixed per token by a softmax router. */
+export interface MoLoraConfigOptions extends LowRankOptions {
+  numExperts?: number
+}
+
+export class MoLoraConfig extends PeftConfig {
+  readonly peftType = 'MOLORA'
+  constructor(options: MoLoraConfigOptions = {}) {
+    super(options)
+    checkLowRank(options)
+    positiveInt('numExperts', options.numExperts)
+  }
+}
+
+/** MoV (Zadouri et al. 2024): a softmax-routed mixture of (IA)³ vectors on k, v and the FFN activations. */
+export interface MoVConfigOptions extends TargetOptions {
+  numExperts?: number
+  initWeights?: boolean
+}
+
+export class MoVConfig extends PeftConfig {
+  readonly peftType = 'MOV'
+  constructor(options: MoVConfigOptions = {}) {
+    super(options)
+    positiveInt('numExperts', options.numExperts)
+  }
+}
+
+/**
+ * MixLoRA (Li et al. 2024): each FFN becomes `numExperts` experts (the frozen FFN plus LoRA on
+ * its projections), `topK` of them routed per token. Training adds the load-balancing loss
+ * (`routerAuxLossCoef`), reported as `mixlora_balance` in the Trainer's step metrics.
+ */
+export interface MixLoraConfigOptions extends PeftConfigOptions {
+  r?: number
+  loraAlpha?: number
+  loraDropout?: number
+  numExperts?: number
+  topK?: number
+  routerAuxLossCoef?: number
+  routerInitRange?: number
+  /** Which FFN projections carry expert LoRAs (default all three). */
+  expertModules?: ('gate_proj' | 'up_proj' | 'down_proj')[]
+  layersToTransform?: number[] | number
+  initWeights?: boolean
+}
+
+export class MixLoraConfig extends PeftConfig {
+  readonly peftType = 'MIXLORA'
+  constructor(options: MixLoraConfigOptions = {}) {
+    super(options)
+    checkLowRank(options)
+    positiveInt('numExperts', options.numExperts)
+    positiveInt('topK', options.topK)
+    if (options.topK !== undefined && options.numExperts !== undefined && options.topK > options.numExperts) {
+      throw new Error(`topK: expected at most numExperts (${options.numExperts}), found ${options.topK}`)
+    }
+  }
+}
+
+/**
+ * LoRA Dropout (Lin et al. 2024): LoRA whose A columns and B rows are dropped at rate
+ * `paramDropout` in each training forward (a sparsity regulariser); plain LoRA in evaluation; mergeable.
+ */
+export interface LoraDropoutConfigOptions extends LowRankOptions {
+  paramDropout?: number
+}
+
+export class LoraDropoutConfig extends PeftConfig {
+  readonly peftType = 'LORA_DROPOUT'
+  constructor(options: LoraDropoutConfigOptions = {}) {
+    super(options)
+    checkLowRank(options)
+    probability('paramDropout', options.paramDropout)
+  }
+}
+
+/**
+ * SoRA (Ding et al. 2023): LoRA of rank r with a gate vector between A and B, made sparse by a
+ * proximal L1 step (`sparseLambda`) after each optimizer step, which the Trainer runs; mergeable.
+ */
+export interface SoraConfigOptions extends LowRankOptions {
+  sparseLambda?: number
+}
+
+export class SoraConfig extends PeftConfig {
+  readonly peftType = 'SORA'
+  constructor(options: SoraConfigOptions = {}) {
+    super(options)
+    checkLowRank(options)
+    const l = options.sparseLambda
+    if (l !== undefined && !(typeof l === 'number' && Number.isFinite(l) && l >= 0)) throw new Error(`sparseLambda: expected a number >= 0, found ${String(l)}`)
+  }
+}
+
+/**
+ * Child-tuning_D (Xu et al. 2021): a dense delta on each targeted weight whose gradient is masked
+ * each training step to a random child network (share `childRatio`, scaled 1/childRatio); mergeable.
+ * Child-tuning_F (a Fisher mask) is `SparseMaskConfig({ fisher })`.
+ */
+export interface ChildTuningConfigOptions extends TargetOptions {
+  childRatio?: number
+}
+
+export class ChildTuningConfig extends PeftConfig {
+  readonly peftType = 'CHILD_TUNING'
+  constructor(options: ChildTuningConfigOptions = {}) {
+    super(options)
+    const p = options.childRatio
+    if (p !== undefined && !(typeof p === 'number' && p > 0 && p <= 1)) throw new Error(`childRatio: expected a number in (0, 1], found ${String(p)}`)
+  }
+}
+
+/**
+ * Compacter (Mahabadi et al. 2021): a serial bottleneck adapter whose projections are sums of
+ * Kronecker products Σᵢ Aᵢ ⊗ (sᵢtᵢᵀ), the n×n Aᵢ shared by all layers (`phmDim` = n).
+ */
+export interface CompacterConfigOptions extends PeftConfigOptions {
+  bottleneckSize?: number
+  phmDim?: number
+  phmRank?: number
+  nonLinearity?: 'relu' | 'gelu' | 'silu' | 'tanh'
+  scaling?: number
+  sublayers?: ('self_attn' | 'mlp')[]
+  layersToTransform?: number[] | number
+  initWeights?: boolean
+}
+
+export class CompacterConfig extends PeftConfig {
+  readonly peftType = 'COMPACTER'
+  constructor(options: CompacterConfigOptions = {}) {
+    super(options)
+    positiveInt('bottleneckSize', options.bottleneckSize)
+    positiveInt('phmDim', options.phmDim)
+    positiveInt('phmRank', options.phmRank)
+  }
+}
