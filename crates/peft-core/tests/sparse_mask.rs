@@ -110,7 +110,7 @@ fn magnitude_keeps_the_largest_weights_and_density_one_keeps_all() {
 #[test]
 fn smallest_magnitude_keeps_the_smallest_weights() {
     let mut model = load_model();
-    let w = values(model.store.by_name(&format!("{Q0}.weight")).unwrap().value());
+    let w = values(&model.store.by_name(&format!("{Q0}.weight")).unwrap().value());
     let neg_abs: Vec<f64> = w.iter().map(|x| -x.abs()).collect();
     inject(&mut model, parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "mask_type": "smallest_magnitude", "target_modules": ["q_proj"]})));
     let small = indices_of(&model, Q0);

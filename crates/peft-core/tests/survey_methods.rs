@@ -80,7 +80,7 @@ fn lora_dropout_drops_columns_of_a_and_rows_of_b() {
         let logits = ld.forward(&inputs().batch(), &ctx, None, false).unwrap();
         let l = peft_core::model::loss::causal_lm_loss(&logits, &inputs().labels).unwrap();
         let g = l.backward().unwrap();
-        let of = |attr: &str| g.get(ld.store.by_name(&format!("{Q0}.{attr}.default.weight")).unwrap().value()).unwrap().to_vec2::<f32>().unwrap();
+        let of = |attr: &str| g.get(&ld.store.by_name(&format!("{Q0}.{attr}.default.weight")).unwrap().value()).unwrap().to_vec2::<f32>().unwrap();
         (of("lora_A"), of("lora_B"))
     };
     let (ga, gb) = grads(3);
@@ -154,7 +154,7 @@ fn child_tuning_masks_the_gradient_not_the_forward() {
         let logits = model.forward(&inputs().batch(), &ctx, None, false).unwrap();
         let l = peft_core::model::loss::causal_lm_loss(&logits, &inputs().labels).unwrap();
         let g = l.backward().unwrap();
-        let g: Vec<f64> = g.get(model.store.by_name(&name).unwrap().value()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = g.get(&model.store.by_name(&name).unwrap().value()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         (logits, g)
     };
     let (eval_logits, full) = grad_in(false);

@@ -179,7 +179,7 @@ fn sliding_window_zero_is_none_and_past_2_31_is_an_error() {
     message("window-huge.gguf", &patch(&b, value, &u32::MAX.to_le_bytes()), "`gemma3.attention.sliding_window` is 4294967295");
     let path = tmp("window-zero.gguf");
     std::fs::write(&path, patch(&b, value, &0u32.to_le_bytes())).unwrap();
-    let loaded = load_gguf(&path, DType::F32, &Device::Cpu);
+    let loaded = load_gguf(&path, DType::F32, &Device::Cpu, false);
     std::fs::remove_file(&path).unwrap();
     assert_eq!(loaded.unwrap().config.arch.sliding_window, None);
 }

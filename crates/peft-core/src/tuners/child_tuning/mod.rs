@@ -78,7 +78,7 @@ pub struct ChildTuningLayer {
 
 impl ChildTuningLayer {
     fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
-        add_delta(weight, store.get(self.delta).value(), sign)
+        add_delta(weight, &store.get(self.delta).value(), sign)
     }
 }
 

@@ -70,7 +70,7 @@ pub struct LoraDropoutLayer {
 
 impl LoraDropoutLayer {
     fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
-        add_delta(weight, &delta_weight(store.get(self.a).value(), store.get(self.b).value(), self.scaling)?, sign)
+        add_delta(weight, &delta_weight(&store.get(self.a).value(), &store.get(self.b).value(), self.scaling)?, sign)
     }
 }
 

@@ -74,7 +74,7 @@ pub struct SoraLayer {
 impl SoraLayer {
     fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
         let gated_a = store.get(self.a).value().broadcast_mul(&store.get(self.gate).value().unsqueeze(1)?)?;
-        add_delta(weight, &delta_weight(&gated_a, store.get(self.b).value(), self.scaling)?, sign)
+        add_delta(weight, &delta_weight(&gated_a, &store.get(self.b).value(), self.scaling)?, sign)
     }
 }
 
@@ -123,10 +123,10 @@ pub fn proximal_step(model: &CausalLm, tuners: &Tuners, lr: f64) -> Result<Vec<(
         let (mut alive, mut total) = (0, 0);
         for id in tuners.params(name)? {
             let p = model.store.get(id);
-            if !p.name.contains(".sora_gate.") || !p.requires_grad {
+            if !p.name.contains(".sora_gate.") || !p.requires_grad() {
                 continue;
             }
-            let g = soft_threshold(p.value(), lr * c.sparse_lambda)?;
+            let g = soft_threshold(&p.value(), lr * c.sparse_lambda)?;
             alive += g.ne(0.0)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()? as usize;
             total += g.elem_count();
             p.set(&g)?;
