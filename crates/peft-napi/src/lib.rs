@@ -17,6 +17,7 @@ mod mixed;
 mod model;
 mod optim;
 mod peft;
+mod plan;
 mod sparse;
 mod tensor;
 mod tokenizer;

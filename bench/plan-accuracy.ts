@@ -1,0 +1,86 @@
+// The memory planner against measured peak RSS (run by hand; docs/memory.md has the table).
+// Each run trains a few LoRA steps (r 8, all-linear, AdamW, the chunked loss as the Trainer
+// runs it) on a random-weight model (make-model.ts) in a child process of its own, so that its
+// peak (VmHWM, as bench/peak-rss.ts) is measured alone, and prints predicted vs measured:
+// the load's peak, then (VmHWM reset through /proc/self/clear_refs) the training steps' peak.
+// Usage: npx tsx bench/plan-accuracy.ts [outDir] [run names...]   (default: the SmolLM2 runs)
+import { execFileSync } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { loadavg, tmpdir } from 'node:os'
+import { AdamW, LlamaModel, LoraConfig, getPeftModel, planMemory } from '../src'
+import { loadNative } from '../src/native'
+import { SMOLLM2_135M, writeRandomLlama, type BenchConfig } from './make-model'
+
+const LLAMA_32_1B: Partial<BenchConfig> = { vocab_size: 128256, hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 32, num_key_value_heads: 8, head_dim: 64, rope_theta: 500000 }
+const RUNS: Record<string, { model: Partial<BenchConfig>; batch: number; seq: number; checkpointing: boolean }> = {
+  'smollm2-4x256': { model: {}, batch: 4, seq: 256, checkpointing: false },
+  'smollm2-4x256-ckpt': { model: {}, batch: 4, seq: 256, checkpointing: true },
+  'smollm2-2x512': { model: {}, batch: 2, seq: 512, checkpointing: false },
+  'smollm2-8x128': { model: {}, batch: 8, seq: 128, checkpointing: false },
+  'smollm2-4x512-ckpt': { model: {}, batch: 4, seq: 512, checkpointing: true },
+  'llama1b-1x256-ckpt': { model: LLAMA_32_1B, batch: 1, seq: 256, checkpointing: true },
+}
+const DEFAULT_RUNS = ['smollm2-4x256', 'smollm2-4x256-ckpt', 'smollm2-2x512', 'smollm2-8x128']
+const STEPS = 2
+const lora = () => new LoraConfig({ r: 8, loraAlpha: 16, targetModules: 'all-linear' })
+
+/** Peak resident set size (VmHWM) in bytes. */
+function vmHwm(): number {
+  const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'))
+  if (!m) throw new Error('/proc/self/status has no VmHWM (Linux only)')
+  return Number(m[1]) * 1024
+}
+
+async function child(dir: string, checkpointing: boolean): Promise<void> {
+  loadNative()
+  const baseline = process.memoryUsage().rss
+  const ids: number[][] = JSON.parse(readFileSync(join(dir, 'inputs.json'), 'utf8'))
+  const peft = await getPeftModel(await LlamaModel.fromPretrained(dir), lora())
+  peft.train()
+  if (checkpointing) peft.gradientCheckpointingEnable()
+  const opt = new AdamW(peft.parameters({ trainableOnly: true }), { lr: 1e-3 })
+  const loadPeak = vmHwm()
+  writeFileSync('/proc/self/clear_refs', '5') // resets VmHWM to the current RSS (proc(5))
+  const afterLoad = process.memoryUsage().rss
+  for (let step = 0; step < STEPS; step++) {
+    const out = await peft.forward({ inputIds: ids, labels: ids, returnLogits: false })
+    await out.loss!.backward()
+    await opt.step()
+    opt.zeroGrad()
+    out.loss!.dispose()
+  }
+  const trainPeak = vmHwm()
+  const trainable = peft.parameters({ trainableOnly: true }).reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0)
+  process.stdout.write(JSON.stringify({ baseline, loadPeak, afterLoad, trainPeak, trainable }) + '\n')
+}
+
+function main(): void {
+  const out = process.argv[2] ?? join(tmpdir(), 'peft-node-plan-accuracy')
+  const names = process.argv.length > 3 ? process.argv.slice(3) : DEFAULT_RUNS
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`
+  console.log('run\tplanned total\tmeasured peak\tratio\tplanned step\tmeasured step\tratio\tplanned load\tmeasured load\tbaseline\tafter load\tload avg')
+  for (const name of names) {
+    const run = RUNS[name]
+    if (!run) throw new Error(`unknown run "${name}" (runs: ${Object.keys(RUNS).join(', ')})`)
+    const dir = join(out, name.replace(/-ckpt$/, '').replace(/-\d+x\d+$/, '') + `-${run.batch}x${run.seq}`)
+    writeRandomLlama(dir, { config: { ...SMOLLM2_135M, ...run.model }, batch: run.batch, seq: run.seq })
+    const load0 = loadavg()[0]
+    const r = JSON.parse(execFileSync(process.execPath, ['--import=tsx', __filename, '--child', dir, String(run.checkpointing)], { encoding: 'utf8', maxBuffer: 1 << 20 }))
+    const plan = planMemory(dir, { method: lora(), batchSize: run.batch, seqLen: run.seq, gradientCheckpointing: run.checkpointing })
+    if (plan.trainableParameters !== r.trainable) console.warn(`${name}: planned ${plan.trainableParameters} trainable parameters, the adapter has ${r.trainable}`)
+    const load = `${load0.toFixed(1)}->${loadavg()[0].toFixed(1)}`
+    const peak = Math.max(r.loadPeak, r.trainPeak)
+    const cols = [mib(plan.total), mib(peak), (plan.total / peak).toFixed(3), mib(plan.trainingTotal), mib(r.trainPeak), (plan.trainingTotal / r.trainPeak).toFixed(3), mib(plan.loadPeak), mib(r.loadPeak), mib(r.baseline), mib(r.afterLoad), load]
+    console.log(`${name}\t${cols.join('\t')}`)
+  }
+}
+
+if (process.argv[2] === '--child') {
+  child(process.argv[3], process.argv[4] === 'true').catch((e: Error) => {
+    process.stderr.write(String(e.stack) + '\n')
+    process.exit(1)
+  })
+} else {
+  main()
+}
