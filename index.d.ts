@@ -67,6 +67,11 @@ export declare class NativeModel {
    * `dtype` (default: the model's) converts the weights as they are written.
    */
   savePretrained(dir: string, dtype?: string | undefined | null): Promise<void>
+  /**
+   * Writes the model as a llama.cpp GGUF (`outtype`: f32, f16, bf16, q8_0, q4_0 or q4_k_m)
+   * with its tokenizer and chat template; refused while adapters are attached unmerged.
+   */
+  saveGguf(path: string, outtype: string): Promise<void>
   /** The tokenizer that came with the checkpoint, if any. */
   tokenizer(): NativeTokenizer | null
   parameters(): Array<ParamInfo>
@@ -101,6 +106,8 @@ export declare class NativeModel {
   saveAdapters(dir: string, names?: Array<string> | undefined | null): Promise<void>
   /** Writes adapter `name` as a llama.cpp LoRA GGUF (`outtype`: f32, f16, bf16 or q8_0). */
   saveLoraGguf(path: string, name: string, outtype: string): Promise<void>
+  /** Writes adapter `name` as an mlx-lm adapter folder (adapters.safetensors + adapter_config.json). */
+  saveMlxAdapter(dir: string, name: string): Promise<void>
   adapterNames(): Array<string>
   activeAdapters(): Array<string>
   adapterConfigJson(name: string): string

@@ -5,24 +5,13 @@
 import test, { type ExecutionContext } from 'ava'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { AutoModelForCausalLM, IA3Config, LoraConfig, Rng, getPeftModel, type LlamaModel, type PeftModel } from '../src'
+import { AutoModelForCausalLM, IA3Config, LoraConfig, getPeftModel, type LlamaModel, type PeftModel } from '../src'
 import { CHAT_PROMPTS, SMOLLM2_GGUF, compareWithLlamaCpp, ifModelPresent, llamaCppArgmax } from './helpers/llamacpp'
+import { randomizeB } from './helpers/random-lora'
 import { MODEL_DIR } from './helpers/fixtures'
 import { tempDir } from './helpers/temp'
 
 const ALL_LINEAR = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
-
-/** PEFT initialises lora_B to zero: give it seeded N(0, sigma) values, a trained-looking adapter without a training run. */
-function randomizeB(peft: PeftModel, seed: number, sigma: number): void {
-  const rng = new Rng(seed)
-  for (const [name, p] of peft.namedParameters({ trainableOnly: true })) {
-    if (!name.includes('lora_B')) continue
-    const n = p.shape.reduce((a, b) => a * b, 1)
-    const v = new Float32Array(n)
-    for (let i = 0; i < n; i++) v[i] = sigma * Math.sqrt(-2 * Math.log(1 - rng.next())) * Math.cos(2 * Math.PI * rng.next())
-    p.setData(v)
-  }
-}
 
 /** `sigma`: lora_B's spread; rsLoRA's and the patterns' larger scalings get a smaller one, so that both adapters move the model by a similar amount. */
 async function exportAndCompare(t: ExecutionContext, config: LoraConfig, outtype: 'f32' | 'f16' | 'q8_0', sigma = 0.05) {
@@ -87,6 +76,6 @@ test('peft-node export --format gguf-lora writes the adapter file; other formats
   t.is(await main(args, io), 1)
   t.regex(lines.join('\n'), /already exists; pass --force/)
   lines.length = 0
-  t.is(await main([...args.slice(0, 6), '--format', 'mlx', '--output', join(dir, 'x')], io), 1)
-  t.regex(lines.join('\n'), /--format mlx: expected one of gguf-lora/)
+  t.is(await main([...args.slice(0, 6), '--format', 'onnx', '--output', join(dir, 'x')], io), 1)
+  t.regex(lines.join('\n'), /--format onnx: expected one of gguf-lora, gguf, mlx/)
 })

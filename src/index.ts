@@ -1,5 +1,6 @@
 export { AutoModelForCausalLM, LlamaModel } from './model'
-export type { LoadOptions, ForwardInput, ForwardOutput, LlamaConfig } from './model'
+export type { LoadOptions, ForwardInput, ForwardOutput, LlamaConfig, GgufOuttype } from './model'
+export { ollamaModelfile } from './ollama'
 export { Tensor } from './tensor'
 export type { BackwardOptions, DType } from './tensor'
 export { Parameter } from './parameter'

@@ -233,6 +233,17 @@ export class LlamaModel {
     await this.inner.savePretrained(dir, opts.dtype)
   }
 
+  /**
+   * Writes the model as one llama.cpp GGUF file, as `convert_hf_to_gguf.py` (f32, f16, bf16,
+   * q8_0) or `llama-quantize` (q4_0, q4_k_m: the head in Q6_K, Q4_K_M's per-tensor mix) would,
+   * with the tokenizer and chat template in its metadata. Merge adapters first
+   * (`peft.mergeAndUnload().saveGguf(path)`); a model with adapters attached is refused.
+   */
+  async saveGguf(path: string, opts: { outtype?: GgufOuttype } = {}): Promise<void> {
+    if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a .gguf file path, found ${String(path)}`)
+    await this.inner.saveGguf(path, opts.outtype ?? 'f16')
+  }
+
   /** Frees the native weights now. Any later call on this model throws. */
   dispose(): void {
     this.inner.dispose()
@@ -242,6 +253,10 @@ export class LlamaModel {
     this.dispose()
   }
 }
+
+/** Whole-model GGUF types (`LlamaModel.saveGguf`, `peft-node export --format gguf`). */
+export const GGUF_OUTTYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k_m'] as const
+export type GgufOuttype = (typeof GGUF_OUTTYPES)[number]
 
 function promptRows(ids: ArrayLike<number> | ArrayLike<number>[], vocab: number): { prompts: number[][]; single: boolean } {
   const single = ids.length > 0 && typeof (ids as ArrayLike<number>)[0] === 'number'

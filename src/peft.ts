@@ -34,7 +34,7 @@ export class PeftModel {
   /** @internal */
   constructor(private readonly model: LlamaModel) {}
 
-  /** Loads a PEFT adapter folder onto `model`, as `PeftModel.from_pretrained`. */
+  /** Loads a PEFT adapter folder onto `model`, as `PeftModel.from_pretrained`; an mlx-lm adapter folder (adapters.safetensors) is converted. */
   static async fromPretrained(model: LlamaModel, dir: string, opts: LoadAdapterOptions = {}): Promise<PeftModel> {
     const name = adapterNameArg('adapterName', opts.adapterName ?? 'default', { isNew: true })
     const peft = new PeftModel(model)
@@ -60,7 +60,7 @@ export class PeftModel {
     return this.model.config
   }
 
-  /** Adds an adapter; the first one becomes active, later ones wait for `setAdapter`. */
+  /** Adds an adapter (a PEFT folder, or an mlx-lm one, converted); the first one becomes active, later ones wait for `setAdapter`. */
   async addAdapter(name: string, config: PeftConfig, opts: { seed?: number; warn?: boolean } = {}): Promise<void> {
     adapterNameArg('name', name, { isNew: true })
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
@@ -104,6 +104,18 @@ export class PeftModel {
     const name = opts.adapterName ?? this.activeAdapter
     adapterNameArg('adapterName', name)
     await this.native.saveLoraGguf(path, name, opts.outtype ?? 'f16')
+  }
+
+  /**
+   * Writes an adapter as mlx-lm's adapter folder (`adapters.safetensors` + `adapter_config.json`,
+   * what `mlx_lm.generate --adapter-path` loads). LoRA/DoRA with one rank and scale on the same
+   * modules of the last N layers; anything else is refused with the alternative (merging).
+   */
+  async saveMlx(dir: string, opts: { adapterName?: string } = {}): Promise<void> {
+    if (typeof dir !== 'string' || dir.length === 0) throw new Error(`dir: expected a folder path, found ${String(dir)}`)
+    const name = opts.adapterName ?? this.activeAdapter
+    adapterNameArg('adapterName', name)
+    await this.native.saveMlxAdapter(dir, name)
   }
 
   get adapterNames(): string[] {

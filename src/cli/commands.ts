@@ -1,8 +1,9 @@
-// `generate`, `chat`, `eval`, `info` and `merge`.
-import { existsSync, readdirSync, statSync } from 'node:fs'
-import { join } from 'node:path'
+// `generate`, `chat`, `eval`, `info`, `merge` and `export`.
+import { existsSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs'
+import { basename, dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { LlamaModel } from '../model'
+import { GGUF_OUTTYPES, LlamaModel, type GgufOuttype } from '../model'
+import { ollamaModelfile } from '../ollama'
 import { PeftModel } from '../peft'
 import type { ChatMessage } from '../tokenizer'
 import { loadData } from '../data/dataset'
@@ -146,25 +147,61 @@ export async function mergeCommand(flags: Record<string, unknown>, io: Io): Prom
   merged.dispose()
 }
 
-const EXPORT_FORMATS = ['gguf-lora']
-const OUTTYPES = ['f32', 'f16', 'bf16', 'q8_0'] as const
+const EXPORT_FORMATS = ['gguf-lora', 'gguf', 'mlx']
+const LORA_OUTTYPES = ['f32', 'f16', 'bf16', 'q8_0'] as const
+const force = (flags: Record<string, unknown>) => flags.force === true || flags.force === 'true'
 
-/** Writes `--adapter` on `--model` in another tool's format to `--output` (llama.cpp's LoRA GGUF). */
+/**
+ * Writes `--adapter` on `--model` in another tool's format to `--output`: llama.cpp's LoRA GGUF
+ * (`gguf-lora`), the merged model as one GGUF (`gguf`, optionally with an Ollama Modelfile
+ * beside it), or an mlx-lm adapter folder (`mlx`).
+ */
 export async function exportCommand(flags: Record<string, unknown>, io: Io): Promise<void> {
   const format = required(flags, 'format', `the format to write: ${EXPORT_FORMATS.join(', ')}`)
   if (!EXPORT_FORMATS.includes(format)) throw new Error(`--format ${format}: expected one of ${EXPORT_FORMATS.join(', ')}`)
   const adapter = required(flags, 'adapter', 'the adapter folder to export')
-  const output = required(flags, 'output', 'the .gguf file to write')
+  const output = required(flags, 'output', format === 'mlx' ? 'the folder to write the mlx-lm adapter to' : 'the .gguf file to write')
+  const outtypes: readonly string[] = format === 'gguf' ? GGUF_OUTTYPES : LORA_OUTTYPES
   const outtype = flags.outtype === undefined ? 'f16' : String(flags.outtype)
-  if (!(OUTTYPES as readonly string[]).includes(outtype)) throw new Error(`--outtype ${outtype}: expected one of ${OUTTYPES.join(', ')}`)
-  if (existsSync(output) && !(flags.force === true || flags.force === 'true')) throw new Error(`--output ${output}: already exists; pass --force to replace it`)
+  if (format !== 'mlx' && !outtypes.includes(outtype)) throw new Error(`--outtype ${outtype}: expected one of ${outtypes.join(', ')}${format === 'gguf-lora' ? ' (4-bit types are for the merged model: --format gguf)' : ''}`)
+  if (flags.ollama !== undefined && format !== 'gguf') throw new Error('--ollama: only with --format gguf (Ollama runs the merged model file)')
+  if (format === 'mlx') checkOutput(output, force(flags))
+  else if (existsSync(output) && !force(flags)) throw new Error(`--output ${output}: already exists; pass --force to replace it`)
   const model = await loadModel({ ...flags, adapter }, io)
   if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
+  if (format === 'gguf') return exportMerged(model, output, outtype as GgufOuttype, flags.ollama === true || flags.ollama === 'true', io)
   try {
-    await model.saveGguf(output, { outtype: outtype as (typeof OUTTYPES)[number] })
+    if (format === 'mlx') await model.saveMlx(output)
+    else await model.saveGguf(output, { outtype: outtype as (typeof LORA_OUTTYPES)[number] })
   } finally {
     model.dispose()
   }
+  if (format === 'mlx') {
+    io.out(`exported ${adapter} as an mlx-lm adapter: ${output} (adapters.safetensors, adapter_config.json)`)
+    io.out(`run it: mlx_lm.generate --model <the base model in mlx> --adapter-path ${output} --prompt "..."`)
+    return
+  }
   io.out(`exported ${adapter} as a llama.cpp LoRA adapter (${outtype}): ${output}`)
   io.out(`run it: llama-cli -m ${String(flags.model)} --lora ${output}`)
+}
+
+/** `--format gguf`: merges the adapter and writes one GGUF, plus `Modelfile` beside it with `--ollama`. */
+async function exportMerged(peft: PeftModel, output: string, outtype: GgufOuttype, ollama: boolean, io: Io): Promise<void> {
+  const merged = peft.mergeAndUnload()
+  try {
+    await merged.saveGguf(output, { outtype })
+    io.out(`merged the adapter and wrote ${output} (${outtype}, tokenizer and chat template included)`)
+    io.out(`run it: llama-cli -m ${output}`)
+    if (ollama) {
+      const tok = merged.tokenizer
+      const m = ollamaModelfile({ from: `./${basename(output)}`, chatTemplate: tok?.chatTemplate ?? null, eosToken: tok?.eosToken?.token ?? null })
+      const file = join(dirname(output), 'Modelfile')
+      writeFileSync(file + '.tmp', m.text)
+      renameSync(file + '.tmp', file)
+      for (const w of m.warnings) io.err(`warning: ${w}`)
+      io.out(`wrote ${file}${m.shape ? ` (${m.shape} template)` : ''}: ollama create NAME -f ${file}`)
+    }
+  } finally {
+    merged.dispose()
+  }
 }

@@ -76,6 +76,27 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
   io.out('')
   for (const line of answerReport(all, before, after, (state) => inTrain.has(capitalQuestion(state)))) io.out(line)
   if (o.output) io.out(`adapter saved to ${o.output} (loss curve: ${join(o.output, 'loss.svg')})`)
+  if (o.output) for (const line of await llamaCppLines(peft, path, o.output)) io.out(line)
   io.out(`done in ${secs()}`)
   peft.dispose()
+}
+
+/**
+ * How to run the trained adapter in llama.cpp: a LoRA on a GGUF base is exported next to the
+ * adapter as llama.cpp's LoRA GGUF (`llama-cli -m base --lora file`); anything else (another
+ * method, a safetensors base) gets the merged-export command, then the llama-cli one.
+ */
+async function llamaCppLines(peft: PeftModel, base: string, output: string): Promise<string[]> {
+  if (base.endsWith('.gguf')) {
+    const file = join(output, 'adapter.gguf')
+    try {
+      await peft.saveGguf(file, { outtype: 'f16' })
+      return [`llama.cpp adapter: ${file}`, `run it in llama.cpp: llama-cli -m ${base} --lora ${file}`]
+    } catch (e) {
+      // Not expressible as a llama.cpp LoRA (DoRA, IA3, ...: the refusal names the merged model), the merged model is.
+      if (!/merged model/.test((e as Error).message)) throw e
+    }
+  }
+  const merged = join(output, 'merged.gguf')
+  return [`export it for llama.cpp: peft-node export --model ${base} --adapter ${output} --format gguf --output ${merged}`, `then run it: llama-cli -m ${merged}`]
 }

@@ -29,6 +29,9 @@ export const USAGE = `peft-node <command> [options]
             from the config and tensor types alone (docs/memory.md)
   export    --model M --adapter DIR --format gguf-lora --output FILE.gguf [--outtype f16|f32|bf16|q8_0] [--force]
             a llama.cpp LoRA adapter to load next to the base GGUF (llama.cpp, Ollama, LM Studio)
+  export    --model M --adapter DIR --format gguf --output FILE.gguf [--outtype f16|...|q4_0|q4_k_m] [--ollama]
+            the merged model as one GGUF (tokenizer, chat template); --ollama adds a Modelfile beside it
+  export    --model M --adapter DIR --format mlx --output DIR     an mlx-lm adapter folder
 
   --model and --adapter also take a Hugging Face Hub id (org/name), downloaded into the shared
   HF cache: [--revision R] [--adapter-revision R] [--file F.gguf] (HF_TOKEN, HF_HUB_OFFLINE, ...)

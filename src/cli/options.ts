@@ -20,7 +20,7 @@ export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string;
   // With --adapter, info describes that adapter: method options do not apply (checked in infoCommand).
   info: { options: ['model', 'adapter', 'config', 'method', 'methodConfig', ...HUB], args: 'the model', methodFields: true },
   merge: { options: ['model', 'adapter', 'output', 'dtype', 'force', ...HUB] },
-  export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'force', ...HUB] },
+  export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'ollama', 'force', ...HUB] },
   plan: { options: [...PLAN_KEYS, ...PLAN_METHOD_FIELDS], args: 'the model' },
 }
 

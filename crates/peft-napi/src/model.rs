@@ -218,6 +218,29 @@ impl NativeModel {
         }))
     }
 
+    /// Writes the model as a llama.cpp GGUF (`outtype`: f32, f16, bf16, q8_0, q4_0 or q4_k_m)
+    /// with its tokenizer and chat template; refused while adapters are attached unmerged.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save_gguf(&self, path: String, outtype: String) -> Result<AsyncTask<crate::job::UnitJob>> {
+        let shared = self.inner.clone();
+        let out = peft_core::io::gguf::OutType::parse(&outtype).map_err(to_js)?;
+        Ok(crate::job::UnitJob::spawn(move || {
+            with_model(&shared, |m| {
+                let names = m.tuners.names();
+                if !names.is_empty() {
+                    return Err(peft_core::Error::Unsupported(format!(
+                        "this model has adapters attached ({}); merge them first (peft.mergeAndUnload()) or export the adapter alone (peft.saveGguf)", names.join(", "))));
+                }
+                let spec = m.tokenizer.as_ref().map(|t| t.gguf_spec(m.llama.config.vocab_size)).transpose()?;
+                let ids: std::collections::HashMap<&str, _> = m.llama.store.iter().map(|(id, p)| (p.name.as_str(), id)).collect();
+                let file = std::path::Path::new(&path);
+                let source = |hf: &str| ids.get(hf).map(|&id| m.llama.store.get(id).value().clone())
+                    .ok_or_else(|| peft_core::Error::MissingWeight { file: file.into(), name: hf.to_string() });
+                peft_core::io::gguf::write_gguf(file, &m.llama.config, source, out, spec.as_ref())
+            })
+        }))
+    }
+
     /// The tokenizer that came with the checkpoint, if any.
     #[napi]
     pub fn tokenizer(&self) -> Result<Option<crate::tokenizer::NativeTokenizer>> {

@@ -71,6 +71,15 @@ impl NativeModel {
         }))
     }
 
+    /// Writes adapter `name` as an mlx-lm adapter folder (adapters.safetensors + adapter_config.json).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save_mlx_adapter(&self, dir: String, name: String) -> Result<AsyncTask<UnitJob>> {
+        let shared = self.inner.clone();
+        Ok(UnitJob::spawn(move || {
+            with_model(&shared, |m| peft_core::io::mlx::write_mlx_adapter(&m.tuners, &m.llama, &name, Path::new(&dir)))
+        }))
+    }
+
     #[napi]
     pub fn adapter_names(&self) -> Result<Vec<String>> {
         with_model(&self.inner, |m| Ok(m.tuners.names()))

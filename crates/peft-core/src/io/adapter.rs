@@ -6,6 +6,7 @@
 pub mod pyjson;
 
 use crate::error::{Error, Result};
+use crate::io::mlx;
 use crate::io::safetensors::{load_file, save_file, write_atomic};
 use crate::model::CausalLm;
 use crate::tuners::{parse_config, InjectReport, TunerConfig, Tuners};
@@ -40,9 +41,17 @@ pub fn read_config(dir: &Path) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
 /// Loads a PEFT adapter folder onto `model` as adapter `name`. With `trainable` false the
 /// adapter is frozen (PEFT's `is_trainable=False`, its default). Nothing is left attached
 /// when the files do not fit the model.
+/// An mlx-lm adapter folder (`adapters.safetensors`, `lora_parameters`) is converted on the way.
 pub fn load_adapter(tuners: &mut Tuners, model: &mut CausalLm, dir: &Path, name: &str, trainable: bool) -> Result<InjectReport> {
-    let (mut config, mut warnings) = read_config(dir)?;
-    config.set_inference_mode(!trainable);
+    if mlx::is_mlx_folder(dir) {
+        let file = dir.join(mlx::MLX_WEIGHTS);
+        let raw = load_file(&file, None, &model.device)?;
+        let (text, tensors) = mlx::mlx_to_peft(dir, raw, model.config.num_hidden_layers)?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Unsupported(e.to_string()))?;
+        let (config, warnings) = parse_config(&value, Some(&text), &dir.join(mlx::MLX_CONFIG))?;
+        return attach(tuners, model, config, warnings, tensors, &file, name, trainable);
+    }
+    let (config, warnings) = read_config(dir)?;
     let file = dir.join(WEIGHTS_NAME);
     if !file.exists() {
         let what = if dir.join("adapter_model.bin").exists() {
@@ -53,6 +62,15 @@ pub fn load_adapter(tuners: &mut Tuners, model: &mut CausalLm, dir: &Path, name:
         return Err(Error::MissingFile { path: file, what: what.into() });
     }
     let tensors = load_file(&file, None, &model.device)?;
+    attach(tuners, model, config, warnings, tensors, &file, name, trainable)
+}
+
+/// Injects adapter `name` of `config` and fills it with `tensors` (PEFT's keys) read from `file`.
+#[allow(clippy::too_many_arguments)]
+fn attach(tuners: &mut Tuners, model: &mut CausalLm, mut config: Box<dyn TunerConfig>, mut warnings: Vec<String>,
+    tensors: HashMap<String, Tensor>, file: &Path, name: &str, trainable: bool) -> Result<InjectReport> {
+    config.set_inference_mode(!trainable);
+    let file = file.to_path_buf();
     let mut report = tuners.inject_with(model, name, config, 0, true)?;
     if let Err(e) = fill(tuners, model, name, tensors, &file).and_then(|()| tuners.check_loaded(model, name, &file)) {
         let _ = tuners.delete_adapter(model, name);

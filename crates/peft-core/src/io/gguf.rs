@@ -3,12 +3,15 @@
 //! `tokenizer.*`, and the weights renamed to Hugging Face names, dequantized, and with
 //! llama.cpp's conversions undone (Q/K row permutation, Gemma's norm + 1), so that a GGUF
 //! model plugs into the same code as a safetensors one.
-//! `read` parses headers defensively, `file` reads metadata and tensors, `write` writes files
-//! (tests, `merge --gguf`), `names` maps names and undoes the permutation.
+//! `read` parses headers defensively, `file` reads metadata and tensors, `write` writes the
+//! container, `model` whole models (`saveGguf` of a merged model), `lora` adapters, `quant`
+//! picks each tensor's type, `names` maps names and undoes the permutation.
 mod config;
 mod file;
 mod lora;
+mod model;
 mod names;
+mod quant;
 mod read;
 mod write;
 
@@ -17,7 +20,8 @@ pub use file::GgufFile;
 pub use lora::{outtype, write_lora_gguf};
 pub use names::{gguf_to_hf, hf_to_gguf};
 pub use read::{MetaValue, TensorInfo, DEFAULT_ALIGNMENT};
-pub use write::write_llama_gguf;
+pub use model::{write_gguf, write_llama_gguf};
+pub use quant::{OutType, OUTTYPE_NAMES};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};

@@ -1,6 +1,8 @@
-//! Reading and writing checkpoints: safetensors (single or sharded), GGUF, adapter files.
+//! Reading and writing checkpoints: safetensors (single or sharded), GGUF, adapter files
+//! (PEFT's, and mlx-lm's converted to and from them).
 pub mod adapter;
 pub mod gguf;
+pub mod mlx;
 pub mod safetensors;
 
 /// torch's name for a dtype, as `config.json` writes it.

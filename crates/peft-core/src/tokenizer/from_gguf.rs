@@ -30,7 +30,7 @@ const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 
 /// The split regex of the llama-3 `tokenizer.json` (and of transformers' GGUF loader).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(super) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_PRE: &[&str] = &["llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "pixtral", "dbrx"];
 
 pub(crate) fn build(spec: &super::GgufTokenizerSpec, file: &Path) -> Result<(tokenizers::Tokenizer, TokenizerConfig)> {

@@ -12,6 +12,7 @@ pub mod gguf_spec;
 mod pyjson;
 mod save;
 mod stream;
+mod to_gguf;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct Tokenizer {
     tokens: TemplateTokens,
     template: Option<Arc<ChatTemplate>>,
     vocab_size: usize,
+    /// The metadata a GGUF-built tokenizer came from: written back unchanged on export.
+    gguf: Option<Arc<GgufTokenizerSpec>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -109,7 +112,9 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF file's metadata describes; `file` is named in errors.
     pub fn from_gguf(spec: &GgufTokenizerSpec, file: &Path) -> Result<Self> {
         let (inner, config) = from_gguf::build(spec, file)?;
-        Self::assemble(inner, file.into(), config)
+        let mut tokenizer = Self::assemble(inner, file.into(), config)?;
+        tokenizer.gguf = Some(Arc::new(spec.clone()));
+        Ok(tokenizer)
     }
 
     /// The common tail of every loader: special tokens, post-processor, template.
@@ -145,7 +150,7 @@ impl Tokenizer {
             pad_token: config.pad_token,
             unk_token: config.unk_token,
         };
-        Ok(Tokenizer { inner: Arc::new(inner), source, bos, eos, pad, tokens, template, vocab_size })
+        Ok(Tokenizer { inner: Arc::new(inner), source, bos, eos, pad, tokens, template, vocab_size, gguf: None })
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the post-processor (e.g. BOS).

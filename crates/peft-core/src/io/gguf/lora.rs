@@ -6,7 +6,8 @@
 //! gets the ratio folded into its B. B of LLaMA's q/k gets the base's Q/K row permutation.
 use super::config::gguf_architecture;
 use super::names::{hf_to_gguf, rope_heads, to_gguf_rows};
-use super::write::{write_gguf, Val};
+use super::quant::OutType;
+use super::write::{write_gguf_file, TensorEntry, Val};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::tuners::lora::layer::LoraLayer;
@@ -18,15 +19,13 @@ use std::path::Path;
 /// What a method needs instead, for refusals.
 const MERGED_HINT: &str = "export the merged model instead (mergeAndUnload(), then save it), which llama.cpp runs as a plain model";
 
-/// An export type by llama.cpp's `--outtype` name.
+/// An adapter's tensor type by llama.cpp's `--outtype` name: f32, f16, bf16 or q8_0 (what
+/// `convert_lora_to_gguf.py` offers; the 4-bit mixes are for whole models).
 pub fn outtype(name: &str) -> Result<GgmlDType> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "f32" => GgmlDType::F32,
-        "f16" => GgmlDType::F16,
-        "bf16" => GgmlDType::BF16,
-        "q8_0" => GgmlDType::Q8_0,
-        _ => return Err(Error::arg("outtype", "f32, f16, bf16 or q8_0", format!("\"{name}\""))),
-    })
+    match OutType::parse(name) {
+        Ok(OutType::Uniform(t)) => Ok(t),
+        _ => Err(Error::arg("outtype", "f32, f16, bf16 or q8_0", format!("\"{name}\""))),
+    }
 }
 
 /// Writes adapter `name` of `tuners` on `model` as a llama.cpp LoRA GGUF at `path`, tensors in
@@ -95,5 +94,6 @@ pub fn write_lora_gguf(path: &Path, model: &CausalLm, tuners: &Tuners, name: &st
         ("adapter.type", Val::Str("lora")),
         ("adapter.lora.alpha", Val::F32(alpha as f32)),
     ];
-    write_gguf(path, &kv, &tensors)
+    let entries: Vec<TensorEntry> = tensors.iter().map(|(name, t, ty)| TensorEntry { name: name.clone(), dims: t.dims().to_vec(), ty: *ty }).collect();
+    write_gguf_file(path, &kv, &entries, |i| Ok(tensors[i].1.clone()))
 }

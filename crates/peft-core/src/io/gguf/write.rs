@@ -1,17 +1,12 @@
-//! Writes llama GGUF files the way llama.cpp's `convert_hf_to_gguf.py` does: the same
-//! metadata keys and types, Q/K rows permuted for llama.cpp's interleaved RoPE, 1-D tensors
-//! (norms, biases) kept in f32, and 2-D ones quantized where the row length allows.
-//! Tensors are quantized and streamed one at a time into a temporary file that is renamed
-//! into place, so memory stays at one tensor and a crash never leaves a partial file.
-use super::names::{expected_shape, hf_to_gguf, required_names, rope_heads, shape_keys, to_gguf_rows};
+//! The GGUF container: metadata values, the tensor directory, and tensor data encoded to
+//! ggml types and streamed one tensor at a time into a temporary file that is renamed into
+//! place, so memory stays at one tensor and a crash never leaves a partial file.
+//! `model.rs` (whole models) and `lora.rs` (adapters) decide what goes in.
 use super::read::{ggml_type_id, DEFAULT_ALIGNMENT};
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::io::safetensors::tensor_bytes;
-use crate::tokenizer::GgufTokenizerSpec;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -60,163 +55,33 @@ fn put_kv(buf: &mut Vec<u8>, key: &str, v: &Val) {
     }
 }
 
-/// llama.cpp's `general.file_type` (`llama_ftype`) for a file quantized to `q`; the K-quants
-/// map to their "S" mixes, the closest to one type throughout. Q8_K has no file type.
-fn file_type(q: GgmlDType) -> Option<u32> {
-    use GgmlDType::*;
-    Some(match q {
-        F32 => 0, F16 => 1, Q4_0 => 2, Q4_1 => 3, Q8_0 => 7, Q5_0 => 8, Q5_1 => 9,
-        Q2K => 10, Q3K => 11, Q4K => 14, Q5K => 16, Q6K => 18, BF16 => 32,
-        Q8_1 | Q8K => return None,
-    })
+/// One tensor's directory entry: GGUF name, dims in HF order (rows first), storage type.
+pub(super) struct TensorEntry {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub ty: GgmlDType,
 }
 
-/// The type a tensor is stored in. Like llama.cpp: 1-D stays f32; a row length that is not
-/// a multiple of the block size falls back to a 32-wide type of similar precision, then f16.
-fn storage_type(dims: &[usize], quant: GgmlDType) -> GgmlDType {
-    use GgmlDType::*;
-    if dims.len() < 2 {
-        return F32;
-    }
-    let row = dims[dims.len() - 1];
-    let fallback = match quant {
-        Q2K | Q3K => Q4_0,
-        Q4K => Q5_0,
-        Q5K => Q5_1,
-        Q6K | Q8K => Q8_0,
-        q => q,
-    };
-    [quant, fallback].into_iter().find(|t| row.is_multiple_of(t.block_size())).unwrap_or(F16)
-}
-
-fn encode(t: &Tensor, ty: GgmlDType) -> Result<Vec<u8>> {
-    let t = t.to_device(&Device::Cpu)?;
-    Ok(match ty {
-        GgmlDType::F32 => tensor_bytes(&t.to_dtype(DType::F32)?)?.1,
-        GgmlDType::F16 => tensor_bytes(&t.to_dtype(DType::F16)?)?.1,
-        GgmlDType::BF16 => tensor_bytes(&t.to_dtype(DType::BF16)?)?.1,
-        q => QTensor::quantize(&t, q)?.data()?.into_owned(),
-    })
-}
-
-fn u32_of(key: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::arg(key, "a value below 2^32", v))
-}
-
-fn metadata<'a>(cfg: &ModelConfig, tok: Option<&'a GgufTokenizerSpec>, quant: GgmlDType) -> Result<Vec<(&'static str, Val<'a>)>> {
-    let mut kv = vec![("general.architecture", Val::Str("llama")), ("general.type", Val::Str("model"))];
-    for (key, v) in [("llama.block_count", cfg.num_hidden_layers), ("llama.context_length", cfg.max_position_embeddings),
-        ("llama.embedding_length", cfg.hidden_size), ("llama.feed_forward_length", cfg.intermediate_size),
-        ("llama.attention.head_count", cfg.num_attention_heads), ("llama.attention.head_count_kv", cfg.num_key_value_heads)] {
-        kv.push((key, Val::U32(u32_of(key, v)?)));
-    }
-    kv.push(("llama.rope.freq_base", Val::F32(cfg.rope_theta as f32)));
-    kv.push(("llama.attention.layer_norm_rms_epsilon", Val::F32(cfg.rms_norm_eps as f32)));
-    let head_dim = u32_of("head_dim", cfg.head_dim)?;
-    kv.push(("llama.attention.key_length", Val::U32(head_dim)));
-    kv.push(("llama.attention.value_length", Val::U32(head_dim)));
-    if let Some(ft) = file_type(quant) {
-        kv.push(("general.file_type", Val::U32(ft)));
-    }
-    kv.push(("llama.vocab_size", Val::U32(u32_of("vocab_size", cfg.vocab_size)?)));
-    kv.push(("llama.rope.dimension_count", Val::U32(head_dim)));
-    if let Some(t) = tok {
-        kv.push(("tokenizer.ggml.model", Val::Str(&t.model)));
-        if let Some(pre) = &t.pre {
-            kv.push(("tokenizer.ggml.pre", Val::Str(pre)));
-        }
-        kv.push(("tokenizer.ggml.tokens", Val::Strs(&t.tokens)));
-        if !t.token_types.is_empty() {
-            kv.push(("tokenizer.ggml.token_type", Val::I32s(&t.token_types)));
-        }
-        if !t.scores.is_empty() {
-            kv.push(("tokenizer.ggml.scores", Val::F32s(&t.scores)));
-        }
-        if !t.merges.is_empty() {
-            kv.push(("tokenizer.ggml.merges", Val::Strs(&t.merges)));
-        }
-    }
-    // The config's special ids win: they are what the model was trained with. A second eos
-    // becomes llama.cpp's end-of-turn token.
-    let ids = [("tokenizer.ggml.bos_token_id", cfg.bos_token_id.or(tok.and_then(|t| t.bos_token_id))),
-        ("tokenizer.ggml.eos_token_id", cfg.eos_token_ids.first().copied().or(tok.and_then(|t| t.eos_token_id))),
-        ("tokenizer.ggml.eot_token_id", cfg.eos_token_ids.get(1).copied()),
-        ("tokenizer.ggml.unknown_token_id", tok.and_then(|t| t.unknown_token_id)),
-        ("tokenizer.ggml.padding_token_id", cfg.pad_token_id.or(tok.and_then(|t| t.pad_token_id)))];
-    kv.extend(ids.into_iter().filter_map(|(k, v)| v.map(|v| (k, Val::U32(v)))));
-    for (key, b) in [("tokenizer.ggml.add_bos_token", tok.and_then(|t| t.add_bos_token)),
-        ("tokenizer.ggml.add_eos_token", tok.and_then(|t| t.add_eos_token))] {
-        kv.extend(b.map(|b| (key, Val::Bool(b))));
-    }
-    if let Some(tpl) = tok.and_then(|t| t.chat_template.as_deref()) {
-        kv.push(("tokenizer.chat_template", Val::Str(tpl)));
-    }
-    kv.push(("general.quantization_version", Val::U32(2)));
-    Ok(kv)
-}
-
-/// Writes a llama checkpoint (Hugging Face names and layout) as GGUF, quantized to `quant`
-/// where the row length allows. `lm_head.weight` is skipped when the config ties it.
-pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<String, Tensor>,
-    tokenizer: Option<&GgufTokenizerSpec>, quant: GgmlDType) -> Result<()> {
-    if config.arch.model_type != "llama" {
-        return Err(Error::Unsupported(format!("writing a GGUF of a {} model (only llama so far)", config.arch.model_type)));
-    }
-    if config.rope_scaling.is_some() {
-        return Err(Error::Unsupported("writing GGUF with llama3 RoPE scaling (rope_freqs.weight)".into()));
-    }
-    if quant == GgmlDType::Q8_1 {
-        return Err(Error::Unsupported("GGUF tensors in Q8_1 (llama.cpp never stores weights in it)".into()));
-    }
-    struct Entry<'a> { hf: String, gguf: String, tensor: &'a Tensor, ty: GgmlDType }
-    let mut entries: Vec<Entry> = Vec::new();
-    for hf in required_names(config) {
-        let tensor = weights.get(&hf).ok_or_else(|| Error::MissingWeight { file: path.into(), name: hf.clone() })?;
-        let expected = expected_shape(config, &hf).expect("required names have shapes");
-        if tensor.dims() != expected {
-            let because = shape_keys(config, &hf);
-            return Err(Error::WeightShape { file: path.into(), name: hf, expected, found: tensor.dims().to_vec(), because });
-        }
-        let ty = storage_type(&expected, quant);
-        let gguf = hf_to_gguf(&hf, &config.arch.model_type).expect("required names have GGUF names");
-        entries.push(Entry { hf, gguf, tensor, ty });
-    }
-    let tied_head = |n: &str| n == "lm_head.weight" && config.tie_word_embeddings;
-    if let Some(extra) = weights.keys().find(|n| !tied_head(n) && !entries.iter().any(|e| &e.hf == *n)) {
-        return Err(Error::arg("weights", "only the llama weights the config implies", format!("`{extra}`")));
-    }
-    let kv = metadata(config, tokenizer, quant)?;
-    let tensors = entries
-        .into_iter()
-        .map(|e| {
-            let t = match rope_heads(config, &e.hf) {
-                Some(n_head) => to_gguf_rows(e.tensor, n_head)?,
-                None => e.tensor.clone(),
-            };
-            Ok((e.gguf, t, e.ty))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    write_gguf(path, &kv, &tensors)
-}
-
-/// A GGUF file of `kv` metadata and `tensors` (GGUF name, tensor in llama.cpp's row order,
-/// storage type), written through a temporary file renamed into place.
-pub(super) fn write_gguf(path: &Path, kv: &[(&str, Val)], tensors: &[(String, Tensor, GgmlDType)]) -> Result<()> {
+/// A GGUF file of `kv` metadata and `tensors`, written through a temporary file renamed into
+/// place. `produce(i)` gives tensor i (in llama.cpp's row order, `dims` shaped) when its turn
+/// comes, so only one tensor is in memory at a time.
+pub(super) fn write_gguf_file<K: AsRef<str>>(path: &Path, kv: &[(K, Val)], tensors: &[TensorEntry],
+    mut produce: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
     let mut header = b"GGUF".to_vec();
     header.extend_from_slice(&3u32.to_le_bytes());
     header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     header.extend_from_slice(&(kv.len() as u64).to_le_bytes());
-    kv.iter().for_each(|(k, v)| put_kv(&mut header, k, v));
+    kv.iter().for_each(|(k, v)| put_kv(&mut header, k.as_ref(), v));
     let mut offset = 0u64;
     let mut sizes = Vec::with_capacity(tensors.len());
-    for (name, t, ty) in tensors {
-        if t.dims().last().is_some_and(|&row| !row.is_multiple_of(ty.block_size())) {
-            return Err(Error::arg("outtype", format!("a type whose block ({}) divides every row", ty.block_size()), format!("{ty:?} for `{name}` of shape {:?}", t.dims())));
+    for TensorEntry { name, dims, ty } in tensors {
+        if dims.last().is_some_and(|&row| !row.is_multiple_of(ty.block_size())) {
+            return Err(Error::arg("outtype", format!("a type whose block ({}) divides every row", ty.block_size()), format!("{ty:?} for `{name}` of shape {dims:?}")));
         }
-        let size = (t.elem_count() / ty.block_size() * ty.type_size()) as u64;
+        let size = (dims.iter().product::<usize>() / ty.block_size() * ty.type_size()) as u64;
         put_str(&mut header, name);
-        header.extend_from_slice(&(t.rank() as u32).to_le_bytes());
-        t.dims().iter().rev().for_each(|&d| header.extend_from_slice(&(d as u64).to_le_bytes()));
+        header.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        dims.iter().rev().for_each(|&d| header.extend_from_slice(&(d as u64).to_le_bytes()));
         header.extend_from_slice(&ggml_type_id(*ty).to_le_bytes());
         header.extend_from_slice(&offset.to_le_bytes());
         sizes.push(size);
@@ -227,15 +92,29 @@ pub(super) fn write_gguf(path: &Path, kv: &[(&str, Val)], tensors: &[(String, Te
     let io = |e: std::io::Error| Error::io(path, e);
     write_streamed(path, |out| {
         out.write_all(&header).map_err(io)?;
-        for ((name, t, ty), size) in tensors.iter().zip(sizes) {
-            let bytes = encode(t, *ty)?;
+        for (i, (entry, size)) in tensors.iter().zip(sizes).enumerate() {
+            let t = produce(i)?;
+            if t.dims() != entry.dims.as_slice() {
+                return Err(Error::Unsupported(format!("`{}` came as shape {:?}, expected {:?}", entry.name, t.dims(), entry.dims)));
+            }
+            let bytes = encode(&t, entry.ty)?;
             if bytes.len() as u64 != size {
-                return Err(Error::Unsupported(format!("`{name}` encoded to {} bytes, expected {size}", bytes.len())));
+                return Err(Error::Unsupported(format!("`{}` encoded to {} bytes, expected {size}", entry.name, bytes.len())));
             }
             out.write_all(&bytes).map_err(io)?;
             out.write_all(&pad(size)).map_err(io)?;
         }
         Ok(())
+    })
+}
+
+fn encode(t: &Tensor, ty: GgmlDType) -> Result<Vec<u8>> {
+    let t = t.to_device(&Device::Cpu)?;
+    Ok(match ty {
+        GgmlDType::F32 => tensor_bytes(&t.to_dtype(DType::F32)?)?.1,
+        GgmlDType::F16 => tensor_bytes(&t.to_dtype(DType::F16)?)?.1,
+        GgmlDType::BF16 => tensor_bytes(&t.to_dtype(DType::BF16)?)?.1,
+        q => QTensor::quantize(&t.to_dtype(DType::F32)?, q)?.data()?.into_owned(),
     })
 }
 
