@@ -85,6 +85,8 @@ export interface MakeOptions {
   seq?: number
   /** Overrides of the config (smaller models for profiling). */
   config?: Partial<BenchConfig>
+  /** The stored type (default float32); bfloat16 keeps the top 16 bits of each f32 value. */
+  dtype?: 'float32' | 'bfloat16'
 }
 
 /**
@@ -96,7 +98,9 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
   const seed = opts.seed ?? 0
   const batch = opts.batch ?? 4
   const seq = opts.seq ?? 256
-  const config = { ...SMOLLM2_135M, ...opts.config }
+  const bf16 = opts.dtype === 'bfloat16'
+  const config = { ...SMOLLM2_135M, ...opts.config, ...(bf16 ? { torch_dtype: 'bfloat16' } : {}) }
+  const elementBytes = bf16 ? 2 : 4
   const stamp = JSON.stringify({ config, seed, batch, seq })
   mkdirSync(dir, { recursive: true })
   const stampPath = join(dir, 'bench-stamp.json')
@@ -108,8 +112,8 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
   const header: Record<string, unknown> = { __metadata__: { format: 'pt' } }
   let offset = 0
   for (const [name, shape] of shapes) {
-    const bytes = shape.reduce((a, b) => a * b, 1) * 4
-    header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + bytes] }
+    const bytes = shape.reduce((a, b) => a * b, 1) * elementBytes
+    header[name] = { dtype: bf16 ? 'BF16' : 'F32', shape, data_offsets: [offset, offset + bytes] }
     offset += bytes
   }
   let json = JSON.stringify(header)
@@ -124,7 +128,13 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
       const t = new Float32Array(shape.reduce((a, b) => a * b, 1))
       if (shape.length === 1) t.fill(1)
       else rng.fill(t, config.initializer_range)
-      writeSync(fd, new Uint8Array(t.buffer))
+      if (!bf16) writeSync(fd, new Uint8Array(t.buffer))
+      else {
+        const u = new Uint32Array(t.buffer)
+        const half = new Uint16Array(u.length)
+        for (let i = 0; i < u.length; i++) half[i] = u[i] >>> 16 // truncation: random weights, any rounding will do
+        writeSync(fd, new Uint8Array(half.buffer))
+      }
     }
   } finally {
     closeSync(fd)
