@@ -75,6 +75,10 @@ test('GGUF: each tensor sized from the header as ggml stores it, nothing loaded'
   t.is(plan.components.baseWeights, g.tensors.reduce((a, x) => a + x.bytes, 0))
   const f32 = planMemory(Q8_GGUF, { batchSize: 1, seqLen: 8, dtype: 'float32' })
   t.is(f32.components.baseWeights, g.tensors.reduce((a, x) => a + numel(x.shape) * 4, 0), 'loaded with a dtype: every weight in it')
+  const asQ4 = planMemory(CONFIG, { baseType: 'Q4_0' })
+  const matrices = planMemory(CONFIG).components.baseWeights - 4 * (2 * 2 * 64 + 64) // less the f32 norms
+  t.is(asQ4.components.baseWeights, (matrices / 4 / 32) * 18 + 4 * (2 * 2 * 64 + 64), 'baseType: the matrices as Q4_0, norms f32')
+  t.throws(() => planMemory(CONFIG, { baseType: 'Q3_X' }), { message: /tensor type "Q3_X" is not known/ })
   t.is(typeBytes('Q4_0', 64), 36)
   t.is(typeBytes('Q4_K', 512), 288)
   t.is(typeBytes('bfloat16', 10), 20)

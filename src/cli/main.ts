@@ -24,6 +24,7 @@ export const USAGE = `peft-node <command> [options]
   merge     --model M --adapter DIR --output DIR [--dtype bfloat16] [--force]
             a Hugging Face checkpoint; an existing, non-empty --output needs --force
   plan      M | --model M [--batch-size 4] [--seq-len 2048] [--gradient-checkpointing] [--dtype f32|bf16]
+            [--base-type q4_0|q4_k|q8_0|...: as a file of that type would be]
             [--optimizer adamw|sgd] [--method lora|ia3 --r 8 --target-modules ...] [--trainable-parameters N]
             memory per component (weights, adapter, gradients, optimizer, activations, logits, workspace)
             from the config and tensor types alone (docs/memory.md)

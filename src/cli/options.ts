@@ -8,7 +8,7 @@ const GENERATION = ['maxTokens', 'maxNewTokens', 'temperature', 'temp', 'topP', 
 /** --model/--adapter may be Hub ids: their revisions, and the .gguf of a GGUF repo. */
 const HUB = ['revision', 'adapterRevision', 'file']
 /** `plan`'s own options, and the method fields the planner reads (src/plan/adapter.ts). */
-export const PLAN_KEYS = ['model', 'config', 'batchSize', 'seqLen', 'maxSeqLength', 'dtype', 'gradientCheckpointing', 'optimizer', 'trainableParameters', 'method', 'methodConfig']
+export const PLAN_KEYS = ['model', 'config', 'batchSize', 'seqLen', 'maxSeqLength', 'dtype', 'baseType', 'gradientCheckpointing', 'optimizer', 'trainableParameters', 'method', 'methodConfig']
 export const PLAN_METHOD_FIELDS = ['r', 'loraAlpha', 'loraDropout', 'targetModules', 'useDora', 'useRslora', 'feedforwardModules']
 
 /** The options of each command, as `normalise` names them (camelCase, mlx-lm aliases resolved). */

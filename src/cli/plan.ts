@@ -19,6 +19,7 @@ export function planOptionsFrom(o: Record<string, unknown>) {
     batchSize: num(o.batchSize),
     seqLen: num(o.seqLen ?? o.maxSeqLength),
     dtype: o.dtype === undefined ? undefined : String(o.dtype),
+    baseType: o.baseType === undefined ? undefined : String(o.baseType),
     gradientCheckpointing: bool(o.gradientCheckpointing),
     optimizer: o.optimizer as 'adamw' | 'sgd' | undefined,
     trainableParameters: num(o.trainableParameters),

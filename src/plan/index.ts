@@ -14,6 +14,8 @@ export interface PlanMemoryOptions {
   seqLen?: number
   /** The dtype the model is loaded with (every base weight in it); default: as stored. */
   dtype?: string
+  /** Plan the matrices as a file of this ggml type would store them (e.g. 'Q4_0'): a base not yet converted. */
+  baseType?: string
   gradientCheckpointing?: boolean
   optimizer?: 'adamw' | 'sgd'
   /** The Trainer's loss path (forward with returnLogits: false); false plans the full logits. Default true. */
@@ -47,7 +49,7 @@ export function planMemory(model: string | Record<string, unknown>, opts: PlanMe
   if (optimizer !== 'adamw' && optimizer !== 'sgd') throw new Error(`planMemory: optimizer: expected "adamw" or "sgd", found ${JSON.stringify(opts.optimizer)}`)
   const gradientCheckpointing = opts.gradientCheckpointing ?? false
   if (typeof gradientCheckpointing !== 'boolean') throw new Error(`planMemory: gradientCheckpointing: expected a boolean, found ${JSON.stringify(opts.gradientCheckpointing)}`)
-  const { shape, tensors, fileBytes } = plannedModel(model, opts.dtype)
+  const { shape, tensors, fileBytes } = plannedModel(model, opts.dtype, opts.baseType)
   const adapter = estimateAdapter(opts.method ?? { peft_type: 'LORA' }, shape)
   const trainableParameters = opts.trainableParameters ?? adapter.trainableParameters
   if (!Number.isInteger(trainableParameters) || trainableParameters < 0) throw new Error(`planMemory: trainableParameters: expected an integer >= 0, found ${JSON.stringify(opts.trainableParameters)}`)

@@ -77,9 +77,20 @@ function fromConfig(config: Record<string, unknown>, where: string, as: string |
 
 /**
  * `dtype` given: every base tensor in that type (the loader converts); otherwise as stored
- * (GGUF block types, safetensors bf16/f16), norms and biases in f32.
+ * (GGUF block types, safetensors bf16/f16), norms and biases in f32. `baseType` (a ggml type
+ * such as Q4_0): the matrices as a file of that type would store them, for a model not yet
+ * converted (what a quantized base would need).
  */
-export function plannedModel(model: string | Record<string, unknown>, dtype?: string): PlannedModel {
+export function plannedModel(model: string | Record<string, unknown>, dtype?: string, baseType?: string): PlannedModel {
+  if (baseType === undefined) return plannedAsStored(model, dtype)
+  if (dtype !== undefined) throw new Error('planMemory: give dtype (the load conversion) or baseType (a file stored in that type), not both')
+  typeBytes(baseType, 1) // refuses an unknown type, naming the known ones
+  const m = plannedAsStored(model, undefined)
+  const tensors = m.tensors.map((t) => (t.shape.length > 1 ? { name: t.name, shape: t.shape, type: baseType } : t))
+  return { shape: m.shape, tensors, fileBytes: bytesOf(tensors) }
+}
+
+function plannedAsStored(model: string | Record<string, unknown>, dtype?: string): PlannedModel {
   const as = dtype === undefined ? undefined : DTYPES[dtype]
   if (dtype !== undefined && !as) throw new Error(`planMemory: dtype: expected one of ${Object.keys(DTYPES).join(', ')}, found ${JSON.stringify(dtype)}`)
   if (typeof model !== 'string') return fromConfig(model, 'config', as)
