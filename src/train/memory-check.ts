@@ -27,7 +27,14 @@ export function trainingPlan(model: PeftModel, o: ResolvedOptions): MemoryPlanRe
 
 /** Throws (naming the biggest component and what to change) when the step will not fit. */
 export function checkTrainingMemory(model: PeftModel, o: ResolvedOptions, available?: number): void {
-  const plan = trainingPlan(model, o)
+  let plan: MemoryPlanResult
+  try {
+    plan = trainingPlan(model, o)
+  } catch (e) {
+    // A config the planner cannot read (an architecture it does not know) must not stop training.
+    process.emitWarning(`memory check skipped: ${(e as Error).message}`, 'PeftWarning')
+    return
+  }
   const c = plan.components
   checkPlanFits(plan, plan, { available, resident: c.baseline + c.baseWeights + c.adapterWeights, escape: 'memoryCheck: false (--no-memory-check on the command line)' })
 }
