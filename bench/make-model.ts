@@ -87,6 +87,12 @@ export interface MakeOptions {
   config?: Partial<BenchConfig>
   /** The stored type (default float32); bfloat16 keeps the top 16 bits of each f32 value. */
   dtype?: 'float32' | 'bfloat16'
+  /**
+   * Repeat one random block of 2^20 values through each matrix instead of drawing every value:
+   * seconds instead of many minutes for a 1B model, for memory measurements where the values
+   * do not matter (bench/plan-accuracy.ts).
+   */
+  tiled?: boolean
 }
 
 /**
@@ -101,7 +107,7 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
   const bf16 = opts.dtype === 'bfloat16'
   const config = { ...SMOLLM2_135M, ...opts.config, ...(bf16 ? { torch_dtype: 'bfloat16' } : {}) }
   const elementBytes = bf16 ? 2 : 4
-  const stamp = JSON.stringify({ config, seed, batch, seq })
+  const stamp = JSON.stringify({ config, seed, batch, seq, ...(opts.tiled ? { tiled: true } : {}) })
   mkdirSync(dir, { recursive: true })
   const stampPath = join(dir, 'bench-stamp.json')
   if (existsSync(stampPath) && readFileSync(stampPath, 'utf8') === stamp && existsSync(join(dir, 'model.safetensors'))) {
@@ -109,6 +115,8 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
   }
   const rng = normalSource(seed)
   const shapes = weightShapes(config)
+  const block = opts.tiled ? new Float32Array(1 << 20) : null
+  if (block) rng.fill(block, config.initializer_range)
   const header: Record<string, unknown> = { __metadata__: { format: 'pt' } }
   let offset = 0
   for (const [name, shape] of shapes) {
@@ -127,6 +135,7 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
     for (const [, shape] of shapes) {
       const t = new Float32Array(shape.reduce((a, b) => a * b, 1))
       if (shape.length === 1) t.fill(1)
+      else if (block) for (let i = 0; i < t.length; i += block.length) t.set(block.subarray(0, Math.min(block.length, t.length - i)), i)
       else rng.fill(t, config.initializer_range)
       if (!bf16) writeSync(fd, new Uint8Array(t.buffer))
       else {

@@ -14,7 +14,7 @@ import { loadNative } from '../src/native'
 import { SMOLLM2_135M, writeRandomLlama, type BenchConfig } from './make-model'
 
 const LLAMA_32_1B: Partial<BenchConfig> = { vocab_size: 128256, hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 32, num_key_value_heads: 8, head_dim: 64, rope_theta: 500000 }
-interface Run { model: Partial<BenchConfig>; batch: number; seq: number; checkpointing: boolean; dtype?: 'bfloat16'; gguf?: 'q4_0' }
+interface Run { model: Partial<BenchConfig>; batch: number; seq: number; checkpointing: boolean; dtype?: 'bfloat16'; gguf?: 'q4_0'; tiled?: boolean; steps?: number }
 // The *-q4_0 runs write the random model as a Q4_0 GGUF with our writer (LlamaModel.saveGguf) and
 // train on it: they measure the quantized base only where the loader keeps block types.
 const RUNS: Record<string, Run> = {
@@ -24,12 +24,12 @@ const RUNS: Record<string, Run> = {
   'smollm2-8x128': { model: {}, batch: 8, seq: 128, checkpointing: false },
   'smollm2-4x512-ckpt': { model: {}, batch: 4, seq: 512, checkpointing: true },
   'smollm2-bf16-4x256': { model: {}, batch: 4, seq: 256, checkpointing: false, dtype: 'bfloat16' },
-  'llama1b-f32-1x256-ckpt': { model: LLAMA_32_1B, batch: 1, seq: 256, checkpointing: true },
-  'llama1b-q4_0-1x256': { model: LLAMA_32_1B, batch: 1, seq: 256, checkpointing: false, dtype: 'bfloat16', gguf: 'q4_0' },
-  'llama1b-q4_0-1x256-ckpt': { model: LLAMA_32_1B, batch: 1, seq: 256, checkpointing: true, dtype: 'bfloat16', gguf: 'q4_0' },
+  // 1B: tiled random weights (make-model.ts) and one step, to fit a loaded 2-core machine.
+  'llama1b-f32-1x256-ckpt': { model: LLAMA_32_1B, batch: 1, seq: 256, checkpointing: true, tiled: true, steps: 1 },
+  'llama1b-q4_0-1x256': { model: LLAMA_32_1B, batch: 1, seq: 256, checkpointing: false, dtype: 'bfloat16', gguf: 'q4_0', tiled: true, steps: 1 },
+  'llama1b-q4_0-1x256-ckpt': { model: LLAMA_32_1B, batch: 1, seq: 256, checkpointing: true, dtype: 'bfloat16', gguf: 'q4_0', tiled: true, steps: 1 },
 }
 const DEFAULT_RUNS = ['smollm2-4x256', 'smollm2-4x256-ckpt', 'smollm2-2x512', 'smollm2-8x128']
-const STEPS = 2
 const lora = () => new LoraConfig({ r: 8, loraAlpha: 16, targetModules: 'all-linear' })
 
 /** Peak resident set size (VmHWM) in bytes. */
@@ -39,7 +39,7 @@ function vmHwm(): number {
   return Number(m[1]) * 1024
 }
 
-async function child(dir: string, model: string, checkpointing: boolean): Promise<void> {
+async function child(dir: string, model: string, checkpointing: boolean, steps: number): Promise<void> {
   loadNative()
   const baseline = process.memoryUsage().rss
   const ids: number[][] = JSON.parse(readFileSync(join(dir, 'inputs.json'), 'utf8'))
@@ -50,7 +50,7 @@ async function child(dir: string, model: string, checkpointing: boolean): Promis
   const loadPeak = vmHwm()
   writeFileSync('/proc/self/clear_refs', '5') // resets VmHWM to the current RSS (proc(5))
   const afterLoad = process.memoryUsage().rss
-  for (let step = 0; step < STEPS; step++) {
+  for (let step = 0; step < steps; step++) {
     const out = await peft.forward({ inputIds: ids, labels: ids, returnLogits: false })
     await out.loss!.backward()
     await opt.step()
@@ -71,11 +71,11 @@ function main(): void {
     const run = RUNS[name]
     if (!run) throw new Error(`unknown run "${name}" (runs: ${Object.keys(RUNS).join(', ')})`)
     const dir = join(out, name.replace(/-ckpt$/, '').replace(/-q4_0/, '').replace(/-\d+x\d+$/, '') + `-${run.batch}x${run.seq}`)
-    writeRandomLlama(dir, { config: { ...SMOLLM2_135M, ...run.model }, batch: run.batch, seq: run.seq, dtype: run.dtype })
+    writeRandomLlama(dir, { config: { ...SMOLLM2_135M, ...run.model }, batch: run.batch, seq: run.seq, dtype: run.dtype, tiled: run.tiled })
     const model = run.gguf ? join(dir, `model.${run.gguf}.gguf`) : dir
     if (run.gguf && !existsSync(model)) execFileSync(process.execPath, ['--import=tsx', __filename, '--gguf', dir, model, run.gguf], { stdio: 'inherit' })
     const load0 = loadavg()[0]
-    const r = JSON.parse(execFileSync(process.execPath, ['--import=tsx', __filename, '--child', dir, model, String(run.checkpointing)], { encoding: 'utf8', maxBuffer: 1 << 20 }))
+    const r = JSON.parse(execFileSync(process.execPath, ['--import=tsx', __filename, '--child', dir, model, String(run.checkpointing), String(run.steps ?? 2)], { encoding: 'utf8', maxBuffer: 1 << 20 }))
     const plan = planMemory(model, { method: lora(), batchSize: run.batch, seqLen: run.seq, gradientCheckpointing: run.checkpointing })
     if (plan.trainableParameters !== r.trainable) console.warn(`${name}: planned ${plan.trainableParameters} trainable parameters, the adapter has ${r.trainable}`)
     const load = `${load0.toFixed(1)}->${loadavg()[0].toFixed(1)}`
@@ -99,7 +99,7 @@ if (process.argv[2] === '--gguf') {
     process.exit(1)
   })
 } else if (process.argv[2] === '--child') {
-  child(process.argv[3], process.argv[4], process.argv[5] === 'true').catch((e: Error) => {
+  child(process.argv[3], process.argv[4], process.argv[5] === 'true', Number(process.argv[6])).catch((e: Error) => {
     process.stderr.write(String(e.stack) + '\n')
     process.exit(1)
   })
