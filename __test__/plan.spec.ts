@@ -20,7 +20,7 @@ const CONFIG = JSON.parse(readFileSync(join(MODEL_DIR, 'config.json'), 'utf8')) 
 const numel = (s: number[]) => s.reduce((a, b) => a * b, 1)
 const planInput = () => ({
   shape: shapeOf(CONFIG, 'config'), tensors: [], batchSize: 1, seqLen: 8, trainableParameters: 0, adapterPaths: [],
-  gradientCheckpointing: false, optimizer: 'adamw' as const, chunkedLoss: true, baselineBytes: 0, fileBytes: 0,
+  gradientCheckpointing: false, optimizer: 'adamw' as const, chunkedLoss: true, baselineBytes: 0, fileBytes: 0, keptInStorage: true,
 })
 const allLinear = () => new LoraConfig({ r: 4, targetModules: 'all-linear' })
 
@@ -89,6 +89,7 @@ test('GGUF: each tensor sized from the header as ggml stores it, nothing loaded'
   const q = computePlan({ ...planInput(), tensors })
   const f = computePlan({ ...planInput(), tensors: tensors.map((x) => ({ ...x, type: 'F32' })) })
   t.is(q.components.workspace - f.components.workspace, 4 * 2 ** 20)
+  t.is(q.components.logitsLoss - f.components.logitsLoss, 3 * 3 * 2 ** 23 * 4, 'a QWeight head: 4x the chunk')
   t.is(q.components.baseWeights, tensors.reduce((a, x) => a + (x.shape.length > 1 ? (numel(x.shape) / 32) * 18 : numel(x.shape) * 4), 0))
 })
 

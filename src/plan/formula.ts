@@ -53,6 +53,11 @@ export interface PlanInput {
   baselineBytes: number
   /** The checkpoint's bytes as stored: mapped (and resident) while the loader copies them out. */
   fileBytes: number
+  /**
+   * Frozen matrices stay in their storage type (no load dtype): block types and f16/bf16 are
+   * then `QWeight`s, multiplied through the tiled qlinear (crates/peft-core/src/ops/qlinear.rs).
+   */
+  keptInStorage: boolean
 }
 
 export interface MemoryPlan {
@@ -89,7 +94,8 @@ export function typeBytes(type: string, elements: number): number {
   return Math.ceil(elements / b[1]) * b[0]
 }
 
-export const isQuantized = (type: string) => !/^(F32|F16|BF16)$/i.test(type)
+/** Whether a tensor kept in its storage type is a `QWeight` (block types and half precision alike). */
+export const isQWeight = (type: string) => !/^F32$/i.test(type)
 
 /**
  * Outputs each decoder layer's forward leaves in the graph, in f32 elements per token (or per
@@ -140,11 +146,12 @@ export function computePlan(p: PlanInput): MemoryPlan {
   const layerInputs = s.layers * b * l * s.hiddenSize * F32
   const activations = p.gradientCheckpointing ? layerInputs + layer : s.layers * layer + layerInputs
   const head = p.tensors.find((t) => t.name === 'lm_head.weight') ?? p.tensors.find((t) => t.name === 'model.embed_tokens.weight')
-  const quantHead = head ? isQuantized(head.type) : false
-  // Chunked: a chunk's logits, their softmax and gradient (3 × chunk); the full path keeps the
+  const quantHead = p.keptInStorage && head !== undefined && isQWeight(head.type)
+  // Chunked: a chunk's logits, their softmax and gradient (3 × chunk), 4× the rows over a
+  // QWeight head (crates/peft-core/src/model/loss.rs on the quant branch); the full path keeps the
   // [b, l, V] logits, log-softmax and their gradient.
   const logitsLoss = p.chunkedLoss ? 3 * LOSS_CHUNK_ELEMENTS * (quantHead ? 4 : 1) * F32 + b * l * s.hiddenSize * F32 : 3 * b * l * s.vocabSize * F32
-  const quantized = p.tensors.some((t) => isQuantized(t.type))
+  const quantized = p.keptInStorage && p.tensors.some((t) => t.shape.length > 1 && isQWeight(t.type))
   const components: Record<ComponentName, number> = {
     baseline: p.baselineBytes,
     baseWeights,

@@ -55,7 +55,7 @@ export function planMemory(model: string | Record<string, unknown>, opts: PlanMe
   if (!Number.isInteger(trainableParameters) || trainableParameters < 0) throw new Error(`planMemory: trainableParameters: expected an integer >= 0, found ${JSON.stringify(opts.trainableParameters)}`)
   const plan = computePlan({
     shape, tensors, batchSize, seqLen, trainableParameters, adapterPaths: adapter.paths, gradientCheckpointing, optimizer,
-    chunkedLoss: opts.chunkedLoss ?? true, fileBytes, baselineBytes: opts.baselineBytes ?? DEFAULT_BASELINE_BYTES,
+    chunkedLoss: opts.chunkedLoss ?? true, fileBytes, keptInStorage: opts.dtype === undefined, baselineBytes: opts.baselineBytes ?? DEFAULT_BASELINE_BYTES,
   })
   return { ...plan, batchSize, seqLen, gradientCheckpointing, trainableParameters, biggest: biggestComponent(plan) }
 }
