@@ -35,7 +35,7 @@ export interface PlanContext {
 const SUGGESTIONS: Record<ComponentName, (c: PlanContext) => string[]> = {
   activations: (c) => [
     `a smaller batch size (${c.batchSize} -> ${Math.max(1, c.batchSize >> 1)}, with gradient accumulation to keep the effective batch)`,
-    `a shorter sequence length (${c.seqLen} -> ${Math.max(1, c.seqLen >> 1)}: max seq length)`,
+    `a shorter sequence length (maxSeqLength / --max-seq-length ${c.seqLen} -> ${Math.max(1, c.seqLen >> 1)})`,
     ...(c.gradientCheckpointing ? [] : ['gradient checkpointing (keeps one input per layer, recomputes the layer in backward)']),
   ],
   logitsLoss: (c) => ['the chunked loss (forward with returnLogits: false, as the Trainer does)', `a smaller batch size (${c.batchSize} -> ${Math.max(1, c.batchSize >> 1)})`],
@@ -63,9 +63,10 @@ export function checkPlanFits(plan: MemoryPlan, ctx: PlanContext, opts: { availa
   if (needed <= available) return
   const big = biggestComponent(plan)
   const tips = SUGGESTIONS[big](ctx)
+  const what = opts.resident === undefined ? `about ${formatBytes(needed)}` : `about ${formatBytes(needed)} beyond the loaded model (${formatBytes(plan.trainingTotal)} in all)`
   throw new Error(
-    `not enough memory: training needs about ${formatBytes(needed)} more but ${formatBytes(available)} is available ` +
-      `(planned total ${formatBytes(plan.total)}; the biggest part is ${COMPONENT_LABELS[big]}, ${formatBytes(plan.components[big])}). ` +
+    `not enough memory: training needs ${what} but ${formatBytes(available)} is available ` +
+      `(the biggest part is ${COMPONENT_LABELS[big]}, ${formatBytes(plan.components[big])}). ` +
       `Try ${tips.join('; or ')}. To start anyway, pass ${opts.escape ?? 'memoryCheck: false'}.`,
   )
 }

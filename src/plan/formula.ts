@@ -150,7 +150,9 @@ export function computePlan(p: PlanInput): MemoryPlan {
   // Chunked: a chunk's logits, their softmax and gradient (3 × chunk), 4× the rows over a
   // QWeight head (crates/peft-core/src/model/loss.rs on the quant branch); the full path keeps the
   // [b, l, V] logits, log-softmax and their gradient.
-  const logitsLoss = p.chunkedLoss ? 3 * LOSS_CHUNK_ELEMENTS * (quantHead ? 4 : 1) * F32 + b * l * s.hiddenSize * F32 : 3 * b * l * s.vocabSize * F32
+  // A chunk is at most every token's logits (a small batch over a small vocabulary).
+  const chunk = Math.min(LOSS_CHUNK_ELEMENTS * (quantHead ? 4 : 1), b * l * s.vocabSize)
+  const logitsLoss = p.chunkedLoss ? 3 * chunk * F32 + b * l * s.hiddenSize * F32 : 3 * b * l * s.vocabSize * F32
   const quantized = p.keptInStorage && p.tensors.some((t) => t.shape.length > 1 && isQWeight(t.type))
   const components: Record<ComponentName, number> = {
     baseline: p.baselineBytes,
