@@ -170,4 +170,9 @@ test('peft-node train refuses before loading when --max-seq-length cannot fit (a
   t.is(r.code, 1)
   t.regex(r.err, /^peft-node train: not enough memory: .*the biggest part is activations.*--no-memory-check/)
   t.is(r.out, '', 'nothing loaded or trained')
+  // Skipped: the run goes on to load the model and reaches the Trainer's own option check.
+  const skipped = await run('train', '--model', MODEL_DIR, '--data', data, '--batch-size', '100000', '--max-seq-length', '100000', '--steps', '1', '--learning-rate', '-1', '--no-memory-check')
+  t.is(skipped.code, 1)
+  t.regex(skipped.err, /learningRate: expected a number >= 0, found -1/)
+  t.notRegex(skipped.err, /not enough memory/)
 })
