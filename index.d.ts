@@ -120,7 +120,8 @@ export declare class NativeModel {
   mergeAdapters(names?: Array<string> | undefined | null): void
   unmergeAdapters(): void
   get adaptersMerged(): boolean
-  mergeAndUnload(names?: Array<string> | undefined | null): void
+  /** Merging rewrites every targeted weight (125-180 ms on SmolLM2): on the libuv pool. */
+  mergeAndUnload(names?: Array<string> | undefined | null): Promise<void>
   unload(): void
   /** PyTorch's `train()` / `eval()`: dropout in adapters applies only in training. */
   setTraining(on: boolean): void
@@ -170,8 +171,13 @@ export declare class NativeTokenizer {
   get eosToken(): SpecialToken | null
   get padToken(): SpecialToken | null
   get chatTemplate(): string | null
-  /** `messages_json`: a JSON array of `{role, content, ...}`; `extra_json`: more template variables. */
+  /**
+   * `messages_json`: a JSON array of `{role, content, ...}`; `extra_json`: more template variables.
+   * Renders on the JS thread; the template's fuel and output bounds cap how long it can block.
+   */
   applyChatTemplate(messagesJson: string, addGenerationPrompt: boolean, extraJson?: string | undefined | null): string
+  /** As `apply_chat_template`, rendered on the libuv pool (for long conversations or costly templates). */
+  applyChatTemplateAsync(messagesJson: string, addGenerationPrompt: boolean, extraJson?: string | undefined | null): Promise<string>
   streamDecoder(skipSpecialTokens: boolean): NativeStreamDecoder
   dispose(): void
 }
@@ -184,6 +190,12 @@ export interface AdamWArgs {
   weightDecay: number
   step: number
 }
+
+/**
+ * Stops every native loop this JS environment started (at its next step). Called when the
+ * process (or Worker) exits; the jobs' promises are never seen.
+ */
+export declare function cancelNativeWork(): void
 
 /** One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask. */
 export interface FisherBatchInput {

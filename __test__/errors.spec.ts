@@ -1,8 +1,8 @@
 // Bad input reaches JS as an Error naming the file, key or argument at fault; never a crash.
 import test from 'ava'
-import { copyFileSync, writeFileSync, readFileSync } from 'node:fs'
+import { copyFileSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { LlamaModel, Tokenizer } from '../src'
+import { LlamaModel, PeftModel, Tokenizer } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
 import { tempDir } from './helpers/temp'
 
@@ -87,4 +87,29 @@ test('a disposed model or tensor gives a clear error', async (t) => {
 test('a missing tokenizer file names it', async (t) => {
   const e = await t.throwsAsync(Tokenizer.fromFile(join(tempDir(t, 'peft-node-err-'), 'tokenizer.json')))
   t.regex(e!.message, /tokenizer\.json/)
+})
+
+test('a model.safetensors (or .gguf) that is a folder is named as such, not "No such device"', async (t) => {
+  const d = tempDir(t, 'peft-node-err-')
+  copyFileSync(join(MODEL_DIR, 'config.json'), join(d, 'config.json'))
+  mkdirSync(join(d, 'model.safetensors'))
+  const e = await t.throwsAsync(LlamaModel.fromPretrained(d))
+  t.is(e!.message, `${join(d, 'model.safetensors')}: expected a safetensors file, found a folder`)
+  const adapter = join(d, 'adapter')
+  mkdirSync(join(adapter, 'adapter_model.safetensors'), { recursive: true })
+  writeFileSync(join(adapter, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4, target_modules: ['q_proj'] }))
+  const model = await LlamaModel.fromPretrained(MODEL_DIR)
+  t.teardown(() => model.dispose())
+  const e2 = await t.throwsAsync(PeftModel.fromPretrained(model, adapter))
+  t.regex(e2!.message, /adapter_model\.safetensors: expected a safetensors file, found a folder/)
+})
+
+test('hidden_size not divisible by num_attention_heads (no head_dim) is a config error naming the keys', async (t) => {
+  const d = tempDir(t, 'peft-node-err-')
+  const config = JSON.parse(readFileSync(join(MODEL_DIR, 'config.json'), 'utf8'))
+  delete config.head_dim
+  writeFileSync(join(d, 'config.json'), JSON.stringify({ ...config, num_attention_heads: 5, num_key_value_heads: 5 }))
+  copyFileSync(join(MODEL_DIR, 'model.safetensors'), join(d, 'model.safetensors'))
+  const e = await t.throwsAsync(LlamaModel.fromPretrained(d))
+  t.regex(e!.message, /config\.json: key `num_attention_heads`: expected a divisor of hidden_size \(64\), or an explicit head_dim, found 5/)
 })

@@ -44,7 +44,7 @@ async function mergedAgreement(t: ExecutionContext, config: LoraConfig, outtypes
     ours.push(argmaxRows(await logits.toFloat32Array(), row.length, logits.shape[2]))
     logits.dispose()
   }
-  const merged = peft.mergeAndUnload()
+  const merged = await peft.mergeAndUnload()
   for (const o of outtypes) await merged.saveGguf(join(dir, `${o}.gguf`), { outtype: o })
   merged.dispose()
   const result: Record<string, number> = { base: agreement(ours, await llamaCppArgmax(SMOLLM2_GGUF, ids)) }
@@ -92,7 +92,7 @@ test('a model with adapters attached is refused; merged tiny model writes a GGUF
   const dir = tempDir(t, 'peft-node-merged-tiny-')
   const peft = await getPeftModel(await AutoModelForCausalLM.fromPretrained(MODEL_DIR), new LoraConfig({ r: 4, targetModules: ['q_proj'] }))
   await t.throwsAsync(peft.baseModel.saveGguf(join(dir, 'x.gguf')), { message: /adapters attached.*mergeAndUnload/ })
-  const merged = peft.mergeAndUnload()
+  const merged = await peft.mergeAndUnload()
   await t.throwsAsync(merged.saveGguf(join(dir, 'x.gguf'), { outtype: 'q3_k' as 'f16' }), { message: /outtype.*q4_k_m/ })
   await merged.saveGguf(join(dir, 'm.gguf'), { outtype: 'q8_0' })
   const bytes = readFileSync(join(dir, 'm.gguf'))

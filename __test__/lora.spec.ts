@@ -72,7 +72,7 @@ for (const name of CASES) {
     const prompt = inp.input_ids[0].slice(0, inp.prompt_len)
     t.deepEqual(await peft.generate(prompt, { maxNewTokens: inp.new_tokens, stopTokenIds: [] }), Array.from(exp.get('greedy_after_step2')!.data))
 
-    const merged = peft.mergeAndUnload()
+    const merged = await peft.mergeAndUnload()
     const params = new Map(merged.namedParameters())
     for (const key of [...exp.keys()].filter((k) => k.startsWith('merged_after_step2.'))) {
       const w = await params.get(key.slice('merged_after_step2.'.length))!.data.toFloat32Array()

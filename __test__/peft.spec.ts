@@ -53,7 +53,9 @@ test('training lowers the loss; save, load and merge agree; the merged checkpoin
   const reloaded = await PeftModel.fromPretrained(await load(), dir)
   t.deepEqual(await (await reloaded.forward(ids)).logits.toFloat32Array(), trained)
   t.is(reloaded.namedParameters({ trainableOnly: true }).length, 0, 'loaded for inference: frozen')
-  const merged = reloaded.mergeAndUnload()
+  const merging = reloaded.mergeAndUnload()
+  t.true(merging instanceof Promise, 'mergeAndUnload runs off the JS thread and returns a Promise')
+  const merged = await merging
   const m = await (await merged.forward(ids)).logits.toFloat32Array()
   t.true(m.every((x, i) => Math.abs(x - trained[i]) < 1e-4))
   const out = tempDir(t, 'peft-node-peft-')

@@ -1,7 +1,9 @@
 import test from 'ava'
+import { copyFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { LlamaModel, Tokenizer } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 
 test('the fixture tokenizer reproduces the fixture ids and round-trips text', async (t) => {
   const tok = await Tokenizer.fromFile(join(MODEL_DIR, 'tokenizer.json'))
@@ -48,4 +50,34 @@ test('encodeBatch checks its argument: an array of strings, named in the error',
   await t.throwsAsync(tok.encodeBatch('x' as never), { message: 'texts: expected an array of strings, found a string' })
   await t.throwsAsync(tok.encodeBatch(['a', 3] as never), { message: 'texts[1]: expected a string, found number' })
   t.deepEqual(await tok.encodeBatch(['free software', 'copy']), [tok.encode('free software'), tok.encode('copy')])
+})
+
+// A chat template is code from a model file: it runs within a step budget and an output bound.
+async function withTemplate(t: Parameters<typeof tempDir>[0], template: string) {
+  const dir = tempDir(t)
+  copyFileSync(join(MODEL_DIR, 'tokenizer.json'), join(dir, 'tokenizer.json'))
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ chat_template: template }))
+  return { tok: await Tokenizer.fromFile(dir), config: join(dir, 'tokenizer_config.json') }
+}
+
+test('a chat template that loops without end stops with an error naming its file', async (t) => {
+  const nested = '{% for a in range(100000) %}{% for b in range(100000) %}{{ "" }}{% endfor %}{% endfor %}'
+  const { tok, config } = await withTemplate(t, nested)
+  const started = Date.now()
+  const err = t.throws(() => tok.applyChatTemplate([{ role: 'user', content: 'hi' }]))
+  t.true(err!.message.includes(config), err!.message)
+  t.regex(err!.message, /steps/)
+  t.true(Date.now() - started < 10_000, `took ${Date.now() - started} ms`)
+  await t.throwsAsync(tok.applyChatTemplateAsync([{ role: 'user', content: 'hi' }]), { message: /steps/ })
+})
+
+test('a chat template whose output grows without bound is refused by the output-size bound', async (t) => {
+  const { tok, config } = await withTemplate(t, '{% for m in messages * 100000000 %}{{ m.content }}{% endfor %}')
+  const err = await t.throwsAsync(tok.applyChatTemplateAsync([{ role: 'user', content: 'x'.repeat(4096) }]))
+  t.true(err!.message.includes(config), err!.message)
+  t.regex(err!.message, /more than 64 MiB/)
+  // An ordinary render through the same path still works, on and off the JS thread.
+  const ok = await withTemplate(t, '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}')
+  t.is(await ok.tok.applyChatTemplateAsync([{ role: 'user', content: 'hi' }]), '<user>hi')
+  t.is(ok.tok.applyChatTemplate([{ role: 'user', content: 'hi' }]), '<user>hi')
 })

@@ -2,11 +2,12 @@
 // with SIGKILL leaves the newest complete checkpoint loadable; mismatches are clear errors.
 import test from 'ava'
 import { spawn } from 'node:child_process'
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Trainer, listCheckpoints, loadData, readMetrics, resolveCheckpoint, type StepInfo, type TrainerOptions } from '../src'
 import { snapshot, texts, tinyLora } from './helpers/train-data'
 import { tempDir } from './helpers/temp'
+import { readOptimizerState } from '../src/train/optimizer-file'
 
 const OPTS = { maxSteps: 10, batchSize: 2, gradientAccumulationSteps: 2, learningRate: 5e-3, warmupSteps: 3, lrSchedule: 'cosine', seed: 3 } as const
 
@@ -90,4 +91,30 @@ test('a checkpoint of another model or method, or none at all, is a clear error'
   await t.throwsAsync(new Trainer(peft, { train, resumeFromCheckpoint: empty }).train(), { message: /no complete checkpoint in/ })
   await t.throwsAsync(new Trainer(peft, { train, resumeFromCheckpoint: join(empty, 'nope') }).train(), { message: /does not exist/ })
   peft.dispose()
+})
+
+test('optimizer state is written as safetensors (raw float32, no JSON); an old checkpoint with optimizer.json still resumes bit for bit', async (t) => {
+  const straight = await run({})
+  const out = tempDir(t)
+  await run({ output: out }, 5)
+  const dir = resolveCheckpoint(out)
+  t.deepEqual(readdirSync(dir).sort(), ['adapter', 'optimizer.safetensors', 'trainer_state.json'])
+  const file = readFileSync(join(dir, 'optimizer.safetensors'))
+  const peft = await tinyLora()
+  const numel = peft.namedParameters({ trainableOnly: true }).reduce((n, [, p]) => n + p.shape.reduce((a, b) => a * b, 1), 0)
+  peft.dispose()
+  t.is(file.byteLength, 8 + Number(file.readBigUInt64LE(0)) + numel * 2 * 4, 'AdamW: two float32 moments per parameter value, stored raw')
+
+  // The format of earlier versions: the state dict as JSON with base64 tensors.
+  const sd = readOptimizerState(dir)
+  for (const entry of Object.values(sd.state)) {
+    for (const [k, v] of Object.entries(entry)) {
+      const d = (v as { data?: unknown }).data
+      if (d instanceof Float32Array) entry[k] = { ...(v as object), data: Buffer.from(d.buffer, d.byteOffset, d.byteLength).toString('base64') }
+    }
+  }
+  writeFileSync(join(dir, 'optimizer.json'), JSON.stringify(sd))
+  rmSync(join(dir, 'optimizer.safetensors'))
+  const resumed = await run({ output: out, resumeFromCheckpoint: out })
+  t.deepEqual(resumed.params, straight.params)
 })

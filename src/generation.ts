@@ -40,6 +40,25 @@ export function generationArgs(o: GenerateOptions, defaultStops: number[], vocab
   return { maxNewTokens, doSample: o.doSample ?? false, temperature, topK, topP, seed, stopTokenIds: stops }
 }
 
+/**
+ * Keeps generation inside the model's context (`max_position_embeddings`): a longer prompt is
+ * an error; `maxNewTokens` past the end is capped, with a warning that says so (transformers
+ * warns the same way). Returns the args to use.
+ */
+export function fitContext(prompts: number[][], args: NativeArgs, context: number): NativeArgs {
+  const longest = Math.max(...prompts.map((p) => p.length))
+  if (longest > context) {
+    throw new Error(`ids: the prompt is ${longest} tokens, longer than the model's context length of ${context} tokens (max_position_embeddings); shorten it`)
+  }
+  if (longest + args.maxNewTokens <= context) return args
+  const room = context - longest
+  process.emitWarning(
+    `${args.maxNewTokens} new tokens after a ${longest}-token prompt would run past the model's context length of ${context} tokens (max_position_embeddings); generating at most ${room} new tokens`,
+    'PeftWarning',
+  )
+  return { ...args, maxNewTokens: room }
+}
+
 export function abortHandle(signal?: AbortSignal): InstanceType<typeof native.NativeAbort> | undefined {
   if (!signal) return undefined
   const h = new native.NativeAbort()

@@ -3,7 +3,7 @@ import { Tensor, type DType } from './tensor'
 import { Parameter } from './parameter'
 import { I32_MAX, U32_MAX, adapterNameList, flatIds, flatInts, flatLabels, flatMask, seedArg, tokenIdList, type IdRows } from './inputs'
 import { Tokenizer } from './tokenizer'
-import { abortHandle, generationArgs, streamSteps, type GenerateOptions } from './generation'
+import { abortHandle, fitContext, generationArgs, streamSteps, type GenerateOptions } from './generation'
 import { resolvePretrained } from './hub/resolve'
 import type { HubOptions } from './hub/settings'
 
@@ -57,6 +57,8 @@ export type LlamaConfig = Record<string, unknown> & {
   num_attention_heads: number
   num_key_value_heads: number
   head_dim: number
+  /** The context length: generation stops there. */
+  max_position_embeddings: number
   eos_token_id: number | number[] | null
 }
 
@@ -190,7 +192,7 @@ export class LlamaModel {
   async generate(ids: ArrayLike<number>[], opts?: GenerateOptions): Promise<number[][]>
   async generate(ids: ArrayLike<number> | ArrayLike<number>[], opts: GenerateOptions = {}): Promise<number[] | number[][]> {
     const { prompts, single } = promptRows(ids, this.config.vocab_size)
-    const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    const args = fitContext(prompts, generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size), this.config.max_position_embeddings)
     opts.signal?.throwIfAborted() // the native loop checks the flag only after its first step
     const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal), adapterNameList(opts.adapterNames))
     return single ? out[0] : out
@@ -202,7 +204,7 @@ export class LlamaModel {
    */
   async *stream(ids: ArrayLike<number>, opts: GenerateOptions = {}): AsyncGenerator<number> {
     const { prompts } = promptRows(ids, this.config.vocab_size)
-    const args = generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size)
+    const args = fitContext(prompts, generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size), this.config.max_position_embeddings)
     opts.signal?.throwIfAborted()
     const adapterNames = adapterNameList(opts.adapterNames)
     let result: number[][] | undefined
@@ -224,7 +226,7 @@ export class LlamaModel {
 
   /**
    * Writes a Hugging Face checkpoint (config.json, model.safetensors, tokenizer files) that
-   * transformers and `fromPretrained` read. Merge adapters first (`peft.mergeAndUnload()`).
+   * transformers and `fromPretrained` read. Merge adapters first (`await peft.mergeAndUnload()`).
    * `dtype` converts the weights as they are written (default: the model's, float32 after a
    * GGUF load; 'bfloat16' halves the file).
    */
@@ -237,7 +239,7 @@ export class LlamaModel {
    * Writes the model as one llama.cpp GGUF file, as `convert_hf_to_gguf.py` (f32, f16, bf16,
    * q8_0) or `llama-quantize` (q4_0, q4_k_m: the head in Q6_K, Q4_K_M's per-tensor mix) would,
    * with the tokenizer and chat template in its metadata. Merge adapters first
-   * (`peft.mergeAndUnload().saveGguf(path)`); a model with adapters attached is refused.
+   * (`(await peft.mergeAndUnload()).saveGguf(path)`); a model with adapters attached is refused.
    */
   async saveGguf(path: string, opts: { outtype?: GgufOuttype } = {}): Promise<void> {
     if (typeof path !== 'string' || path.length === 0) throw new Error(`path: expected a .gguf file path, found ${String(path)}`)

@@ -212,8 +212,18 @@ function loadCuda(): NativeBinding {
  */
 export function loadNative(opts: { cuda?: boolean } = {}): NativeBinding {
   checkNodeVersion()
-  if (opts.cuda) return (cudaBinding ??= loadCuda())
-  return cudaBinding ?? (cpuBinding ??= loadCpu())
+  if (opts.cuda) return (cudaBinding ??= cancelOnExit(loadCuda()))
+  return cudaBinding ?? (cpuBinding ??= cancelOnExit(loadCpu()))
+}
+
+/**
+ * Node waits for the native thread pool before a process exits, so `process.exit()` during a
+ * generate waited for the whole generation: on 'exit', running native loops are told to stop at
+ * their next step.
+ */
+function cancelOnExit(binding: NativeBinding): NativeBinding {
+  process.once('exit', () => binding.cancelNativeWork())
+  return binding
 }
 
 /** True when `device` ("cuda", "cuda:1") needs the CUDA build. */

@@ -180,8 +180,9 @@ export class PeftModel {
   }
 
   /** Merges the adapters into the base weights, removes them, and returns the base model. */
-  mergeAndUnload(opts: { adapterNames?: string[] } = {}): LlamaModel {
-    this.native.mergeAndUnload(adapterNameArgs('adapterNames', opts.adapterNames))
+  async mergeAndUnload(opts: { adapterNames?: string[] } = {}): Promise<LlamaModel> {
+    // Off the JS thread (it rewrites every targeted weight); PEFT's method returns the model, this one a Promise of it.
+    await this.native.mergeAndUnload(adapterNameArgs('adapterNames', opts.adapterNames))
     this.#unloaded = true
     return this.model
   }

@@ -83,15 +83,22 @@ export class Tokenizer {
     return this.inner.chatTemplate ?? null
   }
 
-  /** Renders messages with the model's chat template, as transformers' `apply_chat_template(tokenize=False)`. */
+  /**
+   * Renders messages with the model's chat template, as transformers' `apply_chat_template(tokenize=False)`.
+   * Runs on the calling thread within a step and output-size budget; for long conversations use
+   * `applyChatTemplateAsync`, which renders off the JS thread.
+   */
   applyChatTemplate(messages: ChatMessage[], opts: ChatTemplateOptions = {}): string {
-    if (!Array.isArray(messages)) throw new Error('messages: expected an array of { role, content } objects')
-    messages.forEach((m, i) => {
-      if (typeof m?.role !== 'string') throw new Error(`messages[${i}].role: expected a string, found ${typeof m?.role}`)
-      if (typeof m.content !== 'string') throw new Error(`messages[${i}].content: expected a string, found ${typeof m.content}`)
-    })
-    const extra = opts.variables ? JSON.stringify(opts.variables) : undefined
-    return this.inner.applyChatTemplate(JSON.stringify(messages), opts.addGenerationPrompt ?? false, extra)
+    return this.inner.applyChatTemplate(...chatArgs(messages, opts))
+  }
+
+  /** As `applyChatTemplate`, rendered on the native thread pool so the event loop stays free. */
+  applyChatTemplateAsync(messages: ChatMessage[], opts: ChatTemplateOptions = {}): Promise<string> {
+    try {
+      return this.inner.applyChatTemplateAsync(...chatArgs(messages, opts))
+    } catch (e) {
+      return Promise.reject(e)
+    }
   }
 
   /** Decodes a stream of ids into text pieces, holding back characters split across tokens. */
@@ -104,4 +111,14 @@ export class Tokenizer {
   dispose(): void {
     this.inner.dispose()
   }
+}
+
+function chatArgs(messages: ChatMessage[], opts: ChatTemplateOptions): [string, boolean, string | undefined] {
+  if (!Array.isArray(messages)) throw new Error('messages: expected an array of { role, content } objects')
+  messages.forEach((m, i) => {
+    if (typeof m?.role !== 'string') throw new Error(`messages[${i}].role: expected a string, found ${typeof m?.role}`)
+    if (typeof m.content !== 'string') throw new Error(`messages[${i}].content: expected a string, found ${typeof m.content}`)
+  })
+  const extra = opts.variables ? JSON.stringify(opts.variables) : undefined
+  return [JSON.stringify(messages), opts.addGenerationPrompt ?? false, extra]
 }

@@ -11,7 +11,7 @@ async function main(): Promise<void> {
   let saves = 0
   checkpointHooks.afterWrite = async (file) => {
     if (file === 'adapter') saves++
-    if (saves === pauseAt && file === 'optimizer.json') {
+    if (saves === pauseAt && file === 'optimizer.safetensors') {
       process.stdout.write('PAUSED\n')
       await new Promise(() => undefined) // until killed
     }

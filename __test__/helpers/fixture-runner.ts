@@ -166,7 +166,7 @@ export async function checkAdapterCase(t: ExecutionContext, fx: Fixture, name: s
   const g = await checkGradients(t, params, exp, name)
   const s = await checkTwoSteps(t, peft, params, inp, exp, fx.adamw(name), name)
   await checkGreedy(t, peft, inp, exp.get('greedy_after_step2')!, name)
-  const merged = peft.mergeAndUnload()
+  const merged = await peft.mergeAndUnload()
   const weights = new Map(merged.namedParameters())
   for (const key of [...exp.keys()].filter((k) => k.startsWith('merged_after_step2.'))) {
     const w = weights.get(key.slice('merged_after_step2.'.length))

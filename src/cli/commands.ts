@@ -35,11 +35,12 @@ async function streamReply(model: LlamaModel | PeftModel, ids: number[], o: Reco
   return text + rest
 }
 
-function promptIds(model: LlamaModel | PeftModel, messages: ChatMessage[], raw: boolean): number[] {
+// The chat history grows with each turn: render it off the JS thread.
+async function promptIds(model: LlamaModel | PeftModel, messages: ChatMessage[], raw: boolean): Promise<number[]> {
   const tok = model.tokenizer
   if (!tok) throw new Error('the model has no tokenizer')
   const useTemplate = !raw && !!tok.chatTemplate
-  return tok.encode(useTemplate ? tok.applyChatTemplate(messages, { addGenerationPrompt: true }) : messages.map((m) => m.content).join('\n'))
+  return tok.encode(useTemplate ? await tok.applyChatTemplateAsync(messages, { addGenerationPrompt: true }) : messages.map((m) => m.content).join('\n'))
 }
 
 export async function generateCommand(flags: Record<string, unknown>, positional: string[], io: Io): Promise<void> {
@@ -48,7 +49,7 @@ export async function generateCommand(flags: Record<string, unknown>, positional
   if (!prompt) throw new Error('give a prompt (--prompt "..." or as an argument)') // main prefixes `peft-node generate: `
   const model = await loadModel(o, io)
   const messages: ChatMessage[] = typeof o.system === 'string' ? [{ role: 'system', content: o.system }] : []
-  await streamReply(model, promptIds(model, [...messages, { role: 'user', content: prompt }], o.raw === true), o, io)
+  await streamReply(model, await promptIds(model, [...messages, { role: 'user', content: prompt }], o.raw === true), o, io)
   model.dispose()
 }
 
@@ -74,7 +75,7 @@ export async function chatCommand(flags: Record<string, unknown>, io: Io): Promi
       if (line.trim() === '/reset') history.splice(history[0]?.role === 'system' ? 1 : 0)
       else {
         history.push({ role: 'user', content: line })
-        history.push({ role: 'assistant', content: (await streamReply(model, promptIds(model, history, false), o, io)).trim() })
+        history.push({ role: 'assistant', content: (await streamReply(model, await promptIds(model, history, false), o, io)).trim() })
       }
       prompt()
     }
@@ -140,7 +141,7 @@ export async function mergeCommand(flags: Record<string, unknown>, io: Io): Prom
   checkOutput(output, flags.force === true || flags.force === 'true')
   const model = await loadModel({ ...flags, adapter }, io)
   if (!(model instanceof PeftModel)) throw new Error('--adapter did not load an adapter')
-  const merged = model.mergeAndUnload()
+  const merged = await model.mergeAndUnload()
   const dtype = flags.dtype === undefined ? undefined : (String(flags.dtype) as DType)
   await merged.savePretrained(output, { dtype })
   io.out(`merged ${adapter} into ${String(flags.model)}: wrote ${output} (config.json, model.safetensors${dtype ? ` in ${dtype}` : ''}, tokenizer files)`)
@@ -187,7 +188,7 @@ export async function exportCommand(flags: Record<string, unknown>, io: Io): Pro
 
 /** `--format gguf`: merges the adapter and writes one GGUF, plus `Modelfile` beside it with `--ollama`. */
 async function exportMerged(peft: PeftModel, output: string, outtype: GgufOuttype, ollama: boolean, io: Io): Promise<void> {
-  const merged = peft.mergeAndUnload()
+  const merged = await peft.mergeAndUnload()
   try {
     await merged.saveGguf(output, { outtype })
     io.out(`merged the adapter and wrote ${output} (${outtype}, tokenizer and chat template included)`)

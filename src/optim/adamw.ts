@@ -46,8 +46,8 @@ export class AdamW extends Optimizer<AdamWHyper, AdamWState> {
     return st
   }
 
-  protected async saveState(s: AdamWState): Promise<Record<string, unknown>> {
-    return { step: s.step, exp_avg: await encodeTensor(s.expAvg), exp_avg_sq: await encodeTensor(s.expAvgSq) }
+  protected async saveState(s: AdamWState, encode: (t: NativeTensor) => Promise<unknown> = encodeTensor): Promise<Record<string, unknown>> {
+    return { step: s.step, exp_avg: await encode(s.expAvg), exp_avg_sq: await encode(s.expAvgSq) }
   }
 
   protected loadState(raw: Record<string, unknown>, p: Parameter, where: string): AdamWState {

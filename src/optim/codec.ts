@@ -12,6 +12,11 @@ export interface SerializedTensor {
   data: string
 }
 
+/** A state tensor's values as they are (checkpoints write them as safetensors, not base64 JSON). */
+export async function rawTensor(t: NativeTensor): Promise<{ shape: number[]; dtype: 'float32'; data: Float32Array }> {
+  return { shape: (t.shape as number[]).slice(), dtype: 'float32', data: (await t.toFloat32Array()) as Float32Array }
+}
+
 /** Every supported target (x64, arm64) is little-endian, so the host bytes are the format. */
 export async function encodeTensor(t: NativeTensor): Promise<SerializedTensor> {
   const values = (await t.toFloat32Array()) as Float32Array
@@ -33,7 +38,10 @@ export function decodeTensor(where: string, raw: unknown, shape: readonly number
   if (r.dtype !== undefined && r.dtype !== 'float32') throw new Error(`${where}.dtype: expected "float32", found ${describe(r.dtype)}`)
   const numel = shape.reduce((a, b) => a * b, 1)
   let values: Float32Array
-  if (typeof r.data === 'string') {
+  if (r.data instanceof Float32Array) {
+    if (r.data.length !== numel) throw new Error(`${where}.data: expected ${numel} float32 values, found ${r.data.length}`)
+    values = r.data
+  } else if (typeof r.data === 'string') {
     const bytes = Buffer.from(r.data, 'base64')
     if (bytes.byteLength !== numel * 4) throw new Error(`${where}.data: expected ${numel} float32 values (${numel * 4} bytes), found ${bytes.byteLength} bytes`)
     values = new Float32Array(numel)

@@ -4,7 +4,8 @@
 // update (one native call) and how their state is saved and loaded.
 import type { Parameter } from '../parameter'
 import { byModel, paramKey, toGroupInputs, toParamList, type GroupInput, type OptimizerParams } from './params'
-import { groupToCamel, groupToSnake } from './codec'
+import { encodeTensor, groupToCamel, groupToSnake, rawTensor } from './codec'
+import type { NativeTensor } from '../native'
 import { bool, describe } from './validate'
 
 /** A live group: its params, every hyper-parameter (defaults filled in), and any extra keys. */
@@ -46,7 +47,8 @@ export abstract class Optimizer<H extends { lr: number }, S> {
   protected abstract checkGroup(g: ParamGroup<H>, where: string): void
   /** One update of `p` (one native call); returns its new state. */
   protected abstract update(p: Parameter, g: ParamGroup<H>, state: S | undefined): Promise<S | undefined>
-  protected abstract saveState(state: S): Promise<Record<string, unknown>>
+  /** `encode` turns a state tensor into its saved form (default: `encodeTensor`'s base64). */
+  protected abstract saveState(state: S, encode?: (t: NativeTensor) => Promise<unknown>): Promise<Record<string, unknown>>
   /** Validates a saved state against `p` and rebuilds it; throws naming `where`. */
   protected abstract loadState(raw: Record<string, unknown>, p: Parameter, where: string): S
 
@@ -112,6 +114,15 @@ export abstract class Optimizer<H extends { lr: number }, S> {
   }
 
   async stateDict(): Promise<OptimizerStateDict> {
+    return this.collectState(encodeTensor)
+  }
+
+  /** @internal The state dict with raw Float32Array tensors (what checkpoints write as safetensors). */
+  async rawStateDict(): Promise<OptimizerStateDict> {
+    return this.collectState(rawTensor)
+  }
+
+  private async collectState(encode: (t: NativeTensor) => Promise<unknown>): Promise<OptimizerStateDict> {
     const state: OptimizerStateDict['state'] = {}
     const param_groups: OptimizerStateDict['param_groups'] = []
     let index = 0
@@ -120,7 +131,7 @@ export abstract class Optimizer<H extends { lr: number }, S> {
       const ids: number[] = []
       for (const p of params) {
         const s = this.#state.get(paramKey(p))
-        if (s !== undefined) state[String(index)] = await this.saveState(s)
+        if (s !== undefined) state[String(index)] = await this.saveState(s, encode)
         ids.push(index++)
       }
       param_groups.push({ ...groupToSnake(hyper), params: ids })

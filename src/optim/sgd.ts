@@ -42,8 +42,8 @@ export class SGD extends Optimizer<SGDHyper, SGDState> {
     return created ? { momentumBuffer: created } : s
   }
 
-  protected async saveState(s: SGDState): Promise<Record<string, unknown>> {
-    return { momentum_buffer: await encodeTensor(s.momentumBuffer) }
+  protected async saveState(s: SGDState, encode: (t: NativeTensor) => Promise<unknown> = encodeTensor): Promise<Record<string, unknown>> {
+    return { momentum_buffer: await encode(s.momentumBuffer) }
   }
 
   protected loadState(raw: Record<string, unknown>, p: Parameter, where: string): SGDState {

@@ -1,4 +1,4 @@
-// Checkpoints: `checkpoints/step-00000010/{adapter/, optimizer.json, trainer_state.json}`.
+// Checkpoints: `checkpoints/step-00000010/{adapter/, optimizer.safetensors, trainer_state.json}`.
 // Each is written into a `.tmp-*` folder and renamed into place, so a folder named `step-*`
 // is always complete; leftovers of a killed save are never picked up and are swept later.
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path'
 import type { PeftModel } from '../peft'
 import type { OptimizerStateDict } from '../optim/optimizer'
 import type { LRSchedulerStateDict } from '../optim/scheduler'
+import { OPTIMIZER_FILE, writeOptimizerState } from './optimizer-file'
 
 export const STATE_FILE = 'trainer_state.json'
 export const FORMAT = 'peft-node-trainer-checkpoint'
@@ -74,8 +75,8 @@ export async function saveCheckpoint(root: string, parts: SaveParts): Promise<st
   await mkdir(tmp)
   await parts.peft.savePretrained(join(tmp, 'adapter'), { selectedAdapters: [parts.state.adapter.name] })
   await checkpointHooks.afterWrite?.('adapter')
-  await writeSynced(join(tmp, 'optimizer.json'), JSON.stringify(parts.optimizer))
-  await checkpointHooks.afterWrite?.('optimizer.json')
+  await writeOptimizerState(join(tmp, OPTIMIZER_FILE), parts.optimizer)
+  await checkpointHooks.afterWrite?.(OPTIMIZER_FILE)
   await writeSynced(join(tmp, STATE_FILE), JSON.stringify(parts.state, null, 1))
   await checkpointHooks.afterWrite?.(STATE_FILE)
   if (existsSync(final)) {

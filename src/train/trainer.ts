@@ -2,11 +2,10 @@
 // schedule -> events, metrics, evaluation and checkpoints. Drive it with `await train()` or
 // `for await (const s of trainer.steps())`.
 import { EventEmitter } from 'node:events'
-import { readFileSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { PeftModel } from '../peft'
-import { AdamW, LRScheduler, clipGradNorm, constantSchedule, cosineSchedule, linearSchedule, type Optimizer, type OptimizerStateDict } from '../optim'
+import { AdamW, LRScheduler, clipGradNorm, constantSchedule, cosineSchedule, linearSchedule, type Optimizer } from '../optim'
 import { mixSeed } from '../data/prng'
 import { resolveOptions, type ResolvedOptions, type TrainerOptions } from './options'
 import { BatchStream } from './stream'
@@ -16,6 +15,7 @@ import { evaluate } from './evaluate'
 import { MetricsLog, readMetrics } from './metrics'
 import { lossCurveSvg } from './svg'
 import * as ckpt from './checkpoint'
+import { readOptimizerState } from './optimizer-file'
 
 export interface StepInfo { step: number; totalSteps: number; epoch: number; loss: number; lr: number; gradNorm: number; tokens: number; targetTokens: number; tokensPerSecond: number; elapsedMs: number; etaMs: number }
 export interface EvalInfo { step: number; loss: number; perplexity: number }
@@ -117,7 +117,7 @@ export class Trainer extends EventEmitter {
       rng: { seed: this.options.seed, algorithm: 'mulberry32/mix' }, scheduler: this.#sched!.stateDict(),
       model: ckpt.modelFingerprint(this.model), adapter: ckpt.adapterFingerprint(this.model), loss: this.#lastLoss,
     }
-    const dir = await ckpt.saveCheckpoint(root, { peft: this.model, optimizer: await this.#opt!.stateDict(), state })
+    const dir = await ckpt.saveCheckpoint(root, { peft: this.model, optimizer: await this.#opt!.rawStateDict(), state })
     await ckpt.pruneCheckpoints(root, this.options.saveTotalLimit)
     this.emit('save', { step: this.step, dir } satisfies SaveInfo)
     return dir
@@ -143,7 +143,7 @@ export class Trainer extends EventEmitter {
     const s = ckpt.readTrainerState(dir)
     ckpt.checkCompatible(dir, s, this.model)
     await ckpt.loadAdapterWeights(this.model, join(dir, 'adapter'))
-    this.#opt!.loadStateDict(JSON.parse(readFileSync(join(dir, 'optimizer.json'), 'utf8')) as OptimizerStateDict)
+    this.#opt!.loadStateDict(readOptimizerState(dir))
     this.#sched!.loadStateDict(s.scheduler)
     this.step = s.step
     this.stream.position = { ...s.position }

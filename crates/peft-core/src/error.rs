@@ -12,6 +12,9 @@ pub enum Error {
     #[error("{path}: file not found ({what})")]
     MissingFile { path: PathBuf, what: String },
 
+    #[error("{path}: expected {what}, found a folder")]
+    NotAFile { path: PathBuf, what: String },
+
     #[error("{path}: invalid JSON: {message}")]
     Json { path: PathBuf, message: String },
 

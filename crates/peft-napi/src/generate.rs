@@ -56,6 +56,7 @@ impl NativeModel {
     #[napi(ts_return_type = "Promise<Array<Array<number>>>")]
     pub fn generate(
         &self,
+        env: napi::Env,
         prompts: Vec<Vec<u32>>,
         args: GenerateArgs,
         on_step: Option<StepCallback>,
@@ -73,7 +74,9 @@ impl NativeModel {
             seed: args.seed as u64,
             stop_token_ids: args.stop_token_ids,
         };
-        let flag = abort.map(|a| a.flag.clone());
+        // The caller's AbortSignal, or a flag of our own: either is set when the process exits.
+        let flag = abort.map(|a| a.flag.clone()).unwrap_or_default();
+        crate::cancel::register(&env, &flag);
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
             with_model(&shared, |m| {
@@ -83,7 +86,7 @@ impl NativeModel {
                         let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();
                         cb.call(row, ThreadsafeFunctionCallMode::Blocking);
                     }
-                    if flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) { Flow::Stop } else { Flow::Continue }
+                    if flag.load(Ordering::SeqCst) { Flow::Stop } else { Flow::Continue }
                 };
                 generate(&m.llama, &ctx, &prompts, &opts, &mut step)
             })

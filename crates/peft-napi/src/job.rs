@@ -61,6 +61,7 @@ fn same<T>(x: T) -> T {
 job!(UnitJob, (), (), same);
 job!(NumberJob, f64, f64, same);
 job!(OptionalNumberJob, Option<f64>, Option<f64>, same);
+job!(StringJob, String, String, same);
 job!(StringsJob, Vec<String>, Vec<String>, same);
 job!(IdsJob, Vec<Vec<u32>>, Vec<Vec<u32>>, same);
 job!(Float32Job, Vec<f32>, Float32Array, Float32Array::new);

@@ -212,8 +212,7 @@ impl NativeModel {
         Ok(crate::job::UnitJob::spawn(move || {
             with_model(&shared, |m| {
                 let dir = std::path::Path::new(&dir);
-                m.llama.save_pretrained_as(dir, dtype)?;
-                m.tokenizer.as_ref().map(|t| t.save_pretrained(dir)).transpose().map(|_| ())
+                m.llama.save_with_tokenizer(dir, dtype, m.tokenizer.as_ref())
             })
         }))
     }

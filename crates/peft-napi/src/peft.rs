@@ -139,9 +139,11 @@ impl NativeModel {
         with_model(&self.inner, |m| Ok(m.tuners.is_merged()))
     }
 
-    #[napi]
-    pub fn merge_and_unload(&self, names: Option<Vec<String>>) -> Result<()> {
-        with_model_mut(&self.inner, |m| m.tuners.merge_and_unload(&mut m.llama, names_ref(&names).as_deref()))
+    /// Merging rewrites every targeted weight (125-180 ms on SmolLM2): on the libuv pool.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn merge_and_unload(&self, names: Option<Vec<String>>) -> Result<AsyncTask<UnitJob>> {
+        let shared = self.inner.clone();
+        Ok(UnitJob::spawn(move || with_model_mut(&shared, |m| m.tuners.merge_and_unload(&mut m.llama, names_ref(&names).as_deref()))))
     }
 
     #[napi]

@@ -8,7 +8,7 @@ use crate::tensor::NativeTensor;
 use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::Batch;
-use peft_core::tuners::sparse_mask::{estimate_fisher, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
+use peft_core::tuners::sparse_mask::{estimate_fisher_until, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -79,15 +79,19 @@ impl NativeModel {
     /// Fisher scores of the linears `options_json` targets (snake_case targeting fields),
     /// from the base model's gradients on `batches`.
     #[napi(ts_return_type = "Promise<NativeFisherScores>")]
-    pub fn estimate_fisher(&self, options_json: String, batches: Vec<FisherBatchInput>) -> Result<AsyncTask<FisherJob>> {
+    pub fn estimate_fisher(&self, env: napi::Env, options_json: String, batches: Vec<FisherBatchInput>) -> Result<AsyncTask<FisherJob>> {
         let batches: Vec<FisherBatch> = batches.iter().enumerate().map(|(i, b)| to_batch(i, b)).collect::<Result<_>>()?;
         let shared = self.inner.clone();
+        // One forward + backward per batch: an exiting process stops it between batches.
+        let exiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::cancel::register(&env, &exiting);
         Ok(FisherJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let value: serde_json::Value = serde_json::from_str(&options_json).map_err(|e| peft_core::Error::arg("options", "a JSON object", e))?;
                 let source = Path::new("(estimateFisher options)");
                 let (spec, warnings) = fisher_targets(&value, source)?;
-                let scores = estimate_fisher(&mut m.llama, &spec, &batches, source)?;
+                let cancelled = || exiting.load(std::sync::atomic::Ordering::SeqCst);
+                let scores = estimate_fisher_until(&mut m.llama, &spec, &batches, source, &cancelled)?;
                 Ok(NativeFisherScores { scores: Mutex::new(Some(Arc::new(scores))), warnings })
             })
         }))

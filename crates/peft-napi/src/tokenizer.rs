@@ -1,6 +1,6 @@
 //! The tokenizer handle: encode/decode, chat templates, streaming decode.
 use crate::error::{closed, invalid, to_js, Result};
-use crate::job::{IdsJob, TokenizerJob};
+use crate::job::{IdsJob, StringJob, TokenizerJob};
 use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
 use peft_core::tokenizer::{StreamDecoder, Tokenizer};
@@ -91,14 +91,17 @@ impl NativeTokenizer {
     }
 
     /// `messages_json`: a JSON array of `{role, content, ...}`; `extra_json`: more template variables.
+    /// Renders on the JS thread; the template's fuel and output bounds cap how long it can block.
     #[napi]
     pub fn apply_chat_template(&self, messages_json: String, add_generation_prompt: bool, extra_json: Option<String>) -> Result<String> {
-        let messages: Vec<serde_json::Value> = serde_json::from_str(&messages_json)
-            .map_err(|e| invalid("messages", "an array of {role, content} objects", e))?;
-        let extra: Option<serde_json::Map<String, serde_json::Value>> = extra_json
-            .map(|s| serde_json::from_str(&s).map_err(|e| invalid("options", "an object of template variables", e)))
-            .transpose()?;
-        self.get()?.apply_chat_template_with(&messages, add_generation_prompt, extra.as_ref()).map_err(to_js)
+        render_chat(&self.get()?, &messages_json, add_generation_prompt, extra_json.as_deref())
+    }
+
+    /// As `apply_chat_template`, rendered on the libuv pool (for long conversations or costly templates).
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn apply_chat_template_async(&self, messages_json: String, add_generation_prompt: bool, extra_json: Option<String>) -> Result<AsyncTask<StringJob>> {
+        let t = self.get()?;
+        Ok(StringJob::spawn(move || render_chat(&t, &messages_json, add_generation_prompt, extra_json.as_deref())))
     }
 
     #[napi]
@@ -110,6 +113,15 @@ impl NativeTokenizer {
     pub fn dispose(&self) {
         self.inner.lock().unwrap().take();
     }
+}
+
+fn render_chat(t: &Tokenizer, messages_json: &str, add_generation_prompt: bool, extra_json: Option<&str>) -> Result<String> {
+    let messages: Vec<serde_json::Value> =
+        serde_json::from_str(messages_json).map_err(|e| invalid("messages", "an array of {role, content} objects", e))?;
+    let extra: Option<serde_json::Map<String, serde_json::Value>> = extra_json
+        .map(|s| serde_json::from_str(s).map_err(|e| invalid("options", "an object of template variables", e)))
+        .transpose()?;
+    t.apply_chat_template_with(&messages, add_generation_prompt, extra.as_ref()).map_err(to_js)
 }
 
 /// Turns ids fed one at a time into text, holding back incomplete characters.

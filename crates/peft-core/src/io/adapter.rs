@@ -72,9 +72,12 @@ fn attach(tuners: &mut Tuners, model: &mut CausalLm, mut config: Box<dyn TunerCo
     config.set_inference_mode(!trainable);
     let file = file.to_path_buf();
     let mut report = tuners.inject_with(model, name, config, 0, true)?;
-    if let Err(e) = fill(tuners, model, name, tensors, &file).and_then(|()| tuners.check_loaded(model, name, &file)) {
-        let _ = tuners.delete_adapter(model, name);
-        return Err(e);
+    match fill(tuners, model, name, tensors, &file).and_then(|w| tuners.check_loaded(model, name, &file).map(|()| w)) {
+        Ok(mut nonfinite) => warnings.append(&mut nonfinite),
+        Err(e) => {
+            let _ = tuners.delete_adapter(model, name);
+            return Err(e);
+        }
     }
     warnings.append(&mut report.warnings);
     report.warnings = warnings;
@@ -82,7 +85,10 @@ fn attach(tuners: &mut Tuners, model: &mut CausalLm, mut config: Box<dyn TunerCo
 }
 
 /// Copies the file's tensors into the freshly injected adapter, checking keys and shapes.
-fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<()> {
+/// Returns a warning for each tensor holding NaN or infinite values (a diverged training
+/// run saves them; the adapter then turns every output into NaN).
+fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
     let expected = tuners.checkpoint_keys(model, name)?;
     let want: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
     let have: BTreeSet<&str> = tensors.keys().map(String::as_str).collect();
@@ -110,9 +116,29 @@ fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<Stri
         if t.dtype().is_float() != p.value().dtype().is_float() {
             return Err(Error::WeightDtype { file: file.into(), name: key.clone(), found: format!("{:?}", t.dtype()) });
         }
+        if let Some(w) = nonfinite_warning(&t, key, file)? {
+            warnings.push(w);
+        }
         p.set(&t)?;
     }
-    Ok(())
+    Ok(warnings)
+}
+
+fn nonfinite_warning(t: &Tensor, key: &str, file: &Path) -> Result<Option<String>> {
+    if !t.dtype().is_float() {
+        return Ok(None);
+    }
+    let values = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let nan = values.iter().filter(|v| v.is_nan()).count();
+    let inf = values.iter().filter(|v| v.is_infinite()).count();
+    if nan + inf == 0 {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{}: `{key}` holds {nan} NaN and {inf} infinite value(s) of {}; outputs with this adapter will be NaN/Inf (was it saved from a diverged run?)",
+        file.display(),
+        values.len()
+    )))
 }
 
 fn list(keys: &[&str]) -> String {
@@ -127,11 +153,15 @@ fn list(keys: &[&str]) -> String {
 /// Writes adapter `name` to the folder `dir` (created if needed) as PEFT's
 /// `save_pretrained` does: the tensors under PEFT's keys with metadata `{"format": "pt"}`,
 /// and the config with every field, `inference_mode: true`, 2-space indented, keys sorted.
-/// Both files are written atomically.
+/// The folder is written as a unit (`io::folder::write_folder`).
 pub fn save_adapter(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Path) -> Result<()> {
     if dir.is_file() {
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }
+    super::folder::write_folder(dir, |tmp| write_adapter_files(tuners, model, name, tmp))
+}
+
+fn write_adapter_files(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors: Vec<(String, Tensor)> = tuners.checkpoint_tensors(model, name)?;
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
@@ -146,13 +176,15 @@ pub fn save_pretrained(tuners: &Tuners, model: &CausalLm, dir: &Path, names: Opt
         return Err(Error::Adapter { file: dir.into(), message: "the save path should be a folder, not a file".into() });
     }
     let names: Vec<String> = names.map_or_else(|| tuners.names(), |n| n.iter().map(|s| s.to_string()).collect());
-    let mut written = Vec::new();
-    for name in &names {
-        let out = if name == "default" { dir.to_path_buf() } else { dir.join(name) };
-        save_adapter(tuners, model, name, &out)?;
-        written.push(out);
-    }
-    Ok(written)
+    // All the adapters of one call go in together (one temporary folder, one swap).
+    super::folder::write_folder(dir, |tmp| {
+        for name in &names {
+            let out = if name == "default" { tmp.to_path_buf() } else { tmp.join(name) };
+            write_adapter_files(tuners, model, name, &out)?;
+        }
+        Ok(())
+    })?;
+    Ok(names.iter().map(|name| if name == "default" { dir.to_path_buf() } else { dir.join(name) }).collect())
 }
 
 /// `adapter_config.json` text for `config` as PEFT saves it (`inference_mode` set to true).

@@ -85,10 +85,12 @@ pub fn write_mlx_adapter(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Pa
         "num_layers": blocks.len(),
         "lora_parameters": { "rank": first.r, "scale": first.scaling, "dropout": first.dropout, "keys": keys },
     });
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    save_file(&tensors, Some(BTreeMap::from([("format".to_string(), "mlx".to_string())])), &dir.join(MLX_WEIGHTS))?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Unsupported(e.to_string()))?;
-    write_atomic(&dir.join(MLX_CONFIG), text.as_bytes())
+    // Config and weights go in together (io::folder), as every adapter save does.
+    crate::io::folder::write_folder(dir, |tmp| {
+        save_file(&tensors, Some(BTreeMap::from([("format".to_string(), "mlx".to_string())])), &tmp.join(MLX_WEIGHTS))?;
+        write_atomic(&tmp.join(MLX_CONFIG), text.as_bytes())
+    })
 }
 
 /// An mlx-lm adapter folder's config and weights as a PEFT LoRA config (JSON text) and state

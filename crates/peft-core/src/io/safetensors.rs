@@ -25,7 +25,7 @@ impl WeightMap {
 
 /// Every tensor of one file, converted to `dtype` (floating tensors only; integer tensors keep theirs).
 pub fn load_file(path: &Path, dtype: Option<DType>, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = super::open_file(path, "a safetensors file")?;
     // SAFETY: the map is read-only and dropped before this function returns; tensors are copied out.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| corrupt(path, e))?;
@@ -142,15 +142,14 @@ pub fn save_file(tensors: &[(String, Tensor)], metadata: Option<BTreeMap<String,
     write_atomic(path, &bytes)
 }
 
-/// Write to `<path>.tmp-<pid>` in the same directory, fsync, then rename into place,
-/// so a crash never leaves a half-written file under the real name.
+/// Write to `.<name>.tmp-<pid>-<n>` in the same directory, fsync, then rename into place,
+/// so a crash never leaves a half-written file under the real name (`n` keeps concurrent
+/// writes of one process apart).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if path.is_dir() {
         return Err(Error::arg("path", "a file path", format!("{} (a directory)", path.display())));
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = super::folder::unique_sibling(path, "tmp");
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

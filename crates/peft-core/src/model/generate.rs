@@ -37,6 +37,18 @@ pub fn generate(
     }
     let pad = model.config.pad_token_id.or(model.config.eos_token_ids.first().copied()).unwrap_or(0);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    // Positions past max_position_embeddings were never trained (and LongRoPE/YaRN tables end
+    // there): a longer prompt is refused, and new tokens stop at the context's end (the
+    // bindings warn when they cap a request, as transformers does).
+    let context = model.config.max_position_embeddings;
+    if longest > context {
+        return Err(Error::arg(
+            "prompts",
+            format!("prompts of at most {context} tokens (the model's context length, max_position_embeddings)"),
+            format!("a prompt of {longest} tokens"),
+        ));
+    }
+    let max_new_tokens = opts.max_new_tokens.min(context - longest);
     let mut ids = Vec::new();
     let mut mask = Vec::new();
     let mut positions = Vec::new();
@@ -53,7 +65,7 @@ pub fn generate(
     // Everything fed so far, to recompute the cache from (LongRoPE below).
     let (mut fed_ids, mut fed_pos) = (ids.clone(), positions.clone());
     let mut batch = Batch { ids, attention_mask: Some(mask), position_ids: Some(positions), segment_ids: None };
-    for _ in 0..opts.max_new_tokens {
+    for _ in 0..max_new_tokens {
         // LongRoPE switches to its long factors once the sequence passes original_max; keys
         // cached with the short ones are then recomputed, as transformers' Phi-3
         // `prepare_inputs_for_generation` drops the cache at that point.

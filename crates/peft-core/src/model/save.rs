@@ -16,6 +16,12 @@ impl CausalLm {
     /// As `save_pretrained`, with the floating-point weights converted to `dtype` (e.g. bf16
     /// for a model loaded from a quantized GGUF, which trains and merges in f32).
     pub fn save_pretrained_as(&self, dir: &Path, dtype: Option<candle_core::DType>) -> Result<()> {
+        self.save_with_tokenizer(dir, dtype, None)
+    }
+
+    /// As `save_pretrained_as`, with the tokenizer's files; the folder is written as a unit
+    /// (`io::folder::write_folder`), so config, weights and tokenizer always come from one save.
+    pub fn save_with_tokenizer(&self, dir: &Path, dtype: Option<candle_core::DType>, tokenizer: Option<&crate::tokenizer::Tokenizer>) -> Result<()> {
         let dtype = dtype.unwrap_or(self.dtype);
         if !dtype.is_float() {
             return Err(Error::arg("dtype", "a floating-point dtype (float32, bfloat16, float16, float64)", format!("{dtype:?}")));
@@ -23,7 +29,13 @@ impl CausalLm {
         if dir.is_file() {
             return Err(Error::arg("dir", "a folder to write the checkpoint in", format!("{} (an existing file)", dir.display())));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::io::folder::write_folder(dir, |tmp| {
+            self.write_checkpoint(tmp, dtype)?;
+            tokenizer.map_or(Ok(()), |t| t.write_files(tmp))
+        })
+    }
+
+    fn write_checkpoint(&self, dir: &Path, dtype: candle_core::DType) -> Result<()> {
         let tensors: Vec<(String, candle_core::Tensor)> = self
             .store
             .iter()

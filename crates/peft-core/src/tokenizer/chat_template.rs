@@ -11,11 +11,23 @@ use crate::error::{Error, Result};
 
 const NAME: &str = "chat_template";
 
+/// Template instructions one render may run (minijinja's fuel). A chat template is a loop over
+/// the messages: real ones (ChatML, Llama 3, Qwen with tools) spend tens of instructions a
+/// message, so this allows conversations of ~100k messages while a runaway loop (nested
+/// `range(100000)`s) stops within about a second instead of hanging the process.
+pub(crate) const TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// Bytes one render may produce: growth like `messages * 100000000` is refused here, before
+/// the text reaches the tokenizer. 64 MiB is far past any context window's worth of text.
+pub(crate) const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
 /// A chat template, compiled once. A template that does not compile still loads (as in
 /// transformers); the error comes back when it is applied.
 #[derive(Debug)]
 pub(crate) struct ChatTemplate {
     source: Option<String>,
+    /// The file (or GGUF key) the template came from, named when a render runs over budget.
+    origin: String,
     compiled: std::result::Result<Environment<'static>, String>,
 }
 
@@ -41,18 +53,18 @@ impl std::fmt::Display for Raised {
 impl std::error::Error for Raised {}
 
 impl ChatTemplate {
-    pub(crate) fn new(source: String) -> Self {
+    pub(crate) fn new(source: String, origin: String) -> Self {
         let mut env = environment();
         let compiled = match env.add_template_owned(NAME, strip_generation_tags(&source)) {
             Ok(()) => Ok(env),
             Err(e) => Err(describe(&e)),
         };
-        ChatTemplate { source: Some(source), compiled }
+        ChatTemplate { source: Some(source), origin, compiled }
     }
 
     /// A template that was named but cannot be used (e.g. several and no `default`).
     pub(crate) fn unusable(reason: String) -> Self {
-        ChatTemplate { source: None, compiled: Err(reason) }
+        ChatTemplate { source: None, origin: String::new(), compiled: Err(reason) }
     }
 
     pub(crate) fn source(&self) -> Option<&str> {
@@ -107,7 +119,51 @@ impl ChatTemplate {
         }
         let ctx: Value = ctx.into_iter().collect();
         let template = env.get_template(NAME).map_err(|e| template_error(&e))?;
-        template.render(ctx).map_err(|e| template_error(&e))
+        let mut out = BoundedOutput { text: Vec::new(), overflowed: false };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.text).map_err(|e| Error::Template {
+                message: format!("the chat template from {} rendered invalid UTF-8: {e}", self.origin),
+            }),
+            Err(_) if out.overflowed => Err(Error::Template {
+                message: format!(
+                    "the chat template from {} produced more than {} MiB of text; \
+                     a template whose output grows without bound (e.g. `messages * 100000000`) is refused",
+                    self.origin,
+                    TEMPLATE_MAX_OUTPUT >> 20
+                ),
+            }),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::Template {
+                message: format!(
+                    "the chat template from {} ran more than {TEMPLATE_FUEL} steps and was stopped \
+                     (a loop that does not end, or nested loops over large ranges?){}",
+                    self.origin,
+                    e.line().map(|l| format!(" (template line {l})")).unwrap_or_default()
+                ),
+            }),
+            Err(e) => Err(template_error(&e)),
+        }
+    }
+}
+
+/// The render's output, refusing to grow past `TEMPLATE_MAX_OUTPUT` (minijinja then stops with
+/// a write error, which `render` reports as the size bound).
+struct BoundedOutput {
+    text: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -116,6 +172,7 @@ fn environment() -> Environment<'static> {
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

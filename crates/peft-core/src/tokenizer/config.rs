@@ -19,6 +19,8 @@ pub(crate) struct TokenizerConfig {
     pub add_eos_token: Option<bool>,
     /// `Ok(source)`, or `Err(why)` when a template is named but none can be chosen.
     pub chat_template: Option<std::result::Result<String, String>>,
+    /// Where the chat template came from (a file, or a GGUF key), named in its render errors.
+    pub chat_template_origin: String,
 }
 
 /// Reads a text file that may be absent: `Ok(None)` when it does not exist.
@@ -38,10 +40,12 @@ pub(crate) fn read_sidecars(dir: &Path) -> Result<TokenizerConfig> {
         let json: Value =
             serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
         config = parse_config(&json, &path)?;
+        config.chat_template_origin = path.display().to_string();
     }
     let jinja = dir.join("chat_template.jinja");
     if let Some(text) = read_optional(&jinja)? {
         config.chat_template = Some(Ok(text));
+        config.chat_template_origin = jinja.display().to_string();
     }
     Ok(config)
 }
@@ -79,6 +83,7 @@ fn parse_config(json: &Value, file: &Path) -> Result<TokenizerConfig> {
             None | Some(Value::Null) => None,
             Some(t) => Some(pick_template(t, file)?),
         },
+        chat_template_origin: String::new(),
     })
 }
 

@@ -85,6 +85,7 @@ pub(crate) fn build(spec: &super::GgufTokenizerSpec, file: &Path) -> Result<(tok
         add_bos_token: Some(spec.add_bos_token.unwrap_or(default_bos)),
         add_eos_token: Some(spec.add_eos_token.unwrap_or(false)),
         chat_template: spec.chat_template.clone().map(Ok),
+        chat_template_origin: format!("{} (tokenizer.chat_template)", file.display()),
     };
     Ok((tokenizer, config))
 }

@@ -140,7 +140,7 @@ impl Tokenizer {
         let vocab_size = inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
         let template = config.chat_template.map(|t| {
             Arc::new(match t {
-                Ok(source) => ChatTemplate::new(source),
+                Ok(source) => ChatTemplate::new(source, config.chat_template_origin.clone()),
                 Err(reason) => ChatTemplate::unusable(reason),
             })
         });

@@ -8,8 +8,12 @@ use serde_json::{Map, Value};
 use std::path::Path;
 
 impl Tokenizer {
+    /// `tokenizer.json` and `tokenizer_config.json`, written as a unit (`io::folder::write_folder`).
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::io::folder::write_folder(dir, |tmp| self.write_files(tmp))
+    }
+
+    pub(crate) fn write_files(&self, dir: &Path) -> Result<()> {
         let file = dir.join("tokenizer.json");
         let text = self.inner.to_string(true).map_err(|e| Error::Tokenizer { file: file.clone(), message: e.to_string() })?;
         write_atomic(&file, text.as_bytes())?;

@@ -161,3 +161,25 @@ fn header_byte_fuzz_never_panics() {
     std::fs::remove_file(&path).unwrap();
     assert!(failures > 0);
 }
+
+#[test]
+fn tensors_sharing_data_are_refused_naming_both() {
+    let b = valid();
+    // output.weight's data moved onto token_embd.weight's (the first tensor, at offset 0).
+    let info = after(&b, "output.weight");
+    let msg = load_err("overlap.gguf", &patch(&b, info + 24, &0u64.to_le_bytes())).to_string();
+    assert!(msg.contains("share data") && msg.contains("`output.weight`") && msg.contains("`token_embd.weight`"), "{msg}");
+}
+
+#[test]
+fn sliding_window_zero_is_none_and_past_2_31_is_an_error() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../__test__/data/tiny-gguf");
+    let b = std::fs::read(dir.join("gemma3.f32.gguf")).unwrap();
+    let value = after(&b, "gemma3.attention.sliding_window") + 4; // u32 type tag, then the value
+    message("window-huge.gguf", &patch(&b, value, &u32::MAX.to_le_bytes()), "`gemma3.attention.sliding_window` is 4294967295");
+    let path = tmp("window-zero.gguf");
+    std::fs::write(&path, patch(&b, value, &0u32.to_le_bytes())).unwrap();
+    let loaded = load_gguf(&path, DType::F32, &Device::Cpu);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(loaded.unwrap().config.arch.sliding_window, None);
+}

@@ -104,7 +104,15 @@ pub fn config_from_metadata(file: &GgufFile, tok: &GgufTokenizerSpec) -> Result<
     set("bos_token_id", tok.bos_token_id.map(Value::from).unwrap_or(Value::Null));
     set("eos_token_id", eos.into());
     set("pad_token_id", tok.pad_token_id.map(Value::from).unwrap_or(Value::Null));
-    let window = int("attention.sliding_window").unwrap_or(None);
+    // 0 is "no window" (converters write it for models without one); a bad value is an error
+    // naming the key, never silently no window.
+    let window = match file.get_u64(&key("attention.sliding_window"))? {
+        None | Some(0) => None,
+        Some(v) if v > 1 << 31 => {
+            return Err(corrupt(path, format!("metadata `{}` is {v}, expected 0 (none) to 2^31", key("attention.sliding_window"))))
+        }
+        Some(v) => Some(v as usize),
+    };
     match model_type {
         "phi3" => {
             let rotary = rope_dims.unwrap_or(head_dim);

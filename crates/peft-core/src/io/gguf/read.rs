@@ -247,5 +247,23 @@ pub(super) fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         let dims = dims.into_iter().map(|d| d as usize).collect();
         infos.push(TensorInfo { name, dtype, dims, offset: start as usize, size: size as usize });
     }
+    reject_overlaps(&infos, path)?;
     Ok((version, metadata, infos))
+}
+
+/// Two tensors whose data ranges share bytes: writing one through the other (or reading a
+/// file crafted so) corrupts both. llama.cpp's loader rejects such files; so do we, naming both.
+fn reject_overlaps(infos: &[TensorInfo], path: &Path) -> Result<()> {
+    let mut ranges: Vec<&TensorInfo> = infos.iter().filter(|t| t.size > 0).collect();
+    ranges.sort_by_key(|t| t.offset);
+    for pair in ranges.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b.offset < a.offset + a.size {
+            return Err(corrupt(path, format!(
+                "tensors `{}` (bytes {}..{}) and `{}` (bytes {}..{}) share data",
+                a.name, a.offset, a.offset + a.size, b.name, b.offset, b.offset + b.size
+            )));
+        }
+    }
+    Ok(())
 }

@@ -31,6 +31,18 @@ pub fn fisher_targets(value: &Value, source: &Path) -> Result<(TargetSpec, Vec<S
 /// default to SPARSE_MASK's (`DEFAULT_TARGETS`) when `spec.target_modules` is None;
 /// `source` names the options in errors.
 pub fn estimate_fisher(model: &mut CausalLm, spec: &TargetSpec, batches: &[FisherBatch], source: &Path) -> Result<FisherScores> {
+    estimate_fisher_until(model, spec, batches, source, &|| false)
+}
+
+/// As `estimate_fisher`, checking `cancelled` before each batch (a forward and a backward):
+/// `Error::Aborted` when it says so, e.g. because the process is exiting.
+pub fn estimate_fisher_until(
+    model: &mut CausalLm,
+    spec: &TargetSpec,
+    batches: &[FisherBatch],
+    source: &Path,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<FisherScores> {
     if batches.is_empty() {
         return Err(Error::arg("batches", "at least one batch of inputIds and labels", "none"));
     }
@@ -47,17 +59,20 @@ pub fn estimate_fisher(model: &mut CausalLm, spec: &TargetSpec, batches: &[Fishe
     for (_, id) in &weights {
         model.store.get_mut(*id).requires_grad = true;
     }
-    let result = accumulate(model, &weights, batches);
+    let result = accumulate(model, &weights, batches, cancelled);
     for ((_, id), on) in weights.iter().zip(before) {
         model.store.get_mut(*id).requires_grad = on;
     }
     result
 }
 
-fn accumulate(model: &CausalLm, weights: &[(String, ParamId)], batches: &[FisherBatch]) -> Result<FisherScores> {
+fn accumulate(model: &CausalLm, weights: &[(String, ParamId)], batches: &[FisherBatch], cancelled: &dyn Fn() -> bool) -> Result<FisherScores> {
     let dtype = if model.dtype == DType::F64 { DType::F64 } else { DType::F32 };
     let mut sums = FisherScores::new();
     for (i, b) in batches.iter().enumerate() {
+        if cancelled() {
+            return Err(Error::Aborted);
+        }
         let ctx = Ctx::new(&model.store, false);
         let logits = model.forward(&b.batch, &ctx, None, false).map_err(|e| at_batch(i, e))?;
         let l = loss::causal_lm_loss(&logits, &b.labels).map_err(|e| at_batch(i, e))?;

@@ -15,7 +15,7 @@ pub mod fisher;
 pub mod select;
 
 pub use config::SparseMaskConfig;
-pub use fisher::{estimate_fisher, fisher_targets, FisherBatch};
+pub use fisher::{estimate_fisher, estimate_fisher_until, fisher_targets, FisherBatch};
 pub use select::MaskType;
 
 use crate::error::{Error, Result};
