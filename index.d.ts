@@ -226,6 +226,26 @@ export interface GenerateArgs {
   stopTokenIds: Array<number>
 }
 
+/** Reads the header only (the map is opened, but no tensor data is touched). */
+export declare function ggufSummary(path: string): GgufSummary
+
+export interface GgufSummary {
+  /** The resolved config, as JSON in Hugging Face's key names. */
+  configJson: string
+  tensors: Array<GgufTensorSummary>
+}
+
+export interface GgufTensorSummary {
+  /** The Hugging Face name when the architecture maps it, else the GGUF name. */
+  name: string
+  /** ggml's type name: F32, F16, BF16, Q4_0, Q4K, ... */
+  ggmlType: string
+  /** Hugging Face order (outermost first). */
+  shape: Array<number>
+  /** Bytes as stored in the file. */
+  bytes: number
+}
+
 export declare function loadModel(path: string, dtype?: string | undefined | null, device?: string | undefined | null): Promise<NativeModel>
 
 /** A `tokenizer.json`, a folder holding one, or a `.gguf` file. */

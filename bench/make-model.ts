@@ -85,6 +85,14 @@ export interface MakeOptions {
   seq?: number
   /** Overrides of the config (smaller models for profiling). */
   config?: Partial<BenchConfig>
+  /** The stored type (default float32); bfloat16 keeps the top 16 bits of each f32 value. */
+  dtype?: 'float32' | 'bfloat16'
+  /**
+   * Repeat one random block of 2^20 values through each matrix instead of drawing every value:
+   * seconds instead of many minutes for a 1B model, for memory measurements where the values
+   * do not matter (bench/plan-accuracy.ts).
+   */
+  tiled?: boolean
 }
 
 /**
@@ -96,8 +104,10 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
   const seed = opts.seed ?? 0
   const batch = opts.batch ?? 4
   const seq = opts.seq ?? 256
-  const config = { ...SMOLLM2_135M, ...opts.config }
-  const stamp = JSON.stringify({ config, seed, batch, seq })
+  const bf16 = opts.dtype === 'bfloat16'
+  const config = { ...SMOLLM2_135M, ...opts.config, ...(bf16 ? { torch_dtype: 'bfloat16' } : {}) }
+  const elementBytes = bf16 ? 2 : 4
+  const stamp = JSON.stringify({ config, seed, batch, seq, ...(opts.tiled ? { tiled: true } : {}) })
   mkdirSync(dir, { recursive: true })
   const stampPath = join(dir, 'bench-stamp.json')
   if (existsSync(stampPath) && readFileSync(stampPath, 'utf8') === stamp && existsSync(join(dir, 'model.safetensors'))) {
@@ -105,11 +115,13 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
   }
   const rng = normalSource(seed)
   const shapes = weightShapes(config)
+  const block = opts.tiled ? new Float32Array(1 << 20) : null
+  if (block) rng.fill(block, config.initializer_range)
   const header: Record<string, unknown> = { __metadata__: { format: 'pt' } }
   let offset = 0
   for (const [name, shape] of shapes) {
-    const bytes = shape.reduce((a, b) => a * b, 1) * 4
-    header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + bytes] }
+    const bytes = shape.reduce((a, b) => a * b, 1) * elementBytes
+    header[name] = { dtype: bf16 ? 'BF16' : 'F32', shape, data_offsets: [offset, offset + bytes] }
     offset += bytes
   }
   let json = JSON.stringify(header)
@@ -123,8 +135,15 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
     for (const [, shape] of shapes) {
       const t = new Float32Array(shape.reduce((a, b) => a * b, 1))
       if (shape.length === 1) t.fill(1)
+      else if (block) for (let i = 0; i < t.length; i += block.length) t.set(block.subarray(0, Math.min(block.length, t.length - i)), i)
       else rng.fill(t, config.initializer_range)
-      writeSync(fd, new Uint8Array(t.buffer))
+      if (!bf16) writeSync(fd, new Uint8Array(t.buffer))
+      else {
+        const u = new Uint32Array(t.buffer)
+        const half = new Uint16Array(u.length)
+        for (let i = 0; i < u.length; i++) half[i] = u[i] >>> 16 // truncation: random weights, any rounding will do
+        writeSync(fd, new Uint8Array(half.buffer))
+      }
     }
   } finally {
     closeSync(fd)

@@ -36,5 +36,7 @@ export type { SparseMaskConfigOptions, MaskType, FisherBatch } from './methods/s
 export * from './data'
 export * from './train'
 export * from './compose'
+export { planMemory, checkPlanFits, availableMemory, formatPlan } from './plan'
+export type { PlanMemoryOptions, MemoryPlanResult } from './plan'
 export { downloadFromHub } from './hub/resolve'
 export type { HubOptions, HubProgress } from './hub/settings'

@@ -3,6 +3,7 @@
 import { parseArgs } from './args'
 import { trainCommand } from './train'
 import { chatCommand, evalCommand, exportCommand, generateCommand, infoCommand, mergeCommand } from './commands'
+import { planCommand } from './plan'
 import { processIo, type Io } from './io'
 import { checkCommandLine } from './options'
 
@@ -22,6 +23,11 @@ export const USAGE = `peft-node <command> [options]
   info      M | --model M [--adapter DIR | --method ... ]    trainable parameters, targeted modules
   merge     --model M --adapter DIR --output DIR [--dtype bfloat16] [--force]
             a Hugging Face checkpoint; an existing, non-empty --output needs --force
+  plan      M | --model M [--batch-size 4] [--seq-len 2048] [--gradient-checkpointing] [--dtype f32|bf16]
+            [--base-type q4_0|q4_k|q8_0|...: as a file of that type would be]
+            [--optimizer adamw|sgd] [--method lora|ia3 --r 8 --target-modules ...] [--trainable-parameters N]
+            memory per component (weights, adapter, gradients, optimizer, activations, logits, workspace)
+            from the config and tensor types alone (docs/memory.md)
   export    --model M --adapter DIR --format gguf-lora --output FILE.gguf [--outtype f16|f32|bf16|q8_0] [--force]
             a llama.cpp LoRA adapter to load next to the base GGUF (llama.cpp, Ollama, LM Studio)
   export    --model M --adapter DIR --format gguf --output FILE.gguf [--outtype f16|...|q4_0|q4_k_m] [--ollama]
@@ -48,6 +54,7 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
     else if (command === 'info') await infoCommand(flags, args, io)
     else if (command === 'merge') await mergeCommand(flags, io)
     else if (command === 'export') await exportCommand(flags, io)
+    else if (command === 'plan') planCommand(flags, args, io)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
   } catch (e) {

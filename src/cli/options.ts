@@ -7,6 +7,9 @@ import { TRAIN_KEYS, normalise } from './config'
 const GENERATION = ['maxTokens', 'maxNewTokens', 'temperature', 'temp', 'topP', 'topK', 'seed']
 /** --model/--adapter may be Hub ids: their revisions, and the .gguf of a GGUF repo. */
 const HUB = ['revision', 'adapterRevision', 'file']
+/** `plan`'s own options, and the method fields the planner reads (src/plan/adapter.ts). */
+export const PLAN_KEYS = ['model', 'config', 'batchSize', 'seqLen', 'maxSeqLength', 'dtype', 'baseType', 'gradientCheckpointing', 'optimizer', 'trainableParameters', 'method', 'methodConfig']
+export const PLAN_METHOD_FIELDS = ['r', 'loraAlpha', 'loraDropout', 'targetModules', 'useDora', 'useRslora', 'feedforwardModules']
 
 /** The options of each command, as `normalise` names them (camelCase, mlx-lm aliases resolved). */
 export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string; methodFields?: boolean }> = {
@@ -18,6 +21,7 @@ export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string;
   info: { options: ['model', 'adapter', 'config', 'method', 'methodConfig', ...HUB], args: 'the model', methodFields: true },
   merge: { options: ['model', 'adapter', 'output', 'dtype', 'force', ...HUB] },
   export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'ollama', 'force', ...HUB] },
+  plan: { options: [...PLAN_KEYS, ...PLAN_METHOD_FIELDS], args: 'the model' },
 }
 
 const ALWAYS = ['help']

@@ -11,9 +11,26 @@ import { cliPeftModel, methodConfig, methodOptions } from './methods'
 import { attachProgress, duration } from './progress'
 import { modelHubOptions, required } from './load'
 import { runDemo } from './demo'
+import { planMemory, checkPlanFits } from '../plan'
 import type { Io } from './io'
 
 const num = (v: unknown) => (v === undefined ? undefined : Number(v))
+
+/**
+ * Before the model is loaded: with --max-seq-length (the longest row) and a method the planner
+ * estimates (LoRA, IA³) on a local checkpoint, a run that cannot fit is refused before any
+ * allocation. Otherwise the Trainer checks once the model and data are loaded.
+ */
+function preloadMemoryCheck(modelPath: string, config: PeftConfig, o: Record<string, unknown>): void {
+  if (o.maxSeqLength === undefined) return
+  let plan
+  try {
+    plan = planMemory(modelPath, { method: config, batchSize: num(o.batchSize) ?? 4, seqLen: num(o.maxSeqLength), gradientCheckpointing: o.gradientCheckpointing === true || o.gradientCheckpointing === 'true' })
+  } catch {
+    return // a Hub id, or a method the planner does not estimate: the Trainer's check applies
+  }
+  checkPlanFits(plan, plan, { escape: '--no-memory-check' })
+}
 
 export async function trainCommand(flags: Record<string, unknown>, io: Io, signal?: AbortSignal): Promise<void> {
   const o = trainOptions(flags)
@@ -33,6 +50,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   if (typeof o.resume === 'string' && !methodGiven) {
     config = new RawPeftConfig(readTrainerState(resolveCheckpoint(o.resume)).adapter.config) // resume as trained
   }
+  if (o.memoryCheck !== false && o.memoryCheck !== 'false') preloadMemoryCheck(modelPath, config, o)
   const t0 = Date.now()
   const model = await AutoModelForCausalLM.fromPretrained(modelPath, modelHubOptions(o, io))
   const peft = await cliPeftModel(model, config, num(o.seed), 'train', flags, io)
@@ -48,6 +66,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
     lrSchedule: o.lrSchedule as 'linear' | undefined, maxGradNorm: num(o.maxGradNorm), evalEvery: num(o.evalEvery), evalBatches: num(o.evalBatches),
     saveEvery: num(o.saveEvery), saveTotalLimit: num(o.saveTotalLimit), seed: num(o.seed), resumeFromCheckpoint: o.resume as string | undefined,
     gradientCheckpointing: o.gradientCheckpointing === undefined ? undefined : o.gradientCheckpointing === true || o.gradientCheckpointing === 'true',
+    memoryCheck: o.memoryCheck === undefined ? undefined : o.memoryCheck === true || o.memoryCheck === 'true',
   })
   attachProgress(trainer, io)
   const end = await trainer.train().catch((e: unknown) => {

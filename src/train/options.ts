@@ -49,6 +49,8 @@ export interface TrainerOptions {
   padTokenId?: number
   /** transformers' `gradient_checkpointing`: recompute each decoder layer in the backward (less memory, ~1 more forward of compute). Default false. */
   gradientCheckpointing?: boolean
+  /** Refuse to start when the planned step (src/plan/, docs/memory.md) exceeds the available memory. Default true. */
+  memoryCheck?: boolean
 }
 
 export type ResolvedOptions = Required<Omit<TrainerOptions, 'valid' | 'output' | 'epochs' | 'maxSteps' | 'signal' | 'resumeFromCheckpoint' | 'optimizer' | 'padTokenId' | 'evalBatches' | 'maxSeqLength'>> &
@@ -104,6 +106,7 @@ export function resolveOptions(o: TrainerOptions, defaultPad: number): ResolvedO
     lengthBucketing: o.lengthBucketing ?? true,
     packing: o.packing ?? false,
     gradientCheckpointing: o.gradientCheckpointing ?? false,
+    memoryCheck: o.memoryCheck ?? true,
     padTokenId: int('padTokenId', o.padTokenId ?? defaultPad, 0),
   }
   if (!['constant', 'linear', 'cosine'].includes(r.lrSchedule)) throw new Error(`lrSchedule: expected "constant", "linear" or "cosine", found ${String(r.lrSchedule)}`)
@@ -112,6 +115,7 @@ export function resolveOptions(o: TrainerOptions, defaultPad: number): ResolvedO
   if (r.saveEvery > 0 && !r.output) throw new Error('saveEvery: checkpoints need an `output` folder')
   if (r.signal !== undefined && !(r.signal instanceof AbortSignal)) throw new Error('signal: expected an AbortSignal')
   if (typeof r.gradientCheckpointing !== 'boolean') throw new Error(`gradientCheckpointing: expected a boolean, found ${String(r.gradientCheckpointing)}`)
+  if (typeof r.memoryCheck !== 'boolean') throw new Error(`memoryCheck: expected a boolean, found ${String(r.memoryCheck)}`)
   if (r.packing && !r.maxSeqLength) throw new Error('packing: needs `maxSeqLength` (the length of a packed row)')
   return r
 }

@@ -10,6 +10,7 @@ import { mixSeed } from '../data/prng'
 import { resolveOptions, type ResolvedOptions, type TrainerOptions } from './options'
 import { BatchStream } from './stream'
 import { accumulateGradients } from './accumulate'
+import { checkTrainingMemory } from './memory-check'
 import { evaluate } from './evaluate'
 import { MetricsLog, readMetrics } from './metrics'
 import { lossCurveSvg } from './svg'
@@ -138,6 +139,7 @@ export class Trainer extends EventEmitter {
     const params = this.model.namedParameters({ trainableOnly: true })
     if (params.length === 0) throw new Error('Trainer: the model has no trainable parameters (attach an adapter with getPeftModel, or load one with isTrainable: true)')
     this.#names = params.map(([, p]) => p.name)
+    if (o.memoryCheck) checkTrainingMemory(this.model, o) // before the optimizer state or any activation exists
     this.#opt = o.optimizer ? o.optimizer(params) : new AdamW(params, { lr: o.learningRate, weightDecay: o.weightDecay })
     this.#opt.zeroGrad()
     const w = { warmupSteps: o.warmupSteps, totalSteps: Number.isFinite(this.totalSteps) ? this.totalSteps : 0 }

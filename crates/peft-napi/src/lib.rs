@@ -18,6 +18,7 @@ mod mixed;
 mod model;
 mod optim;
 mod peft;
+mod plan;
 mod sora;
 mod sparse;
 mod tensor;
