@@ -130,11 +130,13 @@ fn load_weights(file: &GgufFile, cfg: &ModelConfig, dtype: DType, device: &Devic
             if let Some(n_head) = names::rope_heads(cfg, &hf) {
                 q = q.permute_rows(&names::from_gguf_row_order(rows, n_head));
             }
+            file.release(info);
             weights.files.insert(hf.clone(), path.into());
             weights.quantized.insert(hf, std::sync::Arc::new(q));
             continue;
         }
         let mut t = file.tensor(info, dtype, device)?;
+        file.release(info);
         if let Some(n_head) = names::rope_heads(cfg, &hf) {
             t = names::from_gguf_rows(&t, n_head)?;
         }

@@ -38,6 +38,26 @@ impl GgufFile {
         &self.map[info.offset..info.offset + info.size]
     }
 
+    /// Drops a tensor's mapped pages from this process once its bytes were copied out: they
+    /// count in RSS beside the copy otherwise, and an 8B model's load would peak at twice its
+    /// size. The file is mapped read-only, so a later read faults the bytes back in unchanged.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let start = info.offset.div_ceil(PAGE) * PAGE;
+            let end = (info.offset + info.size) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: a read-only file mapping: MADV_DONTNEED discards clean pages, which the
+                // next access reads from the file again (nothing is lost); no reference into
+                // these bytes is held here. A refused advice (another page size) is harmless.
+                let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     /// A tensor dequantized to `dtype`, in the stored row order.
     pub fn tensor(&self, info: &TensorInfo, dtype: DType, device: &Device) -> Result<Tensor> {
         let bytes = self.tensor_bytes(info);
