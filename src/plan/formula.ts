@@ -51,7 +51,8 @@ export interface PlanInput {
   chunkedLoss: boolean
   /** Node + the addon before anything is loaded. */
   baselineBytes: number
-  /** The checkpoint's bytes as stored: mapped (and resident) while the loader copies them out. */
+  /** The checkpoint's bytes mapped (and resident) at once while the loader copies them out: a
+   * safetensors file's whole size; a GGUF's largest tensor (its pages are dropped as copied). */
   fileBytes: number
   /**
    * Frozen matrices stay in their storage type (no load dtype): block types and f16/bf16 are

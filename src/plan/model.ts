@@ -104,7 +104,9 @@ function plannedAsStored(model: string | Record<string, unknown>, dtype?: string
     const g = native.ggufSummary(model)
     const shape = shapeOf(JSON.parse(g.configJson) as Record<string, unknown>, model)
     const tensors = g.tensors.map((t) => (as && t.shape.length > 1 ? { name: t.name, shape: t.shape, type: as } : { name: t.name, shape: t.shape, type: t.ggmlType, bytes: as ? undefined : t.bytes }))
-    return { shape, tensors, fileBytes: g.tensors.reduce((a, t) => a + t.bytes, 0) }
+    // The GGUF loader drops each tensor's mapped pages once it is copied out (GgufFile::release):
+    // one tensor's bytes, not the file's, sit beside the weights while loading.
+    return { shape, tensors, fileBytes: g.tensors.reduce((a, t) => Math.max(a, t.bytes), 0) }
   }
   const path = join(model, 'config.json')
   let config: Record<string, unknown>
