@@ -13,7 +13,7 @@
 //   - gradient checkpointing (crates/peft-core/src/model/checkpoint.rs), which keeps only each
 //     decoder layer's input and recomputes one layer at a time in backward;
 //   - the chunked LM head + cross-entropy (crates/peft-core/src/ops/linear_cross_entropy.rs:
-//     ~2^23 logits per chunk, 4× that over a quantized head), where the full logits never exist.
+//     ~2^23 logits per chunk, over a quantized head too), where the full logits never exist.
 // There is no KV cache in training (it is a generation-time term), so it is reported apart.
 
 /** One base tensor as it will sit in memory: its element count and stored type. */
@@ -146,13 +146,11 @@ export function computePlan(p: PlanInput): MemoryPlan {
   // Checkpointing: each layer's input [b, l, d] stays; one layer is recomputed at a time.
   const layerInputs = s.layers * b * l * s.hiddenSize * F32
   const activations = p.gradientCheckpointing ? layerInputs + layer : s.layers * layer + layerInputs
-  const head = p.tensors.find((t) => t.name === 'lm_head.weight') ?? p.tensors.find((t) => t.name === 'model.embed_tokens.weight')
-  const quantHead = p.keptInStorage && head !== undefined && isQWeight(head.type)
-  // Chunked: a chunk's logits, their softmax and gradient (3 × chunk), 4× the rows over a
-  // QWeight head (crates/peft-core/src/model/loss.rs on the quant branch); the full path keeps the
-  // [b, l, V] logits, log-softmax and their gradient.
+  // Chunked: a chunk's logits, their softmax and gradient (3 × chunk), the same over a QWeight
+  // head (crates/peft-core/src/model/loss.rs); the full path keeps the [b, l, V] logits,
+  // log-softmax and their gradient.
   // A chunk is at most every token's logits (a small batch over a small vocabulary).
-  const chunk = Math.min(LOSS_CHUNK_ELEMENTS * (quantHead ? 4 : 1), b * l * s.vocabSize)
+  const chunk = Math.min(LOSS_CHUNK_ELEMENTS, b * l * s.vocabSize)
   const logitsLoss = p.chunkedLoss ? 3 * chunk * F32 + b * l * s.hiddenSize * F32 : 3 * b * l * s.vocabSize * F32
   const quantized = p.keptInStorage && p.tensors.some((t) => t.shape.length > 1 && isQWeight(t.type))
   const components: Record<ComponentName, number> = {
