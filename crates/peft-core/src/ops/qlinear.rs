@@ -53,16 +53,25 @@ fn parallelism(flops: usize) -> gemm::Parallelism {
     }
 }
 
-/// `y[m, n] = x[m, k] · Wᵀ`.
-fn forward(x: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
+/// Calls `f(first_row, rows, tile)` for each tile of rows of `w`, dequantized into one scratch
+/// buffer that every tile reuses.
+fn for_each_tile(w: &QWeight, mut f: impl FnMut(usize, usize, &[f32])) {
     let (n, k) = w.dims();
-    let mut y = vec![0f32; m * n];
     let t = tile_rows(k, n);
     let mut scratch = vec![0f32; t * k];
     for r0 in (0..n).step_by(t) {
         let rows = t.min(n - r0);
         let tile = &mut scratch[..rows * k];
         w.dequantize_rows(r0, tile);
+        f(r0, rows, tile);
+    }
+}
+
+/// `y[m, n] = x[m, k] · Wᵀ`.
+fn forward(x: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
+    let (n, k) = w.dims();
+    let mut y = vec![0f32; m * n];
+    for_each_tile(w, |r0, rows, tile| {
         // SAFETY: y has m rows of n; columns r0..r0+rows of it are written (dst_rs = n).
         // x is m × k row-major; the tile is rows × k row-major, read as its transpose.
         unsafe {
@@ -70,7 +79,7 @@ fn forward(x: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
                 x.as_ptr(), 1, k as isize, tile.as_ptr(), k as isize, 1,
                 0.0, 1.0, false, false, false, parallelism(m * rows * k));
         }
-    }
+    });
     y
 }
 
@@ -78,12 +87,7 @@ fn forward(x: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
 fn input_grad(dy: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
     let (n, k) = w.dims();
     let mut dx = vec![0f32; m * k];
-    let t = tile_rows(k, n);
-    let mut scratch = vec![0f32; t * k];
-    for r0 in (0..n).step_by(t) {
-        let rows = t.min(n - r0);
-        let tile = &mut scratch[..rows * k];
-        w.dequantize_rows(r0, tile);
+    for_each_tile(w, |r0, rows, tile| {
         // SAFETY: dx is m × k; dy's columns r0..r0+rows are read (lhs_rs = n); the tile is
         // rows × k row-major. After the first tile the products accumulate (read_dst).
         unsafe {
@@ -91,7 +95,7 @@ fn input_grad(dy: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
                 dy.as_ptr().add(r0), 1, n as isize, tile.as_ptr(), 1, k as isize,
                 1.0, 1.0, false, false, false, parallelism(m * rows * k));
         }
-    }
+    });
     dx
 }
 
