@@ -59,6 +59,8 @@ test("the CLI's second Ctrl-C quits a generate at once", async (t) => {
   child.kill('SIGINT')
   const started = Date.now()
   const code = await Promise.race([exited(child), new Promise((r) => setTimeout(() => r('still running'), 5000))])
-  t.is(code, 130)
+  // 130: the second Ctrl-C quit; 0: the first one's stop (after the current token) had already
+  // ended the command, which a fast machine manages within the 200 ms. Either way, at once.
+  t.true(code === 130 || code === 0, `exit code ${code}`)
   t.true(Date.now() - started < 1500, `exit took ${Date.now() - started} ms`)
 })
