@@ -66,7 +66,7 @@ export function formatPlan(plan: MemoryPlan): string[] {
   return [
     ...rows,
     `  ${'training step'.padEnd(18)}${formatBytes(plan.trainingTotal).padStart(12)}`,
-    `  ${'while loading'.padEnd(18)}${formatBytes(plan.loadPeak).padStart(12)}  (the mapped file beside the weights)`,
+    `  ${'while loading'.padEnd(18)}${formatBytes(plan.loadPeak).padStart(12)}  (the mapped checkpoint bytes beside the weights)`,
     `  ${'total (peak)'.padEnd(18)}${formatBytes(plan.total).padStart(12)}`,
   ]
 }
