@@ -164,3 +164,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The tensor `name` of one file, its shape passed to `check` before anything is copied
+/// (so a wrong-sized tensor is refused without allocating it). Missing: an error naming the file.
+pub fn load_one(path: &Path, name: &str, check: impl FnOnce(&[usize]) -> Result<()>, device: &Device) -> Result<Tensor> {
+    let file = super::open_file(path, "a safetensors file")?;
+    // SAFETY: the map is read-only and dropped before this function returns; the tensor is copied out.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| corrupt(path, e))?;
+    let view = st.tensor(name).map_err(|_| corrupt(path, format!("no tensor `{name}` (found: {})", st.names().join(", "))))?;
+    check(view.shape())?;
+    view_to_tensor(&view, path, name, device)
+}

@@ -10,12 +10,28 @@ use crate::model::{CausalLm, Ctx};
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
 
+/// Names of recorded values that are reported, not added to the loss: routing weights (MoLE's
+/// mean gate per expert), averaged over the layers that recorded them.
+pub const ROUTING_PREFIX: &str = "routing/";
+
+/// Takes the `ROUTING_PREFIX` entries out of `terms`: each name's mean over its layers.
+fn report_routing(terms: &mut Vec<(String, Tensor)>) -> Result<BTreeMap<String, f64>> {
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    for (name, t) in terms.iter().filter(|(n, _)| n.starts_with(ROUTING_PREFIX)) {
+        let e = sums.entry(name.clone()).or_insert((0.0, 0));
+        e.0 += t.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()?;
+        e.1 += 1;
+    }
+    terms.retain(|(n, _)| !n.starts_with(ROUTING_PREFIX));
+    Ok(sums.into_iter().map(|(n, (s, c))| (n, s / c as f64)).collect())
+}
+
 /// `loss` + AdaLoRA's regulariser + the recorded auxiliary terms; and each auxiliary term's
 /// value (summed over the layers that added it).
 pub fn training_loss(loss: Tensor, model: &CausalLm, tuners: &Tuners, ctx: &Ctx) -> Result<(Tensor, BTreeMap<String, f64>)> {
     let mut loss = regularized_loss(loss, model, tuners, ctx)?;
-    let terms = std::mem::take(&mut *ctx.aux_losses.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut values = BTreeMap::new();
+    let mut terms = std::mem::take(&mut *ctx.aux_losses.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut values = report_routing(&mut terms)?;
     if terms.is_empty() {
         return Ok((loss, values));
     }

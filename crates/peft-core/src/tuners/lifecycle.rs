@@ -290,7 +290,7 @@ impl Tuners {
         Ok(self.modules(name)?.iter().filter_map(|p| self.layer(p, name).map(|l| (p.as_str(), l))).collect())
     }
 
-    fn layer(&self, path: &str, name: &str) -> Option<&dyn AdapterLayer> {
+    pub(super) fn layer(&self, path: &str, name: &str) -> Option<&dyn AdapterLayer> {
         self.layers.get(path)?.iter().find(|l| l.adapter_name() == name).map(|l| l.as_ref())
     }
 

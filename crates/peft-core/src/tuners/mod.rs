@@ -57,6 +57,12 @@ pub mod ssf;
 pub mod targeting;
 pub mod unipelt;
 pub mod vera;
+// Survey methods, part A (issue 16).
+pub mod adapter_fusion;
+mod frozen_experts;
+pub mod mole;
+pub mod adapter_soup;
+pub mod adamix;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
@@ -130,6 +136,12 @@ pub trait AdapterLayer: Send + Sync {
 
     /// Prompt site: virtual token embeddings [n, hidden] prepended to the input embeddings.
     fn virtual_tokens(&self, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Prompt site: virtual token embeddings [b, n, hidden] that depend on the instance (SMoP's
+    /// routed prompts, IDPG's generated ones), from the input at prefill. Default: none.
+    fn instance_tokens(&self, _inputs: &crate::model::PromptInputs, _ctx: &Ctx) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
@@ -318,6 +330,9 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("CHILD_TUNING") => boxed(child_tuning::ChildTuningConfig::from_value(value, source)),
         Some("COMPACTER") => boxed(compacter::CompacterConfig::from_value(value, source)),
         Some("DEPT") => boxed(dept::DeptConfig::from_value(value, source)),
+        Some("ADAPTER_FUSION") => boxed(adapter_fusion::AdapterFusionConfig::from_value(value, source)),
+        Some("MOLE") => boxed(mole::MoleConfig::from_value(value, source)),
+        Some("ADAMIX") => boxed(adamix::AdaMixConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -335,6 +350,7 @@ pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
     "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
+    "ADAPTER_FUSION", "MOLE", "ADAMIX",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

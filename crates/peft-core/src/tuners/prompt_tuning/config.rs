@@ -10,7 +10,7 @@ use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig}
 use candle_core::{DType, Tensor};
 use rand::Rng;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `PromptTuningInit`.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,8 @@ pub struct PromptTuningConfig {
     pub targets: TargetSpec,
     pub num_virtual_tokens: usize,
     pub init: PromptInit,
+    /// SPoT: the source prompt's adapter folder (`init_from.rs`); overrides `init`.
+    pub init_from: Option<PathBuf>,
     pub dims: Dims,
 }
 
@@ -42,6 +44,18 @@ impl PromptTuningConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
         let mut v = value.clone();
         let ids = v.as_object_mut().and_then(|o| o.remove(INIT_TOKEN_IDS));
+        let init_from = match v.as_object_mut().and_then(|o| o.remove(super::init_from::INIT_FROM)) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
+            Some(other) => {
+                return Err(Error::InvalidConfig {
+                    file: source.into(),
+                    key: super::init_from::INIT_FROM.into(),
+                    expected: "the folder of a saved prompt-tuning adapter (a string)".into(),
+                    found: other.to_string(),
+                })
+            }
+        };
         let mut defaults = learning::defaults();
         defaults.as_object_mut().expect("object").extend(
             json!({"prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": null, "tokenizer_name_or_path": null, "tokenizer_kwargs": null})
@@ -82,7 +96,7 @@ impl PromptTuningConfig {
         if !fields.get("tokenizer_kwargs").is_null() && !matches!(init, PromptInit::Text { .. }) {
             return Err(fields.err("tokenizer_kwargs", "null unless prompt_tuning_init is \"TEXT\""));
         }
-        let config = PromptTuningConfig { fields, targets: TargetSpec::default(), num_virtual_tokens, init, dims: Dims::default() };
+        let config = PromptTuningConfig { fields, targets: TargetSpec::default(), num_virtual_tokens, init, init_from, dims: Dims::default() };
         Ok((config, warnings))
     }
 
@@ -92,6 +106,7 @@ impl PromptTuningConfig {
         let vocab = embed.dim(0)?;
         let ids: Vec<u32> = match &self.init {
             _ if bc.loading => return Ok(Tensor::zeros((n, h), bc.dtype, embed.device())?),
+            _ if self.init_from.is_some() => return super::init_from::source_prompt(self.init_from.as_deref().unwrap_or(Path::new("")), n, h, bc.dtype, embed.device()),
             PromptInit::Random => return normal(n, h, 1.0, bc.rng, bc.dtype, embed.device()),
             PromptInit::SampleVocab => (0..n).map(|_| bc.rng.random_range(0..vocab as u32)).collect(),
             PromptInit::Text { token_ids: None } => {

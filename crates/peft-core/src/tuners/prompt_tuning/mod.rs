@@ -3,6 +3,7 @@
 //! PEFT 0.21: `PromptTuningConfig` (`tuners/prompt_tuning/config.py`), `PromptEmbedding`
 //! (`model.py`), `PeftModelForCausalLM.forward` / `get_prompt` (`peft_model.py`).
 pub mod config;
+pub mod init_from;
 pub mod learning;
 
 pub use config::{PromptInit, PromptTuningConfig};
