@@ -156,7 +156,7 @@ impl CausalLm {
             x = h.input_embeddings(x, past - virt_past, ctx)?;
         }
         let prompt = match &ctx.hooks {
-            Some(h) if past == 0 => h.prompt(ctx, b)?,
+            Some(h) if past == 0 => h.prompt(ctx, &super::hooks::PromptInputs { embeddings: &x, mask: batch.attention_mask.as_deref() })?,
             _ => Default::default(),
         };
         let nv = match &prompt.virtual_tokens {

@@ -22,6 +22,14 @@ pub struct Prompt {
     pub prefix_spans: Vec<(String, usize)>,
 }
 
+/// What the prompt site sees of the input at prefill: the input tokens' embeddings
+/// [b, t, hidden] (after `input_embeddings`) and the caller's attention mask, for prompts that
+/// depend on the instance (SMoP's router, IDPG's generator).
+pub struct PromptInputs<'a> {
+    pub embeddings: &'a Tensor,
+    pub mask: Option<&'a [Vec<u8>]>,
+}
+
 pub trait ModelHooks: Send + Sync {
     /// Called once at the start of every forward pass with the batch size, before any
     /// other hook; an error stops the pass (a per-row assignment of the wrong length).
@@ -59,8 +67,8 @@ pub trait ModelHooks: Send + Sync {
         Ok(x)
     }
 
-    /// What to prepend to the sequence at prefill (nothing cached yet), for a batch of `b`.
-    fn prompt(&self, _ctx: &Ctx, _b: usize) -> Result<Prompt> {
+    /// What to prepend to the sequence at prefill (nothing cached yet), for the batch of `inputs`.
+    fn prompt(&self, _ctx: &Ctx, _inputs: &PromptInputs) -> Result<Prompt> {
         Ok(Prompt::default())
     }
 

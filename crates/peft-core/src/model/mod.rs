@@ -21,7 +21,7 @@ pub use batch::Batch;
 pub use checkpoint::{Checkpointing, ModelAccess};
 pub use kv_cache::KvCache;
 pub use decoder::{CausalLm, Ctx};
-pub use hooks::{ModelHooks, Prompt, PROMPT_ENCODER};
+pub use hooks::{ModelHooks, Prompt, PromptInputs, PROMPT_ENCODER};
 pub use layers::{Linear, Norm};
 pub use modules::{Module, ModuleKind};
 pub use load::LoadOptions;

@@ -4,7 +4,7 @@
 use super::routing::RowAdapters;
 use super::Tuners;
 use crate::error::{Error, Result};
-use crate::model::{Ctx, Linear, ModelHooks, Norm, Prompt, PROMPT_ENCODER};
+use crate::model::{Ctx, Linear, ModelHooks, Norm, Prompt, PromptInputs, PROMPT_ENCODER};
 use candle_core::Tensor;
 
 /// `Ctx::with_tuners(&tuners)`: a forward pass with the adapters attached.
@@ -74,10 +74,10 @@ impl ModelHooks for Tuners {
         }
     }
 
-    fn prompt(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
+    fn prompt(&self, ctx: &Ctx, inputs: &PromptInputs) -> Result<Prompt> {
         match rows(ctx) {
             Some(_) => Ok(Prompt::default()), // `route_rows` refuses prompt-learning adapters per row
-            None => self.prompt_running(ctx, b),
+            None => self.prompt_running(ctx, inputs),
         }
     }
 

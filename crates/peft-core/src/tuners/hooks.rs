@@ -6,7 +6,7 @@
 use super::{LinearInfo, Tuners};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::model::{CausalLm, Ctx, Norm, ParamId, ParamStore, Prompt, PROMPT_ENCODER};
+use crate::model::{CausalLm, Ctx, Norm, ParamId, ParamStore, Prompt, PromptInputs, PROMPT_ENCODER};
 use candle_core::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +65,11 @@ impl HookSite {
 }
 
 impl Tuners {
-    /// The running adapters' prompt contributions for a batch of `b`, concatenated in the
+    /// The running adapters' prompt contributions for the batch of `inputs`, concatenated in the
     /// active order (PEFT runs one prompt-learning adapter at a time; several simply stack).
-    pub(crate) fn prompt_running(&self, ctx: &Ctx, b: usize) -> Result<Prompt> {
+    /// Shared virtual tokens are broadcast over the batch; per-instance ones come per row.
+    pub(crate) fn prompt_running(&self, ctx: &Ctx, inputs: &PromptInputs) -> Result<Prompt> {
+        let b = inputs.embeddings.dim(0)?;
         let mut virt: Vec<Tensor> = Vec::new();
         let mut prefix: Vec<Vec<(Tensor, Tensor)>> = Vec::new();
         let mut prefix_spans = Vec::new();
@@ -75,6 +77,9 @@ impl Tuners {
             if let Some(v) = layer.virtual_tokens(ctx)? {
                 let (n, h) = v.dims2()?;
                 virt.push(v.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?);
+            }
+            if let Some(v) = layer.instance_tokens(inputs, ctx)? {
+                virt.push(v);
             }
             if let Some(p) = layer.kv_prefix(ctx)? {
                 prefix_spans.push((layer.adapter_name().to_string(), p.first().map_or(Ok(0), |(k, _)| k.dim(1))?));
