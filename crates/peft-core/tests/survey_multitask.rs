@@ -236,3 +236,56 @@ fn spot_initialises_a_prompt_from_a_source_prompt() {
     assert!(method_contract::error_of(&missing).contains("nope"), "{}", method_contract::error_of(&missing));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn smop_contract() {
+    let e = check(&json!({"peft_type": "SMOP", "num_virtual_tokens": 3, "num_prompts": 2}), 3, false);
+    println!("SMoP: finite differences rel err {e:e}");
+}
+
+#[test]
+fn idpg_contract() {
+    let e = check(&json!({"peft_type": "IDPG", "num_virtual_tokens": 3, "generator_hidden": 8}), 3, false);
+    println!("IDPG: finite differences rel err {e:e}");
+}
+
+/// Prompt tuning with the prompt `p` on a fresh model, for comparisons.
+fn prompt_tuning_with(p: &Tensor) -> (CausalLm, Tuners) {
+    let (pt, pt_t) = inject(&json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": p.dim(0).unwrap()}), 9);
+    set(&pt, "prompt_encoder.default.embedding.weight", p);
+    (pt, pt_t)
+}
+
+/// With one prompt the router's probability is 1: SMoP is prompt tuning. With two, each row
+/// runs p_j·P_j for its own top-1 j; a file holds the prompts and the router.
+#[test]
+fn smop_routes_each_instance_to_one_scaled_prompt() {
+    let (one, one_t) = inject(&json!({"peft_type": "SMOP", "num_virtual_tokens": 3, "num_prompts": 1}), 1);
+    let (pt, pt_t) = prompt_tuning_with(&value(&one, "prompt_encoder.default.embedding.weight"));
+    let d = max_abs_diff(&logits_with(&one, Some(&one_t)), &logits_with(&pt, Some(&pt_t)));
+    assert!(d < 1e-5, "SMoP(k = 1) vs prompt tuning: {d}");
+    let (two, two_t) = inject(&json!({"peft_type": "SMOP", "num_virtual_tokens": 3, "num_prompts": 2}), 2);
+    let router = "prompt_encoder.default.smop_router.weight";
+    let r = value(&two, router);
+    let zero = Tensor::zeros(r.dim(1).unwrap(), r.dtype(), r.device()).unwrap();
+    // Both router rows 0: the logits tie, the top-1 is prompt 0 (the first), with p = ½.
+    set(&two, router, &Tensor::stack(&[&zero, &zero], 0).unwrap());
+    let prompts = value(&two, "prompt_encoder.default.embedding.weight");
+    let (pt, pt_t) = prompt_tuning_with(&(prompts.narrow(0, 0, 3).unwrap() * 0.5).unwrap());
+    let d = max_abs_diff(&logits_with(&two, Some(&two_t)), &logits_with(&pt, Some(&pt_t)));
+    assert!(d < 1e-5, "tied router: ½·P₀: {d}");
+    let keys: Vec<String> = two_t.checkpoint_keys(&two, "default").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["prompt_embeddings", "prompt_encoder.smop_router.weight"]);
+    assert_eq!(two_t.config("default").unwrap().to_json()["num_virtual_tokens"], 3, "each prompt's length");
+}
+
+/// With W_up = 0 (the default start) IDPG's prompt is b_up for every instance: prompt tuning.
+#[test]
+fn idpg_starts_as_prompt_tuning() {
+    let (g, g_t) = inject(&json!({"peft_type": "IDPG", "num_virtual_tokens": 3}), 1);
+    let (pt, pt_t) = prompt_tuning_with(&value(&g, "prompt_encoder.default.embedding.weight"));
+    let d = max_abs_diff(&logits_with(&g, Some(&g_t)), &logits_with(&pt, Some(&pt_t)));
+    assert!(d < 1e-6, "IDPG(W_up = 0) vs prompt tuning: {d}");
+    let keys: Vec<String> = g_t.checkpoint_keys(&g, "default").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["prompt_embeddings", "prompt_encoder.idpg_down.weight", "prompt_encoder.idpg_down_bias.weight", "prompt_encoder.idpg_up.weight"]);
+}

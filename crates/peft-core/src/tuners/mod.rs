@@ -63,6 +63,8 @@ mod frozen_experts;
 pub mod mole;
 pub mod adapter_soup;
 pub mod adamix;
+pub mod smop;
+pub mod idpg;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
@@ -333,6 +335,8 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("ADAPTER_FUSION") => boxed(adapter_fusion::AdapterFusionConfig::from_value(value, source)),
         Some("MOLE") => boxed(mole::MoleConfig::from_value(value, source)),
         Some("ADAMIX") => boxed(adamix::AdaMixConfig::from_value(value, source)),
+        Some("SMOP") => boxed(smop::SmopConfig::from_value(value, source)),
+        Some("IDPG") => boxed(idpg::IdpgConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -350,7 +354,7 @@ pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
     "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
-    "ADAPTER_FUSION", "MOLE", "ADAMIX",
+    "ADAPTER_FUSION", "MOLE", "ADAMIX", "SMOP", "IDPG",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

@@ -89,3 +89,49 @@ pub fn checkpoint_key(param: &str, adapter: &str) -> String {
         crate::tuners::remove_adapter_name(param, adapter)
     }
 }
+
+/// The config of a method that is prompt tuning plus fields of its own (SMoP, IDPG): prompt
+/// tuning's reader checks everything but `own` (name, default), whose values (given or default)
+/// are added to its fields under `peft_type`. Warnings name `class`.
+pub fn with_own_fields(
+    value: &Value,
+    source: &std::path::Path,
+    peft_type: &str,
+    class: &str,
+    own: &[(&str, Value)],
+) -> Result<(super::PromptTuningConfig, Fields, Vec<String>)> {
+    let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
+    if obj.get("peft_type").and_then(Value::as_str) != Some(peft_type) {
+        let found = obj.get("peft_type").map_or("nothing".into(), Value::to_string);
+        return Err(Error::InvalidConfig { file: source.into(), key: "peft_type".into(), expected: format!("\"{peft_type}\""), found });
+    }
+    let mut inner = obj.clone();
+    own.iter().for_each(|(k, _)| drop(inner.remove(*k)));
+    inner.insert("peft_type".into(), json!("PROMPT_TUNING"));
+    let (prompt, warnings) = super::PromptTuningConfig::from_value(&Value::Object(inner), source)?;
+    let mut fields = prompt.fields.clone();
+    fields.set("peft_type", peft_type);
+    for (k, default) in own {
+        fields.set(k, obj.get(*k).cloned().unwrap_or_else(|| default.clone()));
+    }
+    Ok((prompt, fields, warnings.into_iter().map(|w| w.replace("PromptTuningConfig", class)).collect()))
+}
+
+/// `check_model` of such a method: prompt tuning's fields filled from the model, copied over.
+pub fn fill_from_prompt(prompt: &mut super::PromptTuningConfig, fields: &mut Fields, model: &CausalLm, targets: &[crate::tuners::LinearInfo]) -> Result<Vec<String>> {
+    use crate::tuners::TunerConfig;
+    let w = prompt.check_model(model, targets)?;
+    for key in ["token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"] {
+        fields.set(key, prompt.fields.get(key).clone());
+    }
+    Ok(w)
+}
+
+/// The file key of such a method's tensor: its own (`prompt_encoder.<prefix>…`, without the
+/// adapter name), or prompt tuning's (`prompt_embeddings`).
+pub fn own_checkpoint_key(param: &str, adapter: &str, prefix: &str) -> String {
+    match param.strip_prefix(&param_name(adapter, prefix)) {
+        Some(rest) => format!("prompt_encoder.{prefix}{rest}"),
+        None => checkpoint_key(param, adapter),
+    }
+}
