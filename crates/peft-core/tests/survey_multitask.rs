@@ -289,3 +289,40 @@ fn idpg_starts_as_prompt_tuning() {
     let keys: Vec<String> = g_t.checkpoint_keys(&g, "default").unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["prompt_embeddings", "prompt_encoder.idpg_down.weight", "prompt_encoder.idpg_down_bias.weight", "prompt_encoder.idpg_up.weight"]);
 }
+
+#[test]
+fn prefix_propagation_contract() {
+    let e = check(&json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3}), 3, false);
+    println!("Prefix-Propagation: finite differences rel err {e:e}");
+}
+
+/// With the per-layer offsets at zero it is prompt tuning; with offsets, they act on the prefix
+/// positions only: decoding token by token from the cache equals one full pass.
+#[test]
+fn prefix_propagation_offsets_the_prefix_positions_only() {
+    use peft_core::model::{Batch, Ctx, KvCache};
+    use peft_core::tuners::WithTuners;
+    let (pp, pp_t) = inject(&json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3}), 1);
+    let (pt, pt_t) = prompt_tuning_with(&value(&pp, "prompt_encoder.default.embedding.weight"));
+    let d = max_abs_diff(&logits_with(&pp, Some(&pp_t)), &logits_with(&pt, Some(&pt_t)));
+    assert!(d < 1e-6, "zero offsets vs prompt tuning: {d}");
+    let keys: Vec<String> = pp_t.checkpoint_keys(&pp, "default").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["prompt_embeddings", "base_model.model.model.layers.0.mlp.prefix_propagation.weight"], "P₀, and P₁ before the last of 2 layers");
+
+    let (model, tuners) = method_contract::setup(&json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3, "init_weights": false}), candle_core::DType::F64);
+    let without = {
+        let (m, t) = prompt_tuning_with(&value(&model, "prompt_encoder.default.embedding.weight").to_dtype(candle_core::DType::F32).unwrap());
+        logits_with(&m, Some(&t))
+    };
+    assert!(max_abs_diff(&logits_with(&model, Some(&tuners)).to_dtype(candle_core::DType::F32).unwrap(), &without) > 1e-4, "the offsets change the output");
+    let row: Vec<u32> = inputs().input_ids[0].iter().take(8).copied().collect();
+    let ctx = Ctx::inference(&model.store).with_tuners(&tuners);
+    let full = model.forward(&Batch::new(vec![row.clone()]), &ctx, None, false).unwrap();
+    let mut cache = KvCache::new(model.layers.len());
+    let mut steps = vec![model.forward(&Batch::new(vec![row[..3].to_vec()]), &ctx, Some(&mut cache), false).unwrap()];
+    for &tok in &row[3..] {
+        steps.push(model.forward(&Batch::new(vec![vec![tok]]), &ctx, Some(&mut cache), false).unwrap());
+    }
+    let diff = max_abs_diff(&Tensor::cat(&steps, 1).unwrap(), &full);
+    assert!(diff < 1e-10, "cached decoding vs full pass: {diff}");
+}

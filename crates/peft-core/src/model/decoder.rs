@@ -45,6 +45,9 @@ pub struct Ctx<'a> {
     pub aux_losses: Mutex<Vec<(String, Tensor)>>,
 }
 
+/// The shared-draws key of `Ctx::virtual_positions`.
+const VIRTUAL_POSITIONS: &str = "model/virtual_positions";
+
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
@@ -80,6 +83,17 @@ impl<'a> Ctx<'a> {
     pub fn draw_once(&self, key: &str, draw: impl FnOnce(&mut StdRng) -> u64) -> u64 {
         let mut drawn = self.shared_draws.lock().unwrap_or_else(|e| e.into_inner());
         *drawn.entry(key.to_string()).or_insert_with(|| draw(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    /// How many virtual positions (prepended prompt tokens) lead this pass's hidden states:
+    /// set by the forward at prefill, 0 when decoding from a cache. Kept with the shared draws,
+    /// so a checkpointed layer's recompute sees the same value.
+    pub fn virtual_positions(&self) -> usize {
+        self.shared_draws.lock().unwrap_or_else(|e| e.into_inner()).get(VIRTUAL_POSITIONS).copied().unwrap_or(0) as usize
+    }
+
+    fn set_virtual_positions(&self, n: usize) {
+        self.shared_draws.lock().unwrap_or_else(|e| e.into_inner()).insert(VIRTUAL_POSITIONS.into(), n as u64);
     }
 
     /// Records an auxiliary loss term of this pass (summed into the training loss by name).
@@ -171,6 +185,7 @@ impl CausalLm {
             None => None,
         };
         let np = prefix.as_ref().map_or(Ok(0), |p| p[0].0.dim(2))?;
+        ctx.set_virtual_positions(nv);
         let (tq, past_keys, virt) = (nv + t, past + np, virt_past + np + nv);
         let positions: Vec<Vec<i64>> = match &batch.position_ids {
             None => vec![(past_keys as i64..(past_keys + tq) as i64).collect(); b],

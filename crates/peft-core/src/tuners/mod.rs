@@ -65,6 +65,7 @@ pub mod adapter_soup;
 pub mod adamix;
 pub mod smop;
 pub mod idpg;
+pub mod prefix_propagation;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
@@ -337,6 +338,7 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("ADAMIX") => boxed(adamix::AdaMixConfig::from_value(value, source)),
         Some("SMOP") => boxed(smop::SmopConfig::from_value(value, source)),
         Some("IDPG") => boxed(idpg::IdpgConfig::from_value(value, source)),
+        Some("PREFIX_PROPAGATION") => boxed(prefix_propagation::PrefixPropagationConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -354,7 +356,7 @@ pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
     "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
-    "ADAPTER_FUSION", "MOLE", "ADAMIX", "SMOP", "IDPG",
+    "ADAPTER_FUSION", "MOLE", "ADAMIX", "SMOP", "IDPG", "PREFIX_PROPAGATION",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

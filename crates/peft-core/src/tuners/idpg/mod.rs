@@ -9,16 +9,16 @@
 //! Our own `peft_type` "IDPG": prompt tuning's fields plus `generator_hidden` (m, default 64).
 //! Tensors: `prompt_embeddings` [l, d] (b_up), `prompt_encoder.idpg_down.weight` [m, d],
 //! `prompt_encoder.idpg_down_bias.weight` [m], `prompt_encoder.idpg_up.weight` [l·d, m].
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::{CausalLm, Ctx, ParamId, PromptInputs};
+use crate::model::{Ctx, ParamId, PromptInputs};
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::HookSite;
 use crate::tuners::init::kaiming_uniform;
 use crate::tuners::prompt_tuning::learning;
 use crate::tuners::prompt_tuning::PromptTuningConfig;
 use crate::tuners::smop::pooled_input;
-use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
+use crate::tuners::{AdapterLayer, BuildCtx, TargetSpec, TunerConfig};
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -44,25 +44,10 @@ impl IdpgConfig {
 
 impl TunerConfig for IdpgConfig {
     config_plumbing!();
+    learning::own_prompt_plumbing!("IDPG", "idpg_");
 
     fn peft_type(&self) -> &'static str {
         "IDPG"
-    }
-
-    fn can_merge(&self) -> bool {
-        false
-    }
-
-    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
-        learning::fill_from_prompt(&mut self.prompt, &mut self.fields, model, targets)
-    }
-
-    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
-        self.prompt.hook_sites(model)
-    }
-
-    fn create_linear(&self, t: &LinearInfo, _bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        Err(Error::Unsupported(format!("IDPG does not attach to linear layers (`{}`)", t.path)))
     }
 
     fn create_hook(&self, site: &HookSite, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
@@ -81,9 +66,6 @@ impl TunerConfig for IdpgConfig {
         Ok(Box::new(IdpgLayer { adapter: a.to_string(), bias, down, up }))
     }
 
-    fn checkpoint_key(&self, param_name: &str, adapter: &str) -> String {
-        learning::own_checkpoint_key(param_name, adapter, "idpg_")
-    }
 }
 
 #[derive(Debug)]

@@ -135,3 +135,27 @@ pub fn own_checkpoint_key(param: &str, adapter: &str, prefix: &str) -> String {
         None => checkpoint_key(param, adapter),
     }
 }
+
+/// The `TunerConfig` methods of a method that is prompt tuning plus its own fields and tensors
+/// (`fields`, `prompt`): no merging, prompt tuning's model checks and site, its tensors keyed
+/// `prompt_encoder.<prefix>…`. `$what` names the method in errors.
+macro_rules! own_prompt_plumbing {
+    ($what:literal, $prefix:literal) => {
+        fn can_merge(&self) -> bool {
+            false
+        }
+        fn check_model(&mut self, model: &$crate::model::CausalLm, targets: &[$crate::tuners::LinearInfo]) -> $crate::error::Result<Vec<String>> {
+            $crate::tuners::prompt_tuning::learning::fill_from_prompt(&mut self.prompt, &mut self.fields, model, targets)
+        }
+        fn hook_sites(&self, model: &$crate::model::CausalLm) -> $crate::error::Result<Option<Vec<$crate::tuners::HookSite>>> {
+            self.prompt.hook_sites(model)
+        }
+        fn create_linear(&self, t: &$crate::tuners::LinearInfo, _bc: &mut $crate::tuners::BuildCtx) -> $crate::error::Result<Box<dyn $crate::tuners::AdapterLayer>> {
+            Err($crate::error::Error::Unsupported(format!("{} does not attach to linear layers (`{}`)", $what, t.path)))
+        }
+        fn checkpoint_key(&self, param_name: &str, adapter: &str) -> String {
+            $crate::tuners::prompt_tuning::learning::own_checkpoint_key(param_name, adapter, $prefix)
+        }
+    };
+}
+pub(crate) use own_prompt_plumbing;

@@ -12,14 +12,14 @@
 //! Our own `peft_type` "SMOP"; tensors `prompt_embeddings` [k·l, d] (prompt i: rows i·l…) and
 //! `prompt_encoder.smop_router.weight` [k, d] (nn.Linear's init). The prompt depends on the
 //! instance: nothing merges.
-use crate::error::{Error, Result};
-use crate::model::{CausalLm, Ctx, ParamId, PromptInputs};
+use crate::error::Result;
+use crate::model::{Ctx, ParamId, PromptInputs};
 use crate::tuners::fields::{config_plumbing, Fields};
 use crate::tuners::hooks::HookSite;
 use crate::tuners::init::{kaiming_uniform, normal};
 use crate::tuners::prompt_tuning::learning;
 use crate::tuners::prompt_tuning::PromptTuningConfig;
-use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
+use crate::tuners::{AdapterLayer, BuildCtx, TargetSpec, TunerConfig};
 use candle_core::{DType, Tensor, D};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -68,25 +68,10 @@ impl SmopConfig {
 
 impl TunerConfig for SmopConfig {
     config_plumbing!();
+    learning::own_prompt_plumbing!("SMoP", "smop_");
 
     fn peft_type(&self) -> &'static str {
         "SMOP"
-    }
-
-    fn can_merge(&self) -> bool {
-        false
-    }
-
-    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
-        learning::fill_from_prompt(&mut self.prompt, &mut self.fields, model, targets)
-    }
-
-    fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
-        self.prompt.hook_sites(model)
-    }
-
-    fn create_linear(&self, t: &LinearInfo, _bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        Err(Error::Unsupported(format!("SMoP does not attach to linear layers (`{}`)", t.path)))
     }
 
     fn create_hook(&self, site: &HookSite, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
@@ -100,9 +85,6 @@ impl TunerConfig for SmopConfig {
         Ok(Box::new(SmopLayer { adapter: bc.adapter.to_string(), prompts, router, num_prompts: self.num_prompts, router_noise: self.router_noise }))
     }
 
-    fn checkpoint_key(&self, param_name: &str, adapter: &str) -> String {
-        learning::own_checkpoint_key(param_name, adapter, "smop_")
-    }
 }
 
 #[derive(Debug)]
