@@ -143,6 +143,12 @@ export declare class NativeModel {
   estimateFisher(optionsJson: string, batches: Array<FisherBatchInput>): Promise<NativeFisherScores>
   /** `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`. */
   addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<string>>
+  /**
+   * Adds adapter `name` composed by `method` from the trained adapters `adapters`:
+   * "adapter-fusion" and "mole" keep copies of them frozen inside it, "adapter-soup" is
+   * their weight average. Returns warnings.
+   */
+  addComposedAdapter(method: string, adapters: Array<string>, name: string): Promise<Array<string>>
 }
 
 /** Turns ids fed one at a time into text, holding back incomplete characters. */

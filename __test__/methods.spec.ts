@@ -97,6 +97,18 @@ const ROWS: Row[] = [
   // The offsets' factor A is what the finite differences check (B starts at 0; one step moves it).
   { name: 'DePT', config: (a) => new peftNode.DeptConfig({ numVirtualTokens: 3, r: 4, maxLength: 32 }), canMerge: false, virtual: 3, fdParam: /dept_A/ },
   { name: 'MixLoRA', config: (a) => new peftNode.MixLoraConfig({ r: 2, numExperts: 3, topK: 2 }), canMerge: false, fdParam: /mixlora_router/ },
+  // Survey methods, part A (issue 16). Built from a config alone, the fused adapters / LoRA
+  // experts are random and frozen (buffers): the contract checks the trained fusion and gates.
+  // MoLE on all linears: its gates alone fit the training check's batch.
+  { name: 'AdapterFusion', config: (a) => new peftNode.AdapterFusionConfig({ numAdapters: 3, bottleneckSize: 8 }), canMerge: false, fdParam: /fusion_query/ },
+  { name: 'MoLE', config: (a) => new peftNode.MoleConfig({ r: 4, numExperts: 4, targetModules: 'all-linear' }), canMerge: false, fdParam: /mole_gate/ },
+  // Evaluation averages the experts' weights, so each expert's slice gets its share of the gradient.
+  { name: 'AdaMix', config: (a) => new peftNode.AdaMixConfig({ numExperts: 3, bottleneckSize: 8 }), canMerge: false, fdParam: /adamix_down\./ },
+  // Instance-dependent prompts: the router (SMoP, top-1 without noise in evaluation) and the
+  // generator's down-projection (IDPG) are the new parts the finite differences check.
+  { name: 'SMoP', config: (a) => new peftNode.SmopConfig({ numVirtualTokens: 3, numPrompts: 2 }), canMerge: false, virtual: 3, fdParam: /smop_router/ },
+  { name: 'IDPG', config: (a) => new peftNode.IdpgConfig({ numVirtualTokens: 3, generatorHidden: 8 }), canMerge: false, virtual: 3, fdParam: /idpg_down\./ },
+  { name: 'Prefix-Propagation', config: (a) => new peftNode.PrefixPropagationConfig({ numVirtualTokens: 3 }), canMerge: false, virtual: 3, fdParam: /prefix_propagation/ },
 ]
 
 for (const arch of ARCHS) {

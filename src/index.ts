@@ -33,6 +33,8 @@ export { SparseMaskConfig, PaFiConfig, FisherScores, estimateFisher } from './me
 export { MoSLoraConfig, MoLoraConfig, MoVConfig, MixLoraConfig, LoraDropoutConfig, SoraConfig, ChildTuningConfig, CompacterConfig } from './methods/mixtures'
 export type { MoSLoraConfigOptions, MoLoraConfigOptions, MoVConfigOptions, MixLoraConfigOptions, LoraDropoutConfigOptions, SoraConfigOptions, ChildTuningConfigOptions, CompacterConfigOptions } from './methods/mixtures'
 export type { SparseMaskConfigOptions, MaskType, FisherBatch } from './methods/sparse'
+export { AdapterFusionConfig, MoleConfig, AdaMixConfig, SmopConfig, IdpgConfig, PrefixPropagationConfig } from './methods/multitask'
+export type { AdapterFusionConfigOptions, MoleConfigOptions, AdaMixConfigOptions, SmopConfigOptions, IdpgConfigOptions, PrefixPropagationConfigOptions } from './methods/multitask'
 export * from './data'
 export * from './train'
 export * from './compose'

@@ -80,6 +80,21 @@ export class PeftModel {
     for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
   }
 
+  /**
+   * Adds adapter `name` built by `method` over the trained adapters `adapters`, which it copies
+   * and keeps frozen: 'adapter-fusion' (AdapterFusion over serial bottleneck adapters) or 'mole'
+   * (MoLE: learned gates over LoRA adapters of one rank on the same modules); or 'adapter-soup',
+   * their uniform weight average (`adapterSoup` in compose/soup.ts selects the adapters).
+   * It is added inactive; `setAdapter(name)` trains its own parameters.
+   */
+  async addComposedAdapter(method: 'adapter-fusion' | 'mole' | 'adapter-soup', adapters: string[], name: string): Promise<void> {
+    if (typeof method !== 'string') throw new Error(`method: expected "adapter-fusion", "mole" or "adapter-soup", found ${String(method)}`)
+    adapterNameArgs('adapters', adapters)
+    adapterNameArg('name', name, { isNew: true })
+    this.warnings = await this.native.addComposedAdapter(method, adapters, name)
+    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+  }
+
   /** Loads an adapter folder, or a Hub repo id (`user/adapter`) fetched into the Hugging Face cache. */
   async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } & Omit<HubOptions, 'file'> = {}): Promise<void> {
     adapterNameArg('name', name, { isNew: true })

@@ -28,6 +28,10 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   'lora-dropout': { peftType: 'LORA_DROPOUT' }, sora: { peftType: 'SORA' }, 'child-tuning': { peftType: 'CHILD_TUNING' },
   compacter: { peftType: 'COMPACTER' }, dept: { peftType: 'DEPT', defaults: { numVirtualTokens: 20 } },
   pafi: { peftType: 'SPARSE_MASK', defaults: { density: 0.005, maskType: 'smallest_magnitude' } },
+  // Survey methods, part A (issue 16).
+  'adapter-fusion': { peftType: 'ADAPTER_FUSION' }, mole: { peftType: 'MOLE' }, adamix: { peftType: 'ADAMIX' },
+  smop: { peftType: 'SMOP', defaults: { numVirtualTokens: 5 } }, idpg: { peftType: 'IDPG', defaults: { numVirtualTokens: 5 } },
+  'prefix-propagation': { peftType: 'PREFIX_PROPAGATION', defaults: { numVirtualTokens: 10 } },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])

@@ -1,6 +1,6 @@
 import { PeftConfig, positiveInt, type PeftConfigOptions } from './config'
 
-interface BottleneckOptions extends PeftConfigOptions {
+export interface BottleneckOptions extends PeftConfigOptions {
   bottleneckSize?: number
   nonLinearity?: 'relu' | 'gelu' | 'silu' | 'tanh'
   scaling?: number

@@ -16,6 +16,11 @@ export interface PromptTuningConfigOptions extends PromptLearningOptions {
   promptTuningInitText?: string
   /** For `TEXT` init: the tokenized init text (PEFT tokenizes `promptTuningInitText` itself). */
   promptTuningInitTokenIds?: number[]
+  /**
+   * SPoT (Vu et al. 2022): start from a source task's trained prompt, the folder of a saved
+   * prompt-tuning adapter with this `numVirtualTokens` on this model (not written to the saved config).
+   */
+  initFrom?: string
 }
 
 export class PromptTuningConfig extends PeftConfig {
@@ -23,6 +28,9 @@ export class PromptTuningConfig extends PeftConfig {
   constructor(options: PromptTuningConfigOptions) {
     super(options)
     check(options)
+    if (options.initFrom !== undefined && (typeof options.initFrom !== 'string' || options.initFrom === '')) {
+      throw new Error(`initFrom: expected the folder of a saved prompt-tuning adapter, found ${JSON.stringify(options.initFrom)}`)
+    }
   }
 }
 

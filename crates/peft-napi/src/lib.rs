@@ -23,6 +23,8 @@ mod sora;
 mod sparse;
 mod tensor;
 mod tokenizer;
+// Survey methods, part A (issue 16).
+mod multitask;
 
 pub use generate::NativeAbort;
 pub use model::NativeModel;

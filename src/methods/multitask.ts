@@ -1,0 +1,139 @@
+// Multi-task composition and faster prompt tuning from the PEFT survey (Han et al. 2024, issue 16):
+// adapters built over several already-trained ones. Each is a `peft_type` of ours
+// (docs/methods.md); the native core validates every field.
+import { PeftConfig, positiveInt, type PeftConfigOptions } from './config'
+import type { BottleneckOptions } from './adapters'
+
+/**
+ * AdapterFusion (Pfeiffer et al. 2021): an attention (query/key/value [d, d] per layer) over the
+ * outputs of `numAdapters` serial bottleneck adapters, which are frozen. Build one over trained
+ * adapters with `peft.addComposedAdapter('adapter-fusion', names, fusionName)`; from this config
+ * alone the fused adapters start random (their shape: the bottleneck fields).
+ */
+export interface AdapterFusionConfigOptions extends BottleneckOptions {
+  numAdapters?: number
+  /** true (default): V starts as the identity. */
+  initWeights?: boolean
+}
+
+export class AdapterFusionConfig extends PeftConfig {
+  readonly peftType = 'ADAPTER_FUSION'
+  constructor(options: AdapterFusionConfigOptions = {}) {
+    super(options)
+    positiveInt('numAdapters', options.numAdapters)
+    positiveInt('bottleneckSize', options.bottleneckSize)
+  }
+}
+
+/**
+ * MoLE (Wu et al. 2024): a learned per-layer, per-token gate over `numExperts` LoRAs of rank `r`,
+ * which are frozen. Build one over trained LoRA adapters with
+ * `peft.addComposedAdapter('mole', names, moleName)`; from this config alone the LoRAs start
+ * random. The mean gates are reported in training metrics (`auxLosses['routing/mole.expert0']`, ...).
+ */
+export interface MoleConfigOptions extends PeftConfigOptions {
+  numExperts?: number
+  r?: number
+  loraAlpha?: number
+  /** τ in softmax(ε e / τ) (default 1). */
+  temperature?: number
+  /** Weight of the gating balance loss −Σᵢ log qᵢ (default 0: none). */
+  balanceLossCoef?: number
+  targetModules?: string[] | string
+  excludeModules?: string[] | string
+  layersToTransform?: number[] | number
+}
+
+export class MoleConfig extends PeftConfig {
+  readonly peftType = 'MOLE'
+  constructor(options: MoleConfigOptions = {}) {
+    super(options)
+    positiveInt('numExperts', options.numExperts)
+    positiveInt('r', options.r)
+  }
+}
+
+/**
+ * AdaMix (Wang et al. 2022): `numExperts` bottleneck experts per adapter position; training
+ * draws one down- and one up-projection per layer and forward, inference averages the experts'
+ * weights (one adapter's cost). Serial bottleneck fields; Houlsby's placement by default.
+ */
+export interface AdaMixConfigOptions extends BottleneckOptions {
+  numExperts?: number
+  /** true (default): the up-projections start at zero (the identity). */
+  initWeights?: boolean
+}
+
+export class AdaMixConfig extends PeftConfig {
+  readonly peftType = 'ADAMIX'
+  constructor(options: AdaMixConfigOptions = {}) {
+    super(options)
+    positiveInt('numExperts', options.numExperts)
+    positiveInt('bottleneckSize', options.bottleneckSize)
+  }
+}
+
+interface InstancePromptOptions extends PeftConfigOptions {
+  /** Virtual tokens prepended to every sequence (> 0): SMoP's length of each prompt. */
+  numVirtualTokens: number
+  promptTuningInit?: 'RANDOM' | 'SAMPLE_VOCAB' | 'TEXT'
+  promptTuningInitText?: string
+  promptTuningInitTokenIds?: number[]
+  /** SPoT: start the prompt(s) from a saved prompt-tuning adapter of the same total shape. */
+  initFrom?: string
+}
+
+/**
+ * SMoP (Choi et al. 2023): `numPrompts` short prompts of `numVirtualTokens` each and a router
+ * on the mean input embedding; each instance runs its top-1 prompt scaled by its probability.
+ */
+export interface SmopConfigOptions extends InstancePromptOptions {
+  numPrompts?: number
+  /** σ of the Gaussian noise on the router logits in training (default 1). */
+  routerNoise?: number
+}
+
+export class SmopConfig extends PeftConfig {
+  readonly peftType = 'SMOP'
+  constructor(options: SmopConfigOptions) {
+    super(options)
+    positiveInt('numVirtualTokens', options.numVirtualTokens)
+    positiveInt('numPrompts', options.numPrompts)
+  }
+}
+
+/**
+ * IDPG (Wu et al. 2022): the prompt generated per instance by a bottleneck MLP
+ * (`generatorHidden` wide) from the mean input embedding, plus a prompt-tuning prompt as its bias.
+ */
+export interface IdpgConfigOptions extends InstancePromptOptions {
+  generatorHidden?: number
+  /** true (default): the generator's up-projection starts at zero (IDPG starts as prompt tuning). */
+  initWeights?: boolean
+}
+
+export class IdpgConfig extends PeftConfig {
+  readonly peftType = 'IDPG'
+  constructor(options: IdpgConfigOptions) {
+    super(options)
+    positiveInt('numVirtualTokens', options.numVirtualTokens)
+    positiveInt('generatorHidden', options.generatorHidden)
+  }
+}
+
+/**
+ * Prefix-Propagation (Li et al. 2023): `numVirtualTokens` prompt tokens whose hidden states get a
+ * trained offset at every layer (instead of prefix tuning's per-layer keys and values).
+ */
+export interface PrefixPropagationConfigOptions extends InstancePromptOptions {
+  /** true (default): the per-layer offsets start at zero (it starts as prompt tuning). */
+  initWeights?: boolean
+}
+
+export class PrefixPropagationConfig extends PeftConfig {
+  readonly peftType = 'PREFIX_PROPAGATION'
+  constructor(options: PrefixPropagationConfigOptions) {
+    super(options)
+    positiveInt('numVirtualTokens', options.numVirtualTokens)
+  }
+}
