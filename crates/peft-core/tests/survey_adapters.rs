@@ -68,7 +68,7 @@ fn dept_contract() {
 /// `max_length` boundary), and the file holds the prompt and both factors under PEFT-style keys.
 #[test]
 fn dept_is_prompt_tuning_plus_position_offsets() {
-    use peft_core::model::{Batch, Ctx, KvCache};
+    use peft_core::model::{Batch, Ctx};
     use peft_core::tuners::WithTuners;
     let (d, d_t) = inject(&dept(5), 1);
     let (pt, pt_t) = inject(&json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3}), 2);
@@ -80,15 +80,9 @@ fn dept_is_prompt_tuning_plus_position_offsets() {
 
     let (model, tuners) = method_contract::setup(&dept(5), DType::F64);
     let row: Vec<u32> = inputs().input_ids[0].iter().take(8).copied().collect();
-    let ctx = Ctx::inference(&model.store).with_tuners(&tuners);
-    let full = model.forward(&Batch::new(vec![row.clone()]), &ctx, None, false).unwrap();
-    let mut cache = KvCache::new(model.layers.len());
-    let mut steps = vec![model.forward(&Batch::new(vec![row[..3].to_vec()]), &ctx, Some(&mut cache), false).unwrap()];
-    for &tok in &row[3..] {
-        steps.push(model.forward(&Batch::new(vec![vec![tok]]), &ctx, Some(&mut cache), false).unwrap());
-    }
-    let diff = max_abs_diff(&Tensor::cat(&steps, 1).unwrap(), &full);
+    let (full, diff) = cached_decoding_diff(&model, &tuners, &row);
     assert!(diff < 1e-10, "cached decoding vs full pass: {diff}");
+    let ctx = Ctx::inference(&model.store).with_tuners(&tuners);
     // Positions 5.. get no offset: zeroing the rows of A past max_length changes nothing, row 4 does.
     let a = value(&model, "prompt_encoder.default.dept_A.weight");
     let zero_row = |i: usize| {

@@ -300,8 +300,6 @@ fn prefix_propagation_contract() {
 /// positions only: decoding token by token from the cache equals one full pass.
 #[test]
 fn prefix_propagation_offsets_the_prefix_positions_only() {
-    use peft_core::model::{Batch, Ctx, KvCache};
-    use peft_core::tuners::WithTuners;
     let (pp, pp_t) = inject(&json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3}), 1);
     let (pt, pt_t) = prompt_tuning_with(&value(&pp, "prompt_encoder.default.embedding.weight"));
     let d = max_abs_diff(&logits_with(&pp, Some(&pp_t)), &logits_with(&pt, Some(&pt_t)));
@@ -316,13 +314,6 @@ fn prefix_propagation_offsets_the_prefix_positions_only() {
     };
     assert!(max_abs_diff(&logits_with(&model, Some(&tuners)).to_dtype(candle_core::DType::F32).unwrap(), &without) > 1e-4, "the offsets change the output");
     let row: Vec<u32> = inputs().input_ids[0].iter().take(8).copied().collect();
-    let ctx = Ctx::inference(&model.store).with_tuners(&tuners);
-    let full = model.forward(&Batch::new(vec![row.clone()]), &ctx, None, false).unwrap();
-    let mut cache = KvCache::new(model.layers.len());
-    let mut steps = vec![model.forward(&Batch::new(vec![row[..3].to_vec()]), &ctx, Some(&mut cache), false).unwrap()];
-    for &tok in &row[3..] {
-        steps.push(model.forward(&Batch::new(vec![vec![tok]]), &ctx, Some(&mut cache), false).unwrap());
-    }
-    let diff = max_abs_diff(&Tensor::cat(&steps, 1).unwrap(), &full);
+    let (_, diff) = cached_decoding_diff(&model, &tuners, &row);
     assert!(diff < 1e-10, "cached decoding vs full pass: {diff}");
 }

@@ -37,3 +37,19 @@ pub fn inject(v: &Value, seed: u64) -> (CausalLm, Tuners) {
     (model, tuners)
 }
 
+
+/// The logits of one full pass over `row`, and their largest difference from decoding the same
+/// row from a cache (a 3-token prefill, then one token at a time).
+pub fn cached_decoding_diff(model: &CausalLm, tuners: &Tuners, row: &[u32]) -> (Tensor, f32) {
+    use peft_core::model::{Batch, Ctx, KvCache};
+    use peft_core::tuners::WithTuners;
+    let ctx = Ctx::inference(&model.store).with_tuners(tuners);
+    let full = model.forward(&Batch::new(vec![row.to_vec()]), &ctx, None, false).unwrap();
+    let mut cache = KvCache::new(model.layers.len());
+    let mut steps = vec![model.forward(&Batch::new(vec![row[..3].to_vec()]), &ctx, Some(&mut cache), false).unwrap()];
+    for &tok in &row[3..] {
+        steps.push(model.forward(&Batch::new(vec![vec![tok]]), &ctx, Some(&mut cache), false).unwrap());
+    }
+    let diff = crate::common::max_abs_diff(&Tensor::cat(&steps, 1).unwrap(), &full);
+    (full, diff)
+}
