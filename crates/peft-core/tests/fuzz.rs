@@ -13,7 +13,7 @@ use harness::{fuzz, Target};
 use targets::*;
 
 /// Far above anything the tiny fixtures need (their largest tensor is 100 KB, a chat
-/// template's output is capped at 64 MiB): a size taken from a file without a bound hits it.
+/// template's output is capped at 16 MiB): a size taken from a file without a bound hits it.
 const ALLOC_LIMIT: usize = 256 << 20;
 
 struct Bounded;
