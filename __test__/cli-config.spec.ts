@@ -15,6 +15,12 @@ test('flow collections nested 100,000 deep: an error naming the file and line, n
   t.throws(() => parseYaml(maps, 'maps.yaml'), { message: /^maps\.yaml:1: nested deeper than/ })
 })
 
+test('a stray quote in a double-quoted scalar: an error naming the file and line (found by fuzz.spec.ts)', (t) => {
+  const text = 'model: m\nlora_parameters:\n  keys: ["self_attn.q_pr"j", "v"]\n'
+  t.throws(() => parseYaml(text, 'quote.yaml'), { message: /^quote\.yaml:3: malformed double-quoted string/ })
+  t.deepEqual(parseYaml('k: ["a b", "c"]\n', 'ok.yaml'), { k: ['a b', 'c'] })
+})
+
 test('block maps nested deeper than the bound: an error naming the file and the line', (t) => {
   const lines = Array.from({ length: MAX_YAML_DEPTH + 5 }, (_, i) => `${' '.repeat(i)}k${i}:`).join('\n') + ' 1\n'
   t.throws(() => parseYaml(lines, 'indent.yaml'), { message: new RegExp(`^indent\\.yaml:${MAX_YAML_DEPTH + 1}: nested deeper than ${MAX_YAML_DEPTH} levels`) })

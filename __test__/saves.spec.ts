@@ -63,3 +63,33 @@ test('a save killed at any moment leaves the folder holding one whole save', asy
     t.deepEqual(readdirSync(dir).filter((f) => f.startsWith('.')), [], 'no temporary files inside the folder')
   }
 })
+
+test('while another process saves again and again, a reader always finds the folder and its files (atomic exchange on Linux)', async (t) => {
+  if (process.platform !== 'linux') return t.pass('renameat2 is Linux-only; elsewhere the folder is briefly absent between two renames')
+  const dir = join(tempDir(t), 'adapter')
+  const child = spawn(process.execPath, ['--import=tsx', join(__dirname, 'helpers', 'save-child.ts'), dir], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill('SIGKILL'))
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => d.toString().includes('SAVING') && resolve())
+    child.on('exit', (code) => reject(new Error(`child exited (${code}) before saving`)))
+  })
+  let reads = 0
+  const missing: string[] = []
+  const ranks = new Set<number>()
+  const end = Date.now() + 3000
+  while (Date.now() < end) {
+    try {
+      // Two opens: a swap may fall between them (a reader that needs both from one save opens
+      // the folder once); each file on its own is always one whole save's.
+      const { config } = savedRanks(dir)
+      ranks.add(config)
+    } catch (e) {
+      missing.push((e as Error).message)
+    }
+    reads++
+    if (reads % 50 === 0) await new Promise((r) => setImmediate(r))
+  }
+  t.log(`${reads} reads, ranks seen ${[...ranks].join(', ')}, ${missing.length} failed`)
+  t.deepEqual(missing.slice(0, 3), [], 'the folder or one of its files was missing during a save')
+  t.true(ranks.size === 2, 'both saves were seen: the reads overlapped the swaps')
+})

@@ -71,11 +71,22 @@ test('a chat template that loops without end stops with an error naming its file
   await t.throwsAsync(tok.applyChatTemplateAsync([{ role: 'user', content: 'hi' }]), { message: /steps/ })
 })
 
+test('printing a huge repeated sequence in one expression is refused at once (found by fuzzing)', async (t) => {
+  // One instruction (so fuel does not count it) printing a lazily repeated list item by item:
+  // it took 40-68 s under load before the formatter checked the length.
+  const { tok, config } = await withTemplate(t, '{{ messages * 100000000 }}')
+  const started = Date.now()
+  const err = await t.throwsAsync(tok.applyChatTemplateAsync([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }]))
+  t.true(err!.message.includes(config), err!.message)
+  t.regex(err!.message, /printing a sequence of more than 100000 items was refused/)
+  t.true(Date.now() - started < 5_000, `took ${Date.now() - started} ms`)
+})
+
 test('a chat template whose output grows without bound is refused by the output-size bound', async (t) => {
   const { tok, config } = await withTemplate(t, '{% for m in messages * 100000000 %}{{ m.content }}{% endfor %}')
   const err = await t.throwsAsync(tok.applyChatTemplateAsync([{ role: 'user', content: 'x'.repeat(4096) }]))
   t.true(err!.message.includes(config), err!.message)
-  t.regex(err!.message, /more than 64 MiB/)
+  t.regex(err!.message, /more than 16 MiB/)
   // An ordinary render through the same path still works, on and off the JS thread.
   const ok = await withTemplate(t, '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}')
   t.is(await ok.tok.applyChatTemplateAsync([{ role: 'user', content: 'hi' }]), '<user>hi')

@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { LlamaModel } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
+import { tempDir } from './helpers/temp'
 import { trainNorm, type StepReport } from './helpers/train-norm'
 
 const ENTRY = join(__dirname, 'helpers', 'train-worker.ts')
@@ -89,4 +90,35 @@ test('workers load the addon one after another, then the main thread does', (t) 
   const out = JSON.parse(res.stdout) as { first: number[]; second: number[]; mainLoaded: boolean }
   t.deepEqual(out.first, out.second, 'the reloaded addon computes the same losses')
   t.true(out.mainLoaded)
+})
+
+test('work racing on one model inside each of three workers, one terminated mid-race: the others settle with the sequential results or clear errors', async (t) => {
+  const entry = join(__dirname, 'helpers', 'race-worker.ts')
+  const dir = tempDir(t)
+  const runs = [0, 1, 2].map((i) => {
+    const worker = new Worker(`require(${JSON.stringify(TSX)}); require(${JSON.stringify(entry)})`, { eval: true, workerData: { modelDir: MODEL_DIR, dir: join(dir, `w${i}`) } })
+    const ready = new Promise<void>((resolve) => worker.on('message', (m: { type: string }) => m.type === 'ready' && resolve()))
+    const done = new Promise<string[]>((resolve, reject) => {
+      worker.on('message', (m: { type: string; outcomes?: string[]; message?: string }) => {
+        if (m.type === 'done') resolve(m.outcomes!)
+        else if (m.type === 'error') reject(new Error(`worker ${i}: ${m.message}`))
+      })
+      worker.on('error', reject)
+      worker.on('exit', (code) => reject(new Error(`worker ${i} exited with ${code} before finishing`)))
+    })
+    return { worker, ready, done }
+  })
+  // Terminate the first as soon as its race has started: native jobs are in flight.
+  await runs[0].ready
+  await runs[0].worker.terminate()
+  await t.throwsAsync(runs[0].done, { message: /exited/ })
+  for (const [i, run] of runs.slice(1).entries()) {
+    const outcomes = await run.done
+    t.log(`worker ${i + 1}: ${outcomes.join(' | ')}`)
+    for (const o of outcomes) t.regex(o, /^(same logits|ok|error: .*(disposed|closed).*)$/, `worker ${i + 1}: ${o}`)
+  }
+  // The addon still works on the main thread afterwards.
+  const model = await LlamaModel.fromPretrained(MODEL_DIR)
+  t.teardown(() => model.dispose())
+  t.is((await model.generate(ids(), { maxNewTokens: 3, stopTokenIds: [] })).length, ids().length + 3)
 })

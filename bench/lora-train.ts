@@ -65,7 +65,8 @@ async function main() {
   for (let i = 0; i < warmup + steps; i++) {
     const cpu0 = process.cpuUsage()
     const a = performance.now()
-    const { logits, loss } = await peft.forward({ inputIds: inputs, labels: inputs })
+    // The README's loop, as a user writes it: no dispose(); backward() frees the graph.
+    const { loss } = await peft.forward({ inputIds: inputs, labels: inputs })
     const b = performance.now()
     await loss!.backward()
     const c = performance.now()
@@ -74,8 +75,6 @@ async function main() {
     const d = performance.now()
     const cpu = process.cpuUsage(cpu0)
     losses.push(await loss!.item())
-    logits.dispose() // frees the graph now instead of at the next GC
-    loss!.dispose()
     if (i >= warmup) {
       times.forward.push(b - a)
       times.backward.push(c - b)
@@ -112,7 +111,7 @@ async function main() {
     console.log(JSON.stringify(result))
   } else {
     const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`
-    console.log(`peft-node LoRA r=16 on SmolLM2-135M shape, batch ${batch} x seq ${seq}, ${steps} steps`)
+    console.log(`peft-node LoRA r=16, batch ${batch} x seq ${seq}, ${steps} steps`)
     console.log(`  trainable ${trainable.toLocaleString('en-US')} of ${all.toLocaleString('en-US')}`)
     console.log(`  step ${result.step_s.toFixed(2)} s (forward ${result.forward_s.toFixed(2)}, backward ${result.backward_s.toFixed(2)}, optimizer ${result.optimizer_s.toFixed(3)}), CPU ${result.cpu_s.toFixed(2)} s`)
     console.log(`  ${result.tokens_per_s.toFixed(1)} tokens/s, peak RSS ${mib(result.peak_rss_bytes)}, load avg ${result.loadavg.map((x) => x.toFixed(2)).join(' ')}`)

@@ -31,6 +31,31 @@ export const SMOLLM2_135M = {
 
 export type BenchConfig = typeof SMOLLM2_135M
 
+/** Llama-3.2-1B's shape (16 layers, hidden 2048, 32 / 8 heads, MLP 8192, vocab 128256, tied). */
+export const LLAMA_3_2_1B: BenchConfig = {
+  ...SMOLLM2_135M,
+  vocab_size: 128256,
+  hidden_size: 2048,
+  intermediate_size: 8192,
+  num_hidden_layers: 16,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  head_dim: 64,
+  max_position_embeddings: 131072,
+  rms_norm_eps: 1e-5,
+  rope_theta: 500000,
+  bos_token_id: 128000,
+  eos_token_id: 128001,
+}
+
+/** The shapes `npm run bench` knows, with the batch each is measured at. */
+export const SHAPES: Record<string, { config: BenchConfig; batch: number; seq: number; tiled: boolean }> = {
+  smollm2: { config: SMOLLM2_135M, batch: 4, seq: 256, tiled: false },
+  // 5 GB of f32: one random block repeated through each matrix (seconds instead of minutes;
+  // the values do not change the timing).
+  'llama-1b': { config: LLAMA_3_2_1B, batch: 1, seq: 512, tiled: true },
+}
+
 /** xorshift128+ then Box-Muller: fast, seeded, good enough for random weights. */
 function normalSource(seed: number) {
   // Two xorshift32 generators with different triples, summed; seeds must be non-zero.
@@ -157,11 +182,12 @@ export function writeRandomLlama(dir: string, opts: MakeOptions = {}): { config:
 
 if (require.main === module) {
   const dir = process.argv[2]
-  if (!dir) {
-    console.error('usage: tsx bench/make-model.ts DIR [seed]')
+  const shape = SHAPES[process.argv[4] ?? 'smollm2']
+  if (!dir || !shape) {
+    console.error(`usage: tsx bench/make-model.ts DIR [seed] [${Object.keys(SHAPES).join('|')}]`)
     process.exit(2)
   }
   const t0 = Date.now()
-  writeRandomLlama(dir, { seed: Number(process.argv[3] ?? 0) })
+  writeRandomLlama(dir, { seed: Number(process.argv[3] ?? 0), config: shape.config, batch: shape.batch, seq: shape.seq, tiled: shape.tiled })
   console.log(`wrote ${dir} in ${((Date.now() - t0) / 1000).toFixed(1)} s`)
 }

@@ -3,7 +3,10 @@
 // SmolLM2-135M-shaped checkpoint and the same batch, one after the other, and prints both
 // side by side with the ratio ours / torch. Run by hand (`npm run bench`), never in CI.
 //
-//   node bench/run.mjs [--steps 5] [--repeat 1] [--only ours|torch] [--keep-model DIR]
+//   node bench/run.mjs [--shape smollm2|llama-1b] [--steps 5] [--repeat 3] [--only ours|torch] [--keep-model DIR]
+//
+// The two sides alternate (ABBA) --repeat times; each run records /proc/stat's steal time and
+// the load average; best and median are reported per side. Our side is the README's loop.
 //
 // PyTorch, transformers and PEFT are installed on first use into .cache/bench-venv from
 // PyPI (the default Linux torch wheel, which pulls NVIDIA's CUDA wheels: PyPI serves no
@@ -27,9 +30,32 @@ const opt = (name, fallback) => {
   return i >= 0 ? argv[i + 1] : fallback
 }
 const steps = opt('steps', '5')
-const repeat = Number(opt('repeat', '1'))
+// At least three alternations: on a shared host one run of each side means little.
+const repeat = Number(opt('repeat', '3'))
 const only = opt('only')
 const keep = opt('keep-model')
+const shapeName = opt('shape', 'smollm2')
+const SHAPE = { smollm2: { batch: 4, seq: 256, label: 'SmolLM2-135M shape' }, 'llama-1b': { batch: 1, seq: 512, label: 'Llama-3.2-1B shape' } }[shapeName]
+if (!SHAPE) throw new Error(`--shape: expected smollm2 or llama-1b, got ${shapeName}`)
+
+/** The aggregate cpu line of /proc/stat: [total jiffies, steal jiffies]. */
+function cpuStat() {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+    return [f.slice(0, 8).reduce((a, b) => a + b, 0), f[7] ?? 0]
+  } catch {
+    return [0, 0]
+  }
+}
+
+/** Runs one side once, recording the host's steal time and load average around it. */
+function measured(fn) {
+  const [t0, s0] = cpuStat()
+  const load = loadavg()[0]
+  const r = fn()
+  const [t1, s1] = cpuStat()
+  return { ...r, steal_pct: t1 > t0 ? (100 * (s1 - s0)) / (t1 - t0) : null, load1_before: load, load1_after: loadavg()[0] }
+}
 
 function run(cmd, args, what, extraEnv = {}) {
   const r = spawnSync(cmd, args, { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...extraEnv }, maxBuffer: 1 << 26 })
@@ -62,17 +88,23 @@ function main() {
   const load = { before: loadavg() }
   try {
     console.error(`writing the random checkpoint to ${dir}`)
-    run('npx', ['tsx', 'bench/make-model.ts', dir], 'make-model')
+    run('npx', ['tsx', 'bench/make-model.ts', dir, '0', shapeName], 'make-model')
     const env = { RAYON_NUM_THREADS: '2', OMP_NUM_THREADS: '2' }
+    const shapeArgs = ['--batch', String(SHAPE.batch), '--seq', String(SHAPE.seq)]
     const results = { ours: [], torch: [] }
+    const sides = {
+      ours: () => lastJson(run('npx', ['tsx', 'bench/lora-train.ts', '--model', dir, '--steps', steps, ...shapeArgs, '--json'], 'bench/lora-train.ts', env)),
+      torch: () => lastJson(run(PY, ['bench/lora_train_torch.py', dir, '--steps', steps, ...shapeArgs, '--json'], 'bench/lora_train_torch.py', env)),
+    }
     for (let i = 0; i < repeat; i++) {
-      if (only !== 'torch') {
-        console.error(`peft-node, run ${i + 1}/${repeat}`)
-        results.ours.push(lastJson(run('npx', ['tsx', 'bench/lora-train.ts', '--model', dir, '--steps', steps, '--json'], 'bench/lora-train.ts', env)))
-      }
-      if (only !== 'ours') {
-        console.error(`torch + PEFT, run ${i + 1}/${repeat}`)
-        results.torch.push(lastJson(run(PY, ['bench/lora_train_torch.py', dir, '--steps', steps, '--json'], 'bench/lora_train_torch.py', env)))
+      // ABBA: the side that runs first alternates, so a drift in the host's load hits both.
+      const order = i % 2 === 0 ? ['ours', 'torch'] : ['torch', 'ours']
+      for (const side of order) {
+        if (only && only !== side) continue
+        console.error(`${side === 'ours' ? 'peft-node' : 'torch + PEFT'}, run ${i + 1}/${repeat}`)
+        const r = measured(sides[side])
+        console.error(`  ${r.tokens_per_s.toFixed(1)} tok/s, steal ${r.steal_pct?.toFixed(1)}%, load ${r.load1_before.toFixed(1)} → ${r.load1_after.toFixed(1)}`)
+        results[side].push(r)
       }
     }
     load.after = loadavg()
@@ -81,6 +113,9 @@ function main() {
         ? null
         : {
             tokens_per_s: median(rs.map((r) => r.tokens_per_s)),
+            best_tokens_per_s: Math.max(...rs.map((r) => r.tokens_per_s)),
+            steal_pct: rs.map((r) => r.steal_pct),
+            load1: rs.map((r) => [r.load1_before, r.load1_after]),
             step_s: median(rs.map((r) => r.step_s)),
             forward_s: median(rs.map((r) => r.forward_s)),
             backward_s: median(rs.map((r) => r.backward_s)),
@@ -92,17 +127,17 @@ function main() {
     const torch = summary(results.torch)
     const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim()
     const machine = `${cpus()[0]?.model ?? '?'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB`
-    console.log(`LoRA r=16 (q,k,v,o,gate,up,down), SmolLM2-135M shape, random weights, batch 4 x seq 256, f32, ${steps} timed steps x ${repeat} run(s), medians`)
+    console.log(`LoRA r=16 (q,k,v,o,gate,up,down), ${SHAPE.label}, random weights, batch ${SHAPE.batch} x seq ${SHAPE.seq}, f32, ${steps} timed steps x ${repeat} alternating run(s); ours = the README loop (no dispose)`)
     console.log(`machine: ${machine}; commit ${commit}; load avg before ${load.before.map((x) => x.toFixed(2)).join(' ')}, after ${load.after.map((x) => x.toFixed(2)).join(' ')}`)
     const row = (name, s) =>
-      s && console.log(`${name.padEnd(12)} ${s.tokens_per_s.toFixed(1).padStart(8)} tok/s  step ${s.step_s.toFixed(2)} s (fwd ${s.forward_s.toFixed(2)}, bwd ${s.backward_s.toFixed(2)}, opt ${s.optimizer_s.toFixed(3)}; CPU ${s.cpu_s.toFixed(2)} s)  peak RSS ${s.peak_rss_mib.toFixed(0)} MiB`)
+      s && console.log(`${name.padEnd(12)} best ${s.best_tokens_per_s.toFixed(1).padStart(7)} / median ${s.tokens_per_s.toFixed(1).padStart(7)} tok/s  steal ${s.steal_pct.map((x) => (x ?? NaN).toFixed(1)).join(', ')}%  step ${s.step_s.toFixed(2)} s (fwd ${s.forward_s.toFixed(2)}, bwd ${s.backward_s.toFixed(2)}, opt ${s.optimizer_s.toFixed(3)}; CPU ${s.cpu_s.toFixed(2)} s)  peak RSS ${s.peak_rss_mib.toFixed(0)} MiB`)
     row('peft-node', ours)
     row(`torch ${results.torch[0]?.torch ?? ''}`.trim(), torch)
-    if (ours && torch) console.log(`ours/torch: tokens/s ${(ours.tokens_per_s / torch.tokens_per_s).toFixed(2)}x, CPU s/step ${(ours.cpu_s / torch.cpu_s).toFixed(2)}x, peak RSS ${(ours.peak_rss_mib / torch.peak_rss_mib).toFixed(2)}x`)
+    if (ours && torch) console.log(`ours/torch: best tokens/s ${(ours.best_tokens_per_s / torch.best_tokens_per_s).toFixed(2)}x, median ${(ours.tokens_per_s / torch.tokens_per_s).toFixed(2)}x, CPU s/step ${(ours.cpu_s / torch.cpu_s).toFixed(2)}x, peak RSS ${(ours.peak_rss_mib / torch.peak_rss_mib).toFixed(2)}x`)
     const outDir = join(ROOT, '.cache', 'bench-results')
     mkdirSync(outDir, { recursive: true })
     const file = join(outDir, `${new Date().toISOString().replace(/[:.]/g, '-')}.json`)
-    writeFileSync(file, JSON.stringify({ commit, machine, load, steps: Number(steps), repeat, ours, torch, results }, null, 2))
+    writeFileSync(file, JSON.stringify({ commit, machine, shape: shapeName, load, steps: Number(steps), repeat, ours, torch, results }, null, 2))
     console.error(`wrote ${file}`)
   } finally {
     if (!keep) rmSync(dir, { recursive: true, force: true })

@@ -33,7 +33,15 @@ interface Line {
 function scalar(raw: string, at: At, depth: number): unknown {
   const s = raw.trim()
   if (s === '' || s === '~') return null
-  if (/^".*"$/.test(s)) return JSON.parse(s)
+  if (/^".*"$/.test(s)) {
+    // A double-quoted scalar is JSON's string syntax; a stray quote inside (`"a"b"`) is the
+    // user's typo, reported at its line (found by __test__/fuzz.spec.ts).
+    try {
+      return JSON.parse(s)
+    } catch {
+      throw new Error(`${at}: malformed double-quoted string ${s.length > 40 ? s.slice(0, 40) + '…' : s}`)
+    }
+  }
   if (/^'.*'$/.test(s)) return s.slice(1, -1).replace(/''/g, "'")
   if (/^\[.*\]$/.test(s)) {
     const inner = enter(depth, at)

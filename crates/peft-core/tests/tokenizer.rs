@@ -556,3 +556,23 @@ fn bad_input_gives_clear_errors() {
         matches!(Tokenizer::from_gguf(&spm, gguf), Err(Error::Tokenizer { message, .. }) if message.contains("scores"))
     );
 }
+
+/// Found by tests/fuzz.rs: the tokenizers crate unwraps inside its decoder deserializer, so a
+/// typo there (`tbue` for `true`) panicked instead of giving an error naming the file.
+#[test]
+fn malformed_decoder_is_an_error_not_a_panic() {
+    let text = std::fs::read_to_string(fixture_dir().join("model/tokenizer.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["decoder"] = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+    let good = serde_json::to_string_pretty(&v).unwrap();
+    let bad = good.replacen("\"add_prefix_space\": true", "\"add_prefix_space\": tbue", 1);
+    assert_ne!(good, bad);
+    let dir = std::env::temp_dir().join(format!("peft-tok-bad-decoder-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, bad).unwrap();
+    let err = Tokenizer::from_file(&path).expect_err("a malformed decoder must not load");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("tokenizer.json") && msg.contains("not a valid tokenizer.json"), "{msg}");
+}

@@ -12,6 +12,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
+/// The most decoder layers a config may declare (Llama 3.1 405B has 126).
+pub const MAX_LAYERS: usize = 1024;
+
 /// RoPE frequency scaling (transformers' `ROPE_INIT_FUNCTIONS`), by `rope_type`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "rope_type", rename_all = "snake_case")]
@@ -123,6 +126,13 @@ impl ModelConfig {
             }
             None => hidden_size / num_attention_heads.max(1),
         };
+        // Per-layer tables (layer types, windows) are allocated from this count before any
+        // weight is read: bound it first (found by tests/fuzz.rs: 2^32 layers aborted the
+        // process). The deepest published models have ~130 layers.
+        let num_hidden_layers = r.usize("num_hidden_layers")?;
+        if num_hidden_layers > MAX_LAYERS {
+            return Err(r.invalid("num_hidden_layers", &format!("at most {MAX_LAYERS}"), num_hidden_layers.to_string()));
+        }
         let max_position_embeddings = r.opt_usize("max_position_embeddings")?.unwrap_or(4096);
         let (rope_theta, rope_scaling) = rope(&r)?;
         let eos_token_ids = match obj.get("eos_token_id") {
@@ -137,7 +147,7 @@ impl ModelConfig {
             vocab_size: r.usize("vocab_size")?,
             hidden_size,
             intermediate_size: r.usize("intermediate_size")?,
-            num_hidden_layers: r.usize("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -154,7 +164,7 @@ impl ModelConfig {
                 Some(d) => Some(d),
                 None => r.opt_string("torch_dtype")?,
             },
-            arch: arch::resolve(&r, &model_type, head_dim, hidden_size, r.usize("num_hidden_layers")?)?,
+            arch: arch::resolve(&r, &model_type, head_dim, hidden_size, num_hidden_layers)?,
             source_json: Some(value.clone()),
         };
         for (key, v) in [("vocab_size", cfg.vocab_size), ("hidden_size", cfg.hidden_size),

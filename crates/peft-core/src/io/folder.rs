@@ -52,18 +52,26 @@ pub fn write_folder(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Resu
     result
 }
 
-/// `tmp` becomes `dir`. An existing `dir` is first renamed aside, so between the two renames
-/// there is no `dir` at all (a reader fails to find it) rather than a mix of two saves.
+/// `tmp` becomes `dir`. On Linux the two folders are exchanged in one `renameat2` call, so a
+/// reader always finds `dir` holding one whole save, the old or the new. Elsewhere (or on a
+/// filesystem without RENAME_EXCHANGE) the old `dir` is renamed aside first, and between the
+/// two renames there is no `dir` at all (a reader fails to find it) rather than a mix of two
+/// saves. Then the old folder's entries that this save did not write are carried over.
 fn swap_in(tmp: &Path, dir: &Path) -> Result<()> {
     if !dir.exists() {
         return std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e));
     }
-    let old = unique_sibling(dir, "old");
-    std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    if let Err(e) = std::fs::rename(tmp, dir) {
-        let _ = std::fs::rename(&old, dir);
-        return Err(Error::io(dir, e));
-    }
+    let old = if exchange(tmp, dir) {
+        tmp.to_path_buf()
+    } else {
+        let old = unique_sibling(dir, "old");
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        if let Err(e) = std::fs::rename(tmp, dir) {
+            let _ = std::fs::rename(&old, dir);
+            return Err(Error::io(dir, e));
+        }
+        old
+    };
     let entries = std::fs::read_dir(&old).map_err(|e| Error::io(&old, e))?;
     for entry in entries.flatten() {
         let target = dir.join(entry.file_name());
@@ -72,6 +80,23 @@ fn swap_in(tmp: &Path, dir: &Path) -> Result<()> {
         }
     }
     std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
+}
+
+/// Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`); false where unsupported.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(a), Ok(b)) = (std::ffi::CString::new(a.as_os_str().as_bytes()), std::ffi::CString::new(b.as_os_str().as_bytes())) else {
+        return false;
+    };
+    // SAFETY: two NUL-terminated paths that live across the call; AT_FDCWD as both dir fds.
+    let r = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    r == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> bool {
+    false
 }
 
 /// Temporary siblings left by a save that was killed (its process is gone): removed, so they

@@ -18,8 +18,17 @@ const NAME: &str = "chat_template";
 pub(crate) const TEMPLATE_FUEL: u64 = 10_000_000;
 
 /// Bytes one render may produce: growth like `messages * 100000000` is refused here, before
-/// the text reaches the tokenizer. 64 MiB is far past any context window's worth of text.
-pub(crate) const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+/// the text reaches the tokenizer. 16 MiB is about 4M tokens of text, past any context window.
+pub(crate) const TEMPLATE_MAX_OUTPUT: usize = 16 << 20;
+
+/// Items one `{{ sequence }}` may print (see the formatter in `environment`).
+const TEMPLATE_MAX_PRINTED_ITEMS: usize = 100_000;
+
+/// Wall time one render may take. Fuel counts template instructions, but one instruction can
+/// print a lazily repeated sequence item by item (`{{ messages * 100000000 }}` spent 68 s
+/// reaching the old 64 MiB cap under load, found by tests/fuzz.rs): the output checks the
+/// clock too. Real templates render in microseconds.
+pub(crate) const TEMPLATE_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A chat template, compiled once. A template that does not compile still loads (as in
 /// transformers); the error comes back when it is applied.
@@ -119,18 +128,29 @@ impl ChatTemplate {
         }
         let ctx: Value = ctx.into_iter().collect();
         let template = env.get_template(NAME).map_err(|e| template_error(&e))?;
-        let mut out = BoundedOutput { text: Vec::new(), overflowed: false };
+        let mut out = BoundedOutput { text: Vec::new(), overflowed: None, deadline: std::time::Instant::now() + TEMPLATE_MAX_TIME };
         match template.render_captured_to(ctx, &mut out) {
             Ok(_) => String::from_utf8(out.text).map_err(|e| Error::Template {
                 message: format!("the chat template from {} rendered invalid UTF-8: {e}", self.origin),
             }),
-            Err(_) if out.overflowed => Err(Error::Template {
+            Err(_) if out.overflowed == Some(Overflow::Time) => Err(Error::Template {
+                message: format!(
+                    "the chat template from {} was still printing after {} s and was stopped \
+                     (output that grows without bound, e.g. `messages * 100000000`?)",
+                    self.origin,
+                    TEMPLATE_MAX_TIME.as_secs()
+                ),
+            }),
+            Err(_) if out.overflowed == Some(Overflow::Size) => Err(Error::Template {
                 message: format!(
                     "the chat template from {} produced more than {} MiB of text; \
                      a template whose output grows without bound (e.g. `messages * 100000000`) is refused",
                     self.origin,
                     TEMPLATE_MAX_OUTPUT >> 20
                 ),
+            }),
+            Err(e) if e.detail().is_some_and(|d| d.starts_with("printing a sequence of")) => Err(Error::Template {
+                message: format!("the chat template from {}: {} was refused", self.origin, e.detail().unwrap_or_default()),
             }),
             Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::Template {
                 message: format!(
@@ -145,18 +165,29 @@ impl ChatTemplate {
     }
 }
 
-/// The render's output, refusing to grow past `TEMPLATE_MAX_OUTPUT` (minijinja then stops with
-/// a write error, which `render` reports as the size bound).
+/// The render's output, refusing to grow past `TEMPLATE_MAX_OUTPUT` or to go on past
+/// `TEMPLATE_MAX_TIME` (minijinja then stops with a write error, which `render` reports).
 struct BoundedOutput {
     text: Vec<u8>,
-    overflowed: bool,
+    overflowed: Option<Overflow>,
+    deadline: std::time::Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Overflow {
+    Size,
+    Time,
 }
 
 impl std::io::Write for BoundedOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.text.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
-            self.overflowed = true;
-            return Err(std::io::Error::other("chat template output too large"));
+            self.overflowed = Some(Overflow::Size);
+        } else if std::time::Instant::now() > self.deadline {
+            self.overflowed = Some(Overflow::Time);
+        }
+        if self.overflowed.is_some() {
+            return Err(std::io::Error::other("chat template output bound reached"));
         }
         self.text.extend_from_slice(buf);
         Ok(buf.len())
@@ -173,6 +204,21 @@ fn environment() -> Environment<'static> {
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
     env.set_fuel(Some(TEMPLATE_FUEL));
+    // Printing a sequence walks all its items even after the output bound refused the first
+    // write (Rust's debug_list keeps iterating): `{{ messages * 100000000 }}` is one
+    // instruction, so fuel does not stop it either. Refuse to print one that long instead.
+    env.set_formatter(|out, state, value| {
+        if matches!(value.kind(), minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable | minijinja::value::ValueKind::Map) {
+            // A repeated sequence is a lazy iterable without a known length: count at most
+            // one past the bound.
+            let n = value.len().unwrap_or_else(|| value.try_iter().map_or(0, |it| it.take(TEMPLATE_MAX_PRINTED_ITEMS + 1).count()));
+            if n > TEMPLATE_MAX_PRINTED_ITEMS {
+                let message = format!("printing a sequence of more than {TEMPLATE_MAX_PRINTED_ITEMS} items");
+                return Err(minijinja::Error::new(ErrorKind::InvalidOperation, message));
+            }
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -83,7 +83,13 @@ impl Tokenizer {
             }
             Err(e) => return Err(Error::io(path, e)),
         };
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
+        // The tokenizers crate unwraps inside some of its deserializers (a malformed decoder
+        // panics in `decoders/mod.rs`, found by tests/fuzz.rs): a damaged file must be an error.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)).map_err(|panic| {
+            let why = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            Error::Tokenizer { file: path.into(), message: format!("not a valid tokenizer.json: {}", why.unwrap_or_default()) }
+        })?;
+        let inner = parsed.map_err(|e| {
             let message = e.to_string();
             match e.downcast_ref::<serde_json::Error>() {
                 Some(j) if j.is_syntax() || j.is_eof() => Error::Json { path: path.into(), message },
