@@ -3,12 +3,12 @@
 // two objectives, validation loss and trainable parameters, under a parameter budget.
 //
 // AutoPEFT searches with multi-objective Bayesian optimisation; here the strategy is simpler and
-// seeded: the first half of the trials are uniform draws from the space (AutoPEFT's own initial
+// seeded: the first third of the trials are uniform draws from the space (AutoPEFT's own initial
 // design is random too), the rest are neighbours (`mutateConfig`) of a point of the current
 // Pareto front (half the time its lowest-loss end), which is where a BO acquisition over both
-// objectives also looks. Every
-// candidate is built on the model and its trainable parameters counted exactly; over the budget
-// it is rejected before any training. Configurations are never tried twice.
+// objectives also looks. Every candidate is built on the model and its trainable parameters
+// counted exactly; over the budget it is rejected before any training. Configurations are never
+// tried twice.
 import { appendFileSync, writeFileSync } from 'node:fs'
 import { LlamaModel } from '../model'
 import type { PeftModel } from '../peft'
