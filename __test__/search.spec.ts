@@ -133,6 +133,7 @@ test('bad arguments are refused with the argument named', async (t) => {
   await refused({ space: { groups: 3 } }, /^space\.groups: expected an integer in \[1, 2\]/)
   await refused({ space: { methods: ['dora'] } }, /^space\.methods: expected a non-empty list of none, lora, bottleneck, ia3/)
   await refused({ space: { loraRanks: [0] } }, /^space\.loraRanks: expected a non-empty list of integers >= 1/)
+  await refused({ space: { methods: ['none'], prefixLengths: [0] } }, /^space: only `none` and no prefix length above 0/)
   await refused({ space: { ranks: [2] } }, /^space\.ranks: not a field of the search space/)
   await refused({ data: { train: data.train, valid: null } }, /^data\.valid: the search scores configurations on a validation set/)
   await refused({ log: 42 }, /^log: expected a file path/)

@@ -69,12 +69,14 @@ export function resolveSpace(space: SearchSpace | undefined, numLayers: number):
   if (!Array.isArray(loraTargets) || loraTargets.length === 0 || loraTargets.some((t) => typeof t !== 'string' || t === '')) {
     throw new Error(`space.loraTargets: expected a non-empty list of module names, found ${JSON.stringify(s.loraTargets)}`)
   }
-  return {
+  const r: ResolvedSpace = {
     groups, methods: [...new Set(methods)], loraTargets,
     loraRanks: sizes('loraRanks', s.loraRanks, [1, 2, 4, 8, 16]),
     bottleneckSizes: sizes('bottleneckSizes', s.bottleneckSizes, [1, 2, 4, 8, 16, 32]),
     prefixLengths: sizes('prefixLengths', s.prefixLengths, [0, 1, 2, 4, 8, 16], true),
   }
+  if (r.methods.every((m) => m === 'none') && r.prefixLengths.every((p) => p === 0)) throw new Error('space: only `none` and no prefix length above 0: no configuration trains anything')
+  return r
 }
 
 /** Layer indices of each group: `groups` contiguous blocks, the first ones one layer longer. */
