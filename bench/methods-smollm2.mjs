@@ -92,6 +92,7 @@ const host = { cpus: cpus().length, model: cpus()[0]?.model, loadavgBefore: load
 const f = (v) => (v === null ? '-' : v.toFixed(4))
 const table = [
   `SmolLM2-135M-Instruct (Q4_1 GGUF), US capitals: ${train.length} training / ${heldOut.length} held-out examples; ${steps} steps, batch ${batchSize}, lr ${learningRate} (constant). Base model held-out loss ${f(baseHeldOut)}.`,
+  `Each step trains on new examples (${steps} steps of ${batchSize} are about one epoch), so first and final train loss are on different batches; the held-out loss against the base model's is the firmer test.`,
   `Host: ${host.cpus} CPUs, load ${load0.map((x) => x.toFixed(2)).join(' ')} -> ${host.loadavgAfter.map((x) => x.toFixed(2)).join(' ')}, steal ${(100 * steal).toFixed(1)}%.`,
   '',
   '| method | peft_type | trainable params | first train loss | final train loss | held-out loss | train falls | held-out falls | seconds |',
