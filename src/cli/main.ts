@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-// The `peft-node` command: train | generate | chat | eval | info | merge.
+// The `peft-node` command: train | generate | chat | eval | info | merge | export | plan | search.
 import { parseArgs } from './args'
 import { trainCommand } from './train'
 import { chatCommand, evalCommand, exportCommand, generateCommand, infoCommand, mergeCommand } from './commands'
 import { planCommand } from './plan'
 import { processIo, type Io } from './io'
 import { checkCommandLine } from './options'
+import { searchCommand } from './search'
 
 export const USAGE = `peft-node <command> [options]
 
@@ -34,6 +35,13 @@ export const USAGE = `peft-node <command> [options]
             the merged model as one GGUF (tokenizer, chat template); --ollama adds a Modelfile beside it
   export    --model M --adapter DIR --format mlx --output DIR     an mlx-lm adapter folder
 
+  search    --model M --data D --budget N --trials N [--steps 20] [--seed 0] [--log trials.jsonl]
+            [--output best.json] [--groups G] [--methods none,lora,bottleneck,ia3] [--lora-ranks 1,2,4,8,16]
+            [--bottleneck-sizes 1,2,...] [--prefix-lengths 0,1,...] [--lora-targets q_proj,v_proj]
+            [--learning-rate] [--batch-size] [--valid-split 0.2]
+            AutoPEFT-style search of which layers get which method and size under a budget of
+            trainable parameters; prints each trial and the Pareto front (docs/search.md)
+
   --model and --adapter also take a Hugging Face Hub id (org/name), downloaded into the shared
   HF cache: [--revision R] [--adapter-revision R] [--file F.gguf] (HF_TOKEN, HF_HUB_OFFLINE, ...)
 
@@ -55,6 +63,7 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
     else if (command === 'merge') await mergeCommand(flags, io)
     else if (command === 'export') await exportCommand(flags, io)
     else if (command === 'plan') planCommand(flags, args, io)
+    else if (command === 'search') await searchCommand(flags, io, signal)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
   } catch (e) {

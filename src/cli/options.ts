@@ -3,6 +3,7 @@
 // fields of the adapter's method (`--r`, `--lora-alpha`, ...), which only the native core knows:
 // those are checked by `cliPeftModel` (methods.ts) once the adapter exists.
 import { TRAIN_KEYS, normalise } from './config'
+import { SEARCH_OPTIONS } from './search'
 
 const GENERATION = ['maxTokens', 'maxNewTokens', 'temperature', 'temp', 'topP', 'topK', 'seed']
 /** --model/--adapter may be Hub ids: their revisions, and the .gguf of a GGUF repo. */
@@ -22,6 +23,7 @@ export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string;
   merge: { options: ['model', 'adapter', 'output', 'dtype', 'force', ...HUB] },
   export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'ollama', 'force', ...HUB] },
   plan: { options: [...PLAN_KEYS, ...PLAN_METHOD_FIELDS], args: 'the model' },
+  search: { options: SEARCH_OPTIONS },
 }
 
 const ALWAYS = ['help']
