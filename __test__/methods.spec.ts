@@ -97,6 +97,12 @@ const ROWS: Row[] = [
   // The offsets' factor A is what the finite differences check (B starts at 0; one step moves it).
   { name: 'DePT', config: (a) => new peftNode.DeptConfig({ numVirtualTokens: 3, r: 4, maxLength: 32 }), canMerge: false, virtual: 3, fdParam: /dept_A/ },
   { name: 'MixLoRA', config: (a) => new peftNode.MixLoraConfig({ r: 2, numExperts: 3, topK: 2 }), canMerge: false, fdParam: /mixlora_router/ },
+  // Survey methods, part B (issue 16). The masks start all ones (their procedures run in the
+  // Trainer: survey-masks.spec), so every entry of the deltas gets a gradient here.
+  { name: 'FAR', config: (a) => new peftNode.FarConfig({ trainableRatio: 0.25 }), canMerge: true },
+  { name: 'LT-SFT', config: (a) => new peftNode.LtSftConfig({ density: 0.1, targetModules: a.qv }), canMerge: true },
+  { name: 'Fish-Dip', config: (a) => new peftNode.FishDipConfig({ density: 0.1, targetModules: a.qv }), canMerge: true },
+  { name: 'PeriodicLoRA', config: (a) => new peftNode.PeriodicLoraConfig({ r: 4, mergeEvery: 5, targetModules: a.qv }), canMerge: true },
 ]
 
 for (const arch of ARCHS) {

@@ -28,6 +28,8 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   'lora-dropout': { peftType: 'LORA_DROPOUT' }, sora: { peftType: 'SORA' }, 'child-tuning': { peftType: 'CHILD_TUNING' },
   compacter: { peftType: 'COMPACTER' }, dept: { peftType: 'DEPT', defaults: { numVirtualTokens: 20 } },
   pafi: { peftType: 'SPARSE_MASK', defaults: { density: 0.005, maskType: 'smallest_magnitude' } },
+  // Survey methods, part B (issue 16): masks rewritten during training, LoRA improvements.
+  far: { peftType: 'FAR' }, 'lt-sft': { peftType: 'LT_SFT' }, 'fish-dip': { peftType: 'FISH_DIP' }, 'periodic-lora': { peftType: 'PERIODIC_LORA' },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])

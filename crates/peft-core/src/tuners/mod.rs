@@ -57,6 +57,12 @@ pub mod ssf;
 pub mod targeting;
 pub mod unipelt;
 pub mod vera;
+// Survey methods, part B (issue 16): selective/structured masks and LoRA improvements.
+pub mod masked_delta;
+pub mod far;
+pub mod lt_sft;
+pub mod fish_dip;
+pub mod periodic_lora;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
@@ -318,6 +324,10 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("CHILD_TUNING") => boxed(child_tuning::ChildTuningConfig::from_value(value, source)),
         Some("COMPACTER") => boxed(compacter::CompacterConfig::from_value(value, source)),
         Some("DEPT") => boxed(dept::DeptConfig::from_value(value, source)),
+        Some("FAR") => boxed(far::FarConfig::from_value(value, source)),
+        Some("LT_SFT") => boxed(lt_sft::LtSftConfig::from_value(value, source)),
+        Some("FISH_DIP") => boxed(fish_dip::FishDipConfig::from_value(value, source)),
+        Some("PERIODIC_LORA") => boxed(periodic_lora::PeriodicLoraConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -335,6 +345,7 @@ pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
     "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
+    "FAR", "LT_SFT", "FISH_DIP", "PERIODIC_LORA",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

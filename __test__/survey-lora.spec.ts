@@ -1,0 +1,44 @@
+// The LoRA improvements of the survey's tree, part B (issue 16), through the Trainer and the CLI:
+// PeriodicLoRA unloads each stage and restarts LoRA with fresh optimizer state.
+import test from 'ava'
+import { mkdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { AdamW, LlamaModel, PeriodicLoraConfig, Trainer, getPeftModel, loadData, type StepInfo } from '../src'
+import { METHODS } from '../src/cli/methods'
+import { main } from '../src/cli/main'
+import { capture } from './helpers/cli'
+import { MODEL_DIR } from './helpers/fixtures'
+import { completions, texts, writeJsonl } from './helpers/train-data'
+import { tempDir } from './helpers/temp'
+
+const tensorOf = async (peft: { namedParameters(): [string, { data: { toFloat64Array(): Promise<Float64Array> } }][] }, part: string) =>
+  Promise.all(peft.namedParameters().filter(([n]) => n.includes(part)).map(([, p]) => p.data.toFloat64Array()))
+
+test('PeriodicLoRA: the Trainer unloads each stage into the merged weight and restarts LoRA', async (t) => {
+  const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new PeriodicLoraConfig({ r: 2, mergeEvery: 2, targetModules: ['q_proj'] }), { seed: 1 })
+  const data = await loadData(texts(8), peft.tokenizer)
+  const infos: StepInfo[] = []
+  let opt: AdamW | undefined
+  const trainer = new Trainer(peft, { train: data.train, maxSteps: 4, batchSize: 2, learningRate: 1e-2, optimizer: (ps) => (opt = new AdamW(ps, { lr: 1e-2, weightDecay: 0 })) })
+  trainer.on('step', (s) => infos.push(s))
+  await trainer.train()
+  t.deepEqual(infos.map((s) => s.periodicStages?.default), [undefined, 1, undefined, 2])
+  t.true((await tensorOf(peft, 'lora_merged')).every((m) => m.some((x) => x !== 0)), 'the stages are in the merged weights')
+  t.true((await tensorOf(peft, 'lora_B')).every((b) => b.every((x) => x === 0)), 'B restarted at the last step')
+  const state = await opt!.stateDict()
+  t.is(Object.keys(state.state).length, 0, 'the restarted factors start with fresh optimizer state')
+  t.throws(() => peft.periodicLoraRestart(-1), { message: /stepsDone/ })
+  peft.dispose()
+})
+
+test('the CLI trains PeriodicLoRA by name', async (t) => {
+  t.is(METHODS['periodic-lora'].peftType, 'PERIODIC_LORA')
+  const data = join(tempDir(t, 'peft-node-cli-'), 'data')
+  mkdirSync(data)
+  writeJsonl(join(data, 'train.jsonl'), completions(8))
+  const out = join(tempDir(t, 'peft-node-cli-'), 'periodic')
+  const io = capture()
+  const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--learning-rate', '1e-2', '--data', data, '--steps', '2', '--output', out, '--method', 'periodic-lora', '--merge-every', '1'], io)
+  t.is(code, 0, io.errors())
+  t.regex(readFileSync(join(out, 'metrics.jsonl'), 'utf8'), /"periodicStages":\{"default":2\}/)
+})
