@@ -103,6 +103,8 @@ const ROWS: Row[] = [
   { name: 'LT-SFT', config: (a) => new peftNode.LtSftConfig({ density: 0.1, targetModules: a.qv }), canMerge: true },
   { name: 'Fish-Dip', config: (a) => new peftNode.FishDipConfig({ density: 0.1, targetModules: a.qv }), canMerge: true },
   { name: 'PeriodicLoRA', config: (a) => new peftNode.PeriodicLoraConfig({ r: 4, mergeEvery: 5, targetModules: a.qv }), canMerge: true },
+  // The gates' log α is the new part: the finite differences check it (evaluation's gates).
+  { name: 'structured diff pruning', config: (a) => new peftNode.SDiffPruningConfig({ targetModules: a.qv }), canMerge: true, fdParam: /diff_log_alpha/ },
 ]
 
 for (const arch of ARCHS) {

@@ -1,11 +1,11 @@
 // The sparse methods whose mask a procedure rewrites during training, through the Trainer (issue
 // 16, part B): FAR chooses its FFN nodes when priming ends, LT-SFT draws its ticket when full
 // fine-tuning ends, Fish-Dip recomputes its Fisher mask every N steps; each is reported in the
-// step metrics, and the CLI trains each by name.
+// step metrics, and the CLI trains each by name. Structured diff pruning reports its L0 penalty.
 import test from 'ava'
 import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { FarConfig, FishDipConfig, LlamaModel, LtSftConfig, Trainer, getPeftModel, loadData, type PeftConfig, type StepInfo } from '../src'
+import { FarConfig, FishDipConfig, LlamaModel, LtSftConfig, SDiffPruningConfig, Trainer, getPeftModel, loadData, type PeftConfig, type StepInfo } from '../src'
 import { METHODS, methodConfig } from '../src/cli/methods'
 import { main } from '../src/cli/main'
 import { capture } from './helpers/cli'
@@ -71,4 +71,19 @@ test('the CLI trains FAR, LT-SFT and Fish-Dip by name, each with its procedure',
     t.is(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).peft_type, METHODS[method].peftType)
     t.regex(readFileSync(join(out, 'metrics.jsonl'), 'utf8'), /"maskUpdates":\{"default":\{"kept":\d+,"total":\d+\}\}/, method)
   }
+})
+
+test('structured diff pruning: the L0 penalty is in each training step\'s loss and metrics; the CLI trains it by name', async (t) => {
+  const { peft, infos } = await trainSteps(new SDiffPruningConfig({ l0Lambda: 0.5, targetModules: ['q_proj'] }), 2)
+  // λ · the expected share of open rows (log α = 1 at init: σ(1 + 2/3·ln 11) ≈ 0.931), moving little in 2 steps; summed over 2 layers.
+  for (const s of infos) t.true(Math.abs(s.auxLosses!.s_diff_pruning_l0 - 2 * 0.5 * 0.931) < 0.02, `${s.auxLosses?.s_diff_pruning_l0}`)
+  peft.dispose()
+  const data = join(tempDir(t, 'peft-node-cli-'), 'data')
+  mkdirSync(data)
+  writeJsonl(join(data, 'train.jsonl'), completions(8))
+  const out = join(tempDir(t, 'peft-node-cli-'), 'sdiff')
+  const io = capture()
+  const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--data', data, '--steps', '2', '--output', out, '--method', 's-diff-pruning', '--target-modules', 'q_proj'], io)
+  t.is(code, 0, io.errors())
+  t.regex(readFileSync(join(out, 'metrics.jsonl'), 'utf8'), /"auxLosses":\{"s_diff_pruning_l0":[0-9.e-]+\}/)
 })

@@ -66,3 +66,22 @@ export class FishDipConfig extends PeftConfig {
     positiveInt('updateEvery', options.updateEvery)
   }
 }
+
+/**
+ * Structured diff pruning (Guo et al. 2021): a dense delta per targeted weight whose rows share a
+ * hard-concrete gate (relaxed L0); training adds `l0Lambda` · the expected share of open rows to
+ * the loss (`auxLosses.s_diff_pruning_l0`). Mergeable.
+ */
+export interface SDiffPruningConfigOptions extends TargetOptions {
+  l0Lambda?: number
+  initLogAlpha?: number
+}
+
+export class SDiffPruningConfig extends PeftConfig {
+  readonly peftType = 'S_DIFF_PRUNING'
+  constructor(options: SDiffPruningConfigOptions = {}) {
+    super(options)
+    const l = options.l0Lambda
+    if (l !== undefined && !(typeof l === 'number' && Number.isFinite(l) && l >= 0)) throw new Error(`l0Lambda: expected a number >= 0, found ${String(l)}`)
+  }
+}
