@@ -104,6 +104,7 @@ const ROWS: Row[] = [
   { name: 'Fish-Dip', config: (a) => new peftNode.FishDipConfig({ density: 0.1, targetModules: a.qv }), canMerge: true },
   { name: 'PeriodicLoRA', config: (a) => new peftNode.PeriodicLoraConfig({ r: 4, mergeEvery: 5, targetModules: a.qv }), canMerge: true },
   // The gates' log α is the new part: the finite differences check it (evaluation's gates).
+  { name: 'Intrinsic SAID', config: (a) => new peftNode.IntrinsicSaidConfig({ intrinsicDim: 50, targetModules: a.qv }), canMerge: true, fdParam: /said_theta/ },
   { name: 'structured diff pruning', config: (a) => new peftNode.SDiffPruningConfig({ targetModules: a.qv }), canMerge: true, fdParam: /diff_log_alpha/ },
 ]
 

@@ -1,9 +1,10 @@
 // The LoRA improvements of the survey's tree, part B (issue 16), through the Trainer and the CLI:
-// PeriodicLoRA unloads each stage and restarts LoRA with fresh optimizer state.
+// PeriodicLoRA unloads each stage and restarts LoRA with fresh optimizer state; Intrinsic SAID
+// trains one shared vector and a scale per weight.
 import test from 'ava'
 import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { AdamW, LlamaModel, PeriodicLoraConfig, Trainer, getPeftModel, loadData, type StepInfo } from '../src'
+import { AdamW, IntrinsicSaidConfig, LlamaModel, PeriodicLoraConfig, Trainer, getPeftModel, loadData, type StepInfo } from '../src'
 import { METHODS } from '../src/cli/methods'
 import { main } from '../src/cli/main'
 import { capture } from './helpers/cli'
@@ -41,4 +42,19 @@ test('the CLI trains PeriodicLoRA by name', async (t) => {
   const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--learning-rate', '1e-2', '--data', data, '--steps', '2', '--output', out, '--method', 'periodic-lora', '--merge-every', '1'], io)
   t.is(code, 0, io.errors())
   t.regex(readFileSync(join(out, 'metrics.jsonl'), 'utf8'), /"periodicStages":\{"default":2\}/)
+})
+
+test('Intrinsic SAID: one shared θ of intrinsicDim and a λ per weight train; the CLI trains it by name', async (t) => {
+  const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new IntrinsicSaidConfig({ intrinsicDim: 40 }), { seed: 1 })
+  const shapes = peft.namedParameters({ trainableOnly: true }).map(([n, p]) => [n.replace(/.*layers\.(\d)\.self_attn\./, '$1.'), p.shape])
+  t.deepEqual(shapes, [['base_model.said_theta.default', [40]], ['0.q_proj.said_lambda.default.weight', [1]], ['0.v_proj.said_lambda.default.weight', [1]], ['1.q_proj.said_lambda.default.weight', [1]], ['1.v_proj.said_lambda.default.weight', [1]]])
+  peft.dispose()
+  const data = join(tempDir(t, 'peft-node-cli-'), 'data')
+  mkdirSync(data)
+  writeJsonl(join(data, 'train.jsonl'), completions(8))
+  const out = join(tempDir(t, 'peft-node-cli-'), 'said')
+  const io = capture()
+  const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--data', data, '--steps', '2', '--output', out, '--method', 'intrinsic-said', '--intrinsic-dim', '30'], io)
+  t.is(code, 0, io.errors())
+  t.is(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).intrinsic_dim, 30)
 })

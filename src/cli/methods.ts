@@ -30,7 +30,7 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   pafi: { peftType: 'SPARSE_MASK', defaults: { density: 0.005, maskType: 'smallest_magnitude' } },
   // Survey methods, part B (issue 16): masks rewritten during training, LoRA improvements.
   far: { peftType: 'FAR' }, 'lt-sft': { peftType: 'LT_SFT' }, 'fish-dip': { peftType: 'FISH_DIP' }, 'periodic-lora': { peftType: 'PERIODIC_LORA' },
-  's-diff-pruning': { peftType: 'S_DIFF_PRUNING' },
+  's-diff-pruning': { peftType: 'S_DIFF_PRUNING' }, 'intrinsic-said': { peftType: 'INTRINSIC_SAID' },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])

@@ -31,3 +31,24 @@ export class PeriodicLoraConfig extends PeftConfig {
     positiveInt('mergeEvery', options.mergeEvery)
   }
 }
+
+/**
+ * Intrinsic SAID (Aghajanyan et al. 2021): every targeted weight moves by λᵢ·P(θ), θ ∈ ℝ^d one
+ * vector shared by all of them (`intrinsicDim` = d), P a fixed Fastfood projection drawn from
+ * `projectionSeed`, λᵢ one trained scale per weight. Mergeable.
+ */
+export interface IntrinsicSaidConfigOptions extends PeftConfigOptions {
+  targetModules?: string[] | string
+  excludeModules?: string[] | string
+  layersToTransform?: number[] | number
+  intrinsicDim?: number
+  projectionSeed?: number
+}
+
+export class IntrinsicSaidConfig extends PeftConfig {
+  readonly peftType = 'INTRINSIC_SAID'
+  constructor(options: IntrinsicSaidConfigOptions = {}) {
+    super(options)
+    positiveInt('intrinsicDim', options.intrinsicDim)
+  }
+}

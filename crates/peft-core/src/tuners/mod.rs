@@ -64,6 +64,7 @@ pub mod lt_sft;
 pub mod fish_dip;
 pub mod periodic_lora;
 pub mod s_diff_pruning;
+pub mod intrinsic_said;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
@@ -330,6 +331,7 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("FISH_DIP") => boxed(fish_dip::FishDipConfig::from_value(value, source)),
         Some("PERIODIC_LORA") => boxed(periodic_lora::PeriodicLoraConfig::from_value(value, source)),
         Some("S_DIFF_PRUNING") => boxed(s_diff_pruning::SDiffPruningConfig::from_value(value, source)),
+        Some("INTRINSIC_SAID") => boxed(intrinsic_said::IntrinsicSaidConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -347,7 +349,7 @@ pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
     "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
-    "FAR", "LT_SFT", "FISH_DIP", "PERIODIC_LORA", "S_DIFF_PRUNING",
+    "FAR", "LT_SFT", "FISH_DIP", "PERIODIC_LORA", "S_DIFF_PRUNING", "INTRINSIC_SAID",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->
