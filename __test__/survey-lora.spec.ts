@@ -2,15 +2,11 @@
 // PeriodicLoRA unloads each stage and restarts LoRA with fresh optimizer state; Intrinsic SAID
 // trains one shared vector and a scale per weight.
 import test from 'ava'
-import { mkdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { AdamW, IntrinsicSaidConfig, LlamaModel, PeriodicLoraConfig, Trainer, getPeftModel, loadData, type StepInfo } from '../src'
 import { METHODS } from '../src/cli/methods'
-import { main } from '../src/cli/main'
-import { capture } from './helpers/cli'
+import { cliTrain } from './helpers/cli-train'
 import { MODEL_DIR } from './helpers/fixtures'
-import { completions, texts, writeJsonl } from './helpers/train-data'
-import { tempDir } from './helpers/temp'
+import { texts } from './helpers/train-data'
 
 const tensorOf = async (peft: { namedParameters(): [string, { data: { toFloat64Array(): Promise<Float64Array> } }][] }, part: string) =>
   Promise.all(peft.namedParameters().filter(([n]) => n.includes(part)).map(([, p]) => p.data.toFloat64Array()))
@@ -34,14 +30,8 @@ test('PeriodicLoRA: the Trainer unloads each stage into the merged weight and re
 
 test('the CLI trains PeriodicLoRA by name', async (t) => {
   t.is(METHODS['periodic-lora'].peftType, 'PERIODIC_LORA')
-  const data = join(tempDir(t, 'peft-node-cli-'), 'data')
-  mkdirSync(data)
-  writeJsonl(join(data, 'train.jsonl'), completions(8))
-  const out = join(tempDir(t, 'peft-node-cli-'), 'periodic')
-  const io = capture()
-  const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--learning-rate', '1e-2', '--data', data, '--steps', '2', '--output', out, '--method', 'periodic-lora', '--merge-every', '1'], io)
-  t.is(code, 0, io.errors())
-  t.regex(readFileSync(join(out, 'metrics.jsonl'), 'utf8'), /"periodicStages":\{"default":2\}/)
+  const { metrics } = await cliTrain(t, 'periodic-lora', ['--merge-every', '1'])
+  t.regex(metrics, /"periodicStages":\{"default":2\}/)
 })
 
 test('Intrinsic SAID: one shared θ of intrinsicDim and a λ per weight train; the CLI trains it by name', async (t) => {
@@ -49,12 +39,6 @@ test('Intrinsic SAID: one shared θ of intrinsicDim and a λ per weight train; t
   const shapes = peft.namedParameters({ trainableOnly: true }).map(([n, p]) => [n.replace(/.*layers\.(\d)\.self_attn\./, '$1.'), p.shape])
   t.deepEqual(shapes, [['base_model.said_theta.default', [40]], ['0.q_proj.said_lambda.default.weight', [1]], ['0.v_proj.said_lambda.default.weight', [1]], ['1.q_proj.said_lambda.default.weight', [1]], ['1.v_proj.said_lambda.default.weight', [1]]])
   peft.dispose()
-  const data = join(tempDir(t, 'peft-node-cli-'), 'data')
-  mkdirSync(data)
-  writeJsonl(join(data, 'train.jsonl'), completions(8))
-  const out = join(tempDir(t, 'peft-node-cli-'), 'said')
-  const io = capture()
-  const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--data', data, '--steps', '2', '--output', out, '--method', 'intrinsic-said', '--intrinsic-dim', '30'], io)
-  t.is(code, 0, io.errors())
-  t.is(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).intrinsic_dim, 30)
+  const { config } = await cliTrain(t, 'intrinsic-said', ['--intrinsic-dim', '30'])
+  t.is(config.intrinsic_dim, 30)
 })

@@ -3,15 +3,11 @@
 // fine-tuning ends, Fish-Dip recomputes its Fisher mask every N steps; each is reported in the
 // step metrics, and the CLI trains each by name. Structured diff pruning reports its L0 penalty.
 import test from 'ava'
-import { mkdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { FarConfig, FishDipConfig, LlamaModel, LtSftConfig, SDiffPruningConfig, Trainer, getPeftModel, loadData, type PeftConfig, type StepInfo } from '../src'
 import { METHODS, methodConfig } from '../src/cli/methods'
-import { main } from '../src/cli/main'
-import { capture } from './helpers/cli'
+import { cliTrain } from './helpers/cli-train'
 import { MODEL_DIR } from './helpers/fixtures'
-import { completions, texts, writeJsonl } from './helpers/train-data'
-import { tempDir } from './helpers/temp'
+import { texts } from './helpers/train-data'
 
 async function trainSteps(config: PeftConfig, steps: number) {
   const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), config, { seed: 1 })
@@ -60,16 +56,10 @@ test('Fish-Dip: the Trainer recomputes the Fisher mask every updateEvery steps f
 test('the CLI trains FAR, LT-SFT and Fish-Dip by name, each with its procedure', async (t) => {
   for (const name of ['far', 'lt-sft', 'fish-dip']) t.truthy(METHODS[name], name)
   t.is(methodConfig('lt-sft', {}).toJSON().peft_type, 'LT_SFT')
-  const data = join(tempDir(t, 'peft-node-cli-'), 'data')
-  mkdirSync(data)
-  writeJsonl(join(data, 'train.jsonl'), completions(8))
   for (const [method, extra] of [['far', ['--priming-steps', '1']], ['lt-sft', ['--full-steps', '1']], ['fish-dip', ['--update-every', '1']]] as const) {
-    const out = join(tempDir(t, 'peft-node-cli-'), method)
-    const io = capture()
-    const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--learning-rate', '1e-2', '--data', data, '--steps', '2', '--output', out, '--method', method, ...extra], io)
-    t.is(code, 0, `${method}: ${io.errors()}`)
-    t.is(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).peft_type, METHODS[method].peftType)
-    t.regex(readFileSync(join(out, 'metrics.jsonl'), 'utf8'), /"maskUpdates":\{"default":\{"kept":\d+,"total":\d+\}\}/, method)
+    const { metrics, config } = await cliTrain(t, method, [...extra])
+    t.is(config.peft_type, METHODS[method].peftType)
+    t.regex(metrics, /"maskUpdates":\{"default":\{"kept":\d+,"total":\d+\}\}/, method)
   }
 })
 
@@ -78,12 +68,6 @@ test('structured diff pruning: the L0 penalty is in each training step\'s loss a
   // λ · the expected share of open rows (log α = 1 at init: σ(1 + 2/3·ln 11) ≈ 0.931), moving little in 2 steps; summed over 2 layers.
   for (const s of infos) t.true(Math.abs(s.auxLosses!.s_diff_pruning_l0 - 2 * 0.5 * 0.931) < 0.02, `${s.auxLosses?.s_diff_pruning_l0}`)
   peft.dispose()
-  const data = join(tempDir(t, 'peft-node-cli-'), 'data')
-  mkdirSync(data)
-  writeJsonl(join(data, 'train.jsonl'), completions(8))
-  const out = join(tempDir(t, 'peft-node-cli-'), 'sdiff')
-  const io = capture()
-  const code = await main(['train', '--model', MODEL_DIR, '--batch-size', '2', '--data', data, '--steps', '2', '--output', out, '--method', 's-diff-pruning', '--target-modules', 'q_proj'], io)
-  t.is(code, 0, io.errors())
-  t.regex(readFileSync(join(out, 'metrics.jsonl'), 'utf8'), /"auxLosses":\{"s_diff_pruning_l0":[0-9.e-]+\}/)
+  const { metrics } = await cliTrain(t, 's-diff-pruning', ['--target-modules', 'q_proj'])
+  t.regex(metrics, /"auxLosses":\{"s_diff_pruning_l0":[0-9.e-]+\}/)
 })

@@ -68,16 +68,7 @@ pub fn parse_fields(value: &Value, peft_type: &str, class: &str, extra: Value, r
 /// LoRA's LLaMA default targets, and merging.
 macro_rules! low_rank_plumbing {
     ($peft_type:literal) => {
-        $crate::tuners::fields::config_plumbing!();
-        fn peft_type(&self) -> &'static str {
-            $peft_type
-        }
-        fn default_targets(&self) -> &'static [&'static str] {
-            &["q_proj", "v_proj"]
-        }
-        fn can_merge(&self) -> bool {
-            true
-        }
+        $crate::tuners::fields::mergeable_plumbing!($peft_type, &["q_proj", "v_proj"]);
     };
 }
 pub(crate) use low_rank_plumbing;

@@ -12,7 +12,7 @@
 //! (trained) and `<mlp proj>.delta_mask.weight` (the node mask, a buffer).
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::{mergeable_plumbing, Fields};
 use crate::tuners::masked_delta::{self, defaults, k_of, top_k_mask};
 use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, Tuners};
 use candle_core::{DType, Tensor};
@@ -43,19 +43,7 @@ impl FarConfig {
 }
 
 impl TunerConfig for FarConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "FAR"
-    }
-
-    fn default_targets(&self) -> &'static [&'static str] {
-        FFN
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    mergeable_plumbing!("FAR", FFN);
 
     fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         match targets.iter().find(|t| proj_of(&t.path).is_none()) {

@@ -12,7 +12,7 @@
 //! `<linear>.delta_mask.weight` and `<linear>.delta_frozen.weight`.
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, ParamId};
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::{mergeable_plumbing, Fields};
 use crate::tuners::masked_delta::{self, count, defaults, density, k_of, top_k_mask};
 use crate::tuners::sparse_mask::config::DEFAULT_TARGETS;
 use crate::tuners::sparse_mask::fisher::accumulate;
@@ -41,19 +41,7 @@ impl FishDipConfig {
 }
 
 impl TunerConfig for FishDipConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "FISH_DIP"
-    }
-
-    fn default_targets(&self) -> &'static [&'static str] {
-        DEFAULT_TARGETS
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    mergeable_plumbing!("FISH_DIP", DEFAULT_TARGETS);
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         masked_delta::create(t, bc, true)

@@ -11,7 +11,7 @@
 //! "INTRINSIC_SAID"; tensors `base_model.said_theta` [d] (shared) and `<linear>.said_lambda.weight` [1].
 use crate::error::{Error, Result};
 use crate::model::{Ctx, Linear, ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::{mergeable_plumbing, Fields};
 use crate::tuners::low_rank::merges_delta;
 use crate::tuners::masked_delta::defaults;
 use crate::tuners::sparse_mask::config::fnv1a;
@@ -49,19 +49,7 @@ impl IntrinsicSaidConfig {
 }
 
 impl TunerConfig for IntrinsicSaidConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "INTRINSIC_SAID"
-    }
-
-    fn default_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "v_proj"]
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    mergeable_plumbing!("INTRINSIC_SAID", &["q_proj", "v_proj"]);
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let dev = bc.store.get(t.weight).value().device().clone();

@@ -12,7 +12,7 @@
 //! `<linear>.delta_mask.weight`.
 use crate::error::Result;
 use crate::model::CausalLm;
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::{mergeable_plumbing, Fields};
 use crate::tuners::masked_delta::{self, count, defaults, density, k_of, top_k_mask, zero};
 use crate::tuners::sparse_mask::config::DEFAULT_TARGETS;
 use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, Tuners};
@@ -39,19 +39,7 @@ impl LtSftConfig {
 }
 
 impl TunerConfig for LtSftConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "LT_SFT"
-    }
-
-    fn default_targets(&self) -> &'static [&'static str] {
-        DEFAULT_TARGETS
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    mergeable_plumbing!("LT_SFT", DEFAULT_TARGETS);
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         masked_delta::create(t, bc, false)

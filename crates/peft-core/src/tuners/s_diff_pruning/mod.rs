@@ -13,7 +13,7 @@
 //! [out, in] (w, init 0) and `<linear>.diff_log_alpha.weight` [out] (log α, init `init_log_alpha`).
 use crate::error::Result;
 use crate::model::{Ctx, Linear, ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::{mergeable_plumbing, Fields};
 use crate::tuners::low_rank::merges_delta;
 use crate::tuners::masked_delta::defaults;
 use crate::tuners::sparse_mask::config::DEFAULT_TARGETS;
@@ -51,19 +51,7 @@ impl SDiffPruningConfig {
 }
 
 impl TunerConfig for SDiffPruningConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "S_DIFF_PRUNING"
-    }
-
-    fn default_targets(&self) -> &'static [&'static str] {
-        DEFAULT_TARGETS
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    mergeable_plumbing!("S_DIFF_PRUNING", DEFAULT_TARGETS);
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let dev = bc.store.get(t.weight).value().device().clone();
