@@ -137,6 +137,21 @@ export declare class NativeModel {
    */
   soraProximalStep(lr: number): Array<SoraRank>
   /**
+   * After `steps_done` optimizer steps: FAR's node selection when its priming ends now, and
+   * LT-SFT's lottery step when its full fine-tuning ends now. Empty when neither is due.
+   */
+  maskProcedureStep(stepsDone: number): Array<MaskUpdate>
+  /**
+   * Before step `step` (0-based): Fish-Dip's mask from the Fisher scores on `batches`, for
+   * every active Fish-Dip adapter due at this step. Empty when none is due.
+   */
+  fishDipUpdate(step: number, batches: Array<FisherBatchInput>): Array<MaskUpdate>
+  /**
+   * After `steps_done` optimizer steps: every active PeriodicLoRA adapter whose stage ends now
+   * unloads its update into its merged buffer and restarts its factors (drawn from `seed`).
+   */
+  periodicLoraRestart(stepsDone: number, seed: number): Array<PeriodicRestart>
+  /**
    * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
    * from the base model's gradients on `batches`.
    */
@@ -257,6 +272,14 @@ export declare function loadModel(path: string, dtype?: string | undefined | nul
 /** A `tokenizer.json`, a folder holding one, or a `.gguf` file. */
 export declare function loadTokenizer(path: string): Promise<NativeTokenizer>
 
+/** One adapter's mask after a procedure rewrote it. */
+export interface MaskUpdate {
+  adapter: string
+  /** Entries (FAR: FFN nodes) the mask keeps, and in all. */
+  kept: number
+  total: number
+}
+
 export interface ParamInfo {
   name: string
   shape: Array<number>
@@ -268,6 +291,13 @@ export interface ParamInfo {
   storage?: string
   requiresGrad: boolean
   hasGrad: boolean
+}
+
+/** One PeriodicLoRA adapter restarted: the stage that ended (1-based) and the parameters reset. */
+export interface PeriodicRestart {
+  adapter: string
+  stage: number
+  reset: Array<string>
 }
 
 export interface SgdArgs {

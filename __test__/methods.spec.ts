@@ -109,6 +109,15 @@ const ROWS: Row[] = [
   { name: 'SMoP', config: (a) => new peftNode.SmopConfig({ numVirtualTokens: 3, numPrompts: 2 }), canMerge: false, virtual: 3, fdParam: /smop_router/ },
   { name: 'IDPG', config: (a) => new peftNode.IdpgConfig({ numVirtualTokens: 3, generatorHidden: 8 }), canMerge: false, virtual: 3, fdParam: /idpg_down\./ },
   { name: 'Prefix-Propagation', config: (a) => new peftNode.PrefixPropagationConfig({ numVirtualTokens: 3 }), canMerge: false, virtual: 3, fdParam: /prefix_propagation/ },
+  // Survey methods, part B (issue 16). The masks start all ones (their procedures run in the
+  // Trainer: survey-masks.spec), so every entry of the deltas gets a gradient here.
+  { name: 'FAR', config: (a) => new peftNode.FarConfig({ trainableRatio: 0.25 }), canMerge: true },
+  { name: 'LT-SFT', config: (a) => new peftNode.LtSftConfig({ density: 0.1, targetModules: a.qv }), canMerge: true },
+  { name: 'Fish-Dip', config: (a) => new peftNode.FishDipConfig({ density: 0.1, targetModules: a.qv }), canMerge: true },
+  { name: 'PeriodicLoRA', config: (a) => new peftNode.PeriodicLoraConfig({ r: 4, mergeEvery: 5, targetModules: a.qv }), canMerge: true },
+  // The gates' log α is the new part: the finite differences check it (evaluation's gates).
+  { name: 'Intrinsic SAID', config: (a) => new peftNode.IntrinsicSaidConfig({ intrinsicDim: 50, targetModules: a.qv }), canMerge: true, fdParam: /said_theta/ },
+  { name: 'structured diff pruning', config: (a) => new peftNode.SDiffPruningConfig({ targetModules: a.qv }), canMerge: true, fdParam: /diff_log_alpha/ },
 ]
 
 for (const arch of ARCHS) {

@@ -6,6 +6,8 @@
 // [-100]), so an id of 2^32 reached the model as 0, a label 4294967196 as "ignored", and
 // maxNewTokens 2^32 + 5 as 5, all silently.
 import { IGNORE } from './data/tokenize'
+import type { FisherBatch } from './methods/sparse'
+import type { FisherBatchInput } from '../index'
 
 /** The largest u32 (token ids, counts). */
 export const U32_MAX = 0xffffffff
@@ -158,4 +160,19 @@ export function adapterNameArgs(arg: string, names: unknown): string[] | undefin
 /** `adapterNames` (PEFT's `adapter_names`): one adapter name, or "__base__", per row. */
 export function adapterNameList(names: unknown): string[] | undefined {
   return adapterNameArgs('adapterNames', names)
+}
+
+/** @internal Batches of ids and labels as the native Fisher estimates take them (checked, flat). */
+export function flatBatches(batches: FisherBatch[], vocab: number): FisherBatchInput[] {
+  return batches.map((b, i) => {
+    const ids = flatIds(`batches[${i}].inputIds`, b.inputIds, vocab)
+    if (b.labels === undefined) throw new Error(`batches[${i}].labels: expected next-token labels, found undefined`)
+    return {
+      inputIds: ids.data,
+      batch: ids.batch,
+      seq: ids.seq,
+      attentionMask: b.attentionMask ? flatMask(`batches[${i}].attentionMask`, b.attentionMask, ids.batch, ids.seq) : undefined,
+      labels: flatLabels(`batches[${i}].labels`, b.labels, ids.batch, ids.seq, vocab),
+    }
+  })
 }

@@ -3,7 +3,8 @@ import { Parameter } from './parameter'
 import type { GenerateOptions } from './generation'
 import { PeftConfig, RawPeftConfig } from './methods/config'
 import { addWeightedAdapter, type WeightedAdapterOptions } from './compose/weighted'
-import { adapterNameArg, adapterNameArgs, intArg, seedArg } from './inputs'
+import { adapterNameArg, adapterNameArgs, flatBatches, intArg, seedArg } from './inputs'
+import type { FisherBatch } from './methods/sparse'
 import { resolvePretrained } from './hub/resolve'
 import type { HubOptions } from './hub/settings'
 
@@ -337,6 +338,37 @@ export class PeftModel {
   soraProximalStep(lr: number): { adapter: string; kept: number; total: number }[] {
     if (!(Number.isFinite(lr) && lr >= 0)) throw new Error(`soraProximalStep: lr: expected a finite number >= 0, found ${lr}`)
     return this.native.soraProximalStep(lr)
+  }
+
+  /**
+   * FAR's node selection and LT-SFT's lottery step, after `stepsDone` optimizer steps: each runs
+   * when its priming (`primingSteps`) or full fine-tuning (`fullSteps`) ends now, rewriting the
+   * adapter's masks. Returns each adapter changed (FAR: nodes kept; LT-SFT: entries). The Trainer calls it.
+   */
+  maskProcedureStep(stepsDone: number): { adapter: string; kept: number; total: number }[] {
+    if (!Number.isSafeInteger(stepsDone) || stepsDone < 0) throw new Error(`maskProcedureStep: stepsDone: expected an integer >= 0, found ${stepsDone}`)
+    return this.native.maskProcedureStep(stepsDone)
+  }
+
+  /**
+   * Fish-Dip's mask update before step `step` (0-based; due every `updateEvery` steps): the Fisher
+   * scores of the training loss on `batches` choose each weight's new mask. Returns each adapter
+   * updated, with its entries kept and in all; empty when none is due. The Trainer calls it.
+   */
+  fishDipUpdate(step: number, batches: FisherBatch[]): { adapter: string; kept: number; total: number }[] {
+    if (!Number.isSafeInteger(step) || step < 0) throw new Error(`fishDipUpdate: step: expected an integer >= 0, found ${step}`)
+    return this.native.fishDipUpdate(step, flatBatches(batches, this.model.config.vocab_size))
+  }
+
+  /**
+   * PeriodicLoRA's restart after `stepsDone` optimizer steps: every active PeriodicLoRA adapter
+   * whose stage ends now (`mergeEvery`) unloads its update into its merged weight and redraws its
+   * factors (from `seed`). Returns each adapter restarted, the stage that ended and the parameters
+   * reset (whose optimizer state should be reset too). The Trainer calls it and resets that state.
+   */
+  periodicLoraRestart(stepsDone: number, seed = 0): { adapter: string; stage: number; reset: string[] }[] {
+    if (!Number.isSafeInteger(stepsDone) || stepsDone < 0) throw new Error(`periodicLoraRestart: stepsDone: expected an integer >= 0, found ${stepsDone}`)
+    return this.native.periodicLoraRestart(stepsDone, seedArg('seed', seed))
   }
 
   dispose(): void {

@@ -32,13 +32,17 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   'adapter-fusion': { peftType: 'ADAPTER_FUSION' }, mole: { peftType: 'MOLE' }, adamix: { peftType: 'ADAMIX' },
   smop: { peftType: 'SMOP', defaults: { numVirtualTokens: 5 } }, idpg: { peftType: 'IDPG', defaults: { numVirtualTokens: 5 } },
   'prefix-propagation': { peftType: 'PREFIX_PROPAGATION', defaults: { numVirtualTokens: 10 } },
+  // Survey methods, part B (issue 16): masks rewritten during training, LoRA improvements.
+  far: { peftType: 'FAR' }, 'lt-sft': { peftType: 'LT_SFT' }, 'fish-dip': { peftType: 'FISH_DIP' }, 'periodic-lora': { peftType: 'PERIODIC_LORA' },
+  's-diff-pruning': { peftType: 'S_DIFF_PRUNING' }, 'intrinsic-said': { peftType: 'INTRINSIC_SAID' },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])
 
 function listish(key: string, v: unknown): unknown {
   if (!LIST_KEYS.has(key) || typeof v !== 'string' || v === 'all-linear') return typeof v === 'number' && LIST_KEYS.has(key) ? [v] : v
-  return v.split(',').map((s) => s.trim()).filter(Boolean) // "self_attn.q_proj" matches as a `.name` suffix, as in PEFT
+  const items = v.split(',').map((s) => s.trim()).filter(Boolean) // "self_attn.q_proj" matches as a `.name` suffix, as in PEFT
+  return key === 'layersToTransform' ? items.map((s) => (/^\d+$/.test(s) ? Number(s) : s)) : items
 }
 
 /** The method options among `opts` (everything that is not a trainer option). */

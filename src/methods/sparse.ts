@@ -5,7 +5,7 @@ import { PeftConfig, snakeKeys, type PeftConfigOptions } from './config'
 import { LlamaModel } from '../model'
 import { PeftModel } from '../peft'
 import { Tensor } from '../tensor'
-import { flatIds, flatLabels, flatMask, type IdRows } from '../inputs'
+import { flatBatches, type IdRows } from '../inputs'
 import type { NativeModel } from '../native'
 import type * as Native from '../../index'
 
@@ -101,18 +101,7 @@ export async function estimateFisher(model: LlamaModel | PeftModel, batches: Fis
   const base = model instanceof PeftModel ? model.baseModel : model
   if (!(base instanceof LlamaModel)) throw new Error('model: expected a LlamaModel or a PeftModel')
   if (!Array.isArray(batches) || batches.length === 0) throw new Error('batches: expected a non-empty array of { inputIds, labels }')
-  const vocab = base.config.vocab_size
-  const flat = batches.map((b, i) => {
-    const ids = flatIds(`batches[${i}].inputIds`, b.inputIds, vocab)
-    if (b.labels === undefined) throw new Error(`batches[${i}].labels: expected next-token labels, found undefined`)
-    return {
-      inputIds: ids.data,
-      batch: ids.batch,
-      seq: ids.seq,
-      attentionMask: b.attentionMask ? flatMask(`batches[${i}].attentionMask`, b.attentionMask, ids.batch, ids.seq) : undefined,
-      labels: flatLabels(`batches[${i}].labels`, b.labels, ids.batch, ids.seq, vocab),
-    }
-  })
+  const flat = flatBatches(batches, base.config.vocab_size)
   const scores = new FisherScores(await base.native.estimateFisher(JSON.stringify(snakeKeys({ ...opts })), flat))
   for (const w of scores.native.warnings) process.emitWarning(w, 'PeftWarning')
   return scores

@@ -107,6 +107,15 @@ export abstract class Optimizer<H extends { lr: number }, S> {
   }
 
   /**
+   * Forgets the state (moments, step count) of the parameters named `names`, so that they start
+   * afresh at the next step (PeriodicLoRA's restart).
+   */
+  resetState(names: Iterable<string>): void {
+    const drop = new Set(names)
+    for (const p of this.paramGroups.flatMap((g) => g.params)) if (drop.has(p.name)) this.#state.delete(paramKey(p))
+  }
+
+  /**
    * Clears the gradients of this optimizer's parameters (to "none", as torch's default).
    */
   zeroGrad(): void {

@@ -23,6 +23,10 @@ export interface StepInfo {
   auxLosses?: Record<string, number>
   /** SoRA: per adapter, the gates still non-zero after this step's proximal step (the kept rank, summed over layers). */
   soraRanks?: Record<string, number>
+  /** FAR, LT-SFT, Fish-Dip: per adapter, its mask when a procedure rewrote it at this step (entries or FFN nodes kept, and in all). */
+  maskUpdates?: Record<string, { kept: number; total: number }>
+  /** PeriodicLoRA: per adapter, the stage that ended at this step (its update unloaded, LoRA restarted). */
+  periodicStages?: Record<string, number>
 }
 export interface EvalInfo { step: number; loss: number; perplexity: number }
 export interface SaveInfo { step: number; dir: string }
@@ -45,6 +49,11 @@ export class Trainer extends EventEmitter {
   #adalora = false
   /** SoRA: the proximal gate step runs after each optimizer step. */
   #sora = false
+  /** FAR and LT-SFT: their mask procedure runs after each optimizer step; Fish-Dip: its mask update before each step's forward. */
+  #maskProcedure = false
+  #fishDip = false
+  /** PeriodicLoRA: the restart runs after each optimizer step, and resets the restarted factors' optimizer state. */
+  #periodic = false
 
   constructor(readonly model: PeftModel, opts: TrainerOptions) {
     super()
@@ -82,11 +91,15 @@ export class Trainer extends EventEmitter {
       const micro = Array.from({ length: n }, () => this.stream.next())
       const seeds = micro.map((_, i) => mixSeed(o.seed, this.step, i, 0xd20))
       const lr = this.#sched!.getLastLr()[0]
+      const fishDip = this.#fishDip ? this.model.fishDipUpdate(this.step, micro) : []
       const r = await accumulateGradients(this.model, micro, seeds, this.#names)
       const gradNorm = await clipGradNorm(this.model.parameters({ trainableOnly: true }), o.maxGradNorm > 0 ? o.maxGradNorm : Infinity)
       await this.#opt!.step()
       if (this.#adalora) await this.model.updateAndAllocate(this.step) // reads the gradients: before zeroGrad, as PEFT requires
       const soraRanks = this.#sora ? this.model.soraProximalStep(lr) : []
+      const restarts = this.#periodic ? this.model.periodicLoraRestart(this.step + 1, mixSeed(o.seed, this.step, 0, 0x9e1)) : []
+      for (const r of restarts) this.#opt!.resetState(r.reset)
+      const masks = [...fishDip, ...(this.#maskProcedure ? this.model.maskProcedureStep(this.step + 1) : [])]
       this.#opt!.zeroGrad()
       this.#sched!.step()
       this.step++
@@ -96,6 +109,8 @@ export class Trainer extends EventEmitter {
       const info: StepInfo = { step: this.step, totalSteps: this.totalSteps, epoch: this.stream.position.epoch, loss: r.loss, lr, gradNorm, tokens: r.tokens, targetTokens: r.targetTokens, tokensPerSecond: (1000 * r.tokens) / Math.max(1, now - t0), elapsedMs: now - start, etaMs: perStep * (this.totalSteps - this.step) }
       if (Object.keys(r.auxLosses).length > 0) info.auxLosses = r.auxLosses
       if (soraRanks.length > 0) info.soraRanks = Object.fromEntries(soraRanks.map((k) => [k.adapter, k.kept]))
+      if (restarts.length > 0) info.periodicStages = Object.fromEntries(restarts.map((r) => [r.adapter, r.stage]))
+      if (masks.length > 0) info.maskUpdates = Object.fromEntries(masks.map((k) => [k.adapter, { kept: k.kept, total: k.total }]))
       this.#log?.append({ type: 'train', ...info })
       this.emit('step', info)
       yield info
@@ -146,6 +161,10 @@ export class Trainer extends EventEmitter {
     this.#sched = new LRScheduler(this.#opt, o.lrSchedule === 'constant' ? constantSchedule(w) : o.lrSchedule === 'cosine' ? cosineSchedule(w) : linearSchedule(w))
     this.#adalora = checkAdaLora(this.model, this.totalSteps)
     this.#sora = this.model.activeAdapters.some((n) => this.model.peftConfig[n]?.peft_type === 'SORA')
+    const types = this.model.activeAdapters.map((n) => this.model.peftConfig[n]?.peft_type)
+    this.#maskProcedure = types.some((t) => t === 'FAR' || t === 'LT_SFT')
+    this.#fishDip = types.includes('FISH_DIP')
+    this.#periodic = types.includes('PERIODIC_LORA')
     if (o.output) this.#log = new MetricsLog(join(o.output, 'metrics.jsonl'))
     if (o.resumeFromCheckpoint) await this.#resume(o.resumeFromCheckpoint)
   }

@@ -20,6 +20,7 @@ mod optim;
 mod peft;
 mod plan;
 mod sora;
+mod procedures;
 mod sparse;
 mod tensor;
 mod tokenizer;

@@ -64,7 +64,7 @@ impl NativeFisherScores {
     }
 }
 
-fn to_batch(i: usize, x: &FisherBatchInput) -> Result<FisherBatch> {
+pub(crate) fn to_batch(i: usize, x: &FisherBatchInput) -> Result<FisherBatch> {
     let (b, t) = (x.batch as usize, x.seq as usize);
     let mut batch = Batch::new(rows(&x.input_ids, b, t, &format!("batches[{i}].inputIds"))?);
     if let Some(m) = &x.attention_mask {

@@ -310,3 +310,21 @@ macro_rules! config_plumbing {
     };
 }
 pub(crate) use config_plumbing;
+
+/// `config_plumbing!` plus the `peft_type`, the default targets, and `can_merge` = true: the
+/// `TunerConfig` methods of a mergeable method that builds only linear layers.
+macro_rules! mergeable_plumbing {
+    ($peft_type:literal, $targets:expr) => {
+        $crate::tuners::fields::config_plumbing!();
+        fn peft_type(&self) -> &'static str {
+            $peft_type
+        }
+        fn default_targets(&self) -> &'static [&'static str] {
+            $targets
+        }
+        fn can_merge(&self) -> bool {
+            true
+        }
+    };
+}
+pub(crate) use mergeable_plumbing;

@@ -55,3 +55,33 @@ impl LowRank {
 pub fn add_delta(weight: &Tensor, delta: &Tensor, sign: f64) -> Result<Tensor> {
     Ok((weight.to_dtype(DType::F64)? + (delta.to_dtype(DType::F64)? * sign)?)?.to_dtype(weight.dtype())?)
 }
+
+/// A LoRA variant's fields read by `Fields::parse` with LoRA's defaults plus `extra`, and its
+/// low-rank part (`r_what` says what r is, for errors).
+pub fn parse_fields(value: &Value, peft_type: &str, class: &str, extra: Value, r_what: &str, source: &std::path::Path) -> Result<(Fields, LowRank, Vec<String>)> {
+    let (f, warnings) = Fields::parse(value, peft_type, class, defaults(extra), source)?;
+    let low_rank = LowRank::parse(&f, r_what)?;
+    Ok((f, low_rank, warnings))
+}
+
+/// The `TunerConfig` methods every LoRA variant shares: the config plumbing, its `peft_type`,
+/// LoRA's LLaMA default targets, and merging.
+macro_rules! low_rank_plumbing {
+    ($peft_type:literal) => {
+        $crate::tuners::fields::mergeable_plumbing!($peft_type, &["q_proj", "v_proj"]);
+    };
+}
+pub(crate) use low_rank_plumbing;
+
+/// `AdapterLayer::merge` and `unmerge` of a layer whose update is `self.delta(store)` (ΔW [out, in]).
+macro_rules! merges_delta {
+    () => {
+        fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
+            $crate::tuners::low_rank::add_delta(weight, &self.delta(store)?, 1.0)
+        }
+        fn unmerge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
+            $crate::tuners::low_rank::add_delta(weight, &self.delta(store)?, -1.0)
+        }
+    };
+}
+pub(crate) use merges_delta;

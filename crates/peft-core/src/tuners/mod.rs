@@ -66,6 +66,14 @@ pub mod adamix;
 pub mod smop;
 pub mod idpg;
 pub mod prefix_propagation;
+// Survey methods, part B (issue 16): selective/structured masks and LoRA improvements.
+pub mod masked_delta;
+pub mod far;
+pub mod lt_sft;
+pub mod fish_dip;
+pub mod periodic_lora;
+pub mod s_diff_pruning;
+pub mod intrinsic_said;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
@@ -339,6 +347,12 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("SMOP") => boxed(smop::SmopConfig::from_value(value, source)),
         Some("IDPG") => boxed(idpg::IdpgConfig::from_value(value, source)),
         Some("PREFIX_PROPAGATION") => boxed(prefix_propagation::PrefixPropagationConfig::from_value(value, source)),
+        Some("FAR") => boxed(far::FarConfig::from_value(value, source)),
+        Some("LT_SFT") => boxed(lt_sft::LtSftConfig::from_value(value, source)),
+        Some("FISH_DIP") => boxed(fish_dip::FishDipConfig::from_value(value, source)),
+        Some("PERIODIC_LORA") => boxed(periodic_lora::PeriodicLoraConfig::from_value(value, source)),
+        Some("S_DIFF_PRUNING") => boxed(s_diff_pruning::SDiffPruningConfig::from_value(value, source)),
+        Some("INTRINSIC_SAID") => boxed(intrinsic_said::IntrinsicSaidConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -357,6 +371,7 @@ pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
     "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
     "ADAPTER_FUSION", "MOLE", "ADAMIX", "SMOP", "IDPG", "PREFIX_PROPAGATION",
+    "FAR", "LT_SFT", "FISH_DIP", "PERIODIC_LORA", "S_DIFF_PRUNING", "INTRINSIC_SAID",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

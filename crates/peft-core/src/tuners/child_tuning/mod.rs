@@ -12,7 +12,7 @@
 //! Our own `peft_type` "CHILD_TUNING"; tensors `<module>.child_delta.weight` [out, in].
 use crate::error::Result;
 use crate::model::{Ctx, Linear, ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, object, Fields};
+use crate::tuners::fields::{mergeable_plumbing, object, Fields};
 use crate::tuners::init::dropout_mask;
 use crate::tuners::low_rank::add_delta;
 use crate::tuners::sparse_mask::config::DEFAULT_TARGETS;
@@ -46,20 +46,8 @@ impl ChildTuningConfig {
 }
 
 impl TunerConfig for ChildTuningConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "CHILD_TUNING"
-    }
-
-    /// Child-tuning updates the whole network; here every linear but the head.
-    fn default_targets(&self) -> &'static [&'static str] {
-        DEFAULT_TARGETS
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    // Child-tuning updates the whole network; here every linear but the head.
+    mergeable_plumbing!("CHILD_TUNING", DEFAULT_TARGETS);
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let dev = bc.store.get(t.weight).value().device().clone();

@@ -9,10 +9,10 @@
 //! (`<module>.lora_A.weight` [r, in], `lora_B.weight` [out, r]).
 use crate::error::Result;
 use crate::model::{Ctx, Linear, ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::Fields;
 use crate::tuners::init::dropout_mask;
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
-use crate::tuners::low_rank::{add_delta, defaults, LowRank};
+use crate::tuners::low_rank::{low_rank_plumbing, merges_delta, parse_fields, LowRank};
 use crate::tuners::{AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
 use candle_core::Tensor;
 use serde_json::{json, Value};
@@ -30,26 +30,13 @@ pub struct LoraDropoutConfig {
 
 impl LoraDropoutConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, "LORA_DROPOUT", "LoraDropoutConfig", defaults(json!({"param_dropout": 0.1})), source)?;
-        let low_rank = LowRank::parse(&f, "the rank")?;
+        let (f, low_rank, warnings) = parse_fields(value, "LORA_DROPOUT", "LoraDropoutConfig", json!({"param_dropout": 0.1}), "the rank", source)?;
         Ok((LoraDropoutConfig { low_rank, param_dropout: f.prob("param_dropout")?, targets: f.target_spec()?, fields: f }, warnings))
     }
 }
 
 impl TunerConfig for LoraDropoutConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "LORA_DROPOUT"
-    }
-
-    fn default_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "v_proj"]
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    low_rank_plumbing!("LORA_DROPOUT");
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let (a, b) = self.low_rank.add_factors(t, bc)?;
@@ -69,8 +56,8 @@ pub struct LoraDropoutLayer {
 }
 
 impl LoraDropoutLayer {
-    fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
-        add_delta(weight, &delta_weight(&store.get(self.a).value(), &store.get(self.b).value(), self.scaling)?, sign)
+    fn delta(&self, store: &ParamStore) -> Result<Tensor> {
+        delta_weight(&store.get(self.a).value(), &store.get(self.b).value(), self.scaling)
     }
 }
 
@@ -97,11 +84,5 @@ impl AdapterLayer for LoraDropoutLayer {
         low_rank_forward(x, result, &a, &b, self.scaling, self.dropout, ctx)
     }
 
-    fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        self.merged(weight, store, 1.0)
-    }
-
-    fn unmerge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        self.merged(weight, store, -1.0)
-    }
+    merges_delta!();
 }

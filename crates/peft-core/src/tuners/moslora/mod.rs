@@ -8,10 +8,10 @@
 use crate::error::Result;
 use crate::model::{Ctx, Linear};
 use crate::model::{ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::Fields;
 use crate::tuners::init::kaiming_uniform;
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
-use crate::tuners::low_rank::{add_delta, defaults, LowRank};
+use crate::tuners::low_rank::{low_rank_plumbing, merges_delta, parse_fields, LowRank};
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig};
 use candle_core::Tensor;
 use serde_json::{json, Value};
@@ -26,27 +26,13 @@ pub struct MosLoraConfig {
 
 impl MosLoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, "MOSLORA", "MoSLoraConfig", defaults(json!({})), source)?;
-        let low_rank = LowRank::parse(&f, "the rank")?;
+        let (f, low_rank, warnings) = parse_fields(value, "MOSLORA", "MoSLoraConfig", json!({}), "the rank", source)?;
         Ok((MosLoraConfig { low_rank, targets: f.target_spec()?, fields: f }, warnings))
     }
 }
 
 impl TunerConfig for MosLoraConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "MOSLORA"
-    }
-
-    /// LoRA's LLaMA default.
-    fn default_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "v_proj"]
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    low_rank_plumbing!("MOSLORA");
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let (a, b) = self.low_rank.add_factors(t, bc)?;
@@ -91,11 +77,5 @@ impl AdapterLayer for MosLoraLayer {
         low_rank_forward(x, result, &mixed_a, &ctx.param(self.b), self.scaling, self.dropout, ctx)
     }
 
-    fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        add_delta(weight, &self.delta(store)?, 1.0)
-    }
-
-    fn unmerge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        add_delta(weight, &self.delta(store)?, -1.0)
-    }
+    merges_delta!();
 }

@@ -11,9 +11,9 @@
 //! `sora_gate.weight` [r] (init 1, so the adapter starts as LoRA).
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, Ctx, Linear, ParamId, ParamStore};
-use crate::tuners::fields::{config_plumbing, Fields};
+use crate::tuners::fields::Fields;
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
-use crate::tuners::low_rank::{add_delta, defaults, LowRank};
+use crate::tuners::low_rank::{low_rank_plumbing, merges_delta, parse_fields, LowRank};
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, Tuners};
 use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
@@ -31,27 +31,14 @@ pub struct SoraConfig {
 
 impl SoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
-        let (f, warnings) = Fields::parse(value, "SORA", "SoraConfig", defaults(json!({"sparse_lambda": 0.1})), source)?;
-        let low_rank = LowRank::parse(&f, "the largest rank (r_max)")?;
+        let (f, low_rank, warnings) = parse_fields(value, "SORA", "SoraConfig", json!({"sparse_lambda": 0.1}), "the largest rank (r_max)", source)?;
         let sparse_lambda = f.num_in("sparse_lambda", |x| x >= 0.0 && x.is_finite(), "a number >= 0 (the L1 penalty on the gates)")?;
         Ok((SoraConfig { low_rank, sparse_lambda, targets: f.target_spec()?, fields: f }, warnings))
     }
 }
 
 impl TunerConfig for SoraConfig {
-    config_plumbing!();
-
-    fn peft_type(&self) -> &'static str {
-        "SORA"
-    }
-
-    fn default_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "v_proj"]
-    }
-
-    fn can_merge(&self) -> bool {
-        true
-    }
+    low_rank_plumbing!("SORA");
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let (a, b) = self.low_rank.add_factors(t, bc)?;
@@ -72,9 +59,9 @@ pub struct SoraLayer {
 }
 
 impl SoraLayer {
-    fn merged(&self, weight: &Tensor, store: &ParamStore, sign: f64) -> Result<Tensor> {
+    fn delta(&self, store: &ParamStore) -> Result<Tensor> {
         let gated_a = store.get(self.a).value().broadcast_mul(&store.get(self.gate).value().unsqueeze(1)?)?;
-        add_delta(weight, &delta_weight(&gated_a, &store.get(self.b).value(), self.scaling)?, sign)
+        delta_weight(&gated_a, &store.get(self.b).value(), self.scaling)
     }
 }
 
@@ -93,13 +80,7 @@ impl AdapterLayer for SoraLayer {
         low_rank_forward(x, result, &gated_a, &ctx.param(self.b), self.scaling, self.dropout, ctx)
     }
 
-    fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        self.merged(weight, store, 1.0)
-    }
-
-    fn unmerge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
-        self.merged(weight, store, -1.0)
-    }
+    merges_delta!();
 }
 
 /// T_ξ(z) = sign(z)·max(|z| − ξ, 0), element-wise.

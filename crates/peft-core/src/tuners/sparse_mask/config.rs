@@ -122,6 +122,6 @@ impl TunerConfig for SparseMaskConfig {
 }
 
 /// A stable hash of a module path (FNV-1a), unlike std's, fixed across Rust versions.
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }

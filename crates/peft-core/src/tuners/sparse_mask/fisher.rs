@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{loss, Batch, Ctx, CausalLm, ParamId};
 use crate::tuners::targeting::{self, TargetSpec, Targets};
 use crate::tuners::fields::Fields;
+use crate::tuners::{Tuners, WithTuners};
 use candle_core::DType;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -59,21 +60,26 @@ pub fn estimate_fisher_until(
     for (_, id) in &weights {
         model.store.get_mut(*id).set_requires_grad(true)?;
     }
-    let result = accumulate(model, &weights, batches, cancelled);
+    let result = accumulate(model, None, &weights, batches, cancelled);
     for ((_, id), on) in weights.iter().zip(before) {
         model.store.get_mut(*id).set_requires_grad(on)?;
     }
     result
 }
 
-fn accumulate(model: &CausalLm, weights: &[(String, ParamId)], batches: &[FisherBatch], cancelled: &dyn Fn() -> bool) -> Result<FisherScores> {
+/// The mean squared gradient of each of `weights` (keyed by the given names) over `batches`,
+/// with `tuners` attached when given (Fish-Dip scores its deltas through the adapters).
+pub(crate) fn accumulate(model: &CausalLm, tuners: Option<&Tuners>, weights: &[(String, ParamId)], batches: &[FisherBatch], cancelled: &dyn Fn() -> bool) -> Result<FisherScores> {
     let dtype = if model.dtype == DType::F64 { DType::F64 } else { DType::F32 };
     let mut sums = FisherScores::new();
     for (i, b) in batches.iter().enumerate() {
         if cancelled() {
             return Err(Error::Aborted);
         }
-        let ctx = Ctx::new(&model.store, false);
+        let mut ctx = Ctx::new(&model.store, false);
+        if let Some(t) = tuners {
+            ctx = ctx.with_tuners(t);
+        }
         let logits = model.forward(&b.batch, &ctx, None, false).map_err(|e| at_batch(i, e))?;
         let l = loss::causal_lm_loss(&logits, &b.labels).map_err(|e| at_batch(i, e))?;
         let grads = l.backward()?;

@@ -1,0 +1,87 @@
+// Sparse fine-tuning whose mask a training procedure rewrites (PEFT survey, Han et al. 2024,
+// §3.2; issue 16): FAR, LT-SFT and Fish-Dip. Each trains a delta ΔW of every targeted weight
+// under a 0/1 mask; the Trainer runs the procedure (docs/methods.md). All merge.
+import { PeftConfig, positiveInt, type PeftConfigOptions } from './config'
+
+interface TargetOptions extends PeftConfigOptions {
+  targetModules?: string[] | string
+  excludeModules?: string[] | string
+  layersToTransform?: number[] | number
+}
+
+function share(name: string, v: unknown): void {
+  if (v !== undefined && !(typeof v === 'number' && v > 0 && v <= 1)) throw new Error(`${name}: expected a number in (0, 1], found ${String(v)}`)
+}
+
+/**
+ * FAR (Vucetic et al. 2022): the FFN (gate/up/down) trains fully for `primingSteps` steps, then
+ * only the `trainableRatio` of each layer's nodes with the largest L1 change keeps training.
+ */
+export interface FarConfigOptions extends TargetOptions {
+  trainableRatio?: number
+  primingSteps?: number
+}
+
+export class FarConfig extends PeftConfig {
+  readonly peftType = 'FAR'
+  constructor(options: FarConfigOptions = {}) {
+    super(options)
+    share('trainableRatio', options.trainableRatio)
+    positiveInt('primingSteps', options.primingSteps)
+  }
+}
+
+/**
+ * LT-SFT (Ansell et al. 2022): full fine-tuning for `fullSteps` steps, then the `density` share of
+ * each weight that changed most is kept, the rest reset, and only it retrains.
+ */
+export interface LtSftConfigOptions extends TargetOptions {
+  density?: number
+  fullSteps?: number
+}
+
+export class LtSftConfig extends PeftConfig {
+  readonly peftType = 'LT_SFT'
+  constructor(options: LtSftConfigOptions = {}) {
+    super(options)
+    share('density', options.density)
+    positiveInt('fullSteps', options.fullSteps)
+  }
+}
+
+/**
+ * Fish-Dip (Das et al. 2023): a sparse mask (`density` of each weight) recomputed every
+ * `updateEvery` steps from the Fisher information of the training batches.
+ */
+export interface FishDipConfigOptions extends TargetOptions {
+  density?: number
+  updateEvery?: number
+}
+
+export class FishDipConfig extends PeftConfig {
+  readonly peftType = 'FISH_DIP'
+  constructor(options: FishDipConfigOptions = {}) {
+    super(options)
+    share('density', options.density)
+    positiveInt('updateEvery', options.updateEvery)
+  }
+}
+
+/**
+ * Structured diff pruning (Guo et al. 2021): a dense delta per targeted weight whose rows share a
+ * hard-concrete gate (relaxed L0); training adds `l0Lambda` · the expected share of open rows to
+ * the loss (`auxLosses.s_diff_pruning_l0`). Mergeable.
+ */
+export interface SDiffPruningConfigOptions extends TargetOptions {
+  l0Lambda?: number
+  initLogAlpha?: number
+}
+
+export class SDiffPruningConfig extends PeftConfig {
+  readonly peftType = 'S_DIFF_PRUNING'
+  constructor(options: SDiffPruningConfigOptions = {}) {
+    super(options)
+    const l = options.l0Lambda
+    if (l !== undefined && !(typeof l === 'number' && Number.isFinite(l) && l >= 0)) throw new Error(`l0Lambda: expected a number >= 0, found ${String(l)}`)
+  }
+}
