@@ -251,6 +251,9 @@ export declare function loadModel(path: string, dtype?: string | undefined | nul
 /** A `tokenizer.json`, a folder holding one, or a `.gguf` file. */
 export declare function loadTokenizer(path: string): Promise<NativeTokenizer>
 
+/** The size of the compute pool (`PEFT_NODE_NUM_THREADS`, default: the cores available). */
+export declare function numThreads(): number
+
 export interface ParamInfo {
   name: string
   shape: Array<number>

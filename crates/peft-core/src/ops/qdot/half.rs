@@ -8,8 +8,7 @@ use std::arch::x86_64::*;
 impl Decode for f16 {
     const CHUNK: usize = 32;
     #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256) {
         for v in 0..4 {
             *out.add(v) = _mm256_cvtph_ps(_mm_loadu_si128(blocks.add(8 * v) as *const __m128i));
@@ -20,8 +19,7 @@ impl Decode for f16 {
 impl Decode for bf16 {
     const CHUNK: usize = 32;
     #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256) {
         for v in 0..4 {
             let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(blocks.add(8 * v) as *const __m128i));

@@ -3,7 +3,7 @@
 //! Q6_K; layouts as ggml's `block_q4_K` …). Q2_K and Q3_K, rare in practice (only the
 //! smallest llama.cpp mixes use them), go through candle's scalar `to_float` one
 //! super-block at a time.
-use super::legacy::bytes8;
+use super::legacy::{bytes8, f32_of};
 use super::Decode;
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};
 use half::f16;
@@ -53,10 +53,9 @@ fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 /// Q4_K and Q5_K: for each 64 values (`j`), the low nibbles of 32 bytes are sub-block 2j and
 /// the high nibbles sub-block 2j + 1; Q5_K adds bit 2j / 2j + 1 of `qh[l]` as 16.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn decode_k4(d: f16, dmin: f16, scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, out: *mut __m256) {
-    let (d, min) = (d.to_f32(), dmin.to_f32());
+    let (d, min) = (f32_of(d), f32_of(dmin));
     let (mask, one) = (_mm256_set1_epi32(0xF), _mm256_set1_epi32(1));
     for j in 0..4 {
         let (sc, m) = scale_min_k4(2 * j, scales);
@@ -82,8 +81,7 @@ unsafe fn decode_k4(d: f16, dmin: f16, scales: &[u8; 12], qs: &[u8; 128], qh: Op
 impl Decode for BlockQ4K {
     const CHUNK: usize = 256;
     #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256) {
         let b = &*(blocks as *const Q4K);
         decode_k4(b.d, b.dmin, &b.scales, &b.qs, None, out)
@@ -93,8 +91,7 @@ impl Decode for BlockQ4K {
 impl Decode for BlockQ5K {
     const CHUNK: usize = 256;
     #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256) {
         let b = &*(blocks as *const Q5K);
         decode_k4(b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh), out)
@@ -107,11 +104,10 @@ impl Decode for BlockQ6K {
     /// l, l + 32 (low nibbles) and l + 64, l + 96 (high nibbles); `qh[l]` the top two bits of
     /// each, two at a time. Sixteen values share each i8 scale.
     #[cfg(target_arch = "x86_64")]
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256) {
         let b = &*(blocks as *const Q6K);
-        let d = b.d.to_f32();
+        let d = f32_of(b.d);
         let (mask, three, bias) = (_mm256_set1_epi32(0xF), _mm256_set1_epi32(3), _mm256_set1_epi32(32));
         for n in 0..2 {
             let (ql, qh, sc) = (b.ql.as_ptr().add(64 * n), b.qh.as_ptr().add(32 * n), &b.scales[8 * n..]);
@@ -134,8 +130,7 @@ impl Decode for BlockQ6K {
 
 /// Bits `s`, `s + 1` of each lane of `h`, moved to bits 4 and 5.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn top_bits(h: __m256i, s: i32, three: __m256i) -> __m256i {
     _mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(h, _mm256_set1_epi32(s)), three), 4)
 }
@@ -146,8 +141,7 @@ macro_rules! decode_by_to_float {
         impl Decode for $t {
             const CHUNK: usize = 256;
             #[cfg(target_arch = "x86_64")]
-            #[inline]
-            #[target_feature(enable = "avx2,fma,f16c")]
+            #[inline(always)]
             unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256) {
                 let mut vals = [0f32; 256];
                 <$t as GgmlType>::to_float(std::slice::from_raw_parts(blocks, 1), &mut vals);
