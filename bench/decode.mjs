@@ -8,7 +8,10 @@
 // (`npm run fetch:smollm2`, `npm run fetch:gemma3`).
 //
 //   node bench/decode.mjs [--repeat 3] [--prompt 256] [--new 128] [--threads N] [--models smollm2,gemma3]
-//        [--sides ours,ours-f32,llamacpp]
+//        [--sides ours,ours-f32,llamacpp] [--before DIR]
+// `--before DIR` adds the sides before and before-f32: a package root (dist/, index.js and
+// its .node) of an earlier build, e.g. a worktree of the previous commit, for before/after
+// figures taken in the same load conditions.
 import { spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { availableParallelism, loadavg } from 'node:os'
@@ -33,8 +36,8 @@ const threads = Number(opt('threads', process.env.PEFT_NODE_NUM_THREADS ?? Strin
 const promptIds = (vocab) => Array.from({ length: promptLen }, (_, i) => 1000 + ((i * 7919) % Math.min(vocab - 1000, 20000)))
 
 /** Our side, written as the README tells users to: fromPretrained, generate; no dispose. */
-async function runOurs(path, dtype) {
-  const { AutoModelForCausalLM } = await import(pathToFileURL(join(ROOT, 'dist', 'index.js')).href)
+async function runOurs(path, dtype, root = ROOT) {
+  const { AutoModelForCausalLM } = await import(pathToFileURL(join(root, 'dist', 'index.js')).href)
   const model = await AutoModelForCausalLM.fromPretrained(path, dtype ? { dtype } : {})
   const ids = promptIds(model.config.vocab_size)
   const greedy = { stopTokenIds: [] }
@@ -80,7 +83,8 @@ function cpuTimes() {
 
 async function child() {
   const [side, name] = [opt('side'), opt('model')]
-  const r = side === 'llamacpp' ? await runLlamaCpp(MODELS[name]) : await runOurs(MODELS[name], side === 'ours-f32' ? 'float32' : undefined)
+  const root = side.startsWith('before') ? opt('before') : ROOT
+  const r = side === 'llamacpp' ? await runLlamaCpp(MODELS[name]) : await runOurs(MODELS[name], side.endsWith('-f32') ? 'float32' : undefined, root)
   console.log(JSON.stringify(r))
 }
 
@@ -93,7 +97,7 @@ const median = (xs) => {
 function main() {
   const repeat = Number(opt('repeat', '3'))
   const names = opt('models', 'smollm2,gemma3').split(',')
-  const sides = opt('sides', 'ours,ours-f32,llamacpp').split(',')
+  const sides = opt('sides', `ours,ours-f32,llamacpp${opt('before') ? ',before,before-f32' : ''}`).split(',')
   const env = { ...process.env, PEFT_NODE_NUM_THREADS: String(threads) }
   const results = {}
   for (const name of names) {
@@ -101,7 +105,7 @@ function main() {
     for (let rep = 0; rep < repeat; rep++) {
       for (const side of sides) {
         const [c0, load0] = [cpuTimes(), loadavg()[0]]
-        const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--side', side, '--model', name, '--prompt', String(promptLen), '--new', String(newTokens), '--threads', String(threads)], { cwd: ROOT, encoding: 'utf8', env, maxBuffer: 1 << 24 })
+        const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--side', side, '--model', name, '--prompt', String(promptLen), '--new', String(newTokens), '--threads', String(threads), ...(opt('before') ? ['--before', opt('before')] : [])], { cwd: ROOT, encoding: 'utf8', env, maxBuffer: 1 << 24 })
         if (r.status !== 0) throw new Error(`${side} on ${name} failed (exit ${r.status ?? r.signal}):\n${r.stderr}`)
         const c1 = cpuTimes()
         const out = JSON.parse(r.stdout.trim().split('\n').pop())

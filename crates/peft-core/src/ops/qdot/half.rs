@@ -1,5 +1,7 @@
 //! Half-precision rows (f16 and bf16 frozen bases), 32 values per chunk: F16C's conversion
 //! for f16 and a 16-bit shift for bf16, both exact (as `half`'s `to_f32`, which candle uses).
+// Off x86-64 only the scalar path runs: the block mirrors and helpers go unused there.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 use super::Decode;
 use half::{bf16, f16};
 #[cfg(target_arch = "x86_64")]

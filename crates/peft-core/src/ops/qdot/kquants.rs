@@ -3,6 +3,9 @@
 //! Q6_K; layouts as ggml's `block_q4_K` …). Q2_K and Q3_K, rare in practice (only the
 //! smallest llama.cpp mixes use them), go through candle's scalar `to_float` one
 //! super-block at a time.
+// Off x86-64 only the scalar path runs: the block mirrors and helpers go unused there.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
+#[cfg(target_arch = "x86_64")]
 use super::legacy::{bytes8, f32_of};
 use super::Decode;
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, GgmlType};

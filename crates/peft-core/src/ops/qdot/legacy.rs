@@ -1,6 +1,8 @@
 //! Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0: blocks of 32 values with one f16 scale (and, for the
 //! `_1` types, an f16 offset). Layouts as ggml's `block_q4_0` … `block_q8_0`; each value is
 //! computed as candle's `to_float` does (`q · d`, or `q · d + m`, two roundings, no FMA).
+// Off x86-64 only the scalar path runs: the block mirrors and helpers go unused there.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 use super::Decode;
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use half::f16;
