@@ -280,6 +280,9 @@ export interface MaskUpdate {
   total: number
 }
 
+/** The size of the compute pool (`PEFT_NODE_NUM_THREADS`, default: the cores available). */
+export declare function numThreads(): number
+
 export interface ParamInfo {
   name: string
   shape: Array<number>

@@ -788,4 +788,5 @@ module.exports.cancelNativeWork = nativeBinding.cancelNativeWork
 module.exports.ggufSummary = nativeBinding.ggufSummary
 module.exports.loadModel = nativeBinding.loadModel
 module.exports.loadTokenizer = nativeBinding.loadTokenizer
+module.exports.numThreads = nativeBinding.numThreads
 module.exports.tensorFromF32 = nativeBinding.tensorFromF32

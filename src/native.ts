@@ -212,8 +212,24 @@ function loadCuda(): NativeBinding {
  */
 export function loadNative(opts: { cuda?: boolean } = {}): NativeBinding {
   checkNodeVersion()
+  checkThreadsVariable()
   if (opts.cuda) return (cudaBinding ??= cancelOnExit(loadCuda()))
   return cudaBinding ?? (cpuBinding ??= cancelOnExit(loadCpu()))
+}
+
+/**
+ * `PEFT_NODE_NUM_THREADS` sizes the addon's one compute pool when it loads (default: the cores
+ * available); checked here first, since the addon cannot throw while it loads.
+ */
+export function checkThreadsVariable(value: string | undefined = process.env.PEFT_NODE_NUM_THREADS): void {
+  if (value !== undefined && !/^\s*[1-9]\d*\s*$/.test(value)) {
+    throw new Error(`PEFT_NODE_NUM_THREADS: expected a positive whole number of threads, found ${JSON.stringify(value)}`)
+  }
+}
+
+/** Threads in the compute pool every kernel and matmul shares (`PEFT_NODE_NUM_THREADS`). */
+export function numThreads(): number {
+  return loadNative().numThreads()
 }
 
 /**

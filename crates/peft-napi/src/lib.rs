@@ -33,19 +33,24 @@ pub use sparse::NativeFisherScores;
 pub use tensor::NativeTensor;
 pub use tokenizer::{NativeStreamDecoder, NativeTokenizer};
 
-/// Runs when the addon is loaded, before any candle thread exists. candle (0.11) runs its
-/// element-wise ops on a "barrier pool" of CANDLE_NUM_THREADS − 1 spinning workers beside
-/// the rayon threads that run the matmuls; on a small machine they compete for the same
-/// cores and the caller spins waiting on a descheduled worker (a quarter of the CPU samples
-/// of a LoRA training step in `perf`). One thread for those (memory-bound) ops measured
-/// 20% less CPU per step and 10–27% less wall time on 2 cores (docs/benchmarks.md).
-/// The matmuls still use RAYON_NUM_THREADS; an explicit CANDLE_NUM_THREADS wins.
+/// Runs when the addon is loaded, before any candle thread exists: one compute pool of
+/// `PEFT_NODE_NUM_THREADS` threads (default: the cores available; `peft_core::threads`).
+/// candle (0.11) runs its element-wise ops on a "barrier pool" of CANDLE_NUM_THREADS − 1
+/// spinning workers beside the rayon threads that run the matmuls; on a small machine they
+/// compete for the same cores and the caller spins waiting on a descheduled worker (a quarter
+/// of the CPU samples of a LoRA training step in `perf`). One thread for those (memory-bound)
+/// ops measured 20% less CPU per step and 10–27% less wall time on 2 cores
+/// (docs/benchmarks.md), so CANDLE_NUM_THREADS defaults to 1; an explicit value wins.
 #[napi_derive::module_init]
 fn init() {
     keep_mimalloc_main_thread_state();
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    peft_core::threads::init_pool();
+}
+
+/// The size of the compute pool (`PEFT_NODE_NUM_THREADS`, default: the cores available).
+#[napi_derive::napi]
+pub fn num_threads() -> u32 {
+    peft_core::threads::pool_size() as u32
 }
 
 /// mimalloc (v3, libmimalloc-sys 0.1.49) takes the thread that loads the library for the

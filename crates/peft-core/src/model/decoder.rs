@@ -5,7 +5,7 @@
 use super::batch::{attention_bias, Batch};
 use super::checkpoint::Checkpointing;
 use super::hooks::ModelHooks;
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, LayerCache};
 use super::layers::{Block, Linear, Norm};
 use super::linear::linear;
 use super::params::{ParamId, ParamStore};
@@ -266,7 +266,7 @@ impl CausalLm {
     }
 
     /// One decoder layer; `prefix` is its key/value prefix (prefix tuning), if any.
-    pub(super) fn block(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    pub(super) fn block(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut LayerCache>) -> Result<Tensor> {
         let ctx = step.ctx;
         let h = layer.input_layernorm.forward(x, ctx)?;
         let a = self.attention(layer, &h, step, prefix, kv)?;
@@ -300,7 +300,7 @@ impl CausalLm {
         Ok(Tensor::cat(&[&rot, &x.narrow(D::Minus1, rd, hd - rd)?], D::Minus1)?.contiguous()?)
     }
 
-    fn attention(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn attention(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut LayerCache>) -> Result<Tensor> {
         let (attn, cfg) = (&layer.self_attn, &self.config);
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
@@ -329,12 +329,8 @@ impl CausalLm {
             k = Tensor::cat(&[pk, &k], 2)?;
             v = Tensor::cat(&[pv, &v], 2)?;
         }
-        if let Some(slot) = kv {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.detach(), v.detach()));
+        if let Some(layer_cache) = kv {
+            (k, v) = layer_cache.append(&k, &v)?;
         }
         let kv_len = k.dim(2)?;
         // Grouped-query attention without copying K/V: fold each group's query heads

@@ -3,9 +3,11 @@
 //! [out, in] weight row by row), so any range of rows dequantizes on its own: the matmul in
 //! `ops::qlinear` never holds more than one tile of the weight in f32 (bitsandbytes'
 //! `MatMul4Bit` and unsloth's `fast_dequantize` dequantize one whole weight at a time).
-//! Dequantization is candle's (`GgmlType::to_float`), the same code as `QTensor::dequantize`,
+//! Dequantization gives candle's values bit for bit (`GgmlType::to_float`, the same code as
+//! `QTensor::dequantize`), through the SIMD decoders of `ops::qdot` where the CPU has them,
 //! so a quantized base computes what the dequantize-to-f32 path computes.
 use crate::error::{Error, Result};
+use crate::ops::qdot::{self, Kernel};
 use candle_core::quantized::k_quants::*;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
@@ -127,6 +129,11 @@ impl QWeight {
 
     /// Rows `start..start + out.len() / cols` into `out` (row-major f32), in parallel.
     pub fn dequantize_rows(&self, start: usize, out: &mut [f32]) {
+        self.dequantize_rows_with(Kernel::detect(), start, out)
+    }
+
+    /// [`Self::dequantize_rows`] through the given kernel (tests compare them).
+    pub fn dequantize_rows_with(&self, kernel: Kernel, start: usize, out: &mut [f32]) {
         let (cols, bpr) = (self.cols, self.blocks_per_row());
         let n = out.len() / cols;
         assert!(start + n <= self.rows && out.len() == n * cols, "dequantize_rows: rows {start}..{} of {}", start + n, self.rows);
@@ -136,7 +143,7 @@ impl QWeight {
             out.par_chunks_mut(per_task * cols).enumerate().for_each(|(i, chunk)| {
                 let r0 = start + i * per_task;
                 let r1 = r0 + chunk.len() / cols;
-                GgmlType::to_float(&v[r0 * bpr..r1 * bpr], chunk);
+                qdot::dequantize(kernel, &v[r0 * bpr..r1 * bpr], chunk);
             })
         })
     }
@@ -144,44 +151,49 @@ impl QWeight {
     /// Rows `ids` (token ids: an embedding lookup) as [ids.len(), cols] f32.
     pub fn gather_rows(&self, ids: &[u32], out: &mut [f32]) {
         let (cols, bpr) = (self.cols, self.blocks_per_row());
+        let kernel = Kernel::detect();
         with_blocks!(&self.blocks, v => {
             out.par_chunks_mut(cols).zip(ids.par_iter()).for_each(|(row, &id)| {
                 let r = id as usize;
-                GgmlType::to_float(&v[r * bpr..(r + 1) * bpr], row);
+                qdot::dequantize(kernel, &v[r * bpr..(r + 1) * bpr], row);
             })
         })
     }
 
     /// `x[m, cols] · Wᵀ` for a few rows without dequantizing the weight: decoding reads the
-    /// 4–8 bits a weight is stored in, not 32. Block types multiply with `x` quantized to 8
-    /// bits per block (candle's `vec_dot`, as llama.cpp does: within ~1e-3 of the f32
-    /// product); half precision multiplies in f32, exactly. For inference only: training
-    /// uses the exact tiled path (`ops::qlinear`).
+    /// 4–8 bits a weight is stored in, not 32. Each weight row is decoded once, in registers,
+    /// and dotted with every row of `x` in f32 (`ops::qdot`): the result is the dense product
+    /// over the dequantized weight up to the order of the sums. For inference only: training
+    /// uses the tiled path (`ops::qlinear`). `PEFT_NODE_Q8_DECODE` quantizes `x` to 8 bits per
+    /// block first, as llama.cpp does (candle's `vec_dot`: within ~1e-3 of the f32 product).
     pub fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
-        if std::env::var_os("PEFT_NODE_Q8_DECODE").is_some() {
-            return match &self.blocks {
-                Blocks::F16(v) => self.dot_exact(v, x, m),
-                Blocks::BF16(v) => self.dot_exact(v, x, m),
-                other => with_blocks!(other, v => self.dot_q8(v, x, m)),
-            };
+        if q8_decode() && !matches!(self.blocks, Blocks::F16(_) | Blocks::BF16(_)) {
+            return with_blocks!(&self.blocks, v => self.dot_q8(v, x, m));
         }
-        with_blocks!(&self.blocks, v => self.dot_exact(v, x, m))
+        self.matmul_rows_with(Kernel::detect(), x, m)
     }
 
-    /// y[m, rows], filling `yt` [rows, m] row by row in parallel (`dot(row, scratch, out)`,
-    /// with a scratch row of `cols` floats per task), then transposing.
-    fn by_rows(&self, m: usize, dot: impl Fn(usize, &mut [f32], &mut [f32]) + Sync) -> Vec<f32> {
+    /// [`Self::matmul_rows`] through the given kernel (tests compare them), f32 activations.
+    pub fn matmul_rows_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
+        let (k, bpr) = (self.cols, self.blocks_per_row());
+        assert_eq!(x.len(), m * k, "matmul_rows: {m} rows of {k} values expected");
+        with_blocks!(&self.blocks, v => self.by_rows(m, |r, out| {
+            qdot::dot_rows(kernel, &v[r * bpr..(r + 1) * bpr], x, m, out)
+        }))
+    }
+
+    /// y[m, rows], filling `yt` [rows, m] row by row in parallel (`dot(row, out)`), then
+    /// transposing.
+    fn by_rows(&self, m: usize, dot: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
         let mut yt = vec![0f32; n * m];
+        // About 64k weights per task: a few tasks per thread for a decode-sized linear.
         let per_task = (65536 / k.max(1)).max(1);
-        yt.par_chunks_mut(per_task * m).enumerate().for_each_init(
-            || vec![0f32; k],
-            |scratch, (i, chunk)| {
-                for (j, out) in chunk.chunks_mut(m).enumerate() {
-                    dot(i * per_task + j, scratch, out);
-                }
-            },
-        );
+        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(i, chunk)| {
+            for (j, out) in chunk.chunks_mut(m).enumerate() {
+                dot(i * per_task + j, out);
+            }
+        });
         if m == 1 {
             return yt;
         }
@@ -201,20 +213,10 @@ impl QWeight {
             T::VecDotType::from_float(row, &mut q);
             q
         }).collect();
-        self.by_rows(m, |r, _, out| {
+        self.by_rows(m, |r, out| {
             let w = &blocks[r * bpr..(r + 1) * bpr];
             for (o, xr) in out.iter_mut().zip(&xq) {
                 *o = T::vec_dot(k, w, xr);
-            }
-        })
-    }
-
-    fn dot_exact<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
-        let (k, bpr) = (self.cols, self.blocks_per_row());
-        self.by_rows(m, |r, w, out| {
-            T::to_float(&blocks[r * bpr..(r + 1) * bpr], w);
-            for (o, xr) in out.iter_mut().zip(x.chunks(k)) {
-                *o = dot(w, xr);
             }
         })
     }
@@ -257,16 +259,8 @@ impl std::fmt::Debug for QWeight {
     }
 }
 
-/// Σ a·b in eight lanes (independent accumulators the compiler keeps in one SIMD register).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+/// `PEFT_NODE_Q8_DECODE` is set (read once).
+fn q8_decode() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PEFT_NODE_Q8_DECODE").is_some())
 }

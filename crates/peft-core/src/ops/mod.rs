@@ -13,6 +13,7 @@ mod linear_cross_entropy;
 mod lora;
 pub(crate) mod precomputed;
 mod qlinear;
+pub mod qdot;
 mod rms_norm;
 mod rope;
 mod silu_mul;
