@@ -2,7 +2,7 @@
 import test from 'ava'
 import { writeFileSync, readFileSync, copyFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { AdamW, LlamaModel, LoraConfig, PeftModel, getPeftModel } from '../src'
+import { AdamW, LlamaModel, LoraConfig, PeftModel, PromptTuningConfig, getPeftModel } from '../src'
 import { FIXTURES, MODEL_DIR, inputs } from './helpers/fixtures'
 import { tempDir } from './helpers/temp'
 
@@ -142,4 +142,12 @@ test('a scaled loss scales the gradients; packed rows run', async (t) => {
   const tail = a.slice(6 * 384)
   t.true(tail.every((x, i) => Math.abs(x - b[i]) < 1e-4))
   peft.dispose()
+})
+
+test('prompt-learning parameters carry PEFT\'s names (prompt_encoder.<adapter>.embedding.weight)', async (t) => {
+  const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new PromptTuningConfig({ numVirtualTokens: 4 }), { warn: false })
+  t.teardown(() => peft.dispose())
+  const names = peft.namedParameters({ trainableOnly: true }).map(([n]) => n)
+  t.deepEqual(names, ['prompt_encoder.default.embedding.weight'])
+  t.true(peft.namedParameters().some(([n]) => n === 'base_model.model.model.embed_tokens.weight'))
 })

@@ -276,7 +276,8 @@ export class PeftModel {
 
   /**
    * Parameters named as PEFT's `named_parameters()`: `base_model.model.` before every name,
-   * and `.base_layer` inside the paths of wrapped modules.
+   * and `.base_layer` inside the paths of wrapped modules; prompt-learning tensors are
+   * `prompt_encoder.<adapter>.…`, as PEFT names them.
    */
   namedParameters(opts: { trainableOnly?: boolean } = {}): [string, Parameter][] {
     const wrapped = new Set(this.adapterNames.flatMap((n) => this.native.adapterModules(n)))
@@ -377,7 +378,8 @@ export class PeftModel {
 }
 
 function pefName(name: string, wrapped: Set<string>): string {
-  if (name.startsWith('base_model.')) return name
+  // PEFT's PeftModel owns the prompt encoders itself, beside `base_model`.
+  if (name.startsWith('base_model.') || name.startsWith('prompt_encoder.')) return name
   const dot = name.lastIndexOf('.')
   const module = name.slice(0, dot)
   return wrapped.has(module) ? `base_model.model.${module}.base_layer${name.slice(dot)}` : `base_model.model.${name}`
