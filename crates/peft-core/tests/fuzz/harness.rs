@@ -159,9 +159,7 @@ pub fn fuzz(t: &Target) -> Stats {
     let mut kinds = HashSet::new();
     let (mut execs, mut accepted) = (0u64, 0u64);
     let current = crash_dir().join(format!("{}-current.bin", t.name));
-    // Panics are reported below with the saved input; the default hook's backtraces (also of
-    // panics the code under test catches on purpose) would only bury that line.
-    std::panic::set_hook(Box::new(|_| {}));
+    quiet_panics_inside_inputs();
     let watch = Watchdog::start(t.name, current.clone());
     // The seeds themselves must load: otherwise the target tests nothing.
     for s in &t.seeds {
@@ -174,7 +172,9 @@ pub fn fuzz(t: &Target) -> Stats {
         let input = mutate(base, &mut rng, t.dict, (t.focus)(base));
         std::fs::write(&current, &input).unwrap();
         watch.begin();
+        IN_INPUT.with(|f| f.set(true));
         let outcome = catch_unwind(AssertUnwindSafe(|| (t.run)(&input)));
+        IN_INPUT.with(|f| f.set(false));
         watch.end();
         execs += 1;
         match outcome {
@@ -197,6 +197,25 @@ pub fn fuzz(t: &Target) -> Stats {
     let stats = Stats { execs, accepted, kinds: kinds.len(), corpus: corpus.len() };
     eprintln!("fuzz {}: {} inputs, {} accepted, {} error kinds, corpus {}", t.name, stats.execs, stats.accepted, stats.kinds, stats.corpus);
     stats
+}
+
+thread_local! {
+    static IN_INPUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A panic inside one input is reported by `fuzz` with the saved input (and the code under
+/// test catches some on purpose): the default hook's backtraces would only bury that line.
+/// Every other panic, the report itself and failing asserts included, prints as usual.
+fn quiet_panics_inside_inputs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_INPUT.with(|f| f.get()) {
+                default(info)
+            }
+        }));
+    });
 }
 
 /// Aborts the process, naming the saved input, when one input runs longer than `HANG`.
