@@ -36,6 +36,32 @@ test('text, prompt/completion and messages records: labels cover completions and
   t.true(all.train.examples.every((e) => e.labels.every((l, i) => l === e.inputIds[i])), 'maskPrompt: false trains on everything')
 })
 
+test('loadData renders chat templates off the JS thread when the tokenizer can, with the same result', async (t) => {
+  const tok = await tokenizer()
+  const sync = withChatML(tok)
+  let asyncCalls = 0
+  const offThread = {
+    ...sync,
+    applyChatTemplate: () => {
+      throw new Error('the data pipeline rendered on the JS thread')
+    },
+    applyChatTemplateAsync: async (ms: Parameters<typeof sync.applyChatTemplate>[0], o?: { addGenerationPrompt?: boolean }) => {
+      asyncCalls++
+      await new Promise((res) => setImmediate(res))
+      return sync.applyChatTemplate(ms, o)
+    },
+  }
+  const data = [
+    { prompt: 'Say copy:', completion: ' copy' },
+    { messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'free' }, { role: 'user', content: 'again' }, { role: 'assistant', content: 'copy' }] },
+  ]
+  const got = await loadData(data, offThread)
+  const want = await loadData(data, sync)
+  t.deepEqual(got.train.examples, want.train.examples)
+  // completion: whole + prefix + full; chat with two assistant turns: whole + 2 × (prefix + full)
+  t.is(asyncCalls, 3 + 5)
+})
+
 test('without a chat template, completions are concatenated and chat data is a clear error', async (t) => {
   const tok = await tokenizer()
   const { train } = await loadData([{ prompt: 'Say copy:', completion: ' copy' }], tok)

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { locateArray, readJsonl, type Located } from './jsonl'
 import { parseExample, type ExampleInput } from './examples'
 import { Rng, mixSeed } from './prng'
-import { resolveTokenizeOptions, tokenizeExample, type TextTokenizer, type TokenizeOptions, type TokenizedExample } from './tokenize'
+import { resolveTokenizeOptions, tokenizeExampleAsync, type TextTokenizer, type TokenizeOptions, type TokenizedExample } from './tokenize'
 
 export type DataSource = string | ExampleInput[] | { train: string | ExampleInput[]; valid?: string | ExampleInput[] }
 
@@ -55,7 +55,7 @@ async function tokenizeAll(tok: TextTokenizer, src: string | ExampleInput[], nam
   if (r.items.length === 0) throw new Error(`${r.name}: the dataset is empty`)
   const examples: TokenizedExample[] = []
   for (let i = 0; i < r.items.length; i++) {
-    const ex = tokenizeExample(tok, parseExample(r.items[i]), o, warnings)
+    const ex = await tokenizeExampleAsync(tok, parseExample(r.items[i]), o, warnings)
     if (ex) examples.push(ex)
     if (i % 256 === 255) await new Promise((res) => setImmediate(res)) // keep the event loop ticking
   }

@@ -11,6 +11,8 @@ export const IGNORE = -100
 export interface TextTokenizer {
   encode(text: string, opts?: { addSpecialTokens?: boolean }): number[]
   applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string
+  /** Rendering off the JS thread; used by `loadData` when present. */
+  applyChatTemplateAsync?(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): Promise<string>
   readonly chatTemplate: string | null
   readonly eosToken: SpecialToken | null
   readonly padToken: SpecialToken | null
@@ -41,47 +43,57 @@ export function targetCount(labels: ArrayLike<number>): number {
 }
 
 type Piece = { text: string; train: boolean }
+/** One chat-template rendering an example needs: these messages, with or without the generation prompt. */
+type Render = { messages: ChatMessage[]; gen: boolean }
 
-function chatPieces(tok: TextTokenizer, messages: ChatTurn[], where: string, maskPrompt: boolean): Piece[] {
+/**
+ * The renderings a chat example needs, and how to cut them into pieces once rendered. Split in
+ * two so the renderings can run on the native pool (`applyChatTemplateAsync`): a template is
+ * user input, and a slow one must not stall the event loop while a dataset loads.
+ */
+function chatPlan(tok: TextTokenizer, messages: ChatTurn[], where: string, maskPrompt: boolean): { renders: Render[]; cut: (texts: string[]) => Piece[] } {
   if (!tok.chatTemplate) {
     throw new Error(`${where}: chat data needs a chat template, but this model's tokenizer has none (use "text" or "prompt"/"completion" records, or a model with a chat template)`)
   }
-  const render = (ms: ChatTurn[], gen: boolean) => tok.applyChatTemplate(ms as ChatMessage[], { addGenerationPrompt: gen })
-  const whole = render(messages, false)
-  if (!maskPrompt) return [{ text: whole, train: true }]
-  const pieces: Piece[] = []
-  let done = ''
-  messages.forEach((m, i) => {
-    if (m.role !== 'assistant') return
-    const prefix = render(messages.slice(0, i), true)
-    const full = render(messages.slice(0, i + 1), false)
-    if (!prefix.startsWith(done) || !full.startsWith(prefix)) {
-      throw new Error(`${where}: the chat template does not render this conversation turn by turn, so prompts cannot be masked; set maskPrompt: false`)
+  const ms = messages as ChatMessage[]
+  const renders: Render[] = [{ messages: ms, gen: false }]
+  if (!maskPrompt) return { renders, cut: ([whole]) => [{ text: whole, train: true }] }
+  const turns = messages.flatMap((m, i) => (m.role === 'assistant' ? [i] : []))
+  for (const i of turns) renders.push({ messages: ms.slice(0, i), gen: true }, { messages: ms.slice(0, i + 1), gen: false })
+  const cut = ([whole, ...rest]: string[]): Piece[] => {
+    const pieces: Piece[] = []
+    let done = ''
+    for (let k = 0; k < turns.length; k++) {
+      const [prefix, full] = [rest[2 * k], rest[2 * k + 1]]
+      if (!prefix.startsWith(done) || !full.startsWith(prefix)) {
+        throw new Error(`${where}: the chat template does not render this conversation turn by turn, so prompts cannot be masked; set maskPrompt: false`)
+      }
+      pieces.push({ text: prefix.slice(done.length), train: false }, { text: full.slice(prefix.length), train: true })
+      done = full
     }
-    pieces.push({ text: prefix.slice(done.length), train: false }, { text: full.slice(prefix.length), train: true })
-    done = full
-  })
-  if (whole.startsWith(done)) pieces.push({ text: whole.slice(done.length), train: false })
-  return pieces
+    if (whole.startsWith(done)) pieces.push({ text: whole.slice(done.length), train: false })
+    return pieces
+  }
+  return { renders, cut }
 }
 
-/** The rendered pieces, and whether EOS must be appended (plain text and plain completions). */
-function pieces(tok: TextTokenizer, ex: Example, o: Required<TokenizeOptions>): [Piece[], boolean] {
-  if (ex.kind === 'chat') return [chatPieces(tok, ex.messages, ex.where, o.maskPrompt), false]
+/** What an example needs rendered, how to cut it into pieces, and whether EOS must be appended (plain text and plain completions). */
+function plan(tok: TextTokenizer, ex: Example, o: Required<TokenizeOptions>): { renders: Render[]; cut: (texts: string[]) => Piece[]; addEos: boolean } {
+  const fixed = (pieces: Piece[]) => ({ renders: [], cut: () => pieces, addEos: true })
+  if (ex.kind === 'chat') return { ...chatPlan(tok, ex.messages, ex.where, o.maskPrompt), addEos: false }
   if (ex.kind === 'completion') {
     const asChat = o.chatTemplateForCompletions === 'auto' ? !!tok.chatTemplate : o.chatTemplateForCompletions
     const messages = [
       { role: 'user', content: ex.prompt },
       { role: 'assistant', content: ex.completion },
     ]
-    if (asChat) return [chatPieces(tok, messages, ex.where, o.maskPrompt), false]
-    const plain = [
+    if (asChat) return { ...chatPlan(tok, messages, ex.where, o.maskPrompt), addEos: false }
+    return fixed([
       { text: ex.prompt, train: !o.maskPrompt },
       { text: ex.completion, train: true },
-    ]
-    return [plain, true]
+    ])
   }
-  return [[{ text: ex.text, train: true }], true]
+  return fixed([{ text: ex.text, train: true }])
 }
 
 export function resolveTokenizeOptions(opts: TokenizeOptions = {}): Required<TokenizeOptions> {
@@ -96,9 +108,22 @@ export function resolveTokenizeOptions(opts: TokenizeOptions = {}): Required<Tok
  * nothing to learn; throws, naming the record, for an over-long example with truncation off.
  */
 export function tokenizeExample(tok: TextTokenizer, ex: Example, o: Required<TokenizeOptions>, warnings: string[]): TokenizedExample | null {
+  const p = plan(tok, ex, o)
+  const texts = p.renders.map((r) => tok.applyChatTemplate(r.messages, { addGenerationPrompt: r.gen }))
+  return encodePieces(tok, ex, p.cut(texts), p.addEos, o, warnings)
+}
+
+/** As `tokenizeExample`, with the chat template rendered off the JS thread when the tokenizer can (`applyChatTemplateAsync`). */
+export async function tokenizeExampleAsync(tok: TextTokenizer, ex: Example, o: Required<TokenizeOptions>, warnings: string[]): Promise<TokenizedExample | null> {
+  const p = plan(tok, ex, o)
+  const render = (r: Render) => (tok.applyChatTemplateAsync ? tok.applyChatTemplateAsync(r.messages, { addGenerationPrompt: r.gen }) : tok.applyChatTemplate(r.messages, { addGenerationPrompt: r.gen }))
+  const texts = await Promise.all(p.renders.map(render))
+  return encodePieces(tok, ex, p.cut(texts), p.addEos, o, warnings)
+}
+
+function encodePieces(tok: TextTokenizer, ex: Example, parts: Piece[], addEos: boolean, o: Required<TokenizeOptions>, warnings: string[]): TokenizedExample | null {
   const inputIds: number[] = []
   const labels: number[] = []
-  const [parts, addEos] = pieces(tok, ex, o)
   for (const p of parts) {
     if (p.text === '') continue
     const ids = tok.encode(p.text, { addSpecialTokens: inputIds.length === 0 })
