@@ -86,9 +86,8 @@ else
 fi
 
 # 2. CPU tests of the CUDA build.
-for t in fixture_base lora ops; do
-  run_logged "$t (CPU paths of the CUDA build)" "bin/$t" --test-threads=2
-done
+# (One suite binary holds every test file; the filters pick these files' modules.)
+run_logged "fixture_base, lora, ops (CPU paths of the CUDA build)" bin/suite fixture_base:: lora:: ops:: --test-threads=2
 
 # 3. On the GPU.
 run_logged "gpu_check: ops, fixture suite f32 + bf16 base" bin/gpu_check --test-threads=1 --nocapture

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: the Rust core's tests (cargo test) then the JS specs (ava), with one
 // closing line that any CI can read: `N passed, N failed`. Exits non-zero on any failure.
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 
 function run(cmd, args, env = {}) {
   return new Promise((resolve) => {
@@ -44,7 +44,13 @@ const rustOnly = process.argv.includes('--rust')
 const jsOnly = process.argv.includes('--js')
 
 if (!jsOnly) {
-  const cargo = await run('cargo', ['test', '--release', '-p', 'peft-core'], { RAYON_NUM_THREADS: process.env.RAYON_NUM_THREADS ?? '2' })
+  // The same packages and target as the addon's `napi build --platform --release` (it passes
+  // --target explicitly and builds peft-napi, whose dependencies unify some features): the
+  // tests then reuse its compiled dependencies and peft-core lib instead of building them all
+  // a second time in target/release. peft-napi has no test target (lib test = false).
+  const host = execFileSync('rustc', ['-vV'], { encoding: 'utf8' }).match(/^host: (\S+)$/m)[1]
+  const cargoArgs = ['test', '--release', '-p', 'peft-core', '-p', 'peft-napi', '--target', host]
+  const cargo = await run('cargo', cargoArgs, { RAYON_NUM_THREADS: process.env.RAYON_NUM_THREADS ?? '2' })
   for (const m of cargo.out.matchAll(/test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored/g)) {
     passed += Number(m[1])
     failed += Number(m[2])

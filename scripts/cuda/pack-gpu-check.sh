@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bundles what the GPU check needs into one tarball (< 64 MiB) to carry to a GPU machine:
-# the CUDA test binaries (fixture_base, lora, ops, gpu_check; stripped), the HF/PEFT
+# the CUDA test binaries (suite, which holds fixture_base, lora and ops, and gpu_check; stripped), the HF/PEFT
 # fixtures, scripts/gpu-check.sh, scripts/gpu_bench_torch.py and a MANIFEST.
 #
 #   scripts/cuda/pack-gpu-check.sh        # builds the test binaries first if needed
@@ -12,7 +12,7 @@ REPO=$PWD
 TARGET=${CARGO_TARGET_DIR:-$REPO/target-cuda}
 FIX=${PEFT_FIXTURES_DIR:-$REPO/../shared/fixtures/hf-peft-tiny-llama}
 LIST=$TARGET/cuda-test-bins.txt
-TESTS=(fixture_base lora ops gpu_check)
+TESTS=(suite gpu_check)
 LIMIT=$((64 * 1024 * 1024))
 
 [ -d "$FIX/model" ] || { echo "fixtures not found at $FIX (set PEFT_FIXTURES_DIR)" >&2; exit 1; }

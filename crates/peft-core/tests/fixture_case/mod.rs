@@ -2,7 +2,7 @@
 //! norms): the adapter files loaded unchanged and saved back byte-identical, logits, loss,
 //! every gradient, two AdamW steps, greedy generation with the KV cache, and merging.
 #![allow(dead_code)]
-use crate::common::*;
+use super::common::*;
 use peft_core::io::adapter::{config_json, load_adapter, save_adapter};
 use peft_core::model::loss;
 use peft_core::tuners::Tuners;

@@ -5,7 +5,7 @@
 //! clear error), disabled = base output, and a falling loss over 20 AdamW steps.
 #![allow(dead_code)]
 use peft_core::tuners::WithTuners;
-use crate::common::*;
+use super::common::*;
 use candle_core::{DType, Device, Tensor};
 use peft_core::io::adapter::{load_adapter, save_adapter};
 use peft_core::model::{loss, Batch, Ctx, CausalLm, LoadOptions};

@@ -3,7 +3,7 @@
 //! differences. Each test file declares `mod common; mod methods_common;`.
 #![allow(dead_code)]
 use peft_core::tuners::WithTuners;
-use crate::common::*;
+use super::common::*;
 use candle_core::{DType, Tensor};
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::model::{loss, Ctx, CausalLm};

@@ -1,8 +1,8 @@
 //! Helpers of the survey-method tests (`survey_methods.rs`, `survey_mixtures.rs`,
 //! `survey_adapters.rs`): injecting a config, reading and setting parameters by name.
 #![allow(dead_code)]
-use crate::common::load_model;
-use crate::method_contract::config;
+use super::common::load_model;
+use super::method_contract::config;
 use candle_core::Tensor;
 use peft_core::model::CausalLm;
 use peft_core::tuners::Tuners;
@@ -50,6 +50,6 @@ pub fn cached_decoding_diff(model: &CausalLm, tuners: &Tuners, row: &[u32]) -> (
     for &tok in &row[3..] {
         steps.push(model.forward(&Batch::new(vec![vec![tok]]), &ctx, Some(&mut cache), false).unwrap());
     }
-    let diff = crate::common::max_abs_diff(&Tensor::cat(&steps, 1).unwrap(), &full);
+    let diff = super::common::max_abs_diff(&Tensor::cat(&steps, 1).unwrap(), &full);
     (full, diff)
 }
