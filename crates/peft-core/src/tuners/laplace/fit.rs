@@ -1,5 +1,5 @@
 //! Fitting Laplace-LoRA: K-FAC curvature of every LoRA matrix accumulated over batches
-//! (Yang et al. 2024, §4: "we use a Kronecker-factored approximation of the Fisher").
+//! (Yang et al. 2024, the method section: the Laplace approximation with a K-FAC Fisher).
 //!
 //! For a linear `y = W v` with per-token inputs v_t and output gradients g_t, the Fisher of
 //! vec(W) (row-major) is `Σ_t (g_t g_tᵀ) ⊗ (v_t v_tᵀ) ≈ G ⊗ A` with G = Σ_t g gᵀ and

@@ -1,7 +1,7 @@
 //! One Kronecker factor of K-FAC (Martens & Grosse 2015), `Σ_t v_t v_tᵀ` over the per-token
 //! vectors v (a LoRA matrix's inputs, or the gradients of its outputs), and its eigenbasis.
 //!
-//! Laplace-LoRA (Yang et al. 2024, §4 "Laplace-LoRA") keeps the large factors — the side of
+//! Laplace-LoRA (Yang et al. 2024, the method section) keeps the large factors — the side of
 //! the model dimension, d×d for lora_A's inputs and lora_B's output gradients — low rank by an
 //! incremental truncated eigendecomposition, so memory stays O(d·k). We do the same: a factor
 //! whose side exceeds `max_side` keeps `U diag(s) Uᵀ` with k = `rank` columns; each chunk of new

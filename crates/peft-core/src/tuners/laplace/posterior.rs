@@ -1,4 +1,4 @@
-//! The Laplace posterior over the LoRA weights (Yang et al. 2024, §4; MacKay 1992):
+//! The Laplace posterior over the LoRA weights (Yang et al. 2024, the method section; MacKay 1992):
 //! `p(θ|D) ≈ N(θ_MAP, (H + λI)⁻¹)` with H ≈ G ⊗ A per LoRA matrix (K-FAC, `fit.rs`) and an
 //! isotropic Gaussian prior of precision λ. With eigenbases G = Q_G diag(g) Q_Gᵀ and
 //! A = Q_A diag(a) Q_Aᵀ, the precision is (Q_G ⊗ Q_A)(g aᵀ + λ)(Q_G ⊗ Q_A)ᵀ, so for a matrix

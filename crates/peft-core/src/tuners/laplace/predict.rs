@@ -1,4 +1,4 @@
-//! Laplace-LoRA's predictive distribution over next tokens (Yang et al. 2024, §4 and §5:
+//! Laplace-LoRA's predictive distribution over next tokens (Yang et al. 2024, method and experiments:
 //! evaluated over the answer tokens of multiple-choice questions):
 //! - `Glm`: the linearised model f(x; θ) ≈ f(x; θ_MAP) + J (θ − θ_MAP) makes the logits
 //!   Gaussian, N(f_MAP, J Σ Jᵀ) (Immer et al. 2021, the GLM predictive); the probit
