@@ -302,6 +302,10 @@ fn bad_input_gives_clear_errors() {
     let (model, tuners) = lora_model();
     let e = LaplaceFit::new(&model, &tuners, "other", FitOptions::default()).err().unwrap().to_string();
     assert!(e.contains("other"), "{e}");
+    let mut off = lora_model();
+    off.1.set_enabled(&mut off.0, false).unwrap();
+    let e = LaplaceFit::new(&off.0, &off.1, "default", FitOptions::default()).err().unwrap().to_string();
+    assert!(e.contains("must be active, enabled and unmerged"), "{e}");
     let empty = LaplaceFit::new(&model, &tuners, "default", FitOptions::default()).unwrap();
     let e = LaplacePosterior::from_fit(&empty, &model, Some(1.0)).unwrap_err().to_string();
     assert!(e.contains("batches"), "{e}");

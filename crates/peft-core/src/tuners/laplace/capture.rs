@@ -46,6 +46,15 @@ pub fn lora_sites(tuners: &Tuners, adapter: &str) -> Result<Vec<LoraSite>> {
     Ok(sites)
 }
 
+/// An error unless `adapter` runs in the forward pass (active, enabled, unmerged): the curvature
+/// and the predictive are of the model with it.
+pub fn check_running(tuners: &Tuners, adapter: &str) -> Result<()> {
+    if !tuners.active().iter().any(|a| a == adapter) || !tuners.is_enabled() || tuners.is_merged() {
+        return Err(Error::Unsupported(format!("Laplace-LoRA: adapter `{adapter}` must be active, enabled and unmerged (setAdapter(\"{adapter}\"), enableAdapters(), unmergeAdapter())")));
+    }
+    Ok(())
+}
+
 /// `Tuners` as the model's hooks, with a probe added to the output of each site.
 struct Probes<'a> {
     tuners: &'a Tuners,

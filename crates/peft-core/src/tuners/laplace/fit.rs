@@ -11,7 +11,7 @@
 //! g comes from the loss with labels drawn from the model's own predictive (the Fisher, as
 //! the paper defines it: an expectation over y ~ p(y|x, θ), one sample per token; the
 //! default) or from the given labels (the empirical Fisher).
-use super::capture::{capture, lora_sites, LoraSite};
+use super::capture::{capture, check_running, lora_sites, LoraSite};
 use super::kron::KronFactor;
 use crate::error::{Error, Result};
 use crate::model::loss::{causal_lm_loss_sum, IGNORE_INDEX};
@@ -96,6 +96,7 @@ impl LaplaceFit {
             return Err(Error::arg("factorRank", "a positive rank for the low-rank Kronecker factors", 0));
         }
         let sites = lora_sites(tuners, adapter)?;
+        check_running(tuners, adapter)?;
         let mut matrices = Vec::new();
         for s in &sites {
             for id in [s.a, s.b] {

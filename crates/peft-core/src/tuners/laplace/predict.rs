@@ -8,7 +8,7 @@
 //! - `Mc`: the average softmax over `samples` draws of the LoRA weights from the Kronecker
 //!   posterior (`posterior.rs`), any vocabulary.
 //! - `Map`: the softmax at θ_MAP (what the adapter alone predicts), for comparison.
-use super::capture::{lora_sites, probed_forward};
+use super::capture::{check_running, lora_sites, probed_forward};
 use super::posterior::LaplacePosterior;
 use crate::error::{Error, Result};
 use crate::model::{Batch, CausalLm, Ctx};
@@ -103,6 +103,7 @@ fn pick(logits: &Tensor, at: &[(usize, usize)], targets: Option<&[u32]>) -> Resu
 
 pub fn predict(posterior: &LaplacePosterior, model: &CausalLm, tuners: &Tuners, batch: &Batch, opts: &PredictOptions) -> Result<Prediction> {
     batch.validate(model.config.vocab_size, 0)?;
+    check_running(tuners, &posterior.adapter)?;
     check_targets(opts.targets.as_deref(), model.config.vocab_size)?;
     let at = positions(batch, opts.positions.as_deref())?;
     let targets = opts.targets.as_deref();
