@@ -780,6 +780,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativeAbort = nativeBinding.NativeAbort
 module.exports.NativeFisherScores = nativeBinding.NativeFisherScores
+module.exports.NativeLaplace = nativeBinding.NativeLaplace
 module.exports.NativeModel = nativeBinding.NativeModel
 module.exports.NativeStreamDecoder = nativeBinding.NativeStreamDecoder
 module.exports.NativeTensor = nativeBinding.NativeTensor

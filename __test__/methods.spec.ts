@@ -118,6 +118,9 @@ const ROWS: Row[] = [
   // The gates' log α is the new part: the finite differences check it (evaluation's gates).
   { name: 'Intrinsic SAID', config: (a) => new peftNode.IntrinsicSaidConfig({ intrinsicDim: 50, targetModules: a.qv }), canMerge: true, fdParam: /said_theta/ },
   { name: 'structured diff pruning', config: (a) => new peftNode.SDiffPruningConfig({ targetModules: a.qv }), canMerge: true, fdParam: /diff_log_alpha/ },
+  // Laplace-LoRA (issue 16): a LoRA adapter (gradients, save, merge as LoRA); its fit + predict
+  // round trip is the test after the contract below.
+  { name: 'Laplace-LoRA', config: (a) => new peftNode.LoraConfig({ r: 4, targetModules: a.qv }), canMerge: true },
 ]
 
 for (const arch of ARCHS) {
@@ -268,4 +271,24 @@ test('a base weight kept quantized cannot train: the error names it and the way 
   t.throws(() => (p.requiresGrad = true), { message: new RegExp(`${name}.*Q4_0.*dtype 'float32'`) })
   t.false(p.requiresGrad)
   kept.dispose()
+})
+
+// Laplace-LoRA (issue 16): the posterior fitted on a LoRA adapter, saved next to it and loaded
+// onto a fresh model with the adapter, predicts the same (GLM over a target set and MC).
+test('Laplace-LoRA: fit + predict round trip through the adapter folder', async (t) => {
+  const fx = new Fixture(FIXTURES)
+  const inp = fx.inputs()
+  const peft = await getPeftModel(await AutoModelForCausalLM.fromPretrained(fx.modelDir), new peftNode.LoraConfig({ r: 4, targetModules: ['q_proj', 'v_proj'], initLoraWeights: false }), { seed: 1 })
+  const post = await peft.fitLaplace([{ inputIds: inp.input_ids, attentionMask: inp.attention_mask, labels: inp.labels }])
+  const opts = { attentionMask: inp.attention_mask, targetTokens: [3, 4, 5] }
+  const [glm, mc] = [await peft.laplacePredict(inp.input_ids, opts), await peft.laplacePredict(inp.input_ids, { attentionMask: inp.attention_mask, samples: 2 })]
+  const dir = tempDir(t, 'laplace-contract-')
+  await peft.savePretrained(dir)
+  await post.save(dir)
+  peft.dispose()
+  const back = await PeftModel.fromPretrained(await AutoModelForCausalLM.fromPretrained(fx.modelDir), dir)
+  t.is(back.loadLaplace(dir).priorPrecision, post.priorPrecision)
+  t.deepEqual(await back.laplacePredict(inp.input_ids, opts), glm)
+  t.deepEqual(await back.laplacePredict(inp.input_ids, { attentionMask: inp.attention_mask, samples: 2 }), mc)
+  back.dispose()
 })

@@ -48,3 +48,6 @@ export { downloadFromHub } from './hub/resolve'
 export { numThreads } from './native'
 export type { HubOptions, HubProgress } from './hub/settings'
 export * from './search'
+// Laplace-LoRA (issue 16)
+export { LaplacePosterior, fitLaplace, loadLaplace } from './laplace'
+export type { LaplaceBatch, LaplaceFitOptions, LaplacePredictOptions, LaplacePrediction, LaplacePredictMethod } from './laplace'

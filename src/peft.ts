@@ -7,6 +7,8 @@ import { adapterNameArg, adapterNameArgs, flatBatches, intArg, seedArg } from '.
 import type { FisherBatch } from './methods/sparse'
 import { resolvePretrained } from './hub/resolve'
 import type { HubOptions } from './hub/settings'
+import type { IdRows } from './inputs'
+import { fitLaplace, laplacePredict, loadLaplace, type LaplaceBatch, type LaplaceFitOptions, type LaplacePosterior, type LaplacePredictOptions, type LaplacePrediction } from './laplace'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -374,6 +376,22 @@ export class PeftModel {
 
   dispose(): void {
     this.model.dispose()
+  }
+
+  // Laplace-LoRA (issue 16; src/laplace.ts): a posterior over a trained LoRA adapter.
+  /** Fits Laplace-LoRA over the active (or the named) LoRA adapter on `batches`; see `fitLaplace`. */
+  fitLaplace(batches: LaplaceBatch[], opts?: LaplaceFitOptions): Promise<LaplacePosterior> {
+    return fitLaplace(this, batches, opts)
+  }
+
+  /** Loads a posterior saved by `LaplacePosterior.save` (e.g. in the adapter's folder). */
+  loadLaplace(dir: string, opts?: { adapterName?: string }): LaplacePosterior {
+    return loadLaplace(this, dir, opts)
+  }
+
+  /** Predictive next-token probabilities under the active adapter's Laplace posterior. */
+  laplacePredict(inputIds: IdRows, opts?: LaplacePredictOptions): Promise<LaplacePrediction> {
+    return laplacePredict(this, inputIds, opts)
   }
 }
 

@@ -7,6 +7,7 @@ import { planCommand } from './plan'
 import { processIo, type Io } from './io'
 import { checkCommandLine } from './options'
 import { searchCommand } from './search'
+import { laplaceCommand } from './laplace'
 
 export const USAGE = `peft-node <command> [options]
 
@@ -41,6 +42,11 @@ export const USAGE = `peft-node <command> [options]
             [--learning-rate] [--batch-size] [--valid-split 0.2]
             AutoPEFT-style search of which layers get which method and size under a budget of
             trainable parameters; prints each trial and the Pareto front (docs/search.md)
+  laplace   --model M --adapter DIR --data D [--hessian fisher|empirical] [--prior-precision λ]
+            [--max-factor-side 256] [--factor-rank 32] [--fit-batches N] [--samples 8] [--output DIR]
+            Laplace-LoRA on a trained LoRA adapter: fits the Kronecker-factored posterior, writes it
+            next to the adapter, reports held-out NLL and ECE of MAP vs Laplace (docs/laplace.md);
+            \`train --method laplace-lora\` trains LoRA and then fits with the defaults
 
   --model and --adapter also take a Hugging Face Hub id (org/name), downloaded into the shared
   HF cache: [--revision R] [--adapter-revision R] [--file F.gguf] (HF_TOKEN, HF_HUB_OFFLINE, ...)
@@ -64,6 +70,7 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
     else if (command === 'export') await exportCommand(flags, io)
     else if (command === 'plan') planCommand(flags, args, io)
     else if (command === 'search') await searchCommand(flags, io, signal)
+    else if (command === 'laplace') await laplaceCommand(flags, io, signal)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
   } catch (e) {

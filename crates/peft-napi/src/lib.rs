@@ -26,6 +26,8 @@ mod tensor;
 mod tokenizer;
 // Survey methods, part A (issue 16).
 mod multitask;
+// Survey methods, Laplace-LoRA (issue 16).
+mod laplace;
 
 pub use generate::NativeAbort;
 pub use model::NativeModel;

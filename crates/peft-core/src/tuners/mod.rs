@@ -74,6 +74,8 @@ pub mod fish_dip;
 pub mod periodic_lora;
 pub mod s_diff_pruning;
 pub mod intrinsic_said;
+// Survey methods, Laplace-LoRA (issue 16): a posterior over a trained LoRA adapter.
+pub mod laplace;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
