@@ -34,6 +34,8 @@ mod gguf_export;
 mod hybrid;
 #[path = "ia3.rs"]
 mod ia3;
+#[path = "laplace.rs"]
+mod laplace;
 #[path = "ln_tuning.rs"]
 mod ln_tuning;
 #[path = "loha.rs"]
