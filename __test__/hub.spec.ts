@@ -73,10 +73,13 @@ function setup(t: Parameters<typeof tempDir>[0]) {
 }
 
 /** Sets environment variables for one serial test; restores (or removes) them after it. */
-function setEnv(t: Parameters<typeof tempDir>[0], vars: Record<string, string | undefined>) {
+function setEnv(t: NonNullable<Parameters<typeof tempDir>[0]>, vars: Record<string, string | undefined>) {
   const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]))
   const apply = (v: Record<string, string | undefined>) => {
-    for (const [k, x] of Object.entries(v)) x === undefined ? delete process.env[k] : (process.env[k] = x)
+    for (const [k, x] of Object.entries(v)) {
+      if (x === undefined) delete process.env[k]
+      else process.env[k] = x
+    }
   }
   t.teardown(() => apply(saved))
   apply(vars)

@@ -104,8 +104,9 @@ test('the signal stops the search between trials; aborted before, it rejects and
     const opt = new AdamW(params, { lr: 1e-2 })
     const step = opt.step.bind(opt)
     opt.step = async () => {
-      await step()
+      const result = await step()
       if (++stepsDone === 5) mid.abort()
+      return result
     }
     return opt
   }

@@ -1,7 +1,6 @@
 // SPARSE_MASK through the TS API: a Fisher estimate chooses the mask, the model is left as it
 // was, the adapter round-trips without the scores, and bad densities name `density`.
 import test from 'ava'
-import { join } from 'node:path'
 import { LlamaModel, PeftModel, RawPeftConfig, SparseMaskConfig, estimateFisher, getPeftModel } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
 import { tempDir } from './helpers/temp'

@@ -102,7 +102,7 @@ export async function startHub(cdnHost = '127.0.0.1'): Promise<HubServer> {
     const repo = id ? repos.get(id) : undefined
     if (!api && !resolve) return void res.writeHead(404).end()
     if (!repo || (repo.token && req.headers.authorization !== `Bearer ${repo.token}`)) return error(401, 'RepoNotFound', 'Repository not found')
-    const rev = decodeURIComponent(revRaw)
+    const rev = decodeURIComponent(revRaw ?? '')
     const commit = repo.commits[rev] ? rev : repo.refs[rev]
     if (!commit) return error(404, 'RevisionNotFound', `Invalid rev id: ${rev}`)
     const files = repo.commits[commit]

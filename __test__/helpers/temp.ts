@@ -14,7 +14,7 @@ function remove(dir: string): void {
 
 // 'exit' handlers must be synchronous: rmSync is.
 process.on('exit', () => {
-  for (const d of [...live]) remove(d)
+  for (const d of Array.from(live)) remove(d)
 })
 
 /** The part of ava's ExecutionContext this needs (also satisfied by a stub in tests of this helper). */

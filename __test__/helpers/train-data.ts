@@ -1,6 +1,5 @@
 // Small datasets and a tiny LoRA model for the data, trainer and CLI specs.
 import { writeFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { LlamaModel, LoraConfig, getPeftModel, type PeftModel, type TextTokenizer, type Tokenizer } from '../../src'
 import { MODEL_DIR } from './fixtures'
 

@@ -7,7 +7,7 @@ import type { LlamaModel } from '../model'
 import { getPeftModel, type PeftModel } from '../peft'
 import { methodFlags, unknownOptionError } from './options'
 import type { Io } from './io'
-import { TRAIN_KEYS, normalise, readConfigFile } from './config'
+import { TRAIN_KEYS, readConfigFile } from './config'
 
 /** Every method the native core supports, by its command-line name. */
 export const METHODS: Record<string, { peftType: string; defaults?: Record<string, unknown> }> = {
