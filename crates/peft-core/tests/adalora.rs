@@ -1,8 +1,8 @@
 //! AdaLoRA (no PEFT fixture): SVD-form layer numerics against PEFT's equations, files in
 //! PEFT's layout, the tuner-base contract, gradients and finite differences, config errors.
 //! The allocator is in `adalora_allocator.rs`.
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;

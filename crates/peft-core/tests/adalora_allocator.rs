@@ -2,8 +2,8 @@
 //! `_element_score`, `_combine_ipt`, `budget_schedule`, `mask_to_budget`,
 //! `AdaLoraModel.update_and_allocate`) on a hand-computed example, and the files PEFT
 //! writes after an allocation (`resize_state_dict_by_rank_pattern`, rank_pattern).
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use candle_core::{Device, Tensor};
 use common::*;
 use methods_common::*;

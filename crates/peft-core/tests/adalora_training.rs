@@ -1,8 +1,8 @@
 //! AdaLoRA in a training forward: `regularized_loss` adds orth_reg_weight × the regulariser
 //! (PEFT `AdaLoraModel.forward`) in training mode only, for active AdaLoRA adapters only;
 //! and a kept `RankAllocator` knows when its adapter was replaced.
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use peft_core::tuners::WithTuners;
 use common::*;
 use methods_common::*;

@@ -1,7 +1,7 @@
 //! The method contract (`method_contract`) for the serial (Houlsby) and parallel (He et
 //! al.) bottleneck adapters, SSF and bias tuning, their identity inits and config errors.
-mod common;
-mod method_contract;
+use crate::common;
+use crate::method_contract;
 use method_contract::{check, error_of};
 use peft_core::tuners::Tuners;
 use serde_json::json;

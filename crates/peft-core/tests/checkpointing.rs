@@ -2,7 +2,7 @@
 //! equals the one of the plain graph (1e-6 relative, f64) on the shared fixtures, for full
 //! fine-tuning and adapters on LLaMA and Gemma 3, prefix tuning (its per-layer key/value
 //! prefixes enter the layers as inputs), dropout and DyLoRA's per-step rank (replayed).
-mod arch_fixture;
+use crate::arch_fixture;
 use arch_fixture::{batch, max_rel_diff, setup, Lent, Trainable};
 use candle_core::Tensor;
 use peft_core::model::checkpoint::backward;

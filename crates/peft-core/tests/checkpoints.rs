@@ -1,6 +1,6 @@
 //! Checkpoint variants built from the fixture inside the test: bf16/f16 storage, shards,
 //! both config spellings, and damaged or inconsistent files.
-mod common;
+use crate::common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use peft_core::io::safetensors::{load_file, save_file};

@@ -2,7 +2,7 @@
 //! the op against the composite (logits, soft-cap, cross-entropy) and finite differences in
 //! f64; on the fixtures, the loss and every gradient equal today's path (logits, then
 //! `causal_lm_loss_sum`) to 1e-6 relative, tied embeddings (Gemma 3) included.
-mod arch_fixture;
+use crate::arch_fixture;
 use arch_fixture::{batch, max_rel_diff, setup, setup_in, Lent, Trainable};
 use candle_core::{DType, Device, Tensor, Var};
 use peft_core::model::{loss, Ctx};

@@ -2,9 +2,9 @@
 //! differences at a fixed rank, eq. 6 against a hand-computed dense ΔW at every rank (in
 //! evaluation, in training at the sampled rank, and merged), the frozen mode's gradients,
 //! the rank sampling, files, config errors, and the nested-rank property after training.
-mod common;
-mod method_contract;
-mod methods_common;
+use crate::common;
+use crate::method_contract;
+use crate::methods_common;
 use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor};
 use common::*;

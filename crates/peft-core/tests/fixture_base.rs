@@ -1,5 +1,5 @@
 //! The base model and the full fine-tuning case against transformers.
-mod common;
+use crate::common;
 use common::*;
 use peft_core::model::{loss, Ctx};
 

@@ -4,9 +4,9 @@
 //! parameter kind, the gate equations against the parts they gate (built as separate
 //! adapters with the same values: a constant gate c is the part scaled by c), per-token
 //! gates that stay causal under the KV cache, the files, and config errors.
-mod common;
-mod method_contract;
-mod methods_common;
+use crate::common;
+use crate::method_contract;
+use crate::methods_common;
 use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::{inputs, logits_with, loss_with, max_abs_diff};

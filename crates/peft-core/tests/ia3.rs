@@ -1,7 +1,7 @@
 //! (IA)³ against PEFT 0.21 (the `ia3` fixture) and the tuner-base contract: files, merge,
 //! disable, gradients, finite differences, config errors.
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use candle_core::DType;
 use common::*;
 use methods_common::*;

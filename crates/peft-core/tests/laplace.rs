@@ -2,8 +2,8 @@
 //! against explicit per-token sums, the Kronecker posterior's samples against (G⊗A + λI)⁻¹,
 //! the GLM variance against autograd Jacobians, λ → ∞ giving the MAP softmax, the
 //! marginal-likelihood prior fit by finite differences, save/load, and bad input.
-mod common;
-mod method_contract;
+use crate::common;
+use crate::method_contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use method_contract::setup;

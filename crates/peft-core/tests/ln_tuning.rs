@@ -1,6 +1,5 @@
 //! LN tuning against PEFT 0.21 (fixture `ln_tuning`).
-mod common;
-mod fixture_case;
+use crate::fixture_case;
 
 #[test]
 fn ln_tuning_matches_peft() {

@@ -1,7 +1,7 @@
 //! LoHa against PEFT 0.21 (the `loha` fixture) and the tuner-base contract, with its
 //! training-only rank and module dropout.
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use peft_core::tuners::WithTuners;
 use candle_core::DType;
 use common::*;

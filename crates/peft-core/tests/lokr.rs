@@ -1,7 +1,7 @@
 //! LoKr against PEFT 0.21 (the `lokr` fixture): Kronecker factors from PEFT's
 //! `factorization`, full or low-rank factors, inits, and the tuner-base contract.
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use methods_common::*;

@@ -1,7 +1,7 @@
 //! LoRA, rsLoRA and DoRA against PEFT 0.21 (the `lora_qv`, `lora_all_rslora`, `dora`
 //! fixtures): adapter files loaded unchanged, logits, loss, every gradient, two AdamW
 //! steps, greedy generation, and merge_and_unload.
-mod common;
+use crate::common;
 use common::*;
 use peft_core::io::adapter::load_adapter;
 use peft_core::model::loss;

@@ -1,6 +1,6 @@
 //! PEFT adapter files: round trips with PEFT-written folders, and every bad input erroring
 //! with a message that names the problem.
-mod common;
+use crate::common;
 use common::*;
 use peft_core::io::adapter::{load_adapter, read_config, save_adapter, save_pretrained, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;

@@ -1,6 +1,6 @@
 //! Gradients of LoRA and DoRA parameters: every trainable one receives a finite, non-zero
 //! gradient, and the gradients agree with central finite differences in f64.
-mod common;
+use crate::common;
 use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;

@@ -1,5 +1,5 @@
 //! LoRA inits (default, gaussian, false, PiSSA), DoRA's magnitude init, seeds, dropout.
-mod common;
+use crate::common;
 use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;

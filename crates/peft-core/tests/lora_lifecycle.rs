@@ -1,6 +1,6 @@
 //! The tuner base's lifecycle with LoRA and DoRA: merge/unmerge, enable/disable, several
 //! named adapters, set_adapter, delete_adapter, unload, merge_and_unload.
-mod common;
+use crate::common;
 use common::*;
 use peft_core::model::CausalLm;
 use peft_core::tuners::Tuners;

@@ -1,7 +1,7 @@
 //! PEFT's targeting rules on the tiny model (2 layers): list (exact or `.name` suffix),
 //! regex (full match), all-linear, exclude_modules, layers_to_transform/layers_pattern,
 //! rank_pattern/alpha_pattern, and the errors when nothing matches.
-mod common;
+use crate::common;
 use common::*;
 use peft_core::tuners::lora::LoraConfig;
 use peft_core::tuners::Tuners;

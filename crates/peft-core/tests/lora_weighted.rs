@@ -2,7 +2,7 @@
 //! references on the tiny model in f64: every combination type, the new config, forward,
 //! save/load, LoRAHub's composition, and the errors of incompatible inputs (lora_weighted/errors.rs). The merge
 //! utilities are checked on small hand-computed matrices.
-mod common;
+use crate::common;
 #[path = "lora_weighted/errors.rs"]
 mod errors;
 use candle_core::{DType, Device, Tensor};

@@ -1,8 +1,8 @@
 //! Mixed-batch inference (PEFT's `adapter_names=`): each row of one forward pass or one
 //! generation runs its own adapter, and gives what that row gives alone with only its
 //! adapter active (or with the adapters disabled for `__base__`).
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use peft_core::tuners::WithTuners;
 use candle_core::{Device, Tensor};
 use common::*;

@@ -1,6 +1,5 @@
 //! Prefix tuning against PEFT 0.21 (fixture `prefix_tuning`: GQA, 2 key/value heads).
-mod common;
-mod fixture_case;
+use crate::fixture_case;
 
 #[test]
 fn prefix_tuning_matches_peft() {

@@ -1,6 +1,5 @@
 //! Prompt tuning against PEFT 0.21 (fixture `prompt_tuning`).
-mod common;
-mod fixture_case;
+use crate::fixture_case;
 
 #[test]
 fn prompt_tuning_matches_peft() {

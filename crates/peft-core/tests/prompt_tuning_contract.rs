@@ -1,7 +1,7 @@
 //! The method contract (`method_contract`) for prompt tuning, prefix tuning (with and
 //! without projection) and LN tuning, and their config errors.
-mod common;
-mod method_contract;
+use crate::common;
+use crate::method_contract;
 use peft_core::tuners::WithTuners;
 use method_contract::{check, error_of};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! dequantize-to-f32 path (1e-5 relative) for every storage type kept; a GGUF model loaded
 //! quantized gives the logits, loss and adapter gradients of the same file dequantized; a
 //! quantized base weight refuses to train, and merging turns it dense.
-mod common;
+use crate::common;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use common::{inputs, lora, rel_err};

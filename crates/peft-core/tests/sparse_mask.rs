@@ -1,8 +1,8 @@
 //! SPARSE_MASK (FishMask / fixed-mask diff pruning): the method contract, exact gradients
 //! of every masked delta by f64 finite differences, the mask choices (magnitude, random,
 //! Fisher), what the files hold, and config errors.
-mod common;
-mod method_contract;
+use crate::common;
+use crate::method_contract;
 use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor};
 use common::*;

@@ -3,8 +3,16 @@
 //! <name>::` runs one file. `fuzz` (a bounded global allocator) and `gpu_check` (feature
 //! `cuda`) stay binaries of their own. A file not listed here fails `suite_lists_every_test_file`.
 //!
-//! A module loaded with `#[path]` resolves its own `mod common;` next to itself, so the files
-//! keep their shared helpers as they were.
+//! The shared helpers (`common/`, `method_contract/`, ...) are modules of this crate root, compiled
+//! once; a test file takes them with `use crate::common;`.
+
+// The shared helpers, compiled once for every file (each file `use crate::common;`).
+mod common;
+mod method_contract;
+mod methods_common;
+mod survey_common;
+mod fixture_case;
+mod arch_fixture;
 
 #[path = "adalora.rs"]
 mod adalora;

@@ -1,8 +1,8 @@
 //! Compacter (PHM adapters with shared Kronecker rules) and DePT (a soft prompt plus low-rank
 //! position-wise embedding offsets), from the PEFT survey's tree (issue 16).
-mod common;
-mod method_contract;
-mod survey_common;
+use crate::common;
+use crate::method_contract;
+use crate::survey_common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use method_contract::{check, error_of};

@@ -1,7 +1,7 @@
 //! The LoRA improvements of the survey's tree, part B (issue 16): PeriodicLoRA and Intrinsic SAID. Each keeps the method contract; the training procedures are checked directly.
-mod common;
-mod method_contract;
-mod survey_common;
+use crate::common;
+use crate::method_contract;
+use crate::survey_common;
 use candle_core::DType;
 use common::*;
 use method_contract::{check, error_of, setup};

@@ -3,9 +3,9 @@
 //! its mask all ones (before its procedure runs), and its procedure is checked directly:
 //! which entries the new mask keeps, that the masked entries get no gradient, and what the
 //! procedure leaves of the learned change.
-mod common;
-mod method_contract;
-mod survey_common;
+use crate::common;
+use crate::method_contract;
+use crate::survey_common;
 use candle_core::{DType, Tensor};
 use common::*;
 use method_contract::{check, error_of, setup};

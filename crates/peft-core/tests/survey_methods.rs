@@ -2,9 +2,9 @@
 //! Child-tuning_D. Each keeps the method contract (`method_contract`), starts as the base model,
 //! reduces to LoRA where it generalises it, and refuses bad configs by key; the training
 //! procedures (the dropout and child masks, SoRA's proximal step) are checked directly.
-mod common;
-mod method_contract;
-mod survey_common;
+use crate::common;
+use crate::method_contract;
+use crate::survey_common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use method_contract::{check, error_of};

@@ -2,9 +2,9 @@
 //! LoRA / (IA)³ experts) and MixLoRA (top-k routed LoRA experts on the FFN with the
 //! load-balancing loss). The contract, the reductions to one expert, the gates, and the balance
 //! loss's value and gradient.
-mod common;
-mod method_contract;
-mod survey_common;
+use crate::common;
+use crate::method_contract;
+use crate::survey_common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use method_contract::{check, error_of};

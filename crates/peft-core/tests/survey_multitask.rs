@@ -1,8 +1,8 @@
 //! Multi-task composition from the PEFT survey's tree (issue 16, part A): AdapterFusion over
 //! trained bottleneck adapters. The contract, the composition from trained adapters, and its errors.
-mod common;
-mod method_contract;
-mod survey_common;
+use crate::common;
+use crate::method_contract;
+use crate::survey_common;
 use candle_core::Tensor;
 use common::*;
 use method_contract::check;

@@ -1,8 +1,8 @@
 //! Structured diff pruning (issue 16, part B): the method contract, the hard-concrete gates of
 //! Guo et al. 2021 (eq. 4-5) against their closed form, and the L0 penalty in training.
-mod common;
-mod method_contract;
-mod survey_common;
+use crate::common;
+use crate::method_contract;
+use crate::survey_common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use method_contract::{check, error_of, setup};

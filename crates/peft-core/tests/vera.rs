@@ -1,7 +1,7 @@
 //! VeRA against PEFT 0.21 (the `vera` fixture): numerics, files (with and without the
 //! projections), the shared projections from torch's generator, the tuner-base contract.
-mod common;
-mod methods_common;
+use crate::common;
+use crate::methods_common;
 use candle_core::{DType, Device};
 use common::*;
 use methods_common::*;
