@@ -49,18 +49,16 @@ export declare class NativeModel {
    */
   composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<string>>
   /** The mean causal-LM loss of a batch in inference mode: no graph, no dropout. */
-  inferenceLoss(ids: Uint32Array, batch: number, seq: number, attentionMask: Uint8Array | undefined | null, labels: Int32Array): Promise<number>
-  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<Array<number>>>
+  inferenceLoss(input: BatchInput): Promise<number>
+  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string
   /**
-   * Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
-   * `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
-   * `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
+   * Logits [b, t, vocab], and the mean loss when labels are given.
    * `return_logits` false (labels needed): the loss alone, computed chunk by chunk without
    * the [b, t, vocab] logits (`CausalLm::loss_sum`); the result is then `[loss]`.
    */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null, adapterNames?: Array<string> | undefined | null, returnLogits?: boolean | undefined | null): Promise<Array<NativeTensor>>
+  forward(input: BatchInput, options?: ForwardOptions | undefined | null): Promise<Array<NativeTensor>>
   /**
    * Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
    * Face checkpoint; merge adapters first to include them.
@@ -145,7 +143,7 @@ export declare class NativeModel {
    * Before step `step` (0-based): Fish-Dip's mask from the Fisher scores on `batches`, for
    * every active Fish-Dip adapter due at this step. Empty when none is due.
    */
-  fishDipUpdate(step: number, batches: Array<FisherBatchInput>): Array<MaskUpdate>
+  fishDipUpdate(step: number, batches: Array<BatchInput>): Array<MaskUpdate>
   /**
    * After `steps_done` optimizer steps: every active PeriodicLoRA adapter whose stage ends now
    * unloads its update into its merged buffer and restarts its factors (drawn from `seed`).
@@ -155,7 +153,7 @@ export declare class NativeModel {
    * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
    * from the base model's gradients on `batches`.
    */
-  estimateFisher(optionsJson: string, batches: Array<FisherBatchInput>): Promise<NativeFisherScores>
+  estimateFisher(optionsJson: string, batches: Array<BatchInput>): Promise<NativeFisherScores>
   /** `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`. */
   addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<string>>
   /**
@@ -223,18 +221,35 @@ export interface AdamWArgs {
 }
 
 /**
+ * Token ids [batch, seq] flattened row-major, with the optional per-token fields of the same
+ * shape (`src/inputs.ts` `nativeBatch` checks and flattens them).
+ */
+export interface BatchInput {
+  inputIds: Uint32Array
+  batch: number
+  seq: number
+  attentionMask?: Uint8Array
+  /** Next-token labels, -100 where no loss is taken. */
+  labels?: Int32Array
+  positionIds?: Int32Array
+  /** Packed sequences: the example each token belongs to. */
+  segmentIds?: Uint32Array
+}
+
+/**
  * Stops every native loop this JS environment started (at its next step). Called when the
  * process (or Worker) exits; the jobs' promises are never seen.
  */
 export declare function cancelNativeWork(): void
 
-/** One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask. */
-export interface FisherBatchInput {
-  inputIds: Uint32Array
-  batch: number
-  seq: number
-  attentionMask?: Uint8Array
-  labels: Int32Array
+/** `forward`'s options besides the batch. */
+export interface ForwardOptions {
+  /** Makes a training step's dropout reproducible (checkpoint resume). */
+  dropoutSeed?: number
+  /** One adapter (or `__base__`) per row, PEFT's `adapter_names=`. */
+  adapterNames?: Array<string>
+  /** false (labels needed): the loss alone, without the [b, t, vocab] logits. */
+  returnLogits?: boolean
 }
 
 export interface GenerateArgs {
@@ -245,6 +260,8 @@ export interface GenerateArgs {
   topP: number
   seed: number
   stopTokenIds: Array<number>
+  /** One adapter (or `__base__`) per row, PEFT's `adapter_names=`. */
+  adapterNames?: Array<string>
 }
 
 /** Reads the header only (the map is opened, but no tensor data is touched). */

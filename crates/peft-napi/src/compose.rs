@@ -2,10 +2,11 @@
 //! element-wise composition, and the inference-mode loss its search evaluates.
 use crate::error::{invalid, Result};
 use crate::job::{NumberJob, StringsJob};
-use crate::model::{rows, with_model, with_model_mut, NativeModel};
-use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
+use crate::batch::BatchInput;
+use crate::model::{with_model, with_model_mut, NativeModel};
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::{loss, Batch};
+use peft_core::model::loss;
 use peft_core::tuners::lora::WeightedOptions;
 
 /// `add_weighted_adapter`'s keyword arguments (camelCase; defaults as PEFT's).
@@ -67,13 +68,8 @@ impl NativeModel {
 
     /// The mean causal-LM loss of a batch in inference mode: no graph, no dropout.
     #[napi(ts_return_type = "Promise<number>")]
-    pub fn inference_loss(&self, ids: Uint32Array, batch: u32, seq: u32, attention_mask: Option<Uint8Array>, labels: Int32Array) -> Result<AsyncTask<NumberJob>> {
-        let (b, t) = (batch as usize, seq as usize);
-        let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
-        if let Some(mask) = attention_mask {
-            input.attention_mask = Some(rows(&mask, b, t, "attentionMask")?);
-        }
-        let labels: Vec<Vec<i64>> = rows(&labels, b, t, "labels")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect();
+    pub fn inference_loss(&self, input: BatchInput) -> Result<AsyncTask<NumberJob>> {
+        let (input, labels) = input.to_labelled("")?;
         let shared = self.inner.clone();
         Ok(NumberJob::spawn(move || {
             with_model(&shared, |m| {

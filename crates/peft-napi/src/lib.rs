@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adalora;
+mod batch;
 mod cancel;
 mod checkpoint;
 mod dylora;

@@ -3,9 +3,10 @@ use crate::error::{closed, invalid, to_js, Result};
 use crate::job::{ModelJob, TensorsJob};
 use crate::tensor::{dtype_name, NativeTensor};
 use candle_core::{DType, Device};
-use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
+use crate::batch::{BatchInput, ForwardOptions};
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::{loss, Batch, Checkpointing, Ctx, CausalLm, LoadOptions, ParamStore};
+use peft_core::model::{loss, Checkpointing, Ctx, CausalLm, LoadOptions, ParamStore};
 use peft_core::tokenizer::Tokenizer;
 use peft_core::tuners::adalora::RankAllocator;
 use peft_core::tuners::aux_loss::training_loss;
@@ -122,13 +123,6 @@ pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -
     }))
 }
 
-pub(crate) fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> Result<Vec<Vec<T>>> {
-    if batch * seq != flat.len() || batch == 0 || seq == 0 {
-        return Err(invalid(name, &format!("{} values for shape [{batch}, {seq}]", batch * seq), format!("{} values", flat.len())));
-    }
-    Ok(flat.chunks(seq).map(<[T]>::to_vec).collect())
-}
-
 #[napi]
 impl NativeModel {
     /// The resolved config, as JSON in Hugging Face's key names.
@@ -137,47 +131,17 @@ impl NativeModel {
         with_model(&self.inner, |m| Ok(m.llama.config.resolved_json().to_string()))
     }
 
-    /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
-    /// `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
-    /// `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
+    /// Logits [b, t, vocab], and the mean loss when labels are given.
     /// `return_logits` false (labels needed): the loss alone, computed chunk by chunk without
     /// the [b, t, vocab] logits (`CausalLm::loss_sum`); the result is then `[loss]`.
     #[napi]
-    pub fn forward(
-        &self,
-        ids: Uint32Array,
-        batch: u32,
-        seq: u32,
-        attention_mask: Option<Uint8Array>,
-        labels: Option<Int32Array>,
-        dropout_seed: Option<i64>,
-        position_ids: Option<Int32Array>,
-        segment_ids: Option<Uint32Array>,
-        adapter_names: Option<Vec<String>>,
-        return_logits: Option<bool>,
-    ) -> Result<AsyncTask<TensorsJob>> {
-        let (b, t) = (batch as usize, seq as usize);
+    pub fn forward(&self, input: BatchInput, options: Option<ForwardOptions>) -> Result<AsyncTask<TensorsJob>> {
+        let ForwardOptions { dropout_seed, adapter_names, return_logits } = options.unwrap_or_default();
         let return_logits = return_logits.unwrap_or(true);
-        if !return_logits && labels.is_none() {
+        if !return_logits && input.labels.is_none() {
             return Err(invalid("returnLogits", "true (the default) when no labels are given", "false"));
         }
-        let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
-        if let Some(m) = attention_mask {
-            if m.len() != b * t {
-                return Err(invalid("attentionMask", &format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} values", m.len())));
-            }
-            input.attention_mask = Some(rows(&m, b, t, "attentionMask")?);
-        }
-        if let Some(p) = position_ids {
-            input.position_ids = Some(rows(&p, b, t, "positionIds")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect());
-        }
-        if let Some(s) = segment_ids {
-            input.segment_ids = Some(rows(&s, b, t, "segmentIds")?);
-        }
-        let labels: Option<Vec<Vec<i64>>> = match labels {
-            Some(l) => Some(rows(&l, b, t, "labels")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect()),
-            None => None,
-        };
+        let (input, labels) = input.to_core("")?;
         let shared = self.inner.clone();
         let owner = self.inner.clone();
         let lent = Arc::downgrade(&self.inner);

@@ -3,24 +3,14 @@
 //! targeted weight), passed to the adapter by handle.
 use crate::error::{closed, Result};
 use crate::job::{FisherJob, StringsJob};
-use crate::model::{rows, with_model_mut, NativeModel};
+use crate::batch::BatchInput;
+use crate::model::{with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
-use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::Batch;
 use peft_core::tuners::sparse_mask::{estimate_fisher_until, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-
-/// One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask.
-#[napi(object)]
-pub struct FisherBatchInput {
-    pub input_ids: Uint32Array,
-    pub batch: u32,
-    pub seq: u32,
-    pub attention_mask: Option<Uint8Array>,
-    pub labels: Int32Array,
-}
 
 /// Empirical Fisher scores by linear module path (from `estimateFisher`).
 #[napi]
@@ -64,23 +54,13 @@ impl NativeFisherScores {
     }
 }
 
-pub(crate) fn to_batch(i: usize, x: &FisherBatchInput) -> Result<FisherBatch> {
-    let (b, t) = (x.batch as usize, x.seq as usize);
-    let mut batch = Batch::new(rows(&x.input_ids, b, t, &format!("batches[{i}].inputIds"))?);
-    if let Some(m) = &x.attention_mask {
-        batch.attention_mask = Some(rows(m, b, t, &format!("batches[{i}].attentionMask"))?);
-    }
-    let labels = rows(&x.labels, b, t, &format!("batches[{i}].labels"))?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect();
-    Ok(FisherBatch { batch, labels })
-}
-
 #[napi]
 impl NativeModel {
     /// Fisher scores of the linears `options_json` targets (snake_case targeting fields),
     /// from the base model's gradients on `batches`.
     #[napi(ts_return_type = "Promise<NativeFisherScores>")]
-    pub fn estimate_fisher(&self, env: napi::Env, options_json: String, batches: Vec<FisherBatchInput>) -> Result<AsyncTask<FisherJob>> {
-        let batches: Vec<FisherBatch> = batches.iter().enumerate().map(|(i, b)| to_batch(i, b)).collect::<Result<_>>()?;
+    pub fn estimate_fisher(&self, env: napi::Env, options_json: String, batches: Vec<BatchInput>) -> Result<AsyncTask<FisherJob>> {
+        let batches: Vec<FisherBatch> = batches.iter().enumerate().map(|(i, b)| b.to_fisher(i)).collect::<Result<_>>()?;
         let shared = self.inner.clone();
         // One forward + backward per batch: an exiting process stops it between batches.
         let exiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
