@@ -26,7 +26,7 @@ export declare class NativeFisherScores {
   /** Frees the scores now (adapters already built from them keep only their indices). */
   dispose(): void
   /** Warnings about the options (unknown fields). */
-  get warnings(): Array<string>
+  get warnings(): Array<NativeWarning>
   /** The scores [out, in] of one module, or null when it was not scored. */
   get(module: string): NativeTensor | null
 }
@@ -42,12 +42,12 @@ export declare class NativeModel {
   /** Sets the evaluation/generation/merge rank (`eval_rank`) of DyLoRA adapter `name`. */
   setDyloraRank(name: string, rank: number): void
   /** Adds adapter `name`, the weighted combination of `adapters`; returns warnings. */
-  addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<string>>
+  addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<NativeWarning>>
   /**
    * Sets adapter `name` to LoRAHub's composition A = Σ wᵢAᵢ, B = Σ wᵢBᵢ (added on the
    * first call); returns warnings.
    */
-  composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<string>>
+  composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<NativeWarning>>
   /** The mean causal-LM loss of a batch in inference mode: no graph, no dropout. */
   inferenceLoss(input: BatchInput): Promise<number>
   generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
@@ -102,9 +102,9 @@ export declare class NativeModel {
   /** Overwrites a parameter's value (used to load optimizer and checkpoint state). */
   setParamData(name: string, values: Float64Array): void
   /** Attaches a new adapter from a PEFT config (JSON, snake_case); returns warnings. */
-  addAdapter(name: string, configJson: string, seed: number): Promise<Array<string>>
+  addAdapter(name: string, configJson: string, seed: number): Promise<Array<NativeWarning>>
   /** Loads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`). */
-  loadAdapter(dir: string, name: string, trainable: boolean): Promise<Array<string>>
+  loadAdapter(dir: string, name: string, trainable: boolean): Promise<Array<NativeWarning>>
   /** Writes the adapters (default: all) in PEFT's layout: `default` in `dir`, others in `dir/<name>`. */
   saveAdapters(dir: string, names?: Array<string> | undefined | null): Promise<void>
   /** Writes adapter `name` as a llama.cpp LoRA GGUF (`outtype`: f32, f16, bf16 or q8_0). */
@@ -119,7 +119,7 @@ export declare class NativeModel {
   setActiveAdapters(names: Array<string>): void
   setAdaptersEnabled(on: boolean): void
   get adaptersEnabled(): boolean
-  deleteAdapter(name: string): Array<string>
+  deleteAdapter(name: string): Array<NativeWarning>
   mergeAdapters(names?: Array<string> | undefined | null): void
   unmergeAdapters(): void
   get adaptersMerged(): boolean
@@ -155,13 +155,13 @@ export declare class NativeModel {
    */
   estimateFisher(optionsJson: string, batches: Array<BatchInput>): Promise<NativeFisherScores>
   /** `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`. */
-  addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<string>>
+  addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<NativeWarning>>
   /**
    * Adds adapter `name` composed by `method` from the trained adapters `adapters`:
    * "adapter-fusion" and "mole" keep copies of them frozen inside it, "adapter-soup" is
    * their weight average. Returns warnings.
    */
-  addComposedAdapter(method: string, adapters: Array<string>, name: string): Promise<Array<string>>
+  addComposedAdapter(method: string, adapters: Array<string>, name: string): Promise<Array<NativeWarning>>
 }
 
 /** Turns ids fed one at a time into text, holding back incomplete characters. */
@@ -295,6 +295,17 @@ export interface MaskUpdate {
   /** Entries (FAR: FFN nodes) the mask keeps, and in all. */
   kept: number
   total: number
+}
+
+/**
+ * A core warning (`peft_core::Warning`) as JS sees it: `code` ("unknown_field",
+ * "ignored_field", "non_finite" or "other"), the config key or tensor it is about, and the
+ * sentence for people.
+ */
+export interface NativeWarning {
+  code: string
+  field?: string
+  message: string
 }
 
 /** The size of the compute pool (`PEFT_NODE_NUM_THREADS`, default: the cores available). */

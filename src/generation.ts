@@ -1,6 +1,7 @@
 // Generation options, and the async iterator over streamed tokens.
 import { native, type NativeModel } from './native'
 import { adapterNameList, intArg, seedArg, tokenIdList } from './inputs'
+import { PeftWarning } from './warnings'
 
 export interface GenerateOptions {
   /** New tokens to produce at most (default 128). */
@@ -52,10 +53,8 @@ export function fitContext(prompts: number[][], args: NativeArgs, context: numbe
   }
   if (longest + args.maxNewTokens <= context) return args
   const room = context - longest
-  process.emitWarning(
-    `${args.maxNewTokens} new tokens after a ${longest}-token prompt would run past the model's context length of ${context} tokens (max_position_embeddings); generating at most ${room} new tokens`,
-    'PeftWarning',
-  )
+  const message = `${args.maxNewTokens} new tokens after a ${longest}-token prompt would run past the model's context length of ${context} tokens (max_position_embeddings); generating at most ${room} new tokens`
+  process.emitWarning(new PeftWarning('context_length', 'maxNewTokens', message))
   return { ...args, maxNewTokens: room }
 }
 

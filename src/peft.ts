@@ -7,6 +7,7 @@ import { adapterNameArg, adapterNameArgs, flatBatches, intArg, seedArg } from '.
 import type { FisherBatch } from './methods/sparse'
 import { resolvePretrained } from './hub/resolve'
 import type { HubOptions } from './hub/settings'
+import { peftWarnings, type PeftWarning } from './warnings'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -14,7 +15,7 @@ export interface PeftModelOptions {
   seed?: number
   /**
    * Emit the adapter's warnings (unknown config fields, ...) as process warnings (default true);
-   * false leaves them in `peft.warnings` only, for callers that report them their own way.
+   * false leaves them in `peft.warningDetails` only, for callers that report them their own way.
    */
   warn?: boolean
 }
@@ -29,8 +30,13 @@ export interface LoadAdapterOptions extends Omit<HubOptions, 'file'> {
 /** Wraps a model whose layers carry adapters; forward, generate and stream apply them. */
 export class PeftModel {
   #unloaded = false
-  /** Warnings from the last injection or load (unknown config fields, ...). */
-  warnings: string[] = []
+  /** Warnings from the last injection or load, with their `code` and `field` (unknown config fields, ...). */
+  warningDetails: PeftWarning[] = []
+
+  /** The messages of `warningDetails`. */
+  get warnings(): string[] {
+    return this.warningDetails.map((w) => w.message)
+  }
 
   /** @internal */
   constructor(private readonly model: LlamaModel) {}
@@ -66,8 +72,8 @@ export class PeftModel {
     adapterNameArg('name', name, { isNew: true })
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
     const seed = seedArg('seed', opts.seed ?? 0)
-    this.warnings = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
-    if (opts.warn ?? true) for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    const added = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
+    this.warningDetails = peftWarnings(added, opts.warn ?? true)
   }
 
   /**
@@ -77,8 +83,7 @@ export class PeftModel {
   async addWeightedAdapter(adapters: string[], weights: number[], name: string, opts: WeightedAdapterOptions = {}): Promise<void> {
     adapterNameArgs('adapters', adapters)
     adapterNameArg('name', name, { isNew: true })
-    this.warnings = await addWeightedAdapter(this.native, adapters, weights, name, opts)
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    this.warningDetails = peftWarnings(await addWeightedAdapter(this.native, adapters, weights, name, opts))
   }
 
   /**
@@ -92,16 +97,14 @@ export class PeftModel {
     if (typeof method !== 'string') throw new Error(`method: expected "adapter-fusion", "mole" or "adapter-soup", found ${String(method)}`)
     adapterNameArgs('adapters', adapters)
     adapterNameArg('name', name, { isNew: true })
-    this.warnings = await this.native.addComposedAdapter(method, adapters, name)
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    this.warningDetails = peftWarnings(await this.native.addComposedAdapter(method, adapters, name))
   }
 
   /** Loads an adapter folder, or a Hub repo id (`user/adapter`) fetched into the Hugging Face cache. */
   async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } & Omit<HubOptions, 'file'> = {}): Promise<void> {
     adapterNameArg('name', name, { isNew: true })
     const local = await resolvePretrained(dir, 'adapter', opts)
-    this.warnings = await this.native.loadAdapter(local, name, opts.isTrainable ?? false)
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    this.warningDetails = peftWarnings(await this.native.loadAdapter(local, name, opts.isTrainable ?? false))
   }
 
   /** Writes `adapter_config.json` and `adapter_model.safetensors` exactly as PEFT does. */
@@ -166,7 +169,7 @@ export class PeftModel {
   }
 
   deleteAdapter(name: string): void {
-    for (const w of this.native.deleteAdapter(adapterNameArg('name', name))) process.emitWarning(w, 'PeftWarning')
+    peftWarnings(this.native.deleteAdapter(adapterNameArg('name', name)))
   }
 
   disableAdapters(): void {

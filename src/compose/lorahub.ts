@@ -11,6 +11,7 @@ import { collate } from '../data/batches'
 import { targetCount } from '../data/tokenize'
 import { cmaes } from './cmaes'
 import { adapterNameArg, adapterNameArgs, nativeBatch } from '../inputs'
+import { peftWarnings } from '../warnings'
 
 export interface LoraHubExample {
   inputIds: number[]
@@ -51,7 +52,7 @@ export interface LoraHubResult {
 export async function composeLoraHub(peft: PeftModel, adapters: string[], weights: number[], name: string): Promise<void> {
   adapterNameArgs('adapters', adapters)
   adapterNameArg('name', name)
-  for (const w of await peft.baseModel.native.composeLorahub(adapters, weights, name)) process.emitWarning(w, 'PeftWarning')
+  peftWarnings(await peft.baseModel.native.composeLorahub(adapters, weights, name))
 }
 
 /** The token-weighted mean loss of `examples` with the active adapters, in inference mode. */

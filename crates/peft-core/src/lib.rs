@@ -8,6 +8,8 @@ pub mod optim;
 pub mod threads;
 pub mod tokenizer;
 pub mod tuners;
+pub mod warning;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use warning::{Warning, WarningCode};

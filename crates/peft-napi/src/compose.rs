@@ -1,7 +1,7 @@
 //! Combining adapters on a model handle: PEFT's `add_weighted_adapter`, LoRAHub's
 //! element-wise composition, and the inference-mode loss its search evaluates.
 use crate::error::{invalid, Result};
-use crate::job::{NumberJob, StringsJob};
+use crate::job::{NumberJob, WarningsJob};
 use crate::batch::BatchInput;
 use crate::model::{with_model, with_model_mut, NativeModel};
 use napi::bindgen_prelude::AsyncTask;
@@ -25,8 +25,8 @@ pub struct WeightedAdapterOptions {
 #[napi]
 impl NativeModel {
     /// Adds adapter `name`, the weighted combination of `adapters`; returns warnings.
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn add_weighted_adapter(&self, adapters: Vec<String>, weights: Vec<f64>, name: String, options: Option<WeightedAdapterOptions>) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn add_weighted_adapter(&self, adapters: Vec<String>, weights: Vec<f64>, name: String, options: Option<WeightedAdapterOptions>) -> Result<AsyncTask<WarningsJob>> {
         let d = WeightedOptions::default();
         let o = options.unwrap_or(WeightedAdapterOptions {
             combination_type: None, svd_rank: None, svd_clamp: None, svd_full_matrices: None, density: None, majority_sign_method: None, seed: None,
@@ -45,7 +45,7 @@ impl NativeModel {
             seed: seed as u64,
         };
         let shared = self.inner.clone();
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let names: Vec<&str> = adapters.iter().map(String::as_str).collect();
                 m.tuners.add_weighted_adapter(&mut m.llama, &names, &weights, &name, &opts)
@@ -55,10 +55,10 @@ impl NativeModel {
 
     /// Sets adapter `name` to LoRAHub's composition A = Σ wᵢAᵢ, B = Σ wᵢBᵢ (added on the
     /// first call); returns warnings.
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn compose_lorahub(&self, adapters: Vec<String>, weights: Vec<f64>, name: String) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn compose_lorahub(&self, adapters: Vec<String>, weights: Vec<f64>, name: String) -> Result<AsyncTask<WarningsJob>> {
         let shared = self.inner.clone();
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let names: Vec<&str> = adapters.iter().map(String::as_str).collect();
                 m.tuners.compose_lorahub(&mut m.llama, &names, &weights, &name)

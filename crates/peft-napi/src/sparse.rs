@@ -2,7 +2,7 @@
 //! adding a SPARSE_MASK adapter with those scores. The scores stay native (one tensor per
 //! targeted weight), passed to the adapter by handle.
 use crate::error::{closed, Result};
-use crate::job::{FisherJob, StringsJob};
+use crate::job::{FisherJob, WarningsJob};
 use crate::batch::BatchInput;
 use crate::model::{with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 #[napi]
 pub struct NativeFisherScores {
     scores: Mutex<Option<Arc<FisherScores>>>,
-    warnings: Vec<String>,
+    warnings: Vec<peft_core::Warning>,
 }
 
 impl NativeFisherScores {
@@ -43,8 +43,8 @@ impl NativeFisherScores {
 
     /// Warnings about the options (unknown fields).
     #[napi(getter)]
-    pub fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+    pub fn warnings(&self) -> Vec<crate::error::NativeWarning> {
+        crate::error::to_js_warnings(self.warnings.clone())
     }
 
     /// The scores [out, in] of one module, or null when it was not scored.
@@ -78,16 +78,16 @@ impl NativeModel {
     }
 
     /// `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`.
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn add_sparse_mask_adapter(&self, name: String, config_json: String, seed: i64, fisher: &NativeFisherScores) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn add_sparse_mask_adapter(&self, name: String, config_json: String, seed: i64, fisher: &NativeFisherScores) -> Result<AsyncTask<WarningsJob>> {
         let shared = self.inner.clone();
         let scores = fisher.scores()?;
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let value: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
                 let (config, mut warnings) = SparseMaskConfig::from_value(&value, Path::new("(config)"))?;
                 if config.mask_type != MaskType::Fisher {
-                    warnings.push("the Fisher scores are not used: `mask_type` is not \"fisher\"".into());
+                    warnings.push(peft_core::Warning::new(peft_core::WarningCode::IgnoredField, "mask_type", "the Fisher scores are not used: `mask_type` is not \"fisher\""));
                 }
                 let mut config = config;
                 peft_core::tuners::TunerConfig::set_base_model_name_or_path(&mut config, Some(m.source.clone()));
