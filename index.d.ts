@@ -242,6 +242,18 @@ export interface BatchInput {
  */
 export declare function cancelNativeWork(): void
 
+/** One row of the core's dtype table (`peft_core::dtype`), for TS (`src/dtype.ts`). */
+export interface DTypeInfo {
+  name: string
+  aliases: Array<string>
+  /** safetensors' / ggml's type name: F32, F16, BF16, F64. */
+  storage: string
+  bytes: number
+}
+
+/** The floating-point dtypes, their aliases, storage names and byte sizes. */
+export declare function dtypes(): Array<DTypeInfo>
+
 /** `forward`'s options besides the batch. */
 export interface ForwardOptions {
   /** Makes a training step's dropout reproducible (checkpoint resume). */

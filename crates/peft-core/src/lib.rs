@@ -1,5 +1,6 @@
 //! peft-core: the numerics of peft-node. Pure Rust on candle; no Node here.
 pub mod config;
+pub mod dtype;
 pub mod error;
 pub mod io;
 pub mod model;

@@ -1,7 +1,8 @@
 //! The model handle: loading, forward (with the loss), parameters.
 use crate::error::{closed, invalid, to_js, Result};
 use crate::job::{ModelJob, TensorsJob};
-use crate::tensor::{dtype_name, NativeTensor};
+use crate::tensor::NativeTensor;
+use peft_core::dtype::name as dtype_name;
 use candle_core::{DType, Device};
 use crate::batch::{BatchInput, ForwardOptions};
 use napi::bindgen_prelude::AsyncTask;
@@ -73,13 +74,7 @@ pub fn with_model_mut<R>(m: &SharedModel, f: impl FnOnce(&mut ModelState) -> pef
 }
 
 pub fn parse_dtype(s: Option<&str>) -> Result<DType> {
-    Ok(match s.unwrap_or("float32") {
-        "float32" | "f32" => DType::F32,
-        "float64" | "f64" => DType::F64,
-        "float16" | "f16" => DType::F16,
-        "bfloat16" | "bf16" => DType::BF16,
-        other => return Err(invalid("dtype", "\"float32\", \"float16\", \"bfloat16\" or \"float64\"", format!("{other:?}"))),
-    })
+    peft_core::dtype::parse(s.unwrap_or("float32"), "dtype").map_err(to_js)
 }
 
 pub fn parse_device(s: Option<&str>) -> Result<Device> {
