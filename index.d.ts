@@ -334,6 +334,8 @@ export interface ParamInfo {
   storage?: string
   requiresGrad: boolean
   hasGrad: boolean
+  /** The name PEFT's `named_parameters()` gives it (`Tuners::peft_names`). */
+  peftName: string
 }
 
 /** One PeriodicLoRA adapter restarted: the stage that ended (1-based) and the parameters reset. */

@@ -283,12 +283,11 @@ export class PeftModel {
    * `prompt_encoder.<adapter>.…`, as PEFT names them.
    */
   namedParameters(opts: { trainableOnly?: boolean } = {}): [string, Parameter][] {
-    const wrapped = new Set(this.adapterNames.flatMap((n) => this.native.adapterModules(n)))
     const out: [string, Parameter][] = []
     for (const info of this.native.parameters()) {
       if (opts.trainableOnly && !info.requiresGrad) continue
       const p = new Parameter(this.native, info.name, info.shape, info.storage ?? null)
-      out.push([pefName(info.name, wrapped), p])
+      out.push([info.peftName, p])
     }
     return out
   }
@@ -378,14 +377,6 @@ export class PeftModel {
   dispose(): void {
     this.model.dispose()
   }
-}
-
-function pefName(name: string, wrapped: Set<string>): string {
-  // PEFT's PeftModel owns the prompt encoders itself, beside `base_model`.
-  if (name.startsWith('base_model.') || name.startsWith('prompt_encoder.')) return name
-  const dot = name.lastIndexOf('.')
-  const module = name.slice(0, dot)
-  return wrapped.has(module) ? `base_model.model.${module}.base_layer${name.slice(dot)}` : `base_model.model.${name}`
 }
 
 /** Attaches a new adapter to `model` (modified in place) and returns the PEFT wrapper. */

@@ -100,6 +100,8 @@ pub struct ParamInfo {
     pub storage: Option<String>,
     pub requires_grad: bool,
     pub has_grad: bool,
+    /// The name PEFT's `named_parameters()` gives it (`Tuners::peft_names`).
+    pub peft_name: String,
 }
 
 #[napi]
@@ -225,13 +227,15 @@ impl NativeModel {
     #[napi]
     pub fn parameters(&self) -> Result<Vec<ParamInfo>> {
         with_model(&self.inner, |m| {
-            Ok(m.llama.store.iter().map(|(_, p)| ParamInfo {
+            let peft_names = m.tuners.peft_names(m.llama.store.iter().map(|(_, p)| p.name.as_str()));
+            Ok(m.llama.store.iter().zip(peft_names).map(|((_, p), peft_name)| ParamInfo {
                 name: p.name.clone(),
                 shape: p.dims().iter().map(|d| *d as u32).collect(),
                 dtype: dtype_name(p.dtype()).into(),
                 storage: p.quantized().map(|q| format!("{:?}", q.dtype())),
                 requires_grad: p.requires_grad(),
                 has_grad: p.grad.is_some(),
+                peft_name,
             }).collect())
         })
     }

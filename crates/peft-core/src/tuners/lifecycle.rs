@@ -187,6 +187,24 @@ impl Tuners {
         values.chain(exported).map(|(k, t)| a.config.checkpoint_tensor(&k, &t).map(|t| (k, t))).collect()
     }
 
+    /// PEFT's `named_parameters()` name of each model parameter in `names`. Adapter and
+    /// prompt-encoder parameters are already named as PEFT names them; a base parameter gets
+    /// `base_model.model.` before it, and `.base_layer` before its last part when an adapter
+    /// wraps its module (PEFT's `BaseTunerLayer` keeps the original layer as `base_layer`).
+    pub fn peft_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let wrapped: std::collections::HashSet<&str> = self.adapters.iter().flat_map(|a| a.modules.iter().map(String::as_str)).collect();
+        let peft_name = |name: &str| {
+            if name.starts_with("base_model.") || name.starts_with("prompt_encoder.") {
+                return name.to_string();
+            }
+            match name.rsplit_once('.') {
+                Some((module, leaf)) if wrapped.contains(module) => format!("base_model.model.{module}.base_layer.{leaf}"),
+                _ => format!("base_model.model.{name}"),
+            }
+        };
+        names.into_iter().map(peft_name).collect()
+    }
+
     /// Activates `names` in this order (their outputs are added in it). Unmerges first, as
     /// PEFT does; the active adapters become trainable unless in inference mode.
     pub fn set_active(&mut self, model: &mut CausalLm, names: &[&str]) -> Result<()> {
