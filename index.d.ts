@@ -39,6 +39,12 @@ export declare class NativeModel {
    * the schedule made no allocation; the allocation is recorded as the config's rank_pattern.
    */
   updateAndAllocate(globalStep: number): Promise<number | null>
+  /**
+   * What the active methods do after each optimizer step, before the gradients are
+   * cleared (AdaLoRA: `updateAndAllocate`; the others: nothing). Resolves to AdaLoRA's rank
+   * budget applied at this step, or null.
+   */
+  afterStep(globalStep: number): Promise<number | null>
   /** Sets the evaluation/generation/merge rank (`eval_rank`) of DyLoRA adapter `name`. */
   setDyloraRank(name: string, rank: number): void
   /** Adds adapter `name`, the weighted combination of `adapters`; returns warnings. */

@@ -326,11 +326,21 @@ export class PeftModel {
    * call it every step after `optimizer.step()` and before `zeroGrad()` (it scores ranks by
    * |weight · gradient|), with the 0-based step. Resolves to the rank budget applied at
    * this step, or null. The allocation is kept as the adapter's `rank_pattern` (saved with it).
-   * The Trainer calls it by itself when the active adapter is AdaLoRA.
+   * The Trainer calls it through `afterStep` when the active adapter is AdaLoRA.
    */
   updateAndAllocate(globalStep: number): Promise<number | null> {
     if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`updateAndAllocate: globalStep: expected an integer >= 0, found ${globalStep}`)
     return this.native.updateAndAllocate(globalStep)
+  }
+
+  /**
+   * What the active methods do after each optimizer step (0-based `globalStep`), before
+   * `zeroGrad()`: AdaLoRA's `updateAndAllocate`; nothing for methods without such a rule.
+   * Resolves to AdaLoRA's rank budget applied at this step, or null. The Trainer calls it.
+   */
+  afterStep(globalStep: number): Promise<number | null> {
+    if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`afterStep: globalStep: expected an integer >= 0, found ${globalStep}`)
+    return this.native.afterStep(globalStep)
   }
 
   /**

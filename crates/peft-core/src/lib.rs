@@ -6,6 +6,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod state;
 pub mod threads;
 pub mod tokenizer;
 pub mod tuners;

@@ -82,7 +82,7 @@ impl NativeModel {
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
             with_model(&shared, |m| {
-                let ctx = crate::mixed::ctx_with_rows(m, true, None, adapter_names.as_deref())?;
+                let ctx = m.ctx_with_rows(true, None, adapter_names.as_deref())?;
                 let mut step = |toks: &[Option<u32>]| {
                     if let Some(cb) = &on_step {
                         let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();

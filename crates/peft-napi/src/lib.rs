@@ -15,7 +15,6 @@ mod compose;
 mod generate;
 mod graph;
 mod job;
-mod mixed;
 mod model;
 mod optim;
 mod peft;

@@ -7,59 +7,11 @@ use candle_core::{DType, Device};
 use crate::batch::{BatchInput, ForwardOptions};
 use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::{loss, Checkpointing, Ctx, CausalLm, LoadOptions, ParamStore};
-use peft_core::tokenizer::Tokenizer;
-use peft_core::tuners::adalora::RankAllocator;
-use peft_core::tuners::aux_loss::training_loss;
-use peft_core::tuners::{Tuners, WithTuners};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use peft_core::model::{Checkpointing, CausalLm, LoadOptions};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-pub struct ModelState {
-    pub llama: CausalLm,
-    pub tokenizer: Option<Tokenizer>,
-    pub tuners: Tuners,
-    /// What the model was loaded from: adapters record it as `base_model_name_or_path`.
-    pub source: String,
-    /// PyTorch's `model.train()`: adapter dropout applies only then.
-    pub training: bool,
-    /// Seeds each training forward's dropout differently, reproducibly.
-    pub forward_count: AtomicU64,
-    /// AdaLoRA's importance EMAs, per adapter, between `updateAndAllocate` calls.
-    pub allocators: HashMap<String, RankAllocator>,
-    /// transformers' `gradient_checkpointing_enable()`: forwards that build a graph keep only
-    /// each decoder layer's input and recompute the layer in the backward.
-    pub gradient_checkpointing: bool,
-    /// The auxiliary loss terms (MixLoRA's load balancing) of the last training forward, by name.
-    pub last_aux_losses: Mutex<BTreeMap<String, f64>>,
-}
-
-impl ModelState {
-    pub fn new(llama: CausalLm, tokenizer: Option<Tokenizer>, source: String) -> Self {
-        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new(), gradient_checkpointing: false, last_aux_losses: Mutex::default() }
-    }
-
-    /// The forward context: the attached adapters, and dropout in training mode, seeded by
-    /// `seed` or else by a per-model counter.
-    pub fn ctx(&self, no_grad: bool, seed: Option<u64>) -> Ctx<'_> {
-        self.ctx_without_adapters(no_grad, seed).with_tuners(&self.tuners)
-    }
-
-    /// `ctx` with nothing attached yet (mixed batches attach the adapters per row).
-    pub fn ctx_without_adapters(&self, no_grad: bool, seed: Option<u64>) -> Ctx<'_> {
-        let ctx = Ctx::new(&self.llama.store, no_grad);
-        if self.training && !no_grad {
-            ctx.training(seed.unwrap_or_else(|| self.forward_count.fetch_add(1, Ordering::Relaxed)))
-        } else {
-            ctx
-        }
-    }
-
-    pub fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.llama.store
-    }
-}
+pub use peft_core::state::ModelState;
 
 pub type SharedModel = Arc<RwLock<Option<ModelState>>>;
 
@@ -144,33 +96,10 @@ impl NativeModel {
         let lent = Arc::downgrade(&self.inner);
         Ok(TensorsJob::spawn(move || {
             let (logits, loss, checkpoint) = with_model(&shared, |m| {
-                let mut ctx = crate::mixed::ctx_with_rows(m, false, dropout_seed.map(|s| s as u64), adapter_names.as_deref())?;
-                let checkpoint = m.gradient_checkpointing.then(|| Checkpointing::new(Arc::new(crate::checkpoint::LentModel(lent))));
-                if let Some(cp) = &checkpoint {
-                    ctx = ctx.with_checkpointing(cp.clone());
-                }
-                let (logits, loss) = match labels {
-                    Some(l) if !return_logits => {
-                        let (sum, count) = m.llama.loss_sum(&input, &ctx, &l)?;
-                        (None, Some((sum / count as f64)?))
-                    }
-                    l => {
-                        let logits = m.llama.forward(&input, &ctx, None, false)?;
-                        let loss = l.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
-                        (Some(logits), loss)
-                    }
-                };
-                let loss = match loss {
-                    Some(l) => {
-                        let (l, aux) = training_loss(l, &m.llama, &m.tuners, &ctx)?;
-                        if ctx.training {
-                            *m.last_aux_losses.lock().unwrap_or_else(|e| e.into_inner()) = aux;
-                        }
-                        Some(l)
-                    }
-                    None => None,
-                };
-                Ok((logits, loss, checkpoint))
+                let lent = || Checkpointing::new(Arc::new(crate::checkpoint::LentModel(lent)));
+                let (ctx, checkpoint) = m.training_ctx(dropout_seed.map(|s| s as u64), adapter_names.as_deref(), lent)?;
+                let out = m.forward(&input, labels.as_deref(), &ctx, return_logits)?;
+                Ok((out.logits, out.loss, checkpoint))
             })?;
             // One graph for both: the loss's backward frees the logits' graph too.
             let graph = crate::graph::Graph::new_shared_with(checkpoint);
