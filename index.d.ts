@@ -26,13 +26,10 @@ export declare class NativeFisherScores {
   /** Frees the scores now (adapters already built from them keep only their indices). */
   dispose(): void
   /** Warnings about the options (unknown fields). */
-  get warnings(): Array<string>
+  get warnings(): Array<NativeWarning>
   /** The scores [out, in] of one module, or null when it was not scored. */
   get(module: string): NativeTensor | null
 }
-
-/** A Laplace-LoRA fit in progress, then its posterior. */
-export declare class NativeLaplace {}
 
 export declare class NativeModel {
   /**
@@ -42,28 +39,32 @@ export declare class NativeModel {
    * the schedule made no allocation; the allocation is recorded as the config's rank_pattern.
    */
   updateAndAllocate(globalStep: number): Promise<number | null>
+  /**
+   * What the active methods do after each optimizer step, before the gradients are
+   * cleared (AdaLoRA: `updateAndAllocate`; the others: nothing). Resolves to AdaLoRA's rank
+   * budget applied at this step, or null.
+   */
+  afterStep(globalStep: number): Promise<number | null>
   /** Sets the evaluation/generation/merge rank (`eval_rank`) of DyLoRA adapter `name`. */
   setDyloraRank(name: string, rank: number): void
   /** Adds adapter `name`, the weighted combination of `adapters`; returns warnings. */
-  addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<string>>
+  addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<NativeWarning>>
   /**
    * Sets adapter `name` to LoRAHub's composition A = Σ wᵢAᵢ, B = Σ wᵢBᵢ (added on the
    * first call); returns warnings.
    */
-  composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<string>>
+  composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<NativeWarning>>
   /** The mean causal-LM loss of a batch in inference mode: no graph, no dropout. */
-  inferenceLoss(ids: Uint32Array, batch: number, seq: number, attentionMask: Uint8Array | undefined | null, labels: Int32Array): Promise<number>
-  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null, adapterNames?: Array<string> | undefined | null): Promise<Array<Array<number>>>
+  inferenceLoss(input: BatchInput): Promise<number>
+  generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string
   /**
-   * Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
-   * `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
-   * `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
+   * Logits [b, t, vocab], and the mean loss when labels are given.
    * `return_logits` false (labels needed): the loss alone, computed chunk by chunk without
    * the [b, t, vocab] logits (`CausalLm::loss_sum`); the result is then `[loss]`.
    */
-  forward(ids: Uint32Array, batch: number, seq: number, attentionMask?: Uint8Array | undefined | null, labels?: Int32Array | undefined | null, dropoutSeed?: number | undefined | null, positionIds?: Int32Array | undefined | null, segmentIds?: Uint32Array | undefined | null, adapterNames?: Array<string> | undefined | null, returnLogits?: boolean | undefined | null): Promise<Array<NativeTensor>>
+  forward(input: BatchInput, options?: ForwardOptions | undefined | null): Promise<Array<NativeTensor>>
   /**
    * Writes the base model (config.json, model.safetensors) and its tokenizer as a Hugging
    * Face checkpoint; merge adapters first to include them.
@@ -107,9 +108,9 @@ export declare class NativeModel {
   /** Overwrites a parameter's value (used to load optimizer and checkpoint state). */
   setParamData(name: string, values: Float64Array): void
   /** Attaches a new adapter from a PEFT config (JSON, snake_case); returns warnings. */
-  addAdapter(name: string, configJson: string, seed: number): Promise<Array<string>>
+  addAdapter(name: string, configJson: string, seed: number): Promise<Array<NativeWarning>>
   /** Loads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`). */
-  loadAdapter(dir: string, name: string, trainable: boolean): Promise<Array<string>>
+  loadAdapter(dir: string, name: string, trainable: boolean): Promise<Array<NativeWarning>>
   /** Writes the adapters (default: all) in PEFT's layout: `default` in `dir`, others in `dir/<name>`. */
   saveAdapters(dir: string, names?: Array<string> | undefined | null): Promise<void>
   /** Writes adapter `name` as a llama.cpp LoRA GGUF (`outtype`: f32, f16, bf16 or q8_0). */
@@ -124,7 +125,7 @@ export declare class NativeModel {
   setActiveAdapters(names: Array<string>): void
   setAdaptersEnabled(on: boolean): void
   get adaptersEnabled(): boolean
-  deleteAdapter(name: string): Array<string>
+  deleteAdapter(name: string): Array<NativeWarning>
   mergeAdapters(names?: Array<string> | undefined | null): void
   unmergeAdapters(): void
   get adaptersMerged(): boolean
@@ -148,7 +149,7 @@ export declare class NativeModel {
    * Before step `step` (0-based): Fish-Dip's mask from the Fisher scores on `batches`, for
    * every active Fish-Dip adapter due at this step. Empty when none is due.
    */
-  fishDipUpdate(step: number, batches: Array<FisherBatchInput>): Array<MaskUpdate>
+  fishDipUpdate(step: number, batches: Array<BatchInput>): Array<MaskUpdate>
   /**
    * After `steps_done` optimizer steps: every active PeriodicLoRA adapter whose stage ends now
    * unloads its update into its merged buffer and restarts its factors (drawn from `seed`).
@@ -158,29 +159,15 @@ export declare class NativeModel {
    * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
    * from the base model's gradients on `batches`.
    */
-  estimateFisher(optionsJson: string, batches: Array<FisherBatchInput>): Promise<NativeFisherScores>
+  estimateFisher(optionsJson: string, batches: Array<BatchInput>): Promise<NativeFisherScores>
   /** `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`. */
-  addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<string>>
+  addSparseMaskAdapter(name: string, configJson: string, seed: number, fisher: NativeFisherScores): Promise<Array<NativeWarning>>
   /**
    * Adds adapter `name` composed by `method` from the trained adapters `adapters`:
    * "adapter-fusion" and "mole" keep copies of them frozen inside it, "adapter-soup" is
    * their weight average. Returns warnings.
    */
-  addComposedAdapter(method: string, adapters: Array<string>, name: string): Promise<Array<string>>
-  /** Starts a fit over `adapter`'s LoRA matrices (options: hessian, maxFactorSide, factorRank, seed). */
-  laplaceBegin(adapter: string, hessian: string, maxFactorSide: number, factorRank: number, seed: number): NativeLaplace
-  /** Adds batch `index` (a forward and a backward) to the fit. */
-  laplaceAddBatch(fit: NativeLaplace, index: number, batch: FisherBatchInput): Promise<void>
-  /** Ends the fit: the posterior with `prior_precision`, or the one maximising the marginal likelihood. */
-  laplaceFinish(fit: NativeLaplace, priorPrecision?: number | undefined | null): Promise<void>
-  /** The fitted posterior's numbers. */
-  laplaceSummary(fit: NativeLaplace): LaplaceSummary
-  /** Probabilities [positions, width] then, for "glm", the logit variances of the same shape. */
-  laplacePredict(fit: NativeLaplace, ids: Uint32Array, batch: number, seq: number, attentionMask: Uint8Array | undefined | null, positions: Array<Array<number>> | undefined | null, targets: Array<number> | undefined | null, method: string, samples: number, seed: number): Promise<Float32Array>
-  /** Writes `laplace_state.safetensors` and `laplace_config.json` into `dir`. */
-  laplaceSave(fit: NativeLaplace, dir: string): Promise<void>
-  /** The posterior saved in `dir` for `adapter` (small files: read on the calling thread). */
-  laplaceLoad(dir: string, adapter: string): NativeLaplace
+  addComposedAdapter(method: string, adapters: Array<string>, name: string): Promise<Array<NativeWarning>>
 }
 
 /** Turns ids fed one at a time into text, holding back incomplete characters. */
@@ -240,18 +227,47 @@ export interface AdamWArgs {
 }
 
 /**
+ * Token ids [batch, seq] flattened row-major, with the optional per-token fields of the same
+ * shape (`src/inputs.ts` `nativeBatch` checks and flattens them).
+ */
+export interface BatchInput {
+  inputIds: Uint32Array
+  batch: number
+  seq: number
+  attentionMask?: Uint8Array
+  /** Next-token labels, -100 where no loss is taken. */
+  labels?: Int32Array
+  positionIds?: Int32Array
+  /** Packed sequences: the example each token belongs to. */
+  segmentIds?: Uint32Array
+}
+
+/**
  * Stops every native loop this JS environment started (at its next step). Called when the
  * process (or Worker) exits; the jobs' promises are never seen.
  */
 export declare function cancelNativeWork(): void
 
-/** One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask. */
-export interface FisherBatchInput {
-  inputIds: Uint32Array
-  batch: number
-  seq: number
-  attentionMask?: Uint8Array
-  labels: Int32Array
+/** One row of the core's dtype table (`peft_core::dtype`), for TS (`src/dtype.ts`). */
+export interface DTypeInfo {
+  name: string
+  aliases: Array<string>
+  /** safetensors' / ggml's type name: F32, F16, BF16, F64. */
+  storage: string
+  bytes: number
+}
+
+/** The floating-point dtypes, their aliases, storage names and byte sizes. */
+export declare function dtypes(): Array<DTypeInfo>
+
+/** `forward`'s options besides the batch. */
+export interface ForwardOptions {
+  /** Makes a training step's dropout reproducible (checkpoint resume). */
+  dropoutSeed?: number
+  /** One adapter (or `__base__`) per row, PEFT's `adapter_names=`. */
+  adapterNames?: Array<string>
+  /** false (labels needed): the loss alone, without the [b, t, vocab] logits. */
+  returnLogits?: boolean
 }
 
 export interface GenerateArgs {
@@ -262,6 +278,8 @@ export interface GenerateArgs {
   topP: number
   seed: number
   stopTokenIds: Array<number>
+  /** One adapter (or `__base__`) per row, PEFT's `adapter_names=`. */
+  adapterNames?: Array<string>
 }
 
 /** Reads the header only (the map is opened, but no tensor data is touched). */
@@ -284,16 +302,6 @@ export interface GgufTensorSummary {
   bytes: number
 }
 
-export interface LaplaceSummary {
-  adapter: string
-  priorPrecision: number
-  logMarginalLikelihood: number
-  hessian: string
-  tokens: number
-  maxFactorSide: number
-  factorRank: number
-}
-
 export declare function loadModel(path: string, dtype?: string | undefined | null, device?: string | undefined | null): Promise<NativeModel>
 
 /** A `tokenizer.json`, a folder holding one, or a `.gguf` file. */
@@ -305,6 +313,17 @@ export interface MaskUpdate {
   /** Entries (FAR: FFN nodes) the mask keeps, and in all. */
   kept: number
   total: number
+}
+
+/**
+ * A core warning (`peft_core::Warning`) as JS sees it: `code` ("unknown_field",
+ * "ignored_field", "non_finite" or "other"), the config key or tensor it is about, and the
+ * sentence for people.
+ */
+export interface NativeWarning {
+  code: string
+  field?: string
+  message: string
 }
 
 /** The size of the compute pool (`PEFT_NODE_NUM_THREADS`, default: the cores available). */
@@ -321,6 +340,8 @@ export interface ParamInfo {
   storage?: string
   requiresGrad: boolean
   hasGrad: boolean
+  /** The name PEFT's `named_parameters()` gives it (`Tuners::peft_names`). */
+  peftName: string
 }
 
 /** One PeriodicLoRA adapter restarted: the stage that ended (1-based) and the parameters reset. */

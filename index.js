@@ -786,6 +786,7 @@ module.exports.NativeStreamDecoder = nativeBinding.NativeStreamDecoder
 module.exports.NativeTensor = nativeBinding.NativeTensor
 module.exports.NativeTokenizer = nativeBinding.NativeTokenizer
 module.exports.cancelNativeWork = nativeBinding.cancelNativeWork
+module.exports.dtypes = nativeBinding.dtypes
 module.exports.ggufSummary = nativeBinding.ggufSummary
 module.exports.loadModel = nativeBinding.loadModel
 module.exports.loadTokenizer = nativeBinding.loadTokenizer

@@ -30,8 +30,9 @@ test('the Trainer allocates ranks from init_r down to target_r over tinit..total
   const cfg = { initR: 4, targetR: 2, tinit: 2, tfinal: 2, deltaT: 2, totalStep: 10, beta1: 0.85, beta2: 0.85, loraDropout: 0, targetModules: qv }
   const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaLoraConfig(cfg), { seed: 3 })
   const calls: [number, number | null][] = []
-  const allocate = peft.updateAndAllocate.bind(peft)
-  peft.updateAndAllocate = async (step) => {
+  // The Trainer runs each method's per-step rule through afterStep (AdaLoRA: the allocation).
+  const allocate = peft.afterStep.bind(peft)
+  peft.afterStep = async (step) => {
     const budget = await allocate(step)
     calls.push([step, budget])
     return budget
@@ -181,13 +182,16 @@ test('a training forward with labels adds orth_reg_weight × the orthogonal regu
   plain.dispose()
 })
 
-test('updateAndAllocate: a non-AdaLoRA adapter, missing gradients and a bad step are clear errors', async (t) => {
+test('updateAndAllocate: a non-AdaLoRA adapter, missing gradients and a bad step are clear errors; afterStep runs it for AdaLoRA only', async (t) => {
   const lora = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new LoraConfig({ r: 2, targetModules: qv }))
   await t.throwsAsync(lora.updateAndAllocate(0), { message: /an AdaLoRA adapter.*`default` \(LORA\)/ })
+  t.is(await lora.afterStep(0), null, 'LoRA has no per-step rule')
   lora.dispose()
   const ada = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaLoraConfig({ initR: 2, targetR: 1, totalStep: 4, targetModules: qv }))
   await t.throwsAsync(ada.updateAndAllocate(0), { message: /gradient: call update_and_allocate after backward and before zero_grad/ })
+  await t.throwsAsync(ada.afterStep(0), { message: /gradient: call update_and_allocate after backward and before zero_grad/ })
   t.throws(() => ada.updateAndAllocate(-1), { message: /globalStep: expected an integer >= 0, found -1/ })
+  t.throws(() => ada.afterStep(-1), { message: /globalStep: expected an integer >= 0, found -1/ })
   ada.dispose()
   await t.throwsAsync(getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaLoraConfig({ initR: 2, targetR: 1, targetModules: qv })), { message: /total_step/ })
 })

@@ -1,6 +1,7 @@
 // Generation options, and the async iterator over streamed tokens.
 import { native, type NativeModel } from './native'
-import { intArg, seedArg, tokenIdList } from './inputs'
+import { adapterNameList, intArg, seedArg, tokenIdList } from './inputs'
+import { PeftWarning } from './warnings'
 
 export interface GenerateOptions {
   /** New tokens to produce at most (default 128). */
@@ -37,7 +38,7 @@ export function generationArgs(o: GenerateOptions, defaultStops: number[], vocab
   if (!(topP > 0 && topP <= 1)) throw new Error(`topP: expected a number in (0, 1], found ${topP}`)
   const seed = seedArg('seed', o.seed ?? Math.floor(Math.random() * 2 ** 31))
   const stops = tokenIdList('stopTokenIds', o.stopTokenIds ?? defaultStops, vocab, () => '')
-  return { maxNewTokens, doSample: o.doSample ?? false, temperature, topK, topP, seed, stopTokenIds: stops }
+  return { maxNewTokens, doSample: o.doSample ?? false, temperature, topK, topP, seed, stopTokenIds: stops, adapterNames: adapterNameList(o.adapterNames) }
 }
 
 /**
@@ -52,10 +53,8 @@ export function fitContext(prompts: number[][], args: NativeArgs, context: numbe
   }
   if (longest + args.maxNewTokens <= context) return args
   const room = context - longest
-  process.emitWarning(
-    `${args.maxNewTokens} new tokens after a ${longest}-token prompt would run past the model's context length of ${context} tokens (max_position_embeddings); generating at most ${room} new tokens`,
-    'PeftWarning',
-  )
+  const message = `${args.maxNewTokens} new tokens after a ${longest}-token prompt would run past the model's context length of ${context} tokens (max_position_embeddings); generating at most ${room} new tokens`
+  process.emitWarning(new PeftWarning('context_length', 'maxNewTokens', message))
   return { ...args, maxNewTokens: room }
 }
 

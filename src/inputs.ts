@@ -7,7 +7,7 @@
 // maxNewTokens 2^32 + 5 as 5, all silently.
 import { IGNORE } from './data/tokenize'
 import type { FisherBatch } from './methods/sparse'
-import type { FisherBatchInput } from '../index'
+import type { BatchInput } from '../index'
 
 /** The largest u32 (token ids, counts). */
 export const U32_MAX = 0xffffffff
@@ -162,17 +162,43 @@ export function adapterNameList(names: unknown): string[] | undefined {
   return adapterNameArgs('adapterNames', names)
 }
 
-/** @internal Batches of ids and labels as the native Fisher estimates take them (checked, flat). */
-export function flatBatches(batches: FisherBatch[], vocab: number): FisherBatchInput[] {
-  return batches.map((b, i) => {
-    const ids = flatIds(`batches[${i}].inputIds`, b.inputIds, vocab)
-    if (b.labels === undefined) throw new Error(`batches[${i}].labels: expected next-token labels, found undefined`)
-    return {
-      inputIds: ids.data,
-      batch: ids.batch,
-      seq: ids.seq,
-      attentionMask: b.attentionMask ? flatMask(`batches[${i}].attentionMask`, b.attentionMask, ids.batch, ids.seq) : undefined,
-      labels: flatLabels(`batches[${i}].labels`, b.labels, ids.batch, ids.seq, vocab),
+/** The per-token fields of a batch, as users give them ([batch][seq] rows). */
+export interface BatchRows {
+  inputIds: IdRows
+  attentionMask?: IdRows
+  labels?: IdRows
+  positionIds?: IdRows
+  segmentIds?: IdRows
+}
+
+/**
+ * @internal A batch as every native call takes it (`BatchInput`): checked and flattened, each
+ * field shaped as inputIds; errors name `${prefix}inputIds`, ... `vocab` bounds ids and labels.
+ */
+export function nativeBatch(prefix: string, b: BatchRows, vocab: number): BatchInput {
+  const ids = flatIds(`${prefix}inputIds`, b.inputIds, vocab)
+  const sized = (name: string, rows: IdRows, max: number): Uint32Array => {
+    const f = flatInts(`${prefix}${name}`, rows, max)
+    if (f.batch !== ids.batch || f.seq !== ids.seq) {
+      throw new Error(`${prefix}${name}: expected shape [${ids.batch}, ${ids.seq}] (the shape of inputIds), found [${f.batch}, ${f.seq}]`)
     }
+    return f.data
+  }
+  return {
+    inputIds: ids.data,
+    batch: ids.batch,
+    seq: ids.seq,
+    attentionMask: b.attentionMask ? flatMask(`${prefix}attentionMask`, b.attentionMask, ids.batch, ids.seq) : undefined,
+    labels: b.labels ? flatLabels(`${prefix}labels`, b.labels, ids.batch, ids.seq, vocab) : undefined,
+    positionIds: b.positionIds ? Int32Array.from(sized('positionIds', b.positionIds, I32_MAX)) : undefined,
+    segmentIds: b.segmentIds ? sized('segmentIds', b.segmentIds, U32_MAX) : undefined,
+  }
+}
+
+/** @internal Batches of ids and labels as the native Fisher estimates take them (checked, flat). */
+export function flatBatches(batches: FisherBatch[], vocab: number): BatchInput[] {
+  return batches.map((b, i) => {
+    if (b.labels === undefined) throw new Error(`batches[${i}].labels: expected next-token labels, found undefined`)
+    return nativeBatch(`batches[${i}].`, { inputIds: b.inputIds, attentionMask: b.attentionMask, labels: b.labels }, vocab)
   })
 }

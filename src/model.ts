@@ -1,7 +1,7 @@
 import { native, loadNative, wantsCuda, type NativeModel } from './native'
 import { Tensor, type DType } from './tensor'
 import { Parameter } from './parameter'
-import { I32_MAX, U32_MAX, adapterNameList, flatIds, flatInts, flatLabels, flatMask, seedArg, tokenIdList, type IdRows } from './inputs'
+import { adapterNameList, nativeBatch, seedArg, tokenIdList, type IdRows } from './inputs'
 import { Tokenizer } from './tokenizer'
 import { abortHandle, fitContext, generationArgs, streamSteps, type GenerateOptions } from './generation'
 import { resolvePretrained } from './hub/resolve'
@@ -119,34 +119,13 @@ export class LlamaModel {
   forward(input: ForwardInput & { returnLogits: false }): Promise<LossOutput>
   forward(input: ForwardInput): Promise<ForwardOutput>
   async forward(input: ForwardInput): Promise<ForwardOutput | LossOutput> {
-    const vocab = this.config.vocab_size
-    const ids = flatIds('inputIds', input.inputIds, vocab)
-    const mask = input.attentionMask ? flatMask('attentionMask', input.attentionMask, ids.batch, ids.seq) : undefined
-    const labels = input.labels ? flatLabels('labels', input.labels, ids.batch, ids.seq, vocab) : undefined
-    const positions = input.positionIds ? flatInts('positionIds', input.positionIds, I32_MAX) : undefined
-    const segments = input.segmentIds ? flatInts('segmentIds', input.segmentIds, U32_MAX) : undefined
+    const batch = nativeBatch('', input, this.config.vocab_size)
     const dropoutSeed = input.dropoutSeed === undefined ? undefined : seedArg('dropoutSeed', input.dropoutSeed)
     const adapterNames = adapterNameList(input.adapterNames)
     const returnLogits = input.returnLogits ?? true
     if (typeof returnLogits !== 'boolean') throw new Error(`returnLogits: expected a boolean, found ${typeof returnLogits}`)
-    if (!returnLogits && !labels) throw new Error('returnLogits: false needs `labels` (without them the logits are the only output)')
-    for (const [name, f] of [['positionIds', positions], ['segmentIds', segments]] as const) {
-      if (f && (f.batch !== ids.batch || f.seq !== ids.seq)) {
-        throw new Error(`${name}: expected shape [${ids.batch}, ${ids.seq}] (the shape of inputIds), found [${f.batch}, ${f.seq}]`)
-      }
-    }
-    const [logits, loss] = await this.inner.forward(
-      ids.data,
-      ids.batch,
-      ids.seq,
-      mask,
-      labels,
-      dropoutSeed,
-      positions ? Int32Array.from(positions.data) : undefined,
-      segments?.data,
-      adapterNames,
-      returnLogits,
-    )
+    if (!returnLogits && !batch.labels) throw new Error('returnLogits: false needs `labels` (without them the logits are the only output)')
+    const [logits, loss] = await this.inner.forward(batch, { dropoutSeed, adapterNames, returnLogits })
     if (!returnLogits) return { loss: new Tensor(logits) }
     return loss ? { logits: new Tensor(logits), loss: new Tensor(loss) } : { logits: new Tensor(logits) }
   }
@@ -201,7 +180,7 @@ export class LlamaModel {
     const { prompts, single } = promptRows(ids, this.config.vocab_size)
     const args = fitContext(prompts, generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size), this.config.max_position_embeddings)
     opts.signal?.throwIfAborted() // the native loop checks the flag only after its first step
-    const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal), adapterNameList(opts.adapterNames))
+    const out = await this.inner.generate(prompts, args, undefined, abortHandle(opts.signal))
     return single ? out[0] : out
   }
 
@@ -213,10 +192,9 @@ export class LlamaModel {
     const { prompts } = promptRows(ids, this.config.vocab_size)
     const args = fitContext(prompts, generationArgs(opts, this.defaultStopTokenIds, this.config.vocab_size), this.config.max_position_embeddings)
     opts.signal?.throwIfAborted()
-    const adapterNames = adapterNameList(opts.adapterNames)
     let result: number[][] | undefined
     const run = (onStep: (row: number[]) => void, abort: Parameters<NativeModel['generate']>[3]) =>
-      this.inner.generate(prompts, args, onStep, abort, adapterNames).then((r) => (result = r))
+      this.inner.generate(prompts, args, onStep, abort).then((r) => (result = r))
     // A stop token ends the row, so it can only be the last token.
     const stops = new Set(opts.includeStopToken ? [] : args.stopTokenIds)
     let streamed = 0

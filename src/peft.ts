@@ -9,6 +9,7 @@ import { resolvePretrained } from './hub/resolve'
 import type { HubOptions } from './hub/settings'
 import type { IdRows } from './inputs'
 import { fitLaplace, laplacePredict, loadLaplace, type LaplaceBatch, type LaplaceFitOptions, type LaplacePosterior, type LaplacePredictOptions, type LaplacePrediction } from './laplace'
+import { peftWarnings, type PeftWarning } from './warnings'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -16,7 +17,7 @@ export interface PeftModelOptions {
   seed?: number
   /**
    * Emit the adapter's warnings (unknown config fields, ...) as process warnings (default true);
-   * false leaves them in `peft.warnings` only, for callers that report them their own way.
+   * false leaves them in `peft.warningDetails` only, for callers that report them their own way.
    */
   warn?: boolean
 }
@@ -31,8 +32,13 @@ export interface LoadAdapterOptions extends Omit<HubOptions, 'file'> {
 /** Wraps a model whose layers carry adapters; forward, generate and stream apply them. */
 export class PeftModel {
   #unloaded = false
-  /** Warnings from the last injection or load (unknown config fields, ...). */
-  warnings: string[] = []
+  /** Warnings from the last injection or load, with their `code` and `field` (unknown config fields, ...). */
+  warningDetails: PeftWarning[] = []
+
+  /** The messages of `warningDetails`. */
+  get warnings(): string[] {
+    return this.warningDetails.map((w) => w.message)
+  }
 
   /** @internal */
   constructor(private readonly model: LlamaModel) {}
@@ -68,8 +74,8 @@ export class PeftModel {
     adapterNameArg('name', name, { isNew: true })
     if (!(config instanceof PeftConfig)) throw new Error('config: expected a method config such as `new LoraConfig({...})`')
     const seed = seedArg('seed', opts.seed ?? 0)
-    this.warnings = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
-    if (opts.warn ?? true) for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    const added = await (config.addTo(this.native, name, seed) ?? this.native.addAdapter(name, JSON.stringify(config.toJSON()), seed))
+    this.warningDetails = peftWarnings(added, opts.warn ?? true)
   }
 
   /**
@@ -79,8 +85,7 @@ export class PeftModel {
   async addWeightedAdapter(adapters: string[], weights: number[], name: string, opts: WeightedAdapterOptions = {}): Promise<void> {
     adapterNameArgs('adapters', adapters)
     adapterNameArg('name', name, { isNew: true })
-    this.warnings = await addWeightedAdapter(this.native, adapters, weights, name, opts)
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    this.warningDetails = peftWarnings(await addWeightedAdapter(this.native, adapters, weights, name, opts))
   }
 
   /**
@@ -94,16 +99,14 @@ export class PeftModel {
     if (typeof method !== 'string') throw new Error(`method: expected "adapter-fusion", "mole" or "adapter-soup", found ${String(method)}`)
     adapterNameArgs('adapters', adapters)
     adapterNameArg('name', name, { isNew: true })
-    this.warnings = await this.native.addComposedAdapter(method, adapters, name)
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    this.warningDetails = peftWarnings(await this.native.addComposedAdapter(method, adapters, name))
   }
 
   /** Loads an adapter folder, or a Hub repo id (`user/adapter`) fetched into the Hugging Face cache. */
   async loadAdapter(dir: string, name: string, opts: { isTrainable?: boolean } & Omit<HubOptions, 'file'> = {}): Promise<void> {
     adapterNameArg('name', name, { isNew: true })
     const local = await resolvePretrained(dir, 'adapter', opts)
-    this.warnings = await this.native.loadAdapter(local, name, opts.isTrainable ?? false)
-    for (const w of this.warnings) process.emitWarning(w, 'PeftWarning')
+    this.warningDetails = peftWarnings(await this.native.loadAdapter(local, name, opts.isTrainable ?? false))
   }
 
   /** Writes `adapter_config.json` and `adapter_model.safetensors` exactly as PEFT does. */
@@ -168,7 +171,7 @@ export class PeftModel {
   }
 
   deleteAdapter(name: string): void {
-    for (const w of this.native.deleteAdapter(adapterNameArg('name', name))) process.emitWarning(w, 'PeftWarning')
+    peftWarnings(this.native.deleteAdapter(adapterNameArg('name', name)))
   }
 
   disableAdapters(): void {
@@ -282,12 +285,11 @@ export class PeftModel {
    * `prompt_encoder.<adapter>.…`, as PEFT names them.
    */
   namedParameters(opts: { trainableOnly?: boolean } = {}): [string, Parameter][] {
-    const wrapped = new Set(this.adapterNames.flatMap((n) => this.native.adapterModules(n)))
     const out: [string, Parameter][] = []
     for (const info of this.native.parameters()) {
       if (opts.trainableOnly && !info.requiresGrad) continue
       const p = new Parameter(this.native, info.name, info.shape, info.storage ?? null)
-      out.push([pefName(info.name, wrapped), p])
+      out.push([info.peftName, p])
     }
     return out
   }
@@ -326,11 +328,21 @@ export class PeftModel {
    * call it every step after `optimizer.step()` and before `zeroGrad()` (it scores ranks by
    * |weight · gradient|), with the 0-based step. Resolves to the rank budget applied at
    * this step, or null. The allocation is kept as the adapter's `rank_pattern` (saved with it).
-   * The Trainer calls it by itself when the active adapter is AdaLoRA.
+   * The Trainer calls it through `afterStep` when the active adapter is AdaLoRA.
    */
   updateAndAllocate(globalStep: number): Promise<number | null> {
     if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`updateAndAllocate: globalStep: expected an integer >= 0, found ${globalStep}`)
     return this.native.updateAndAllocate(globalStep)
+  }
+
+  /**
+   * What the active methods do after each optimizer step (0-based `globalStep`), before
+   * `zeroGrad()`: AdaLoRA's `updateAndAllocate`; nothing for methods without such a rule.
+   * Resolves to AdaLoRA's rank budget applied at this step, or null. The Trainer calls it.
+   */
+  afterStep(globalStep: number): Promise<number | null> {
+    if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`afterStep: globalStep: expected an integer >= 0, found ${globalStep}`)
+    return this.native.afterStep(globalStep)
   }
 
   /**
@@ -393,14 +405,6 @@ export class PeftModel {
   laplacePredict(inputIds: IdRows, opts?: LaplacePredictOptions): Promise<LaplacePrediction> {
     return laplacePredict(this, inputIds, opts)
   }
-}
-
-function pefName(name: string, wrapped: Set<string>): string {
-  // PEFT's PeftModel owns the prompt encoders itself, beside `base_model`.
-  if (name.startsWith('base_model.') || name.startsWith('prompt_encoder.')) return name
-  const dot = name.lastIndexOf('.')
-  const module = name.slice(0, dot)
-  return wrapped.has(module) ? `base_model.model.${module}.base_layer${name.slice(dot)}` : `base_model.model.${name}`
 }
 
 /** Attaches a new adapter to `model` (modified in place) and returns the PEFT wrapper. */

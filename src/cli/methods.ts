@@ -78,15 +78,14 @@ export function methodConfig(method: unknown, options: Record<string, unknown>, 
 
 /**
  * getPeftModel for the CLI. Method fields given as command-line flags that the method does not
- * have (the adapter's "unknown … field" warnings) are typos there (`--stpes 3`): an error, and
+ * have (the adapter's `unknown_field` warnings) are typos there (`--stpes 3`): an error, and
  * not also a warning that says the field was kept. In a `--method-config` file such fields are
  * kept with a warning, as PEFT does; the other warnings print as `warning:` lines.
  */
 export async function cliPeftModel(model: LlamaModel, config: PeftConfig, seed: number | undefined, command: string, flags: Record<string, unknown>, io: Io): Promise<PeftModel> {
   const peft = await getPeftModel(model, config, { seed, warn: false })
   const given = new Set(methodFlags(command, flags).map(toSnake))
-  const field = (w: string) => /^unknown \w+ field `([^`]+)`/.exec(w)?.[1]
-  const unknown = peft.warnings.map(field).filter((k): k is string => k !== undefined && given.has(k))
+  const unknown = peft.warningDetails.flatMap((w) => (w.code === 'unknown_field' && w.field !== null && given.has(w.field) ? [w.field] : []))
   if (unknown.length > 0) {
     peft.dispose()
     throw unknownOptionError(command, unknown.map(toCamel), String(config.peftType))

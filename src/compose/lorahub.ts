@@ -10,7 +10,8 @@ import type { PeftModel } from '../peft'
 import { collate } from '../data/batches'
 import { targetCount } from '../data/tokenize'
 import { cmaes } from './cmaes'
-import { adapterNameArg, adapterNameArgs, flatIds, flatLabels } from '../inputs'
+import { adapterNameArg, adapterNameArgs, nativeBatch } from '../inputs'
+import { peftWarnings } from '../warnings'
 
 export interface LoraHubExample {
   inputIds: number[]
@@ -51,7 +52,7 @@ export interface LoraHubResult {
 export async function composeLoraHub(peft: PeftModel, adapters: string[], weights: number[], name: string): Promise<void> {
   adapterNameArgs('adapters', adapters)
   adapterNameArg('name', name)
-  for (const w of await peft.baseModel.native.composeLorahub(adapters, weights, name)) process.emitWarning(w, 'PeftWarning')
+  peftWarnings(await peft.baseModel.native.composeLorahub(adapters, weights, name))
 }
 
 /** The token-weighted mean loss of `examples` with the active adapters, in inference mode. */
@@ -65,15 +66,7 @@ export async function examplesLoss(peft: PeftModel, examples: LoraHubExample[], 
   for (let s = 0; s < usable.length; s += bs) {
     const b = collate(usable.slice(s, s + bs).map((e) => ({ ...e, where: 'lorahub' })), o.padTokenId ?? 0)
     // Checked like forward's inputs: ids out of the vocabulary would wrap into it natively.
-    const vocab = peft.config.vocab_size
-    const ids = flatIds('examples inputIds', b.inputIds, vocab)
-    const loss = await native.inferenceLoss(
-      ids.data,
-      ids.batch,
-      ids.seq,
-      Uint8Array.from(b.attentionMask.flat()),
-      flatLabels('examples labels', b.labels, ids.batch, ids.seq, vocab),
-    )
+    const loss = await native.inferenceLoss(nativeBatch('examples ', b, peft.config.vocab_size))
     sum += loss * b.targetTokens
     count += b.targetTokens
   }

@@ -7,6 +7,7 @@
 import type { PeftModel } from '../peft'
 import { adapterNameArg, adapterNameArgs } from '../inputs'
 import { examplesLoss, type LoraHubExample } from './lorahub'
+import { peftWarnings } from '../warnings'
 
 export interface AdapterSoupOptions {
   /** Adapters already on the model, of one method and config (a LoRA per domain, say). */
@@ -44,7 +45,7 @@ export async function adapterSoup(peft: PeftModel, o: AdapterSoupOptions): Promi
     losses[a] = await examplesLoss(peft, o.examples, o)
   }
   const selected = [...o.adapters].sort((x, y) => losses[x] - losses[y]).slice(0, k)
-  for (const w of await peft.baseModel.native.addComposedAdapter('adapter-soup', selected, name)) process.emitWarning(w, 'PeftWarning')
+  peftWarnings(await peft.baseModel.native.addComposedAdapter('adapter-soup', selected, name))
   peft.setAdapter(name)
   return { selected, losses, loss: await examplesLoss(peft, o.examples, o) }
 }

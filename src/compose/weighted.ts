@@ -2,6 +2,7 @@
 // core checks the values (names, ranks, density, base models) with errors naming them.
 import type { NativeModel } from '../native'
 import { intArg } from '../inputs'
+import type { NativeWarning } from '../../index'
 
 export type CombinationType =
   | 'svd'
@@ -43,7 +44,7 @@ export async function addWeightedAdapter(
   weights: number[],
   name: string,
   o: WeightedAdapterOptions = {},
-): Promise<string[]> {
+): Promise<NativeWarning[]> {
   check(Array.isArray(adapters) && adapters.every((a) => typeof a === 'string'), 'adapters', 'an array of adapter names', adapters)
   check(Array.isArray(weights) && weights.every((w) => typeof w === 'number'), 'weights', 'an array of numbers', weights)
   check(typeof name === 'string', 'adapterName', 'a string', name)

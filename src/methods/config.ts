@@ -3,6 +3,7 @@
 // PEFT option can be given; the native core validates them and warns about unknown ones.
 
 import type { NativeModel } from '../native'
+import type { NativeWarning } from '../../index'
 
 export type PeftType = string
 
@@ -62,7 +63,7 @@ export abstract class PeftConfig {
    * @internal Adds the adapter when the JSON config alone cannot describe it (native handles,
    * e.g. Fisher scores); undefined: the plain path.
    */
-  addTo(_native: NativeModel, _name: string, _seed: number): Promise<string[]> | undefined {
+  addTo(_native: NativeModel, _name: string, _seed: number): Promise<NativeWarning[]> | undefined {
     return undefined
   }
 }

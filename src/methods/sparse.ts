@@ -8,6 +8,8 @@ import { Tensor } from '../tensor'
 import { flatBatches, type IdRows } from '../inputs'
 import type { NativeModel } from '../native'
 import type * as Native from '../../index'
+import { peftWarnings } from '../warnings'
+import type { NativeWarning } from '../../index'
 
 export type MaskType = 'magnitude' | 'smallest_magnitude' | 'fisher' | 'random'
 
@@ -45,7 +47,7 @@ export class SparseMaskConfig extends PeftConfig {
   }
 
   /** @internal A "fisher" mask needs the native scores, which JSON cannot carry. */
-  override addTo(native: NativeModel, name: string, seed: number): Promise<string[]> | undefined {
+  override addTo(native: NativeModel, name: string, seed: number): Promise<NativeWarning[]> | undefined {
     return this.fisher ? native.addSparseMaskAdapter(name, JSON.stringify(this.toJSON()), seed, this.fisher.native) : undefined
   }
 }
@@ -103,6 +105,6 @@ export async function estimateFisher(model: LlamaModel | PeftModel, batches: Fis
   if (!Array.isArray(batches) || batches.length === 0) throw new Error('batches: expected a non-empty array of { inputIds, labels }')
   const flat = flatBatches(batches, base.config.vocab_size)
   const scores = new FisherScores(await base.native.estimateFisher(JSON.stringify(snakeKeys({ ...opts })), flat))
-  for (const w of scores.native.warnings) process.emitWarning(w, 'PeftWarning')
+  peftWarnings(scores.native.warnings)
   return scores
 }

@@ -15,6 +15,7 @@
 //   - the chunked LM head + cross-entropy (crates/peft-core/src/ops/linear_cross_entropy.rs:
 //     ~2^23 logits per chunk, over a quantized head too), where the full logits never exist.
 // There is no KV cache in training (it is a generation-time term), so it is reported apart.
+import { dtypeNames, dtypeOfStorage, findDType } from '../dtype'
 
 /** One base tensor as it will sit in memory: its element count and stored type. */
 export interface PlanTensor {
@@ -80,18 +81,19 @@ export interface MemoryPlan {
 export const COMPONENTS = ['baseline', 'baseWeights', 'adapterWeights', 'gradients', 'optimizerState', 'activations', 'logitsLoss', 'workspace'] as const
 export type ComponentName = (typeof COMPONENTS)[number]
 
-/** Bytes per block / values per block of the ggml types (ggml-common.h block structs). */
+/** Bytes per block / values per block of ggml's block types (ggml-common.h block structs); the float types' sizes are the core's (`src/dtype.ts`). */
 const GGML_BLOCKS: Record<string, [number, number]> = {
-  F32: [4, 1], F16: [2, 1], BF16: [2, 1], Q4_0: [18, 32], Q4_1: [20, 32], Q5_0: [22, 32], Q5_1: [24, 32],
+  Q4_0: [18, 32], Q4_1: [20, 32], Q5_0: [22, 32], Q5_1: [24, 32],
   Q8_0: [34, 32], Q8_1: [36, 32], Q2K: [84, 256], Q3K: [110, 256], Q4K: [144, 256], Q5K: [176, 256], Q6K: [210, 256], Q8K: [292, 256],
 }
 
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1)
 
 export function typeBytes(type: string, elements: number): number {
-  const key = type.toUpperCase().replace('_K', 'K').replace(/^FLOAT32$/, 'F32').replace(/^(FLOAT16|HALF)$/, 'F16').replace(/^BFLOAT16$/, 'BF16')
-  const b = GGML_BLOCKS[key]
-  if (!b) throw new Error(`planMemory: tensor type "${type}" is not known (expected one of ${Object.keys(GGML_BLOCKS).join(', ')})`)
+  const float = findDType(type) ?? dtypeOfStorage(type)
+  if (float) return elements * float.bytes
+  const b = GGML_BLOCKS[type.toUpperCase().replace('_K', 'K')]
+  if (!b) throw new Error(`planMemory: tensor type "${type}" is not known (expected ${dtypeNames()}, or one of ${Object.keys(GGML_BLOCKS).join(', ')})`)
   return Math.ceil(elements / b[1]) * b[0]
 }
 

@@ -4,6 +4,7 @@ import { readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { native } from '../native'
 import { typeBytes, type ModelShape, type PlanTensor } from './formula'
+import { dtypeNames, findDType } from '../dtype'
 
 function dim(config: Record<string, unknown>, key: string, where: string, fallback?: number): number {
   const v = config[key] ?? fallback
@@ -49,15 +50,13 @@ export function tensorsFromShape(s: ModelShape, type: string): PlanTensor[] {
   return out
 }
 
-const DTYPES: Record<string, string> = { float32: 'F32', f32: 'F32', float16: 'F16', f16: 'F16', bfloat16: 'BF16', bf16: 'BF16' }
-
 /** `torch_dtype` / `dtype` of a config.json as a type name (F32 when absent). */
 export function storageType(config: Record<string, unknown>, where: string): string {
   const d = config.torch_dtype ?? config.dtype
   if (d === undefined || d === null) return 'F32'
-  const t = DTYPES[String(d)]
-  if (!t) throw new Error(`planMemory: ${where}: \`torch_dtype\` ${JSON.stringify(d)} is not one of ${Object.keys(DTYPES).join(', ')}`)
-  return t
+  const t = findDType(String(d))
+  if (!t) throw new Error(`planMemory: ${where}: \`torch_dtype\` ${JSON.stringify(d)} is not one of ${dtypeNames()}`)
+  return t.storage
 }
 
 export interface PlannedModel {
@@ -91,8 +90,8 @@ export function plannedModel(model: string | Record<string, unknown>, dtype?: st
 }
 
 function plannedAsStored(model: string | Record<string, unknown>, dtype?: string): PlannedModel {
-  const as = dtype === undefined ? undefined : DTYPES[dtype]
-  if (dtype !== undefined && !as) throw new Error(`planMemory: dtype: expected one of ${Object.keys(DTYPES).join(', ')}, found ${JSON.stringify(dtype)}`)
+  const as = dtype === undefined ? undefined : findDType(dtype)?.storage
+  if (dtype !== undefined && !as) throw new Error(`planMemory: dtype: expected one of ${dtypeNames()}, found ${JSON.stringify(dtype)}`)
   if (typeof model !== 'string') return fromConfig(model, 'config', as)
   let isFile: boolean
   try {

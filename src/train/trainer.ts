@@ -46,7 +46,6 @@ export class Trainer extends EventEmitter {
   #lastEval: EvalInfo | null = null
   #end: EndInfo | null = null
   /** AdaLoRA: the rank allocation runs after each optimizer step. */
-  #adalora = false
   /** SoRA: the proximal gate step runs after each optimizer step. */
   #sora = false
   /** FAR and LT-SFT: their mask procedure runs after each optimizer step; Fish-Dip: its mask update before each step's forward. */
@@ -95,7 +94,7 @@ export class Trainer extends EventEmitter {
       const r = await accumulateGradients(this.model, micro, seeds, this.#names)
       const gradNorm = await clipGradNorm(this.model.parameters({ trainableOnly: true }), o.maxGradNorm > 0 ? o.maxGradNorm : Infinity)
       await this.#opt!.step()
-      if (this.#adalora) await this.model.updateAndAllocate(this.step) // reads the gradients: before zeroGrad, as PEFT requires
+      await this.model.afterStep(this.step) // each method's per-step rule (AdaLoRA's allocation reads the gradients: before zeroGrad, as PEFT requires)
       const soraRanks = this.#sora ? this.model.soraProximalStep(lr) : []
       const restarts = this.#periodic ? this.model.periodicLoraRestart(this.step + 1, mixSeed(o.seed, this.step, 0, 0x9e1)) : []
       for (const r of restarts) this.#opt!.resetState(r.reset)
@@ -159,7 +158,7 @@ export class Trainer extends EventEmitter {
     this.#opt.zeroGrad()
     const w = { warmupSteps: o.warmupSteps, totalSteps: Number.isFinite(this.totalSteps) ? this.totalSteps : 0 }
     this.#sched = new LRScheduler(this.#opt, o.lrSchedule === 'constant' ? constantSchedule(w) : o.lrSchedule === 'cosine' ? cosineSchedule(w) : linearSchedule(w))
-    this.#adalora = checkAdaLora(this.model, this.totalSteps)
+    checkAdaLoraSchedule(this.model, this.totalSteps)
     this.#sora = this.model.activeAdapters.some((n) => this.model.peftConfig[n]?.peft_type === 'SORA')
     const types = this.model.activeAdapters.map((n) => this.model.peftConfig[n]?.peft_type)
     this.#maskProcedure = types.some((t) => t === 'FAR' || t === 'LT_SFT')
@@ -199,19 +198,18 @@ export class Trainer extends EventEmitter {
 }
 
 /**
- * Whether the active adapter is AdaLoRA (whose `total_step`, required by PEFT's
- * AdaLoraConfig, drives the budget schedule). A `total_step` other than the Trainer's
+ * An active AdaLoRA adapter needs `total_step` (required by PEFT's AdaLoraConfig; it drives
+ * the budget schedule that `afterStep` follows). A `total_step` other than the Trainer's
  * total steps is allowed, as in PEFT, but warned about: the final allocation happens at
  * total_step − tfinal, so a shorter run ends before it.
  */
-function checkAdaLora(model: PeftModel, totalSteps: number): boolean {
+function checkAdaLoraSchedule(model: PeftModel, totalSteps: number): void {
   const c = model.peftConfig[model.activeAdapter]
-  if (c?.peft_type !== 'ADALORA') return false
+  if (c?.peft_type !== 'ADALORA') return
   const total = Number(c.total_step)
   if (!Number.isInteger(total) || total <= 0) throw new Error(`Trainer: the AdaLoRA adapter \`${model.activeAdapter}\` needs total_step (its budget schedule's length); set totalStep to ${totalSteps}`)
   if (total !== totalSteps) {
     const at = total - Number(c.tfinal ?? 0)
     process.emitWarning(`AdaLoRA total_step ${total} differs from the Trainer's ${totalSteps} steps: the final rank allocation is at step ${at}`, 'PeftWarning')
   }
-  return true
 }

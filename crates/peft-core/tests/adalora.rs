@@ -127,7 +127,7 @@ fn adalora_init_and_config_errors() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     let (_, w) = peft_core::tuners::parse_config(&json!({"peft_type": "ADALORA", "total_step": 5, "r": 4}), None, std::path::Path::new("x")).unwrap();
-    assert!(w.iter().any(|w| w.contains("init_r")), "{w:?}");
+    assert!(w.iter().any(|w| w.message.contains("init_r")), "{w:?}");
     tuners.inject(&mut model, "default", config("ADALORA", json!({"total_step": 5})), 0).unwrap();
     assert_eq!(tuners.modules("default").unwrap().len(), 4, "q_proj and v_proj by default");
     assert_eq!(model.store.by_name(A0).unwrap().dims(), [12, 64], "init_r 12 by default");

@@ -241,7 +241,7 @@ fn bad_configs_name_the_key() {
         assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");
     }
     let (_, warnings) = peft_core::tuners::parse_config(&cfg(json!({"rank_sampler": "geometric"})), None, std::path::Path::new("t")).unwrap();
-    assert!(warnings.iter().any(|w| w.contains("rank_sampler")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.message.contains("rank_sampler")), "{warnings:?}");
     let mut model = load_model();
     let mut tuners = Tuners::new();
     tuners.inject(&mut model, "default", lora(json!({"r": 4})), 0).unwrap();

@@ -200,7 +200,7 @@ fn bad_configs_name_the_key() {
         assert!(e.contains(&format!("`{key}`")), "{cfg}: {e}");
     }
     let (_, warnings) = peft_core::tuners::parse_config(&json!({"peft_type": "UNIPELT", "shiny": 1}), None, std::path::Path::new("t")).unwrap();
-    assert!(warnings.iter().any(|w| w.contains("shiny")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.message.contains("shiny")), "{warnings:?}");
 }
 
 /// From the default inits (zero B, zero W_up): after two AdamW steps every trainable

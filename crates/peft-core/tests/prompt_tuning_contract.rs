@@ -51,7 +51,7 @@ fn bad_prompt_configs_name_the_key() {
 fn unknown_fields_are_kept_with_a_warning() {
     let v = json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "my_field": 7});
     let (c, w) = peft_core::tuners::parse_config(&v, None, std::path::Path::new("t")).unwrap();
-    assert!(w.iter().any(|w| w.contains("my_field")), "{w:?}");
+    assert!(w.iter().any(|w| w.message.contains("my_field")), "{w:?}");
     assert_eq!(c.to_json()["my_field"], 7);
 }
 

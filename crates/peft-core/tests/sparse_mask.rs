@@ -282,7 +282,7 @@ fn bad_configs_name_the_key() {
 #[test]
 fn unknown_fields_are_kept_with_a_warning() {
     let (c, w) = SparseMaskConfig::from_value(&json!({"peft_type": "SPARSE_MASK", "density": 0.5, "sparsity_schedule": "cubic"}), Path::new("x")).unwrap();
-    assert!(w.iter().any(|w| w.contains("sparsity_schedule")), "{w:?}");
+    assert!(w.iter().any(|w| w.message.contains("sparsity_schedule")), "{w:?}");
     assert_eq!(peft_core::tuners::TunerConfig::to_json(&c)["sparsity_schedule"], "cubic");
     let _ = config(&json!({"peft_type": "SPARSE_MASK", "density": 0.5}));
 }

@@ -50,7 +50,7 @@ fn without_saved_projections_they_are_regenerated_from_the_key() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     let report = load_adapter(&mut tuners, &mut model, &d, "default", false).unwrap();
-    assert!(report.warnings.iter().any(|w| w.contains("save_projection")), "{:?}", report.warnings);
+    assert!(report.warnings.iter().any(|w| w.message.contains("save_projection")), "{:?}", report.warnings);
     let e = max_masked_diff(&logits_with(&model, Some(&tuners)), &expected("vera")["logits"], &inputs().attention_mask);
     assert!(e < 1e-4, "logits off by {e}");
     // Saved back the same way: no projections in the file.

@@ -1,11 +1,12 @@
 //! Combining adapters on a model handle: PEFT's `add_weighted_adapter`, LoRAHub's
 //! element-wise composition, and the inference-mode loss its search evaluates.
 use crate::error::{invalid, Result};
-use crate::job::{NumberJob, StringsJob};
-use crate::model::{rows, with_model, with_model_mut, NativeModel};
-use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
+use crate::job::{NumberJob, WarningsJob};
+use crate::batch::BatchInput;
+use crate::model::{with_model, with_model_mut, NativeModel};
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::{loss, Batch};
+use peft_core::model::loss;
 use peft_core::tuners::lora::WeightedOptions;
 
 /// `add_weighted_adapter`'s keyword arguments (camelCase; defaults as PEFT's).
@@ -24,8 +25,8 @@ pub struct WeightedAdapterOptions {
 #[napi]
 impl NativeModel {
     /// Adds adapter `name`, the weighted combination of `adapters`; returns warnings.
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn add_weighted_adapter(&self, adapters: Vec<String>, weights: Vec<f64>, name: String, options: Option<WeightedAdapterOptions>) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn add_weighted_adapter(&self, adapters: Vec<String>, weights: Vec<f64>, name: String, options: Option<WeightedAdapterOptions>) -> Result<AsyncTask<WarningsJob>> {
         let d = WeightedOptions::default();
         let o = options.unwrap_or(WeightedAdapterOptions {
             combination_type: None, svd_rank: None, svd_clamp: None, svd_full_matrices: None, density: None, majority_sign_method: None, seed: None,
@@ -44,7 +45,7 @@ impl NativeModel {
             seed: seed as u64,
         };
         let shared = self.inner.clone();
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let names: Vec<&str> = adapters.iter().map(String::as_str).collect();
                 m.tuners.add_weighted_adapter(&mut m.llama, &names, &weights, &name, &opts)
@@ -54,10 +55,10 @@ impl NativeModel {
 
     /// Sets adapter `name` to LoRAHub's composition A = Σ wᵢAᵢ, B = Σ wᵢBᵢ (added on the
     /// first call); returns warnings.
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn compose_lorahub(&self, adapters: Vec<String>, weights: Vec<f64>, name: String) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn compose_lorahub(&self, adapters: Vec<String>, weights: Vec<f64>, name: String) -> Result<AsyncTask<WarningsJob>> {
         let shared = self.inner.clone();
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let names: Vec<&str> = adapters.iter().map(String::as_str).collect();
                 m.tuners.compose_lorahub(&mut m.llama, &names, &weights, &name)
@@ -67,13 +68,8 @@ impl NativeModel {
 
     /// The mean causal-LM loss of a batch in inference mode: no graph, no dropout.
     #[napi(ts_return_type = "Promise<number>")]
-    pub fn inference_loss(&self, ids: Uint32Array, batch: u32, seq: u32, attention_mask: Option<Uint8Array>, labels: Int32Array) -> Result<AsyncTask<NumberJob>> {
-        let (b, t) = (batch as usize, seq as usize);
-        let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
-        if let Some(mask) = attention_mask {
-            input.attention_mask = Some(rows(&mask, b, t, "attentionMask")?);
-        }
-        let labels: Vec<Vec<i64>> = rows(&labels, b, t, "labels")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect();
+    pub fn inference_loss(&self, input: BatchInput) -> Result<AsyncTask<NumberJob>> {
+        let (input, labels) = input.to_labelled("")?;
         let shared = self.inner.clone();
         Ok(NumberJob::spawn(move || {
             with_model(&shared, |m| {

@@ -1,5 +1,7 @@
-//! The one place where core errors become JS errors (panics: see `job.rs`).
+//! The one place where core errors become JS errors (panics: see `job.rs`), and core
+//! warnings JS objects.
 use napi::{Error, Status};
+use napi_derive::napi;
 
 pub use napi::Result;
 
@@ -26,4 +28,24 @@ pub fn graph_freed() -> Error {
         Status::GenericFailure,
         "backward: the graph of this loss was freed by the first backward(); pass { retainGraph: true } to the first call to backward twice",
     )
+}
+
+/// A core warning (`peft_core::Warning`) as JS sees it: `code` ("unknown_field",
+/// "ignored_field", "non_finite" or "other"), the config key or tensor it is about, and the
+/// sentence for people.
+#[napi(object)]
+pub struct NativeWarning {
+    pub code: String,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+pub fn to_js_warnings<W: Into<peft_core::Warning>>(warnings: Vec<W>) -> Vec<NativeWarning> {
+    warnings
+        .into_iter()
+        .map(|w| {
+            let w = w.into();
+            NativeWarning { code: w.code.as_str().into(), field: w.field, message: w.message }
+        })
+        .collect()
 }

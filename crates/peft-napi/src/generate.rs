@@ -46,6 +46,8 @@ pub struct GenerateArgs {
     pub top_p: f64,
     pub seed: i64,
     pub stop_token_ids: Vec<u32>,
+    /// One adapter (or `__base__`) per row, PEFT's `adapter_names=`.
+    pub adapter_names: Option<Vec<String>>,
 }
 
 /// Per step: the new token of each row, -1 for rows already finished.
@@ -61,7 +63,6 @@ impl NativeModel {
         args: GenerateArgs,
         on_step: Option<StepCallback>,
         abort: Option<&NativeAbort>,
-        adapter_names: Option<Vec<String>>,
     ) -> Result<AsyncTask<IdsJob>> {
         let opts = GenerateOptions {
             max_new_tokens: args.max_new_tokens as usize,
@@ -74,13 +75,14 @@ impl NativeModel {
             seed: args.seed as u64,
             stop_token_ids: args.stop_token_ids,
         };
+        let adapter_names = args.adapter_names;
         // The caller's AbortSignal, or a flag of our own: either is set when the process exits.
         let flag = abort.map(|a| a.flag.clone()).unwrap_or_default();
         crate::cancel::register(&env, &flag);
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
             with_model(&shared, |m| {
-                let ctx = crate::mixed::ctx_with_rows(m, true, None, adapter_names.as_deref())?;
+                let ctx = m.ctx_with_rows(true, None, adapter_names.as_deref())?;
                 let mut step = |toks: &[Option<u32>]| {
                     if let Some(cb) = &on_step {
                         let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();

@@ -62,7 +62,7 @@ job!(UnitJob, (), (), same);
 job!(NumberJob, f64, f64, same);
 job!(OptionalNumberJob, Option<f64>, Option<f64>, same);
 job!(StringJob, String, String, same);
-job!(StringsJob, Vec<String>, Vec<String>, same);
+job!(WarningsJob, Vec<peft_core::Warning>, Vec<crate::error::NativeWarning>, crate::error::to_js_warnings);
 job!(IdsJob, Vec<Vec<u32>>, Vec<Vec<u32>>, same);
 job!(Float32Job, Vec<f32>, Float32Array, Float32Array::new);
 job!(Float64Job, Vec<f64>, Float64Array, Float64Array::new);

@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adalora;
+mod batch;
 mod cancel;
 mod checkpoint;
 mod dylora;
@@ -14,7 +15,6 @@ mod compose;
 mod generate;
 mod graph;
 mod job;
-mod mixed;
 mod model;
 mod optim;
 mod peft;

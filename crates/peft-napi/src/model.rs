@@ -1,63 +1,17 @@
 //! The model handle: loading, forward (with the loss), parameters.
 use crate::error::{closed, invalid, to_js, Result};
 use crate::job::{ModelJob, TensorsJob};
-use crate::tensor::{dtype_name, NativeTensor};
+use crate::tensor::NativeTensor;
+use peft_core::dtype::name as dtype_name;
 use candle_core::{DType, Device};
-use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
+use crate::batch::{BatchInput, ForwardOptions};
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::{loss, Batch, Checkpointing, Ctx, CausalLm, LoadOptions, ParamStore};
-use peft_core::tokenizer::Tokenizer;
-use peft_core::tuners::adalora::RankAllocator;
-use peft_core::tuners::aux_loss::training_loss;
-use peft_core::tuners::{Tuners, WithTuners};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use peft_core::model::{Checkpointing, CausalLm, LoadOptions};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-pub struct ModelState {
-    pub llama: CausalLm,
-    pub tokenizer: Option<Tokenizer>,
-    pub tuners: Tuners,
-    /// What the model was loaded from: adapters record it as `base_model_name_or_path`.
-    pub source: String,
-    /// PyTorch's `model.train()`: adapter dropout applies only then.
-    pub training: bool,
-    /// Seeds each training forward's dropout differently, reproducibly.
-    pub forward_count: AtomicU64,
-    /// AdaLoRA's importance EMAs, per adapter, between `updateAndAllocate` calls.
-    pub allocators: HashMap<String, RankAllocator>,
-    /// transformers' `gradient_checkpointing_enable()`: forwards that build a graph keep only
-    /// each decoder layer's input and recompute the layer in the backward.
-    pub gradient_checkpointing: bool,
-    /// The auxiliary loss terms (MixLoRA's load balancing) of the last training forward, by name.
-    pub last_aux_losses: Mutex<BTreeMap<String, f64>>,
-}
-
-impl ModelState {
-    pub fn new(llama: CausalLm, tokenizer: Option<Tokenizer>, source: String) -> Self {
-        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new(), gradient_checkpointing: false, last_aux_losses: Mutex::default() }
-    }
-
-    /// The forward context: the attached adapters, and dropout in training mode, seeded by
-    /// `seed` or else by a per-model counter.
-    pub fn ctx(&self, no_grad: bool, seed: Option<u64>) -> Ctx<'_> {
-        self.ctx_without_adapters(no_grad, seed).with_tuners(&self.tuners)
-    }
-
-    /// `ctx` with nothing attached yet (mixed batches attach the adapters per row).
-    pub fn ctx_without_adapters(&self, no_grad: bool, seed: Option<u64>) -> Ctx<'_> {
-        let ctx = Ctx::new(&self.llama.store, no_grad);
-        if self.training && !no_grad {
-            ctx.training(seed.unwrap_or_else(|| self.forward_count.fetch_add(1, Ordering::Relaxed)))
-        } else {
-            ctx
-        }
-    }
-
-    pub fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.llama.store
-    }
-}
+pub use peft_core::state::ModelState;
 
 pub type SharedModel = Arc<RwLock<Option<ModelState>>>;
 
@@ -72,13 +26,7 @@ pub fn with_model_mut<R>(m: &SharedModel, f: impl FnOnce(&mut ModelState) -> pef
 }
 
 pub fn parse_dtype(s: Option<&str>) -> Result<DType> {
-    Ok(match s.unwrap_or("float32") {
-        "float32" | "f32" => DType::F32,
-        "float64" | "f64" => DType::F64,
-        "float16" | "f16" => DType::F16,
-        "bfloat16" | "bf16" => DType::BF16,
-        other => return Err(invalid("dtype", "\"float32\", \"float16\", \"bfloat16\" or \"float64\"", format!("{other:?}"))),
-    })
+    peft_core::dtype::parse(s.unwrap_or("float32"), "dtype").map_err(to_js)
 }
 
 pub fn parse_device(s: Option<&str>) -> Result<Device> {
@@ -104,6 +52,8 @@ pub struct ParamInfo {
     pub storage: Option<String>,
     pub requires_grad: bool,
     pub has_grad: bool,
+    /// The name PEFT's `named_parameters()` gives it (`Tuners::peft_names`).
+    pub peft_name: String,
 }
 
 #[napi]
@@ -122,13 +72,6 @@ pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -
     }))
 }
 
-pub(crate) fn rows<T: Copy>(flat: &[T], batch: usize, seq: usize, name: &str) -> Result<Vec<Vec<T>>> {
-    if batch * seq != flat.len() || batch == 0 || seq == 0 {
-        return Err(invalid(name, &format!("{} values for shape [{batch}, {seq}]", batch * seq), format!("{} values", flat.len())));
-    }
-    Ok(flat.chunks(seq).map(<[T]>::to_vec).collect())
-}
-
 #[napi]
 impl NativeModel {
     /// The resolved config, as JSON in Hugging Face's key names.
@@ -137,79 +80,26 @@ impl NativeModel {
         with_model(&self.inner, |m| Ok(m.llama.config.resolved_json().to_string()))
     }
 
-    /// Logits [b, t, vocab], and the mean loss when labels are given. `ids` is [b, t] flattened.
-    /// `dropout_seed` makes a training step's dropout reproducible (checkpoint resume).
-    /// `adapter_names`: one adapter (or `__base__`) per row, PEFT's `adapter_names=`.
+    /// Logits [b, t, vocab], and the mean loss when labels are given.
     /// `return_logits` false (labels needed): the loss alone, computed chunk by chunk without
     /// the [b, t, vocab] logits (`CausalLm::loss_sum`); the result is then `[loss]`.
     #[napi]
-    pub fn forward(
-        &self,
-        ids: Uint32Array,
-        batch: u32,
-        seq: u32,
-        attention_mask: Option<Uint8Array>,
-        labels: Option<Int32Array>,
-        dropout_seed: Option<i64>,
-        position_ids: Option<Int32Array>,
-        segment_ids: Option<Uint32Array>,
-        adapter_names: Option<Vec<String>>,
-        return_logits: Option<bool>,
-    ) -> Result<AsyncTask<TensorsJob>> {
-        let (b, t) = (batch as usize, seq as usize);
+    pub fn forward(&self, input: BatchInput, options: Option<ForwardOptions>) -> Result<AsyncTask<TensorsJob>> {
+        let ForwardOptions { dropout_seed, adapter_names, return_logits } = options.unwrap_or_default();
         let return_logits = return_logits.unwrap_or(true);
-        if !return_logits && labels.is_none() {
+        if !return_logits && input.labels.is_none() {
             return Err(invalid("returnLogits", "true (the default) when no labels are given", "false"));
         }
-        let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
-        if let Some(m) = attention_mask {
-            if m.len() != b * t {
-                return Err(invalid("attentionMask", &format!("shape [{b}, {t}] (the shape of inputIds)"), format!("{} values", m.len())));
-            }
-            input.attention_mask = Some(rows(&m, b, t, "attentionMask")?);
-        }
-        if let Some(p) = position_ids {
-            input.position_ids = Some(rows(&p, b, t, "positionIds")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect());
-        }
-        if let Some(s) = segment_ids {
-            input.segment_ids = Some(rows(&s, b, t, "segmentIds")?);
-        }
-        let labels: Option<Vec<Vec<i64>>> = match labels {
-            Some(l) => Some(rows(&l, b, t, "labels")?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect()),
-            None => None,
-        };
+        let (input, labels) = input.to_core("")?;
         let shared = self.inner.clone();
         let owner = self.inner.clone();
         let lent = Arc::downgrade(&self.inner);
         Ok(TensorsJob::spawn(move || {
             let (logits, loss, checkpoint) = with_model(&shared, |m| {
-                let mut ctx = crate::mixed::ctx_with_rows(m, false, dropout_seed.map(|s| s as u64), adapter_names.as_deref())?;
-                let checkpoint = m.gradient_checkpointing.then(|| Checkpointing::new(Arc::new(crate::checkpoint::LentModel(lent))));
-                if let Some(cp) = &checkpoint {
-                    ctx = ctx.with_checkpointing(cp.clone());
-                }
-                let (logits, loss) = match labels {
-                    Some(l) if !return_logits => {
-                        let (sum, count) = m.llama.loss_sum(&input, &ctx, &l)?;
-                        (None, Some((sum / count as f64)?))
-                    }
-                    l => {
-                        let logits = m.llama.forward(&input, &ctx, None, false)?;
-                        let loss = l.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
-                        (Some(logits), loss)
-                    }
-                };
-                let loss = match loss {
-                    Some(l) => {
-                        let (l, aux) = training_loss(l, &m.llama, &m.tuners, &ctx)?;
-                        if ctx.training {
-                            *m.last_aux_losses.lock().unwrap_or_else(|e| e.into_inner()) = aux;
-                        }
-                        Some(l)
-                    }
-                    None => None,
-                };
-                Ok((logits, loss, checkpoint))
+                let lent = || Checkpointing::new(Arc::new(crate::checkpoint::LentModel(lent)));
+                let (ctx, checkpoint) = m.training_ctx(dropout_seed.map(|s| s as u64), adapter_names.as_deref(), lent)?;
+                let out = m.forward(&input, labels.as_deref(), &ctx, return_logits)?;
+                Ok((out.logits, out.loss, checkpoint))
             })?;
             // One graph for both: the loss's backward frees the logits' graph too.
             let graph = crate::graph::Graph::new_shared_with(checkpoint);
@@ -266,13 +156,15 @@ impl NativeModel {
     #[napi]
     pub fn parameters(&self) -> Result<Vec<ParamInfo>> {
         with_model(&self.inner, |m| {
-            Ok(m.llama.store.iter().map(|(_, p)| ParamInfo {
+            let peft_names = m.tuners.peft_names(m.llama.store.iter().map(|(_, p)| p.name.as_str()));
+            Ok(m.llama.store.iter().zip(peft_names).map(|((_, p), peft_name)| ParamInfo {
                 name: p.name.clone(),
                 shape: p.dims().iter().map(|d| *d as u32).collect(),
                 dtype: dtype_name(p.dtype()).into(),
                 storage: p.quantized().map(|q| format!("{:?}", q.dtype())),
                 requires_grad: p.requires_grad(),
                 has_grad: p.grad.is_some(),
+                peft_name,
             }).collect())
         })
     }

@@ -1,7 +1,7 @@
 //! Adapters on a model handle: inject, load, save, switch, merge, unload. The model is
 //! modified in place, as PEFT's `inject_adapter` does; the TS `PeftModel` wraps the handle.
 use crate::error::Result;
-use crate::job::{StringsJob, UnitJob};
+use crate::job::{WarningsJob, UnitJob};
 use crate::model::{with_model, with_model_mut, NativeModel};
 use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
@@ -16,10 +16,10 @@ fn names_ref(names: &Option<Vec<String>>) -> Option<Vec<&str>> {
 #[napi]
 impl NativeModel {
     /// Attaches a new adapter from a PEFT config (JSON, snake_case); returns warnings.
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn add_adapter(&self, name: String, config_json: String, seed: i64) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn add_adapter(&self, name: String, config_json: String, seed: i64) -> Result<AsyncTask<WarningsJob>> {
         let shared = self.inner.clone();
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let value: serde_json::Value = serde_json::from_str(&config_json)
                     .map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
@@ -33,10 +33,10 @@ impl NativeModel {
     }
 
     /// Loads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn load_adapter(&self, dir: String, name: String, trainable: bool) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn load_adapter(&self, dir: String, name: String, trainable: bool) -> Result<AsyncTask<WarningsJob>> {
         let shared = self.inner.clone();
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let report = adapter::load_adapter(&mut m.tuners, &mut m.llama, Path::new(&dir), &name, trainable)?;
                 Ok(report.warnings)
@@ -120,8 +120,8 @@ impl NativeModel {
     }
 
     #[napi]
-    pub fn delete_adapter(&self, name: String) -> Result<Vec<String>> {
-        with_model_mut(&self.inner, |m| m.tuners.delete_adapter(&mut m.llama, &name))
+    pub fn delete_adapter(&self, name: String) -> Result<Vec<crate::error::NativeWarning>> {
+        with_model_mut(&self.inner, |m| m.tuners.delete_adapter(&mut m.llama, &name)).map(crate::error::to_js_warnings)
     }
 
     #[napi]

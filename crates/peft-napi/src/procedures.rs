@@ -3,7 +3,7 @@
 //! an optimizer step, and Fish-Dip's Fisher mask before the step's forward.
 use crate::error::Result;
 use crate::model::{with_model, NativeModel};
-use crate::sparse::{to_batch, FisherBatchInput};
+use crate::batch::BatchInput;
 use napi_derive::napi;
 use peft_core::tuners::{far, fish_dip, lt_sft, periodic_lora};
 
@@ -36,8 +36,8 @@ impl NativeModel {
     /// Before step `step` (0-based): Fish-Dip's mask from the Fisher scores on `batches`, for
     /// every active Fish-Dip adapter due at this step. Empty when none is due.
     #[napi]
-    pub fn fish_dip_update(&self, step: u32, batches: Vec<FisherBatchInput>) -> Result<Vec<MaskUpdate>> {
-        let batches = batches.iter().enumerate().map(|(i, b)| to_batch(i, b)).collect::<Result<Vec<_>>>()?;
+    pub fn fish_dip_update(&self, step: u32, batches: Vec<BatchInput>) -> Result<Vec<MaskUpdate>> {
+        let batches = batches.iter().enumerate().map(|(i, b)| b.to_fisher(i)).collect::<Result<Vec<_>>>()?;
         with_model(&self.inner, |m| {
             if !fish_dip::due(&m.tuners, step as usize)? {
                 return Ok(Vec::new());

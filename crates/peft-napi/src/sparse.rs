@@ -2,31 +2,21 @@
 //! adding a SPARSE_MASK adapter with those scores. The scores stay native (one tensor per
 //! targeted weight), passed to the adapter by handle.
 use crate::error::{closed, Result};
-use crate::job::{FisherJob, StringsJob};
-use crate::model::{rows, with_model_mut, NativeModel};
+use crate::job::{FisherJob, WarningsJob};
+use crate::batch::BatchInput;
+use crate::model::{with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
-use napi::bindgen_prelude::{AsyncTask, Int32Array, Uint32Array, Uint8Array};
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::Batch;
 use peft_core::tuners::sparse_mask::{estimate_fisher_until, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-
-/// One batch for `estimateFisher`: flat [batch, seq] ids and labels, and an optional mask.
-#[napi(object)]
-pub struct FisherBatchInput {
-    pub input_ids: Uint32Array,
-    pub batch: u32,
-    pub seq: u32,
-    pub attention_mask: Option<Uint8Array>,
-    pub labels: Int32Array,
-}
 
 /// Empirical Fisher scores by linear module path (from `estimateFisher`).
 #[napi]
 pub struct NativeFisherScores {
     scores: Mutex<Option<Arc<FisherScores>>>,
-    warnings: Vec<String>,
+    warnings: Vec<peft_core::Warning>,
 }
 
 impl NativeFisherScores {
@@ -53,8 +43,8 @@ impl NativeFisherScores {
 
     /// Warnings about the options (unknown fields).
     #[napi(getter)]
-    pub fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+    pub fn warnings(&self) -> Vec<crate::error::NativeWarning> {
+        crate::error::to_js_warnings(self.warnings.clone())
     }
 
     /// The scores [out, in] of one module, or null when it was not scored.
@@ -64,23 +54,13 @@ impl NativeFisherScores {
     }
 }
 
-pub(crate) fn to_batch(i: usize, x: &FisherBatchInput) -> Result<FisherBatch> {
-    let (b, t) = (x.batch as usize, x.seq as usize);
-    let mut batch = Batch::new(rows(&x.input_ids, b, t, &format!("batches[{i}].inputIds"))?);
-    if let Some(m) = &x.attention_mask {
-        batch.attention_mask = Some(rows(m, b, t, &format!("batches[{i}].attentionMask"))?);
-    }
-    let labels = rows(&x.labels, b, t, &format!("batches[{i}].labels"))?.into_iter().map(|r| r.into_iter().map(i64::from).collect()).collect();
-    Ok(FisherBatch { batch, labels })
-}
-
 #[napi]
 impl NativeModel {
     /// Fisher scores of the linears `options_json` targets (snake_case targeting fields),
     /// from the base model's gradients on `batches`.
     #[napi(ts_return_type = "Promise<NativeFisherScores>")]
-    pub fn estimate_fisher(&self, env: napi::Env, options_json: String, batches: Vec<FisherBatchInput>) -> Result<AsyncTask<FisherJob>> {
-        let batches: Vec<FisherBatch> = batches.iter().enumerate().map(|(i, b)| to_batch(i, b)).collect::<Result<_>>()?;
+    pub fn estimate_fisher(&self, env: napi::Env, options_json: String, batches: Vec<BatchInput>) -> Result<AsyncTask<FisherJob>> {
+        let batches: Vec<FisherBatch> = batches.iter().enumerate().map(|(i, b)| b.to_fisher(i)).collect::<Result<_>>()?;
         let shared = self.inner.clone();
         // One forward + backward per batch: an exiting process stops it between batches.
         let exiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -98,16 +78,16 @@ impl NativeModel {
     }
 
     /// `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`.
-    #[napi(ts_return_type = "Promise<Array<string>>")]
-    pub fn add_sparse_mask_adapter(&self, name: String, config_json: String, seed: i64, fisher: &NativeFisherScores) -> Result<AsyncTask<StringsJob>> {
+    #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
+    pub fn add_sparse_mask_adapter(&self, name: String, config_json: String, seed: i64, fisher: &NativeFisherScores) -> Result<AsyncTask<WarningsJob>> {
         let shared = self.inner.clone();
         let scores = fisher.scores()?;
-        Ok(StringsJob::spawn(move || {
+        Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
                 let value: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
                 let (config, mut warnings) = SparseMaskConfig::from_value(&value, Path::new("(config)"))?;
                 if config.mask_type != MaskType::Fisher {
-                    warnings.push("the Fisher scores are not used: `mask_type` is not \"fisher\"".into());
+                    warnings.push(peft_core::Warning::new(peft_core::WarningCode::IgnoredField, "mask_type", "the Fisher scores are not used: `mask_type` is not \"fisher\""));
                 }
                 let mut config = config;
                 peft_core::tuners::TunerConfig::set_base_model_name_or_path(&mut config, Some(m.source.clone()));

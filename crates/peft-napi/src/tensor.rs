@@ -47,17 +47,23 @@ impl NativeTensor {
     }
 }
 
-pub fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "float32",
-        DType::F64 => "float64",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::I64 => "int64",
-        DType::U32 => "uint32",
-        DType::U8 => "uint8",
-        _ => "other",
-    }
+/// One row of the core's dtype table (`peft_core::dtype`), for TS (`src/dtype.ts`).
+#[napi(object)]
+pub struct DTypeInfo {
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// safetensors' / ggml's type name: F32, F16, BF16, F64.
+    pub storage: String,
+    pub bytes: u32,
+}
+
+/// The floating-point dtypes, their aliases, storage names and byte sizes.
+#[napi]
+pub fn dtypes() -> Vec<DTypeInfo> {
+    peft_core::dtype::DTYPES
+        .iter()
+        .map(|d| DTypeInfo { name: d.name.into(), aliases: d.aliases.iter().map(|a| a.to_string()).collect(), storage: d.storage.into(), bytes: d.bytes as u32 })
+        .collect()
 }
 
 #[napi]
@@ -69,7 +75,7 @@ impl NativeTensor {
 
     #[napi(getter)]
     pub fn dtype(&self) -> Result<String> {
-        Ok(dtype_name(self.get()?.dtype()).into())
+        Ok(peft_core::dtype::name(self.get()?.dtype()).into())
     }
 
     #[napi]

@@ -19,7 +19,7 @@ pub const CONFIG_NAME: &str = "adapter_config.json";
 pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
 
 /// The config of an adapter folder, parsed for its `peft_type`, with warnings.
-pub fn read_config(dir: &Path) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
+pub fn read_config(dir: &Path) -> Result<(Box<dyn TunerConfig>, Vec<crate::Warning>)> {
     if !dir.exists() {
         return Err(Error::MissingFile { path: dir.into(), what: "an adapter folder (adapter_config.json + adapter_model.safetensors)".into() });
     }
@@ -67,7 +67,7 @@ pub fn load_adapter(tuners: &mut Tuners, model: &mut CausalLm, dir: &Path, name:
 
 /// Injects adapter `name` of `config` and fills it with `tensors` (PEFT's keys) read from `file`.
 #[allow(clippy::too_many_arguments)]
-fn attach(tuners: &mut Tuners, model: &mut CausalLm, mut config: Box<dyn TunerConfig>, mut warnings: Vec<String>,
+fn attach(tuners: &mut Tuners, model: &mut CausalLm, mut config: Box<dyn TunerConfig>, mut warnings: Vec<crate::Warning>,
     tensors: HashMap<String, Tensor>, file: &Path, name: &str, trainable: bool) -> Result<InjectReport> {
     config.set_inference_mode(!trainable);
     let file = file.to_path_buf();
@@ -87,7 +87,7 @@ fn attach(tuners: &mut Tuners, model: &mut CausalLm, mut config: Box<dyn TunerCo
 /// Copies the file's tensors into the freshly injected adapter, checking keys and shapes.
 /// Returns a warning for each tensor holding NaN or infinite values (a diverged training
 /// run saves them; the adapter then turns every output into NaN).
-fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<Vec<String>> {
+fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<String, Tensor>, file: &Path) -> Result<Vec<crate::Warning>> {
     let mut warnings = Vec::new();
     let expected = tuners.checkpoint_keys(model, name)?;
     let want: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
@@ -124,7 +124,7 @@ fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<Stri
     Ok(warnings)
 }
 
-fn nonfinite_warning(t: &Tensor, key: &str, file: &Path) -> Result<Option<String>> {
+fn nonfinite_warning(t: &Tensor, key: &str, file: &Path) -> Result<Option<crate::Warning>> {
     if !t.dtype().is_float() {
         return Ok(None);
     }
@@ -134,11 +134,12 @@ fn nonfinite_warning(t: &Tensor, key: &str, file: &Path) -> Result<Option<String
     if nan + inf == 0 {
         return Ok(None);
     }
-    Ok(Some(format!(
+    let message = format!(
         "{}: `{key}` holds {nan} NaN and {inf} infinite value(s) of {}; outputs with this adapter will be NaN/Inf (was it saved from a diverged run?)",
         file.display(),
         values.len()
-    )))
+    );
+    Ok(Some(crate::Warning::new(crate::WarningCode::NonFinite, key, message)))
 }
 
 fn list(keys: &[&str]) -> String {

@@ -15,12 +15,3 @@ pub(crate) fn open_file(path: &std::path::Path, what: &str) -> crate::error::Res
     std::fs::File::open(path).map_err(|e| crate::error::Error::io(path, e))
 }
 
-/// torch's name for a dtype, as `config.json` writes it.
-pub fn dtype_name(d: candle_core::DType) -> &'static str {
-    match d {
-        candle_core::DType::F16 => "float16",
-        candle_core::DType::BF16 => "bfloat16",
-        candle_core::DType::F64 => "float64",
-        _ => "float32",
-    }
-}

@@ -24,7 +24,7 @@ impl CausalLm {
     pub fn save_with_tokenizer(&self, dir: &Path, dtype: Option<candle_core::DType>, tokenizer: Option<&crate::tokenizer::Tokenizer>) -> Result<()> {
         let dtype = dtype.unwrap_or(self.dtype);
         if !dtype.is_float() {
-            return Err(Error::arg("dtype", "a floating-point dtype (float32, bfloat16, float16, float64)", format!("{dtype:?}")));
+            return Err(Error::arg("dtype", &format!("a floating-point dtype, {}", crate::dtype::expected()), format!("{dtype:?}")));
         }
         if dir.is_file() {
             return Err(Error::arg("dir", "a folder to write the checkpoint in", format!("{} (an existing file)", dir.display())));
@@ -45,7 +45,7 @@ impl CausalLm {
         let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         save_file(&tensors, Some(metadata), &dir.join("model.safetensors"))?;
         let mut config = self.config.to_hf_json();
-        config["torch_dtype"] = crate::io::dtype_name(dtype).into();
+        config["torch_dtype"] = crate::dtype::name(dtype).into();
         let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Unsupported(e.to_string()))?;
         write_atomic(&dir.join("config.json"), text.as_bytes())
     }

@@ -53,7 +53,7 @@ impl Fields {
     /// overlaid with `value`'s fields. `class` (e.g. `IA3Config`) names the config in
     /// warnings; `peft_type` must match. Returns the fields and warnings (unknown fields,
     /// non-causal task types, `runtime_config`).
-    pub fn parse(value: &Value, peft_type: &str, class: &str, defaults: impl Into<Value>, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn parse(value: &Value, peft_type: &str, class: &str, defaults: impl Into<Value>, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
         let mut map = base_defaults(peft_type);
         if let Value::Object(d) = defaults.into() {
@@ -62,11 +62,11 @@ impl Fields {
         let mut warnings = Vec::new();
         for (k, v) in obj {
             if k == "runtime_config" {
-                warnings.push("`runtime_config` is ignored: runtime configurations are only valid at runtime".into());
+                warnings.push(crate::Warning::runtime_config());
                 continue;
             }
             if !map.contains_key(k) {
-                warnings.push(format!("unknown {class} field `{k}` (kept and written back, not used)"));
+                warnings.push(crate::Warning::unknown_field(class, k));
             }
             map.insert(k.clone(), v.clone());
         }
@@ -79,7 +79,7 @@ impl Fields {
                 return Err(f.err("task_type", &format!("null or one of {}", TASK_TYPES.join(", "))));
             }
             if t != "CAUSAL_LM" {
-                warnings.push(format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM"));
+                warnings.push(format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM").into());
             }
         }
         f.bool("inference_mode")?;
@@ -174,7 +174,7 @@ impl Fields {
     }
 
     /// `fan_in_fan_out` on `nn.Linear` targets: PEFT warns and sets it to false.
-    pub fn fix_fan_in_fan_out(&mut self, warnings: &mut Vec<String>) -> Result<()> {
+    pub fn fix_fan_in_fan_out(&mut self, warnings: &mut Vec<crate::Warning>) -> Result<()> {
         if self.map.contains_key("fan_in_fan_out") && self.bool("fan_in_fan_out")? {
             warnings.push("fan_in_fan_out is set to True but the target modules are `torch.nn.Linear`; setting it to False (as PEFT does)".into());
             self.set("fan_in_fan_out", false);

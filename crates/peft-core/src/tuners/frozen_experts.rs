@@ -18,7 +18,7 @@ impl Tuners {
         name: &str,
         config: Box<dyn super::TunerConfig>,
         fill: impl Fn(&str, Vec<(&dyn AdapterLayer, Vec<Tensor>)>) -> Result<Vec<Tensor>>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<crate::Warning>> {
         for s in sources {
             self.adapter(s)?;
             if self.merged.values().any(|m| m.iter().any(|n| n == s)) {

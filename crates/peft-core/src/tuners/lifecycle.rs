@@ -22,7 +22,7 @@ pub(super) struct Adapter {
 #[derive(Debug, Default)]
 pub struct InjectReport {
     pub targeted: Vec<String>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::Warning>,
 }
 
 pub struct Tuners {
@@ -87,7 +87,7 @@ impl Tuners {
         };
         let paths: Vec<String> = sites.iter().map(|s| s.path().to_string()).collect();
         let infos: Vec<LinearInfo> = sites.iter().filter_map(|s| if let HookSite::Linear(l) = s { Some(l.clone()) } else { None }).collect();
-        let warnings = config.check_model(model, &infos)?;
+        let warnings = config.check_model(model, &infos)?.into_iter().map(crate::Warning::from).collect();
         let dtype = match model.dtype {
             DType::F16 | DType::BF16 => DType::F32,
             d => d,
@@ -185,6 +185,24 @@ impl Tuners {
             (a.config.checkpoint_key(&p.name, name), p.value().clone())
         });
         values.chain(exported).map(|(k, t)| a.config.checkpoint_tensor(&k, &t).map(|t| (k, t))).collect()
+    }
+
+    /// PEFT's `named_parameters()` name of each model parameter in `names`. Adapter and
+    /// prompt-encoder parameters are already named as PEFT names them; a base parameter gets
+    /// `base_model.model.` before it, and `.base_layer` before its last part when an adapter
+    /// wraps its module (PEFT's `BaseTunerLayer` keeps the original layer as `base_layer`).
+    pub fn peft_names<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let wrapped: std::collections::HashSet<&str> = self.adapters.iter().flat_map(|a| a.modules.iter().map(String::as_str)).collect();
+        let peft_name = |name: &str| {
+            if name.starts_with("base_model.") || name.starts_with("prompt_encoder.") {
+                return name.to_string();
+            }
+            match name.rsplit_once('.') {
+                Some((module, leaf)) if wrapped.contains(module) => format!("base_model.model.{module}.base_layer.{leaf}"),
+                _ => format!("base_model.model.{name}"),
+            }
+        };
+        names.into_iter().map(peft_name).collect()
     }
 
     /// Activates `names` in this order (their outputs are added in it). Unmerges first, as

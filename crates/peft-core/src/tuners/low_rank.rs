@@ -58,7 +58,7 @@ pub fn add_delta(weight: &Tensor, delta: &Tensor, sign: f64) -> Result<Tensor> {
 
 /// A LoRA variant's fields read by `Fields::parse` with LoRA's defaults plus `extra`, and its
 /// low-rank part (`r_what` says what r is, for errors).
-pub fn parse_fields(value: &Value, peft_type: &str, class: &str, extra: Value, r_what: &str, source: &std::path::Path) -> Result<(Fields, LowRank, Vec<String>)> {
+pub fn parse_fields(value: &Value, peft_type: &str, class: &str, extra: Value, r_what: &str, source: &std::path::Path) -> Result<(Fields, LowRank, Vec<crate::Warning>)> {
     let (f, warnings) = Fields::parse(value, peft_type, class, defaults(extra), source)?;
     let low_rank = LowRank::parse(&f, r_what)?;
     Ok((f, low_rank, warnings))

@@ -310,7 +310,7 @@ impl Clone for Box<dyn TunerConfig> {
 
 /// Parses an `adapter_config.json` value into the config of its method, by `peft_type`.
 /// `source` names the file (or the caller) in errors. Returns the config and its warnings.
-pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
+pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Box<dyn TunerConfig>, Vec<crate::Warning>)> {
     let peft_type = value.get("peft_type").and_then(Value::as_str);
     match peft_type {
         Some("LORA") => {
@@ -364,8 +364,9 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
     }
 }
 
-fn boxed<C: TunerConfig + 'static>(r: Result<(C, Vec<String>)>) -> Result<(Box<dyn TunerConfig>, Vec<String>)> {
-    r.map(|(c, w)| (Box::new(c) as Box<dyn TunerConfig>, w))
+/// Any warning type a method's reader returns (a `Warning`, or a plain sentence).
+fn boxed<C: TunerConfig + 'static, W: Into<crate::Warning>>(r: Result<(C, Vec<W>)>) -> Result<(Box<dyn TunerConfig>, Vec<crate::Warning>)> {
+    r.map(|(c, w)| (Box::new(c) as Box<dyn TunerConfig>, w.into_iter().map(Into::into).collect()))
 }
 
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[

@@ -114,12 +114,12 @@ fn ignored_arguments_warn() {
     let (mut model, mut tuners) = two_loras();
     let o = WeightedOptions { combination_type: "cat".into(), svd_rank: Some(2), density: Some(0.5), ..Default::default() };
     let w = tuners.add_weighted_adapter(&mut model, &["a", "b"], &[1.0, 1.0], "c", &o).unwrap();
-    assert!(w.iter().any(|w| w.contains("svd_rank and svd_clamp are ignored by combination_type \"cat\"")), "{w:?}");
-    assert!(w.iter().any(|w| w.contains("density is ignored")), "{w:?}");
+    assert!(w.iter().any(|w| w.message.contains("svd_rank and svd_clamp are ignored by combination_type \"cat\"")), "{w:?}");
+    assert!(w.iter().any(|w| w.message.contains("density is ignored")), "{w:?}");
     // One adapter is always combined linearly, whatever the type asked (PEFT).
     let o = WeightedOptions { combination_type: "ties".into(), density: Some(0.5), ..Default::default() };
     let w = tuners.add_weighted_adapter(&mut model, &["a"], &[2.0], "twice_a", &o).unwrap();
-    assert!(w.iter().any(|w| w.contains("density is ignored by combination_type \"linear\"")), "{w:?}");
+    assert!(w.iter().any(|w| w.message.contains("density is ignored by combination_type \"linear\"")), "{w:?}");
     let d = max_abs_diff(&delta(&model, &tuners, Q0, "twice_a"), &(delta(&model, &tuners, Q0, "a") * 2.0).unwrap());
     assert!(d < 1e-12, "{d}");
 }

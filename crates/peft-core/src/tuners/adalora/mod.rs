@@ -63,7 +63,7 @@ pub struct AdaLoraConfig {
 }
 
 impl AdaLoraConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = peft_defaults();
         let (mut f, mut warnings) = Fields::parse(value, "ADALORA", "AdaLoraConfig", defaults.clone(), source)?;
         f.refuse_unless_default(UNSUPPORTED, &defaults)?;

@@ -37,7 +37,7 @@ pub struct AdaMixConfig {
 }
 
 impl AdaMixConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 1.0, "sublayers": ["self_attn", "mlp"],
             "layers_to_transform": null, "init_weights": true, "modules_to_save": null, "num_experts": 4});
         let (fields, warnings) = Fields::parse(value, "ADAMIX", "AdaMixConfig", defaults, source)?;

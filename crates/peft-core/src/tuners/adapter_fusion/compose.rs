@@ -14,7 +14,7 @@ const SHAPE_FIELDS: [&str; 5] = ["bottleneck_size", "non_linearity", "scaling", 
 impl Tuners {
     /// Adds adapter `name`, an AdapterFusion over the serial bottleneck adapters `adapters`
     /// (copied into it, frozen); its Q, K, V train once it is made active. Returns warnings.
-    pub fn add_fusion_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], name: &str) -> Result<Vec<String>> {
+    pub fn add_fusion_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], name: &str) -> Result<Vec<crate::Warning>> {
         if adapters.len() < 2 || adapters.len() > super::MAX_FUSED {
             return Err(Error::arg("adapters", format!("2 to {} bottleneck adapters to fuse", super::MAX_FUSED), adapters.len()));
         }

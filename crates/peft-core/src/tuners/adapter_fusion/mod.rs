@@ -43,7 +43,7 @@ pub struct AdapterFusionConfig {
 }
 
 impl AdapterFusionConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 1.0, "sublayers": ["mlp"],
             "layers_to_transform": null, "init_weights": true, "modules_to_save": null, "num_adapters": 2, "adapter_names": null});
         let (fields, warnings) = Fields::parse(value, "ADAPTER_FUSION", "AdapterFusionConfig", defaults, source)?;

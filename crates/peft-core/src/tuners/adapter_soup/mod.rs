@@ -25,7 +25,7 @@ fn comparable(mut v: Value) -> Value {
 impl Tuners {
     /// Adds adapter `name` (inactive), the uniform weight average of `adapters`, which must
     /// share one config (but for `FREE_FIELDS`) and their frozen buffers. Returns warnings.
-    pub fn add_soup_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], name: &str) -> Result<Vec<String>> {
+    pub fn add_soup_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], name: &str) -> Result<Vec<crate::Warning>> {
         let Some(first) = adapters.first() else {
             return Err(Error::arg("adapters", "at least one adapter to average", 0));
         };

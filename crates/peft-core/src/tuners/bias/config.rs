@@ -16,7 +16,7 @@ pub struct BiasTuningConfig {
 }
 
 impl BiasTuningConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"target_modules": null, "exclude_modules": null, "layers_to_transform": null, "layers_pattern": null,
                               "init_weights": true, "modules_to_save": null});
         let (fields, warnings) = Fields::parse(value, "BIAS_TUNING", "BiasTuningConfig", defaults, source)?;

@@ -37,7 +37,7 @@ pub fn name(path: &str, attr: &str, adapter: &str, suffix: &str) -> String {
 }
 
 impl BottleneckConfig {
-    pub fn from_value(value: &Value, source: &Path, placement: Placement) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path, placement: Placement) -> Result<(Self, Vec<crate::Warning>)> {
         let (peft_type, class, defaults) = match placement {
             Placement::Serial => ("BOTTLENECK_ADAPTER", "BottleneckAdapterConfig", json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 1.0,
                 "sublayers": ["self_attn", "mlp"], "layers_to_transform": null, "init_weights": true, "modules_to_save": null})),

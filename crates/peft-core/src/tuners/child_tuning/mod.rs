@@ -37,7 +37,7 @@ pub struct ChildTuningConfig {
 }
 
 impl ChildTuningConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "CHILD_TUNING", "ChildTuningConfig", defaults(), source)?;
         f.no_modules_to_save()?;
         let child_ratio = f.num_in("child_ratio", |p| p > 0.0 && p <= 1.0, "a number in (0, 1]: the share of entries updated per step")?;

@@ -37,7 +37,7 @@ pub struct CompacterConfig {
 }
 
 impl CompacterConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"bottleneck_size": 16, "non_linearity": "gelu", "scaling": 1.0, "sublayers": ["self_attn", "mlp"],
             "layers_to_transform": null, "init_weights": true, "modules_to_save": null, "phm_dim": 4, "phm_rank": 1});
         let (fields, warnings) = Fields::parse(value, "COMPACTER", "CompacterConfig", defaults, source)?;

@@ -40,7 +40,7 @@ pub struct DeptConfig {
 }
 
 impl DeptConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
         if obj.get("peft_type").and_then(Value::as_str) != Some("DEPT") {
             return Err(Error::InvalidConfig { file: source.into(), key: "peft_type".into(), expected: "\"DEPT\"".into(), found: obj.get("peft_type").map_or("nothing".into(), Value::to_string) });
@@ -57,7 +57,7 @@ impl DeptConfig {
         }
         let r = fields.positive("r", "the rank of the embedding offsets")?;
         let max_length = fields.opt_positive("max_length", "the number of positions that get an offset, or null for the model's (at most 256)")?;
-        let warnings = warnings.into_iter().map(|w| w.replace("PromptTuningConfig", "DeptConfig")).collect();
+        let warnings = warnings.into_iter().map(|w| w.renaming_class("PromptTuningConfig", "DeptConfig")).collect();
         Ok((DeptConfig { fields, targets: TargetSpec::default(), prompt, r, max_length }, warnings))
     }
 }

@@ -49,7 +49,7 @@ pub struct DyLoraConfig {
 }
 
 impl DyLoraConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = dylora_defaults();
         let (mut f, mut warnings) = Fields::parse(value, "DYLORA", "DyLoraConfig", defaults, source)?;
         f.no_modules_to_save()?;

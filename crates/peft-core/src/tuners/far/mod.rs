@@ -33,7 +33,7 @@ pub struct FarConfig {
 }
 
 impl FarConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "FAR", "FarConfig", defaults(json!({"trainable_ratio": 0.1, "priming_steps": 20})), source)?;
         f.no_modules_to_save()?;
         let trainable_ratio = f.num_in("trainable_ratio", |p| p > 0.0 && p <= 1.0, "a number in (0, 1]: the share of FFN nodes that trains")?;

@@ -32,7 +32,7 @@ pub struct FishDipConfig {
 }
 
 impl FishDipConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "FISH_DIP", "FishDipConfig", defaults(json!({"density": 0.05, "update_every": 10})), source)?;
         f.no_modules_to_save()?;
         let update_every = f.positive("update_every", "the optimizer steps between mask updates")?;

@@ -35,7 +35,7 @@ pub struct Ia3Config {
 }
 
 impl Ia3Config {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (mut f, mut warnings) = Fields::parse(value, "IA3", "IA3Config", peft_defaults(), source)?;
         f.refuse_unless_default(&["modules_to_save"], &peft_defaults())?;
         f.fix_fan_in_fan_out(&mut warnings)?;

@@ -34,7 +34,7 @@ pub struct IdpgConfig {
 }
 
 impl IdpgConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (prompt, fields, warnings) = learning::with_own_fields(value, source, "IDPG", "IdpgConfig", &[("generator_hidden", json!(64)), ("init_weights", json!(true))])?;
         let generator_hidden = fields.positive("generator_hidden", "the generator's bottleneck width")?;
         let init_weights = fields.bool("init_weights")?;

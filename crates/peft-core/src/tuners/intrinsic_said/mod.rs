@@ -36,7 +36,7 @@ pub struct IntrinsicSaidConfig {
 }
 
 impl IntrinsicSaidConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "INTRINSIC_SAID", "IntrinsicSaidConfig", defaults(json!({"intrinsic_dim": 1000, "projection_seed": 0})), source)?;
         f.no_modules_to_save()?;
         let intrinsic_dim = f.positive("intrinsic_dim", "the dimension d of the trained subspace")?;

@@ -16,7 +16,7 @@ pub struct LnTuningConfig {
 }
 
 impl LnTuningConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"target_modules": null, "exclude_modules": null, "modules_to_save": null});
         let (fields, warnings) = Fields::parse(value, "LN_TUNING", "LNTuningConfig", defaults, source)?;
         fields.no_modules_to_save()?;

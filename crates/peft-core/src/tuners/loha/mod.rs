@@ -31,7 +31,7 @@ pub struct LohaConfig {
 }
 
 impl LohaConfig {
-    pub fn from_value(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "LOHA", "LoHaConfig", peft_defaults(), source)?;
         f.refuse_unless_default(&["modules_to_save"], &peft_defaults())?;
         let lycoris = LycorisFields::parse(&f, raw)?;

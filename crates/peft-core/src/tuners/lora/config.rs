@@ -118,17 +118,17 @@ fn dedup(v: Vec<String>) -> Vec<String> {
 impl LoraConfig {
     /// From an `adapter_config.json` value (or a config object from the caller). `raw`, the
     /// JSON text when there is one, gives `rank_pattern`/`alpha_pattern` their file order.
-    pub fn from_value(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
         let mut warnings = Vec::new();
         let mut f = peft_defaults();
         for (k, v) in obj {
             if k == "runtime_config" {
-                warnings.push("`runtime_config` is ignored: runtime configurations are only valid at runtime".into());
+                warnings.push(crate::Warning::runtime_config());
                 continue;
             }
             if !f.contains_key(k) {
-                warnings.push(format!("unknown LoraConfig field `{k}` (kept and written back, not used)"));
+                warnings.push(crate::Warning::unknown_field("LoraConfig", k));
             }
             f.insert(k.clone(), v.clone());
         }
@@ -143,7 +143,7 @@ impl LoraConfig {
                 return Err(rd.err("task_type", &format!("null or one of {}", TASK_TYPES.join(", "))));
             }
             if t != "CAUSAL_LM" {
-                warnings.push(format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM"));
+                warnings.push(format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM").into());
             }
         }
         let r = f["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| rd.err("r", "a positive integer (the LoRA rank)"))? as usize;
@@ -170,7 +170,7 @@ impl LoraConfig {
         let init = parse_init(&rd)?;
         for (key, init_name) in [("eva_config", "eva"), ("corda_config", "corda"), ("lora_ga_config", "lora_ga")] {
             if !f[key].is_null() && !matches!(&init, LoraInit::Other(s) if s == init_name) {
-                warnings.push(format!("`{key}` is ignored: init_lora_weights is not \"{init_name}\""));
+                warnings.push(crate::Warning::new(crate::WarningCode::IgnoredField, key, format!("`{key}` is ignored: init_lora_weights is not \"{init_name}\"")));
             }
         }
         if f["loftq_config"] != json!({}) && !matches!(&init, LoraInit::Other(s) if s == "loftq") {

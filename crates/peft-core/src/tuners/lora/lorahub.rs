@@ -14,7 +14,7 @@ impl Tuners {
     /// Sets adapter `name` to A = Σ wᵢAᵢ, B = Σ wᵢBᵢ over `adapters` (all LoRA, same modules
     /// and shapes). The first call adds `name` with the first adapter's config (so its
     /// scaling); later calls overwrite it. Returns warnings.
-    pub fn compose_lorahub(&mut self, model: &mut CausalLm, adapters: &[&str], weights: &[f64], name: &str) -> Result<Vec<String>> {
+    pub fn compose_lorahub(&mut self, model: &mut CausalLm, adapters: &[&str], weights: &[f64], name: &str) -> Result<Vec<crate::Warning>> {
         let configs = self.check_sources(adapters, weights)?;
         let first = adapters[0];
         if let Some((i, c)) = configs.iter().enumerate().find(|(_, c)| c.use_dora) {

@@ -50,7 +50,7 @@ pub const COMBINATION_TYPES: &[&str] = &[
 pub(crate) struct Plan {
     pub recipe: Recipe,
     pub config: LoraConfig,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::Warning>,
 }
 
 /// The config of a LoRA adapter, or an error naming the adapter and its type.
@@ -84,7 +84,7 @@ fn parse_combination(s: &str) -> Result<Combination> {
 impl Tuners {
     /// Adds adapter `name`, the combination of `adapters` with `weights` (PEFT's
     /// `add_weighted_adapter`). It is added inactive and frozen. Returns warnings.
-    pub fn add_weighted_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], weights: &[f64], name: &str, opts: &WeightedOptions) -> Result<Vec<String>> {
+    pub fn add_weighted_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], weights: &[f64], name: &str, opts: &WeightedOptions) -> Result<Vec<crate::Warning>> {
         let plan = self.plan_weighted(adapters, weights, name, opts)?;
         let recipe = plan.recipe;
         let mut warnings = plan.warnings;
@@ -158,7 +158,7 @@ impl Tuners {
         let merge = combination.merge();
         let mut warnings = Vec::new();
         if !matches!(combination, Combination::Svd(_)) && (opts.svd_rank.is_some() || opts.svd_clamp.is_some()) {
-            warnings.push(format!("svd_rank and svd_clamp are ignored by combination_type \"{kind}\""));
+            warnings.push(format!("svd_rank and svd_clamp are ignored by combination_type \"{kind}\"").into());
         }
         let density = match (merge.is_some_and(Merge::uses_density), opts.density) {
             (true, None) => return Err(Error::arg("density", format!("a fraction in (0, 1] for combination_type \"{}\"", kind), "none")),
@@ -167,7 +167,7 @@ impl Tuners {
             }
             (true, Some(d)) => d,
             (false, Some(_)) => {
-                warnings.push(format!("density is ignored by combination_type \"{}\"", kind));
+                warnings.push(format!("density is ignored by combination_type \"{}\"", kind).into());
                 1.0
             }
             (false, None) => 1.0,

@@ -30,7 +30,7 @@ pub struct LtSftConfig {
 }
 
 impl LtSftConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "LT_SFT", "LtSftConfig", defaults(json!({"density": 0.05, "full_steps": 20})), source)?;
         f.no_modules_to_save()?;
         let full_steps = f.positive("full_steps", "the optimizer steps of full fine-tuning (phase 1)")?;

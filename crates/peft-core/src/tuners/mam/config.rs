@@ -55,7 +55,7 @@ pub fn fill_prefix(prefix: &mut PrefixTuningConfig, fields: &mut Fields, model: 
 
 /// A hybrid's fields (prompt-learning defaults and `defaults`, unknown fields kept with a
 /// warning) and its prefix part.
-pub fn parse_with_prefix(value: &Value, peft_type: &str, class: &str, defaults: Value, source: &Path) -> Result<(Fields, PrefixTuningConfig, Vec<String>)> {
+pub fn parse_with_prefix(value: &Value, peft_type: &str, class: &str, defaults: Value, source: &Path) -> Result<(Fields, PrefixTuningConfig, Vec<crate::Warning>)> {
     let mut all = learning::defaults();
     if let (Some(a), Value::Object(d)) = (all.as_object_mut(), defaults) {
         a.extend(d);
@@ -68,7 +68,7 @@ pub fn parse_with_prefix(value: &Value, peft_type: &str, class: &str, defaults: 
 
 impl MamAdapterConfig {
     /// Defaults: the paper's MAM (l = 30, r = 512, s = 4, ReLU).
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"num_virtual_tokens": 30, "encoder_hidden_size": null, "prefix_projection": false,
             "bottleneck_size": 512, "non_linearity": "relu", "scaling": 4.0, "init_weights": true});
         let (fields, prefix, warnings) = parse_with_prefix(value, "MAM_ADAPTER", "MamAdapterConfig", defaults, source)?;

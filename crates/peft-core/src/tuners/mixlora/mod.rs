@@ -80,7 +80,7 @@ pub struct MixLoraConfig {
 }
 
 impl MixLoraConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "MIXLORA", "MixLoraConfig", defaults(), source)?;
         let low_rank = LowRank::parse(&f, "the rank of each expert's LoRA")?;
         if !f.get("target_modules").is_null() {

@@ -12,7 +12,7 @@ impl Tuners {
     /// Adds adapter `name`, a MoLE over the LoRA adapters `adapters` (of one rank, on the same
     /// modules; each one's scaling is folded into its copied B). It is added inactive; its gates
     /// train once it is made active. Returns warnings.
-    pub fn add_mole_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], name: &str) -> Result<Vec<String>> {
+    pub fn add_mole_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], name: &str) -> Result<Vec<crate::Warning>> {
         if adapters.len() < 2 || adapters.len() > crate::tuners::molora::MAX_EXPERTS {
             return Err(Error::arg("adapters", format!("2 to {} LoRA adapters to mix", crate::tuners::molora::MAX_EXPERTS), adapters.len()));
         }

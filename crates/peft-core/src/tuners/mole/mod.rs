@@ -41,7 +41,7 @@ pub struct MoleConfig {
 }
 
 impl MoleConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let extra = json!({"r": 8, "num_experts": 2, "temperature": 1.0, "balance_loss_coef": 0.0, "adapter_names": null});
         let (f, warnings) = Fields::parse(value, "MOLE", "MoleConfig", defaults(extra), source)?;
         let low_rank = LowRank::parse(&f, "the rank of each LoRA expert")?;

@@ -52,7 +52,7 @@ pub struct MoLoraConfig {
 }
 
 impl MoLoraConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "MOLORA", "MoLoraConfig", defaults(json!({"r": 4, "num_experts": 4})), source)?;
         let low_rank = LowRank::parse(&f, "the rank of each expert")?;
         Ok((MoLoraConfig { low_rank, num_experts: num_experts(&f)?, targets: f.target_spec()?, fields: f }, warnings))

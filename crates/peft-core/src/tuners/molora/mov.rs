@@ -30,7 +30,7 @@ pub struct MovConfig {
 }
 
 impl MovConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "MOV", "MoVConfig", defaults(), source)?;
         f.no_modules_to_save()?;
         let c = MovConfig { num_experts: num_experts(&f)?, init_weights: f.bool("init_weights")?, targets: f.target_spec()?, fields: f };

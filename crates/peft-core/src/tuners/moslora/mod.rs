@@ -25,7 +25,7 @@ pub struct MosLoraConfig {
 }
 
 impl MosLoraConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, low_rank, warnings) = parse_fields(value, "MOSLORA", "MoSLoraConfig", json!({}), "the rank", source)?;
         Ok((MosLoraConfig { low_rank, targets: f.target_spec()?, fields: f }, warnings))
     }

@@ -22,7 +22,7 @@ pub struct PTuningConfig {
 }
 
 impl PTuningConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let mut defaults = learning::defaults();
         defaults.as_object_mut().expect("object").extend(
             json!({"encoder_reparameterization_type": "MLP", "encoder_hidden_size": null, "encoder_num_layers": 2, "encoder_dropout": 0.0})

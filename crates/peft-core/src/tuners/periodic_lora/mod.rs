@@ -35,7 +35,7 @@ pub struct PeriodicLoraConfig {
 }
 
 impl PeriodicLoraConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, low_rank, warnings) = parse_fields(value, "PERIODIC_LORA", "PeriodicLoraConfig", json!({"merge_every": 100}), "the rank", source)?;
         let merge_every = f.positive("merge_every", "the optimizer steps per stage (between merges)")?;
         Ok((PeriodicLoraConfig { low_rank, merge_every, targets: f.target_spec()?, fields: f }, warnings))

@@ -35,7 +35,7 @@ pub struct PrefixPropagationConfig {
 }
 
 impl PrefixPropagationConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (prompt, fields, warnings) = learning::with_own_fields(value, source, "PREFIX_PROPAGATION", "PrefixPropagationConfig", &[("init_weights", json!(true))])?;
         let init_weights = fields.bool("init_weights")?;
         Ok((PrefixPropagationConfig { fields, targets: TargetSpec::default(), prompt, init_weights }, warnings))

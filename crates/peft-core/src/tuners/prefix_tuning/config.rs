@@ -24,7 +24,7 @@ pub struct PrefixTuningConfig {
 }
 
 impl PrefixTuningConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let mut defaults = learning::defaults();
         defaults
             .as_object_mut()

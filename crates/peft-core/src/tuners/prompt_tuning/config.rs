@@ -41,7 +41,7 @@ pub struct PromptTuningConfig {
 }
 
 impl PromptTuningConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let mut v = value.clone();
         let ids = v.as_object_mut().and_then(|o| o.remove(INIT_TOKEN_IDS));
         let init_from = match v.as_object_mut().and_then(|o| o.remove(super::init_from::INIT_FROM)) {

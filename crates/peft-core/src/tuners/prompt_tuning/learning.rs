@@ -99,7 +99,7 @@ pub fn with_own_fields(
     peft_type: &str,
     class: &str,
     own: &[(&str, Value)],
-) -> Result<(super::PromptTuningConfig, Fields, Vec<String>)> {
+) -> Result<(super::PromptTuningConfig, Fields, Vec<crate::Warning>)> {
     let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
     if obj.get("peft_type").and_then(Value::as_str) != Some(peft_type) {
         let found = obj.get("peft_type").map_or("nothing".into(), Value::to_string);
@@ -114,7 +114,7 @@ pub fn with_own_fields(
     for (k, default) in own {
         fields.set(k, obj.get(*k).cloned().unwrap_or_else(|| default.clone()));
     }
-    Ok((prompt, fields, warnings.into_iter().map(|w| w.replace("PromptTuningConfig", class)).collect()))
+    Ok((prompt, fields, warnings.into_iter().map(|w| w.renaming_class("PromptTuningConfig", class)).collect()))
 }
 
 /// `check_model` of such a method: prompt tuning's fields filled from the model, copied over.

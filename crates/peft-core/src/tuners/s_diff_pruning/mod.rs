@@ -41,7 +41,7 @@ pub struct SDiffPruningConfig {
 }
 
 impl SDiffPruningConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, warnings) = Fields::parse(value, "S_DIFF_PRUNING", "SDiffPruningConfig", defaults(json!({"l0_lambda": 0.01, "init_log_alpha": 1.0})), source)?;
         f.no_modules_to_save()?;
         let l0_lambda = f.num_in("l0_lambda", |x| x >= 0.0 && x.is_finite(), "a number >= 0 (the weight of the L0 penalty)")?;

@@ -51,7 +51,7 @@ pub fn pooled_input(inputs: &PromptInputs, dtype: DType) -> Result<Tensor> {
 }
 
 impl SmopConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let own = [("num_prompts", json!(4)), ("router_noise", json!(1.0))];
         let (mut prompt, fields, warnings) = learning::with_own_fields(value, source, "SMOP", "SmopConfig", &own)?;
         let num_prompts = fields.positive("num_prompts", "the number of soft prompts")?;

@@ -30,7 +30,7 @@ pub struct SoraConfig {
 }
 
 impl SoraConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let (f, low_rank, warnings) = parse_fields(value, "SORA", "SoraConfig", json!({"sparse_lambda": 0.1}), "the largest rank (r_max)", source)?;
         let sparse_lambda = f.num_in("sparse_lambda", |x| x >= 0.0 && x.is_finite(), "a number >= 0 (the L1 penalty on the gates)")?;
         Ok((SoraConfig { low_rank, sparse_lambda, targets: f.target_spec()?, fields: f }, warnings))

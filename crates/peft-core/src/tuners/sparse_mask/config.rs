@@ -31,7 +31,7 @@ pub struct SparseMaskConfig {
 }
 
 impl SparseMaskConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"target_modules": null, "exclude_modules": null, "layers_to_transform": null, "layers_pattern": null,
                               "density": null, "mask_type": "magnitude", "mask_seed": 0, "modules_to_save": null});
         let (fields, warnings) = Fields::parse(value, "SPARSE_MASK", "SparseMaskConfig", defaults, source)?;

@@ -21,7 +21,7 @@ pub struct FisherBatch {
 }
 
 /// The targeting fields of `estimateFisher`'s options (snake_case, as in the config), and warnings.
-pub fn fisher_targets(value: &Value, source: &Path) -> Result<(TargetSpec, Vec<String>)> {
+pub fn fisher_targets(value: &Value, source: &Path) -> Result<(TargetSpec, Vec<crate::Warning>)> {
     let defaults = json!({"target_modules": null, "exclude_modules": null, "layers_to_transform": null, "layers_pattern": null});
     let (fields, warnings) = Fields::parse(value, "SPARSE_MASK", "estimateFisher options", defaults, source)?;
     Ok((fields.target_spec()?, warnings))

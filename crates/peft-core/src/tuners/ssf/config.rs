@@ -21,7 +21,7 @@ pub struct SsfConfig {
 }
 
 impl SsfConfig {
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"target_modules": null, "exclude_modules": null, "layers_to_transform": null, "layers_pattern": null,
                               "init_weights": true, "modules_to_save": null});
         let (fields, warnings) = Fields::parse(value, "SSF", "SSFConfig", defaults, source)?;

@@ -30,7 +30,7 @@ impl UniPeltConfig {
     /// Defaults: the paper's GLUE setup scaled to its parts (prefix length 10, LoRA r = 8 on
     /// q_proj and v_proj, adapter bottleneck 48 with ReLU); `lora_alpha` = r so that the
     /// gate alone scales LoRA, as in the official code.
-    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<String>)> {
+    pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"num_virtual_tokens": 10, "encoder_hidden_size": null, "prefix_projection": false,
             "r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": null,
             "bottleneck_size": 48, "non_linearity": "relu", "init_weights": true});
