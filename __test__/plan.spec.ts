@@ -84,11 +84,13 @@ test('GGUF: each tensor sized from the header as ggml stores it, nothing loaded'
   t.is(typeBytes('bfloat16', 10), 20)
   t.is(typeBytes('Q8_0', 64), 68)
   t.is(typeBytes('Q6K', 256), 210)
-  // A quantized base adds the dequantized tile to the workspace.
+  // A quantized base adds a dequantization scratch per compute thread and the calling thread.
   const tensors = g.tensors.map((x) => ({ ...x, type: x.shape.length > 1 ? 'Q4_0' : x.ggmlType, bytes: undefined }))
   const q = computePlan({ ...planInput(), tensors })
   const f = computePlan({ ...planInput(), tensors: tensors.map((x) => ({ ...x, type: 'F32' })) })
-  t.is(q.components.workspace - f.components.workspace, 4 * 2 ** 20)
+  t.is(q.components.workspace - f.components.workspace, 2 * 4 * 2 ** 20, 'one compute thread unless told')
+  const q4 = computePlan({ ...planInput(), tensors, computeThreads: 4 })
+  t.is(q4.components.workspace - f.components.workspace, 5 * 4 * 2 ** 20, 'four compute threads and the caller')
   const big = { ...planInput(), shape: { ...planInput().shape, vocabSize: 2 ** 20 }, batchSize: 8, seqLen: 64 } // 2^29 logits
   const headQ = computePlan({ ...big, tensors: [{ name: 'lm_head.weight', shape: [2 ** 20, 64], type: 'Q4_0' }] })
   const headF = computePlan({ ...big, tensors: [{ name: 'lm_head.weight', shape: [2 ** 20, 64], type: 'F32' }] })

@@ -20,15 +20,19 @@ async function main(): Promise<void> {
   const vocab = base.config.vocab_size
   const ids = Array.from({ length: batch }, (_, r) => Array.from({ length: seq }, (_, i) => (r * 7919 + i * 104729) % vocab))
   const times: number[] = []
+  const cpuTimes: number[] = [] // this process's user + system CPU ms, all threads
   let loss = 0
   for (let step = 0; step < steps; step++) {
     const s = Date.now()
+    const c = process.cpuUsage()
     const out = await peft.forward({ inputIds: ids, labels: ids, returnLogits: false })
     loss = await out.loss!.item()
     await out.loss!.backward()
     await opt.step()
     opt.zeroGrad()
     times.push(Date.now() - s)
+    const dc = process.cpuUsage(c)
+    cpuTimes.push(Math.round((dc.user + dc.system) / 1000))
     process.stderr.write(`step ${step + 1}/${steps}: ${times[step]} ms, loss ${loss.toFixed(4)}\n`)
   }
   const best = Math.min(...times)
@@ -36,7 +40,8 @@ async function main(): Promise<void> {
   console.log(JSON.stringify({
     path, dtype: dtype ?? 'kept', checkpointing: !process.argv.includes('nockpt'), batch, seq, loadMs,
     afterLoadMiB: Math.round(afterLoad / 2 ** 20), peakMiB: Math.round((process.resourceUsage().maxRSS * 1024) / 2 ** 20),
-    msPerStep: times, tokensPerS: ((batch * seq) / (best / 1000)).toFixed(1), loss, cpuLine: steal, loadavg: require('node:os').loadavg(),
+    msPerStep: times, cpuMsPerStep: cpuTimes, tokensPerS: ((batch * seq) / (best / 1000)).toFixed(1),
+    tokensPerCpuS: ((batch * seq) / (Math.min(...cpuTimes) / 1000)).toFixed(2), loss, cpuLine: steal, loadavg: require('node:os').loadavg(),
   }))
 }
 main().catch((e: Error) => {

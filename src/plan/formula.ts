@@ -60,6 +60,8 @@ export interface PlanInput {
    * then `QWeight`s, multiplied through the tiled qlinear (crates/peft-core/src/ops/qlinear.rs).
    */
   keptInStorage: boolean
+  /** Threads in the addon's compute pool (default 1): each keeps a dequantization scratch. */
+  computeThreads?: number
 }
 
 export interface MemoryPlan {
@@ -123,8 +125,12 @@ export const ACTIVATION_CALIBRATION = 1.0
 
 /** The LM head + cross-entropy run about this many logits per chunk (linear_cross_entropy.rs). */
 const LOSS_CHUNK_ELEMENTS = 2 ** 23
-/** The quantized matmul dequantizes one tile of about this much at a time. */
-const DEQUANT_TILE_BYTES = 4 * 2 ** 20
+/**
+ * Each thread that runs the quantized matmul's tiles keeps a scratch of this much for them, for
+ * the life of the process: the compute pool's threads and the calling thread
+ * (`SCRATCH_FLOATS` in crates/peft-core/src/ops/qlinear.rs).
+ */
+export const DEQUANT_SCRATCH_BYTES = 4 * 2 ** 20
 const F32 = 4
 
 /** One decoder layer's saved activations in bytes (the survey's Table I rows, for training). */
@@ -163,8 +169,9 @@ export function computePlan(p: PlanInput): MemoryPlan {
     optimizerState: p.optimizer === 'adamw' ? 2 * p.trainableParameters * F32 : 0,
     activations,
     logitsLoss,
-    // The backward's gradient of one layer's activations in flight, and a dequantized tile.
-    workspace: layer + (quantized ? DEQUANT_TILE_BYTES : 0),
+    // The backward's gradient of one layer's activations in flight, and the dequantization
+    // scratch of each compute thread and of the calling thread.
+    workspace: layer + (quantized ? DEQUANT_SCRATCH_BYTES * ((p.computeThreads ?? 1) + 1) : 0),
   }
   const trainingTotal = COMPONENTS.reduce((a, k) => a + components[k], 0)
   const loadPeak = p.baselineBytes + baseWeights + p.fileBytes

@@ -1,5 +1,6 @@
 // planMemory: bytes per component of a training step, from the model's config (a folder's
 // config.json, a GGUF header, or a config object) without loading weights. docs/memory.md.
+import { availableParallelism } from 'node:os'
 import { computePlan, type ComponentName, type MemoryPlan } from './formula'
 import { estimateAdapter } from './adapter'
 import { plannedModel } from './model'
@@ -22,6 +23,15 @@ export interface PlanMemoryOptions {
   chunkedLoss?: boolean
   /** Node + the addon before anything is loaded (default 100 MiB, measured 60–100 MB). */
   baselineBytes?: number
+}
+
+/** The compute pool's size as the addon sets it (crates/peft-core/src/threads.rs `init_pool`). */
+function computeThreads(): number {
+  for (const name of ['PEFT_NODE_NUM_THREADS', 'RAYON_NUM_THREADS']) {
+    const n = Number(process.env[name]?.trim())
+    if (Number.isInteger(n) && n > 0) return n
+  }
+  return availableParallelism()
 }
 
 export interface MemoryPlanResult extends MemoryPlan {
@@ -56,6 +66,7 @@ export function planMemory(model: string | Record<string, unknown>, opts: PlanMe
   const plan = computePlan({
     shape, tensors, batchSize, seqLen, trainableParameters, adapterPaths: adapter.paths, gradientCheckpointing, optimizer,
     chunkedLoss: opts.chunkedLoss ?? true, fileBytes, keptInStorage: opts.dtype === undefined, baselineBytes: opts.baselineBytes ?? DEFAULT_BASELINE_BYTES,
+    computeThreads: computeThreads(),
   })
   return { ...plan, batchSize, seqLen, gradientCheckpointing, trainableParameters, biggest: biggestComponent(plan) }
 }

@@ -34,23 +34,24 @@ fn weight(ty: GgmlDType, rows: usize, cols: usize) -> (Arc<QWeight>, Tensor) {
 
 #[test]
 fn qlinear_equals_the_dequantized_linear_for_every_storage_type() {
-    // 4100 rows of 256: two tiles of rows (4096 + 4), and an odd number of input rows.
-    let (rows, cols) = (4100, 256);
-    for ty in TYPES {
+    // 4100 rows of 256: the input gradient sums over two tiles of rows (4096 + 4). 100 rows of
+    // 2304: forward tiles of 48 rows and a short last one, the input gradient over blocks of
+    // at most 256 columns. An odd number of input rows throughout.
+    for ((rows, cols), ty) in [(4100, 256), (100, 2304)].into_iter().flat_map(|s| TYPES.map(|t| (s, t))) {
         let (q, dense) = weight(ty, rows, cols);
         assert_eq!(q.dims(), (rows, cols));
         let x = Var::from_tensor(&randn(&[3, 7, cols], 1)).unwrap();
         let r = randn(&[3, 7, rows], 2);
         let y_q = ops::qlinear(x.as_tensor(), &q, None).unwrap();
         let y_d = x.as_tensor().broadcast_matmul(&dense.t().unwrap()).unwrap();
-        assert!(rel_err(&y_q, &y_d) < 1e-5, "{ty:?} forward: {}", rel_err(&y_q, &y_d));
+        assert!(rel_err(&y_q, &y_d) < 1e-5, "{ty:?} {rows}×{cols} forward: {}", rel_err(&y_q, &y_d));
         let g_q = (y_q * &r).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().clone();
         let g_d = (y_d * &r).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().clone();
-        assert!(rel_err(&g_q, &g_d) < 1e-5, "{ty:?} input gradient: {}", rel_err(&g_q, &g_d));
+        assert!(rel_err(&g_q, &g_d) < 1e-5, "{ty:?} {rows}×{cols} input gradient: {}", rel_err(&g_q, &g_d));
         // The embedding lookup dequantizes just the rows asked for.
         let mut rows_out = vec![0f32; 2 * cols];
-        q.gather_rows(&[4099, 5], &mut rows_out);
-        let want = Tensor::cat(&[dense.get(4099).unwrap(), dense.get(5).unwrap()], 0).unwrap();
+        q.gather_rows(&[rows as u32 - 1, 5], &mut rows_out);
+        let want = Tensor::cat(&[dense.get(rows - 1).unwrap(), dense.get(5).unwrap()], 0).unwrap();
         assert_eq!(rows_out, want.to_vec1::<f32>().unwrap(), "{ty:?} rows");
         assert!(q.storage_bytes() < rows * cols * 4, "{ty:?} is smaller than f32");
     }

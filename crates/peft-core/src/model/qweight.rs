@@ -148,6 +148,26 @@ impl QWeight {
         })
     }
 
+    /// Rows `r0..r0 + rows`, columns `c0..c0 + width` (`width = out.len() / rows`) into `out`,
+    /// row-major with rows of `width`, on the calling thread: each of `ops::qlinear`'s tasks
+    /// dequantizes its own block. `c0` and `width` are whole quantization blocks.
+    pub fn dequantize_block(&self, r0: usize, rows: usize, c0: usize, out: &mut [f32]) {
+        let (bs, bpr) = (self.dtype.block_size(), self.blocks_per_row());
+        let width = out.len() / rows.max(1);
+        assert!(
+            r0 + rows <= self.rows && out.len() == rows * width && c0 % bs == 0 && width % bs == 0 && c0 + width <= self.cols,
+            "dequantize_block: rows {r0}..{}, columns {c0}..{} of a {}×{} weight in blocks of {bs}",
+            r0 + rows, c0 + width, self.rows, self.cols
+        );
+        let (kernel, b0, nb) = (Kernel::detect(), c0 / bs, width / bs);
+        with_blocks!(&self.blocks, v => {
+            for (i, row) in out.chunks_mut(width.max(1)).enumerate() {
+                let start = (r0 + i) * bpr + b0;
+                qdot::dequantize(kernel, &v[start..start + nb], row);
+            }
+        })
+    }
+
     /// Rows `ids` (token ids: an embedding lookup) as [ids.len(), cols] f32.
     pub fn gather_rows(&self, ids: &[u32], out: &mut [f32]) {
         let (cols, bpr) = (self.cols, self.blocks_per_row());
