@@ -31,6 +31,9 @@ export declare class NativeFisherScores {
   get(module: string): NativeTensor | null
 }
 
+/** A Laplace-LoRA fit in progress, then its posterior. */
+export declare class NativeLaplace {}
+
 export declare class NativeModel {
   /**
    * `update_and_allocate(global_step)` for the active AdaLoRA adapter: call it after the
@@ -168,6 +171,20 @@ export declare class NativeModel {
    * their weight average. Returns warnings.
    */
   addComposedAdapter(method: string, adapters: Array<string>, name: string): Promise<Array<NativeWarning>>
+  /** Starts a fit over `adapter`'s LoRA matrices (options: hessian, maxFactorSide, factorRank, seed). */
+  laplaceBegin(adapter: string, hessian: string, maxFactorSide: number, factorRank: number, seed: number): NativeLaplace
+  /** Adds batch `index` (a forward and a backward) to the fit. */
+  laplaceAddBatch(fit: NativeLaplace, index: number, batch: BatchInput): Promise<void>
+  /** Ends the fit: the posterior with `prior_precision`, or the one maximising the marginal likelihood. */
+  laplaceFinish(fit: NativeLaplace, priorPrecision?: number | undefined | null): Promise<void>
+  /** The fitted posterior's numbers. */
+  laplaceSummary(fit: NativeLaplace): LaplaceSummary
+  /** Probabilities [positions, width] then, for "glm", the logit variances of the same shape. */
+  laplacePredict(fit: NativeLaplace, ids: Uint32Array, batch: number, seq: number, attentionMask: Uint8Array | undefined | null, positions: Array<Array<number>> | undefined | null, targets: Array<number> | undefined | null, method: string, samples: number, seed: number): Promise<Float32Array>
+  /** Writes `laplace_state.safetensors` and `laplace_config.json` into `dir`. */
+  laplaceSave(fit: NativeLaplace, dir: string): Promise<void>
+  /** The posterior saved in `dir` for `adapter` (small files: read on the calling thread). */
+  laplaceLoad(dir: string, adapter: string): NativeLaplace
 }
 
 /** Turns ids fed one at a time into text, holding back incomplete characters. */
@@ -300,6 +317,16 @@ export interface GgufTensorSummary {
   shape: Array<number>
   /** Bytes as stored in the file. */
   bytes: number
+}
+
+export interface LaplaceSummary {
+  adapter: string
+  priorPrecision: number
+  logMarginalLikelihood: number
+  hessian: string
+  tokens: number
+  maxFactorSide: number
+  factorRank: number
 }
 
 export declare function loadModel(path: string, dtype?: string | undefined | null, device?: string | undefined | null): Promise<NativeModel>

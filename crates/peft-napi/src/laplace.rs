@@ -3,8 +3,8 @@
 //! posterior it ends in, predictions, and the posterior's files.
 use crate::error::{closed, invalid, to_js, Result};
 use crate::job::{Float32Job, UnitJob};
-use crate::model::{rows, with_model, with_model_mut, NativeModel};
-use crate::sparse::{to_batch, FisherBatchInput};
+use crate::batch::{rows, BatchInput};
+use crate::model::{with_model, with_model_mut, NativeModel};
 use napi::bindgen_prelude::{AsyncTask, Uint32Array, Uint8Array};
 use napi_derive::napi;
 use peft_core::model::Batch;
@@ -57,8 +57,8 @@ impl NativeModel {
 
     /// Adds batch `index` (a forward and a backward) to the fit.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn laplace_add_batch(&self, fit: &NativeLaplace, index: u32, batch: FisherBatchInput) -> Result<AsyncTask<UnitJob>> {
-        let b = to_batch(index as usize, &batch)?;
+    pub fn laplace_add_batch(&self, fit: &NativeLaplace, index: u32, batch: BatchInput) -> Result<AsyncTask<UnitJob>> {
+        let b = batch.to_fisher(index as usize)?;
         let (shared, state) = (self.inner.clone(), fit.state.clone());
         Ok(UnitJob::spawn(move || {
             let mut s = lock(&state);
