@@ -3,7 +3,7 @@
 //! written back and reported as warnings, as PEFT drops them with one), typed reads whose
 //! errors name the key, the targeting fields every method shares, and the `TunerConfig`
 //! plumbing (`config_plumbing!`, for a struct with `fields: Fields` and `targets: TargetSpec`).
-//! LoRA has its own reader (`lora/config.rs`, older than this helper); the other methods use this.
+//! Every method's config, LoRA's included, is read through it: one set of checks and messages.
 use super::patterns::{ordered_patterns, pattern_value};
 use super::targeting::{OneOrMany, TargetSpec, Targets};
 use super::PEFT_VERSION;
@@ -233,8 +233,13 @@ impl Fields {
             layers_pattern,
             modules_to_save: None,
         };
-        if matches!(spec.target_modules, Some(Targets::Regex(_))) && spec.layers_to_transform.is_some() {
-            return Err(self.err("layers_to_transform", "null: it cannot be used when `target_modules` is a string (regular expression)"));
+        // PEFT's __post_init__ refuses both layer filters beside a regex `target_modules`.
+        if matches!(spec.target_modules, Some(Targets::Regex(_))) {
+            for key in ["layers_to_transform", "layers_pattern"] {
+                if !self.get(key).is_null() {
+                    return Err(self.err(key, "null: it cannot be used when `target_modules` is a string (regular expression)"));
+                }
+            }
         }
         if spec.layers_pattern.as_ref().is_some_and(|p| !p.to_vec().is_empty()) && spec.layers_to_transform.is_none() {
             return Err(self.err("layers_to_transform", "a layer index or list (required when `layers_pattern` is given)"));

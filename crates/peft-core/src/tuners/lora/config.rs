@@ -2,13 +2,14 @@
 //! field is kept as read (or defaulted) and written back; the fields that drive numerics
 //! are parsed and checked, with errors naming the key. Features this crate does not run
 //! are refused when set, fields PEFT would ignore give warnings, unknown fields are kept
-//! and reported as warnings (PEFT drops them with a warning).
-use super::super::patterns::{ordered_patterns, Ordered};
-use super::super::targeting::{OneOrMany, TargetSpec, Targets};
+//! and reported as warnings (PEFT drops them with a warning). Read through `tuners::fields`,
+//! the one PEFT config reader every method uses.
+use super::super::fields::Fields;
+use super::super::targeting::TargetSpec;
 use super::super::PEFT_VERSION;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde_json::{json, Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoraInit {
@@ -40,10 +41,9 @@ pub struct LoraConfig {
     pub bias: String,
     pub inference_mode: bool,
     pub task_type: Option<String>,
-    /// Every field as it will be written (PEFT's full set, defaults filled in, unknown ones kept).
-    pub(crate) fields: Map<String, Value>,
-    /// Where the config came from, for errors.
-    pub source: PathBuf,
+    /// Every field as it will be written (PEFT's full set, defaults filled in, unknown ones
+    /// kept), and where the config came from, for errors.
+    pub(crate) fields: Fields,
 }
 
 /// PEFT 0.21 `LoraConfig().to_dict()` (minus `runtime_config`, which PEFT never saves).
@@ -71,158 +71,45 @@ const UNSUPPORTED: &[&str] = &[
     "alora_invocation_tokens", "arrow_config", "use_bdlora", "kasa_config", "velora_config", "monteclora_config",
     "layer_replication", "trainable_token_indices", "megatron_config", "use_qalora", "lora_bias", "modules_to_save",
 ];
-const TASK_TYPES: &[&str] = &["SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"];
-
-struct Reader<'a> {
-    f: &'a Map<String, Value>,
-    file: &'a Path,
-}
-
-impl Reader<'_> {
-    fn err(&self, key: &str, expected: &str) -> Error {
-        Error::InvalidConfig { file: self.file.into(), key: key.into(), expected: expected.into(), found: self.f[key].to_string() }
-    }
-    fn bool(&self, key: &str) -> Result<bool> {
-        self.f[key].as_bool().ok_or_else(|| self.err(key, "true or false"))
-    }
-    fn num(&self, key: &str) -> Result<f64> {
-        self.f[key].as_f64().ok_or_else(|| self.err(key, "a number"))
-    }
-    fn opt_str(&self, key: &str) -> Result<Option<String>> {
-        match &self.f[key] {
-            Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s.clone())),
-            _ => Err(self.err(key, "a string or null")),
-        }
-    }
-    fn strings(&self, key: &str, v: &Value) -> Result<Vec<String>> {
-        let arr = v.as_array().ok_or_else(|| self.err(key, "a list of strings"))?;
-        arr.iter().map(|x| x.as_str().map(String::from).ok_or_else(|| self.err(key, "a list of strings"))).collect()
-    }
-    fn targets(&self, key: &str) -> Result<Option<Targets>> {
-        match &self.f[key] {
-            Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(Targets::Regex(s.clone()))),
-            v @ Value::Array(_) => Ok(Some(Targets::List(dedup(self.strings(key, v)?)))),
-            _ => Err(self.err(key, "a list of module names, a regular expression string, or null")),
-        }
-    }
-}
-
-fn dedup(v: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    v.into_iter().for_each(|s| if !out.contains(&s) { out.push(s) });
-    out
-}
 
 impl LoraConfig {
     /// From an `adapter_config.json` value (or a config object from the caller). `raw`, the
     /// JSON text when there is one, gives `rank_pattern`/`alpha_pattern` their file order.
     pub fn from_value(value: &Value, raw: Option<&str>, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
-        let mut warnings = Vec::new();
-        let mut f = peft_defaults();
-        for (k, v) in obj {
-            if k == "runtime_config" {
-                warnings.push(crate::Warning::runtime_config());
-                continue;
-            }
-            if !f.contains_key(k) {
-                warnings.push(crate::Warning::unknown_field("LoraConfig", k));
-            }
-            f.insert(k.clone(), v.clone());
+        let defaults = peft_defaults();
+        let (mut f, mut warnings) = Fields::parse(value, "LORA", "LoraConfig", Value::Object(defaults.clone()), source)?;
+        let task_type = f.opt_str("task_type")?;
+        let r = f.positive("r", "the LoRA rank")?;
+        let lora_alpha = f.num("lora_alpha")?;
+        let lora_dropout = f.prob("lora_dropout")?;
+        f.refuse_unless_default(UNSUPPORTED, &defaults)?;
+        if !f.get("target_parameters").is_null() && f.get("target_parameters") != &json!([]) {
+            return Err(f.err("target_parameters", "null (targeting nn.Parameters is not supported)"));
         }
-        let rd = Reader { f: &f, file: source };
-        let mut fixes: Vec<(&str, Value)> = Vec::new(); // PEFT rewrites these fields in __post_init__
-        if f["peft_type"] != "LORA" {
-            return Err(rd.err("peft_type", "\"LORA\""));
-        }
-        let task_type = rd.opt_str("task_type")?;
-        if let Some(t) = &task_type {
-            if !TASK_TYPES.contains(&t.as_str()) {
-                return Err(rd.err("task_type", &format!("null or one of {}", TASK_TYPES.join(", "))));
-            }
-            if t != "CAUSAL_LM" {
-                warnings.push(format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM").into());
-            }
-        }
-        let r = f["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| rd.err("r", "a positive integer (the LoRA rank)"))? as usize;
-        let lora_alpha = rd.num("lora_alpha")?;
-        let lora_dropout = rd.num("lora_dropout")?;
-        if !(0.0..1.0).contains(&lora_dropout) {
-            return Err(rd.err("lora_dropout", "a probability in [0, 1)"));
-        }
-        for key in UNSUPPORTED {
-            if f[*key] != peft_defaults()[*key] {
-                return Err(Error::InvalidConfig {
-                    file: source.into(), key: key.to_string(), expected: format!("{} (this feature is not supported)", peft_defaults()[*key]),
-                    found: f[*key].to_string(),
-                });
-            }
-        }
-        if !matches!(&f["target_parameters"], Value::Null) && f["target_parameters"] != json!([]) {
-            return Err(rd.err("target_parameters", "null (targeting nn.Parameters is not supported)"));
-        }
-        let bias = rd.opt_str("bias")?.unwrap_or_default();
+        let bias = f.opt_str("bias")?.unwrap_or_default();
         if !["none", "all", "lora_only"].contains(&bias.as_str()) {
-            return Err(rd.err("bias", "\"none\", \"all\" or \"lora_only\""));
+            return Err(f.err("bias", "\"none\", \"all\" or \"lora_only\""));
         }
-        let init = parse_init(&rd)?;
+        let init = parse_init(&f)?;
         for (key, init_name) in [("eva_config", "eva"), ("corda_config", "corda"), ("lora_ga_config", "lora_ga")] {
-            if !f[key].is_null() && !matches!(&init, LoraInit::Other(s) if s == init_name) {
-                warnings.push(crate::Warning::new(crate::WarningCode::IgnoredField, key, format!("`{key}` is ignored: init_lora_weights is not \"{init_name}\"")));
+            if !f.get(key).is_null() && !matches!(&init, LoraInit::Other(s) if s == init_name) {
+                warnings.push(format!("`{key}` is ignored: init_lora_weights is not \"{init_name}\"").into());
             }
         }
-        if f["loftq_config"] != json!({}) && !matches!(&init, LoraInit::Other(s) if s == "loftq") {
+        // PEFT rewrites these fields in __post_init__.
+        if f.get("loftq_config") != &json!({}) && !matches!(&init, LoraInit::Other(s) if s == "loftq") {
             warnings.push("`loftq_config` is ignored: init_lora_weights is not \"loftq\"".into());
-            fixes.push(("loftq_config", json!({})));
+            f.set("loftq_config", json!({}));
         }
-        let targets = TargetSpec {
-            target_modules: rd.targets("target_modules")?,
-            exclude_modules: rd.targets("exclude_modules")?,
-            layers_to_transform: match &f["layers_to_transform"] {
-                Value::Null => None,
-                Value::Number(n) => Some(OneOrMany::One(n.as_i64().ok_or_else(|| rd.err("layers_to_transform", "an integer or a list of integers"))?)),
-                Value::Array(a) => Some(OneOrMany::Many(
-                    a.iter().map(|x| x.as_i64().ok_or_else(|| rd.err("layers_to_transform", "a list of integers"))).collect::<Result<_>>()?,
-                )),
-                _ => return Err(rd.err("layers_to_transform", "an integer, a list of integers, or null")),
-            },
-            layers_pattern: match &f["layers_pattern"] {
-                Value::Null => None,
-                Value::String(s) => Some(OneOrMany::One(s.clone())),
-                v @ Value::Array(_) => Some(OneOrMany::Many(rd.strings("layers_pattern", v)?)),
-                _ => return Err(rd.err("layers_pattern", "a string, a list of strings, or null")),
-            },
-            modules_to_save: None,
-        };
-        if matches!(targets.target_modules, Some(Targets::Regex(_))) {
-            for key in ["layers_to_transform", "layers_pattern"] {
-                if !f[key].is_null() {
-                    return Err(rd.err(key, "null: it cannot be used when `target_modules` is a string (regular expression)"));
-                }
-            }
-        }
-        if targets.layers_pattern.as_ref().is_some_and(|p| !p.to_vec().is_empty()) && targets.layers_to_transform.is_none() {
-            return Err(rd.err("layers_to_transform", "a layer index or list (required when `layers_pattern` is given)"));
-        }
-        let ordered = raw.map(ordered_patterns).unwrap_or_default();
-        let rank_pattern = patterns(&rd, "rank_pattern", ordered.0, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "positive integer ranks")?;
-        let alpha_pattern = patterns(&rd, "alpha_pattern", ordered.1, Value::as_f64, "numbers")?;
-        if rd.bool("fan_in_fan_out")? {
-            warnings.push("fan_in_fan_out is set to True but the target modules are `torch.nn.Linear`; setting it to False (as PEFT does)".into());
-            fixes.push(("fan_in_fan_out", Value::Bool(false)));
-        }
-        let (use_rslora, use_dora, inference_mode) = (rd.bool("use_rslora")?, rd.bool("use_dora")?, rd.bool("inference_mode")?);
-        rd.bool("ensure_weight_tying")?;
-        rd.opt_str("base_model_name_or_path")?;
-        rd.opt_str("revision")?;
-        for (k, v) in fixes {
-            f.insert(k.into(), v);
-        }
+        let targets = f.target_spec()?;
+        let rank_pattern = f.patterns("rank_pattern", raw, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "positive integer ranks")?;
+        let alpha_pattern = f.patterns("alpha_pattern", raw, Value::as_f64, "numbers")?;
+        f.fix_fan_in_fan_out(&mut warnings)?;
+        let (use_rslora, use_dora, inference_mode) = (f.bool("use_rslora")?, f.bool("use_dora")?, f.bool("inference_mode")?);
+        f.bool("ensure_weight_tying")?;
         let config = LoraConfig {
             r, lora_alpha, lora_dropout, targets, use_rslora, use_dora, init, rank_pattern, alpha_pattern, bias,
-            inference_mode, task_type, fields: f, source: source.into(),
+            inference_mode, task_type, fields: f,
         };
         Ok((config, warnings))
     }
@@ -230,8 +117,8 @@ impl LoraConfig {
     /// Rank and alpha of the module at `path`, after `rank_pattern`/`alpha_pattern`.
     pub fn rank_alpha(&self, path: &str) -> Result<(usize, f64)> {
         use super::super::patterns::pattern_value;
-        let r = pattern_value(&self.rank_pattern, path, "rank_pattern", &self.source)?.copied().unwrap_or(self.r);
-        let a = pattern_value(&self.alpha_pattern, path, "alpha_pattern", &self.source)?.copied().unwrap_or(self.lora_alpha);
+        let r = pattern_value(&self.rank_pattern, path, "rank_pattern", &self.fields.source)?.copied().unwrap_or(self.r);
+        let a = pattern_value(&self.alpha_pattern, path, "alpha_pattern", &self.fields.source)?.copied().unwrap_or(self.lora_alpha);
         Ok((r, a))
     }
 
@@ -241,30 +128,20 @@ impl LoraConfig {
     }
 }
 
-fn parse_init(rd: &Reader) -> Result<LoraInit> {
+fn parse_init(f: &Fields) -> Result<LoraInit> {
     const KNOWN: &str = "true, false, \"gaussian\", \"pissa\", \"pissa_niter_<n>\", \"eva\", \"olora\", \"corda\", \"loftq\", \"orthogonal\", \"lora_ga\" or \"mica\"";
-    Ok(match &rd.f["init_lora_weights"] {
+    Ok(match &f.get("init_lora_weights") {
         Value::Bool(true) => LoraInit::Default,
         Value::Bool(false) => LoraInit::Random,
         Value::String(s) if s.to_lowercase() == "gaussian" => LoraInit::Gaussian,
         Value::String(s) if s == "pissa" => LoraInit::Pissa { niter: None },
         Value::String(s) if s.starts_with("pissa_niter_") => {
-            let n = s["pissa_niter_".len()..].parse::<u32>().map_err(|_| rd.err("init_lora_weights", "\"pissa_niter_<n>\" with n a non-negative integer"))?;
+            let n = s["pissa_niter_".len()..].parse::<u32>().map_err(|_| f.err("init_lora_weights", "\"pissa_niter_<n>\" with n a non-negative integer"))?;
             LoraInit::Pissa { niter: Some(n) }
         }
         Value::String(s) if ["eva", "corda", "loftq", "orthogonal", "lora_ga", "mica"].contains(&s.as_str()) || s.to_lowercase() == "olora" => {
             LoraInit::Other(s.to_lowercase())
         }
-        _ => return Err(rd.err("init_lora_weights", KNOWN)),
+        _ => return Err(f.err("init_lora_weights", KNOWN)),
     })
-}
-
-fn patterns<V>(rd: &Reader, key: &str, ordered: Ordered, conv: impl Fn(&Value) -> Option<V>, what: &str) -> Result<Vec<(String, V)>> {
-    let entries: Vec<(String, Value)> = match (&rd.f[key], ordered) {
-        (Value::Null, _) => Vec::new(),
-        (Value::Object(_), Some(o)) => o,
-        (Value::Object(m), None) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        _ => return Err(rd.err(key, &format!("an object of module-path patterns to {what}"))),
-    };
-    entries.into_iter().map(|(k, v)| conv(&v).map(|x| (k, x)).ok_or_else(|| rd.err(key, &format!("an object of module-path patterns to {what}")))).collect()
 }

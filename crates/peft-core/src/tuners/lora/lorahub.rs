@@ -41,7 +41,7 @@ impl Tuners {
             // Overwritten below; the init must not touch the base, now or when the saved
             // adapter is loaded again (a PiSSA source would subtract its principal part).
             config.init = LoraInit::Default;
-            config.fields.insert("init_lora_weights".into(), serde_json::json!(true));
+            config.fields.set("init_lora_weights", serde_json::json!(true));
             warnings = self.inject(model, name, Box::new(config), 0)?.warnings;
         }
         for path in &modules {

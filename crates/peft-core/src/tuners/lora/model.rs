@@ -30,7 +30,7 @@ impl TunerConfig for LoraConfig {
     }
 
     fn set_target_modules(&mut self, targets: Targets) {
-        self.fields.insert("target_modules".into(), targets_json(&targets));
+        self.fields.set("target_modules", targets_json(&targets));
         self.targets.target_modules = Some(targets);
     }
 
@@ -40,11 +40,11 @@ impl TunerConfig for LoraConfig {
 
     fn set_inference_mode(&mut self, on: bool) {
         self.inference_mode = on;
-        self.fields.insert("inference_mode".into(), Value::Bool(on));
+        self.fields.set("inference_mode", on);
     }
 
     fn set_base_model_name_or_path(&mut self, name: Option<String>) {
-        self.fields.insert("base_model_name_or_path".into(), name.map_or(Value::Null, Value::String));
+        self.fields.set("base_model_name_or_path", name.map_or(Value::Null, Value::String));
     }
 
     fn can_merge(&self) -> bool {
@@ -88,7 +88,7 @@ impl TunerConfig for LoraConfig {
             }
             LoraInit::Other(s) => {
                 return Err(Error::InvalidConfig {
-                    file: self.source.clone(),
+                    file: self.fields.source.clone(),
                     key: "init_lora_weights".into(),
                     expected: "true, false, \"gaussian\", \"pissa\" or \"pissa_niter_<n>\" (and, to load trained weights, \"eva\" or \"orthogonal\")".into(),
                     found: format!("\"{s}\" (not supported)"),
@@ -120,7 +120,7 @@ impl TunerConfig for LoraConfig {
     }
 
     fn to_json(&self) -> Value {
-        Value::Object(self.fields.clone())
+        Value::Object(self.fields.map.clone())
     }
 
     /// DoRA's magnitude is saved without `.weight` (a ParameterDict in older PEFT).
@@ -133,7 +133,7 @@ impl TunerConfig for LoraConfig {
     }
 
     fn source(&self) -> &std::path::Path {
-        &self.source
+        &self.fields.source
     }
 
     fn clone_box(&self) -> Box<dyn TunerConfig> {

@@ -16,7 +16,7 @@ use crate::tuners::targeting::Targets;
 use crate::tuners::{TunerConfig, Tuners};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The keyword arguments of `add_weighted_adapter` (`svd_driver` is CUDA-only and has none).
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ impl Tuners {
         if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
             return Err(Error::arg("weights", "finite numbers", w));
         }
-        let base = |c: &LoraConfig| c.fields.get("base_model_name_or_path").cloned().unwrap_or(Value::Null);
+        let base = |c: &LoraConfig| c.fields.get("base_model_name_or_path").clone();
         if let Some((i, c)) = configs.iter().enumerate().find(|(_, c)| base(c) != base(configs[0])) {
             return Err(Error::arg(
                 "adapters",
@@ -213,7 +213,7 @@ impl Tuners {
         // (a PiSSA source would otherwise take its principal part out of the base again).
         config.init = LoraInit::Default;
         for (k, v) in [("r", json!(new_rank)), ("lora_alpha", json!(new_rank)), ("rank_pattern", json!({})), ("alpha_pattern", json!({})), ("use_rslora", json!(false)), ("init_lora_weights", json!(true))] {
-            config.fields.insert(k.into(), v);
+            config.fields.set(k, v);
         }
         config.set_target_modules(targets);
         Ok(Plan { recipe: Recipe { combination, new_rank, density, sign, clamp: opts.svd_clamp }, config, warnings })
