@@ -11,6 +11,7 @@ import { Trainer } from '../train/trainer'
 import { cliPeftModel, methodConfig } from './methods'
 import type { Io } from './io'
 import { answerReport, isRight } from './demo-report'
+import { fitAndReport } from './laplace'
 
 export const SMOLLM2 = join(__dirname, '..', '..', '.cache', 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf')
 
@@ -42,6 +43,9 @@ export async function askCapitals(model: Model, states: string[]): Promise<strin
   const out = await model.generate(prompts, { maxNewTokens: 14 })
   return out.map((o, i) => tok.decode(o.slice(prompts[i].length), { skipSpecialTokens: true }).split('\n')[0].trim())
 }
+
+/** `--method laplace-lora` (any case): the one method that runs a step after training. */
+export const isLaplace = (method: unknown) => String(method).toLowerCase() === 'laplace-lora'
 
 export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
   const o: typeof DEMO_DEFAULTS & DemoOptions = { ...DEMO_DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) }
@@ -77,6 +81,9 @@ export async function runDemo(opts: DemoOptions, io: Io): Promise<void> {
   for (const line of answerReport(all, before, after, (state) => inTrain.has(capitalQuestion(state)))) io.out(line)
   if (o.output) io.out(`adapter saved to ${o.output} (loss curve: ${join(o.output, 'loss.svg')})`)
   if (o.output) for (const line of await llamaCppLines(peft, path, o.output)) io.out(line)
+  // Laplace-LoRA is LoRA plus a posterior fitted after training: fit it on the demo's training
+  // pairs, as `train --method laplace-lora --data D` does (issue 16), rather than stop at LoRA.
+  if (isLaplace(o.method?.name)) await fitAndReport(peft, data, o.output ?? 'adapters/capitals', { batchSize: o.batchSize, seed: o.seed }, io)
   io.out(`done in ${secs()}`)
   peft.dispose()
 }

@@ -10,7 +10,7 @@ import { trainOptions } from './config'
 import { cliPeftModel, methodConfig, methodOptions } from './methods'
 import { attachProgress, duration } from './progress'
 import { modelHubOptions, required } from './load'
-import { runDemo } from './demo'
+import { isLaplace, runDemo } from './demo'
 import { planMemory, checkPlanFits } from '../plan'
 import type { Io } from './io'
 import { fitAndReport } from './laplace'
@@ -76,6 +76,6 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   })
   io.out(`${end.reason === 'aborted' ? 'stopped' : 'done'} at step ${end.step} in ${duration(Date.now() - t0)}; final loss ${end.loss?.toFixed(4) ?? '-'}${end.eval ? `, validation loss ${end.eval.loss.toFixed(4)} (perplexity ${end.eval.perplexity.toFixed(3)})` : ''}`)
   io.out(`adapter: ${output}  loss curve: ${join(output, 'loss.svg')}  checkpoint: ${end.checkpoint ?? '-'}`)
-  if (String(o.method).toLowerCase() === 'laplace-lora' && end.reason !== 'aborted') await fitAndReport(peft, data, output, { batchSize: num(o.batchSize), seed: num(o.seed) }, io, signal)
+  if (isLaplace(o.method) && end.reason !== 'aborted') await fitAndReport(peft, data, output, { batchSize: num(o.batchSize), seed: num(o.seed) }, io, signal)
   peft.dispose()
 }

@@ -35,10 +35,22 @@ fn fitted(model: &CausalLm, tuners: &Tuners, o: FitOptions, rows: &[usize]) -> L
     fit
 }
 
-fn dense(f: &KronFactor) -> Tensor {
+/// The listed part U diag(s) Uᵀ of a factor (all of a dense one).
+fn listed(f: &KronFactor) -> Tensor {
     match f {
         KronFactor::Dense(t) => t.clone(),
         KronFactor::LowRank { u, s, .. } => u.broadcast_mul(&Tensor::new(s.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap().matmul(&u.t().unwrap()).unwrap(),
+    }
+}
+
+/// The whole factor: U diag(s) Uᵀ + flat·(I − U Uᵀ) for a low-rank one.
+fn dense(f: &KronFactor) -> Tensor {
+    match f {
+        KronFactor::Dense(t) => t.clone(),
+        KronFactor::LowRank { u, side, .. } => {
+            let complement = (Tensor::eye(*side, DType::F64, &Device::Cpu).unwrap() - u.matmul(&u.t().unwrap()).unwrap()).unwrap();
+            (listed(f) + (complement * f.flat()).unwrap()).unwrap()
+        }
     }
 }
 
@@ -116,9 +128,20 @@ fn kfac_factors_equal_explicit_per_token_sums() {
     for k in 0..6 {
         assert!((s[k] - ev[k]).abs() < 1e-6 * ev[0], "eigenvalue {k}: {} vs {}", s[k], ev[k]);
     }
-    let top6 = dense(&m.input);
+    let top6 = listed(&m.input);
     let residual = diff(&top6, &exact);
     assert!(residual <= ev[6] * 1.0001 + 1e-9, "the rest is at most the 7th eigenvalue: {residual} vs {}", ev[6]);
+    // The 58 unlisted directions share the dropped mass (Tipping & Bishop 1999, eq. 8): the
+    // mean of the exact eigenvalues 7..64, so the trace is kept.
+    let dropped = ev[6..].iter().sum::<f64>() / 58.0;
+    assert!(dropped > 0.0 && (m.input.flat() - dropped).abs() < 1e-9 * ev[0], "flat eigenvalue {} vs {dropped}", m.input.flat());
+    let trace = |t: &Tensor| (0..64).map(|i| t.get(i).unwrap().get(i).unwrap().to_scalar::<f64>().unwrap()).sum::<f64>();
+    assert!((trace(&dense(&m.input)) - trace(&exact)).abs() < 1e-9 * trace(&exact));
+    // factorRank = the full side: the low-rank factor is the exact one (flat ≈ 0: 25 tokens).
+    let mut full = LaplaceFit::new(&model, &tuners, "default", opts(Curvature::Empirical, 32, 64)).unwrap();
+    full.add_batch(&model, &tuners, &inp.batch(), &inp.labels).unwrap();
+    assert!(matches!(full.matrices[0].input, KronFactor::LowRank { .. }));
+    assert!(diff(&dense(&full.matrices[0].input), &exact) < 1e-9 * scale(&exact), "full rank: {}", diff(&dense(&full.matrices[0].input), &exact));
 }
 
 /// (M ⊗ N)[i·n + k, j·n + l] = M[i, j] N[k, l].
@@ -161,13 +184,16 @@ fn random_factor(side: usize, n: usize, max_side: usize, rank: usize, rng: &mut 
 
 /// On a 3 × 4 layer: Σ M is (G⊗A + λI)⁻¹ vec(M) exactly, and the sample covariance of 40000
 /// draws matches it within 5 standard errors per entry (the standard error of a sample
-/// covariance entry is √((Σ_ii Σ_jj + Σ_ij²)/N)); also with A truncated to rank 2.
+/// covariance entry is √((Σ_ii Σ_jj + Σ_ij²)/N)); also with A truncated to rank 2, and both
+/// truncated, as low rank plus a flat eigenvalue (the exact posterior of that factor).
 #[test]
 fn kronecker_samples_have_the_posterior_covariance() {
     let mut rng = StdRng::seed_from_u64(1);
-    for (max_side, rank) in [(10, 4), (3, 2)] {
-        let g = random_factor(3, 5, 10, 3, &mut rng);
+    for (g_max, g_rank, max_side, rank) in [(10, 3, 10, 4), (10, 3, 3, 2), (2, 1, 3, 2)] {
+        let g = random_factor(3, 5, g_max, g_rank, &mut rng);
         let a = random_factor(4, 6, max_side, rank, &mut rng);
+        assert_eq!(a.eigen(1.0).unwrap().flat > 0.0, rank < 4, "a truncated factor has a flat eigenvalue");
+        assert_eq!(g.eigen(1.0).unwrap().flat > 0.0, g_rank < 3);
         let prior = 0.7;
         let post = KronPosterior { name: "w".into(), param: peft_core::model::ParamStore::default().add("w", Tensor::zeros((3, 4), DType::F64, &Device::Cpu).unwrap(), false).unwrap(), output: g.eigen(1.0).unwrap(), input: a.eigen(1.0).unwrap(), size: 12 };
         let (gm, am) = (dense(&g).to_vec2::<f64>().unwrap(), dense(&a).to_vec2::<f64>().unwrap());

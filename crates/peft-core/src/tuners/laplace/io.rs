@@ -1,6 +1,7 @@
 //! The fitted posterior next to its adapter: `laplace_state.safetensors` (per LoRA matrix,
 //! under the adapter file's key: `<key>.output_eigenvectors` [out, k], `.output_eigenvalues`
-//! [k], `.input_eigenvectors` [in, k'], `.input_eigenvalues` [k'], f64) and
+//! [k], `.input_eigenvectors` [in, k'], `.input_eigenvalues` [k'], and `.output_flat_eigenvalue`,
+//! `.input_flat_eigenvalue` [1]: the eigenvalue of the unlisted directions, `kron.rs`; f64) and
 //! `laplace_config.json` (prior precision, curvature, token count, factor bounds). The MAP
 //! weights are the adapter's own, so the adapter file and this pair together give the same
 //! predictive.
@@ -30,6 +31,7 @@ pub fn save(posterior: &LaplacePosterior, tuners: &Tuners, dir: &Path) -> Result
         for (side, e) in [("output", &m.output), ("input", &m.input)] {
             tensors.push((format!("{k}.{side}_eigenvectors"), e.u.clone()));
             tensors.push((format!("{k}.{side}_eigenvalues"), Tensor::from_slice(&e.s, e.s.len(), &Device::Cpu)?));
+            tensors.push((format!("{k}.{side}_flat_eigenvalue"), Tensor::from_slice(&[e.flat], 1, &Device::Cpu)?));
         }
     }
     save_file(&tensors, None, &dir.join(STATE_FILE))?;
@@ -79,10 +81,11 @@ pub fn load(dir: &Path, model: &CausalLm, tuners: &Tuners, adapter: &str) -> Res
                 let u = take(format!("{k}.{name}_eigenvectors"), &|s| s.len() == 2 && s[0] == d && s[1] <= d, format!("[{d}, k ≤ {d}]"))?;
                 let n = u.dim(1)?;
                 let s = take(format!("{k}.{name}_eigenvalues"), &|s| s == [n], format!("[{n}]"))?.to_vec1::<f64>()?;
-                if s.iter().any(|v| !v.is_finite() || *v < 0.0) {
-                    return Err(Error::Adapter { file: state_path.clone(), message: format!("`{k}.{name}_eigenvalues`: expected finite values ≥ 0") });
+                let flat = take(format!("{k}.{name}_flat_eigenvalue"), &|s| s == [1], "[1]".into())?.to_vec1::<f64>()?[0];
+                if s.iter().chain([&flat]).any(|v| !v.is_finite() || *v < 0.0) {
+                    return Err(Error::Adapter { file: state_path.clone(), message: format!("`{k}.{name}_eigenvalues` / `_flat_eigenvalue`: expected finite values ≥ 0") });
                 }
-                Ok(Eigen { u, s })
+                Ok(Eigen { u, s, flat })
             };
             let (output, input) = (side("output", out)?, side("input", inp)?);
             matrices.push(KronPosterior { name: p.name.clone(), param, output, input, size: out * inp });

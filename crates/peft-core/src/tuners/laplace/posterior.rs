@@ -3,8 +3,10 @@
 //! isotropic Gaussian prior of precision λ. With eigenbases G = Q_G diag(g) Q_Gᵀ and
 //! A = Q_A diag(a) Q_Aᵀ, the precision is (Q_G ⊗ Q_A)(g aᵀ + λ)(Q_G ⊗ Q_A)ᵀ, so for a matrix
 //! M [out, in] (vec row-major):
-//!   Σ vec(M) = vec(M/λ + U_G [(U_Gᵀ M U_A) ⊙ (1/(g aᵀ + λ) − 1/λ)] U_Aᵀ),
-//! where the listed eigenvectors U may be truncated (unlisted eigenvalues are 0, precision λ).
+//!   Σ vec(M) = vec(M/λ + U_G [(U_Gᵀ M U_A) ⊙ (1/(g aᵀ + λ) − 1/λ)] U_Aᵀ)
+//! when all eigenpairs are listed. A low-rank factor lists k of them and gives the rest one
+//! flat eigenvalue (`kron.rs`); `apply` then splits M into the four blocks of listed/unlisted
+//! directions on each side, each with its own eigenvalues of G ⊗ A.
 //! A sample is θ_MAP + Σ^{1/2} z, by the same formula with square roots.
 use super::fit::{LaplaceFit, MatrixCurvature};
 use super::kron::Eigen;
@@ -26,21 +28,35 @@ pub struct KronPosterior {
 }
 
 impl KronPosterior {
-    /// g aᵀ [k_out, k_in]: the listed eigenvalues of G ⊗ A.
-    fn block(&self) -> Result<Tensor> {
-        let g = Tensor::from_slice(&self.output.s, (self.output.s.len(), 1), &Device::Cpu)?;
-        let a = Tensor::from_slice(&self.input.s, (1, self.input.s.len()), &Device::Cpu)?;
-        Ok(g.broadcast_mul(&a)?)
+    /// f(g aᵀ) [k_out, k_in] over the listed eigenvalues g of G and a of A.
+    fn block(&self, f: &impl Fn(f64) -> f64) -> Result<Tensor> {
+        let (g, a) = (&self.output.s, &self.input.s);
+        let values = g.iter().flat_map(|gi| a.iter().map(move |aj| f(gi * aj))).collect::<Vec<_>>();
+        Ok(Tensor::from_vec(values, (g.len(), a.len()), &Device::Cpu)?)
     }
 
-    /// `M/c + U_G [(U_Gᵀ M U_A) ⊙ (f(block) − 1/c)] U_Aᵀ` for M [out, in] (f64), where f acts
-    /// on the listed eigenvalues and 1/c is its value at eigenvalue 0.
+    /// f(G ⊗ A) vec(M) for M [out, in] (f64). With P = U_G U_Gᵀ, Q = U_A U_Aᵀ, flat eigenvalues
+    /// g₀, a₀ and c = f(g₀a₀), the four blocks P M Q, P M (I−Q), (I−P) M Q, (I−P) M (I−Q) have
+    /// eigenvalues g aᵀ, g a₀, g₀ aᵀ, g₀ a₀; collected, that is
+    ///   c M + U_G [(U_Gᵀ M U_A) ⊙ (f(gaᵀ) − f(g a₀) − f(g₀ aᵀ) + c)] U_Aᵀ
+    ///       + U_G diag(f(g a₀) − c) U_Gᵀ M + M U_A diag(f(g₀ a) − c) U_Aᵀ,
+    /// which is only O(d·k) work and memory, never the d × d complement.
     fn apply(&self, m: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor> {
-        let at_zero = f(0.0);
-        let inner = self.output.u.t()?.matmul(m)?.matmul(&self.input.u)?;
-        let shift = self.block()?.to_vec2::<f64>()?.into_iter().flatten().map(|x| f(x) - at_zero).collect::<Vec<_>>();
-        let shift = Tensor::from_vec(shift, inner.shape(), &Device::Cpu)?;
-        Ok(((m * at_zero)? + self.output.u.matmul(&(inner * shift)?)?.matmul(&self.input.u.t()?)?)?)
+        let (ug, ua) = (&self.output.u, &self.input.u);
+        let (g0, a0) = (self.output.flat, self.input.flat);
+        let c = f(g0 * a0);
+        let row = self.output.s.iter().map(|g| f(g * a0) - c).collect::<Vec<_>>(); // [k_out]
+        let col = self.input.s.iter().map(|a| f(g0 * a) - c).collect::<Vec<_>>(); // [k_in]
+        let row = Tensor::from_slice(&row, (row.len(), 1), &Device::Cpu)?;
+        let col = Tensor::from_slice(&col, (1, col.len()), &Device::Cpu)?;
+        let inner = ug.t()?.matmul(m)?.matmul(ua)?;
+        let weights = ((self.block(&f)? - c)?.broadcast_sub(&row)?.broadcast_sub(&col))?;
+        let mut out = ((m * c)? + ug.matmul(&(inner * weights)?)?.matmul(&ua.t()?)?)?;
+        if g0 != 0.0 || a0 != 0.0 {
+            out = (out + ug.matmul(&ug.t()?.matmul(m)?.broadcast_mul(&row)?)?)?;
+            out = (out + m.matmul(ua)?.broadcast_mul(&col)?.matmul(&ua.t()?)?)?;
+        }
+        Ok(out)
     }
 
     /// Σ M: the posterior covariance applied to M [out, in].
@@ -55,11 +71,15 @@ impl KronPosterior {
         self.apply(&z, |x| 1.0 / (x + prior).sqrt())
     }
 
-    /// Σ over every eigenvalue e of G ⊗ A of `f(e)` (the unlisted ones being 0).
+    /// Σ over every eigenvalue e of G ⊗ A of `f(e)`: the listed products, and the unlisted
+    /// directions of either side at its flat eigenvalue.
     fn sum_over_spectrum(&self, f: impl Fn(f64) -> f64) -> Result<f64> {
-        let listed = self.output.s.len() * self.input.s.len();
-        let sum: f64 = self.block()?.flatten_all()?.to_vec1::<f64>()?.into_iter().map(&f).sum();
-        Ok(sum + (self.size - listed) as f64 * f(0.0))
+        let (g0, a0) = (self.output.flat, self.input.flat);
+        let (ng, na) = (self.output.unlisted()? as f64, self.input.unlisted()? as f64);
+        let listed: f64 = self.block(&f)?.flatten_all()?.to_vec1::<f64>()?.into_iter().sum();
+        let g_rest: f64 = self.output.s.iter().map(|g| f(g * a0)).sum::<f64>() * na;
+        let a_rest: f64 = self.input.s.iter().map(|a| f(g0 * a)).sum::<f64>() * ng;
+        Ok(listed + g_rest + a_rest + ng * na * f(g0 * a0))
     }
 }
 
