@@ -188,6 +188,9 @@ impl NativeModel {
                 if let Some(cp) = &checkpoint {
                     ctx = ctx.with_checkpointing(cp.clone());
                 }
+                if let Some(l) = &labels {
+                    ctx = ctx.with_labels(l);
+                }
                 let (logits, loss) = match labels {
                     Some(l) if !return_logits => {
                         let (sum, count) = m.llama.loss_sum(&input, &ctx, &l)?;

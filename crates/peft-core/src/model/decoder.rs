@@ -43,6 +43,9 @@ pub struct Ctx<'a> {
     /// Auxiliary training losses the layers add in this pass (MixLoRA's load balancing), by
     /// name; `tuners::aux_loss` adds them to the training loss.
     pub aux_losses: Mutex<Vec<(String, Tensor)>>,
+    /// The loss labels of this pass, when it has them: instance-dependent prompts then read
+    /// only the positions before the first target (`batch::prompt_context_mask`).
+    pub labels: Option<Vec<Vec<i64>>>,
 }
 
 /// The shared-draws key of `Ctx::virtual_positions`.
@@ -51,7 +54,7 @@ const VIRTUAL_POSITIONS: &str = "model/virtual_positions";
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
-        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None, aux_losses: Mutex::default() }
+        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None, aux_losses: Mutex::default(), labels: None }
     }
 
     /// Inference: no graph, no dropout.
@@ -69,6 +72,13 @@ impl<'a> Ctx<'a> {
     pub fn training(mut self, seed: u64) -> Self {
         self.training = true;
         self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// A pass scored on `labels`: instance-dependent prompts read only the positions before the
+    /// first loss target (`batch::prompt_context_mask`), as generation reads only its prompt.
+    pub fn with_labels(mut self, labels: &[Vec<i64>]) -> Self {
+        self.labels = Some(labels.to_vec());
         self
     }
 
@@ -169,8 +179,13 @@ impl CausalLm {
         if let Some(h) = &ctx.hooks {
             x = h.input_embeddings(x, past - virt_past, ctx)?;
         }
+        let context = match &ctx.labels {
+            Some(l) if past == 0 && ctx.hooks.is_some() => Some(super::batch::prompt_context_mask(batch.attention_mask.as_deref(), l, b, t)?),
+            _ => None,
+        };
+        let context = context.as_deref().or(batch.attention_mask.as_deref());
         let prompt = match &ctx.hooks {
-            Some(h) if past == 0 => h.prompt(ctx, &super::hooks::PromptInputs { embeddings: &x, mask: batch.attention_mask.as_deref() })?,
+            Some(h) if past == 0 => h.prompt(ctx, &super::hooks::PromptInputs { embeddings: &x, mask: context })?,
             _ => Default::default(),
         };
         let nv = match &prompt.virtual_tokens {

@@ -22,11 +22,13 @@ pub struct Prompt {
     pub prefix_spans: Vec<(String, usize)>,
 }
 
-/// What the prompt site sees of the input at prefill: the input tokens' embeddings
-/// [b, t, hidden] (after `input_embeddings`) and the caller's attention mask, for prompts that
-/// depend on the instance (SMoP's router, IDPG's generator).
+/// What the prompt site sees of the input at prefill, for prompts that depend on the instance
+/// (SMoP's router, IDPG's generator): the input tokens' embeddings [b, t, hidden] (after
+/// `input_embeddings`) and which of them it may read.
 pub struct PromptInputs<'a> {
     pub embeddings: &'a Tensor,
+    /// 1 = may be read: the attended positions, and in a pass with labels only those before the
+    /// first loss target (`batch::prompt_context_mask`); None = all.
     pub mask: Option<&'a [Vec<u8>]>,
 }
 
