@@ -1,4 +1,4 @@
-//! Instance-dependent prompts (SMoP's router, IDPG's generator) read only the positions before
+//! Instance-dependent prompts (SMoP's router, IDPG's and LPT's generators) read only the positions before
 //! the first loss target (`batch::prompt_context_mask`): the prompt never sees the answer it is
 //! scored on, and a training pass conditions as generation does (on its prompt).
 mod common;
@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 
 const PROMPT: usize = 5;
 
-fn methods() -> [(Value, usize); 2] {
+fn methods() -> [(Value, usize); 3] {
     [
+        (json!({"peft_type": "LPT", "num_virtual_tokens": 3, "generator_hidden": 8}), 3),
         (json!({"peft_type": "SMOP", "num_virtual_tokens": 3, "num_prompts": 2, "router_noise": 0.0}), 3),
         (json!({"peft_type": "IDPG", "num_virtual_tokens": 3, "generator_hidden": 8}), 3),
     ]
@@ -54,7 +55,10 @@ fn a_completion_token_does_not_reach_earlier_positions() {
             changed_labels[r][at] = 100 + r as i64;
         }
         let after = logits(&model, &tuners, &changed, &changed_labels);
-        let earlier = max_abs_diff(&before.narrow(1, 0, nv + at).unwrap(), &after.narrow(1, 0, nv + at).unwrap());
+        // Padding's own logits are left out: a padded query attends uniformly (as transformers'),
+        // future keys included, in the base model too.
+        let mask: Vec<Vec<u8>> = batch.attention_mask.as_ref().unwrap().iter().map(|r| [vec![1u8; nv], r[..at].to_vec()].concat()).collect();
+        let earlier = common::max_masked_diff(&before.narrow(1, 0, nv + at).unwrap(), &after.narrow(1, 0, nv + at).unwrap(), &mask);
         assert!(earlier == 0.0, "{}: earlier logits moved by {earlier}", cfg["peft_type"]);
         let later = max_abs_diff(&before.narrow(1, nv + at, 12 - at).unwrap(), &after.narrow(1, nv + at, 12 - at).unwrap());
         assert!(later > 1e-6, "{}: the changed token has no effect", cfg["peft_type"]);

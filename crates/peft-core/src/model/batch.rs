@@ -124,6 +124,15 @@ pub fn prompt_context_mask(mask: Option<&[Vec<u8>]>, labels: &[Vec<i64>], b: usi
         .collect())
 }
 
+/// The additive bias of a masked attention entry in `dtype`: its most negative finite value.
+pub fn masked_value(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => -65504.0,
+        _ => f32::MIN as f64,
+    }
+}
+
 /// The segment of key positions that every packed example attends (virtual tokens, prefixes).
 pub const SHARED_SEGMENT: u32 = u32::MAX;
 
@@ -143,11 +152,7 @@ pub fn attention_bias(
     device: &Device,
 ) -> Result<Tensor> {
     let kv = past_len + t;
-    let min = match dtype {
-        DType::F64 => f64::MIN,
-        DType::F16 => -65504.0,
-        _ => f32::MIN as f64,
-    };
+    let min = masked_value(dtype);
     let mut bias = vec![0f64; b * t * kv];
     for r in 0..b {
         for i in 0..t {

@@ -74,6 +74,19 @@ pub trait ModelHooks: Send + Sync {
         Ok(Prompt::default())
     }
 
+    /// How many decoder layers, from the first, run the virtual positions as placeholders the
+    /// real tokens do not attend (LPT's late prompt is generated at the layer after them).
+    fn virtual_hidden_below(&self, _ctx: &Ctx) -> usize {
+        0
+    }
+
+    /// At prefill, the hidden states [b, nv, hidden] that replace the nv virtual positions'
+    /// entering decoder layer `layer`, from the real positions' (`inputs.embeddings`, the
+    /// hidden states there); None leaves them.
+    fn late_virtual_tokens(&self, _layer: usize, _inputs: &PromptInputs, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// The per-query multiplier [b, 1, t, n] of the key/value prefix columns (n = the spans'
     /// total) at the attention `path`, from the attention input `x` [b, t, hidden]. None: ungated.
     fn prefix_gates(&self, _path: &str, _spans: &[(String, usize)], _x: &Tensor, _ctx: &Ctx) -> Result<Option<Tensor>> {
