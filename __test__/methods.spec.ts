@@ -118,6 +118,8 @@ const ROWS: Row[] = [
   // The gates' log α is the new part: the finite differences check it (evaluation's gates).
   { name: 'Intrinsic SAID', config: (a) => new peftNode.IntrinsicSaidConfig({ intrinsicDim: 50, targetModules: a.qv }), canMerge: true, fdParam: /said_theta/ },
   { name: 'structured diff pruning', config: (a) => new peftNode.SDiffPruningConfig({ targetModules: a.qv }), canMerge: true, fdParam: /diff_log_alpha/ },
+  // LPT (issue 16): the generator's down-projection, fed the middle layer's hidden states.
+  { name: 'LPT', config: (a) => new peftNode.LptConfig({ numVirtualTokens: 3, generatorHidden: 8 }), canMerge: false, virtual: 3, fdParam: /lpt_down\./ },
 ]
 
 for (const arch of ARCHS) {

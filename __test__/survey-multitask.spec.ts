@@ -3,12 +3,13 @@
 // metrics), AdapterSoup's selection and weight average, and the new CLI names.
 import test from 'ava'
 import { join } from 'node:path'
-import { BottleneckAdapterConfig, LlamaModel, LoraConfig, PromptTuningConfig, Trainer, adapterSoup, examplesLoss, getPeftModel, loadData, type PeftModel } from '../src'
+import { BottleneckAdapterConfig, LlamaModel, LoraConfig, LptConfig, PromptTuningConfig, Trainer, adapterSoup, examplesLoss, getPeftModel, loadData, type PeftModel } from '../src'
 import type { LoraHubExample } from '../src'
 import { METHODS, methodConfig } from '../src/cli/methods'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
 import { snapshot, texts } from './helpers/train-data'
 import { tempDir } from './helpers/temp'
+import { cliTrain } from './helpers/cli-train'
 
 const logits = async (peft: PeftModel) => (await peft.forward({ inputIds: inputs().input_ids })).logits.toFloat64Array()
 const maxDiff = (a: Float64Array, b: Float64Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0)
@@ -110,4 +111,16 @@ test('the new CLI names build configs the native core accepts', async (t) => {
     t.true(peft.namedParameters({ trainableOnly: true }).length > 0, name)
     peft.dispose()
   }
+})
+
+test('LPT: the CLI trains it by name; a layer the model lacks is refused naming insertion_layer', async (t) => {
+  t.is(METHODS.lpt.peftType, 'LPT')
+  const { config, metrics } = await cliTrain(t, 'lpt', ['--insertion-layer', '1'])
+  t.is(config.peft_type, 'LPT')
+  t.is(config.insertion_layer, 1)
+  t.is(config.num_virtual_tokens, 5)
+  t.regex(metrics, /"loss":/)
+  const wrong = getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new LptConfig({ numVirtualTokens: 2, insertionLayer: 2 }))
+  await t.throwsAsync(wrong, { message: /insertion_layer.*below 2/ })
+  t.throws(() => new LptConfig({ numVirtualTokens: 2, insertionLayer: -1 }), { message: /insertionLayer: expected an integer >= 0/ })
 })

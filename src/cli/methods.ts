@@ -35,6 +35,8 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   // Survey methods, part B (issue 16): masks rewritten during training, LoRA improvements.
   far: { peftType: 'FAR' }, 'lt-sft': { peftType: 'LT_SFT' }, 'fish-dip': { peftType: 'FISH_DIP' }, 'periodic-lora': { peftType: 'PERIODIC_LORA' },
   's-diff-pruning': { peftType: 'S_DIFF_PRUNING' }, 'intrinsic-said': { peftType: 'INTRINSIC_SAID' },
+  // Issue 16: LPT.
+  lpt: { peftType: 'LPT', defaults: { numVirtualTokens: 5 } },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])

@@ -137,3 +137,27 @@ export class PrefixPropagationConfig extends PeftConfig {
     positiveInt('numVirtualTokens', options.numVirtualTokens)
   }
 }
+
+/**
+ * LPT (Liu et al. 2022): one prompt inserted at an intermediate decoder layer (`insertionLayer`,
+ * default the middle), generated per instance from that layer's mean hidden state by IDPG's
+ * bottleneck generator. Below that layer the tokens do not see it. Cannot be merged.
+ */
+export interface LptConfigOptions extends InstancePromptOptions {
+  generatorHidden?: number
+  /** true (default): the generator's up-projection starts at zero (a fixed prompt at first). */
+  initWeights?: boolean
+  /** 0-based decoder layer the prompt enters (default: num_hidden_layers / 2). */
+  insertionLayer?: number
+}
+
+export class LptConfig extends PeftConfig {
+  readonly peftType = 'LPT'
+  constructor(options: LptConfigOptions) {
+    super(options)
+    positiveInt('numVirtualTokens', options.numVirtualTokens)
+    positiveInt('generatorHidden', options.generatorHidden)
+    const layer = options.insertionLayer
+    if (layer !== undefined && (!Number.isInteger(layer) || layer < 0)) throw new Error(`insertionLayer: expected an integer >= 0, found ${String(layer)}`)
+  }
+}
