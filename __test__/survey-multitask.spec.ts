@@ -3,7 +3,7 @@
 // metrics), AdapterSoup's selection and weight average, and the new CLI names.
 import test from 'ava'
 import { join } from 'node:path'
-import { BottleneckAdapterConfig, LlamaModel, LoraConfig, LptConfig, PromptTuningConfig, Trainer, adapterSoup, examplesLoss, getPeftModel, loadData, type PeftModel } from '../src'
+import { AdaMixConfig, BottleneckAdapterConfig, LlamaModel, LoraConfig, LptConfig, PromptTuningConfig, Trainer, adapterSoup, examplesLoss, getPeftModel, loadData, type PeftModel } from '../src'
 import type { LoraHubExample } from '../src'
 import { METHODS, methodConfig } from '../src/cli/methods'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
@@ -123,4 +123,16 @@ test('LPT: the CLI trains it by name; a layer the model lacks is refused naming 
   const wrong = getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new LptConfig({ numVirtualTokens: 2, insertionLayer: 2 }))
   await t.throwsAsync(wrong, { message: /insertion_layer.*below 2/ })
   t.throws(() => new LptConfig({ numVirtualTokens: 2, insertionLayer: -1 }), { message: /insertionLayer: expected an integer >= 0/ })
+})
+
+test('AdaMix: the consistency loss is in each training step\'s metrics; weight 0 turns it off', async (t) => {
+  const run = async (consistencyWeight: number) => {
+    const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaMixConfig({ numExperts: 3, bottleneckSize: 8, initWeights: false, consistencyWeight }), { seed: 1 })
+    const steps = await trainSteps(peft, 2)
+    peft.dispose()
+    return steps
+  }
+  for (const s of await run(1)) t.true(s.adamix_consistency > 0 && Number.isFinite(s.adamix_consistency), JSON.stringify(s))
+  for (const s of await run(0)) t.is(s.adamix_consistency, undefined)
+  t.throws(() => new AdaMixConfig({ consistencyWeight: -1 }), { message: /consistencyWeight: expected a finite number >= 0/ })
 })

@@ -62,6 +62,12 @@ export interface AdaMixConfigOptions extends BottleneckOptions {
   numExperts?: number
   /** true (default): the up-projections start at zero (the identity). */
   initWeights?: boolean
+  /**
+   * λ of the consistency loss (§2.3): a second routed forward per training step and
+   * λ/2 · symmetric KL between the two predictions, in `auxLosses.adamix_consistency`.
+   * Default 1; 0 turns it off (and the second forward).
+   */
+  consistencyWeight?: number
 }
 
 export class AdaMixConfig extends PeftConfig {
@@ -70,6 +76,8 @@ export class AdaMixConfig extends PeftConfig {
     super(options)
     positiveInt('numExperts', options.numExperts)
     positiveInt('bottleneckSize', options.bottleneckSize)
+    const w = options.consistencyWeight
+    if (w !== undefined && !(typeof w === 'number' && Number.isFinite(w) && w >= 0)) throw new Error(`consistencyWeight: expected a finite number >= 0, found ${String(w)}`)
   }
 }
 

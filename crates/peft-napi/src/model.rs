@@ -191,15 +191,20 @@ impl NativeModel {
                 if let Some(l) = &labels {
                     ctx = ctx.with_labels(l);
                 }
+                // AdaMix's consistency loss compares two passes' logits: they are computed then.
+                let consistency = ctx.training && labels.is_some() && peft_core::tuners::adamix::consistency::weight(&m.tuners) > 0.0;
                 let (logits, loss) = match labels {
-                    Some(l) if !return_logits => {
+                    Some(l) if !return_logits && !consistency => {
                         let (sum, count) = m.llama.loss_sum(&input, &ctx, &l)?;
                         (None, Some((sum / count as f64)?))
                     }
                     l => {
                         let logits = m.llama.forward(&input, &ctx, None, false)?;
+                        if consistency {
+                            peft_core::tuners::adamix::consistency::add_consistency_loss(&m.llama, &m.tuners, &input, &ctx, &logits)?;
+                        }
                         let loss = l.map(|l| loss::causal_lm_loss(&logits, &l)).transpose()?;
-                        (Some(logits), loss)
+                        (Some(logits).filter(|_| return_logits), loss)
                     }
                 };
                 let loss = match loss {
