@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `peft-node` command: train | generate | chat | eval | info | merge | export | plan | search.
+// The `peft-node` command: train | generate | chat | eval | info | merge | export | plan | search | adapter-soup.
 import { parseArgs } from './args'
 import { trainCommand } from './train'
 import { chatCommand, evalCommand, exportCommand, generateCommand, infoCommand, mergeCommand } from './commands'
@@ -7,6 +7,7 @@ import { planCommand } from './plan'
 import { processIo, type Io } from './io'
 import { checkCommandLine } from './options'
 import { searchCommand } from './search'
+import { soupCommand } from './soup'
 
 export const USAGE = `peft-node <command> [options]
 
@@ -41,6 +42,9 @@ export const USAGE = `peft-node <command> [options]
             [--learning-rate] [--batch-size] [--valid-split 0.2]
             AutoPEFT-style search of which layers get which method and size under a budget of
             trainable parameters; prints each trial and the Pareto front (docs/search.md)
+  adapter-soup  --model M --adapters DIR1,DIR2,... --data D --output DIR [--top-k 3] [--force]
+            AdapterSoup: the --top-k adapters with the lowest loss on the samples in D, averaged,
+            written as an adapter folder (adapters of one method and config)
 
   --model and --adapter also take a Hugging Face Hub id (org/name), downloaded into the shared
   HF cache: [--revision R] [--adapter-revision R] [--file F.gguf] (HF_TOKEN, HF_HUB_OFFLINE, ...)
@@ -64,6 +68,7 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
     else if (command === 'export') await exportCommand(flags, io)
     else if (command === 'plan') planCommand(flags, args, io)
     else if (command === 'search') await searchCommand(flags, io, signal)
+    else if (command === 'adapter-soup') await soupCommand(flags, io)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
   } catch (e) {

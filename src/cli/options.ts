@@ -4,6 +4,7 @@
 // those are checked by `cliPeftModel` (methods.ts) once the adapter exists.
 import { TRAIN_KEYS, normalise } from './config'
 import { SEARCH_OPTIONS } from './search'
+import { SOUP_OPTIONS } from './soup'
 
 const GENERATION = ['maxTokens', 'maxNewTokens', 'temperature', 'temp', 'topP', 'topK', 'seed']
 /** --model/--adapter may be Hub ids: their revisions, and the .gguf of a GGUF repo. */
@@ -24,6 +25,7 @@ export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string;
   export: { options: ['model', 'adapter', 'output', 'format', 'outtype', 'ollama', 'force', ...HUB] },
   plan: { options: [...PLAN_KEYS, ...PLAN_METHOD_FIELDS], args: 'the model' },
   search: { options: SEARCH_OPTIONS },
+  'adapter-soup': { options: SOUP_OPTIONS },
 }
 
 const ALWAYS = ['help']
