@@ -82,6 +82,17 @@ export function positiveInt(name: string, v: unknown): void {
   if (v !== undefined && (!Number.isInteger(v) || (v as number) <= 0)) throw new Error(`${name}: expected an integer > 0, found ${String(v)}`)
 }
 
+/** A finite number >= 0 when given (`integer`: an integer >= 0). */
+export function nonNegative(name: string, v: unknown, integer = false): void {
+  const ok = typeof v === 'number' && Number.isFinite(v) && v >= 0 && (!integer || Number.isInteger(v))
+  if (v !== undefined && !ok) throw new Error(`${name}: expected ${integer ? 'an integer' : 'a number'} >= 0, found ${String(v)}`)
+}
+
+/** A share in (0, 1] when given. */
+export function share(name: string, v: unknown): void {
+  if (v !== undefined && !(typeof v === 'number' && v > 0 && v <= 1)) throw new Error(`${name}: expected a number in (0, 1], found ${String(v)}`)
+}
+
 export function probability(name: string, v: unknown): void {
   if (v !== undefined && !(typeof v === 'number' && v >= 0 && v < 1)) throw new Error(`${name}: expected a number in [0, 1), found ${String(v)}`)
 }

@@ -1,16 +1,12 @@
 // Sparse fine-tuning whose mask a training procedure rewrites (PEFT survey, Han et al. 2024,
 // §3.2; issue 16): FAR, LT-SFT and Fish-Dip. Each trains a delta ΔW of every targeted weight
 // under a 0/1 mask; the Trainer runs the procedure (docs/methods.md). All merge.
-import { PeftConfig, positiveInt, type PeftConfigOptions } from './config'
+import { PeftConfig, nonNegative, positiveInt, share, type PeftConfigOptions } from './config'
 
 interface TargetOptions extends PeftConfigOptions {
   targetModules?: string[] | string
   excludeModules?: string[] | string
   layersToTransform?: number[] | number
-}
-
-function share(name: string, v: unknown): void {
-  if (v !== undefined && !(typeof v === 'number' && v > 0 && v <= 1)) throw new Error(`${name}: expected a number in (0, 1], found ${String(v)}`)
 }
 
 /**
@@ -81,7 +77,6 @@ export class SDiffPruningConfig extends PeftConfig {
   readonly peftType = 'S_DIFF_PRUNING'
   constructor(options: SDiffPruningConfigOptions = {}) {
     super(options)
-    const l = options.l0Lambda
-    if (l !== undefined && !(typeof l === 'number' && Number.isFinite(l) && l >= 0)) throw new Error(`l0Lambda: expected a number >= 0, found ${String(l)}`)
+    nonNegative('l0Lambda', options.l0Lambda)
   }
 }

@@ -1,6 +1,6 @@
 // LoRA improvements and mixtures of experts from the PEFT survey (Han et al. 2024, §3.3-3.4).
 // Each is a `peft_type` of ours (docs/methods.md); the native core validates every field.
-import { PeftConfig, positiveInt, probability, type PeftConfigOptions } from './config'
+import { PeftConfig, nonNegative, positiveInt, probability, share, type PeftConfigOptions } from './config'
 
 interface TargetOptions extends PeftConfigOptions {
   targetModules?: string[] | string
@@ -122,8 +122,7 @@ export class SoraConfig extends PeftConfig {
   constructor(options: SoraConfigOptions = {}) {
     super(options)
     checkLowRank(options)
-    const l = options.sparseLambda
-    if (l !== undefined && !(typeof l === 'number' && Number.isFinite(l) && l >= 0)) throw new Error(`sparseLambda: expected a number >= 0, found ${String(l)}`)
+    nonNegative('sparseLambda', options.sparseLambda)
   }
 }
 
@@ -140,8 +139,7 @@ export class ChildTuningConfig extends PeftConfig {
   readonly peftType = 'CHILD_TUNING'
   constructor(options: ChildTuningConfigOptions = {}) {
     super(options)
-    const p = options.childRatio
-    if (p !== undefined && !(typeof p === 'number' && p > 0 && p <= 1)) throw new Error(`childRatio: expected a number in (0, 1], found ${String(p)}`)
+    share('childRatio', options.childRatio)
   }
 }
 

@@ -1,7 +1,7 @@
 // Multi-task composition and faster prompt tuning from the PEFT survey (Han et al. 2024, issue 16):
 // adapters built over several already-trained ones. Each is a `peft_type` of ours
 // (docs/methods.md); the native core validates every field.
-import { PeftConfig, positiveInt, type PeftConfigOptions } from './config'
+import { PeftConfig, nonNegative, positiveInt, type PeftConfigOptions } from './config'
 import type { BottleneckOptions } from './adapters'
 
 /**
@@ -76,8 +76,7 @@ export class AdaMixConfig extends PeftConfig {
     super(options)
     positiveInt('numExperts', options.numExperts)
     positiveInt('bottleneckSize', options.bottleneckSize)
-    const w = options.consistencyWeight
-    if (w !== undefined && !(typeof w === 'number' && Number.isFinite(w) && w >= 0)) throw new Error(`consistencyWeight: expected a finite number >= 0, found ${String(w)}`)
+    nonNegative('consistencyWeight', options.consistencyWeight)
   }
 }
 
@@ -165,7 +164,6 @@ export class LptConfig extends PeftConfig {
     super(options)
     positiveInt('numVirtualTokens', options.numVirtualTokens)
     positiveInt('generatorHidden', options.generatorHidden)
-    const layer = options.insertionLayer
-    if (layer !== undefined && (!Number.isInteger(layer) || layer < 0)) throw new Error(`insertionLayer: expected an integer >= 0, found ${String(layer)}`)
+    nonNegative('insertionLayer', options.insertionLayer, true)
   }
 }
