@@ -96,3 +96,23 @@ export function share(name: string, v: unknown): void {
 export function probability(name: string, v: unknown): void {
   if (v !== undefined && !(typeof v === 'number' && v >= 0 && v < 1)) throw new Error(`${name}: expected a number in [0, 1), found ${String(v)}`)
 }
+
+/** The constructor of a method's config class: `options` may be left out when every field is optional. */
+export type MethodConfigClass<O extends PeftConfigOptions, T extends string> = new (...args: {} extends O ? [options?: O] : [options: O]) => PeftConfig & { readonly peftType: T }
+
+/**
+ * The base of a method's config class (`class XConfig extends methodConfig(…) {}`): its
+ * `peft_type` and the checks of its options, run after `PeftConfig`'s, which is all that differs
+ * between those classes. Without options, `{}` is taken unless the method needs some (`optional` false).
+ */
+export function methodConfig<O extends PeftConfigOptions, T extends string>(peftType: T, check: (options: O) => void = () => {}, optional = true): MethodConfigClass<O, T> {
+  class MethodConfig extends PeftConfig {
+    readonly peftType: T = peftType
+    constructor(options?: O) {
+      const given = options === undefined && optional ? ({} as O) : (options as O)
+      super(given)
+      check(given)
+    }
+  }
+  return MethodConfig as unknown as MethodConfigClass<O, T>
+}
