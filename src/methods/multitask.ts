@@ -126,10 +126,7 @@ export class PrefixPropagationConfig extends methodConfig<PrefixPropagationConfi
  * default the middle), generated per instance from that layer's mean hidden state by IDPG's
  * bottleneck generator. Below that layer the tokens do not see it. Cannot be merged.
  */
-export interface LptConfigOptions extends InstancePromptOptions {
-  generatorHidden?: number
-  /** true (default): the generator's up-projection starts at zero (a fixed prompt at first). */
-  initWeights?: boolean
+export interface LptConfigOptions extends IdpgConfigOptions {
   /** 0-based decoder layer the prompt enters (default: num_hidden_layers / 2). */
   insertionLayer?: number
 }
