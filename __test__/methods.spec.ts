@@ -121,6 +121,8 @@ const ROWS: Row[] = [
   // Laplace-LoRA (issue 16): a LoRA adapter (gradients, save, merge as LoRA); its fit + predict
   // round trip is the test after the contract below.
   { name: 'Laplace-LoRA', config: (a) => new peftNode.LoraConfig({ r: 4, targetModules: a.qv }), canMerge: true },
+  // LPT (issue 16): the generator's down-projection, fed the middle layer's hidden states.
+  { name: 'LPT', config: (a) => new peftNode.LptConfig({ numVirtualTokens: 3, generatorHidden: 8 }), canMerge: false, virtual: 3, fdParam: /lpt_down\./ },
 ]
 
 for (const arch of ARCHS) {

@@ -3,12 +3,13 @@
 // metrics), AdapterSoup's selection and weight average, and the new CLI names.
 import test from 'ava'
 import { join } from 'node:path'
-import { BottleneckAdapterConfig, LlamaModel, LoraConfig, PromptTuningConfig, Trainer, adapterSoup, examplesLoss, getPeftModel, loadData, type PeftModel } from '../src'
+import { AdaMixConfig, BottleneckAdapterConfig, LlamaModel, LoraConfig, LptConfig, PromptTuningConfig, Trainer, adapterSoup, examplesLoss, getPeftModel, loadData, type PeftModel } from '../src'
 import type { LoraHubExample } from '../src'
 import { METHODS, methodConfig } from '../src/cli/methods'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
 import { snapshot, texts } from './helpers/train-data'
 import { tempDir } from './helpers/temp'
+import { cliTrain } from './helpers/cli-train'
 
 const logits = async (peft: PeftModel) => (await peft.forward({ inputIds: inputs().input_ids })).logits.toFloat64Array()
 const maxDiff = (a: Float64Array, b: Float64Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i])), 0)
@@ -110,4 +111,28 @@ test('the new CLI names build configs the native core accepts', async (t) => {
     t.true(peft.namedParameters({ trainableOnly: true }).length > 0, name)
     peft.dispose()
   }
+})
+
+test('LPT: the CLI trains it by name; a layer the model lacks is refused naming insertion_layer', async (t) => {
+  t.is(METHODS.lpt.peftType, 'LPT')
+  const { config, metrics } = await cliTrain(t, 'lpt', ['--insertion-layer', '1'])
+  t.is(config.peft_type, 'LPT')
+  t.is(config.insertion_layer, 1)
+  t.is(config.num_virtual_tokens, 5)
+  t.regex(metrics, /"loss":/)
+  const wrong = getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new LptConfig({ numVirtualTokens: 2, insertionLayer: 2 }))
+  await t.throwsAsync(wrong, { message: /insertion_layer.*below 2/ })
+  t.throws(() => new LptConfig({ numVirtualTokens: 2, insertionLayer: -1 }), { message: /insertionLayer: expected an integer >= 0/ })
+})
+
+test('AdaMix: the consistency loss is in each training step\'s metrics; weight 0 turns it off', async (t) => {
+  const run = async (consistencyWeight: number) => {
+    const peft = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaMixConfig({ numExperts: 3, bottleneckSize: 8, initWeights: false, consistencyWeight }), { seed: 1 })
+    const steps = await trainSteps(peft, 2)
+    peft.dispose()
+    return steps
+  }
+  for (const s of await run(1)) t.true(s.adamix_consistency > 0 && Number.isFinite(s.adamix_consistency), JSON.stringify(s))
+  for (const s of await run(0)) t.is(s.adamix_consistency, undefined)
+  t.throws(() => new AdaMixConfig({ consistencyWeight: -1 }), { message: /consistencyWeight: expected a number >= 0/ })
 })

@@ -41,6 +41,8 @@ export { FarConfig, LtSftConfig, FishDipConfig, SDiffPruningConfig } from './met
 export type { FarConfigOptions, LtSftConfigOptions, FishDipConfigOptions, SDiffPruningConfigOptions } from './methods/masks'
 export { PeriodicLoraConfig, IntrinsicSaidConfig } from './methods/lora-variants'
 export type { PeriodicLoraConfigOptions, IntrinsicSaidConfigOptions } from './methods/lora-variants'
+export { LptConfig } from './methods/multitask'
+export type { LptConfigOptions } from './methods/multitask'
 export * from './data'
 export * from './train'
 export * from './compose'

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The `peft-node` command: train | generate | chat | eval | info | merge | export | plan | search.
+// The `peft-node` command: train | generate | chat | eval | info | merge | export | plan | search | adapter-soup.
 import { parseArgs } from './args'
 import { trainCommand } from './train'
 import { chatCommand, evalCommand, exportCommand, generateCommand, infoCommand, mergeCommand } from './commands'
@@ -8,6 +8,7 @@ import { processIo, type Io } from './io'
 import { checkCommandLine } from './options'
 import { searchCommand } from './search'
 import { laplaceCommand } from './laplace'
+import { soupCommand } from './soup'
 
 export const USAGE = `peft-node <command> [options]
 
@@ -47,6 +48,9 @@ export const USAGE = `peft-node <command> [options]
             Laplace-LoRA on a trained LoRA adapter: fits the Kronecker-factored posterior, writes it
             next to the adapter, reports held-out NLL and ECE of MAP vs Laplace (docs/laplace.md);
             \`train --method laplace-lora\` trains LoRA and then fits with the defaults
+  adapter-soup  --model M --adapters DIR1,DIR2,... --data D --output DIR [--top-k 3] [--force]
+            AdapterSoup: the --top-k adapters with the lowest loss on the samples in D, averaged,
+            written as an adapter folder (adapters of one method and config)
 
   --model and --adapter also take a Hugging Face Hub id (org/name), downloaded into the shared
   HF cache: [--revision R] [--adapter-revision R] [--file F.gguf] (HF_TOKEN, HF_HUB_OFFLINE, ...)
@@ -71,6 +75,7 @@ export async function main(argv: string[], io: Io = processIo, signal?: AbortSig
     else if (command === 'plan') planCommand(flags, args, io)
     else if (command === 'search') await searchCommand(flags, io, signal)
     else if (command === 'laplace') await laplaceCommand(flags, io, signal)
+    else if (command === 'adapter-soup') await soupCommand(flags, io)
     else throw new Error(`unknown command "${command}"; run \`peft-node help\``)
     return 0
   } catch (e) {

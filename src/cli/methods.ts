@@ -37,6 +37,8 @@ export const METHODS: Record<string, { peftType: string; defaults?: Record<strin
   's-diff-pruning': { peftType: 'S_DIFF_PRUNING' }, 'intrinsic-said': { peftType: 'INTRINSIC_SAID' },
   // Laplace-LoRA (issue 16): LoRA, then the posterior fitted after training (src/cli/laplace.ts).
   'laplace-lora': { peftType: 'LORA' },
+  // Issue 16: LPT.
+  lpt: { peftType: 'LPT', defaults: { numVirtualTokens: 5 } },
 }
 
 const LIST_KEYS = new Set(['targetModules', 'excludeModules', 'layersToTransform', 'modulesToSave'])

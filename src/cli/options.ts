@@ -5,6 +5,7 @@
 import { TRAIN_KEYS, normalise } from './config'
 import { SEARCH_OPTIONS } from './search'
 import { LAPLACE_OPTIONS } from './laplace'
+import { SOUP_OPTIONS } from './soup'
 
 const GENERATION = ['maxTokens', 'maxNewTokens', 'temperature', 'temp', 'topP', 'topK', 'seed']
 /** --model/--adapter may be Hub ids: their revisions, and the .gguf of a GGUF repo. */
@@ -27,6 +28,7 @@ export const COMMAND_OPTIONS: Record<string, { options: string[]; args?: string;
   search: { options: SEARCH_OPTIONS },
   // Laplace-LoRA (issue 16)
   laplace: { options: LAPLACE_OPTIONS },
+  'adapter-soup': { options: SOUP_OPTIONS },
 }
 
 const ALWAYS = ['help']

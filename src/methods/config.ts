@@ -83,6 +83,37 @@ export function positiveInt(name: string, v: unknown): void {
   if (v !== undefined && (!Number.isInteger(v) || (v as number) <= 0)) throw new Error(`${name}: expected an integer > 0, found ${String(v)}`)
 }
 
+/** A finite number >= 0 when given (`integer`: an integer >= 0). */
+export function nonNegative(name: string, v: unknown, integer = false): void {
+  const ok = typeof v === 'number' && Number.isFinite(v) && v >= 0 && (!integer || Number.isInteger(v))
+  if (v !== undefined && !ok) throw new Error(`${name}: expected ${integer ? 'an integer' : 'a number'} >= 0, found ${String(v)}`)
+}
+
+/** A share in (0, 1] when given. */
+export function share(name: string, v: unknown): void {
+  if (v !== undefined && !(typeof v === 'number' && v > 0 && v <= 1)) throw new Error(`${name}: expected a number in (0, 1], found ${String(v)}`)
+}
+
 export function probability(name: string, v: unknown): void {
   if (v !== undefined && !(typeof v === 'number' && v >= 0 && v < 1)) throw new Error(`${name}: expected a number in [0, 1), found ${String(v)}`)
+}
+
+/** The constructor of a method's config class: `options` may be left out when every field is optional. */
+export type MethodConfigClass<O extends PeftConfigOptions, T extends string> = new (...args: {} extends O ? [options?: O] : [options: O]) => PeftConfig & { readonly peftType: T }
+
+/**
+ * The base of a method's config class (`class XConfig extends methodConfig(…) {}`): its
+ * `peft_type` and the checks of its options, run after `PeftConfig`'s, which is all that differs
+ * between those classes. Without options, `{}` is taken unless the method needs some (`optional` false).
+ */
+export function methodConfig<O extends PeftConfigOptions, T extends string>(peftType: T, check: (options: O) => void = () => {}, optional = true): MethodConfigClass<O, T> {
+  class MethodConfig extends PeftConfig {
+    readonly peftType: T = peftType
+    constructor(options?: O) {
+      const given = options === undefined && optional ? ({} as O) : (options as O)
+      super(given)
+      check(given)
+    }
+  }
+  return MethodConfig as unknown as MethodConfigClass<O, T>
 }

@@ -1,16 +1,12 @@
 // Sparse fine-tuning whose mask a training procedure rewrites (PEFT survey, Han et al. 2024,
 // §3.2; issue 16): FAR, LT-SFT and Fish-Dip. Each trains a delta ΔW of every targeted weight
 // under a 0/1 mask; the Trainer runs the procedure (docs/methods.md). All merge.
-import { PeftConfig, positiveInt, type PeftConfigOptions } from './config'
+import { methodConfig, nonNegative, positiveInt, share, type PeftConfigOptions } from './config'
 
 interface TargetOptions extends PeftConfigOptions {
   targetModules?: string[] | string
   excludeModules?: string[] | string
   layersToTransform?: number[] | number
-}
-
-function share(name: string, v: unknown): void {
-  if (v !== undefined && !(typeof v === 'number' && v > 0 && v <= 1)) throw new Error(`${name}: expected a number in (0, 1], found ${String(v)}`)
 }
 
 /**
@@ -22,14 +18,10 @@ export interface FarConfigOptions extends TargetOptions {
   primingSteps?: number
 }
 
-export class FarConfig extends PeftConfig {
-  readonly peftType = 'FAR'
-  constructor(options: FarConfigOptions = {}) {
-    super(options)
-    share('trainableRatio', options.trainableRatio)
-    positiveInt('primingSteps', options.primingSteps)
-  }
-}
+export class FarConfig extends methodConfig<FarConfigOptions, 'FAR'>('FAR', (options) => {
+  share('trainableRatio', options.trainableRatio)
+  positiveInt('primingSteps', options.primingSteps)
+}) {}
 
 /**
  * LT-SFT (Ansell et al. 2022): full fine-tuning for `fullSteps` steps, then the `density` share of
@@ -40,14 +32,10 @@ export interface LtSftConfigOptions extends TargetOptions {
   fullSteps?: number
 }
 
-export class LtSftConfig extends PeftConfig {
-  readonly peftType = 'LT_SFT'
-  constructor(options: LtSftConfigOptions = {}) {
-    super(options)
-    share('density', options.density)
-    positiveInt('fullSteps', options.fullSteps)
-  }
-}
+export class LtSftConfig extends methodConfig<LtSftConfigOptions, 'LT_SFT'>('LT_SFT', (options) => {
+  share('density', options.density)
+  positiveInt('fullSteps', options.fullSteps)
+}) {}
 
 /**
  * Fish-Dip (Das et al. 2023): a sparse mask (`density` of each weight) recomputed every
@@ -58,14 +46,10 @@ export interface FishDipConfigOptions extends TargetOptions {
   updateEvery?: number
 }
 
-export class FishDipConfig extends PeftConfig {
-  readonly peftType = 'FISH_DIP'
-  constructor(options: FishDipConfigOptions = {}) {
-    super(options)
-    share('density', options.density)
-    positiveInt('updateEvery', options.updateEvery)
-  }
-}
+export class FishDipConfig extends methodConfig<FishDipConfigOptions, 'FISH_DIP'>('FISH_DIP', (options) => {
+  share('density', options.density)
+  positiveInt('updateEvery', options.updateEvery)
+}) {}
 
 /**
  * Structured diff pruning (Guo et al. 2021): a dense delta per targeted weight whose rows share a
@@ -77,11 +61,6 @@ export interface SDiffPruningConfigOptions extends TargetOptions {
   initLogAlpha?: number
 }
 
-export class SDiffPruningConfig extends PeftConfig {
-  readonly peftType = 'S_DIFF_PRUNING'
-  constructor(options: SDiffPruningConfigOptions = {}) {
-    super(options)
-    const l = options.l0Lambda
-    if (l !== undefined && !(typeof l === 'number' && Number.isFinite(l) && l >= 0)) throw new Error(`l0Lambda: expected a number >= 0, found ${String(l)}`)
-  }
-}
+export class SDiffPruningConfig extends methodConfig<SDiffPruningConfigOptions, 'S_DIFF_PRUNING'>('S_DIFF_PRUNING', (options) => {
+  nonNegative('l0Lambda', options.l0Lambda)
+}) {}

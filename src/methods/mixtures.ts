@@ -1,6 +1,6 @@
 // LoRA improvements and mixtures of experts from the PEFT survey (Han et al. 2024, §3.3-3.4).
 // Each is a `peft_type` of ours (docs/methods.md); the native core validates every field.
-import { PeftConfig, positiveInt, probability, type PeftConfigOptions } from './config'
+import { methodConfig, nonNegative, positiveInt, probability, share, type PeftConfigOptions } from './config'
 
 interface TargetOptions extends PeftConfigOptions {
   targetModules?: string[] | string
@@ -24,27 +24,19 @@ function checkLowRank(o: LowRankOptions): void {
 /** MoSLoRA (Wu et al. 2024): LoRA with a trainable r×r mixer between A and B, ΔW = s·B W A; mergeable. */
 export type MoSLoraConfigOptions = LowRankOptions
 
-export class MoSLoraConfig extends PeftConfig {
-  readonly peftType = 'MOSLORA'
-  constructor(options: MoSLoraConfigOptions = {}) {
-    super(options)
-    checkLowRank(options)
-  }
-}
+export class MoSLoraConfig extends methodConfig<MoSLoraConfigOptions, 'MOSLORA'>('MOSLORA', (options) => {
+  checkLowRank(options)
+}) {}
 
 /** MoLoRA (Zadouri et al. 2024): `numExperts` LoRA experts per linear, mixed per token by a softmax router. */
 export interface MoLoraConfigOptions extends LowRankOptions {
   numExperts?: number
 }
 
-export class MoLoraConfig extends PeftConfig {
-  readonly peftType = 'MOLORA'
-  constructor(options: MoLoraConfigOptions = {}) {
-    super(options)
-    checkLowRank(options)
-    positiveInt('numExperts', options.numExperts)
-  }
-}
+export class MoLoraConfig extends methodConfig<MoLoraConfigOptions, 'MOLORA'>('MOLORA', (options) => {
+  checkLowRank(options)
+  positiveInt('numExperts', options.numExperts)
+}) {}
 
 /** MoV (Zadouri et al. 2024): a softmax-routed mixture of (IA)³ vectors on k, v and the FFN activations. */
 export interface MoVConfigOptions extends TargetOptions {
@@ -52,13 +44,9 @@ export interface MoVConfigOptions extends TargetOptions {
   initWeights?: boolean
 }
 
-export class MoVConfig extends PeftConfig {
-  readonly peftType = 'MOV'
-  constructor(options: MoVConfigOptions = {}) {
-    super(options)
-    positiveInt('numExperts', options.numExperts)
-  }
-}
+export class MoVConfig extends methodConfig<MoVConfigOptions, 'MOV'>('MOV', (options) => {
+  positiveInt('numExperts', options.numExperts)
+}) {}
 
 /**
  * MixLoRA (Li et al. 2024): each FFN becomes `numExperts` experts (the frozen FFN plus LoRA on
@@ -79,18 +67,14 @@ export interface MixLoraConfigOptions extends PeftConfigOptions {
   initWeights?: boolean
 }
 
-export class MixLoraConfig extends PeftConfig {
-  readonly peftType = 'MIXLORA'
-  constructor(options: MixLoraConfigOptions = {}) {
-    super(options)
-    checkLowRank(options)
-    positiveInt('numExperts', options.numExperts)
-    positiveInt('topK', options.topK)
-    if (options.topK !== undefined && options.numExperts !== undefined && options.topK > options.numExperts) {
-      throw new Error(`topK: expected at most numExperts (${options.numExperts}), found ${options.topK}`)
-    }
+export class MixLoraConfig extends methodConfig<MixLoraConfigOptions, 'MIXLORA'>('MIXLORA', (options) => {
+  checkLowRank(options)
+  positiveInt('numExperts', options.numExperts)
+  positiveInt('topK', options.topK)
+  if (options.topK !== undefined && options.numExperts !== undefined && options.topK > options.numExperts) {
+    throw new Error(`topK: expected at most numExperts (${options.numExperts}), found ${options.topK}`)
   }
-}
+}) {}
 
 /**
  * LoRA Dropout (Lin et al. 2024): LoRA whose A columns and B rows are dropped at rate
@@ -100,14 +84,10 @@ export interface LoraDropoutConfigOptions extends LowRankOptions {
   paramDropout?: number
 }
 
-export class LoraDropoutConfig extends PeftConfig {
-  readonly peftType = 'LORA_DROPOUT'
-  constructor(options: LoraDropoutConfigOptions = {}) {
-    super(options)
-    checkLowRank(options)
-    probability('paramDropout', options.paramDropout)
-  }
-}
+export class LoraDropoutConfig extends methodConfig<LoraDropoutConfigOptions, 'LORA_DROPOUT'>('LORA_DROPOUT', (options) => {
+  checkLowRank(options)
+  probability('paramDropout', options.paramDropout)
+}) {}
 
 /**
  * SoRA (Ding et al. 2023): LoRA of rank r with a gate vector between A and B, made sparse by a
@@ -117,15 +97,10 @@ export interface SoraConfigOptions extends LowRankOptions {
   sparseLambda?: number
 }
 
-export class SoraConfig extends PeftConfig {
-  readonly peftType = 'SORA'
-  constructor(options: SoraConfigOptions = {}) {
-    super(options)
-    checkLowRank(options)
-    const l = options.sparseLambda
-    if (l !== undefined && !(typeof l === 'number' && Number.isFinite(l) && l >= 0)) throw new Error(`sparseLambda: expected a number >= 0, found ${String(l)}`)
-  }
-}
+export class SoraConfig extends methodConfig<SoraConfigOptions, 'SORA'>('SORA', (options) => {
+  checkLowRank(options)
+  nonNegative('sparseLambda', options.sparseLambda)
+}) {}
 
 /**
  * Child-tuning_D (Xu et al. 2021): a dense delta on each targeted weight whose gradient is masked
@@ -136,14 +111,9 @@ export interface ChildTuningConfigOptions extends TargetOptions {
   childRatio?: number
 }
 
-export class ChildTuningConfig extends PeftConfig {
-  readonly peftType = 'CHILD_TUNING'
-  constructor(options: ChildTuningConfigOptions = {}) {
-    super(options)
-    const p = options.childRatio
-    if (p !== undefined && !(typeof p === 'number' && p > 0 && p <= 1)) throw new Error(`childRatio: expected a number in (0, 1], found ${String(p)}`)
-  }
-}
+export class ChildTuningConfig extends methodConfig<ChildTuningConfigOptions, 'CHILD_TUNING'>('CHILD_TUNING', (options) => {
+  share('childRatio', options.childRatio)
+}) {}
 
 /**
  * Compacter (Mahabadi et al. 2021): a serial bottleneck adapter whose projections are sums of
@@ -160,12 +130,8 @@ export interface CompacterConfigOptions extends PeftConfigOptions {
   initWeights?: boolean
 }
 
-export class CompacterConfig extends PeftConfig {
-  readonly peftType = 'COMPACTER'
-  constructor(options: CompacterConfigOptions = {}) {
-    super(options)
-    positiveInt('bottleneckSize', options.bottleneckSize)
-    positiveInt('phmDim', options.phmDim)
-    positiveInt('phmRank', options.phmRank)
-  }
-}
+export class CompacterConfig extends methodConfig<CompacterConfigOptions, 'COMPACTER'>('COMPACTER', (options) => {
+  positiveInt('bottleneckSize', options.bottleneckSize)
+  positiveInt('phmDim', options.phmDim)
+  positiveInt('phmRank', options.phmRank)
+}) {}

@@ -1,7 +1,7 @@
 // Multi-task composition and faster prompt tuning from the PEFT survey (Han et al. 2024, issue 16):
 // adapters built over several already-trained ones. Each is a `peft_type` of ours
 // (docs/methods.md); the native core validates every field.
-import { PeftConfig, positiveInt, type PeftConfigOptions } from './config'
+import { methodConfig, nonNegative, positiveInt, type PeftConfigOptions } from './config'
 import type { BottleneckOptions } from './adapters'
 
 /**
@@ -16,14 +16,10 @@ export interface AdapterFusionConfigOptions extends BottleneckOptions {
   initWeights?: boolean
 }
 
-export class AdapterFusionConfig extends PeftConfig {
-  readonly peftType = 'ADAPTER_FUSION'
-  constructor(options: AdapterFusionConfigOptions = {}) {
-    super(options)
-    positiveInt('numAdapters', options.numAdapters)
-    positiveInt('bottleneckSize', options.bottleneckSize)
-  }
-}
+export class AdapterFusionConfig extends methodConfig<AdapterFusionConfigOptions, 'ADAPTER_FUSION'>('ADAPTER_FUSION', (options) => {
+  positiveInt('numAdapters', options.numAdapters)
+  positiveInt('bottleneckSize', options.bottleneckSize)
+}) {}
 
 /**
  * MoLE (Wu et al. 2024): a learned per-layer, per-token gate over `numExperts` LoRAs of rank `r`,
@@ -44,14 +40,10 @@ export interface MoleConfigOptions extends PeftConfigOptions {
   layersToTransform?: number[] | number
 }
 
-export class MoleConfig extends PeftConfig {
-  readonly peftType = 'MOLE'
-  constructor(options: MoleConfigOptions = {}) {
-    super(options)
-    positiveInt('numExperts', options.numExperts)
-    positiveInt('r', options.r)
-  }
-}
+export class MoleConfig extends methodConfig<MoleConfigOptions, 'MOLE'>('MOLE', (options) => {
+  positiveInt('numExperts', options.numExperts)
+  positiveInt('r', options.r)
+}) {}
 
 /**
  * AdaMix (Wang et al. 2022): `numExperts` bottleneck experts per adapter position; training
@@ -62,16 +54,19 @@ export interface AdaMixConfigOptions extends BottleneckOptions {
   numExperts?: number
   /** true (default): the up-projections start at zero (the identity). */
   initWeights?: boolean
+  /**
+   * λ of the consistency loss (§2.3): a second routed forward per training step and
+   * λ/2 · symmetric KL between the two predictions, in `auxLosses.adamix_consistency`.
+   * Default 1; 0 turns it off (and the second forward).
+   */
+  consistencyWeight?: number
 }
 
-export class AdaMixConfig extends PeftConfig {
-  readonly peftType = 'ADAMIX'
-  constructor(options: AdaMixConfigOptions = {}) {
-    super(options)
-    positiveInt('numExperts', options.numExperts)
-    positiveInt('bottleneckSize', options.bottleneckSize)
-  }
-}
+export class AdaMixConfig extends methodConfig<AdaMixConfigOptions, 'ADAMIX'>('ADAMIX', (options) => {
+  positiveInt('numExperts', options.numExperts)
+  positiveInt('bottleneckSize', options.bottleneckSize)
+  nonNegative('consistencyWeight', options.consistencyWeight)
+}) {}
 
 interface InstancePromptOptions extends PeftConfigOptions {
   /** Virtual tokens prepended to every sequence (> 0): SMoP's length of each prompt. */
@@ -93,14 +88,10 @@ export interface SmopConfigOptions extends InstancePromptOptions {
   routerNoise?: number
 }
 
-export class SmopConfig extends PeftConfig {
-  readonly peftType = 'SMOP'
-  constructor(options: SmopConfigOptions) {
-    super(options)
-    positiveInt('numVirtualTokens', options.numVirtualTokens)
-    positiveInt('numPrompts', options.numPrompts)
-  }
-}
+export class SmopConfig extends methodConfig<SmopConfigOptions, 'SMOP'>('SMOP', (options) => {
+  positiveInt('numVirtualTokens', options.numVirtualTokens)
+  positiveInt('numPrompts', options.numPrompts)
+}, false) {}
 
 /**
  * IDPG (Wu et al. 2022): the prompt generated per instance by a bottleneck MLP
@@ -112,14 +103,10 @@ export interface IdpgConfigOptions extends InstancePromptOptions {
   initWeights?: boolean
 }
 
-export class IdpgConfig extends PeftConfig {
-  readonly peftType = 'IDPG'
-  constructor(options: IdpgConfigOptions) {
-    super(options)
-    positiveInt('numVirtualTokens', options.numVirtualTokens)
-    positiveInt('generatorHidden', options.generatorHidden)
-  }
-}
+export class IdpgConfig extends methodConfig<IdpgConfigOptions, 'IDPG'>('IDPG', (options) => {
+  positiveInt('numVirtualTokens', options.numVirtualTokens)
+  positiveInt('generatorHidden', options.generatorHidden)
+}, false) {}
 
 /**
  * Prefix-Propagation (Li et al. 2023): `numVirtualTokens` prompt tokens whose hidden states get a
@@ -130,10 +117,22 @@ export interface PrefixPropagationConfigOptions extends InstancePromptOptions {
   initWeights?: boolean
 }
 
-export class PrefixPropagationConfig extends PeftConfig {
-  readonly peftType = 'PREFIX_PROPAGATION'
-  constructor(options: PrefixPropagationConfigOptions) {
-    super(options)
-    positiveInt('numVirtualTokens', options.numVirtualTokens)
-  }
+export class PrefixPropagationConfig extends methodConfig<PrefixPropagationConfigOptions, 'PREFIX_PROPAGATION'>('PREFIX_PROPAGATION', (options) => {
+  positiveInt('numVirtualTokens', options.numVirtualTokens)
+}, false) {}
+
+/**
+ * LPT (Liu et al. 2022): one prompt inserted at an intermediate decoder layer (`insertionLayer`,
+ * default the middle), generated per instance from that layer's mean hidden state by IDPG's
+ * bottleneck generator. Below that layer the tokens do not see it. Cannot be merged.
+ */
+export interface LptConfigOptions extends IdpgConfigOptions {
+  /** 0-based decoder layer the prompt enters (default: num_hidden_layers / 2). */
+  insertionLayer?: number
 }
+
+export class LptConfig extends methodConfig<LptConfigOptions, 'LPT'>('LPT', (options) => {
+  positiveInt('numVirtualTokens', options.numVirtualTokens)
+  positiveInt('generatorHidden', options.generatorHidden)
+  nonNegative('insertionLayer', options.insertionLayer, true)
+}, false) {}

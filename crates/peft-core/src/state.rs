@@ -81,15 +81,20 @@ impl ModelState {
     /// training). `return_logits` false (labels needed): the loss alone, chunk by chunk
     /// (`CausalLm::loss_sum`), never building the [b, t, vocab] logits.
     pub fn forward(&self, input: &Batch, labels: Option<&[Vec<i64>]>, ctx: &Ctx, return_logits: bool) -> Result<ForwardResult> {
+        // AdaMix's consistency loss compares two routed passes' predictions: logits are needed then.
+        let consistency = ctx.training && labels.is_some() && crate::tuners::adamix::consistency::weight(&self.tuners) > 0.0;
         let (logits, loss) = match labels {
-            Some(l) if !return_logits => {
+            Some(l) if !return_logits && !consistency => {
                 let (sum, count) = self.llama.loss_sum(input, ctx, l)?;
                 (None, Some((sum / count as f64)?))
             }
             l => {
                 let logits = self.llama.forward(input, ctx, None, false)?;
+                if consistency {
+                    crate::tuners::adamix::consistency::add_consistency_loss(&self.llama, &self.tuners, input, ctx, &logits)?;
+                }
                 let loss = l.map(|l| loss::causal_lm_loss(&logits, l)).transpose()?;
-                (Some(logits), loss)
+                (Some(logits).filter(|_| return_logits || labels.is_none()), loss)
             }
         };
         let loss = match loss {

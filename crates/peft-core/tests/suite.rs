@@ -20,6 +20,8 @@ mod adalora;
 mod adalora_allocator;
 #[path = "adalora_training.rs"]
 mod adalora_training;
+#[path = "adamix_consistency.rs"]
+mod adamix_consistency;
 #[path = "architectures.rs"]
 mod architectures;
 #[path = "bottleneck.rs"]
@@ -70,6 +72,8 @@ mod mixed_batch;
 mod ops;
 #[path = "prefix_tuning.rs"]
 mod prefix_tuning;
+#[path = "prompt_conditioning.rs"]
+mod prompt_conditioning;
 #[path = "prompt_tuning.rs"]
 mod prompt_tuning;
 #[path = "prompt_tuning_contract.rs"]
@@ -84,6 +88,8 @@ mod sparse_mask;
 mod survey_adapters;
 #[path = "survey_lora.rs"]
 mod survey_lora;
+#[path = "survey_lpt.rs"]
+mod survey_lpt;
 #[path = "survey_masks.rs"]
 mod survey_masks;
 #[path = "survey_methods.rs"]

@@ -97,7 +97,11 @@ impl NativeModel {
         Ok(TensorsJob::spawn(move || {
             let (logits, loss, checkpoint) = with_model(&shared, |m| {
                 let lent = || Checkpointing::new(Arc::new(crate::checkpoint::LentModel(lent)));
-                let (ctx, checkpoint) = m.training_ctx(dropout_seed.map(|s| s as u64), adapter_names.as_deref(), lent)?;
+                let (mut ctx, checkpoint) = m.training_ctx(dropout_seed.map(|s| s as u64), adapter_names.as_deref(), lent)?;
+                if let Some(l) = &labels {
+                    // Instance-dependent prompts read only the positions before the first target.
+                    ctx = ctx.with_labels(l);
+                }
                 let out = m.forward(&input, labels.as_deref(), &ctx, return_logits)?;
                 Ok((out.logits, out.loss, checkpoint))
             })?;

@@ -97,6 +97,42 @@ impl Batch {
     }
 }
 
+/// The positions an instance-dependent prompt (SMoP's router, IDPG's and LPT's generators) may
+/// read in a pass with `labels` [b, t] (right-aligned to the ids when shorter, as the loss
+/// takes them): per row, the attended positions before the first loss target, a target being
+/// a position i > a with labels[i] != -100, a = the row's first attended position (1 = read).
+///
+/// Why: reading a target lets the prompt see the answer it is scored on (the loss at every
+/// earlier position then depends on later tokens), and generation, which has only the prompt,
+/// would condition differently than training. Reading only the leading non-target run is what
+/// `generate` reads (its prompt), and also keeps a later user turn of a chat from reaching an
+/// earlier answer. Position a itself is never a target (nothing before it predicts it), so
+/// every row reads at least one position: on plain text (every label a target) the prompt
+/// conditions on the first token alone.
+pub fn prompt_context_mask(mask: Option<&[Vec<u8>]>, labels: &[Vec<i64>], b: usize, t: usize) -> Result<Vec<Vec<u8>>> {
+    if labels.len() != b || labels.iter().any(|r| r.len() > t) {
+        return Err(Error::arg("labels", format!("{b} rows of at most {t} values (the shape of inputIds)"), format!("{} rows", labels.len())));
+    }
+    Ok((0..b)
+        .map(|r| {
+            let attended = |i: usize| mask.is_none_or(|m| m[r][i] != 0);
+            let label = |i: usize| (i + labels[r].len()).checked_sub(t).map_or(super::loss::IGNORE_INDEX, |j| labels[r][j]);
+            let first = (0..t).find(|&i| attended(i)).unwrap_or(t);
+            let end = (first + 1..t).find(|&i| label(i) != super::loss::IGNORE_INDEX).unwrap_or(t);
+            (0..t).map(|i| u8::from(attended(i) && i < end)).collect()
+        })
+        .collect())
+}
+
+/// The additive bias of a masked attention entry in `dtype`: its most negative finite value.
+pub fn masked_value(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => -65504.0,
+        _ => f32::MIN as f64,
+    }
+}
+
 /// The segment of key positions that every packed example attends (virtual tokens, prefixes).
 pub const SHARED_SEGMENT: u32 = u32::MAX;
 
@@ -116,11 +152,7 @@ pub fn attention_bias(
     device: &Device,
 ) -> Result<Tensor> {
     let kv = past_len + t;
-    let min = match dtype {
-        DType::F64 => f64::MIN,
-        DType::F16 => -65504.0,
-        _ => f32::MIN as f64,
-    };
+    let min = masked_value(dtype);
     let mut bias = vec![0f64; b * t * kv];
     for r in 0..b {
         for i in 0..t {

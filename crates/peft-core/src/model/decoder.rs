@@ -43,6 +43,9 @@ pub struct Ctx<'a> {
     /// Auxiliary training losses the layers add in this pass (MixLoRA's load balancing), by
     /// name; `tuners::aux_loss` adds them to the training loss.
     pub aux_losses: Mutex<Vec<(String, Tensor)>>,
+    /// The loss labels of this pass, when it has them: instance-dependent prompts then read
+    /// only the positions before the first target (`batch::prompt_context_mask`).
+    pub labels: Option<Vec<Vec<i64>>>,
 }
 
 /// The shared-draws key of `Ctx::virtual_positions`.
@@ -51,7 +54,7 @@ const VIRTUAL_POSITIONS: &str = "model/virtual_positions";
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
-        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None, aux_losses: Mutex::default() }
+        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None, aux_losses: Mutex::default(), labels: None }
     }
 
     /// Inference: no graph, no dropout.
@@ -69,6 +72,13 @@ impl<'a> Ctx<'a> {
     pub fn training(mut self, seed: u64) -> Self {
         self.training = true;
         self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// A pass scored on `labels`: instance-dependent prompts read only the positions before the
+    /// first loss target (`batch::prompt_context_mask`), as generation reads only its prompt.
+    pub fn with_labels(mut self, labels: &[Vec<i64>]) -> Self {
+        self.labels = Some(labels.to_vec());
         self
     }
 
@@ -169,8 +179,13 @@ impl CausalLm {
         if let Some(h) = &ctx.hooks {
             x = h.input_embeddings(x, past - virt_past, ctx)?;
         }
+        let context = match &ctx.labels {
+            Some(l) if past == 0 && ctx.hooks.is_some() => Some(super::batch::prompt_context_mask(batch.attention_mask.as_deref(), l, b, t)?),
+            _ => None,
+        };
+        let context = context.as_deref().or(batch.attention_mask.as_deref());
         let prompt = match &ctx.hooks {
-            Some(h) if past == 0 => h.prompt(ctx, &super::hooks::PromptInputs { embeddings: &x, mask: batch.attention_mask.as_deref() })?,
+            Some(h) if past == 0 => h.prompt(ctx, &super::hooks::PromptInputs { embeddings: &x, mask: context })?,
             _ => Default::default(),
         };
         let nv = match &prompt.virtual_tokens {
@@ -208,15 +223,31 @@ impl CausalLm {
         if let Some(c) = cache.as_deref_mut().filter(|_| past == 0) {
             c.set_prefix_spans(prefix_spans.clone());
         }
+        // Late virtual positions (LPT): below the hooks' layer the real tokens do not see them.
+        let hide_below = ctx.hooks.map_or(0, |h| h.virtual_hidden_below(ctx));
+        let hidden_step = match hide_below {
+            0 => None,
+            _ => {
+                // Keys: the prefixes' columns, then the virtual positions', then the tokens'.
+                let prefixes = prefix_spans.iter().map(|(_, n)| n).sum::<usize>();
+                let hide = |bias: &Tensor| hide_virtual_keys(bias, nv, prefixes..virt);
+                let sliding = sliding_bias.as_ref().map(&hide).transpose()?;
+                Some(Step { ctx, rope: rope.clone(), local_rope: local_rope.clone(), bias: hide(&bias)?, sliding_bias: sliding, prefix: None, prefix_spans: prefix_spans.clone() })
+            }
+        };
         let step = Step { ctx, rope, local_rope, bias, sliding_bias, prefix, prefix_spans };
         // Checkpointing only pays where a graph is kept; the KV-cache (generation) path and
         // per-row adapters (inference only) run the layers as they are.
         let checkpoint = ctx.checkpoint.as_ref().filter(|_| !ctx.no_grad && cache.is_none() && ctx.hook_state.is_none());
         for (i, layer) in self.layers.iter().enumerate() {
+            if let (Some(h), true) = (ctx.hooks, nv > 0) {
+                x = self.late_virtual_tokens(h, i, x, nv, context, ctx)?;
+            }
             let prefix = step.prefix.as_ref().map(|p| &p[i]);
+            let step = hidden_step.as_ref().filter(|_| i < hide_below).unwrap_or(&step);
             x = match checkpoint {
-                Some(cp) => self.checkpointed_block(i, &x, &step, prefix, cp)?,
-                None => self.block(layer, &x, &step, prefix, cache.as_deref_mut().map(|c| c.layer_mut(i)))?,
+                Some(cp) => self.checkpointed_block(i, &x, step, prefix, cp)?,
+                None => self.block(layer, &x, step, prefix, cache.as_deref_mut().map(|c| c.layer_mut(i)))?,
             };
         }
         if let Some(c) = cache {
@@ -226,6 +257,19 @@ impl CausalLm {
             x = x.narrow(1, tq - 1, 1)?;
         }
         self.norm.forward(&x, ctx)
+    }
+
+    /// `x` [b, nv + t, hidden] entering decoder layer `i` at prefill, with its `nv` leading
+    /// virtual positions replaced when a hook generates them there (LPT), from the real
+    /// positions' hidden states and the positions it may read (`context`).
+    fn late_virtual_tokens(&self, hooks: &dyn ModelHooks, i: usize, x: Tensor, nv: usize, context: Option<&[Vec<u8>]>, ctx: &Ctx) -> Result<Tensor> {
+        let real = x.narrow(1, nv, x.dim(1)? - nv)?;
+        let Some(v) = hooks.late_virtual_tokens(i, &super::hooks::PromptInputs { embeddings: &real, mask: context }, ctx)? else { return Ok(x) };
+        if v.dim(1)? != nv {
+            let found = format!("{} other virtual positions", nv - v.dim(1)?.min(nv));
+            return Err(crate::error::Error::arg("adapters", "a late prompt (LPT) as the only adapter adding virtual tokens", found));
+        }
+        Ok(Tensor::cat(&[&v.to_dtype(x.dtype())?, &real], 1)?)
     }
 
     /// The embeddings of token ids [n]: [n, hidden]. A quantized table dequantizes only
@@ -368,4 +412,15 @@ impl CausalLm {
         let rest = Tensor::ones((b, 1, t, kv_len - n), g.dtype(), g.device())?;
         Ok(Some(Tensor::cat(&[&g, &rest], 3)?))
     }
+}
+
+/// `bias` [b, 1, tq, kv] with the key columns `virtual_keys` hidden (the dtype's most negative
+/// value) from the real queries (rows from `first_real`): late virtual positions below their layer.
+/// Those entries are 0 in `bias` (virtual keys are never padding, future or another example's).
+fn hide_virtual_keys(bias: &Tensor, first_real: usize, virtual_keys: std::ops::Range<usize>) -> Result<Tensor> {
+    let (b, _, tq, kv) = bias.dims4()?;
+    let min = super::batch::masked_value(bias.dtype());
+    let hide: Vec<f64> = (0..tq * kv).map(|e| if e / kv >= first_real && virtual_keys.contains(&(e % kv)) { min } else { 0.0 }).collect();
+    let hide = Tensor::from_vec(hide, (1, 1, tq, kv), bias.device())?.to_dtype(bias.dtype())?;
+    Ok(bias.broadcast_add(&hide)?.reshape((b, 1, tq, kv))?)
 }

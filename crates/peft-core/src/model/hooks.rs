@@ -22,11 +22,13 @@ pub struct Prompt {
     pub prefix_spans: Vec<(String, usize)>,
 }
 
-/// What the prompt site sees of the input at prefill: the input tokens' embeddings
-/// [b, t, hidden] (after `input_embeddings`) and the caller's attention mask, for prompts that
-/// depend on the instance (SMoP's router, IDPG's generator).
+/// What the prompt site sees of the input at prefill, for prompts that depend on the instance
+/// (SMoP's router, IDPG's generator): the input tokens' embeddings [b, t, hidden] (after
+/// `input_embeddings`) and which of them it may read.
 pub struct PromptInputs<'a> {
     pub embeddings: &'a Tensor,
+    /// 1 = may be read: the attended positions, and in a pass with labels only those before the
+    /// first loss target (`batch::prompt_context_mask`); None = all.
     pub mask: Option<&'a [Vec<u8>]>,
 }
 
@@ -70,6 +72,19 @@ pub trait ModelHooks: Send + Sync {
     /// What to prepend to the sequence at prefill (nothing cached yet), for the batch of `inputs`.
     fn prompt(&self, _ctx: &Ctx, _inputs: &PromptInputs) -> Result<Prompt> {
         Ok(Prompt::default())
+    }
+
+    /// How many decoder layers, from the first, run the virtual positions as placeholders the
+    /// real tokens do not attend (LPT's late prompt is generated at the layer after them).
+    fn virtual_hidden_below(&self, _ctx: &Ctx) -> usize {
+        0
+    }
+
+    /// At prefill, the hidden states [b, nv, hidden] that replace the nv virtual positions'
+    /// entering decoder layer `layer`, from the real positions' (`inputs.embeddings`, the
+    /// hidden states there); None leaves them.
+    fn late_virtual_tokens(&self, _layer: usize, _inputs: &PromptInputs, _ctx: &Ctx) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 
     /// The per-query multiplier [b, 1, t, n] of the key/value prefix columns (n = the spans'

@@ -81,6 +81,20 @@ impl ModelHooks for Tuners {
         }
     }
 
+    fn virtual_hidden_below(&self, ctx: &Ctx) -> usize {
+        match rows(ctx) {
+            Some(_) => 0, // as `prompt`
+            None => self.late_layer_running(),
+        }
+    }
+
+    fn late_virtual_tokens(&self, layer: usize, inputs: &PromptInputs, ctx: &Ctx) -> Result<Option<Tensor>> {
+        match rows(ctx) {
+            Some(_) => Ok(None),
+            None => self.late_tokens_running(layer, inputs, ctx),
+        }
+    }
+
     fn prefix_gates(&self, path: &str, spans: &[(String, usize)], x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
         self.prefix_gates_running(path, spans, x, ctx)
     }

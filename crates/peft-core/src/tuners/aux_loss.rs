@@ -39,8 +39,8 @@ pub fn training_loss(loss: Tensor, model: &CausalLm, tuners: &Tuners, ctx: &Ctx)
         // Checkpointed layers run their forward without a graph: the terms would carry no gradient.
         let names: Vec<&str> = terms.iter().map(|(n, _)| n.as_str()).collect();
         return Err(Error::Unsupported(format!(
-            "the auxiliary loss {names:?} (MixLoRA's load balancing) needs the router's graph, which gradient checkpointing drops: \
-             disable gradient checkpointing or set router_aux_loss_coef to 0"
+            "the auxiliary loss {names:?} (MixLoRA's load balancing, AdaMix's consistency) needs the graph that gradient checkpointing drops: \
+             disable gradient checkpointing or set router_aux_loss_coef (MixLoRA) / consistency_weight (AdaMix) to 0"
         )));
     }
     for (name, term) in terms {

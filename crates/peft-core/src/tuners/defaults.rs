@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 /// (model types, modules) rows of one PEFT mapping.
 type Mapping = &'static [(&'static [&'static str], &'static [&'static str])];
 
-const QV: &[&str] = &["q_proj", "v_proj"];
+/// LoRA's default targets on LLaMA (PEFT's mapping), also the default of our LoRA-expert methods.
+pub const QV: &[&str] = &["q_proj", "v_proj"];
 const LORA: Mapping = &[(&["llama", "mistral", "qwen2", "qwen3", "gemma3_text"], QV)];
 const ADALORA: Mapping = &[(&["llama", "qwen2", "qwen3", "gemma3_text"], QV)];
 const IA3: Mapping = &[

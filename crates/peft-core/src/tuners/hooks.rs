@@ -78,7 +78,8 @@ impl Tuners {
                 let (n, h) = v.dims2()?;
                 virt.push(v.unsqueeze(0)?.broadcast_as((b, n, h))?.contiguous()?);
             }
-            if let Some(v) = layer.instance_tokens(inputs, ctx)? {
+            // A late prompt's instance tokens enter at its layer (`late_tokens_running`).
+            if let Some(v) = layer.late_layer().map_or_else(|| layer.instance_tokens(inputs, ctx), |_| Ok(None))? {
                 virt.push(v);
             }
             if let Some(p) = layer.kv_prefix(ctx)? {
@@ -108,6 +109,19 @@ impl Tuners {
             }
         };
         Ok(Prompt { virtual_tokens, kv_prefix, prefix_spans })
+    }
+
+    /// The decoder layers below the running late prompt's (LPT), where its placeholders are hidden.
+    pub(crate) fn late_layer_running(&self) -> usize {
+        self.running(PROMPT_ENCODER).iter().filter_map(|l| l.late_layer()).max().unwrap_or(0)
+    }
+
+    /// The running late prompt generated entering decoder `layer` from the hidden states there.
+    pub(crate) fn late_tokens_running(&self, layer: usize, inputs: &PromptInputs, ctx: &Ctx) -> Result<Option<Tensor>> {
+        match self.running(PROMPT_ENCODER).into_iter().find(|l| l.late_layer() == Some(layer)) {
+            Some(l) => l.instance_tokens(inputs, ctx),
+            None => Ok(None),
+        }
     }
 
     /// The norm `norm`: a running adapter may replace the weight (LN tuning), then each

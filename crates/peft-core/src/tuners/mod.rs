@@ -76,6 +76,7 @@ pub mod s_diff_pruning;
 pub mod intrinsic_said;
 // Survey methods, Laplace-LoRA (issue 16): a posterior over a trained LoRA adapter.
 pub mod laplace;
+pub mod lpt;
 
 pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
@@ -156,6 +157,13 @@ pub trait AdapterLayer: Send + Sync {
     /// routed prompts, IDPG's generated ones), from the input at prefill. Default: none.
     fn instance_tokens(&self, _inputs: &crate::model::PromptInputs, _ctx: &Ctx) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+
+    /// Prompt site: the decoder layer whose input the adapter's `instance_tokens` replace its
+    /// `virtual_tokens` (placeholders, hidden from the tokens below it) in (LPT). None (the
+    /// default): `instance_tokens` are prepended to the input.
+    fn late_layer(&self) -> Option<usize> {
+        None
     }
 
     /// Prompt site: the input tokens' embeddings [b, t, hidden] changed (DePT's position-wise
@@ -355,6 +363,7 @@ pub fn parse_config(value: &Value, raw: Option<&str>, source: &Path) -> Result<(
         Some("PERIODIC_LORA") => boxed(periodic_lora::PeriodicLoraConfig::from_value(value, source)),
         Some("S_DIFF_PRUNING") => boxed(s_diff_pruning::SDiffPruningConfig::from_value(value, source)),
         Some("INTRINSIC_SAID") => boxed(intrinsic_said::IntrinsicSaidConfig::from_value(value, source)),
+        Some("LPT") => boxed(lpt::LptConfig::from_value(value, source)),
         other => Err(Error::InvalidConfig {
             file: source.into(),
             key: "peft_type".into(),
@@ -375,6 +384,7 @@ pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
     "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
     "ADAPTER_FUSION", "MOLE", "ADAMIX", "SMOP", "IDPG", "PREFIX_PROPAGATION",
     "FAR", "LT_SFT", "FISH_DIP", "PERIODIC_LORA", "S_DIFF_PRUNING", "INTRINSIC_SAID",
+    "LPT",
 ];
 
 /// PEFT's `_remove_adapter_name_from_state_dict_key`: `x.lora_A.default.weight` ->

@@ -4,8 +4,8 @@
 //! one up-projection j are drawn uniformly per layer (§2.2, "stochastic routing"),
 //! y = h + W_up,j f(W_down,i h). At inference the experts are merged by averaging their weights
 //! (§2.3, "adaptation merging"): y = h + W̄_up f(W̄_down h), W̄ = (1/M) Σₘ Wₘ, so serving costs one
-//! adapter. The paper's consistency regularisation (a second routed forward and a symmetric KL
-//! between the two) doubles every step and is not implemented.
+//! adapter. Its consistency regularisation (§2.3, a second routed forward and a symmetric KL
+//! between the two, weight `consistency_weight`) is in `consistency.rs`.
 //!
 //! Placement, width, non-linearity, scaling and layers are the serial bottleneck adapter's
 //! fields (Houlsby's placement, as the paper). Our own `peft_type` "ADAMIX"; tensors at each
@@ -27,6 +27,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use std::path::Path;
 
+pub mod consistency;
+
 #[derive(Debug, Clone)]
 pub struct AdaMixConfig {
     pub fields: Fields,
@@ -34,16 +36,20 @@ pub struct AdaMixConfig {
     /// The experts' shape (serial bottleneck fields).
     pub adapter: BottleneckConfig,
     pub num_experts: usize,
+    /// λ of the consistency loss (`consistency.rs`); 0: off.
+    pub consistency_weight: f64,
 }
 
 impl AdaMixConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 1.0, "sublayers": ["self_attn", "mlp"],
-            "layers_to_transform": null, "init_weights": true, "modules_to_save": null, "num_experts": 4});
+            "layers_to_transform": null, "init_weights": true, "modules_to_save": null, "num_experts": 4,
+            "consistency_weight": 1.0});
         let (fields, warnings) = Fields::parse(value, "ADAMIX", "AdaMixConfig", defaults, source)?;
         let num_experts = num_experts(&fields)?;
+        let consistency_weight = fields.num_in("consistency_weight", |w| w.is_finite() && w >= 0.0, "a finite number >= 0 (0: no consistency loss)")?;
         let adapter = BottleneckConfig::from_fields(fields.clone(), Placement::Serial)?;
-        Ok((AdaMixConfig { fields, targets: TargetSpec::default(), adapter, num_experts }, warnings))
+        Ok((AdaMixConfig { fields, targets: TargetSpec::default(), adapter, num_experts, consistency_weight }, warnings))
     }
 }
 

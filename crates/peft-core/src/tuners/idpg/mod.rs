@@ -2,7 +2,8 @@
 //! §2, eqs. 1-2): the prompt is generated per instance by a light bottleneck generator,
 //! P(x) = W_up σ(W_down M(x) + b_down) + b_up ∈ ℝˡˣᵈ (reshaped), from a representation M(x)
 //! of the input, and prepended as in prompt tuning. Ours, where the paper leaves a choice or
-//! uses a second model: M(x) is the mean of the input embeddings (the paper encodes x with the
+//! uses a second model: M(x) is the mean of the input embeddings over the positions before the
+//! first loss target (`batch::prompt_context_mask`: never the answer) (the paper encodes x with the
 //! frozen model in a first pass; this costs no extra forward), σ = tanh, and b_up is a prompt
 //! tuning prompt with its inits (so W_up = 0, the default start, is prompt tuning).
 //!
@@ -51,21 +52,8 @@ impl TunerConfig for IdpgConfig {
     }
 
     fn create_hook(&self, site: &HookSite, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
-        let bias = self.prompt.create_hook(site, bc)?.params()[0];
-        let (device, (l, d)) = {
-            let v = bc.store.get(bias).value();
-            (v.device().clone(), v.dims2()?)
-        };
-        let m = self.generator_hidden;
-        let down = kaiming_uniform(m, d, bc.rng, bc.dtype, &device)?;
-        let up = if self.init_weights { Tensor::zeros((l * d, m), bc.dtype, &device)? } else { kaiming_uniform(l * d, m, bc.rng, bc.dtype, &device)? };
-        let a = bc.adapter;
-        let mut add = |attr: &str, t: Tensor| bc.store.add(learning::param_name(a, &format!("{attr}.weight")), t, false);
-        let down = [add("idpg_down", down)?, add("idpg_down_bias", Tensor::zeros(m, bc.dtype, &device)?)?];
-        let up = add("idpg_up", up)?;
-        Ok(Box::new(IdpgLayer { adapter: a.to_string(), bias, down, up }))
+        Ok(Box::new(IdpgLayer::create(&self.prompt, self.generator_hidden, self.init_weights, "idpg_", site, bc)?))
     }
-
 }
 
 #[derive(Debug)]
@@ -79,6 +67,36 @@ pub struct IdpgLayer {
     pub up: ParamId,
 }
 
+impl IdpgLayer {
+    /// The generator (b_up: the prompt of `prompt` at the prompt `site`; W_down [m, d] and b_down
+    /// Kaiming-uniform / 0; W_up 0 with `zero_up`), its tensors `prompt_encoder.<prefix>down…`.
+    pub fn create(prompt: &PromptTuningConfig, m: usize, zero_up: bool, prefix: &str, site: &HookSite, bc: &mut BuildCtx) -> Result<Self> {
+        let bias = prompt.create_hook(site, bc)?.params()[0];
+        let (device, (l, d)) = {
+            let v = bc.store.get(bias).value();
+            (v.device().clone(), v.dims2()?)
+        };
+        let down = kaiming_uniform(m, d, bc.rng, bc.dtype, &device)?;
+        let up = if zero_up { Tensor::zeros((l * d, m), bc.dtype, &device)? } else { kaiming_uniform(l * d, m, bc.rng, bc.dtype, &device)? };
+        let a = bc.adapter;
+        let mut add = |attr: &str, t: Tensor| bc.store.add(learning::param_name(a, &format!("{prefix}{attr}.weight")), t, false);
+        let down = [add("down", down)?, add("down_bias", Tensor::zeros(m, bc.dtype, &device)?)?];
+        let up = add("up", up)?;
+        Ok(IdpgLayer { adapter: a.to_string(), bias, down, up })
+    }
+
+    /// P(x) per row [b, l, d] from M(x), the mean of `inputs.embeddings` over the positions it
+    /// may read (`PromptInputs::mask`: never a loss target).
+    pub fn generate(&self, inputs: &PromptInputs, ctx: &Ctx) -> Result<Tensor> {
+        let (bias, dw, db, up) = (ctx.param(self.bias), ctx.param(self.down[0]), ctx.param(self.down[1]), ctx.param(self.up));
+        let (l, d) = bias.dims2()?;
+        let pooled = pooled_input(inputs, bias.dtype())?; // M(x) [b, d]
+        let h = linear(&pooled, &dw, Some(&db))?.tanh()?;
+        let p = linear(&h, &up, None)?.reshape((pooled.dim(0)?, l, d))?;
+        Ok(p.broadcast_add(&bias)?)
+    }
+}
+
 impl AdapterLayer for IdpgLayer {
     fn adapter_name(&self) -> &str {
         &self.adapter
@@ -88,13 +106,7 @@ impl AdapterLayer for IdpgLayer {
         vec![self.bias, self.down[0], self.down[1], self.up]
     }
 
-    /// P(x) per row, [b, l, d].
     fn instance_tokens(&self, inputs: &PromptInputs, ctx: &Ctx) -> Result<Option<Tensor>> {
-        let (bias, dw, db, up) = (ctx.param(self.bias), ctx.param(self.down[0]), ctx.param(self.down[1]), ctx.param(self.up));
-        let (l, d) = bias.dims2()?;
-        let pooled = pooled_input(inputs, bias.dtype())?; // M(x) [b, d]
-        let h = linear(&pooled, &dw, Some(&db))?.tanh()?;
-        let p = linear(&h, &up, None)?.reshape((pooled.dim(0)?, l, d))?;
-        Ok(Some(p.broadcast_add(&bias)?))
+        Ok(Some(self.generate(inputs, ctx)?))
     }
 }

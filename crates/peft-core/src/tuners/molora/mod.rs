@@ -67,7 +67,7 @@ impl TunerConfig for MoLoraConfig {
     }
 
     fn default_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "v_proj"]
+        crate::tuners::defaults::QV
     }
 
     fn can_merge(&self) -> bool {

@@ -1,6 +1,7 @@
 //! SMoP (Choi et al. 2023, "SMoP: Towards Efficient and Effective Prompt Tuning with Sparse
 //! Mixture-of-Prompts", EMNLP 2023, §3, eqs. 1-3): k short soft prompts P₁…P_k ∈ ℝˡˣᵈ and a
-//! router over them. The router reads the mean of the input embeddings,
+//! router over them. The router reads the mean of the input embeddings (of the prompt part only
+//! in training: `batch::prompt_context_mask`),
 //! p(x) = softmax(W_r · mean(E(x))), picks the top-1 prompt j = argmax p(x), and prepends it
 //! scaled by its probability, p_j(x) · P_j (as Switch Transformers' gate, so the router learns).
 //! In training, Gaussian noise N(0, σ²) is added to the router logits (§3.2, router perturbation;
@@ -37,7 +38,8 @@ pub struct SmopConfig {
     pub router_noise: f64,
 }
 
-/// The mean of the input embeddings over the attended positions [b, d], in `dtype`.
+/// The mean of the input embeddings over the positions the prompt may read [b, d], in `dtype`:
+/// `PromptInputs::mask`, the attended ones before the first loss target (`batch::prompt_context_mask`).
 pub fn pooled_input(inputs: &PromptInputs, dtype: DType) -> Result<Tensor> {
     let x = inputs.embeddings.to_dtype(dtype)?;
     let (b, t, _) = x.dims3()?;

@@ -76,7 +76,7 @@ pub(crate) fn accumulate(model: &CausalLm, tuners: Option<&Tuners>, weights: &[(
         if cancelled() {
             return Err(Error::Aborted);
         }
-        let mut ctx = Ctx::new(&model.store, false);
+        let mut ctx = Ctx::new(&model.store, false).with_labels(&b.labels);
         if let Some(t) = tuners {
             ctx = ctx.with_tuners(t);
         }
