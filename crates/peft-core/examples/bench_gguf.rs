@@ -24,12 +24,14 @@ fn shape(name: &str) -> Option<(usize, usize, usize, usize, usize, usize, bool)>
 fn random(dims: &[usize], seed: u64) -> Tensor {
     let n: usize = dims.iter().product();
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n).map(|_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.0693
-    }).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.0693
+        })
+        .collect();
     Tensor::from_vec(v, dims, &Device::Cpu).expect("shape matches")
 }
 
@@ -42,14 +44,20 @@ fn main() -> peft_core::Result<()> {
     config.tie_word_embeddings = tied;
     config.rope_theta = 500000.0;
     let mut seed = 0u64;
-    write_gguf(Path::new(path), &config, |hf| {
-        seed += 1;
-        let dims = peft_core::model::shapes::expected_shape(&config, hf).expect("the writer asks for known names");
-        if hf.ends_with("norm.weight") {
-            return Ok(Tensor::ones(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?);
-        }
-        Ok(random(&dims, seed))
-    }, OutType::parse(out)?, None)?;
+    write_gguf(
+        Path::new(path),
+        &config,
+        |hf| {
+            seed += 1;
+            let dims = peft_core::model::shapes::expected_shape(&config, hf).expect("the writer asks for known names");
+            if hf.ends_with("norm.weight") {
+                return Ok(Tensor::ones(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?);
+            }
+            Ok(random(&dims, seed))
+        },
+        OutType::parse(out)?,
+        None,
+    )?;
     eprintln!("wrote {path}: {name} in {out}");
     Ok(())
 }

@@ -46,14 +46,8 @@ fn fwd_bwd(out: Result<Tensor>) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let reps = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(9);
-    println!(
-        "threads: {}, reps: {reps} (median)",
-        rayon::current_num_threads()
-    );
+    let reps = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(9);
+    println!("threads: {}, reps: {reps} (median)", rayon::current_num_threads());
 
     let x = var(&[B, T, HIDDEN])?;
     let w = var(&[HIDDEN])?;
@@ -74,11 +68,7 @@ fn main() -> Result<()> {
             format!("{B}x{T}x{HIDDEN}"),
             Box::new(|f| {
                 let (x, w) = (x.as_tensor(), w.as_tensor());
-                fwd_bwd(if f {
-                    ops::rms_norm(x, w, 1e-5)
-                } else {
-                    composite::rms_norm(x, w, 1e-5)
-                })
+                fwd_bwd(if f { ops::rms_norm(x, w, 1e-5) } else { composite::rms_norm(x, w, 1e-5) })
             }),
         ),
         (
@@ -86,11 +76,7 @@ fn main() -> Result<()> {
             format!("{B}x{HEADS}x{T}x{HEAD_DIM}"),
             Box::new(|f| {
                 let q = q.as_tensor();
-                fwd_bwd(if f {
-                    ops::rope(q, &cos, &sin)
-                } else {
-                    composite::rope(q, &cos, &sin)
-                })
+                fwd_bwd(if f { ops::rope(q, &cos, &sin) } else { composite::rope(q, &cos, &sin) })
             }),
         ),
         (
@@ -98,11 +84,7 @@ fn main() -> Result<()> {
             format!("{B}x{HEADS}x{T}x{T}"),
             Box::new(|f| {
                 let s = scores.as_tensor();
-                fwd_bwd(if f {
-                    ops::softmax_last_dim(s)
-                } else {
-                    composite::softmax_last_dim(s)
-                })
+                fwd_bwd(if f { ops::softmax_last_dim(s) } else { composite::softmax_last_dim(s) })
             }),
         ),
         (
@@ -110,11 +92,7 @@ fn main() -> Result<()> {
             format!("{B}x{T}x{INTER}"),
             Box::new(|f| {
                 let (g, u) = (gate.as_tensor(), up.as_tensor());
-                fwd_bwd(if f {
-                    ops::silu_mul(g, u)
-                } else {
-                    composite::silu_mul(g, u)
-                })
+                fwd_bwd(if f { ops::silu_mul(g, u) } else { composite::silu_mul(g, u) })
             }),
         ),
         (
@@ -122,25 +100,15 @@ fn main() -> Result<()> {
             format!("{}x{VOCAB}", B * T),
             Box::new(|f| {
                 let l = logits.as_tensor();
-                fwd_bwd(if f {
-                    ops::cross_entropy_sum(l, &targets, &weights)
-                } else {
-                    composite::cross_entropy_sum(l, &targets, &weights)
-                })
+                fwd_bwd(if f { ops::cross_entropy_sum(l, &targets, &weights) } else { composite::cross_entropy_sum(l, &targets, &weights) })
             }),
         ),
     ];
 
-    println!(
-        "{:<14} {:<16} {:>14} {:>10} {:>8}",
-        "op", "shape", "composite ms", "fused ms", "speedup"
-    );
+    println!("{:<14} {:<16} {:>14} {:>10} {:>8}", "op", "shape", "composite ms", "fused ms", "speedup");
     for (name, shape, run) in &benches {
         let (composite_ms, fused_ms) = time(reps, run.as_ref())?;
-        println!(
-            "{name:<14} {shape:<16} {composite_ms:>14.2} {fused_ms:>10.2} {:>7.1}x",
-            composite_ms / fused_ms
-        );
+        println!("{name:<14} {shape:<16} {composite_ms:>14.2} {fused_ms:>10.2} {:>7.1}x", composite_ms / fused_ms);
     }
     Ok(())
 }

@@ -59,7 +59,10 @@ fn main() -> Result<()> {
     }
     println!("threads {}, {ty:?}, reps {reps} (median ms)", rayon::current_num_threads());
     println!("wall ms (median), then CPU ms (mean), f32 weight / kept weight / ratio");
-    println!("{:<11} {:>6} {:>6} {:>6} | {:^23} | {:^23} | {:^23} | {:^23}", "linear", "m", "out", "in", "forward wall", "forward CPU", "dx wall", "dx CPU");
+    println!(
+        "{:<11} {:>6} {:>6} {:>6} | {:^23} | {:^23} | {:^23} | {:^23}",
+        "linear", "m", "out", "in", "forward wall", "forward CPU", "dx wall", "dx CPU"
+    );
     for (name, m, out, k) in shapes {
         let w = Tensor::randn(0f32, 0.02, (out, k), &Device::Cpu)?;
         let q = QTensor::quantize(&w, ty)?;
@@ -71,8 +74,13 @@ fn main() -> Result<()> {
         let fwd = time(reps, &|| linear(&x, &dense, None), &|| ops::qlinear(&x, &qw, None))?;
         let dx = time(reps, &|| dy.matmul(&dense), &|| ops::qlinear_input_grad(&dy, &qw))?;
         let cell = |a: f64, b: f64| format!("{a:>8.1} {b:>8.1} {:>5.2}", b / a);
-        println!("{name:<11} {m:>6} {out:>6} {k:>6} | {} | {} | {} | {}",
-            cell(fwd[0], fwd[1]), cell(fwd[2], fwd[3]), cell(dx[0], dx[1]), cell(dx[2], dx[3]));
+        println!(
+            "{name:<11} {m:>6} {out:>6} {k:>6} | {} | {} | {} | {}",
+            cell(fwd[0], fwd[1]),
+            cell(fwd[2], fwd[3]),
+            cell(dx[0], dx[1]),
+            cell(dx[2], dx[3])
+        );
     }
     Ok(())
 }

@@ -34,7 +34,9 @@ pub enum Error {
     MissingWeight { file: PathBuf, name: String },
 
     /// `because`: the config keys and values the expected shape comes from.
-    #[error("{file}: weight `{name}` has shape {found:?}, but the config implies {expected:?} ({because}): the config contradicts the weights")]
+    #[error(
+        "{file}: weight `{name}` has shape {found:?}, but the config implies {expected:?} ({because}): the config contradicts the weights"
+    )]
     WeightShape { file: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize>, because: String },
 
     #[error("{file}: weight `{name}` has unsupported dtype {found} (expected f32, f16 or bf16)")]

@@ -41,7 +41,17 @@ pub struct ForwardResult {
 
 impl ModelState {
     pub fn new(llama: CausalLm, tokenizer: Option<Tokenizer>, source: String) -> Self {
-        ModelState { llama, tokenizer, tuners: Tuners::new(), source, training: false, forward_count: AtomicU64::new(0), allocators: HashMap::new(), gradient_checkpointing: false, last_aux_losses: Mutex::default() }
+        ModelState {
+            llama,
+            tokenizer,
+            tuners: Tuners::new(),
+            source,
+            training: false,
+            forward_count: AtomicU64::new(0),
+            allocators: HashMap::new(),
+            gradient_checkpointing: false,
+            last_aux_losses: Mutex::default(),
+        }
     }
 
     /// The forward context: the attached adapters, and dropout in training mode, seeded by
@@ -66,7 +76,9 @@ impl ModelState {
     pub fn ctx_with_rows(&self, no_grad: bool, seed: Option<u64>, adapter_names: Option<&[String]>) -> Result<Ctx<'_>> {
         let Some(names) = adapter_names else { return Ok(self.ctx(no_grad, seed)) };
         if self.training {
-            return Err(Error::Unsupported("adapterNames: per-row adapters are for inference; the model is in training mode (call eval() first)".into()));
+            return Err(Error::Unsupported(
+                "adapterNames: per-row adapters are for inference; the model is in training mode (call eval() first)".into(),
+            ));
         }
         let rows = self.tuners.route_rows(names, &self.llama.device)?;
         Ok(self.ctx_without_adapters(no_grad, seed).with_tuners_per_row(&self.tuners, rows))
@@ -112,7 +124,12 @@ impl ModelState {
 
     /// The forward context of a training forward, with gradient checkpointing when it is on
     /// (`checkpointing` gives the model back to the recomputation).
-    pub fn training_ctx(&self, seed: Option<u64>, adapter_names: Option<&[String]>, checkpointing: impl FnOnce() -> Checkpointing) -> Result<(Ctx<'_>, Option<Checkpointing>)> {
+    pub fn training_ctx(
+        &self,
+        seed: Option<u64>,
+        adapter_names: Option<&[String]>,
+        checkpointing: impl FnOnce() -> Checkpointing,
+    ) -> Result<(Ctx<'_>, Option<Checkpointing>)> {
         let mut ctx = self.ctx_with_rows(false, seed, adapter_names)?;
         let checkpoint = self.gradient_checkpointing.then(checkpointing);
         if let Some(cp) = &checkpoint {

@@ -57,7 +57,11 @@ impl Warning {
 
     /// PEFT never saves `runtime_config`; a file that has it gets it ignored.
     pub fn runtime_config() -> Self {
-        Warning::new(WarningCode::IgnoredField, "runtime_config", "`runtime_config` is ignored: runtime configurations are only valid at runtime")
+        Warning::new(
+            WarningCode::IgnoredField,
+            "runtime_config",
+            "`runtime_config` is ignored: runtime configurations are only valid at runtime",
+        )
     }
 }
 

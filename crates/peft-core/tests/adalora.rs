@@ -3,14 +3,14 @@
 //! The allocator is in `adalora_allocator.rs`.
 use crate::common;
 use crate::methods_common;
-use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;
 use methods_common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
-use peft_core::model::{Ctx, CausalLm, LoadOptions};
+use peft_core::model::{CausalLm, Ctx, LoadOptions};
 use peft_core::tuners::adalora::{self, orth_regularization, AdaLoraLayer};
+use peft_core::tuners::WithTuners;
 use peft_core::tuners::{AdapterLayer, Tuners};
 use serde_json::{json, Value};
 
@@ -38,7 +38,17 @@ fn svd_linear_forward_is_b_a_e_scaled_by_alpha_over_ranknum() {
     let linear = model.linears().into_iter().find(|l| l.path == "model.layers.0.self_attn.q_proj").unwrap();
     let zero = Tensor::zeros((3, 64), DType::F64, &candle_core::Device::Cpu).unwrap();
     let ctx = Ctx::inference(&model.store);
-    let layer = AdaLoraLayer { adapter: "default".into(), path: linear.path.clone(), a: model.store.id(A0).unwrap(), e: model.store.id(E0).unwrap(), b: model.store.id(B0).unwrap(), r: 4, ranknum: 4.0, scaling: 6.0, dropout: 0.0 };
+    let layer = AdaLoraLayer {
+        adapter: "default".into(),
+        path: linear.path.clone(),
+        a: model.store.id(A0).unwrap(),
+        e: model.store.id(E0).unwrap(),
+        b: model.store.id(B0).unwrap(),
+        r: 4,
+        ranknum: 4.0,
+        scaling: 6.0,
+        dropout: 0.0,
+    };
     let got = layer.forward(linear, &x, zero, &ctx).unwrap();
     assert!(max_abs_diff(&got, &want) < 1e-12);
     assert_eq!(tuners.modules("default").unwrap().len(), 2);
@@ -81,7 +91,9 @@ fn orthogonal_regulariser_hand_computed() {
     // both orthonormal, so ‖AAᵀ − I‖ = ‖BᵀB − I‖ = 0. Doubling every A gives ‖4I − I‖_F =
     // 3·√4 = 6 for each of the 2 A's; the mean over 4 matrices is 3, times orth_reg_weight 0.5.
     let (model, tuners) = setup(DType::F64, json!(["q_proj"]));
-    let eye = |r: usize, c: usize| Tensor::eye(64, DType::F64, &candle_core::Device::Cpu).unwrap().narrow(0, 0, r).unwrap().narrow(1, 0, c).unwrap();
+    let eye = |r: usize, c: usize| {
+        Tensor::eye(64, DType::F64, &candle_core::Device::Cpu).unwrap().narrow(0, 0, r).unwrap().narrow(1, 0, c).unwrap()
+    };
     for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
         match p.dims().as_slice() {
             [4, 64] => p.set(&eye(4, 64)).unwrap(),
@@ -112,7 +124,10 @@ fn adalora_files_use_peft_layout() {
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join(CONFIG_NAME)).unwrap()).unwrap();
     let fields: Vec<&String> = cfg.as_object().unwrap().keys().collect();
     assert_eq!(fields, adalora::peft_defaults().keys().collect::<Vec<_>>());
-    assert_eq!((cfg["peft_type"].clone(), cfg["rank_pattern"].clone(), cfg["total_step"].clone()), (json!("ADALORA"), Value::Null, json!(10)));
+    assert_eq!(
+        (cfg["peft_type"].clone(), cfg["rank_pattern"].clone(), cfg["total_step"].clone()),
+        (json!("ADALORA"), Value::Null, json!(10))
+    );
     let before = logits_with(&model, Some(&tuners));
     let mut t2 = Tuners::new();
     let report = load_adapter(&mut t2, &mut model, &out, "again", false).unwrap();
@@ -126,7 +141,9 @@ fn adalora_files_use_peft_layout() {
 fn adalora_init_and_config_errors() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
-    let (_, w) = peft_core::tuners::parse_config(&json!({"peft_type": "ADALORA", "total_step": 5, "r": 4}), None, std::path::Path::new("x")).unwrap();
+    let (_, w) =
+        peft_core::tuners::parse_config(&json!({"peft_type": "ADALORA", "total_step": 5, "r": 4}), None, std::path::Path::new("x"))
+            .unwrap();
     assert!(w.iter().any(|w| w.message.contains("init_r")), "{w:?}");
     tuners.inject(&mut model, "default", config("ADALORA", json!({"total_step": 5})), 0).unwrap();
     assert_eq!(tuners.modules("default").unwrap().len(), 4, "q_proj and v_proj by default");

@@ -132,7 +132,9 @@ fn budget_schedule_is_peft_cubic() {
     let c = tuners.config("default").unwrap().as_any().downcast_ref::<AdaLoraConfig>().unwrap().clone();
     assert_eq!((alloc.init_bgt, alloc.target_bgt), (48, 16));
     // b(t) = ⌊(48 − 16)·(1 − (t − 10)/70)³ + 16⌋, masking when t % 5 == 0.
-    for (t, want) in [(0, (48, false)), (10, (48, false)), (11, (46, false)), (15, (41, true)), (45, (20, true)), (80, (16, true)), (81, (16, true))] {
+    for (t, want) in
+        [(0, (48, false)), (10, (48, false)), (11, (46, false)), (15, (41, true)), (45, (20, true)), (80, (16, true)), (81, (16, true))]
+    {
         assert_eq!(alloc.budget_schedule(&c, t), want, "step {t}");
     }
 }

@@ -3,12 +3,12 @@
 //! and a kept `RankAllocator` knows when its adapter was replaced.
 use crate::common;
 use crate::methods_common;
-use peft_core::tuners::WithTuners;
 use common::*;
 use methods_common::*;
-use peft_core::model::{loss, Ctx, CausalLm};
+use peft_core::model::{loss, CausalLm, Ctx};
 use peft_core::tuners::adalora::{orth_regularization, regularized_loss, RankAllocator};
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 use serde_json::json;
 
 fn adalora(weight: f64) -> Box<dyn peft_core::tuners::TunerConfig> {

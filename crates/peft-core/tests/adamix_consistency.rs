@@ -60,7 +60,10 @@ fn the_consistency_gradient_matches_finite_differences() {
     let grads = term.unwrap().backward().unwrap();
     model.store.accumulate_grads(&grads).unwrap();
     let mut checked = 0;
-    for name in ["base_model.model.model.layers.0.mlp.adamix_down.default.weight", "base_model.model.model.layers.1.self_attn.adamix_up.default.weight"] {
+    for name in [
+        "base_model.model.model.layers.0.mlp.adamix_down.default.weight",
+        "base_model.model.model.layers.1.self_attn.adamix_up.default.weight",
+    ] {
         let p = model.store.by_name(name).unwrap();
         let g: Vec<f64> = p.grad.as_ref().unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let base: Vec<f64> = p.value().flatten_all().unwrap().to_vec1().unwrap();

@@ -93,4 +93,3 @@ fn gemma_layer_types_must_match_the_layer_count() {
     let err = load_edited("gemma3", |c| c["sliding_window"] = serde_json::Value::Null);
     assert_names(&err, &["sliding_window"]);
 }
-

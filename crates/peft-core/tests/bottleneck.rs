@@ -54,7 +54,8 @@ fn default_inits_are_the_identity() {
 /// merge_and_unload of bias tuning and SSF leaves biases on the linears; unmerge removes them.
 #[test]
 fn merging_adds_a_bias_and_unmerging_removes_it() {
-    let (mut model, mut tuners) = method_contract::setup(&json!({"peft_type": "BIAS_TUNING", "target_modules": ["q_proj"]}), candle_core::DType::F32);
+    let (mut model, mut tuners) =
+        method_contract::setup(&json!({"peft_type": "BIAS_TUNING", "target_modules": ["q_proj"]}), candle_core::DType::F32);
     tuners.merge(&mut model, None).unwrap();
     assert!(model.store.by_name("model.layers.0.self_attn.q_proj.bias").is_ok());
     tuners.unmerge(&mut model).unwrap();

@@ -27,14 +27,18 @@ fn gradients(lent: &Arc<Lent>, arch: &str, checkpoint: bool, seed: Option<u64>) 
     }
     let l = loss::causal_lm_loss(&model.forward(&input, &ctx, None, false).unwrap(), &labels).unwrap();
     drop(ctx);
-    let params: Vec<(String, Tensor)> = model.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| (p.name.clone(), p.value().clone())).collect();
+    let params: Vec<(String, Tensor)> =
+        model.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| (p.name.clone(), p.value().clone())).collect();
     drop(g); // the recompute borrows the model again
     let grads = backward(&l, cp.as_ref()).unwrap();
     assert!(!params.is_empty());
-    params.into_iter().map(|(n, t)| {
-        let grad = grads.get(&t).unwrap_or_else(|| panic!("{arch}: no gradient for {n} (checkpoint {checkpoint})")).clone();
-        (n, grad)
-    }).collect()
+    params
+        .into_iter()
+        .map(|(n, t)| {
+            let grad = grads.get(&t).unwrap_or_else(|| panic!("{arch}: no gradient for {n} (checkpoint {checkpoint})")).clone();
+            (n, grad)
+        })
+        .collect()
 }
 
 fn check(label: &str, arch: &str, trainable: Trainable, seed: Option<u64>) {

@@ -4,7 +4,7 @@ use crate::common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use peft_core::io::safetensors::{load_file, save_file};
-use peft_core::model::{Ctx, CausalLm, LoadOptions};
+use peft_core::model::{CausalLm, Ctx, LoadOptions};
 use std::path::{Path, PathBuf};
 
 fn scratch(name: &str) -> PathBuf {
@@ -142,7 +142,9 @@ fn bad_checkpoints_give_errors_naming_file_and_key() {
     expect_err(&bad_offsets, &["model.safetensors"]);
 
     let wrong_shape = scratch("shape");
-    let cfg = std::fs::read_to_string(model_dir().join("config.json")).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
+    let cfg = std::fs::read_to_string(model_dir().join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
     std::fs::write(wrong_shape.join("config.json"), cfg).unwrap();
     std::fs::copy(model_dir().join("model.safetensors"), wrong_shape.join("model.safetensors")).unwrap();
     expect_err(&wrong_shape, &["model.safetensors", "gate_proj", "[128, 64]", "[160, 64]"]);

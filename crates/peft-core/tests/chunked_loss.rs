@@ -21,7 +21,12 @@ fn det(dims: &[usize], seed: f64) -> Tensor {
 fn op_inputs() -> (Tensor, Tensor, Tensor, Tensor) {
     let (n, v, d) = (23, 37, 8);
     let targets = Tensor::from_vec((0..n as u32).map(|i| (i * 7 + 3) % v as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
-    let weights = Tensor::from_vec((0..n).map(|i| if (5..10).contains(&i) || i == 17 { 0.0 } else { 1.0 + 0.1 * i as f64 }).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+    let weights = Tensor::from_vec(
+        (0..n).map(|i| if (5..10).contains(&i) || i == 17 { 0.0 } else { 1.0 + 0.1 * i as f64 }).collect::<Vec<_>>(),
+        n,
+        &Device::Cpu,
+    )
+    .unwrap();
     (det(&[n, d], 0.7), det(&[v, d], 1.3), targets, weights)
 }
 
@@ -55,7 +60,8 @@ fn op_matches_the_composite_in_value_and_gradients() {
                 let dh = rel(g.get(h.as_tensor()).unwrap(), r.get(h.as_tensor()).unwrap());
                 assert!(dh < 1e-12, "{label}: dh differs by {dh:e}");
                 // ignored rows get exactly zero
-                let dh_ignored = g.get(h.as_tensor()).unwrap().narrow(0, 5, 5).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                let dh_ignored =
+                    g.get(h.as_tensor()).unwrap().narrow(0, 5, 5).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
                 assert_eq!(dh_ignored, 0.0, "{label}");
                 if w_trainable {
                     let dw = rel(g.get(w.as_tensor()).unwrap(), r.get(w.as_tensor()).unwrap());
@@ -83,10 +89,19 @@ fn op_gradients_match_finite_differences() {
                 let mut v = x0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
                 v[k] += s;
                 let p = Tensor::from_vec(v, x0.dims(), &Device::Cpu).unwrap();
-                if is_h { f(&p, &w0) } else { f(&h0, &p) }
+                if is_h {
+                    f(&p, &w0)
+                } else {
+                    f(&h0, &p)
+                }
             };
             let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
-            assert!((numeric - analytic[k]).abs() < 1e-6 * numeric.abs().max(1.0), "{} [{k}]: {numeric} vs {}", if is_h { "h" } else { "w" }, analytic[k]);
+            assert!(
+                (numeric - analytic[k]).abs() < 1e-6 * numeric.abs().max(1.0),
+                "{} [{k}]: {numeric} vs {}",
+                if is_h { "h" } else { "w" },
+                analytic[k]
+            );
         }
     }
 }
@@ -105,7 +120,12 @@ fn run(lent: &Arc<Lent>, arch: &str, chunk_rows: Option<usize>) -> (f64, Vec<(St
         }
     };
     let grads = l.backward().unwrap();
-    let out = model.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| (p.name.clone(), grads.get(&p.value()).unwrap_or_else(|| panic!("no gradient for {}", p.name)).clone())).collect();
+    let out = model
+        .store
+        .iter()
+        .filter(|(_, p)| p.requires_grad())
+        .map(|(_, p)| (p.name.clone(), grads.get(&p.value()).unwrap_or_else(|| panic!("no gradient for {}", p.name)).clone()))
+        .collect();
     (l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), out)
 }
 
@@ -141,7 +161,11 @@ fn llama_prompt_tuning_virtual_positions() {
 
 #[test]
 fn llama_lora_on_lm_head_takes_the_logits_path() {
-    check("llama lora on lm_head", "llama", Trainable::Config(json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "lm_head"]})));
+    check(
+        "llama lora on lm_head",
+        "llama",
+        Trainable::Config(json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "lm_head"]})),
+    );
 }
 
 #[test]

@@ -5,13 +5,13 @@
 use crate::common;
 use crate::method_contract;
 use crate::methods_common;
-use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
-use peft_core::model::{loss, Batch, Ctx, CausalLm};
+use peft_core::model::{loss, Batch, CausalLm, Ctx};
 use peft_core::tuners::dylora::{DyLoraConfig, DyLoraLayer};
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -76,7 +76,8 @@ fn dylora_contract() {
 
 #[test]
 fn finite_differences_at_a_fixed_rank() {
-    for (extra, label) in [(json!({"eval_rank": 3}), "evaluation at eval_rank 3"), (json!({"r_min": 3, "update_mode": "all"}), "training")] {
+    for (extra, label) in [(json!({"eval_rank": 3}), "evaluation at eval_rank 3"), (json!({"r_min": 3, "update_mode": "all"}), "training")]
+    {
         let (mut model, tuners) = method_contract::setup(&cfg(extra.clone()), DType::F64);
         let training = label == "training";
         let seed = (0..).find(|&s| rank_of(&model, &tuners, s) == 3).unwrap();
@@ -88,7 +89,9 @@ fn finite_differences_at_a_fixed_rank() {
             loss_with(&mut model, Some(&tuners), true);
         }
         let mut worst = 0f64;
-        for name in factor_names(&model).iter().filter(|n| n.contains("layers.1.self_attn.q_proj") || n.contains("layers.0.self_attn.v_proj")) {
+        for name in
+            factor_names(&model).iter().filter(|n| n.contains("layers.1.self_attn.q_proj") || n.contains("layers.0.self_attn.v_proj"))
+        {
             let per_rank = grad_per_rank(&model, name);
             assert!(per_rank[..3].iter().all(|&g| g > 0.0) && per_rank[3] == 0.0, "{label} {name}: ranks 1..3 only: {per_rank:?}");
             worst = worst.max(methods_common::fd_error(&mut model, &tuners, name, loss));
@@ -112,12 +115,14 @@ fn dense_weight(w: &[f64], a: &[f64], b_up: &[f64], (out, inp, r): (usize, usize
 
 /// The base model with every targeted weight replaced by its dense form at rank `b`.
 fn dense_model(adapted: &CausalLm, tuners: &Tuners, b: usize) -> CausalLm {
-    let dense = CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap();
+    let dense =
+        CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap();
     for path in tuners.modules("default").unwrap() {
         let p = |n: &str| values(&adapted.store.by_name(n).unwrap().value());
         let w = dense.store.by_name(&format!("{path}.weight")).unwrap();
         let (out, inp) = w.value().dims2().unwrap();
-        let (a, b_up) = (p(&format!("base_model.model.{path}.lora_A.default.weight")), p(&format!("base_model.model.{path}.lora_B.default.weight")));
+        let (a, b_up) =
+            (p(&format!("base_model.model.{path}.lora_A.default.weight")), p(&format!("base_model.model.{path}.lora_B.default.weight")));
         let v = dense_weight(&values(&w.value()), &a, &b_up, (out, inp, a.len() / inp), b, 8.0);
         w.set(&Tensor::from_vec(v, (out, inp), &Device::Cpu).unwrap()).unwrap();
     }
@@ -199,7 +204,10 @@ fn files_keep_lora_keys_and_the_eval_rank() {
     let dir = methods_common::tmp("dylora-files");
     save_adapter(&tuners, &model, "default", &dir).unwrap();
     let c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_NAME)).unwrap()).unwrap();
-    assert_eq!((c["peft_type"].as_str(), c["r"].as_u64(), c["r_min"].as_u64(), c["eval_rank"].as_u64()), (Some("DYLORA"), Some(4), Some(2), Some(3)));
+    assert_eq!(
+        (c["peft_type"].as_str(), c["r"].as_u64(), c["r_min"].as_u64(), c["eval_rank"].as_u64()),
+        (Some("DYLORA"), Some(4), Some(2), Some(3))
+    );
     assert_eq!(c["update_mode"], "frozen");
     let file = peft_core::io::safetensors::load_file(&dir.join(WEIGHTS_NAME), None, &Device::Cpu).unwrap();
     let mut keys: Vec<&String> = file.keys().collect();
@@ -240,7 +248,8 @@ fn bad_configs_name_the_key() {
         let e = method_contract::error_of(&cfg(extra.clone()));
         assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");
     }
-    let (_, warnings) = peft_core::tuners::parse_config(&cfg(json!({"rank_sampler": "geometric"})), None, std::path::Path::new("t")).unwrap();
+    let (_, warnings) =
+        peft_core::tuners::parse_config(&cfg(json!({"rank_sampler": "geometric"})), None, std::path::Path::new("t")).unwrap();
     assert!(warnings.iter().any(|w| w.message.contains("rank_sampler")), "{warnings:?}");
     let mut model = load_model();
     let mut tuners = Tuners::new();
@@ -267,7 +276,9 @@ fn every_rank_beats_the_base_after_training() {
     for mode in ["frozen", "all"] {
         let mut model = load_model();
         let mut tuners = Tuners::new();
-        tuners.inject(&mut model, "default", method_contract::config(&cfg(json!({"update_mode": mode, "target_modules": "all-linear"}))), 5).unwrap();
+        tuners
+            .inject(&mut model, "default", method_contract::config(&cfg(json!({"update_mode": mode, "target_modules": "all-linear"}))), 5)
+            .unwrap();
         let h = peft_core::optim::AdamWHyper { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
         let mut state: HashMap<String, (Tensor, Tensor)> = HashMap::new();
         for step in 1..=60u64 {
@@ -276,7 +287,9 @@ fn every_rank_beats_the_base_after_training() {
             let g = loss::causal_lm_loss(&model.forward(&batch, &ctx, None, false).unwrap(), &labels).unwrap().backward().unwrap();
             model.store.accumulate_grads(&g).unwrap();
             for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
-                let (m, v) = state.entry(p.name.clone()).or_insert_with(|| (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap()));
+                let (m, v) = state
+                    .entry(p.name.clone())
+                    .or_insert_with(|| (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap()));
                 peft_core::optim::adamw_step(p, m, v, step, &h).unwrap();
             }
         }

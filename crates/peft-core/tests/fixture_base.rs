@@ -84,4 +84,3 @@ fn full_finetuning_adamw_steps_match_torch() {
     let got = greedy(&model, &inp.input_ids[0][..inp.prompt_len], inp.new_tokens);
     assert_eq!(got, ids_of(&exp["greedy_after_step2"]));
 }
-

@@ -37,13 +37,25 @@ fn refuse(size: usize) -> *mut u8 {
 
 unsafe impl GlobalAlloc for Bounded {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if l.size() > ALLOC_LIMIT { refuse(l.size()) } else { System.alloc(l) }
+        if l.size() > ALLOC_LIMIT {
+            refuse(l.size())
+        } else {
+            System.alloc(l)
+        }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        if l.size() > ALLOC_LIMIT { refuse(l.size()) } else { System.alloc_zeroed(l) }
+        if l.size() > ALLOC_LIMIT {
+            refuse(l.size())
+        } else {
+            System.alloc_zeroed(l)
+        }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        if new > ALLOC_LIMIT { refuse(new) } else { System.realloc(p, l, new) }
+        if new > ALLOC_LIMIT {
+            refuse(new)
+        } else {
+            System.realloc(p, l, new)
+        }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         System.dealloc(p, l)
@@ -78,7 +90,13 @@ fn fuzz_adapter_folder() {
     let seeds = adapter_seeds();
     let s = seeds.clone();
     let run = move |input: &[u8]| run_adapter(&s, input);
-    check(Target { name: "adapter", seeds, dict: DICTS.0, focus: |b| 1 + safetensors_header(&b[1.min(b.len())..]).min(b.len()), run: &run });
+    check(Target {
+        name: "adapter",
+        seeds,
+        dict: DICTS.0,
+        focus: |b| 1 + safetensors_header(&b[1.min(b.len())..]).min(b.len()),
+        run: &run,
+    });
 }
 
 #[test]

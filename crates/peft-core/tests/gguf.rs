@@ -79,7 +79,10 @@ fn f32_round_trip_matches_safetensors() {
     assert_eq!(got, cfg);
     let s = spec(cfg.vocab_size);
     assert_eq!((ck.tokenizer.model.as_str(), &ck.tokenizer.pre, &ck.tokenizer.tokens), (s.model.as_str(), &s.pre, &s.tokens));
-    assert_eq!((&ck.tokenizer.token_types, &ck.tokenizer.merges, &ck.tokenizer.chat_template), (&s.token_types, &s.merges, &s.chat_template));
+    assert_eq!(
+        (&ck.tokenizer.token_types, &ck.tokenizer.merges, &ck.tokenizer.chat_template),
+        (&s.token_types, &s.merges, &s.chat_template)
+    );
     assert_eq!((ck.tokenizer.bos_token_id, ck.tokenizer.eos_token_id, ck.tokenizer.pad_token_id), (Some(0), Some(1), Some(2)));
     assert_eq!((ck.tokenizer.add_bos_token, ck.tokenizer.add_eos_token), (Some(false), None));
     for dtype in [DType::F16, DType::BF16] {
@@ -97,8 +100,10 @@ fn q_and_k_rows_are_stored_in_llama_cpp_order() {
     let (path, cfg, w) = write_fixture("perm.gguf", GgmlDType::F32);
     let file = GgufFile::open(&path).unwrap();
     let hd = cfg.head_dim;
-    for (gguf, hf, n_head) in [("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight", cfg.num_attention_heads),
-        ("blk.1.attn_k.weight", "model.layers.1.self_attn.k_proj.weight", cfg.num_key_value_heads)] {
+    for (gguf, hf, n_head) in [
+        ("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight", cfg.num_attention_heads),
+        ("blk.1.attn_k.weight", "model.layers.1.self_attn.k_proj.weight", cfg.num_key_value_heads),
+    ] {
         let info = file.tensor_info(gguf).unwrap();
         assert_eq!(info.dims, w[hf].dims());
         let raw: Vec<f32> = file.tensor_bytes(info).chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
@@ -110,7 +115,11 @@ fn q_and_k_rows_are_stored_in_llama_cpp_order() {
             for i in 0..2 {
                 for j in 0..hd / 2 {
                     let stored = h * hd + j * 2 + i;
-                    assert_eq!(&raw[stored * cols..(stored + 1) * cols], hf_rows[h * hd + i * hd / 2 + j].as_slice(), "{gguf} h{h} i{i} j{j}");
+                    assert_eq!(
+                        &raw[stored * cols..(stored + 1) * cols],
+                        hf_rows[h * hd + i * hd / 2 + j].as_slice(),
+                        "{gguf} h{h} i{i} j{j}"
+                    );
                 }
             }
         }
@@ -134,7 +143,8 @@ fn check_quantized(path: &Path, w: &HashMap<String, Tensor>, stored: impl Fn(&[u
         let info = file.tensor_info(&peft_core::io::gguf::hf_to_gguf(name, "llama").unwrap()).unwrap();
         assert_eq!(info.dtype, ty, "{name}");
         let got = values(&ck.weights.tensors[name]);
-        let expected = if ty == GgmlDType::F32 { values(t) } else { values(&QTensor::quantize(t, ty).unwrap().dequantize(&Device::Cpu).unwrap()) };
+        let expected =
+            if ty == GgmlDType::F32 { values(t) } else { values(&QTensor::quantize(t, ty).unwrap().dequantize(&Device::Cpu).unwrap()) };
         assert_eq!(got, expected, "{name} as {ty:?}");
         let orig = values(t);
         let err: f64 = got.iter().zip(&orig).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
@@ -147,7 +157,9 @@ fn check_quantized(path: &Path, w: &HashMap<String, Tensor>, stored: impl Fn(&[u
 
 #[test]
 fn legacy_quants_match_candle_round_trip() {
-    for (q, tol) in [(GgmlDType::Q8_0, 0.01), (GgmlDType::Q4_0, 0.15), (GgmlDType::Q4_1, 0.15), (GgmlDType::Q5_0, 0.08), (GgmlDType::F16, 0.001)] {
+    for (q, tol) in
+        [(GgmlDType::Q8_0, 0.01), (GgmlDType::Q4_0, 0.15), (GgmlDType::Q4_1, 0.15), (GgmlDType::Q5_0, 0.08), (GgmlDType::F16, 0.001)]
+    {
         let (path, _, w) = write_fixture(&format!("{q:?}.gguf"), q);
         check_quantized(&path, &w, |d| if d.len() == 1 { GgmlDType::F32 } else { q }, tol);
         std::fs::remove_file(path).unwrap();
@@ -172,17 +184,29 @@ fn synthetic() -> (ModelConfig, HashMap<String, Tensor>) {
     let mut w = HashMap::new();
     let mut names = vec![("model.embed_tokens.weight", vec![256, 256]), ("model.norm.weight", vec![256])];
     let l = "model.layers.0";
-    for (n, s) in [("input_layernorm", vec![256]), ("post_attention_layernorm", vec![256]), ("self_attn.q_proj", vec![256, 256]),
-        ("self_attn.k_proj", vec![128, 256]), ("self_attn.v_proj", vec![128, 256]), ("self_attn.o_proj", vec![256, 256]),
-        ("mlp.gate_proj", vec![512, 256]), ("mlp.up_proj", vec![512, 256]), ("mlp.down_proj", vec![256, 512])] {
+    for (n, s) in [
+        ("input_layernorm", vec![256]),
+        ("post_attention_layernorm", vec![256]),
+        ("self_attn.q_proj", vec![256, 256]),
+        ("self_attn.k_proj", vec![128, 256]),
+        ("self_attn.v_proj", vec![128, 256]),
+        ("self_attn.o_proj", vec![256, 256]),
+        ("mlp.gate_proj", vec![512, 256]),
+        ("mlp.up_proj", vec![512, 256]),
+        ("mlp.down_proj", vec![256, 512]),
+    ] {
         names.push((Box::leak(format!("{l}.{n}.weight").into_boxed_str()), s));
     }
     for (name, shape) in names {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| {
-            seed ^= seed << 13; seed ^= seed >> 7; seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        }).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
         w.insert(name.to_string(), Tensor::from_vec(v, shape, &Device::Cpu).unwrap());
     }
     (cfg, w)
@@ -191,8 +215,14 @@ fn synthetic() -> (ModelConfig, HashMap<String, Tensor>) {
 #[test]
 fn k_quants_match_candle_round_trip() {
     let (cfg, w) = synthetic();
-    for (q, tol) in [(GgmlDType::Q2K, 0.6), (GgmlDType::Q3K, 0.3), (GgmlDType::Q4K, 0.15), (GgmlDType::Q5K, 0.08),
-        (GgmlDType::Q6K, 0.04), (GgmlDType::Q8K, 0.01)] {
+    for (q, tol) in [
+        (GgmlDType::Q2K, 0.6),
+        (GgmlDType::Q3K, 0.3),
+        (GgmlDType::Q4K, 0.15),
+        (GgmlDType::Q5K, 0.08),
+        (GgmlDType::Q6K, 0.04),
+        (GgmlDType::Q8K, 0.01),
+    ] {
         let path = tmp(&format!("{q:?}.gguf"));
         write_llama_gguf(&path, &cfg, &w, None, q).unwrap();
         let ck = load_gguf(&path, DType::F32, &Device::Cpu, false).unwrap();

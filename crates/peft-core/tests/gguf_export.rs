@@ -41,7 +41,9 @@ fn check_arch(arch: &str) {
     write_gguf(&path, &cfg, source, OutType::Uniform(candle_core::quantized::GgmlDType::F32), Some(&spec)).unwrap();
     let ours = GgufFile::open(&path).unwrap();
 
-    let keys = |f: &GgufFile| -> std::collections::BTreeSet<String> { f.metadata.keys().filter(|k| !NAMING_KEYS.contains(&k.as_str())).cloned().collect() };
+    let keys = |f: &GgufFile| -> std::collections::BTreeSet<String> {
+        f.metadata.keys().filter(|k| !NAMING_KEYS.contains(&k.as_str())).cloned().collect()
+    };
     assert_eq!(keys(&ours), keys(&reference), "{arch}: metadata keys");
     for key in keys(&reference) {
         assert_eq!(meta(&ours, &key), meta(&reference, &key), "{arch}: metadata `{key}`");

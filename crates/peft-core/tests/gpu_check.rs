@@ -15,13 +15,13 @@
 //! Tolerances (normwise: max |got - want| / max |want|) are printed with every measured error.
 #![cfg(feature = "cuda")]
 mod common;
-use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use peft_core::io::adapter::load_adapter;
 use peft_core::model::{loss, CausalLm, LoadOptions};
 use peft_core::ops;
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 
 fn cuda() -> Device {
     Device::new_cuda(std::env::var("PEFT_CUDA_DEVICE").ok().and_then(|s| s.parse().ok()).unwrap_or(0))
@@ -94,7 +94,8 @@ fn forward_backward(case: &OpCase, dtype: DType, dev: &Device, r: &Tensor) -> (T
     let r = r.to_dtype(acc).unwrap().to_device(dev).unwrap();
     let l = (out.to_dtype(acc).unwrap() * r).unwrap().sum_all().unwrap();
     let store = l.backward().unwrap();
-    let grads = vars.iter().map(|v| store.get(v.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient on {dev:?}", case.name)).clone()).collect();
+    let grads =
+        vars.iter().map(|v| store.get(v.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient on {dev:?}", case.name)).clone()).collect();
     (out, grads)
 }
 
@@ -127,7 +128,12 @@ fn op_cases(rng: &mut Rng) -> Vec<OpCase> {
     }
     // Softmax: short rows (attention over a few keys), rows longer than a block, strided.
     for (name, dims) in [("softmax [4,6,5]", vec![4, 6, 5]), ("softmax [2,3,700]", vec![2, 3, 700])] {
-        cases.push(OpCase { name, inputs: vec![rng.tensor(&dims, 4.0)], trainable: vec![0], run: Box::new(|x: &[Tensor]| ops::softmax_last_dim(&x[0])) });
+        cases.push(OpCase {
+            name,
+            inputs: vec![rng.tensor(&dims, 4.0)],
+            trainable: vec![0],
+            run: Box::new(|x: &[Tensor]| ops::softmax_last_dim(&x[0])),
+        });
     }
     cases.push(OpCase {
         name: "softmax transposed [33,9]^T",
@@ -148,7 +154,11 @@ fn op_cases(rng: &mut Rng) -> Vec<OpCase> {
     let weights: Vec<f64> = (0..n).map(|i| if i % 4 == 3 { 0.0 } else { 1.0 }).collect();
     cases.push(OpCase {
         name: "cross_entropy [12,3000]",
-        inputs: vec![rng.tensor(&[n, vocab], 6.0), Tensor::new(targets, &Device::Cpu).unwrap(), Tensor::new(weights, &Device::Cpu).unwrap()],
+        inputs: vec![
+            rng.tensor(&[n, vocab], 6.0),
+            Tensor::new(targets, &Device::Cpu).unwrap(),
+            Tensor::new(weights, &Device::Cpu).unwrap(),
+        ],
         trainable: vec![0],
         run: Box::new(|x: &[Tensor]| ops::cross_entropy_sum(&x[0], &x[1], &x[2])),
     });
@@ -161,7 +171,8 @@ fn cuda_ops_match_cpu() {
     let mut rng = Rng(0x6e75);
     let cases = op_cases(&mut rng);
     // (dtype, the CPU reference's dtype, tolerance)
-    let table = [(DType::F64, DType::F64, 1e-10), (DType::F32, DType::F32, 1e-5), (DType::F16, DType::F32, 1e-2), (DType::BF16, DType::F32, 5e-2)];
+    let table =
+        [(DType::F64, DType::F64, 1e-10), (DType::F32, DType::F32, 1e-5), (DType::F16, DType::F32, 1e-2), (DType::BF16, DType::F32, 5e-2)];
     let mut failures = Vec::new();
     for case in &cases {
         for &(dtype, ref_dtype, tol) in &table {
@@ -171,11 +182,21 @@ fn cuda_ops_match_cpu() {
             };
             let (want, want_g) = forward_backward(case, ref_dtype, &Device::Cpu, &r);
             let (got, got_g) = forward_backward(case, dtype, &dev, &r);
-            assert_eq!(got.dtype(), if case.name.starts_with("cross_entropy") && dtype != DType::F64 { DType::F32 } else { dtype }, "{}", case.name);
+            assert_eq!(
+                got.dtype(),
+                if case.name.starts_with("cross_entropy") && dtype != DType::F64 { DType::F32 } else { dtype },
+                "{}",
+                case.name
+            );
             let ef = normwise(&got, &want);
             let eg = got_g.iter().zip(&want_g).map(|(a, b)| normwise(a, b)).fold(0f64, f64::max);
             let ok = ef <= tol && eg <= tol;
-            println!("ops {:<32} {:<5} forward {ef:.1e}  grads {eg:.1e}  (tol {tol:.0e}) {}", case.name, format!("{dtype:?}"), if ok { "ok" } else { "FAIL" });
+            println!(
+                "ops {:<32} {:<5} forward {ef:.1e}  grads {eg:.1e}  (tol {tol:.0e}) {}",
+                case.name,
+                format!("{dtype:?}"),
+                if ok { "ok" } else { "FAIL" }
+            );
             if !ok {
                 failures.push(format!("{} {dtype:?}", case.name));
             }
@@ -232,7 +253,11 @@ fn check_lora_case(dev: &Device, dtype: DType, case: &str, tol: &Tol) {
     let exp = expected(case);
     let inp = inputs();
     let logits = logits_with(&model, Some(&tuners));
-    let dl = if dtype == DType::F32 { max_masked_diff(&logits, &exp["logits"], &inp.attention_mask) } else { masked_rel(&logits, &exp["logits"]) };
+    let dl = if dtype == DType::F32 {
+        max_masked_diff(&logits, &exp["logits"], &inp.attention_mask)
+    } else {
+        masked_rel(&logits, &exp["logits"])
+    };
     let l = scalar(&loss::causal_lm_loss(&logits, &inp.labels).unwrap());
     let e = scalar(&exp["loss"]);
     let dloss = (l - e).abs() / e.abs().max(1.0);
@@ -259,7 +284,11 @@ fn check_lora_case(dev: &Device, dtype: DType, case: &str, tol: &Tol) {
         let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
         for i in 0..got.len() {
             let d = (got[i] - want[i]).abs();
-            if g0[i].abs() < 1e-2 * gmax { loose = loose.max(d) } else { strict = strict.max(d) }
+            if g0[i].abs() < 1e-2 * gmax {
+                loose = loose.max(d)
+            } else {
+                strict = strict.max(d)
+            }
         }
     }
     let greedy = greedy_with(&model, Some(&tuners), &inp.input_ids[0][..inp.prompt_len], inp.new_tokens);
@@ -333,7 +362,12 @@ fn cuda_fixture_bf16_base() {
     let dl = masked_rel(&logits, &exp["logits"]);
     let l = scalar(&loss::causal_lm_loss(&logits, &inp.labels).unwrap());
     let e = scalar(&exp["loss"]);
-    println!("fixture base BF16: logits {dl:.1e} (tol {:.0e}), loss {:.1e} (tol {:.0e})", BF16_TOL.logits, (l - e).abs() / e, BF16_TOL.loss);
+    println!(
+        "fixture base BF16: logits {dl:.1e} (tol {:.0e}), loss {:.1e} (tol {:.0e})",
+        BF16_TOL.logits,
+        (l - e).abs() / e,
+        BF16_TOL.loss
+    );
     assert!(dl < BF16_TOL.logits, "bf16 base logits off by {dl}");
     assert!((l - e).abs() < BF16_TOL.loss * e.abs().max(1.0));
     drop(model);

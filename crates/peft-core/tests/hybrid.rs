@@ -7,12 +7,12 @@
 use crate::common;
 use crate::method_contract;
 use crate::methods_common;
-use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::{inputs, logits_with, loss_with, max_abs_diff};
 use method_contract::{check, config, error_of, setup};
-use peft_core::model::{Batch, Ctx, KvCache, CausalLm};
+use peft_core::model::{Batch, CausalLm, Ctx, KvCache};
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 use serde_json::{json, Value};
 
 fn mam() -> Value {
@@ -43,7 +43,13 @@ fn fd_every_kind(v: &Value, kinds: &[&str]) -> f64 {
 fn mam_contract_and_finite_differences() {
     let e = check(&mam(), 0, false);
     println!("MAM contract: finite differences rel err {e:e}");
-    let kinds = ["prompt_encoder", "adapter_down.default.weight", "adapter_down.default.bias", "adapter_up.default.weight", "adapter_up.default.bias"];
+    let kinds = [
+        "prompt_encoder",
+        "adapter_down.default.weight",
+        "adapter_down.default.bias",
+        "adapter_up.default.weight",
+        "adapter_up.default.bias",
+    ];
     println!("MAM: largest finite-difference error over every kind {:e}", fd_every_kind(&mam(), &kinds));
 }
 
@@ -52,9 +58,19 @@ fn unipelt_contract_and_finite_differences() {
     let e = check(&unipelt(), 0, false);
     println!("UniPELT contract: finite differences rel err {e:e}");
     let kinds = [
-        "prompt_encoder", "lora_A", "lora_B", "adapter_down.default.weight", "adapter_down.default.bias", "adapter_up.default.weight",
-        "adapter_up.default.bias", "gate_lora.default.weight", "gate_lora.default.bias", "gate_prefix.default.weight", "gate_prefix.default.bias",
-        "gate_adapter.default.weight", "gate_adapter.default.bias",
+        "prompt_encoder",
+        "lora_A",
+        "lora_B",
+        "adapter_down.default.weight",
+        "adapter_down.default.bias",
+        "adapter_up.default.weight",
+        "adapter_up.default.bias",
+        "gate_lora.default.weight",
+        "gate_lora.default.bias",
+        "gate_prefix.default.weight",
+        "gate_prefix.default.bias",
+        "gate_adapter.default.weight",
+        "gate_adapter.default.bias",
     ];
     println!("UniPELT: largest finite-difference error over every kind {:e}", fd_every_kind(&unipelt(), &kinds));
 }
@@ -107,7 +123,14 @@ fn unipelt_gates_scale_their_parts() {
         force_gates(&model, &tuners, "default", &[("gate_prefix", cp), ("gate_lora", cl), ("gate_adapter", ca)]);
         let gated = logits_with(&model, Some(&tuners));
         tuners.inject(&mut model, "p", config(&json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4})), 1).unwrap();
-        tuners.inject(&mut model, "l", config(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]})), 1).unwrap();
+        tuners
+            .inject(
+                &mut model,
+                "l",
+                config(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]})),
+                1,
+            )
+            .unwrap();
         let adapter = json!({"peft_type": "BOTTLENECK_ADAPTER", "bottleneck_size": 8, "sublayers": ["mlp"]});
         tuners.inject(&mut model, "a", config(&adapter), 1).unwrap();
         copy_part(&model, &tuners, "default", "p", "prompt_encoder", cp, |_| true);
@@ -176,7 +199,9 @@ fn unipelt_files_follow_peft_conventions() {
     assert!(tensors.contains_key("prompt_embeddings"));
     assert!(tensors.keys().all(|k| k == "prompt_embeddings" || k.starts_with("base_model.model.model.layers.")), "{:?}", tensors.keys());
     assert!(tensors.keys().all(|k| !k.contains(".default")));
-    for part in ["q_proj.lora_A.weight", "v_proj.gate_lora.bias", "self_attn.gate_prefix.weight", "mlp.adapter_up.bias", "mlp.gate_adapter.weight"] {
+    for part in
+        ["q_proj.lora_A.weight", "v_proj.gate_lora.bias", "self_attn.gate_prefix.weight", "mlp.adapter_up.bias", "mlp.gate_adapter.weight"]
+    {
         assert!(tensors.keys().any(|k| k.ends_with(part)), "no {part}");
     }
     std::fs::remove_dir_all(&dir).ok();
@@ -199,7 +224,8 @@ fn bad_configs_name_the_key() {
         let e = error_of(&cfg);
         assert!(e.contains(&format!("`{key}`")), "{cfg}: {e}");
     }
-    let (_, warnings) = peft_core::tuners::parse_config(&json!({"peft_type": "UNIPELT", "shiny": 1}), None, std::path::Path::new("t")).unwrap();
+    let (_, warnings) =
+        peft_core::tuners::parse_config(&json!({"peft_type": "UNIPELT", "shiny": 1}), None, std::path::Path::new("t")).unwrap();
     assert!(warnings.iter().any(|w| w.message.contains("shiny")), "{warnings:?}");
 }
 

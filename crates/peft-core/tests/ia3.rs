@@ -43,7 +43,9 @@ fn ia3_gradients_merge_and_disable() {
 fn ia3_finite_differences_in_f64() {
     let (mut model, tuners) = setup(DType::F64);
     loss_with(&mut model, Some(&tuners), true);
-    for name in ["base_model.model.model.layers.1.mlp.down_proj.ia3_l.default", "base_model.model.model.layers.0.self_attn.k_proj.ia3_l.default"] {
+    for name in
+        ["base_model.model.model.layers.1.mlp.down_proj.ia3_l.default", "base_model.model.model.layers.0.self_attn.k_proj.ia3_l.default"]
+    {
         let err = fd_error(&mut model, &tuners, name, loss64);
         println!("{name}: finite-difference rel err {err:e}");
         assert!(err < 1e-6, "{name}: {err}");
@@ -62,7 +64,12 @@ fn ia3_defaults_init_and_config_errors() {
     assert_eq!(j["feedforward_modules"], json!(["down_proj"]));
     assert_eq!(max_abs_diff(&logits_with(&model, Some(&tuners)), &logits_with(&model, None)), 0.0);
     let (c, w) = peft_core::tuners::parse_config(&json!({"peft_type": "IA3", "shiny": 1}), None, std::path::Path::new("x")).unwrap();
-    assert!(w.iter().any(|w| w.code == peft_core::WarningCode::UnknownField && w.field.as_deref() == Some("shiny") && w.message.contains("IA3Config")), "{w:?}");
+    assert!(
+        w.iter().any(|w| w.code == peft_core::WarningCode::UnknownField
+            && w.field.as_deref() == Some("shiny")
+            && w.message.contains("IA3Config")),
+        "{w:?}"
+    );
     assert_eq!(c.to_json()["shiny"], json!(1), "unknown fields are kept and written back");
     for (cfg, key) in [
         (json!({"target_modules": ["k_proj"], "feedforward_modules": ["down_proj"]}), "feedforward_modules"),

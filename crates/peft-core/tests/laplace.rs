@@ -29,7 +29,12 @@ fn fitted(model: &CausalLm, tuners: &Tuners, o: FitOptions, rows: &[usize]) -> L
     let inp = inputs();
     let mut fit = LaplaceFit::new(model, tuners, "default", o).unwrap();
     for &r in rows {
-        let batch = Batch { ids: vec![inp.input_ids[r].clone()], attention_mask: Some(vec![inp.attention_mask[r].clone()]), position_ids: None, segment_ids: None };
+        let batch = Batch {
+            ids: vec![inp.input_ids[r].clone()],
+            attention_mask: Some(vec![inp.attention_mask[r].clone()]),
+            position_ids: None,
+            segment_ids: None,
+        };
         fit.add_batch(model, tuners, &batch, &[inp.labels[r].clone()]).unwrap();
     }
     fit
@@ -39,7 +44,11 @@ fn fitted(model: &CausalLm, tuners: &Tuners, o: FitOptions, rows: &[usize]) -> L
 fn listed(f: &KronFactor) -> Tensor {
     match f {
         KronFactor::Dense(t) => t.clone(),
-        KronFactor::LowRank { u, s, .. } => u.broadcast_mul(&Tensor::new(s.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap().matmul(&u.t().unwrap()).unwrap(),
+        KronFactor::LowRank { u, s, .. } => u
+            .broadcast_mul(&Tensor::new(s.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap())
+            .unwrap()
+            .matmul(&u.t().unwrap())
+            .unwrap(),
     }
 }
 
@@ -111,9 +120,17 @@ fn kfac_factors_equal_explicit_per_token_sums() {
         let explicit = [(outer_sum(&gu), outer_sum(&c.x)), (outer_sum(&c.g), outer_sum(&u))];
         for (j, (g, a)) in explicit.iter().enumerate() {
             let m = &both.matrices[2 * i + j];
-            assert!(diff(&dense(&m.output), g) < 1e-10 * scale(g) && diff(&dense(&m.input), a) < 1e-10 * scale(a), "{}: batch factors", m.name);
+            assert!(
+                diff(&dense(&m.output), g) < 1e-10 * scale(g) && diff(&dense(&m.input), a) < 1e-10 * scale(a),
+                "{}: batch factors",
+                m.name
+            );
             let per_row = &fit.matrices[2 * i + j];
-            assert!(diff(&dense(&per_row.output), g) < 1e-10 * scale(g) && diff(&dense(&per_row.input), a) < 1e-10 * scale(a), "{}: per-row sums", m.name);
+            assert!(
+                diff(&dense(&per_row.output), g) < 1e-10 * scale(g) && diff(&dense(&per_row.input), a) < 1e-10 * scale(a),
+                "{}: per-row sums",
+                m.name
+            );
         }
     }
 
@@ -141,7 +158,11 @@ fn kfac_factors_equal_explicit_per_token_sums() {
     let mut full = LaplaceFit::new(&model, &tuners, "default", opts(Curvature::Empirical, 32, 64)).unwrap();
     full.add_batch(&model, &tuners, &inp.batch(), &inp.labels).unwrap();
     assert!(matches!(full.matrices[0].input, KronFactor::LowRank { .. }));
-    assert!(diff(&dense(&full.matrices[0].input), &exact) < 1e-9 * scale(&exact), "full rank: {}", diff(&dense(&full.matrices[0].input), &exact));
+    assert!(
+        diff(&dense(&full.matrices[0].input), &exact) < 1e-9 * scale(&exact),
+        "full rank: {}",
+        diff(&dense(&full.matrices[0].input), &exact)
+    );
 }
 
 /// (M ⊗ N)[i·n + k, j·n + l] = M[i, j] N[k, l].
@@ -195,13 +216,27 @@ fn kronecker_samples_have_the_posterior_covariance() {
         assert_eq!(a.eigen(1.0).unwrap().flat > 0.0, rank < 4, "a truncated factor has a flat eigenvalue");
         assert_eq!(g.eigen(1.0).unwrap().flat > 0.0, g_rank < 3);
         let prior = 0.7;
-        let post = KronPosterior { name: "w".into(), param: peft_core::model::ParamStore::default().add("w", Tensor::zeros((3, 4), DType::F64, &Device::Cpu).unwrap(), false).unwrap(), output: g.eigen(1.0).unwrap(), input: a.eigen(1.0).unwrap(), size: 12 };
+        let post = KronPosterior {
+            name: "w".into(),
+            param: peft_core::model::ParamStore::default()
+                .add("w", Tensor::zeros((3, 4), DType::F64, &Device::Cpu).unwrap(), false)
+                .unwrap(),
+            output: g.eigen(1.0).unwrap(),
+            input: a.eigen(1.0).unwrap(),
+            size: 12,
+        };
         let (gm, am) = (dense(&g).to_vec2::<f64>().unwrap(), dense(&a).to_vec2::<f64>().unwrap());
         let mut precision = kron(&gm, &am);
         (0..12).for_each(|i| precision[i][i] += prior);
         let cov = invert(precision);
         let m: Vec<f64> = (0..12).map(|i| (i as f64 * 0.37).sin()).collect();
-        let got = post.covariance_times(&Tensor::from_slice(&m, (3, 4), &Device::Cpu).unwrap(), prior).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let got = post
+            .covariance_times(&Tensor::from_slice(&m, (3, 4), &Device::Cpu).unwrap(), prior)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         for i in 0..12 {
             let want: f64 = (0..12).map(|j| cov[i][j] * m[j]).sum();
             assert!((got[i] - want).abs() < 1e-10, "Σ M [{i}]: {} vs {want}", got[i]);
@@ -226,7 +261,14 @@ fn kronecker_samples_have_the_posterior_covariance() {
     }
 }
 
-fn predict_with(post: &LaplacePosterior, model: &CausalLm, tuners: &Tuners, method: PredictMethod, targets: Option<Vec<u32>>, samples: usize) -> peft_core::tuners::laplace::Prediction {
+fn predict_with(
+    post: &LaplacePosterior,
+    model: &CausalLm,
+    tuners: &Tuners,
+    method: PredictMethod,
+    targets: Option<Vec<u32>>,
+    samples: usize,
+) -> peft_core::tuners::laplace::Prediction {
     let o = PredictOptions { positions: Some(vec![vec![3, 15], vec![8]]), targets, method, samples, seed: 9 };
     predict(post, model, tuners, &inputs().batch(), &o).unwrap()
 }
@@ -291,7 +333,10 @@ fn marginal_likelihood_fits_the_prior_precision() {
         let slope = post.log_marginal_likelihood_slope(&model, l).unwrap();
         assert!((fd - slope).abs() < 1e-5 * slope.abs().max(1.0), "λ = {l}: finite difference {fd} vs slope {slope}");
     }
-    assert!(post.log_marginal_likelihood_slope(&model, lam).unwrap().abs() < 1e-6 * post.log_marginal_likelihood_slope(&model, lam * 0.5).unwrap().abs());
+    assert!(
+        post.log_marginal_likelihood_slope(&model, lam).unwrap().abs()
+            < 1e-6 * post.log_marginal_likelihood_slope(&model, lam * 0.5).unwrap().abs()
+    );
     let at = |l: f64| post.log_marginal_likelihood(&model, l).unwrap();
     assert!(at(lam) > at(lam * 2.0) && at(lam) > at(lam / 2.0));
 }
@@ -343,7 +388,10 @@ fn bad_input_gives_clear_errors() {
     assert!(PredictMethod::parse("probit").unwrap_err().to_string().contains("method"));
     let post = LaplacePosterior::from_fit(&fit, &model, Some(1.0)).unwrap();
     let run = |positions: Option<Vec<Vec<usize>>>, targets: Option<Vec<u32>>, method, samples| {
-        predict(&post, &model, &tuners, &inputs().batch(), &PredictOptions { positions, targets, method, samples, seed: 0 }).err().map(|e| e.to_string()).unwrap_or_default()
+        predict(&post, &model, &tuners, &inputs().batch(), &PredictOptions { positions, targets, method, samples, seed: 0 })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     };
     assert!(run(Some(vec![vec![16], vec![0]]), None, PredictMethod::Map, 0).contains("positions[0]"));
     assert!(run(Some(vec![vec![1]]), None, PredictMethod::Map, 0).contains("positions"));

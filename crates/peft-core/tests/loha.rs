@@ -2,11 +2,11 @@
 //! training-only rank and module dropout.
 use crate::common;
 use crate::methods_common;
-use peft_core::tuners::WithTuners;
 use candle_core::DType;
 use common::*;
 use methods_common::*;
-use peft_core::model::{loss, Ctx, CausalLm, LoadOptions};
+use peft_core::model::{loss, CausalLm, Ctx, LoadOptions};
+use peft_core::tuners::WithTuners;
 use peft_core::tuners::{loha, Tuners};
 use serde_json::json;
 
@@ -23,7 +23,8 @@ fn loha_files_round_trip_byte_identical() {
 fn setup(dtype: DType, extra: serde_json::Value) -> (CausalLm, Tuners) {
     let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
-    let mut cfg = json!({"r": 4, "alpha": 8, "target_modules": "all-linear", "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"q_proj": 2}});
+    let mut cfg =
+        json!({"r": 4, "alpha": 8, "target_modules": "all-linear", "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"q_proj": 2}});
     cfg.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     tuners.inject(&mut model, "default", config("LOHA", cfg), 1).unwrap();
     randomize(&model, 5, false);
@@ -33,7 +34,11 @@ fn setup(dtype: DType, extra: serde_json::Value) -> (CausalLm, Tuners) {
 #[test]
 fn loha_gradients_merge_and_disable() {
     let (mut model, mut tuners) = setup(DType::F32, json!({}));
-    assert_eq!(model.store.by_name("base_model.model.model.layers.0.mlp.down_proj.hada_w1_b.default").unwrap().dims(), [2, 160], "rank_pattern");
+    assert_eq!(
+        model.store.by_name("base_model.model.model.layers.0.mlp.down_proj.hada_w1_b.default").unwrap().dims(),
+        [2, 160],
+        "rank_pattern"
+    );
     assert_eq!(check_all_gradients(&mut model, &tuners), 14 * 4);
     let (dm, db) = check_merge_and_disable(&mut model, &mut tuners);
     println!("loha: merged vs unmerged logits {dm:e}, base after unmerge {db:e}");
@@ -43,7 +48,10 @@ fn loha_gradients_merge_and_disable() {
 fn loha_finite_differences_in_f64() {
     let (mut model, tuners) = setup(DType::F64, json!({}));
     loss_with(&mut model, Some(&tuners), true);
-    for name in ["base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a.default", "base_model.model.model.layers.1.mlp.down_proj.hada_w2_b.default"] {
+    for name in [
+        "base_model.model.model.layers.0.self_attn.q_proj.hada_w1_a.default",
+        "base_model.model.model.layers.1.mlp.down_proj.hada_w2_b.default",
+    ] {
         let err = fd_error(&mut model, &tuners, name, loss64);
         println!("{name}: finite-difference rel err {err:e}");
         assert!(err < 1e-6, "{name}: {err}");

@@ -46,9 +46,19 @@ fn factors_follow_peft_update_layer() {
     // r < max(8, 10)/2: w1 low-rank too.
     tuners.inject(&mut model, "both", config("LOKR", json!({"r": 2, "target_modules": ["down_proj"], "decompose_both": true})), 0).unwrap();
     let s = shapes(&model, "model.layers.0.mlp.down_proj", "both");
-    assert_eq!(s, [("lokr_w1_a".into(), vec![8, 2]), ("lokr_w1_b".into(), vec![2, 10]), ("lokr_w2_a".into(), vec![8, 2]), ("lokr_w2_b".into(), vec![2, 16])]);
+    assert_eq!(
+        s,
+        [
+            ("lokr_w1_a".into(), vec![8, 2]),
+            ("lokr_w1_b".into(), vec![2, 10]),
+            ("lokr_w2_a".into(), vec![8, 2]),
+            ("lokr_w2_b".into(), vec![2, 16])
+        ]
+    );
     // decompose_factor 4: out 64 = 4·16, in 160 = 4·40; r 32 >= 40/2: w2 full.
-    tuners.inject(&mut model, "factor", config("LOKR", json!({"r": 32, "target_modules": ["down_proj"], "decompose_factor": 4})), 0).unwrap();
+    tuners
+        .inject(&mut model, "factor", config("LOKR", json!({"r": 32, "target_modules": ["down_proj"], "decompose_factor": 4})), 0)
+        .unwrap();
     let s = shapes(&model, "model.layers.0.mlp.down_proj", "factor");
     assert_eq!(s, [("lokr_w1".into(), vec![4, 4]), ("lokr_w2".into(), vec![16, 40])]);
 }
@@ -56,7 +66,8 @@ fn factors_follow_peft_update_layer() {
 fn setup(dtype: DType) -> (CausalLm, Tuners) {
     let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
-    let cfg = config("LOKR", json!({"r": 2, "alpha": 4, "target_modules": "all-linear", "decompose_both": true, "rank_pattern": {"q_proj": 8}}));
+    let cfg =
+        config("LOKR", json!({"r": 2, "alpha": 4, "target_modules": "all-linear", "decompose_both": true, "rank_pattern": {"q_proj": 8}}));
     tuners.inject(&mut model, "default", cfg, 1).unwrap();
     randomize(&model, 6, false);
     (model, tuners)
@@ -75,7 +86,10 @@ fn lokr_gradients_merge_and_disable() {
 fn lokr_finite_differences_in_f64() {
     let (mut model, tuners) = setup(DType::F64);
     loss_with(&mut model, Some(&tuners), true);
-    for name in ["base_model.model.model.layers.0.self_attn.q_proj.lokr_w1.default", "base_model.model.model.layers.1.mlp.up_proj.lokr_w2_b.default"] {
+    for name in [
+        "base_model.model.model.layers.0.self_attn.q_proj.lokr_w1.default",
+        "base_model.model.model.layers.1.mlp.up_proj.lokr_w2_b.default",
+    ] {
         let err = fd_error(&mut model, &tuners, name, loss64);
         println!("{name}: finite-difference rel err {err:e}");
         assert!(err < 1e-6, "{name}: {err}");

@@ -66,7 +66,11 @@ fn check_case(case: &str) {
         let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
         for i in 0..got.len() {
             let d = (got[i] - want[i]).abs();
-            if g0[i].abs() < 1e-2 * gmax { loose = loose.max(d) } else { strict = strict.max(d) }
+            if g0[i].abs() < 1e-2 * gmax {
+                loose = loose.max(d)
+            } else {
+                strict = strict.max(d)
+            }
         }
     }
     println!("{case}: after_step2 max abs err {strict:e} (elements with |grad| < 1% of max: {loose:e})");

@@ -52,10 +52,15 @@ fn peft_files_load_and_save_back_identically() {
         // Tensors: same keys, same bits; the whole file is byte-identical too.
         let ours = std::fs::read(out.join(WEIGHTS_NAME)).unwrap();
         let peft = std::fs::read(case_dir(case).join(WEIGHTS_NAME)).unwrap();
-        let (a, b) = (load_file(&out.join(WEIGHTS_NAME), None, &model.device).unwrap(), load_file(&case_dir(case).join(WEIGHTS_NAME), None, &model.device).unwrap());
+        let (a, b) = (
+            load_file(&out.join(WEIGHTS_NAME), None, &model.device).unwrap(),
+            load_file(&case_dir(case).join(WEIGHTS_NAME), None, &model.device).unwrap(),
+        );
         assert_eq!(a.len(), b.len());
         for (k, t) in &b {
-            let bits = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let bits = |t: &candle_core::Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
             assert_eq!(bits(&a[k]), bits(t), "{case}: {k}");
         }
         assert_eq!(ours, peft, "{case}: adapter_model.safetensors bytes");
@@ -67,7 +72,11 @@ fn peft_files_load_and_save_back_identically() {
         assert_eq!(keys(&ours), peft_defaults().keys().cloned().collect::<Vec<_>>(), "{case}: PEFT 0.21 LoraConfig fields");
         for k in keys(&peft) {
             if k == "target_modules" {
-                let set = |v: &Value| { let mut s: Vec<String> = serde_json::from_value(v[&k].clone()).unwrap(); s.sort(); s };
+                let set = |v: &Value| {
+                    let mut s: Vec<String> = serde_json::from_value(v[&k].clone()).unwrap();
+                    s.sort();
+                    s
+                };
                 assert_eq!(set(&ours), set(&peft), "{case}: {k}");
             } else {
                 assert_eq!(ours[&k], peft[&k], "{case}: {k}");
@@ -83,7 +92,8 @@ fn peft_files_load_and_save_back_identically() {
 fn save_then_load_gives_identical_logits() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
-    let cfg = lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "down_proj"], "use_dora": true, "init_lora_weights": false}));
+    let cfg =
+        lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "down_proj"], "use_dora": true, "init_lora_weights": false}));
     tuners.inject(&mut model, "mine", cfg, 3).unwrap();
     tuners.config_mut("mine").unwrap().set_base_model_name_or_path(Some("tiny-llama".into()));
     let before = logits_with(&model, Some(&tuners));
@@ -128,7 +138,13 @@ fn bad_adapter_folders_error_clearly() {
     // Config values, each naming its key.
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("peft_type", Box::new(|c| c["peft_type"] = json!("FANCY")), "peft_type"),
-        ("peft_type_missing", Box::new(|c| { c.as_object_mut().unwrap().remove("peft_type"); }), "peft_type"),
+        (
+            "peft_type_missing",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("peft_type");
+            }),
+            "peft_type",
+        ),
         ("r_zero", Box::new(|c| c["r"] = json!(0)), "`r`"),
         ("r_negative", Box::new(|c| c["r"] = json!(-4)), "`r`"),
         ("init", Box::new(|c| c["init_lora_weights"] = json!("fancy")), "init_lora_weights"),
@@ -136,7 +152,14 @@ fn bad_adapter_folders_error_clearly() {
         ("dropout", Box::new(|c| c["lora_dropout"] = json!(1.5)), "lora_dropout"),
         ("alpha", Box::new(|c| c["lora_alpha"] = json!("eight")), "lora_alpha"),
         ("targets", Box::new(|c| c["target_modules"] = json!(["nothing_here"])), "q_proj, k_proj"),
-        ("regex_layers", Box::new(|c| { c["target_modules"] = json!(".*q_proj"); c["layers_to_transform"] = json!([0]); }), "layers_to_transform"),
+        (
+            "regex_layers",
+            Box::new(|c| {
+                c["target_modules"] = json!(".*q_proj");
+                c["layers_to_transform"] = json!([0]);
+            }),
+            "layers_to_transform",
+        ),
         ("bad_regex", Box::new(|c| c["target_modules"] = json!("(unclosed")), "target_modules"),
         ("qalora", Box::new(|c| c["use_qalora"] = json!(true)), "use_qalora"),
         ("modules_to_save", Box::new(|c| c["modules_to_save"] = json!(["lm_head"])), "modules_to_save"),
@@ -187,7 +210,12 @@ fn tensors_that_do_not_fit_are_named() {
 fn unknown_fields_are_kept_and_reported() {
     let d = edited_copy("lora_qv", "unknown", |c| c["shiny_new_option"] = json!({"a": 1}));
     let (cfg, warnings) = read_config(&d).unwrap();
-    assert!(warnings.iter().any(|w| w.code == peft_core::WarningCode::UnknownField && w.field.as_deref() == Some("shiny_new_option") && w.message.contains("shiny_new_option")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.code == peft_core::WarningCode::UnknownField
+            && w.field.as_deref() == Some("shiny_new_option")
+            && w.message.contains("shiny_new_option")),
+        "{warnings:?}"
+    );
     assert_eq!(cfg.to_json()["shiny_new_option"], json!({"a": 1}));
     let mut model = load_model();
     let mut tuners = Tuners::new();

@@ -1,11 +1,11 @@
 //! Gradients of LoRA and DoRA parameters: every trainable one receives a finite, non-zero
 //! gradient, and the gradients agree with central finite differences in f64.
 use crate::common;
-use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;
-use peft_core::model::{loss, Ctx, CausalLm, LoadOptions};
+use peft_core::model::{loss, CausalLm, Ctx, LoadOptions};
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -14,8 +14,12 @@ use serde_json::json;
 fn setup(dtype: DType) -> (CausalLm, Tuners) {
     let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
     let mut tuners = Tuners::new();
-    tuners.inject(&mut model, "lora", lora(json!({"r": 4, "lora_alpha": 8, "use_rslora": true, "target_modules": "all-linear"})), 1).unwrap();
-    tuners.inject(&mut model, "dora", lora(json!({"r": 2, "lora_alpha": 4, "use_dora": true, "target_modules": r".*self_attn\..*"})), 2).unwrap();
+    tuners
+        .inject(&mut model, "lora", lora(json!({"r": 4, "lora_alpha": 8, "use_rslora": true, "target_modules": "all-linear"})), 1)
+        .unwrap();
+    tuners
+        .inject(&mut model, "dora", lora(json!({"r": 2, "lora_alpha": 4, "use_dora": true, "target_modules": r".*self_attn\..*"})), 2)
+        .unwrap();
     tuners.set_active(&mut model, &["lora", "dora"]).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for (_, p) in model.store.iter().filter(|(_, p)| p.name.contains("lora_B")) {
@@ -45,7 +49,10 @@ fn every_trainable_adapter_parameter_gets_a_gradient() {
         n += 1;
     }
     assert_eq!(n, 14 * 2 + 8 * 3);
-    assert!(model.store.iter().filter(|(_, p)| !p.name.starts_with("base_model.")).all(|(_, p)| p.grad.is_none()), "base weights got gradients");
+    assert!(
+        model.store.iter().filter(|(_, p)| !p.name.starts_with("base_model.")).all(|(_, p)| p.grad.is_none()),
+        "base weights got gradients"
+    );
 }
 
 /// Central differences against autograd for a few elements of `name`.

@@ -1,11 +1,11 @@
 //! LoRA inits (default, gaussian, false, PiSSA), DoRA's magnitude init, seeds, dropout.
 use crate::common;
-use peft_core::tuners::WithTuners;
 use candle_core::{DType, Tensor};
 use common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter};
-use peft_core::model::{Ctx, CausalLm};
+use peft_core::model::{CausalLm, Ctx};
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 use serde_json::json;
 
 fn inject(cfg: serde_json::Value, seed: u64) -> (CausalLm, Tuners) {
@@ -43,7 +43,12 @@ fn default_init_is_kaiming_a_and_zero_b() {
 fn gaussian_init_has_std_one_over_r() {
     let (model, _) = inject(json!({"r": 4, "target_modules": "all-linear", "init_lora_weights": "gaussian"}), 1);
     assert!(param(&model, B).iter().all(|&x| x == 0.0));
-    let a: Vec<f32> = model.store.iter().filter(|(_, p)| p.name.contains("lora_A")).flat_map(|(_, p)| p.value().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+    let a: Vec<f32> = model
+        .store
+        .iter()
+        .filter(|(_, p)| p.name.contains("lora_A"))
+        .flat_map(|(_, p)| p.value().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect();
     let mean = a.iter().sum::<f32>() / a.len() as f32;
     let std = (a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32).sqrt();
     assert!(mean.abs() < 0.02 && (std - 0.25).abs() < 0.02, "mean {mean} std {std} over {}", a.len());
@@ -110,7 +115,8 @@ fn logits_training(model: &CausalLm, tuners: &Tuners, seed: Option<u64>) -> Tens
 #[test]
 fn dropout_only_in_training_and_seeded() {
     for dora in [false, true] {
-        let (model, tuners) = inject(json!({"target_modules": ["q_proj", "up_proj"], "lora_dropout": 0.5, "init_lora_weights": false, "use_dora": dora}), 1);
+        let (model, tuners) =
+            inject(json!({"target_modules": ["q_proj", "up_proj"], "lora_dropout": 0.5, "init_lora_weights": false, "use_dora": dora}), 1);
         let eval = logits_training(&model, &tuners, None);
         assert_eq!(max_abs_diff(&eval, &logits_with(&model, Some(&tuners))), 0.0);
         let t1 = logits_training(&model, &tuners, Some(1));
@@ -129,7 +135,17 @@ fn dropout_only_in_training_and_seeded() {
 fn pissa_niter_is_a_randomized_principal_part() {
     let energy = |model: &CausalLm| -> f64 {
         let (a, b) = (model.store.by_name(A).unwrap().value(), model.store.by_name(B).unwrap().value());
-        b.to_dtype(DType::F64).unwrap().matmul(&a.to_dtype(DType::F64).unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
+        b.to_dtype(DType::F64)
+            .unwrap()
+            .matmul(&a.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt()
     };
     let base_logits = logits_with(&load_model(), None);
     let (exact, _) = inject(json!({"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "init_lora_weights": "pissa"}), 0);

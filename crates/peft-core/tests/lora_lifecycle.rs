@@ -13,8 +13,17 @@ use serde_json::json;
 fn two_adapters() -> (CausalLm, Tuners) {
     let mut model = load_model();
     let mut tuners = Tuners::new();
-    tuners.inject(&mut model, "a", lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false})), 1).unwrap();
-    let b = lora(json!({"r": 2, "lora_alpha": 4, "target_modules": "all-linear", "exclude_modules": ["q_proj", "v_proj"], "use_dora": true, "init_lora_weights": false}));
+    tuners
+        .inject(
+            &mut model,
+            "a",
+            lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false})),
+            1,
+        )
+        .unwrap();
+    let b = lora(
+        json!({"r": 2, "lora_alpha": 4, "target_modules": "all-linear", "exclude_modules": ["q_proj", "v_proj"], "use_dora": true, "init_lora_weights": false}),
+    );
     tuners.inject(&mut model, "b", b, 2).unwrap();
     (model, tuners)
 }
@@ -41,7 +50,10 @@ fn first_adapter_is_active_and_only_it_trains() {
     let t = trainable(&model);
     assert_eq!(t.len(), 8);
     assert!(t.iter().all(|n| n.contains(".default.") || n.contains(".a.")), "{t:?}");
-    assert!(model.store.iter().filter(|(_, p)| !p.name.starts_with("base_model.")).all(|(_, p)| !p.requires_grad()), "base weights stay frozen");
+    assert!(
+        model.store.iter().filter(|(_, p)| !p.name.starts_with("base_model.")).all(|(_, p)| !p.requires_grad()),
+        "base weights stay frozen"
+    );
     tuners.set_active(&mut model, &["b"]).unwrap();
     assert!(trainable(&model).iter().all(|n| n.contains(".b.")));
     assert_eq!(trainable(&model).len(), 10 * 3);

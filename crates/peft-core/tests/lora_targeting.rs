@@ -74,7 +74,10 @@ fn layers_to_transform_and_layers_pattern() {
     let t = targeted(json!({"target_modules": ["q_proj"], "layers_to_transform": [0, 1], "layers_pattern": ["h", "layers"]}));
     assert_eq!(t.len(), 2);
     // An exact module name is taken as is, whatever the layer filter (PEFT's order of checks).
-    assert_eq!(targeted(json!({"target_modules": [format!("{L1}.mlp.up_proj")], "layers_to_transform": [0]})), [format!("{L1}.mlp.up_proj")]);
+    assert_eq!(
+        targeted(json!({"target_modules": [format!("{L1}.mlp.up_proj")], "layers_to_transform": [0]})),
+        [format!("{L1}.mlp.up_proj")]
+    );
     let e = inject_err(json!({"target_modules": ["q_proj"], "layers_to_transform": [5]}));
     assert!(e.contains("not found") && e.contains("layers_to_transform [5]"), "{e}");
     let e = inject_err(json!({"target_modules": ["q_proj"], "layers_to_transform": [0], "layers_pattern": "h"}));
@@ -86,7 +89,12 @@ fn layers_to_transform_and_layers_pattern() {
 #[test]
 fn no_match_lists_the_available_modules() {
     let e = inject_err(json!({"target_modules": ["query", "value"]}));
-    for want in ["target_modules", "query", "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head", "model.layers.0.self_attn.q_proj"] {
+    for want in [
+        "target_modules",
+        "query",
+        "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head",
+        "model.layers.0.self_attn.q_proj",
+    ] {
         assert!(e.contains(want), "`{e}` lacks {want}");
     }
 }
@@ -94,7 +102,8 @@ fn no_match_lists_the_available_modules() {
 #[test]
 fn long_target_lists_are_condensed_as_peft_does() {
     // 20 or more names: PEFT replaces them by the fewest suffixes that select the same modules.
-    let mut list: Vec<String> = peft_core::tuners::targeting::module_names(&load_model()).into_iter().filter(|n| n.ends_with("_proj")).collect();
+    let mut list: Vec<String> =
+        peft_core::tuners::targeting::module_names(&load_model()).into_iter().filter(|n| n.ends_with("_proj")).collect();
     list.extend((0..6).map(|i| format!("missing{i}")));
     let mut model = load_model();
     let mut tuners = Tuners::new();
@@ -147,8 +156,10 @@ fn rank_and_alpha_patterns() {
         assert!((s - 16.0 / (r as f64).sqrt()).abs() < 1e-4, "{path}: {s}");
     }
     // The first pattern in the file's order wins, as in PEFT's dict iteration.
-    for (text, want) in [(r#"{"peft_type": "LORA", "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 2, "layers.0.self_attn.q_proj": 3}}"#, 2),
-                         (r#"{"peft_type": "LORA", "target_modules": ["q_proj"], "rank_pattern": {"layers.0.self_attn.q_proj": 3, "q_proj": 2}}"#, 3)] {
+    for (text, want) in [
+        (r#"{"peft_type": "LORA", "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 2, "layers.0.self_attn.q_proj": 3}}"#, 2),
+        (r#"{"peft_type": "LORA", "target_modules": ["q_proj"], "rank_pattern": {"layers.0.self_attn.q_proj": 3, "q_proj": 2}}"#, 3),
+    ] {
         let (c, _) = LoraConfig::from_value(&serde_json::from_str(text).unwrap(), Some(text), Path::new("t")).unwrap();
         assert_eq!(c.rank_alpha("model.layers.0.self_attn.q_proj").unwrap().0, want);
         assert_eq!(c.rank_alpha("model.layers.1.self_attn.q_proj").unwrap().0, 2);

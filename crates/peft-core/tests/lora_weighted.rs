@@ -18,7 +18,8 @@ pub const K0: &str = "model.layers.0.self_attn.k_proj";
 
 /// `a` (r 4, alpha 8: s = 2) on q/v and `b` (r 4, alpha 2: s = 0.5) on q/k, random B.
 pub fn two_loras() -> (CausalLm, Tuners) {
-    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype: DType::F64, device: Device::Cpu, quantized: false }).unwrap();
+    let mut model =
+        CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype: DType::F64, device: Device::Cpu, quantized: false }).unwrap();
     let mut tuners = Tuners::new();
     let a = lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false}));
     tuners.inject(&mut model, "a", a, 1).unwrap();
@@ -121,7 +122,8 @@ fn svd_at_full_rank_is_the_weighted_sum_and_truncates_optimally() {
         let (out, inp) = exact.dims2().unwrap();
         let (_, s, _) = peft_core::tuners::linalg::svd(&flat(&exact), out, inp);
         let tail: f64 = s[4..].iter().map(|x| x * x).sum::<f64>().sqrt();
-        let err = (delta(&model, &tuners, path, "svd4") - &exact).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+        let err =
+            (delta(&model, &tuners, path, "svd4") - &exact).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
         assert!((err - tail).abs() < 1e-9 * (1.0 + tail), "{path}: {err} vs {tail}");
     }
 }
@@ -186,7 +188,8 @@ fn reference_merge(tasks: &[Vec<f64>], w: &[f64], density: f64, ties: bool, freq
             }
             let vote: f64 = pruned.iter().map(|t| if frequency { t[j].signum() * f64::from(u8::from(t[j] != 0.0)) } else { t[j] }).sum();
             let elected = if vote >= 0.0 { 1.0 } else { -1.0 };
-            let agree: Vec<f64> = pruned.iter().zip(w).filter(|(t, _)| t[j] != 0.0 && t[j].signum() == elected).map(|(t, wi)| t[j] * wi).collect();
+            let agree: Vec<f64> =
+                pruned.iter().zip(w).filter(|(t, _)| t[j] != 0.0 && t[j].signum() == elected).map(|(t, wi)| t[j] * wi).collect();
             agree.iter().sum::<f64>() / (agree.len().max(1) as f64)
         })
         .collect()
@@ -209,7 +212,9 @@ fn dare_is_reproducible_by_seed_and_at_density_one_is_the_plain_merge() {
                 o.seed = seed;
             });
         }
-        let d = |x: &str, y: &str| max_abs_diff(&delta(&model, &tuners, Q0, &format!("{dare}_{x}")), &delta(&model, &tuners, Q0, &format!("{dare}_{y}")));
+        let d = |x: &str, y: &str| {
+            max_abs_diff(&delta(&model, &tuners, Q0, &format!("{dare}_{x}")), &delta(&model, &tuners, Q0, &format!("{dare}_{y}")))
+        };
         assert_eq!(d("s7", "s7bis"), 0.0, "{dare}: same seed, same adapter");
         assert!(d("s7", "s8") > 1e-3, "{dare}: another seed, other masks");
     }
@@ -217,9 +222,10 @@ fn dare_is_reproducible_by_seed_and_at_density_one_is_the_plain_merge() {
     let (a, b) = (flat(&factor(&model, Q0, "A", "a")), flat(&factor(&model, Q0, "A", "b")));
     let got = flat(&factor(&model, Q0, "A", "dare_linear_s7"));
     let (wa, wb) = ((0.9f64 * 2.0).sqrt(), (0.4f64 * 0.5).sqrt());
-    let explained = got.iter().enumerate().filter(|(j, g)| {
-        [0.0, 2.0 * wa * a[*j], 2.0 * wb * b[*j], 2.0 * (wa * a[*j] + wb * b[*j])].iter().any(|c| (*g - c).abs() < 1e-12)
-    });
+    let explained = got
+        .iter()
+        .enumerate()
+        .filter(|(j, g)| [0.0, 2.0 * wa * a[*j], 2.0 * wb * b[*j], 2.0 * (wa * a[*j] + wb * b[*j])].iter().any(|c| (*g - c).abs() < 1e-12));
     assert_eq!(explained.count(), got.len(), "every entry is a sum of kept, rescaled entries");
 }
 
@@ -278,7 +284,15 @@ fn a_combined_pissa_adapter_loads_without_touching_the_base() {
     let (mut model, mut tuners) = two_loras();
     let pissa = lora(json!({"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "init_lora_weights": "pissa"}));
     tuners.inject(&mut model, "p", pissa, 3).unwrap();
-    tuners.add_weighted_adapter(&mut model, &["p"], &[1.0], "pmix", &WeightedOptions { combination_type: "linear".into(), ..Default::default() }).unwrap();
+    tuners
+        .add_weighted_adapter(
+            &mut model,
+            &["p"],
+            &[1.0],
+            "pmix",
+            &WeightedOptions { combination_type: "linear".into(), ..Default::default() },
+        )
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("peft-weighted-pissa-{}", std::process::id()));
     peft_core::io::adapter::save_adapter(&tuners, &model, "pmix", &dir).unwrap();
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();

@@ -3,14 +3,14 @@
 //! adapter active (or with the adapters disabled for `__base__`).
 use crate::common;
 use crate::methods_common;
-use peft_core::tuners::WithTuners;
 use candle_core::{Device, Tensor};
 use common::*;
 use methods_common::*;
 use peft_core::io::adapter::load_adapter;
 use peft_core::model::generate::{generate, Flow, GenerateOptions};
-use peft_core::model::{Batch, Ctx, CausalLm};
+use peft_core::model::{Batch, CausalLm, Ctx};
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 use serde_json::json;
 
 /// Two LoRA adapters of different ranks and targets (r 4 on q/v; rsLoRA r 8 on every
@@ -42,7 +42,12 @@ fn names(n: &[&str]) -> Vec<String> {
 }
 
 fn row(batch: &Batch, r: usize) -> Batch {
-    Batch { ids: vec![batch.ids[r].clone()], attention_mask: batch.attention_mask.as_ref().map(|m| vec![m[r].clone()]), position_ids: None, segment_ids: None }
+    Batch {
+        ids: vec![batch.ids[r].clone()],
+        attention_mask: batch.attention_mask.as_ref().map(|m| vec![m[r].clone()]),
+        position_ids: None,
+        segment_ids: None,
+    }
 }
 
 fn logits_on(model: &CausalLm, tuners: &Tuners, batch: &Batch) -> Tensor {
@@ -149,8 +154,12 @@ fn greedy_opts() -> GenerateOptions {
 fn generation_per_row_matches_each_adapter_alone() {
     let (mut model, mut tuners) = three_adapters();
     let inp = inputs();
-    let prompts: Vec<Vec<u32>> =
-        vec![inp.input_ids[0][..10].to_vec(), inp.input_ids[1][..6].to_vec(), inp.input_ids[0][4..12].to_vec(), inp.input_ids[1][..9].to_vec()];
+    let prompts: Vec<Vec<u32>> = vec![
+        inp.input_ids[0][..10].to_vec(),
+        inp.input_ids[1][..6].to_vec(),
+        inp.input_ids[0][4..12].to_vec(),
+        inp.input_ids[1][..9].to_vec(),
+    ];
     let assign = ["a", "b", "__base__", "ia3"];
     let rows = tuners.route_rows(&names(&assign), &Device::Cpu).unwrap();
     let ctx = Ctx::inference(&model.store).with_tuners_per_row(&tuners, rows);

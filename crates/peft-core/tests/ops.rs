@@ -20,13 +20,8 @@ impl Rng {
     /// Uniform in [-scale, scale).
     fn tensor(&mut self, dims: &[usize], scale: f64, dtype: DType) -> Tensor {
         let n: usize = dims.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|_| ((self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0) * scale)
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
+        let v: Vec<f64> = (0..n).map(|_| ((self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0) * scale).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
     }
 
     fn below(&mut self, n: usize) -> usize {
@@ -35,12 +30,7 @@ impl Rng {
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
@@ -52,10 +42,7 @@ fn rel_err_floor(got: &Tensor, want: &Tensor, floor: f64) -> f64 {
     assert_eq!(got.dims(), want.dims());
     let (a, b) = (values(got), values(want));
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(floor);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn tol(dtype: DType) -> f64 {
@@ -96,11 +83,7 @@ enum Loss<'a> {
 }
 
 fn grads(case: &Case, fused: bool, loss: Loss) -> Vec<Tensor> {
-    let vars: Vec<Var> = case
-        .bases
-        .iter()
-        .map(|b| Var::from_tensor(b).unwrap())
-        .collect();
+    let vars: Vec<Var> = case.bases.iter().map(|b| Var::from_tensor(b).unwrap()).collect();
     let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let out = (case.run)(fused, &xs).unwrap();
     let loss = match loss {
@@ -109,14 +92,7 @@ fn grads(case: &Case, fused: bool, loss: Loss) -> Vec<Tensor> {
         Loss::Sum => out,
     };
     let store = loss.sum_all().unwrap().backward().unwrap();
-    vars.iter()
-        .map(|v| {
-            store
-                .get(v.as_tensor())
-                .expect("no gradient reached an input")
-                .clone()
-        })
-        .collect()
+    vars.iter().map(|v| store.get(v.as_tensor()).expect("no gradient reached an input").clone()).collect()
 }
 
 /// Forward and gradients against the composite, and (in f64) central differences.
@@ -137,11 +113,7 @@ fn check(case: &Case, rng: &mut Rng, max: &mut MaxErr) {
     for loss in losses {
         let (gf, gc) = (grads(case, true, loss), grads(case, false, loss));
         // sum(softmax) is constant: its true gradient is 0, so compare absolutely there.
-        let floor = if matches!(loss, Loss::Sum) {
-            1.0
-        } else {
-            f64::MIN_POSITIVE
-        };
+        let floor = if matches!(loss, Loss::Sum) { 1.0 } else { f64::MIN_POSITIVE };
         for (i, (f, c)) in gf.iter().zip(&gc).enumerate() {
             let e = rel_err_floor(f, c, floor);
             assert!(e < tol(dtype), "{}: gradient {i} error {e:e}", case.name);
@@ -160,9 +132,7 @@ fn check(case: &Case, rng: &mut Rng, max: &mut MaxErr) {
     for (i, base) in case.bases.iter().enumerate() {
         let flat = values(base);
         let an_all = values(&analytic[i]);
-        let scale = an_all
-            .iter()
-            .fold(f64::MIN_POSITIVE, |m, v| m.max(0.1 * v.abs()));
+        let scale = an_all.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(0.1 * v.abs()));
         for _ in 0..4 {
             let k = rng.below(flat.len());
             let shifted = |d: f64| {
@@ -176,11 +146,7 @@ fn check(case: &Case, rng: &mut Rng, max: &mut MaxErr) {
             let fd = values(&(diff * &r).unwrap().sum_all().unwrap())[0] / (2.0 * h);
             let an = an_all[k];
             let e = (fd - an).abs() / an.abs().max(scale);
-            assert!(
-                e < 1e-6,
-                "{}: input {i}[{k}] finite difference {fd} vs {an}",
-                case.name
-            );
+            assert!(e < 1e-6, "{}: input {i}[{k}] finite difference {fd} vs {an}", case.name);
             max.fd = max.fd.max(e);
         }
     }
@@ -193,23 +159,12 @@ fn check_all(op: &str, cases: impl Fn(&mut Rng, DType) -> Vec<Case>) {
         for case in cases(&mut rng, dtype) {
             check(&case, &mut rng, &mut max);
         }
-        println!(
-            "{op} {dtype:?}: forward {:.1e}, grads {:.1e}, finite differences {:.1e}",
-            max.fwd, max.grad, max.fd
-        );
+        println!("{op} {dtype:?}: forward {:.1e}, grads {:.1e}, finite differences {:.1e}", max.fwd, max.grad, max.fd);
     }
 }
 
-fn case(
-    name: &str,
-    bases: Vec<Tensor>,
-    run: impl Fn(bool, &[Tensor]) -> Result<Tensor> + 'static,
-) -> Case {
-    Case {
-        name: name.into(),
-        bases,
-        run: Box::new(run),
-    }
+fn case(name: &str, bases: Vec<Tensor>, run: impl Fn(bool, &[Tensor]) -> Result<Tensor> + 'static) -> Case {
+    Case { name: name.into(), bases, run: Box::new(run) }
 }
 
 #[test]
@@ -223,32 +178,16 @@ fn rms_norm_matches_composite() {
             }
         };
         vec![
-            case(
-                "rms 2d",
-                vec![rng.tensor(&[5, 16], 2.0, dt), rng.tensor(&[16], 1.0, dt)],
-                move |f, xs| op(f, &xs[0], &xs[1]),
-            ),
-            case(
-                "rms 3d",
-                vec![rng.tensor(&[2, 7, 64], 3.0, dt), rng.tensor(&[64], 1.0, dt)],
-                move |f, xs| op(f, &xs[0], &xs[1]),
-            ),
-            case(
-                "rms transposed",
-                vec![rng.tensor(&[2, 24, 5], 1.0, dt), rng.tensor(&[24], 1.0, dt)],
-                move |f, xs| op(f, &xs[0].transpose(1, 2)?, &xs[1]),
-            ),
-            case(
-                "rms narrowed",
-                vec![rng.tensor(&[3, 4, 40], 1.0, dt), rng.tensor(&[48], 1.0, dt)],
-                move |f, xs| op(f, &xs[0].narrow(2, 3, 32)?, &xs[1].narrow(0, 8, 32)?),
-            ),
+            case("rms 2d", vec![rng.tensor(&[5, 16], 2.0, dt), rng.tensor(&[16], 1.0, dt)], move |f, xs| op(f, &xs[0], &xs[1])),
+            case("rms 3d", vec![rng.tensor(&[2, 7, 64], 3.0, dt), rng.tensor(&[64], 1.0, dt)], move |f, xs| op(f, &xs[0], &xs[1])),
+            case("rms transposed", vec![rng.tensor(&[2, 24, 5], 1.0, dt), rng.tensor(&[24], 1.0, dt)], move |f, xs| {
+                op(f, &xs[0].transpose(1, 2)?, &xs[1])
+            }),
+            case("rms narrowed", vec![rng.tensor(&[3, 4, 40], 1.0, dt), rng.tensor(&[48], 1.0, dt)], move |f, xs| {
+                op(f, &xs[0].narrow(2, 3, 32)?, &xs[1].narrow(0, 8, 32)?)
+            }),
             // 600 rows of 40: several rayon tasks, so several dweight partial sums.
-            case(
-                "rms many rows",
-                vec![rng.tensor(&[600, 40], 1.0, dt), rng.tensor(&[40], 1.0, dt)],
-                move |f, xs| op(f, &xs[0], &xs[1]),
-            ),
+            case("rms many rows", vec![rng.tensor(&[600, 40], 1.0, dt), rng.tensor(&[40], 1.0, dt)], move |f, xs| op(f, &xs[0], &xs[1])),
         ]
     });
 }
@@ -256,17 +195,10 @@ fn rms_norm_matches_composite() {
 /// cos/sin of real RoPE angles, [b, t, d/2].
 fn cos_sin(b: usize, t: usize, d: usize, dt: DType) -> (Tensor, Tensor) {
     let half = d / 2;
-    let angles: Vec<f64> = (0..b * t * half)
-        .map(|i| {
-            ((i / half) % t + i / (t * half)) as f64
-                / 10000f64.powf((i % half) as f64 / half as f64)
-        })
-        .collect();
+    let angles: Vec<f64> =
+        (0..b * t * half).map(|i| ((i / half) % t + i / (t * half)) as f64 / 10000f64.powf((i % half) as f64 / half as f64)).collect();
     let a = Tensor::from_vec(angles, (b, t, half), &Device::Cpu).unwrap();
-    (
-        a.cos().unwrap().to_dtype(dt).unwrap(),
-        a.sin().unwrap().to_dtype(dt).unwrap(),
-    )
+    (a.cos().unwrap().to_dtype(dt).unwrap(), a.sin().unwrap().to_dtype(dt).unwrap())
 }
 
 #[test]
@@ -284,27 +216,11 @@ fn rope_matches_composite() {
         let (c3, s3) = (c2.clone(), s2.clone());
         let (c4, s4) = cos_sin(1, 6, 16, dt);
         vec![
-            case(
-                "rope 1 head",
-                vec![rng.tensor(&[1, 1, 5, 8], 1.0, dt)],
-                move |f, xs| op(f, &xs[0], &c1, &s1),
-            ),
-            case(
-                "rope heads",
-                vec![rng.tensor(&[2, 3, 6, 16], 1.0, dt)],
-                move |f, xs| op(f, &xs[0], &c2, &s2),
-            ),
+            case("rope 1 head", vec![rng.tensor(&[1, 1, 5, 8], 1.0, dt)], move |f, xs| op(f, &xs[0], &c1, &s1)),
+            case("rope heads", vec![rng.tensor(&[2, 3, 6, 16], 1.0, dt)], move |f, xs| op(f, &xs[0], &c2, &s2)),
             // [b, t, h, d] -> [b, h, t, d], as attention produces q and k.
-            case(
-                "rope transposed",
-                vec![rng.tensor(&[2, 6, 3, 16], 1.0, dt)],
-                move |f, xs| op(f, &xs[0].transpose(1, 2)?, &c3, &s3),
-            ),
-            case(
-                "rope broadcast cos",
-                vec![rng.tensor(&[2, 3, 6, 16], 1.0, dt)],
-                move |f, xs| op(f, &xs[0], &c4, &s4),
-            ),
+            case("rope transposed", vec![rng.tensor(&[2, 6, 3, 16], 1.0, dt)], move |f, xs| op(f, &xs[0].transpose(1, 2)?, &c3, &s3)),
+            case("rope broadcast cos", vec![rng.tensor(&[2, 3, 6, 16], 1.0, dt)], move |f, xs| op(f, &xs[0], &c4, &s4)),
         ]
     });
 }
@@ -320,31 +236,11 @@ fn softmax_matches_composite() {
             }
         };
         vec![
-            case(
-                "softmax 2d",
-                vec![rng.tensor(&[5, 9], 2.0, dt)],
-                move |f, xs| op(f, &xs[0]),
-            ),
-            case(
-                "softmax 4d",
-                vec![rng.tensor(&[2, 3, 4, 7], 2.0, dt)],
-                move |f, xs| op(f, &xs[0]),
-            ),
-            case(
-                "softmax large logits",
-                vec![rng.tensor(&[3, 33], 30.0, dt)],
-                move |f, xs| op(f, &xs[0]),
-            ),
-            case(
-                "softmax transposed",
-                vec![rng.tensor(&[2, 7, 3], 1.0, dt)],
-                move |f, xs| op(f, &xs[0].transpose(1, 2)?),
-            ),
-            case(
-                "softmax many rows",
-                vec![rng.tensor(&[300, 70], 1.0, dt)],
-                move |f, xs| op(f, &xs[0]),
-            ),
+            case("softmax 2d", vec![rng.tensor(&[5, 9], 2.0, dt)], move |f, xs| op(f, &xs[0])),
+            case("softmax 4d", vec![rng.tensor(&[2, 3, 4, 7], 2.0, dt)], move |f, xs| op(f, &xs[0])),
+            case("softmax large logits", vec![rng.tensor(&[3, 33], 30.0, dt)], move |f, xs| op(f, &xs[0])),
+            case("softmax transposed", vec![rng.tensor(&[2, 7, 3], 1.0, dt)], move |f, xs| op(f, &xs[0].transpose(1, 2)?)),
+            case("softmax many rows", vec![rng.tensor(&[300, 70], 1.0, dt)], move |f, xs| op(f, &xs[0])),
         ]
     });
 }
@@ -360,28 +256,14 @@ fn silu_mul_matches_composite() {
             }
         };
         vec![
-            case(
-                "silu 2d",
-                vec![rng.tensor(&[4, 33], 4.0, dt), rng.tensor(&[4, 33], 1.0, dt)],
-                move |f, xs| op(f, &xs[0], &xs[1]),
-            ),
-            case(
-                "silu strided",
-                vec![
-                    rng.tensor(&[2, 17, 5], 4.0, dt),
-                    rng.tensor(&[2, 5, 20], 1.0, dt),
-                ],
-                move |f, xs| op(f, &xs[0].transpose(1, 2)?, &xs[1].narrow(2, 1, 17)?),
-            ),
+            case("silu 2d", vec![rng.tensor(&[4, 33], 4.0, dt), rng.tensor(&[4, 33], 1.0, dt)], move |f, xs| op(f, &xs[0], &xs[1])),
+            case("silu strided", vec![rng.tensor(&[2, 17, 5], 4.0, dt), rng.tensor(&[2, 5, 20], 1.0, dt)], move |f, xs| {
+                op(f, &xs[0].transpose(1, 2)?, &xs[1].narrow(2, 1, 17)?)
+            }),
             // Several rayon blocks of 16K elements.
-            case(
-                "silu large",
-                vec![
-                    rng.tensor(&[40, 1000], 6.0, dt),
-                    rng.tensor(&[40, 1000], 1.0, dt),
-                ],
-                move |f, xs| op(f, &xs[0], &xs[1]),
-            ),
+            case("silu large", vec![rng.tensor(&[40, 1000], 6.0, dt), rng.tensor(&[40, 1000], 1.0, dt)], move |f, xs| {
+                op(f, &xs[0], &xs[1])
+            }),
         ]
     });
 }
@@ -395,10 +277,7 @@ fn targets(rng: &mut Rng, n: usize, vocab: usize) -> Tensor {
 fn ce_weights(rng: &mut Rng, n: usize, dt: DType) -> Tensor {
     let w = (rng.tensor(&[n], 0.5, DType::F64) + 1.0).unwrap();
     let mask: Vec<f64> = (0..n).map(|i| if i % 3 == 1 { 0.0 } else { 1.0 }).collect();
-    (w * Tensor::new(mask, &Device::Cpu).unwrap())
-        .unwrap()
-        .to_dtype(dt)
-        .unwrap()
+    (w * Tensor::new(mask, &Device::Cpu).unwrap()).unwrap().to_dtype(dt).unwrap()
 }
 
 #[test]
@@ -416,24 +295,10 @@ fn cross_entropy_matches_composite() {
         let (t3, w3) = (t1.clone(), w1.clone());
         let (t4, w4) = (targets(rng, 40, 3000), ce_weights(rng, 40, dt));
         vec![
-            case("ce", vec![rng.tensor(&[6, 50], 3.0, dt)], move |f, xs| {
-                op(f, &xs[0], &t1, &w1)
-            }),
-            case(
-                "ce column-major",
-                vec![rng.tensor(&[50, 6], 3.0, dt)],
-                move |f, xs| op(f, &xs[0].t()?, &t2, &w2),
-            ),
-            case(
-                "ce narrowed",
-                vec![rng.tensor(&[6, 60], 3.0, dt)],
-                move |f, xs| op(f, &xs[0].narrow(1, 5, 50)?, &t3, &w3),
-            ),
-            case(
-                "ce large vocab",
-                vec![rng.tensor(&[40, 3000], 8.0, dt)],
-                move |f, xs| op(f, &xs[0], &t4, &w4),
-            ),
+            case("ce", vec![rng.tensor(&[6, 50], 3.0, dt)], move |f, xs| op(f, &xs[0], &t1, &w1)),
+            case("ce column-major", vec![rng.tensor(&[50, 6], 3.0, dt)], move |f, xs| op(f, &xs[0].t()?, &t2, &w2)),
+            case("ce narrowed", vec![rng.tensor(&[6, 60], 3.0, dt)], move |f, xs| op(f, &xs[0].narrow(1, 5, 50)?, &t3, &w3)),
+            case("ce large vocab", vec![rng.tensor(&[40, 3000], 8.0, dt)], move |f, xs| op(f, &xs[0], &t4, &w4)),
         ]
     });
 }
@@ -462,14 +327,8 @@ fn cross_entropy_ignored_rows_get_zero_gradient() {
         let (n, vocab) = (9, 40);
         let logits = Var::from_tensor(&rng.tensor(&[n, vocab], 3.0, dt)).unwrap();
         let w = ce_weights(&mut rng, n, dt);
-        let loss =
-            ops::cross_entropy_sum(logits.as_tensor(), &targets(&mut rng, n, vocab), &w).unwrap();
-        let grad = loss
-            .backward()
-            .unwrap()
-            .get(logits.as_tensor())
-            .unwrap()
-            .clone();
+        let loss = ops::cross_entropy_sum(logits.as_tensor(), &targets(&mut rng, n, vocab), &w).unwrap();
+        let grad = loss.backward().unwrap().get(logits.as_tensor()).unwrap().clone();
         let row_abs = values(&grad.abs().unwrap().sum(D::Minus1).unwrap());
         for (i, (&g, &w)) in row_abs.iter().zip(&values(&w)).enumerate() {
             if w == 0.0 {
@@ -489,16 +348,11 @@ fn cross_entropy_ignored_rows_get_zero_gradient() {
 #[test]
 fn fused_ops_are_single_graph_nodes() {
     let mut rng = Rng(3);
-    let var = |dims: &[usize], rng: &mut Rng| {
-        Var::from_tensor(&rng.tensor(dims, 1.0, DType::F32)).unwrap()
-    };
+    let var = |dims: &[usize], rng: &mut Rng| Var::from_tensor(&rng.tensor(dims, 1.0, DType::F32)).unwrap();
     let (x, w) = (var(&[2, 3, 4, 8], &mut rng), var(&[8], &mut rng));
     let (c, s) = cos_sin(2, 4, 8, DType::F32);
     let l = var(&[4, 10], &mut rng);
-    let (t, cw) = (
-        targets(&mut rng, 4, 10),
-        ce_weights(&mut rng, 4, DType::F32),
-    );
+    let (t, cw) = (targets(&mut rng, 4, 10), ce_weights(&mut rng, 4, DType::F32));
     let (x, w, l) = (x.as_tensor(), w.as_tensor(), l.as_tensor());
     let nodes = |t: Tensor| t.sorted_nodes().len();
     assert_eq!(nodes(ops::rms_norm(x, w, 1e-5).unwrap()), 3);
@@ -525,27 +379,11 @@ fn gradients_flow_through_chained_fused_ops() {
     let cw = (rng.tensor(&[b * h * t], 0.5, DType::F64) + 1.0).unwrap();
     let chain = move |fused: bool, xs: &[Tensor]| -> Result<Tensor> {
         let (x, w, up) = (&xs[0], &xs[1], &xs[2]);
-        let o = if fused {
-            ops::rms_norm(x, w, 1e-5)?
-        } else {
-            composite::rms_norm(x, w, 1e-5)?
-        };
+        let o = if fused { ops::rms_norm(x, w, 1e-5)? } else { composite::rms_norm(x, w, 1e-5)? };
         let o = o.reshape((b, t, h, d))?.transpose(1, 2)?;
-        let o = if fused {
-            ops::rope(&o, &c, &s)?
-        } else {
-            composite::rope(&o, &c, &s)?
-        };
-        let o = if fused {
-            ops::softmax_last_dim(&o)?
-        } else {
-            composite::softmax_last_dim(&o)?
-        };
-        let o = if fused {
-            ops::silu_mul(&(o * 4.0)?, up)?
-        } else {
-            composite::silu_mul(&(o * 4.0)?, up)?
-        };
+        let o = if fused { ops::rope(&o, &c, &s)? } else { composite::rope(&o, &c, &s)? };
+        let o = if fused { ops::softmax_last_dim(&o)? } else { composite::softmax_last_dim(&o)? };
+        let o = if fused { ops::silu_mul(&(o * 4.0)?, up)? } else { composite::silu_mul(&(o * 4.0)?, up)? };
         let o = o.flatten_to(2)?;
         if fused {
             ops::cross_entropy_sum(&o, &tg, &cw)
@@ -563,10 +401,7 @@ fn gradients_flow_through_chained_fused_ops() {
         chain,
     );
     for (i, g) in grads(&case, true, Loss::Sum).iter().enumerate() {
-        assert!(
-            values(g).iter().all(|v| v.is_finite()),
-            "input {i}: non-finite gradient"
-        );
+        assert!(values(g).iter().all(|v| v.is_finite()), "input {i}: non-finite gradient");
         let zeros = values(g).iter().filter(|v| **v == 0.0).count();
         assert_eq!(zeros, 0, "input {i}: {zeros} zero gradient entries");
     }
@@ -606,29 +441,15 @@ fn scaled_masked_softmax_matches_composite() {
         let m3 = causal_bias(1, 6, 6, false, dt);
         let m4 = causal_bias(3, 40, 40, true, dt);
         vec![
-            case(
-                "attention causal",
-                vec![rng.tensor(&[2, 3, 5, 5], 3.0, dt)],
-                move |f, xs| op(f, &xs[0], &m1, 0.125),
-            ),
+            case("attention causal", vec![rng.tensor(&[2, 3, 5, 5], 3.0, dt)], move |f, xs| op(f, &xs[0], &m1, 0.125)),
             // A KV cache: 3 past keys, and padding in row 1.
-            case(
-                "attention past + padding",
-                vec![rng.tensor(&[2, 2, 4, 7], 3.0, dt)],
-                move |f, xs| op(f, &xs[0], &m2, 0.3),
-            ),
+            case("attention past + padding", vec![rng.tensor(&[2, 2, 4, 7], 3.0, dt)], move |f, xs| op(f, &xs[0], &m2, 0.3)),
             // A [1, 1, t, kv] mask broadcast over the batch, and strided scores.
-            case(
-                "attention broadcast mask, transposed scores",
-                vec![rng.tensor(&[2, 3, 6, 6], 2.0, dt)],
-                move |f, xs| op(f, &xs[0].transpose(2, 3)?, &m3, 1.0),
-            ),
+            case("attention broadcast mask, transposed scores", vec![rng.tensor(&[2, 3, 6, 6], 2.0, dt)], move |f, xs| {
+                op(f, &xs[0].transpose(2, 3)?, &m3, 1.0)
+            }),
             // Several rayon tasks.
-            case(
-                "attention many rows",
-                vec![rng.tensor(&[3, 4, 40, 40], 2.0, dt)],
-                move |f, xs| op(f, &xs[0], &m4, 0.125),
-            ),
+            case("attention many rows", vec![rng.tensor(&[3, 4, 40, 40], 2.0, dt)], move |f, xs| op(f, &xs[0], &m4, 0.125)),
         ]
     });
 }
@@ -693,11 +514,17 @@ fn sparse_add_matches_composite() {
         };
         let op2 = op.clone();
         vec![
-            case("sparse 2d", vec![rng.tensor(&[5, out], 1.0, dt), rng.tensor(&[5, inp], 1.0, dt), rng.tensor(&[12], 1.0, dt)], move |f, xs| op(f, xs)),
+            case(
+                "sparse 2d",
+                vec![rng.tensor(&[5, out], 1.0, dt), rng.tensor(&[5, inp], 1.0, dt), rng.tensor(&[12], 1.0, dt)],
+                move |f, xs| op(f, xs),
+            ),
             // A transposed x: the op reads it contiguously.
-            case("sparse 3d strided", vec![rng.tensor(&[2, 3, out], 1.0, dt), rng.tensor(&[2, inp, 3], 1.0, dt), rng.tensor(&[12], 1.0, dt)], move |f, xs| {
-                op2(f, &[xs[0].clone(), xs[1].transpose(1, 2)?, xs[2].clone()])
-            }),
+            case(
+                "sparse 3d strided",
+                vec![rng.tensor(&[2, 3, out], 1.0, dt), rng.tensor(&[2, inp, 3], 1.0, dt), rng.tensor(&[12], 1.0, dt)],
+                move |f, xs| op2(f, &[xs[0].clone(), xs[1].transpose(1, 2)?, xs[2].clone()]),
+            ),
         ]
     });
 }
@@ -707,7 +534,10 @@ fn sparse_add_matches_composite() {
 #[test]
 fn sparse_add_is_fused_below_the_density_limit() {
     let mut rng = Rng(12);
-    let (r, x) = (Var::from_tensor(&rng.tensor(&[3, 12], 1.0, DType::F32)).unwrap(), Var::from_tensor(&rng.tensor(&[3, 40], 1.0, DType::F32)).unwrap());
+    let (r, x) = (
+        Var::from_tensor(&rng.tensor(&[3, 12], 1.0, DType::F32)).unwrap(),
+        Var::from_tensor(&rng.tensor(&[3, 40], 1.0, DType::F32)).unwrap(),
+    );
     let d = Var::from_tensor(&rng.tensor(&[12], 1.0, DType::F32)).unwrap();
     let idx = sparse_indices(&mut rng, 12, 40, 12);
     let y = ops::sparse_add(r.as_tensor(), x.as_tensor(), d.as_tensor(), &idx).unwrap();

@@ -57,7 +57,8 @@ fn a_completion_token_does_not_reach_earlier_positions() {
         let after = logits(&model, &tuners, &changed, &changed_labels);
         // Padding's own logits are left out: a padded query attends uniformly (as transformers'),
         // future keys included, in the base model too.
-        let mask: Vec<Vec<u8>> = batch.attention_mask.as_ref().unwrap().iter().map(|r| [vec![1u8; nv], r[..at].to_vec()].concat()).collect();
+        let mask: Vec<Vec<u8>> =
+            batch.attention_mask.as_ref().unwrap().iter().map(|r| [vec![1u8; nv], r[..at].to_vec()].concat()).collect();
         let earlier = common::max_masked_diff(&before.narrow(1, 0, nv + at).unwrap(), &after.narrow(1, 0, nv + at).unwrap(), &mask);
         assert!(earlier == 0.0, "{}: earlier logits moved by {earlier}", cfg["peft_type"]);
         let later = max_abs_diff(&before.narrow(1, nv + at, 12 - at).unwrap(), &after.narrow(1, nv + at, 12 - at).unwrap());
@@ -109,7 +110,11 @@ fn training_conditions_as_generation_does() {
         assert!(d < 1e-10, "{}: training pass vs generation: {d}", cfg["peft_type"]);
         // Without labels a pass reads every position, as a prefill of the whole row does.
         let unlabelled = model.forward(&Batch::new(vec![row.clone()]), &ctx, None, false).unwrap();
-        assert!(max_abs_diff(&unlabelled.narrow(1, 0, nv).unwrap(), &full.narrow(1, 0, nv).unwrap()) > 1e-8, "{}: the prompt depends on the input", cfg["peft_type"]);
+        assert!(
+            max_abs_diff(&unlabelled.narrow(1, 0, nv).unwrap(), &full.narrow(1, 0, nv).unwrap()) > 1e-8,
+            "{}: the prompt depends on the input",
+            cfg["peft_type"]
+        );
     }
 }
 

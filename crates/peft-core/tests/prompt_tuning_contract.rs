@@ -2,8 +2,8 @@
 //! without projection) and LN tuning, and their config errors.
 use crate::common;
 use crate::method_contract;
-use peft_core::tuners::WithTuners;
 use method_contract::{check, error_of};
+use peft_core::tuners::WithTuners;
 use serde_json::json;
 
 #[test]
@@ -16,7 +16,11 @@ fn prompt_tuning_contract() {
 fn prefix_tuning_contract() {
     let e = check(&json!({"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4}), 0, false);
     println!("prefix tuning: finite differences rel err {e:e}");
-    let e = check(&json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4, "prefix_projection": true, "encoder_hidden_size": 24}), 0, false);
+    let e = check(
+        &json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4, "prefix_projection": true, "encoder_hidden_size": 24}),
+        0,
+        false,
+    );
     println!("prefix tuning (projection): finite differences rel err {e:e}");
 }
 
@@ -33,9 +37,18 @@ fn bad_prompt_configs_name_the_key() {
         (json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": -2}), "num_virtual_tokens"),
         (json!({"peft_type": "PROMPT_TUNING"}), "num_virtual_tokens"),
         (json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "prompt_tuning_init": "WORDS"}), "prompt_tuning_init"),
-        (json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "hi"}), "tokenizer_name_or_path"),
-        (json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "prompt_tuning_init": "TEXT", "tokenizer_name_or_path": "t"}), "prompt_tuning_init_text"),
-        (json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "prompt_tuning_init": "TEXT", "tokenizer_name_or_path": "t", "prompt_tuning_init_text": "hi"}), "prompt_tuning_init_token_ids"),
+        (
+            json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "prompt_tuning_init": "TEXT", "prompt_tuning_init_text": "hi"}),
+            "tokenizer_name_or_path",
+        ),
+        (
+            json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "prompt_tuning_init": "TEXT", "tokenizer_name_or_path": "t"}),
+            "prompt_tuning_init_text",
+        ),
+        (
+            json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "prompt_tuning_init": "TEXT", "tokenizer_name_or_path": "t", "prompt_tuning_init_text": "hi"}),
+            "prompt_tuning_init_token_ids",
+        ),
         (json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 32}), "token_dim"),
         (json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2, "num_layers": 5}), "num_layers"),
         (json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2, "init_weights": "ones"}), "init_weights"),
@@ -73,12 +86,20 @@ fn text_init_takes_token_ids() {
 /// Generation with virtual tokens from a left-padded batch: each row as if alone.
 #[test]
 fn generation_with_prompts_is_row_independent() {
-    for v in [json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3}), json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 3})] {
+    for v in
+        [json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3}), json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 3})]
+    {
         let (model, tuners) = method_contract::setup(&v, candle_core::DType::F32);
         let ctx = peft_core::model::Ctx::inference(&model.store).with_tuners(&tuners);
-        let opts = peft_core::model::generate::GenerateOptions { max_new_tokens: 5, sampling: Default::default(), seed: 0, stop_token_ids: vec![] };
+        let opts = peft_core::model::generate::GenerateOptions {
+            max_new_tokens: 5,
+            sampling: Default::default(),
+            seed: 0,
+            stop_token_ids: vec![],
+        };
         let prompts = vec![vec![50u32, 352, 272, 335, 332, 223], vec![40u32, 270, 71]];
-        let both = peft_core::model::generate::generate(&model, &ctx, &prompts, &opts, &mut |_| peft_core::model::generate::Flow::Continue).unwrap();
+        let both = peft_core::model::generate::generate(&model, &ctx, &prompts, &opts, &mut |_| peft_core::model::generate::Flow::Continue)
+            .unwrap();
         for (i, p) in prompts.iter().enumerate() {
             let alone = common::greedy_with(&model, Some(&tuners), p, 5);
             assert_eq!(both[i], alone, "{}: row {i}", v["peft_type"]);
@@ -88,7 +109,8 @@ fn generation_with_prompts_is_row_independent() {
 
 #[test]
 fn p_tuning_contract() {
-    let e = check(&json!({"peft_type": "P_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4, "encoder_hidden_size": 32}), 4, false);
+    let e =
+        check(&json!({"peft_type": "P_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4, "encoder_hidden_size": 32}), 4, false);
     println!("p-tuning (MLP): finite differences rel err {e:e}");
 }
 
@@ -96,7 +118,10 @@ fn p_tuning_contract() {
 fn p_tuning_bad_configs_name_the_key() {
     for (cfg, key) in [
         (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 0}), "num_virtual_tokens"),
-        (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 2, "encoder_reparameterization_type": "LSTM"}), "encoder_reparameterization_type"),
+        (
+            json!({"peft_type": "P_TUNING", "num_virtual_tokens": 2, "encoder_reparameterization_type": "LSTM"}),
+            "encoder_reparameterization_type",
+        ),
         (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 2, "encoder_hidden_size": 0}), "encoder_hidden_size"),
         (json!({"peft_type": "P_TUNING", "num_virtual_tokens": 2, "encoder_dropout": 1.5}), "encoder_dropout"),
     ] {
@@ -110,7 +135,10 @@ fn p_tuning_bad_configs_name_the_key() {
 #[test]
 fn packed_rows_with_prompts_equal_the_examples_run_alone() {
     use candle_core::{IndexOp, Tensor};
-    for (v, nv) in [(json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3}), 3), (json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 3}), 0)] {
+    for (v, nv) in [
+        (json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3}), 3),
+        (json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 3}), 0),
+    ] {
         let (model, tuners) = method_contract::setup(&v, candle_core::DType::F32);
         let ctx = peft_core::model::Ctx::inference(&model.store).with_tuners(&tuners);
         let ids = &common::inputs().input_ids[0];

@@ -11,8 +11,20 @@ use peft_core::ops::qdot::Kernel;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TYPES: [GgmlDType; 12] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0,
-    GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F16, GgmlDType::BF16];
+const TYPES: [GgmlDType; 12] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+];
 
 /// Byte offsets of the f16 scale/offset fields in one block (ggml's layouts): every other
 /// byte of a block is a packed quant or an integer scale, valid whatever its value.
@@ -118,7 +130,11 @@ fn every_kernel_dots_as_dequantize_then_dot() {
                         let exact: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
                         let size: f64 = wr.iter().zip(xr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
                         let err = (y[i * rows + r] as f64 - exact).abs();
-                        assert!(err <= 1e-5 * size + 1e-30, "{ty:?} {kernel:?} m={m} row {r} of x {i}: {} vs {exact} (Σ|w·x| {size})", y[i * rows + r]);
+                        assert!(
+                            err <= 1e-5 * size + 1e-30,
+                            "{ty:?} {kernel:?} m={m} row {r} of x {i}: {} vs {exact} (Σ|w·x| {size})",
+                            y[i * rows + r]
+                        );
                     }
                 }
             }

@@ -13,8 +13,20 @@ use peft_core::{ops, ModelConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-const TYPES: [GgmlDType; 12] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0,
-    GgmlDType::Q2K, GgmlDType::Q3K, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F16, GgmlDType::BF16];
+const TYPES: [GgmlDType; 12] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+];
 
 fn randn(dims: &[usize], seed: u64) -> Tensor {
     // A deterministic pseudo-random fill (sin of a scrambled index), no rand dependency.

@@ -3,13 +3,13 @@
 //! Fisher), what the files hold, and config errors.
 use crate::common;
 use crate::method_contract;
-use peft_core::tuners::WithTuners;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use method_contract::{check, config, error_of, setup};
 use peft_core::io::adapter::save_adapter;
-use peft_core::model::{loss, Batch, Ctx, CausalLm};
+use peft_core::model::{loss, Batch, CausalLm, Ctx};
 use peft_core::tuners::sparse_mask::{estimate_fisher, inject_with_fisher, FisherBatch, FisherScores, SparseMaskConfig};
+use peft_core::tuners::WithTuners;
 use peft_core::tuners::{TargetSpec, Targets, Tuners};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -62,7 +62,8 @@ fn sparse_mask_contract() {
 /// Every entry of one delta against central differences of the f64 loss.
 #[test]
 fn every_masked_delta_has_the_exact_gradient() {
-    let (mut model, tuners) = setup(&json!({"peft_type": "SPARSE_MASK", "density": 0.01, "target_modules": ["q_proj", "down_proj"]}), DType::F64);
+    let (mut model, tuners) =
+        setup(&json!({"peft_type": "SPARSE_MASK", "density": 0.01, "target_modules": ["q_proj", "down_proj"]}), DType::F64);
     loss_with(&mut model, Some(&tuners), true);
     let mut worst = 0f64;
     for path in [Q0, "model.layers.1.mlp.down_proj"] {
@@ -112,7 +113,10 @@ fn smallest_magnitude_keeps_the_smallest_weights() {
     let mut model = load_model();
     let w = values(&model.store.by_name(&format!("{Q0}.weight")).unwrap().value());
     let neg_abs: Vec<f64> = w.iter().map(|x| -x.abs()).collect();
-    inject(&mut model, parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "mask_type": "smallest_magnitude", "target_modules": ["q_proj"]})));
+    inject(
+        &mut model,
+        parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "mask_type": "smallest_magnitude", "target_modules": ["q_proj"]})),
+    );
     let small = indices_of(&model, Q0);
     assert_eq!(small, top_k_by_sort(&neg_abs, 410));
     let largest_kept = small.iter().map(|&i| w[i as usize].abs()).fold(0f64, f64::max);
@@ -138,7 +142,10 @@ fn random_masks_are_seeded_distinct_and_per_layer() {
 
 fn fisher_batches() -> Vec<FisherBatch> {
     let inp = inputs();
-    vec![FisherBatch { batch: inp.batch(), labels: inp.labels.clone() }, FisherBatch { batch: Batch::new(vec![vec![40, 41, 42, 43, 44]]), labels: vec![vec![40, 41, 42, 43, 44]] }]
+    vec![
+        FisherBatch { batch: inp.batch(), labels: inp.labels.clone() },
+        FisherBatch { batch: Batch::new(vec![vec![40, 41, 42, 43, 44]]), labels: vec![vec![40, 41, 42, 43, 44]] },
+    ]
 }
 
 #[test]
@@ -188,7 +195,10 @@ fn fisher_masks_keep_the_highest_scores() {
     let kept = tuners.config("default").unwrap().as_any().downcast_ref::<SparseMaskConfig>().unwrap();
     assert!(kept.fisher.is_none() && Arc::strong_count(&est) == 1, "the adapter does not keep the scores");
     let mut m2 = load_model();
-    inject(&mut m2, parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.02, "target_modules": ["q_proj"], "layers_to_transform": [0]})));
+    inject(
+        &mut m2,
+        parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.02, "target_modules": ["q_proj"], "layers_to_transform": [0]})),
+    );
     assert_ne!(fisher_idx, indices_of(&m2, Q0));
 }
 
@@ -211,10 +221,16 @@ fn the_file_holds_only_the_masked_deltas_and_their_indices() {
         entries += out * inp;
     }
     let bytes = std::fs::metadata(&file).unwrap().len();
-    println!("sparse mask, density 0.01: adapter_model.safetensors {bytes} bytes for {entries} adapted weight entries ({} bytes dense f32)", entries * 4);
+    println!(
+        "sparse mask, density 0.01: adapter_model.safetensors {bytes} bytes for {entries} adapted weight entries ({} bytes dense f32)",
+        entries * 4
+    );
     assert!(bytes < (entries as u64 * 4) / 20);
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!((cfg["peft_type"].as_str(), cfg["density"].as_f64(), cfg["mask_type"].as_str()), (Some("SPARSE_MASK"), Some(0.01), Some("magnitude")));
+    assert_eq!(
+        (cfg["peft_type"].as_str(), cfg["density"].as_f64(), cfg["mask_type"].as_str()),
+        (Some("SPARSE_MASK"), Some(0.01), Some("magnitude"))
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -233,7 +249,15 @@ fn corrupt_indices_in_a_file_are_refused() {
     let mut repeated = good.clone();
     repeated[1] = repeated[0];
     let cases: Vec<(&str, Tensor)> = vec![
-        ("out of range", Tensor::from_vec(good.iter().map(|&i| if i == good[0] { (out * inp) as i64 } else { i }).collect::<Vec<_>>(), good.len(), &Device::Cpu).unwrap()),
+        (
+            "out of range",
+            Tensor::from_vec(
+                good.iter().map(|&i| if i == good[0] { (out * inp) as i64 } else { i }).collect::<Vec<_>>(),
+                good.len(),
+                &Device::Cpu,
+            )
+            .unwrap(),
+        ),
         ("repeated", Tensor::from_vec(repeated, good.len(), &Device::Cpu).unwrap()),
         ("floats", Tensor::from_vec(good.iter().map(|&i| i as f32).collect::<Vec<_>>(), good.len(), &Device::Cpu).unwrap()),
     ];
@@ -273,7 +297,8 @@ fn bad_configs_name_the_key() {
     let spec = TargetSpec { target_modules: Some(Targets::List(vec!["k_proj".into()])), ..Default::default() };
     let mut model = load_model();
     let est = estimate_fisher(&mut model, &spec, &fisher_batches(), Path::new("test")).unwrap();
-    let cfg = parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "mask_type": "fisher", "target_modules": ["q_proj"]})).with_fisher(Arc::new(est));
+    let cfg = parsed(&json!({"peft_type": "SPARSE_MASK", "density": 0.1, "mask_type": "fisher", "target_modules": ["q_proj"]}))
+        .with_fisher(Arc::new(est));
     let e = Tuners::new().inject(&mut model, "default", Box::new(cfg), 0).unwrap_err().to_string();
     assert!(e.contains("`mask_type`") && e.contains(Q0), "{e}");
     assert!(estimate_fisher(&mut model, &spec, &[], Path::new("test")).unwrap_err().to_string().contains("batches"));
@@ -281,7 +306,9 @@ fn bad_configs_name_the_key() {
 
 #[test]
 fn unknown_fields_are_kept_with_a_warning() {
-    let (c, w) = SparseMaskConfig::from_value(&json!({"peft_type": "SPARSE_MASK", "density": 0.5, "sparsity_schedule": "cubic"}), Path::new("x")).unwrap();
+    let (c, w) =
+        SparseMaskConfig::from_value(&json!({"peft_type": "SPARSE_MASK", "density": 0.5, "sparsity_schedule": "cubic"}), Path::new("x"))
+            .unwrap();
     assert!(w.iter().any(|w| w.message.contains("sparsity_schedule")), "{w:?}");
     assert_eq!(peft_core::tuners::TunerConfig::to_json(&c)["sparsity_schedule"], "cubic");
     let _ = config(&json!({"peft_type": "SPARSE_MASK", "density": 0.5}));

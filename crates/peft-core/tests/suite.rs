@@ -7,12 +7,12 @@
 //! once; a test file takes them with `use crate::common;`.
 
 // The shared helpers, compiled once for every file (each file `use crate::common;`).
+mod arch_fixture;
 mod common;
+mod fixture_case;
 mod method_contract;
 mod methods_common;
 mod survey_common;
-mod fixture_case;
-mod arch_fixture;
 
 #[path = "adalora.rs"]
 mod adalora;

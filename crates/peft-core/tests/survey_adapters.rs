@@ -21,7 +21,9 @@ fn compacter_contract() {
 fn compacter_phm_weight_is_a_sum_of_kronecker_products() {
     use peft_core::tuners::compacter::phm_weight;
     let (n, p, q, r) = (2usize, 3usize, 2usize, 1usize);
-    let seq = |len: usize, k: f64| Tensor::from_vec((0..len).map(|i| ((i as f64 + 1.0) * k).sin()).collect::<Vec<f64>>(), len, &Device::Cpu).unwrap();
+    let seq = |len: usize, k: f64| {
+        Tensor::from_vec((0..len).map(|i| ((i as f64 + 1.0) * k).sin()).collect::<Vec<f64>>(), len, &Device::Cpu).unwrap()
+    };
     let a = seq(n * n * n, 0.7).reshape((n, n, n)).unwrap();
     let s = seq(n * p * r, 1.3).reshape((n, p, r)).unwrap();
     let t = seq(n * r * q, 0.4).reshape((n, r, q)).unwrap();
@@ -101,7 +103,10 @@ fn dept_is_prompt_tuning_plus_position_offsets() {
     keys.sort();
     assert_eq!(keys, ["prompt_embeddings", "prompt_encoder.dept_A.weight", "prompt_encoder.dept_B.weight"]);
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["max_length"].as_u64(), cfg["token_dim"].as_u64()), (Some("DEPT"), Some(4), Some(5), Some(64)));
+    assert_eq!(
+        (cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["max_length"].as_u64(), cfg["token_dim"].as_u64()),
+        (Some("DEPT"), Some(4), Some(5), Some(64))
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -119,4 +124,3 @@ fn dept_config_errors_name_the_key() {
         assert!(e.contains(key), "{cfg}: {e}");
     }
 }
-

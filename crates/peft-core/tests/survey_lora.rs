@@ -10,7 +10,11 @@ use survey_common::*;
 
 #[test]
 fn periodic_lora_contract() {
-    let e = check(&json!({"peft_type": "PERIODIC_LORA", "r": 4, "lora_alpha": 8, "merge_every": 3, "target_modules": ["q_proj", "v_proj"]}), 0, true);
+    let e = check(
+        &json!({"peft_type": "PERIODIC_LORA", "r": 4, "lora_alpha": 8, "merge_every": 3, "target_modules": ["q_proj", "v_proj"]}),
+        0,
+        true,
+    );
     println!("PeriodicLoRA: finite differences rel err {e:e}");
 }
 
@@ -33,8 +37,10 @@ fn bad_configs_name_the_key() {
 #[test]
 fn periodic_lora_unloads_each_stage_and_restarts() {
     use peft_core::tuners::periodic_lora::restart;
-    let (model, tuners) = setup(&json!({"peft_type": "PERIODIC_LORA", "r": 2, "lora_alpha": 2, "merge_every": 2, "target_modules": ["q_proj"]}), DType::F64);
-    let (a, b, m) = (format!("{Q0}.lora_A.default.weight"), format!("{Q0}.lora_B.default.weight"), format!("{Q0}.lora_merged.default.weight"));
+    let (model, tuners) =
+        setup(&json!({"peft_type": "PERIODIC_LORA", "r": 2, "lora_alpha": 2, "merge_every": 2, "target_modules": ["q_proj"]}), DType::F64);
+    let (a, b, m) =
+        (format!("{Q0}.lora_A.default.weight"), format!("{Q0}.lora_B.default.weight"), format!("{Q0}.lora_merged.default.weight"));
     let before = logits_with(&model, Some(&tuners));
     let stage1 = value(&model, &b).matmul(&value(&model, &a)).unwrap(); // s = 1
     let a1 = value(&model, &a).copy().unwrap(); // the store sets values in place
@@ -101,5 +107,6 @@ fn fastfood_is_hadamard_and_about_norm_preserving() {
 }
 
 fn load_f64() -> peft_core::model::CausalLm {
-    peft_core::model::CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap()
+    peft_core::model::CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() })
+        .unwrap()
 }

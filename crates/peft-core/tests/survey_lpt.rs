@@ -33,5 +33,8 @@ fn lpt_at_layer_zero_with_a_fixed_prompt_is_prompt_tuning() {
     let d = max_abs_diff(&logits_with(&mid, Some(&mid_t)), &reference);
     assert!(d > 1e-4, "inserted at layer 1 the prompt is not an input prompt: {d}");
     let keys: Vec<String> = mid_t.checkpoint_keys(&mid, "default").unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, ["prompt_embeddings", "prompt_encoder.lpt_down.weight", "prompt_encoder.lpt_down_bias.weight", "prompt_encoder.lpt_up.weight"]);
+    assert_eq!(
+        keys,
+        ["prompt_embeddings", "prompt_encoder.lpt_down.weight", "prompt_encoder.lpt_down_bias.weight", "prompt_encoder.lpt_up.weight"]
+    );
 }

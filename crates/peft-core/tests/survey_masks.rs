@@ -134,7 +134,8 @@ fn lt_sft_keeps_the_largest_changes_and_resets() {
 fn fish_dip_recomputes_the_mask_from_the_fisher_scores() {
     use peft_core::tuners::fish_dip::{due, update_masks};
     use peft_core::tuners::sparse_mask::FisherBatch;
-    let (model, tuners) = setup(&json!({"peft_type": "FISH_DIP", "density": 0.05, "update_every": 4, "target_modules": ["q_proj"]}), DType::F64);
+    let (model, tuners) =
+        setup(&json!({"peft_type": "FISH_DIP", "density": 0.05, "update_every": 4, "target_modules": ["q_proj"]}), DType::F64);
     assert!(due(&tuners, 0).unwrap() && due(&tuners, 8).unwrap() && !due(&tuners, 5).unwrap());
     let before = logits_with(&model, Some(&tuners));
     let full = delta_grad(&model, &tuners, Q0); // mask all ones: the full gradient

@@ -32,8 +32,10 @@ fn default_inits_are_the_base_model() {
 #[test]
 fn moslora_with_identity_mixer_is_lora() {
     let targets = json!(["q_proj"]);
-    let (mos, mos_t) = inject(&json!({"peft_type": "MOSLORA", "r": 4, "lora_alpha": 8, "init_weights": false, "target_modules": targets}), 1);
-    let (lora, lora_t) = inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": false, "target_modules": targets}), 2);
+    let (mos, mos_t) =
+        inject(&json!({"peft_type": "MOSLORA", "r": 4, "lora_alpha": 8, "init_weights": false, "target_modules": targets}), 1);
+    let (lora, lora_t) =
+        inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": false, "target_modules": targets}), 2);
     copy_q(&mos, &lora, &["lora_A", "lora_B"], |_, t| t);
     copy_q(&mos, &mos, &["lora_AB"], |_, _| Tensor::eye(4, DType::F32, &Device::Cpu).unwrap());
     let d = max_abs_diff(&logits_with(&mos, Some(&mos_t)), &logits_with(&lora, Some(&lora_t)));
@@ -70,8 +72,10 @@ fn lora_dropout_contract() {
 fn lora_dropout_drops_columns_of_a_and_rows_of_b() {
     use peft_core::tuners::WithTuners;
     let targets = json!(["q_proj"]);
-    let (ld, ld_t) = inject(&json!({"peft_type": "LORA_DROPOUT", "r": 4, "param_dropout": 0.5, "init_weights": false, "target_modules": targets}), 1);
-    let (lora, lora_t) = inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": false, "target_modules": targets}), 2);
+    let (ld, ld_t) =
+        inject(&json!({"peft_type": "LORA_DROPOUT", "r": 4, "param_dropout": 0.5, "init_weights": false, "target_modules": targets}), 1);
+    let (lora, lora_t) =
+        inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": false, "target_modules": targets}), 2);
     copy_q(&ld, &lora, &["lora_A", "lora_B"], |_, t| t);
     assert!(max_abs_diff(&logits_with(&ld, Some(&ld_t)), &logits_with(&lora, Some(&lora_t))) < 1e-6, "evaluation = LoRA");
 
@@ -80,7 +84,9 @@ fn lora_dropout_drops_columns_of_a_and_rows_of_b() {
         let logits = ld.forward(&inputs().batch(), &ctx, None, false).unwrap();
         let l = peft_core::model::loss::causal_lm_loss(&logits, &inputs().labels).unwrap();
         let g = l.backward().unwrap();
-        let of = |attr: &str| g.get(&ld.store.by_name(&format!("{Q0}.{attr}.default.weight")).unwrap().value()).unwrap().to_vec2::<f32>().unwrap();
+        let of = |attr: &str| {
+            g.get(&ld.store.by_name(&format!("{Q0}.{attr}.default.weight")).unwrap().value()).unwrap().to_vec2::<f32>().unwrap()
+        };
         (of("lora_A"), of("lora_B"))
     };
     let (ga, gb) = grads(3);
@@ -107,7 +113,8 @@ fn sora_contract() {
 #[test]
 fn sora_proximal_step_soft_thresholds_the_gates() {
     use peft_core::tuners::sora::proximal_step;
-    let cfg = json!({"peft_type": "SORA", "r": 4, "lora_alpha": 8, "sparse_lambda": 2.0, "init_weights": false, "target_modules": ["q_proj"]});
+    let cfg =
+        json!({"peft_type": "SORA", "r": 4, "lora_alpha": 8, "sparse_lambda": 2.0, "init_weights": false, "target_modules": ["q_proj"]});
     let (sora, sora_t) = inject(&cfg, 1);
     let gate = format!("{Q0}.sora_gate.default.weight");
     set(&sora, &gate, &Tensor::new(&[0.5f32, -0.05, 0.08, -1.0], &Device::Cpu).unwrap());
@@ -118,7 +125,8 @@ fn sora_proximal_step_soft_thresholds_the_gates() {
     assert_eq!(kept, vec![("default".to_string(), 6, 8)], "two of layer 0's four gates survive; layer 1's four ones shrink to 0.9");
 
     // Ranks 1 and 2 are off: the adapter is the LoRA of ranks 0 and 3 with B's columns scaled by the gates.
-    let (lora, lora_t) = inject(&json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "init_lora_weights": false, "target_modules": ["q_proj"]}), 2);
+    let (lora, lora_t) =
+        inject(&json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "init_lora_weights": false, "target_modules": ["q_proj"]}), 2);
     let (a, b) = (value(&sora, &format!("{Q0}.lora_A.default.weight")), value(&sora, &format!("{Q0}.lora_B.default.weight")));
     let keep = Tensor::new(&[0u32, 3], &Device::Cpu).unwrap();
     let g2 = Tensor::new(&[0.4f32, -0.9], &Device::Cpu).unwrap();
@@ -146,7 +154,8 @@ fn child_tuning_contract() {
 #[test]
 fn child_tuning_masks_the_gradient_not_the_forward() {
     use peft_core::tuners::WithTuners;
-    let (model, tuners) = method_contract::setup(&json!({"peft_type": "CHILD_TUNING", "child_ratio": 0.25, "target_modules": ["q_proj"]}), DType::F64);
+    let (model, tuners) =
+        method_contract::setup(&json!({"peft_type": "CHILD_TUNING", "child_ratio": 0.25, "target_modules": ["q_proj"]}), DType::F64);
     let name = format!("{Q0}.child_delta.default.weight");
     let grad_in = |training: bool| {
         let ctx = peft_core::model::Ctx::new(&model.store, false).with_tuners(&tuners);
@@ -170,4 +179,3 @@ fn child_tuning_masks_the_gradient_not_the_forward() {
     let share = kept as f64 / full.len() as f64;
     assert!((share - 0.25).abs() < 0.03, "about p_D of the entries are updated: {share}");
 }
-

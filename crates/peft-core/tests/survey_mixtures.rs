@@ -29,8 +29,12 @@ fn mov_contract() {
 #[test]
 fn molora_with_one_expert_is_lora() {
     let targets = json!(["q_proj"]);
-    let (mo, mo_t) = inject(&json!({"peft_type": "MOLORA", "r": 4, "lora_alpha": 8, "num_experts": 1, "init_weights": false, "target_modules": targets}), 1);
-    let (lora, lora_t) = inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": false, "target_modules": targets}), 2);
+    let (mo, mo_t) = inject(
+        &json!({"peft_type": "MOLORA", "r": 4, "lora_alpha": 8, "num_experts": 1, "init_weights": false, "target_modules": targets}),
+        1,
+    );
+    let (lora, lora_t) =
+        inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": false, "target_modules": targets}), 2);
     copy_q(&mo, &lora, &["lora_A", "lora_B"], |_, t| t);
     let d = max_abs_diff(&logits_with(&mo, Some(&mo_t)), &logits_with(&lora, Some(&lora_t)));
     assert!(d < 1e-5, "MoLoRA(E = 1) vs LoRA: {d}");
@@ -41,8 +45,12 @@ fn molora_with_one_expert_is_lora() {
 #[test]
 fn molora_mixes_experts_by_their_gates() {
     let targets = json!(["q_proj"]);
-    let (mo, mo_t) = inject(&json!({"peft_type": "MOLORA", "r": 2, "lora_alpha": 2, "num_experts": 2, "init_weights": false, "target_modules": targets}), 3);
-    let (lora, lora_t) = inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "init_lora_weights": false, "target_modules": targets}), 4);
+    let (mo, mo_t) = inject(
+        &json!({"peft_type": "MOLORA", "r": 2, "lora_alpha": 2, "num_experts": 2, "init_weights": false, "target_modules": targets}),
+        3,
+    );
+    let (lora, lora_t) =
+        inject(&json!({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "init_lora_weights": false, "target_modules": targets}), 4);
     copy_q(&mo, &mo, &["lora_router"], |_, r| Tensor::cat(&[r.get(0).unwrap(), r.get(0).unwrap()], 0).unwrap().reshape(r.dims()).unwrap());
     copy_q(&mo, &lora, &["lora_A", "lora_B"], |attr, t| if attr == "lora_B" { (t * 0.5).unwrap() } else { t });
     let d = max_abs_diff(&logits_with(&mo, Some(&mo_t)), &logits_with(&lora, Some(&lora_t)));
@@ -52,7 +60,8 @@ fn molora_mixes_experts_by_their_gates() {
 /// MoV with one expert is (IA)³ on the same modules (scaling outputs, no feed-forward module).
 #[test]
 fn mov_with_one_expert_is_ia3() {
-    let (mov, mov_t) = inject(&json!({"peft_type": "MOV", "num_experts": 1, "init_weights": false, "target_modules": ["k_proj", "v_proj"]}), 1);
+    let (mov, mov_t) =
+        inject(&json!({"peft_type": "MOV", "num_experts": 1, "init_weights": false, "target_modules": ["k_proj", "v_proj"]}), 1);
     let (ia3, ia3_t) = inject(&json!({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj"], "feedforward_modules": []}), 2);
     for (i, m) in [(0, "k_proj"), (0, "v_proj"), (1, "k_proj"), (1, "v_proj")] {
         let path = format!("base_model.model.model.layers.{i}.self_attn.{m}");
@@ -70,7 +79,11 @@ fn mixlora_contract() {
     println!("MixLoRA: finite differences rel err {e:e}");
     // Top-1 renormalises the one gate to 1 (MixLoRA's and Mixtral's routing): the router then learns
     // from the balance loss alone, which the contract's evaluation-mode gradients leave out.
-    let e = check(&json!({"peft_type": "MIXLORA", "r": 2, "num_experts": 4, "top_k": 2, "expert_modules": ["down_proj"], "layers_to_transform": [1]}), 0, false);
+    let e = check(
+        &json!({"peft_type": "MIXLORA", "r": 2, "num_experts": 4, "top_k": 2, "expert_modules": ["down_proj"], "layers_to_transform": [1]}),
+        0,
+        false,
+    );
     println!("MixLoRA (down_proj only, layer 1): finite differences rel err {e:e}");
 }
 
@@ -78,8 +91,12 @@ fn mixlora_contract() {
 /// i.e. a LoRA adapter on those linears with the same factors.
 #[test]
 fn mixlora_with_one_expert_is_lora_on_the_ffn() {
-    let (mix, mix_t) = inject(&json!({"peft_type": "MIXLORA", "r": 2, "lora_alpha": 4, "num_experts": 1, "top_k": 1, "init_weights": false}), 1);
-    let (lora, lora_t) = inject(&json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "init_lora_weights": false, "target_modules": ["gate_proj", "up_proj", "down_proj"]}), 2);
+    let (mix, mix_t) =
+        inject(&json!({"peft_type": "MIXLORA", "r": 2, "lora_alpha": 4, "num_experts": 1, "top_k": 1, "init_weights": false}), 1);
+    let (lora, lora_t) = inject(
+        &json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "init_lora_weights": false, "target_modules": ["gate_proj", "up_proj", "down_proj"]}),
+        2,
+    );
     for layer in 0..2 {
         for p in ["gate_proj", "up_proj", "down_proj"] {
             let path = format!("base_model.model.model.layers.{layer}.mlp.{p}");
@@ -120,7 +137,10 @@ fn mixlora_balance_loss_value_and_gradient() {
         let ctx = peft_core::model::Ctx::inference(&model.store).with_tuners(&tuners);
         let logits = model.forward(&inputs().batch(), &ctx, None, false).unwrap();
         let l = peft_core::model::loss::causal_lm_loss(&logits, &inputs().labels).unwrap();
-        assert!(peft_core::tuners::aux_loss::training_loss(l, &model, &tuners, &ctx).unwrap().1.is_empty(), "no balance loss outside training");
+        assert!(
+            peft_core::tuners::aux_loss::training_loss(l, &model, &tuners, &ctx).unwrap().1.is_empty(),
+            "no balance loss outside training"
+        );
     }
 
     // The balance term's gradient (through the mean router probabilities) by f64 finite differences.
@@ -159,4 +179,3 @@ fn mixlora_config_errors_name_the_key() {
         assert!(e.contains(key), "{cfg}: {e}");
     }
 }
-

@@ -54,7 +54,10 @@ fn fusion_of_an_adapter_with_itself_is_that_adapter() {
     assert!(max_abs_diff(&ac, &a) > 1e-4 && max_abs_diff(&ac, &c) > 1e-4, "fusion(a, c) is neither a nor c");
     let trained: Vec<String> = tuners.params("ac").unwrap().into_iter().map(|id| model.store.get(id).name.clone()).collect();
     assert_eq!(trained.len(), 3 * 2, "Q, K, V at the 2 MLP sublayers: {trained:?}");
-    assert!(trained.iter().all(|n| n.contains(".fusion_query.") || n.contains(".fusion_key.") || n.contains(".fusion_value.")), "{trained:?}");
+    assert!(
+        trained.iter().all(|n| n.contains(".fusion_query.") || n.contains(".fusion_key.") || n.contains(".fusion_value.")),
+        "{trained:?}"
+    );
     for n in ["a", "b", "c"] {
         tuners.delete_adapter(&mut model, n).unwrap();
     }
@@ -192,7 +195,12 @@ fn adamix_routes_in_training_and_averages_at_inference() {
     let p = "base_model.model.model.layers.0.mlp";
     let stacked = |attr: &str| value(&mix, &format!("{p}.{attr}.default.weight"));
     let as_bottleneck = |route: Option<(usize, usize)>| {
-        for (attr, target, expert) in [("adamix_down", "adapter_down.default.weight", 0), ("adamix_down_bias", "adapter_down.default.bias", 0), ("adamix_up", "adapter_up.default.weight", 1), ("adamix_up_bias", "adapter_up.default.bias", 1)] {
+        for (attr, target, expert) in [
+            ("adamix_down", "adapter_down.default.weight", 0),
+            ("adamix_down_bias", "adapter_down.default.bias", 0),
+            ("adamix_up", "adapter_up.default.weight", 1),
+            ("adamix_up_bias", "adapter_up.default.bias", 1),
+        ] {
             let t = stacked(attr);
             let v = match route {
                 None => t.mean(0).unwrap(),
@@ -209,7 +217,8 @@ fn adamix_routes_in_training_and_averages_at_inference() {
     for seed in 0..8 {
         let ctx = Ctx::inference(&mix.store).training(seed).with_tuners(&mix_t);
         let train = mix.forward(&inputs().batch(), &ctx, None, false).unwrap();
-        let hit = routes.iter().position(|r| max_abs_diff(&train, r) < 1e-5).unwrap_or_else(|| panic!("seed {seed}: not one of the 4 routes"));
+        let hit =
+            routes.iter().position(|r| max_abs_diff(&train, r) < 1e-5).unwrap_or_else(|| panic!("seed {seed}: not one of the 4 routes"));
         seen.insert(hit);
     }
     assert!(seen.len() >= 2, "routes drawn over 8 seeds: {seen:?}");
@@ -287,7 +296,10 @@ fn idpg_starts_as_prompt_tuning() {
     let d = max_abs_diff(&logits_with(&g, Some(&g_t)), &logits_with(&pt, Some(&pt_t)));
     assert!(d < 1e-6, "IDPG(W_up = 0) vs prompt tuning: {d}");
     let keys: Vec<String> = g_t.checkpoint_keys(&g, "default").unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, ["prompt_embeddings", "prompt_encoder.idpg_down.weight", "prompt_encoder.idpg_down_bias.weight", "prompt_encoder.idpg_up.weight"]);
+    assert_eq!(
+        keys,
+        ["prompt_embeddings", "prompt_encoder.idpg_down.weight", "prompt_encoder.idpg_down_bias.weight", "prompt_encoder.idpg_up.weight"]
+    );
 }
 
 #[test]
@@ -305,14 +317,25 @@ fn prefix_propagation_offsets_the_prefix_positions_only() {
     let d = max_abs_diff(&logits_with(&pp, Some(&pp_t)), &logits_with(&pt, Some(&pt_t)));
     assert!(d < 1e-6, "zero offsets vs prompt tuning: {d}");
     let keys: Vec<String> = pp_t.checkpoint_keys(&pp, "default").unwrap().into_iter().map(|(k, _)| k).collect();
-    assert_eq!(keys, ["prompt_embeddings", "base_model.model.model.layers.0.mlp.prefix_propagation.weight"], "P₀, and P₁ before the last of 2 layers");
+    assert_eq!(
+        keys,
+        ["prompt_embeddings", "base_model.model.model.layers.0.mlp.prefix_propagation.weight"],
+        "P₀, and P₁ before the last of 2 layers"
+    );
 
-    let (model, tuners) = method_contract::setup(&json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3, "init_weights": false}), candle_core::DType::F64);
+    let (model, tuners) = method_contract::setup(
+        &json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3, "init_weights": false}),
+        candle_core::DType::F64,
+    );
     let without = {
-        let (m, t) = prompt_tuning_with(&value(&model, "prompt_encoder.default.embedding.weight").to_dtype(candle_core::DType::F32).unwrap());
+        let (m, t) =
+            prompt_tuning_with(&value(&model, "prompt_encoder.default.embedding.weight").to_dtype(candle_core::DType::F32).unwrap());
         logits_with(&m, Some(&t))
     };
-    assert!(max_abs_diff(&logits_with(&model, Some(&tuners)).to_dtype(candle_core::DType::F32).unwrap(), &without) > 1e-4, "the offsets change the output");
+    assert!(
+        max_abs_diff(&logits_with(&model, Some(&tuners)).to_dtype(candle_core::DType::F32).unwrap(), &without) > 1e-4,
+        "the offsets change the output"
+    );
     let row: Vec<u32> = inputs().input_ids[0].iter().take(8).copied().collect();
     let (_, diff) = cached_decoding_diff(&model, &tuners, &row);
     assert!(diff < 1e-10, "cached decoding vs full pass: {diff}");

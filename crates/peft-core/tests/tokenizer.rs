@@ -202,10 +202,7 @@ fn gguf_pre_tokenizer_flavours() {
     // SmolLM: digits one by one, then GPT-2 ByteLevel.
     let smollm = Tokenizer::from_gguf(&fixture_spec(Some("smollm")), path).unwrap();
     let pieces = decoded(&smollm, "in 2024 and 1.5");
-    assert!(
-        pieces.iter().filter(|p| p.chars().any(|c| c.is_ascii_digit())).all(|p| p.chars().count() == 1),
-        "{pieces:?}"
-    );
+    assert!(pieces.iter().filter(|p| p.chars().any(|c| c.is_ascii_digit())).all(|p| p.chars().count() == 1), "{pieces:?}");
     assert_eq!(pieces.concat(), "in 2024 and 1.5");
     // Llama 3: numbers in groups of up to three; BOS by default.
     let mut spec = fixture_spec(Some("llama-bpe"));
@@ -416,10 +413,7 @@ fn llama3_template_with_bos_strip_and_raise_exception() {
     let want = "<|begin_of_text|>\n<|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>\n\
                 <|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>\n";
     assert_eq!(tok.apply_chat_template(&chat, false).unwrap(), want);
-    assert_eq!(
-        tok.apply_chat_template(&chat, true).unwrap(),
-        format!("{want}<|start_header_id|>assistant<|end_header_id|>\n\n\n")
-    );
+    assert_eq!(tok.apply_chat_template(&chat, true).unwrap(), format!("{want}<|start_header_id|>assistant<|end_header_id|>\n\n\n"));
     let err = tok.apply_chat_template(&msgs(&[("robot", "beep")]), false).unwrap_err();
     assert!(matches!(&err, Error::Template { message } if message == "Unknown role: robot"), "{err}");
     let err = tok.apply_chat_template(&msgs(&[("user", "!cmd")]), false).unwrap_err();
@@ -428,8 +422,7 @@ fn llama3_template_with_bos_strip_and_raise_exception() {
     let tok = with_template(
         "{% for m in messages %}{{ m.content.strip().upper() }}|{{ m.content.split(',') | length }}|{{ m.name | default('-') }}\n{% endfor %}",
     );
-    let chat =
-        vec![json!({"role": "user", "content": " a,b,c ", "name": "ann"}), json!({"role": "user", "content": "x"})];
+    let chat = vec![json!({"role": "user", "content": " a,b,c ", "name": "ann"}), json!({"role": "user", "content": "x"})];
     assert_eq!(tok.apply_chat_template(&chat, false).unwrap(), "A,B,C|3|ann\nX|1|-\n");
 }
 
@@ -461,10 +454,7 @@ fn template_errors_are_clear() {
     let broken = with_template("{% for m in messages %}\n{{ m.content }\n{% endfor %}");
     assert!(broken.chat_template().is_some(), "a broken template still loads");
     let err = broken.apply_chat_template(&msgs(&[("user", "x")]), false).unwrap_err();
-    assert!(
-        matches!(&err, Error::Template { message } if message.contains("syntax error") && message.contains("line 2")),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::Template { message } if message.contains("syntax error") && message.contains("line 2")), "{err}");
     let runtime = with_template("{{ messages[0].content.nosuchmethod() }}");
     let err = runtime.apply_chat_template(&msgs(&[("user", "x")]), false).unwrap_err();
     assert!(matches!(&err, Error::Template { message } if message.contains("line 1")), "{err}");
@@ -552,9 +542,7 @@ fn bad_input_gives_clear_errors() {
     assert!(Tokenizer::from_gguf(&spec, gguf).is_err());
     assert!(Tokenizer::from_gguf(&GgufTokenizerSpec { model: "gpt2".into(), ..Default::default() }, gguf).is_err());
     let spm = GgufTokenizerSpec { model: "llama".into(), tokens: vec!["a".into()], ..Default::default() };
-    assert!(
-        matches!(Tokenizer::from_gguf(&spm, gguf), Err(Error::Tokenizer { message, .. }) if message.contains("scores"))
-    );
+    assert!(matches!(Tokenizer::from_gguf(&spm, gguf), Err(Error::Tokenizer { message, .. }) if message.contains("scores")));
 }
 
 /// Found by tests/fuzz.rs: the tokenizers crate unwraps inside its decoder deserializer, so a

@@ -61,13 +61,21 @@ fn without_saved_projections_they_are_regenerated_from_the_key() {
     assert!(keys.keys().all(|k| k.contains("vera_lambda_")));
     // A file that has them while the config says not to save them: PEFT would warn and use the
     // file's; the file must match the config here.
-    let e = load_adapter(&mut Tuners::new(), &mut load_model(), &{
-        let d2 = tmp("noproj-extra");
-        std::fs::create_dir_all(&d2).unwrap();
-        std::fs::write(d2.join(CONFIG_NAME), serde_json::to_string(&cfg).unwrap()).unwrap();
-        std::fs::copy(case_dir("vera").join(WEIGHTS_NAME), d2.join(WEIGHTS_NAME)).unwrap();
-        d2
-    }, "default", false).unwrap_err().to_string();
+    let e = load_adapter(
+        &mut Tuners::new(),
+        &mut load_model(),
+        &{
+            let d2 = tmp("noproj-extra");
+            std::fs::create_dir_all(&d2).unwrap();
+            std::fs::write(d2.join(CONFIG_NAME), serde_json::to_string(&cfg).unwrap()).unwrap();
+            std::fs::copy(case_dir("vera").join(WEIGHTS_NAME), d2.join(WEIGHTS_NAME)).unwrap();
+            d2
+        },
+        "default",
+        false,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("base_model.vera_A") && e.contains("unexpected"), "{e}");
     for p in [d, out, tmp("noproj-extra")] {
         let _ = std::fs::remove_dir_all(p);
@@ -110,7 +118,10 @@ fn vera_gradients_merge_and_disable() {
 fn vera_finite_differences_in_f64() {
     let (mut model, tuners) = setup(DType::F64);
     loss_with(&mut model, Some(&tuners), true);
-    for name in ["base_model.model.model.layers.0.mlp.up_proj.vera_lambda_d.default", "base_model.model.model.layers.1.self_attn.v_proj.vera_lambda_b.default"] {
+    for name in [
+        "base_model.model.model.layers.0.mlp.up_proj.vera_lambda_d.default",
+        "base_model.model.model.layers.1.self_attn.v_proj.vera_lambda_b.default",
+    ] {
         let err = fd_error(&mut model, &tuners, name, loss64);
         println!("{name}: finite-difference rel err {err:e}");
         assert!(err < 1e-6, "{name}: {err}");

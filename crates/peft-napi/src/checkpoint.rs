@@ -11,7 +11,8 @@ pub struct LentModel(pub Weak<RwLock<Option<ModelState>>>);
 
 impl ModelAccess for LentModel {
     fn with_model(&self, f: &mut dyn FnMut(&CausalLm, Option<&dyn ModelHooks>) -> Result<()>) -> Result<()> {
-        let gone = || Error::Unsupported("gradient checkpointing: the model was disposed before the backward that recomputes its layers".into());
+        let gone =
+            || Error::Unsupported("gradient checkpointing: the model was disposed before the backward that recomputes its layers".into());
         let model = self.0.upgrade().ok_or_else(gone)?;
         let guard = model.read().unwrap_or_else(|e| e.into_inner());
         let m = guard.as_ref().ok_or_else(gone)?;

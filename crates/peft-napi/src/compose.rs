@@ -1,8 +1,8 @@
 //! Combining adapters on a model handle: PEFT's `add_weighted_adapter`, LoRAHub's
 //! element-wise composition, and the inference-mode loss its search evaluates.
+use crate::batch::BatchInput;
 use crate::error::{invalid, Result};
 use crate::job::{NumberJob, WarningsJob};
-use crate::batch::BatchInput;
 use crate::model::{with_model, with_model_mut, NativeModel};
 use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
@@ -26,10 +26,22 @@ pub struct WeightedAdapterOptions {
 impl NativeModel {
     /// Adds adapter `name`, the weighted combination of `adapters`; returns warnings.
     #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
-    pub fn add_weighted_adapter(&self, adapters: Vec<String>, weights: Vec<f64>, name: String, options: Option<WeightedAdapterOptions>) -> Result<AsyncTask<WarningsJob>> {
+    pub fn add_weighted_adapter(
+        &self,
+        adapters: Vec<String>,
+        weights: Vec<f64>,
+        name: String,
+        options: Option<WeightedAdapterOptions>,
+    ) -> Result<AsyncTask<WarningsJob>> {
         let d = WeightedOptions::default();
         let o = options.unwrap_or(WeightedAdapterOptions {
-            combination_type: None, svd_rank: None, svd_clamp: None, svd_full_matrices: None, density: None, majority_sign_method: None, seed: None,
+            combination_type: None,
+            svd_rank: None,
+            svd_clamp: None,
+            svd_full_matrices: None,
+            density: None,
+            majority_sign_method: None,
+            seed: None,
         });
         let seed = o.seed.unwrap_or(0);
         if seed < 0 {

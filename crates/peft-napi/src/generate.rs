@@ -1,8 +1,8 @@
 //! Generation, whole or streamed token by token, cancellable between steps.
 use crate::error::Result;
 use crate::job::IdsJob;
-use napi::bindgen_prelude::AsyncTask;
 use crate::model::{with_model, NativeModel};
+use napi::bindgen_prelude::AsyncTask;
 use napi::bindgen_prelude::Unknown;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
@@ -88,7 +88,11 @@ impl NativeModel {
                         let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();
                         cb.call(row, ThreadsafeFunctionCallMode::Blocking);
                     }
-                    if flag.load(Ordering::SeqCst) { Flow::Stop } else { Flow::Continue }
+                    if flag.load(Ordering::SeqCst) {
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    }
                 };
                 generate(&m.llama, &ctx, &prompts, &opts, &mut step)
             })

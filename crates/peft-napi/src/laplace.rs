@@ -1,9 +1,9 @@
 //! Laplace-LoRA on a model handle (peft-core `tuners::laplace`): a fit that JS feeds batch by
 //! batch (each batch a job off the JS thread, so an AbortSignal stops it between batches), the
 //! posterior it ends in, predictions, and the posterior's files.
+use crate::batch::{rows, BatchInput};
 use crate::error::{closed, invalid, to_js, Result};
 use crate::job::{Float32Job, UnitJob};
-use crate::batch::{rows, BatchInput};
 use crate::model::{with_model, with_model_mut, NativeModel};
 use napi::bindgen_prelude::{AsyncTask, Uint32Array, Uint8Array};
 use napi_derive::napi;
@@ -49,8 +49,20 @@ pub struct LaplaceSummary {
 impl NativeModel {
     /// Starts a fit over `adapter`'s LoRA matrices (options: hessian, maxFactorSide, factorRank, seed).
     #[napi]
-    pub fn laplace_begin(&self, adapter: String, hessian: String, max_factor_side: u32, factor_rank: u32, seed: u32) -> Result<NativeLaplace> {
-        let options = FitOptions { curvature: Curvature::parse(&hessian).map_err(to_js)?, max_factor_side: max_factor_side as usize, factor_rank: factor_rank as usize, seed: seed as u64 };
+    pub fn laplace_begin(
+        &self,
+        adapter: String,
+        hessian: String,
+        max_factor_side: u32,
+        factor_rank: u32,
+        seed: u32,
+    ) -> Result<NativeLaplace> {
+        let options = FitOptions {
+            curvature: Curvature::parse(&hessian).map_err(to_js)?,
+            max_factor_side: max_factor_side as usize,
+            factor_rank: factor_rank as usize,
+            seed: seed as u64,
+        };
         let fit = with_model(&self.inner, |m| LaplaceFit::new(&m.llama, &m.tuners, &adapter, options))?;
         Ok(NativeLaplace { state: Arc::new(Mutex::new(State { fit: Some(fit), posterior: None })) })
     }
@@ -86,13 +98,33 @@ impl NativeModel {
     pub fn laplace_summary(&self, fit: &NativeLaplace) -> Result<LaplaceSummary> {
         let p = fit.posterior()?;
         let lml = with_model(&self.inner, |m| p.log_marginal_likelihood(&m.llama, p.prior_precision))?;
-        Ok(LaplaceSummary { adapter: p.adapter.clone(), prior_precision: p.prior_precision, log_marginal_likelihood: lml, hessian: p.hessian.clone(), tokens: p.tokens as u32, max_factor_side: p.max_factor_side as u32, factor_rank: p.factor_rank as u32 })
+        Ok(LaplaceSummary {
+            adapter: p.adapter.clone(),
+            prior_precision: p.prior_precision,
+            log_marginal_likelihood: lml,
+            hessian: p.hessian.clone(),
+            tokens: p.tokens as u32,
+            max_factor_side: p.max_factor_side as u32,
+            factor_rank: p.factor_rank as u32,
+        })
     }
 
     /// Probabilities [positions, width] then, for "glm", the logit variances of the same shape.
     #[napi(ts_return_type = "Promise<Float32Array>")]
     #[allow(clippy::too_many_arguments)]
-    pub fn laplace_predict(&self, fit: &NativeLaplace, ids: Uint32Array, batch: u32, seq: u32, attention_mask: Option<Uint8Array>, positions: Option<Vec<Vec<u32>>>, targets: Option<Vec<u32>>, method: String, samples: u32, seed: u32) -> Result<AsyncTask<Float32Job>> {
+    pub fn laplace_predict(
+        &self,
+        fit: &NativeLaplace,
+        ids: Uint32Array,
+        batch: u32,
+        seq: u32,
+        attention_mask: Option<Uint8Array>,
+        positions: Option<Vec<Vec<u32>>>,
+        targets: Option<Vec<u32>>,
+        method: String,
+        samples: u32,
+        seed: u32,
+    ) -> Result<AsyncTask<Float32Job>> {
         let (b, t) = (batch as usize, seq as usize);
         let mut input = Batch::new(rows(&ids, b, t, "inputIds")?);
         if let Some(m) = attention_mask {
@@ -131,7 +163,9 @@ impl NativeModel {
 
 fn at_batch(i: u32, e: peft_core::Error) -> peft_core::Error {
     match e {
-        peft_core::Error::InvalidArgument { name, expected, found } => peft_core::Error::InvalidArgument { name: format!("batches[{i}].{name}"), expected, found },
+        peft_core::Error::InvalidArgument { name, expected, found } => {
+            peft_core::Error::InvalidArgument { name: format!("batches[{i}].{name}"), expected, found }
+        }
         e => e,
     }
 }

@@ -1,13 +1,13 @@
 //! The model handle: loading, forward (with the loss), parameters.
+use crate::batch::{BatchInput, ForwardOptions};
 use crate::error::{closed, invalid, to_js, Result};
 use crate::job::{ModelJob, TensorsJob};
 use crate::tensor::NativeTensor;
-use peft_core::dtype::name as dtype_name;
 use candle_core::{DType, Device};
-use crate::batch::{BatchInput, ForwardOptions};
 use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::model::{Checkpointing, CausalLm, LoadOptions};
+use peft_core::dtype::name as dtype_name;
+use peft_core::model::{CausalLm, Checkpointing, LoadOptions};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -34,9 +34,8 @@ pub fn parse_device(s: Option<&str>) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         d if d == "cuda" || d.starts_with("cuda:") => {
             let ordinal: usize = d.strip_prefix("cuda:").map_or(Ok(0), str::parse).map_err(|_| invalid("device", "\"cuda:N\"", d))?;
-            Device::new_cuda(ordinal).map_err(|e| {
-                invalid("device", "a device this build supports", format!("{d:?} ({e}); install the CUDA build of peft-node"))
-            })
+            Device::new_cuda(ordinal)
+                .map_err(|e| invalid("device", "a device this build supports", format!("{d:?} ({e}); install the CUDA build of peft-node")))
         }
         other => Err(invalid("device", "\"cpu\", \"cuda\" or \"cuda:N\"", format!("{other:?}"))),
     }
@@ -144,8 +143,11 @@ impl NativeModel {
                 let spec = m.tokenizer.as_ref().map(|t| t.gguf_spec(m.llama.config.vocab_size)).transpose()?;
                 let ids: std::collections::HashMap<&str, _> = m.llama.store.iter().map(|(id, p)| (p.name.as_str(), id)).collect();
                 let file = std::path::Path::new(&path);
-                let source = |hf: &str| ids.get(hf).map(|&id| m.llama.store.get(id).value().clone())
-                    .ok_or_else(|| peft_core::Error::MissingWeight { file: file.into(), name: hf.to_string() });
+                let source = |hf: &str| {
+                    ids.get(hf)
+                        .map(|&id| m.llama.store.get(id).value().clone())
+                        .ok_or_else(|| peft_core::Error::MissingWeight { file: file.into(), name: hf.to_string() })
+                };
                 peft_core::io::gguf::write_gguf(file, &m.llama.config, source, out, spec.as_ref())
             })
         }))
@@ -161,15 +163,20 @@ impl NativeModel {
     pub fn parameters(&self) -> Result<Vec<ParamInfo>> {
         with_model(&self.inner, |m| {
             let peft_names = m.tuners.peft_names(m.llama.store.iter().map(|(_, p)| p.name.as_str()));
-            Ok(m.llama.store.iter().zip(peft_names).map(|((_, p), peft_name)| ParamInfo {
-                name: p.name.clone(),
-                shape: p.dims().iter().map(|d| *d as u32).collect(),
-                dtype: dtype_name(p.dtype()).into(),
-                storage: p.quantized().map(|q| format!("{:?}", q.dtype())),
-                requires_grad: p.requires_grad(),
-                has_grad: p.grad.is_some(),
-                peft_name,
-            }).collect())
+            Ok(m.llama
+                .store
+                .iter()
+                .zip(peft_names)
+                .map(|((_, p), peft_name)| ParamInfo {
+                    name: p.name.clone(),
+                    shape: p.dims().iter().map(|d| *d as u32).collect(),
+                    dtype: dtype_name(p.dtype()).into(),
+                    storage: p.quantized().map(|q| format!("{:?}", q.dtype())),
+                    requires_grad: p.requires_grad(),
+                    has_grad: p.grad.is_some(),
+                    peft_name,
+                })
+                .collect())
         })
     }
 
@@ -191,7 +198,9 @@ impl NativeModel {
     /// they are already included in that forward's loss. Empty when no method adds one.
     #[napi]
     pub fn aux_losses(&self) -> Result<HashMap<String, f64>> {
-        with_model(&self.inner, |m| Ok(m.last_aux_losses.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()))
+        with_model(&self.inner, |m| {
+            Ok(m.last_aux_losses.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect())
+        })
     }
 
     #[napi]

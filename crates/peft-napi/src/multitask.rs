@@ -21,7 +21,11 @@ impl NativeModel {
                     "adapter-fusion" => m.tuners.add_fusion_adapter(&mut m.llama, &names, &name),
                     "mole" => m.tuners.add_mole_adapter(&mut m.llama, &names, &name),
                     "adapter-soup" => m.tuners.add_soup_adapter(&mut m.llama, &names, &name),
-                    other => Err(peft_core::error::Error::arg("method", "\"adapter-fusion\", \"mole\" or \"adapter-soup\"", format!("\"{other}\""))),
+                    other => Err(peft_core::error::Error::arg(
+                        "method",
+                        "\"adapter-fusion\", \"mole\" or \"adapter-soup\"",
+                        format!("\"{other}\""),
+                    )),
                 }
             })
         }))

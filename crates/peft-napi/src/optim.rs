@@ -2,9 +2,9 @@
 //! TypeScript optimizer owns (and serialises in its state dict).
 use crate::error::{to_js, Result};
 use crate::job::{NumberJob, OptionalTensorJob, UnitJob};
-use napi::bindgen_prelude::AsyncTask;
 use crate::model::{with_model, with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
+use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
 use peft_core::optim::{self, AdamWHyper, SgdHyper};
 
@@ -36,7 +36,13 @@ impl NativeModel {
     }
 
     #[napi]
-    pub fn adamw_step(&self, name: String, exp_avg: &NativeTensor, exp_avg_sq: &NativeTensor, args: AdamWArgs) -> Result<AsyncTask<UnitJob>> {
+    pub fn adamw_step(
+        &self,
+        name: String,
+        exp_avg: &NativeTensor,
+        exp_avg_sq: &NativeTensor,
+        args: AdamWArgs,
+    ) -> Result<AsyncTask<UnitJob>> {
         let (m_handle, v_handle) = (exp_avg.share(), exp_avg_sq.share());
         let (mut m, mut v) = (exp_avg.get()?, exp_avg_sq.get()?);
         let shared = self.inner.clone();
@@ -54,7 +60,13 @@ impl NativeModel {
         let handle = momentum_buffer.map(NativeTensor::share);
         let mut buf = momentum_buffer.map(NativeTensor::get).transpose()?;
         let shared = self.inner.clone();
-        let h = SgdHyper { lr: args.lr, momentum: args.momentum, dampening: args.dampening, weight_decay: args.weight_decay, nesterov: args.nesterov };
+        let h = SgdHyper {
+            lr: args.lr,
+            momentum: args.momentum,
+            dampening: args.dampening,
+            weight_decay: args.weight_decay,
+            nesterov: args.nesterov,
+        };
         Ok(OptionalTensorJob::spawn(move || {
             with_model(&shared, |s| optim::sgd_step(s.llama.store.by_name(&name)?, &mut buf, &h))?;
             match (handle, buf) {
@@ -72,9 +84,7 @@ impl NativeModel {
     #[napi]
     pub fn grad_sq_sum(&self, names: Vec<String>) -> Result<AsyncTask<NumberJob>> {
         let shared = self.inner.clone();
-        Ok(NumberJob::spawn(move || {
-            with_model(&shared, |s| names.iter().map(|n| optim::grad_sq_sum(s.llama.store.by_name(n)?)).sum())
-        }))
+        Ok(NumberJob::spawn(move || with_model(&shared, |s| names.iter().map(|n| optim::grad_sq_sum(s.llama.store.by_name(n)?)).sum())))
     }
 
     #[napi]

@@ -1,7 +1,7 @@
 //! Adapters on a model handle: inject, load, save, switch, merge, unload. The model is
 //! modified in place, as PEFT's `inject_adapter` does; the TS `PeftModel` wraps the handle.
 use crate::error::Result;
-use crate::job::{WarningsJob, UnitJob};
+use crate::job::{UnitJob, WarningsJob};
 use crate::model::{with_model, with_model_mut, NativeModel};
 use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
@@ -21,8 +21,8 @@ impl NativeModel {
         let shared = self.inner.clone();
         Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
-                let value: serde_json::Value = serde_json::from_str(&config_json)
-                    .map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&config_json).map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
                 let (mut config, mut warnings) = parse_config(&value, Some(&config_json), Path::new("(config)"))?;
                 config.set_base_model_name_or_path(Some(m.source.clone()));
                 let report = m.tuners.inject(&mut m.llama, &name, config, seed as u64)?;
@@ -52,7 +52,11 @@ impl NativeModel {
             with_model(&shared, |m| {
                 let dir = PathBuf::from(&dir);
                 if dir.is_file() {
-                    return Err(peft_core::Error::arg("dir", "a folder to save the adapter in", format!("{} (an existing file)", dir.display())));
+                    return Err(peft_core::Error::arg(
+                        "dir",
+                        "a folder to save the adapter in",
+                        format!("{} (an existing file)", dir.display()),
+                    ));
                 }
                 adapter::save_pretrained(&m.tuners, &m.llama, &dir, names_ref(&names).as_deref()).map(|_| ())
             })
@@ -165,4 +169,3 @@ impl NativeModel {
         with_model(&self.inner, |m| Ok(m.training))
     }
 }
-

@@ -1,9 +1,9 @@
 //! Training procedures of the survey methods on a model handle, run by the Trainer as SoRA's
 //! proximal step: FAR's node selection, LT-SFT's lottery step and PeriodicLoRA's restart after
 //! an optimizer step, and Fish-Dip's Fisher mask before the step's forward.
+use crate::batch::BatchInput;
 use crate::error::Result;
 use crate::model::{with_model, NativeModel};
-use crate::batch::BatchInput;
 use napi_derive::napi;
 use peft_core::tuners::{far, fish_dip, lt_sft, periodic_lora};
 

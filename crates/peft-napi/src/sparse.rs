@@ -1,14 +1,16 @@
 //! Sparse masks on a model handle: the Fisher estimate that chooses a "fisher" mask, and
 //! adding a SPARSE_MASK adapter with those scores. The scores stay native (one tensor per
 //! targeted weight), passed to the adapter by handle.
+use crate::batch::BatchInput;
 use crate::error::{closed, Result};
 use crate::job::{FisherJob, WarningsJob};
-use crate::batch::BatchInput;
 use crate::model::{with_model_mut, NativeModel};
 use crate::tensor::NativeTensor;
 use napi::bindgen_prelude::AsyncTask;
 use napi_derive::napi;
-use peft_core::tuners::sparse_mask::{estimate_fisher_until, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig};
+use peft_core::tuners::sparse_mask::{
+    estimate_fisher_until, fisher_targets, inject_with_fisher, FisherBatch, FisherScores, MaskType, SparseMaskConfig,
+};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -67,7 +69,8 @@ impl NativeModel {
         crate::cancel::register(&env, &exiting);
         Ok(FisherJob::spawn(move || {
             with_model_mut(&shared, |m| {
-                let value: serde_json::Value = serde_json::from_str(&options_json).map_err(|e| peft_core::Error::arg("options", "a JSON object", e))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&options_json).map_err(|e| peft_core::Error::arg("options", "a JSON object", e))?;
                 let source = Path::new("(estimateFisher options)");
                 let (spec, warnings) = fisher_targets(&value, source)?;
                 let cancelled = || exiting.load(std::sync::atomic::Ordering::SeqCst);
@@ -79,15 +82,26 @@ impl NativeModel {
 
     /// `add_adapter` for a SPARSE_MASK config whose mask is chosen from `fisher`.
     #[napi(ts_return_type = "Promise<Array<NativeWarning>>")]
-    pub fn add_sparse_mask_adapter(&self, name: String, config_json: String, seed: i64, fisher: &NativeFisherScores) -> Result<AsyncTask<WarningsJob>> {
+    pub fn add_sparse_mask_adapter(
+        &self,
+        name: String,
+        config_json: String,
+        seed: i64,
+        fisher: &NativeFisherScores,
+    ) -> Result<AsyncTask<WarningsJob>> {
         let shared = self.inner.clone();
         let scores = fisher.scores()?;
         Ok(WarningsJob::spawn(move || {
             with_model_mut(&shared, |m| {
-                let value: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&config_json).map_err(|e| peft_core::Error::arg("config", "a JSON object", e))?;
                 let (config, mut warnings) = SparseMaskConfig::from_value(&value, Path::new("(config)"))?;
                 if config.mask_type != MaskType::Fisher {
-                    warnings.push(peft_core::Warning::new(peft_core::WarningCode::IgnoredField, "mask_type", "the Fisher scores are not used: `mask_type` is not \"fisher\""));
+                    warnings.push(peft_core::Warning::new(
+                        peft_core::WarningCode::IgnoredField,
+                        "mask_type",
+                        "the Fisher scores are not used: `mask_type` is not \"fisher\"",
+                    ));
                 }
                 let mut config = config;
                 peft_core::tuners::TunerConfig::set_base_model_name_or_path(&mut config, Some(m.source.clone()));

@@ -62,7 +62,12 @@ pub struct DTypeInfo {
 pub fn dtypes() -> Vec<DTypeInfo> {
     peft_core::dtype::DTYPES
         .iter()
-        .map(|d| DTypeInfo { name: d.name.into(), aliases: d.aliases.iter().map(|a| a.to_string()).collect(), storage: d.storage.into(), bytes: d.bytes as u32 })
+        .map(|d| DTypeInfo {
+            name: d.name.into(),
+            aliases: d.aliases.iter().map(|a| a.to_string()).collect(),
+            storage: d.storage.into(),
+            bytes: d.bytes as u32,
+        })
         .collect()
 }
 
@@ -103,15 +108,20 @@ impl NativeTensor {
     #[napi]
     pub fn backward(&self, retain_graph: Option<bool>) -> Result<AsyncTask<UnitJob>> {
         let t = self.get()?;
-        let owner = self.owner.clone().ok_or_else(|| {
-            to_js(peft_core::Error::arg("tensor", "a loss produced by a model's forward", "a tensor with no model"))
-        })?;
+        let owner = self
+            .owner
+            .clone()
+            .ok_or_else(|| to_js(peft_core::Error::arg("tensor", "a loss produced by a model's forward", "a tensor with no model")))?;
         // Before the checks below: a freed loss is detached, and would read as "no trainable parameter".
         if self.graph.as_ref().is_some_and(|g| g.is_freed()) {
             return Err(graph_freed());
         }
         if t.elem_count() != 1 {
-            return Err(to_js(peft_core::Error::arg("tensor", "a scalar (one element) to backpropagate from", format!("shape {:?}", t.dims()))));
+            return Err(to_js(peft_core::Error::arg(
+                "tensor",
+                "a scalar (one element) to backpropagate from",
+                format!("shape {:?}", t.dims()),
+            )));
         }
         if !t.track_op() {
             return Err(to_js(peft_core::Error::arg(

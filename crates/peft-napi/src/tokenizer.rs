@@ -99,7 +99,12 @@ impl NativeTokenizer {
 
     /// As `apply_chat_template`, rendered on the libuv pool (for long conversations or costly templates).
     #[napi(ts_return_type = "Promise<string>")]
-    pub fn apply_chat_template_async(&self, messages_json: String, add_generation_prompt: bool, extra_json: Option<String>) -> Result<AsyncTask<StringJob>> {
+    pub fn apply_chat_template_async(
+        &self,
+        messages_json: String,
+        add_generation_prompt: bool,
+        extra_json: Option<String>,
+    ) -> Result<AsyncTask<StringJob>> {
         let t = self.get()?;
         Ok(StringJob::spawn(move || render_chat(&t, &messages_json, add_generation_prompt, extra_json.as_deref())))
     }
@@ -118,9 +123,8 @@ impl NativeTokenizer {
 fn render_chat(t: &Tokenizer, messages_json: &str, add_generation_prompt: bool, extra_json: Option<&str>) -> Result<String> {
     let messages: Vec<serde_json::Value> =
         serde_json::from_str(messages_json).map_err(|e| invalid("messages", "an array of {role, content} objects", e))?;
-    let extra: Option<serde_json::Map<String, serde_json::Value>> = extra_json
-        .map(|s| serde_json::from_str(s).map_err(|e| invalid("options", "an object of template variables", e)))
-        .transpose()?;
+    let extra: Option<serde_json::Map<String, serde_json::Value>> =
+        extra_json.map(|s| serde_json::from_str(s).map_err(|e| invalid("options", "an object of template variables", e))).transpose()?;
     t.apply_chat_template_with(&messages, add_generation_prompt, extra.as_ref()).map_err(to_js)
 }
 

@@ -127,7 +127,11 @@ pub(super) fn resolve(r: &Reader, model_type: &str, head_dim: usize, hidden: usi
             let factor = partial_rotary_factor(r)?;
             a.rotary_dim = (head_dim as f64 * factor) as usize;
             if a.rotary_dim == 0 || a.rotary_dim % 2 != 0 || a.rotary_dim > head_dim {
-                return Err(r.invalid("partial_rotary_factor", &format!("a fraction of head_dim ({head_dim}) giving an even number of rotated dims"), factor.to_string()));
+                return Err(r.invalid(
+                    "partial_rotary_factor",
+                    &format!("a fraction of head_dim ({head_dim}) giving an even number of rotated dims"),
+                    factor.to_string(),
+                ));
             }
         }
         "gemma3_text" => {
@@ -143,14 +147,17 @@ pub(super) fn resolve(r: &Reader, model_type: &str, head_dim: usize, hidden: usi
             a.attn_scale = scalar.powf(-0.5);
             a.final_logit_softcapping = r.opt_f64("final_logit_softcapping")?;
             if let Some(cap) = r.opt_f64("attn_logit_softcapping")? {
-                return Err(r.invalid("attn_logit_softcapping", "null (attention soft-capping is Gemma 2's, not supported)", cap.to_string()));
+                return Err(r.invalid(
+                    "attn_logit_softcapping",
+                    "null (attention soft-capping is Gemma 2's, not supported)",
+                    cap.to_string(),
+                ));
             }
             a.local_rope_theta = Some(local_rope_theta(r)?);
             // Gemma3TextConfig: layer i slides unless (i + 1) is a multiple of the pattern.
             let pattern = r.opt_usize("sliding_window_pattern")?.or(r.opt_usize("_sliding_window_pattern")?).unwrap_or(6).max(1);
-            a.layer_types = (0..layers)
-                .map(|i| if (i + 1) % pattern != 0 { LayerType::SlidingAttention } else { LayerType::FullAttention })
-                .collect();
+            a.layer_types =
+                (0..layers).map(|i| if (i + 1) % pattern != 0 { LayerType::SlidingAttention } else { LayerType::FullAttention }).collect();
         }
         _ => unreachable!("checked against SUPPORTED_MODEL_TYPES"),
     }

@@ -29,10 +29,16 @@ pub(super) fn written(c: &ModelConfig, dtype: &str) -> Value {
     m.insert("model_type".into(), a.model_type.clone().into());
     let act_key = if a.is_gemma() { "hidden_activation" } else { "hidden_act" };
     m.insert(act_key.into(), serde_json::to_value(a.hidden_act).unwrap_or(Value::Null));
-    for (k, v) in [("vocab_size", c.vocab_size), ("hidden_size", c.hidden_size),
-        ("intermediate_size", c.intermediate_size), ("num_hidden_layers", c.num_hidden_layers),
-        ("num_attention_heads", c.num_attention_heads), ("num_key_value_heads", c.num_key_value_heads),
-        ("head_dim", c.head_dim), ("max_position_embeddings", c.max_position_embeddings)] {
+    for (k, v) in [
+        ("vocab_size", c.vocab_size),
+        ("hidden_size", c.hidden_size),
+        ("intermediate_size", c.intermediate_size),
+        ("num_hidden_layers", c.num_hidden_layers),
+        ("num_attention_heads", c.num_attention_heads),
+        ("num_key_value_heads", c.num_key_value_heads),
+        ("head_dim", c.head_dim),
+        ("max_position_embeddings", c.max_position_embeddings),
+    ] {
         m.insert(k.into(), v.into());
     }
     m.insert("rms_norm_eps".into(), c.rms_norm_eps.into());
@@ -64,11 +70,14 @@ pub(super) fn written(c: &ModelConfig, dtype: &str) -> Value {
         m.insert("layer_types".into(), serde_json::to_value(&a.layer_types).unwrap_or(Value::Null));
     }
     m.insert("bos_token_id".into(), c.bos_token_id.map(Value::from).unwrap_or(Value::Null));
-    m.insert("eos_token_id".into(), match c.eos_token_ids.as_slice() {
-        [] => Value::Null,
-        [one] => (*one).into(),
-        many => many.to_vec().into(),
-    });
+    m.insert(
+        "eos_token_id".into(),
+        match c.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => (*one).into(),
+            many => many.to_vec().into(),
+        },
+    );
     m.insert("pad_token_id".into(), c.pad_token_id.map(Value::from).unwrap_or(Value::Null));
     m.insert("torch_dtype".into(), dtype.into());
     Value::Object(m)

@@ -57,7 +57,14 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// A LLaMA config with the given sizes (tests, GGUF metadata), the rest at transformers' defaults.
-    pub fn llama(vocab_size: usize, hidden_size: usize, intermediate_size: usize, num_hidden_layers: usize, num_attention_heads: usize, num_key_value_heads: usize) -> Self {
+    pub fn llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        num_key_value_heads: usize,
+    ) -> Self {
         let head_dim = hidden_size / num_attention_heads.max(1);
         ModelConfig {
             vocab_size,
@@ -89,21 +96,21 @@ impl ModelConfig {
             return Err(Error::MissingFile { path: path.into(), what: "a Hugging Face config.json".into() });
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Json { path: path.into(), message: e.to_string() })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.into(), message: e.to_string() })?;
         Self::from_json(&value, path)
     }
 
     pub fn from_json(value: &Value, file: &Path) -> Result<Self> {
         let obj = value.as_object().ok_or_else(|| Error::InvalidConfig {
-            file: file.into(), key: "(root)".into(), expected: "a JSON object".into(), found: kind(value),
+            file: file.into(),
+            key: "(root)".into(),
+            expected: "a JSON object".into(),
+            found: kind(value),
         })?;
         let r = Reader { obj, file: file.into() };
         let model_type = r.string("model_type")?;
         if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
-            return Err(Error::UnsupportedModelType {
-                file: file.into(), found: model_type, supported: SUPPORTED_MODEL_TYPES.join(", "),
-            });
+            return Err(Error::UnsupportedModelType { file: file.into(), found: model_type, supported: SUPPORTED_MODEL_TYPES.join(", ") });
         }
         let hidden_size = r.usize("hidden_size")?;
         let num_attention_heads = r.usize("num_attention_heads")?;
@@ -167,9 +174,14 @@ impl ModelConfig {
             arch: arch::resolve(&r, &model_type, head_dim, hidden_size, num_hidden_layers)?,
             source_json: Some(value.clone()),
         };
-        for (key, v) in [("vocab_size", cfg.vocab_size), ("hidden_size", cfg.hidden_size),
-            ("intermediate_size", cfg.intermediate_size), ("num_hidden_layers", cfg.num_hidden_layers),
-            ("num_attention_heads", cfg.num_attention_heads), ("head_dim", cfg.head_dim)] {
+        for (key, v) in [
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", cfg.hidden_size),
+            ("intermediate_size", cfg.intermediate_size),
+            ("num_hidden_layers", cfg.num_hidden_layers),
+            ("num_attention_heads", cfg.num_attention_heads),
+            ("head_dim", cfg.head_dim),
+        ] {
             if v == 0 {
                 return Err(r.invalid(key, "a positive integer", "0".to_string()));
             }
@@ -184,7 +196,11 @@ impl ModelConfig {
             let half = cfg.arch.rotary_dim / 2;
             for (k, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
                 if f.len() != half {
-                    return Err(r.invalid(&format!("rope_scaling.{k}"), &format!("{half} factors (half the {} rotated dims)", cfg.arch.rotary_dim), format!("{} factors", f.len())));
+                    return Err(r.invalid(
+                        &format!("rope_scaling.{k}"),
+                        &format!("{half} factors (half the {} rotated dims)", cfg.arch.rotary_dim),
+                        format!("{} factors", f.len()),
+                    ));
                 }
             }
         }
@@ -242,18 +258,22 @@ fn rope(r: &Reader) -> Result<(f64, Option<RopeScaling>)> {
     let Some(s) = scaling else { return Ok((theta, None)) };
     let rope_type = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |k: &str| {
-        s.get(k).and_then(Value::as_f64).filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| {
-            r.invalid(&format!("{key}.{k}"), "a positive number", s.get(k).map_or("nothing".into(), kind))
-        })
+        s.get(k)
+            .and_then(Value::as_f64)
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| r.invalid(&format!("{key}.{k}"), "a positive number", s.get(k).map_or("nothing".into(), kind)))
     };
     match rope_type {
         "default" => Ok((theta, None)),
-        "llama3" => Ok((theta, Some(RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
-        }))),
+        "llama3" => Ok((
+            theta,
+            Some(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+            }),
+        )),
         "linear" => Ok((theta, Some(RopeScaling::Linear { factor: num("factor")? }))),
         "longrope" | "su" => Ok((theta, Some(longrope(r, s, key)?))),
         other => Err(r.invalid(&format!("{key}.rope_type"), "\"default\", \"linear\", \"llama3\" or \"longrope\"", format!("{other:?}"))),
@@ -268,14 +288,28 @@ fn longrope(r: &Reader, s: &Map<String, Value>, key: &str) -> Result<RopeScaling
         None => r.opt_usize("original_max_position_embeddings")?.or(r.opt_usize("max_position_embeddings")?).unwrap_or(4096),
     };
     let factors = |k: &str| -> Result<Vec<f64>> {
-        let v = s.get(k).and_then(Value::as_array).ok_or_else(|| r.invalid(&format!("{key}.{k}"), "an array of numbers", s.get(k).map_or("nothing".into(), kind)))?;
-        v.iter().map(|x| x.as_f64().filter(|f| f.is_finite() && *f > 0.0).ok_or_else(|| r.invalid(&format!("{key}.{k}"), "positive numbers", kind(x)))).collect()
+        let v = s
+            .get(k)
+            .and_then(Value::as_array)
+            .ok_or_else(|| r.invalid(&format!("{key}.{k}"), "an array of numbers", s.get(k).map_or("nothing".into(), kind)))?;
+        v.iter()
+            .map(|x| {
+                x.as_f64()
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .ok_or_else(|| r.invalid(&format!("{key}.{k}"), "positive numbers", kind(x)))
+            })
+            .collect()
     };
     let max_pos = r.opt_usize("max_position_embeddings")?.unwrap_or(original_max) as f64;
     let factor = if original_max > 0 { max_pos / original_max as f64 } else { 1.0 };
     let derived = if factor <= 1.0 || original_max <= 1 { 1.0 } else { (1.0 + factor.ln() / (original_max as f64).ln()).sqrt() };
     let attention_factor = s.get("attention_factor").and_then(Value::as_f64).unwrap_or(derived);
-    Ok(RopeScaling::Longrope { short_factor: factors("short_factor")?, long_factor: factors("long_factor")?, original_max_position_embeddings: original_max, attention_factor })
+    Ok(RopeScaling::Longrope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original_max,
+        attention_factor,
+    })
 }
 
 pub(crate) fn kind(v: &Value) -> String {
@@ -319,8 +353,6 @@ impl Reader<'_> {
         self.opt_string(key)?.ok_or_else(|| self.invalid(key, "a string", "nothing (key missing)".into()))
     }
     pub(crate) fn opt_string(&self, key: &str) -> Result<Option<String>> {
-        self.present(key)
-            .map(|v| v.as_str().map(String::from).ok_or_else(|| self.invalid(key, "a string", kind(v))))
-            .transpose()
+        self.present(key).map(|v| v.as_str().map(String::from).ok_or_else(|| self.invalid(key, "a string", kind(v)))).transpose()
     }
 }

@@ -21,7 +21,10 @@ pub const WEIGHTS_NAME: &str = "adapter_model.safetensors";
 /// The config of an adapter folder, parsed for its `peft_type`, with warnings.
 pub fn read_config(dir: &Path) -> Result<(Box<dyn TunerConfig>, Vec<crate::Warning>)> {
     if !dir.exists() {
-        return Err(Error::MissingFile { path: dir.into(), what: "an adapter folder (adapter_config.json + adapter_model.safetensors)".into() });
+        return Err(Error::MissingFile {
+            path: dir.into(),
+            what: "an adapter folder (adapter_config.json + adapter_model.safetensors)".into(),
+        });
     }
     if !dir.is_dir() {
         return Err(Error::Adapter { file: dir.into(), message: "expected a folder holding adapter_config.json, found a file".into() });
@@ -33,7 +36,12 @@ pub fn read_config(dir: &Path) -> Result<(Box<dyn TunerConfig>, Vec<crate::Warni
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
     if value.get("peft_type").is_none() {
-        return Err(Error::InvalidConfig { file: path, key: "peft_type".into(), expected: "the PEFT method, e.g. \"LORA\"".into(), found: "nothing".into() });
+        return Err(Error::InvalidConfig {
+            file: path,
+            key: "peft_type".into(),
+            expected: "the PEFT method, e.g. \"LORA\"".into(),
+            found: "nothing".into(),
+        });
     }
     parse_config(&value, Some(&text), &path)
 }
@@ -67,8 +75,16 @@ pub fn load_adapter(tuners: &mut Tuners, model: &mut CausalLm, dir: &Path, name:
 
 /// Injects adapter `name` of `config` and fills it with `tensors` (PEFT's keys) read from `file`.
 #[allow(clippy::too_many_arguments)]
-fn attach(tuners: &mut Tuners, model: &mut CausalLm, mut config: Box<dyn TunerConfig>, mut warnings: Vec<crate::Warning>,
-    tensors: HashMap<String, Tensor>, file: &Path, name: &str, trainable: bool) -> Result<InjectReport> {
+fn attach(
+    tuners: &mut Tuners,
+    model: &mut CausalLm,
+    mut config: Box<dyn TunerConfig>,
+    mut warnings: Vec<crate::Warning>,
+    tensors: HashMap<String, Tensor>,
+    file: &Path,
+    name: &str,
+    trainable: bool,
+) -> Result<InjectReport> {
     config.set_inference_mode(!trainable);
     let file = file.to_path_buf();
     let mut report = tuners.inject_with(model, name, config, 0, true)?;
@@ -110,7 +126,11 @@ fn fill(tuners: &Tuners, model: &CausalLm, name: &str, mut tensors: HashMap<Stri
         if t.dims() != p.dims() {
             return Err(Error::Adapter {
                 file: file.into(),
-                message: format!("`{key}` has shape {:?}, the model expects {:?} (check r, rank_pattern and the base model)", t.dims(), p.dims()),
+                message: format!(
+                    "`{key}` has shape {:?}, the model expects {:?} (check r, rank_pattern and the base model)",
+                    t.dims(),
+                    p.dims()
+                ),
             });
         }
         if t.dtype().is_float() != p.dtype().is_float() {

@@ -18,10 +18,10 @@ mod write;
 pub use config::{config_from_metadata, model_type_of};
 pub use file::GgufFile;
 pub use lora::{outtype, write_lora_gguf};
-pub use names::{gguf_to_hf, hf_to_gguf};
-pub use read::{MetaValue, TensorInfo, DEFAULT_ALIGNMENT};
 pub use model::{write_gguf, write_llama_gguf};
+pub use names::{gguf_to_hf, hf_to_gguf};
 pub use quant::{OutType, OUTTYPE_NAMES};
+pub use read::{MetaValue, TensorInfo, DEFAULT_ALIGNMENT};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -49,7 +49,9 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device, keep_quantized: boo
     let file = GgufFile::open(path)?;
     if file.tensor_info("rope_freqs.weight").is_some() {
         return Err(Error::Unsupported(format!(
-            "{}: tensor `rope_freqs.weight` (llama 3.1-style RoPE scaling) is not supported yet", path.display())));
+            "{}: tensor `rope_freqs.weight` (llama 3.1-style RoPE scaling) is not supported yet",
+            path.display()
+        )));
     }
     let tokenizer = tokenizer_spec(&file)?;
     let config = config_from_metadata(&file, &tokenizer)?;
@@ -87,8 +89,13 @@ pub fn tokenizer_spec(file: &GgufFile) -> Result<GgufTokenizerSpec> {
             return Err(corrupt(&file.path, format!("metadata `{key}` has {len} entries but there are {n} tokens")));
         }
     }
-    let ids = [("bos", spec.bos_token_id), ("eos", spec.eos_token_id), ("padding", spec.pad_token_id),
-        ("unknown", spec.unknown_token_id), ("eot", id("tokenizer.ggml.eot_token_id")?)];
+    let ids = [
+        ("bos", spec.bos_token_id),
+        ("eos", spec.eos_token_id),
+        ("padding", spec.pad_token_id),
+        ("unknown", spec.unknown_token_id),
+        ("eot", id("tokenizer.ggml.eot_token_id")?),
+    ];
     for (what, v) in ids {
         if let Some(v) = v.filter(|&v| n > 0 && v as usize >= n) {
             return Err(corrupt(&file.path, format!("metadata `tokenizer.ggml.{what}_token_id` is {v}, past the {n} tokens")));
@@ -104,11 +111,13 @@ fn load_weights(file: &GgufFile, cfg: &ModelConfig, dtype: DType, device: &Devic
     let mut seen = HashSet::new();
     for info in &file.tensors {
         let arch = cfg.arch.model_type.as_str();
-        let hf = gguf_to_hf(&info.name, arch)
-            .ok_or_else(|| corrupt(path, format!("tensor `{}` is not part of a {arch} model", info.name)))?;
+        let hf =
+            gguf_to_hf(&info.name, arch).ok_or_else(|| corrupt(path, format!("tensor `{}` is not part of a {arch} model", info.name)))?;
         if let Some(layer) = names::layer_of(&hf).filter(|&l| l >= cfg.num_hidden_layers) {
-            return Err(corrupt(path, format!(
-                "tensor `{}` is for layer {layer}, but block_count is {}", info.name, cfg.num_hidden_layers)));
+            return Err(corrupt(
+                path,
+                format!("tensor `{}` is for layer {layer}, but block_count is {}", info.name, cfg.num_hidden_layers),
+            ));
         }
         let expected = names::expected_shape(cfg, &hf).expect("every known name has a shape");
         if info.dims != expected {

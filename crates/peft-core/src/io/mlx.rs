@@ -48,7 +48,10 @@ pub fn write_mlx_adapter(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Pa
     let mut by_block: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     let mut layers: Vec<(&str, &LoraLayer)> = Vec::new();
     for (path, layer) in tuners.layers_of(name)? {
-        let lora = layer.as_any().and_then(|a| a.downcast_ref::<LoraLayer>()).ok_or_else(|| refuse(format!("`{path}`, which is not a LoRA layer")))?;
+        let lora = layer
+            .as_any()
+            .and_then(|a| a.downcast_ref::<LoraLayer>())
+            .ok_or_else(|| refuse(format!("`{path}`, which is not a LoRA layer")))?;
         if lora.pissa_init.is_some() {
             return Err(refuse("a PiSSA/OLoRA initialisation (it changed the base weights)".into()));
         }
@@ -57,7 +60,8 @@ pub fn write_mlx_adapter(tuners: &Tuners, model: &CausalLm, name: &str, dir: &Pa
         layers.push((path, lora));
     }
     let Some(&(_, first)) = layers.first() else { return Err(Error::Unsupported(format!("adapter `{name}` has no LoRA layers"))) };
-    if let Some((path, l)) = layers.iter().find(|(_, l)| l.r != first.r || (l.scaling - first.scaling).abs() > 1e-12 * first.scaling.abs()) {
+    if let Some((path, l)) = layers.iter().find(|(_, l)| l.r != first.r || (l.scaling - first.scaling).abs() > 1e-12 * first.scaling.abs())
+    {
         return Err(refuse(format!("a rank or scaling that differs per module (`{path}`: r {} scale {}, first module: r {} scale {}; mlx-lm has one rank and scale)", l.r, l.scaling, first.r, first.scaling)));
     }
     if layers.iter().any(|(_, l)| l.dora.is_some() != first.dora.is_some()) {
@@ -99,7 +103,12 @@ pub fn mlx_to_peft(dir: &Path, tensors: HashMap<String, Tensor>, n_layers: usize
     let path = dir.join(MLX_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let c: Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
-    let invalid = |key: &str, expected: &str| Error::InvalidConfig { file: path.clone(), key: key.into(), expected: expected.into(), found: c.pointer(&format!("/{}", key.replace('.', "/"))).map_or("nothing".into(), Value::to_string) };
+    let invalid = |key: &str, expected: &str| Error::InvalidConfig {
+        file: path.clone(),
+        key: key.into(),
+        expected: expected.into(),
+        found: c.pointer(&format!("/{}", key.replace('.', "/"))).map_or("nothing".into(), Value::to_string),
+    };
     let dora = match c.get("fine_tune_type").and_then(Value::as_str).unwrap_or("lora") {
         "lora" => false,
         "dora" => true,
@@ -108,7 +117,10 @@ pub fn mlx_to_peft(dir: &Path, tensors: HashMap<String, Tensor>, n_layers: usize
     let p = &c["lora_parameters"];
     let rank = p["rank"].as_u64().filter(|&r| r > 0).ok_or_else(|| invalid("lora_parameters.rank", "a positive integer"))?;
     let scale = p["scale"].as_f64().filter(|s| s.is_finite()).ok_or_else(|| invalid("lora_parameters.scale", "a number"))?;
-    let dropout = match &p["dropout"] { Value::Null => 0.0, v => v.as_f64().filter(|d| (0.0..1.0).contains(d)).ok_or_else(|| invalid("lora_parameters.dropout", "a number in [0, 1)"))? };
+    let dropout = match &p["dropout"] {
+        Value::Null => 0.0,
+        v => v.as_f64().filter(|d| (0.0..1.0).contains(d)).ok_or_else(|| invalid("lora_parameters.dropout", "a number in [0, 1)"))?,
+    };
     let num_layers = c["num_layers"].as_i64().ok_or_else(|| invalid("num_layers", "an integer"))?;
     if num_layers > n_layers as i64 {
         return Err(invalid("num_layers", &format!("at most the model's {n_layers} layers")));
@@ -117,8 +129,13 @@ pub fn mlx_to_peft(dir: &Path, tensors: HashMap<String, Tensor>, n_layers: usize
     let first = if num_layers <= 0 { 0 } else { n_layers - num_layers as usize };
     // The modules: the config's keys, or (mlx-lm's default, every linear) those the file has.
     let keys: BTreeSet<String> = match p.get("keys") {
-        Some(Value::Array(k)) => k.iter().map(|k| k.as_str().map(String::from).ok_or_else(|| invalid("lora_parameters.keys", "a list of module paths"))).collect::<Result<_>>()?,
-        None | Some(Value::Null) => tensors.keys().filter_map(|n| split_block(n.strip_suffix(".lora_a")?)).map(|(_, k)| k.to_string()).collect(),
+        Some(Value::Array(k)) => k
+            .iter()
+            .map(|k| k.as_str().map(String::from).ok_or_else(|| invalid("lora_parameters.keys", "a list of module paths")))
+            .collect::<Result<_>>()?,
+        None | Some(Value::Null) => {
+            tensors.keys().filter_map(|n| split_block(n.strip_suffix(".lora_a")?)).map(|(_, k)| k.to_string()).collect()
+        }
         _ => return Err(invalid("lora_parameters.keys", "a list of module paths")),
     };
     let file = dir.join(MLX_WEIGHTS);
@@ -127,8 +144,12 @@ pub fn mlx_to_peft(dir: &Path, tensors: HashMap<String, Tensor>, n_layers: usize
     for block in first..n_layers {
         for key in &keys {
             let module = format!("model.layers.{block}.{key}");
-            let mut take = |leaf: &str| tensors.remove(&format!("{module}.{leaf}"))
-                .ok_or_else(|| Error::Adapter { file: file.clone(), message: format!("`{module}.{leaf}` is missing (keys {keys:?} on the last {} layers)", n_layers - first) });
+            let mut take = |leaf: &str| {
+                tensors.remove(&format!("{module}.{leaf}")).ok_or_else(|| Error::Adapter {
+                    file: file.clone(),
+                    message: format!("`{module}.{leaf}` is missing (keys {keys:?} on the last {} layers)", n_layers - first),
+                })
+            };
             out.insert(format!("{PEFT_PREFIX}{module}.lora_A.weight"), take("lora_a")?.t()?.contiguous()?);
             out.insert(format!("{PEFT_PREFIX}{module}.lora_B.weight"), take("lora_b")?.t()?.contiguous()?);
             if dora {
@@ -137,7 +158,10 @@ pub fn mlx_to_peft(dir: &Path, tensors: HashMap<String, Tensor>, n_layers: usize
         }
     }
     if let Some(extra) = tensors.keys().next() {
-        return Err(Error::Adapter { file, message: format!("`{extra}` is not an adapter weight of keys {keys:?} on the last {} layers", n_layers - first) });
+        return Err(Error::Adapter {
+            file,
+            message: format!("`{extra}` is not an adapter weight of keys {keys:?} on the last {} layers", n_layers - first),
+        });
     }
     let layers = (first > 0).then(|| (first..n_layers).collect::<Vec<_>>());
     let config = json!({

@@ -14,4 +14,3 @@ pub(crate) fn open_file(path: &std::path::Path, what: &str) -> crate::error::Res
     }
     std::fs::File::open(path).map_err(|e| crate::error::Error::io(path, e))
 }
-

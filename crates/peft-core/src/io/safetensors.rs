@@ -71,10 +71,7 @@ pub fn load_checkpoint_dir(dir: &Path, dtype: Option<DType>, device: &Device) ->
     } else if single.exists() {
         vec![single]
     } else {
-        return Err(Error::MissingFile {
-            path: single,
-            what: "model weights (model.safetensors or model.safetensors.index.json)".into(),
-        });
+        return Err(Error::MissingFile { path: single, what: "model weights (model.safetensors or model.safetensors.index.json)".into() });
     };
     let mut map = WeightMap::default();
     for file in files {
@@ -88,17 +85,21 @@ pub fn load_checkpoint_dir(dir: &Path, dtype: Option<DType>, device: &Device) ->
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Json { path: index.into(), message: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: index.into(), message: e.to_string() })?;
     let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::InvalidConfig {
-        file: index.into(), key: "weight_map".into(), expected: "an object of tensor name to shard file".into(),
+        file: index.into(),
+        key: "weight_map".into(),
+        expected: "an object of tensor name to shard file".into(),
         found: "nothing".into(),
     })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
     for (name, f) in map {
         let f = f.as_str().ok_or_else(|| Error::InvalidConfig {
-            file: index.into(), key: format!("weight_map.{name}"), expected: "a file name".into(), found: f.to_string(),
+            file: index.into(),
+            key: format!("weight_map.{name}"),
+            expected: "a file name".into(),
+            found: f.to_string(),
         })?;
         let p = dir.join(f);
         if !files.contains(&p) {

@@ -111,7 +111,11 @@ impl Batch {
 /// conditions on the first token alone.
 pub fn prompt_context_mask(mask: Option<&[Vec<u8>]>, labels: &[Vec<i64>], b: usize, t: usize) -> Result<Vec<Vec<u8>>> {
     if labels.len() != b || labels.iter().any(|r| r.len() > t) {
-        return Err(Error::arg("labels", format!("{b} rows of at most {t} values (the shape of inputIds)"), format!("{} rows", labels.len())));
+        return Err(Error::arg(
+            "labels",
+            format!("{b} rows of at most {t} values (the shape of inputIds)"),
+            format!("{} rows", labels.len()),
+        ));
     }
     Ok((0..b)
         .map(|r| {

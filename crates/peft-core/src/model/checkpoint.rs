@@ -105,18 +105,39 @@ struct StepTensors {
 impl StepTensors {
     fn of(step: &Step) -> Self {
         let (rope, local_rope) = (step.rope.clone(), step.local_rope.clone());
-        StepTensors { rope, local_rope, bias: step.bias.clone(), sliding_bias: step.sliding_bias.clone(), prefix_spans: step.prefix_spans.clone() }
+        StepTensors {
+            rope,
+            local_rope,
+            bias: step.bias.clone(),
+            sliding_bias: step.sliding_bias.clone(),
+            prefix_spans: step.prefix_spans.clone(),
+        }
     }
 
     fn step<'a>(&self, ctx: &'a Ctx<'a>) -> Step<'a> {
         let (rope, local_rope) = (self.rope.clone(), self.local_rope.clone());
-        Step { ctx, rope, local_rope, bias: self.bias.clone(), sliding_bias: self.sliding_bias.clone(), prefix: None, prefix_spans: self.prefix_spans.clone() }
+        Step {
+            ctx,
+            rope,
+            local_rope,
+            bias: self.bias.clone(),
+            sliding_bias: self.sliding_bias.clone(),
+            prefix: None,
+            prefix_spans: self.prefix_spans.clone(),
+        }
     }
 }
 
 impl CausalLm {
     /// `block(layers[i], x)` as a checkpoint: same value, no graph inside.
-    pub(super) fn checkpointed_block(&self, i: usize, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, cp: &Checkpointing) -> Result<Tensor> {
+    pub(super) fn checkpointed_block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        step: &Step,
+        prefix: Option<&(Tensor, Tensor)>,
+        cp: &Checkpointing,
+    ) -> Result<Tensor> {
         let ctx = step.ctx;
         let replay = Replay::capture(ctx);
         let run = replay.ctx(ctx.store, true, ctx.training, ctx.hooks);
@@ -170,7 +191,9 @@ impl LayerCheckpoint {
         let (mut y, mut params) = (None, Vec::new());
         self.checkpoint.access.with_model(&mut |lm, hooks| {
             params = lm.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.value().clone()).collect();
-            let layer = lm.layers.get(self.layer).ok_or_else(|| Error::Unsupported(format!("checkpointed layer {}: the model now has {} layers", self.layer, lm.layers.len())))?;
+            let layer = lm.layers.get(self.layer).ok_or_else(|| {
+                Error::Unsupported(format!("checkpointed layer {}: the model now has {} layers", self.layer, lm.layers.len()))
+            })?;
             let ctx = self.replay.ctx(&lm.store, false, self.training, hooks);
             y = Some(lm.block(layer, &x, &self.step.step(&ctx), prefix.as_ref(), None)?);
             Ok(())
@@ -226,7 +249,15 @@ impl CustomOp3 for LayerCheckpoint {
         "checkpointed-decoder-layer-with-prefix"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.output.cpu()
     }
 
@@ -243,7 +274,14 @@ impl CustomOp3 for LayerCheckpoint {
         self.output.cuda()
     }
 
-    fn bwd(&self, x: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [dx, dk, dv] = self.recompute(x, Some((k, v)), grad).map_err(|e| self.bwd_error(e))?;
         Ok((dx, dk, dv))
     }

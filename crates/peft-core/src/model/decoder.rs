@@ -54,7 +54,18 @@ const VIRTUAL_POSITIONS: &str = "model/virtual_positions";
 impl<'a> Ctx<'a> {
     /// Base model, evaluation mode; `no_grad` as above.
     pub fn new(store: &'a ParamStore, no_grad: bool) -> Self {
-        Ctx { store, no_grad, training: false, hooks: None, hook_state: None, rng: Mutex::new(StdRng::seed_from_u64(0)), shared_draws: Mutex::default(), checkpoint: None, aux_losses: Mutex::default(), labels: None }
+        Ctx {
+            store,
+            no_grad,
+            training: false,
+            hooks: None,
+            hook_state: None,
+            rng: Mutex::new(StdRng::seed_from_u64(0)),
+            shared_draws: Mutex::default(),
+            checkpoint: None,
+            aux_losses: Mutex::default(),
+            labels: None,
+        }
     }
 
     /// Inference: no graph, no dropout.
@@ -180,7 +191,9 @@ impl CausalLm {
             x = h.input_embeddings(x, past - virt_past, ctx)?;
         }
         let context = match &ctx.labels {
-            Some(l) if past == 0 && ctx.hooks.is_some() => Some(super::batch::prompt_context_mask(batch.attention_mask.as_deref(), l, b, t)?),
+            Some(l) if past == 0 && ctx.hooks.is_some() => {
+                Some(super::batch::prompt_context_mask(batch.attention_mask.as_deref(), l, b, t)?)
+            }
             _ => None,
         };
         let context = context.as_deref().or(batch.attention_mask.as_deref());
@@ -196,7 +209,9 @@ impl CausalLm {
             None => 0,
         };
         let prefix = match prompt.kv_prefix {
-            Some(p) => Some(p.into_iter().map(|(k, v)| Ok((k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?))).collect::<Result<Vec<_>>>()?),
+            Some(p) => {
+                Some(p.into_iter().map(|(k, v)| Ok((k.to_dtype(self.dtype)?, v.to_dtype(self.dtype)?))).collect::<Result<Vec<_>>>()?)
+            }
             None => None,
         };
         let np = prefix.as_ref().map_or(Ok(0), |p| p[0].0.dim(2))?;
@@ -204,7 +219,10 @@ impl CausalLm {
         let (tq, past_keys, virt) = (nv + t, past + np, virt_past + np + nv);
         let positions: Vec<Vec<i64>> = match &batch.position_ids {
             None => vec![(past_keys as i64..(past_keys + tq) as i64).collect(); b],
-            Some(p) => p.iter().map(|row| (past_keys..past_keys + nv).map(|i| i as i64).chain(row.iter().map(|x| x + virt as i64)).collect()).collect(),
+            Some(p) => p
+                .iter()
+                .map(|row| (past_keys..past_keys + nv).map(|i| i as i64).chain(row.iter().map(|x| x + virt as i64)).collect())
+                .collect(),
         };
         let rope = self.rope.cos_sin(&positions, self.dtype, &self.device)?;
         let local_rope = self.local_rope.as_ref().map(|r| r.cos_sin(&positions, self.dtype, &self.device)).transpose()?;
@@ -232,7 +250,15 @@ impl CausalLm {
                 let prefixes = prefix_spans.iter().map(|(_, n)| n).sum::<usize>();
                 let hide = |bias: &Tensor| hide_virtual_keys(bias, nv, prefixes..virt);
                 let sliding = sliding_bias.as_ref().map(&hide).transpose()?;
-                Some(Step { ctx, rope: rope.clone(), local_rope: local_rope.clone(), bias: hide(&bias)?, sliding_bias: sliding, prefix: None, prefix_spans: prefix_spans.clone() })
+                Some(Step {
+                    ctx,
+                    rope: rope.clone(),
+                    local_rope: local_rope.clone(),
+                    bias: hide(&bias)?,
+                    sliding_bias: sliding,
+                    prefix: None,
+                    prefix_spans: prefix_spans.clone(),
+                })
             }
         };
         let step = Step { ctx, rope, local_rope, bias, sliding_bias, prefix, prefix_spans };
@@ -262,9 +288,19 @@ impl CausalLm {
     /// `x` [b, nv + t, hidden] entering decoder layer `i` at prefill, with its `nv` leading
     /// virtual positions replaced when a hook generates them there (LPT), from the real
     /// positions' hidden states and the positions it may read (`context`).
-    fn late_virtual_tokens(&self, hooks: &dyn ModelHooks, i: usize, x: Tensor, nv: usize, context: Option<&[Vec<u8>]>, ctx: &Ctx) -> Result<Tensor> {
+    fn late_virtual_tokens(
+        &self,
+        hooks: &dyn ModelHooks,
+        i: usize,
+        x: Tensor,
+        nv: usize,
+        context: Option<&[Vec<u8>]>,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let real = x.narrow(1, nv, x.dim(1)? - nv)?;
-        let Some(v) = hooks.late_virtual_tokens(i, &super::hooks::PromptInputs { embeddings: &real, mask: context }, ctx)? else { return Ok(x) };
+        let Some(v) = hooks.late_virtual_tokens(i, &super::hooks::PromptInputs { embeddings: &real, mask: context }, ctx)? else {
+            return Ok(x);
+        };
         if v.dim(1)? != nv {
             let found = format!("{} other virtual positions", nv - v.dim(1)?.min(nv));
             return Err(crate::error::Error::arg("adapters", "a late prompt (LPT) as the only adapter adding virtual tokens", found));
@@ -310,7 +346,14 @@ impl CausalLm {
     }
 
     /// One decoder layer; `prefix` is its key/value prefix (prefix tuning), if any.
-    pub(super) fn block(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut LayerCache>) -> Result<Tensor> {
+    pub(super) fn block(
+        &self,
+        layer: &Block,
+        x: &Tensor,
+        step: &Step,
+        prefix: Option<&(Tensor, Tensor)>,
+        kv: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
         let ctx = step.ctx;
         let h = layer.input_layernorm.forward(x, ctx)?;
         let a = self.attention(layer, &h, step, prefix, kv)?;
@@ -344,7 +387,14 @@ impl CausalLm {
         Ok(Tensor::cat(&[&rot, &x.narrow(D::Minus1, rd, hd - rd)?], D::Minus1)?.contiguous()?)
     }
 
-    fn attention(&self, layer: &Block, x: &Tensor, step: &Step, prefix: Option<&(Tensor, Tensor)>, kv: Option<&mut LayerCache>) -> Result<Tensor> {
+    fn attention(
+        &self,
+        layer: &Block,
+        x: &Tensor,
+        step: &Step,
+        prefix: Option<&(Tensor, Tensor)>,
+        kv: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
         let (attn, cfg) = (&layer.self_attn, &self.config);
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);

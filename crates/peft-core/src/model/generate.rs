@@ -1,8 +1,8 @@
 //! Generation with a KV cache over a batch of prompts of different lengths, left-padded,
 //! with positions taken from the attention mask as transformers' `generate` does.
 use super::batch::Batch;
+use super::decoder::{CausalLm, Ctx};
 use super::kv_cache::KvCache;
-use super::decoder::{Ctx, CausalLm};
 use super::sampling::{choose, SamplingOptions};
 use crate::error::{Error, Result};
 use rand::rngs::StdRng;

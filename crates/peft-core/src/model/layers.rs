@@ -82,7 +82,11 @@ impl Attention {
             QkvProj::Separate { q_proj, k_proj, v_proj } => (q_proj.forward(x, ctx)?, k_proj.forward(x, ctx)?, v_proj.forward(x, ctx)?),
             QkvProj::Fused { qkv_proj, q_rows, kv_rows } => {
                 let y = qkv_proj.forward(x, ctx)?;
-                (y.narrow(D::Minus1, 0, *q_rows)?, y.narrow(D::Minus1, *q_rows, *kv_rows)?, y.narrow(D::Minus1, q_rows + kv_rows, *kv_rows)?)
+                (
+                    y.narrow(D::Minus1, 0, *q_rows)?,
+                    y.narrow(D::Minus1, *q_rows, *kv_rows)?,
+                    y.narrow(D::Minus1, q_rows + kv_rows, *kv_rows)?,
+                )
             }
         })
     }

@@ -103,7 +103,10 @@ impl CausalLm {
             };
             let down_proj = b.linear(&format!("{pm}.down_proj"), h, inter, c.mlp_bias)?;
             let (pre_ff, post_ff) = match a.sandwich_norms {
-                true => (Some(norm(&mut b, format!("{p}.pre_feedforward_layernorm"), h)?), Some(norm(&mut b, format!("{p}.post_feedforward_layernorm"), h)?)),
+                true => (
+                    Some(norm(&mut b, format!("{p}.pre_feedforward_layernorm"), h)?),
+                    Some(norm(&mut b, format!("{p}.post_feedforward_layernorm"), h)?),
+                ),
                 false => (None, None),
             };
             layers.push(Block {
@@ -193,7 +196,11 @@ impl Builder<'_> {
 
     /// The config file the weights are checked against (a GGUF is its own config).
     fn config_file(&self) -> PathBuf {
-        if self.source.is_dir() { self.source.join("config.json") } else { self.source.into() }
+        if self.source.is_dir() {
+            self.source.join("config.json")
+        } else {
+            self.source.into()
+        }
     }
 
     /// A bias the config implies that the checkpoint lacks, named by the key that implies it.
@@ -223,7 +230,11 @@ impl Builder<'_> {
         Err(Error::InvalidConfig {
             file: self.config_file(),
             key: key.into(),
-            expected: format!("true: {} has the bias `{name}` that a {} model with this config does not use", file.display(), c.arch.model_type),
+            expected: format!(
+                "true: {} has the bias `{name}` that a {} model with this config does not use",
+                file.display(),
+                c.arch.model_type
+            ),
             found: "false or missing".into(),
         })
     }

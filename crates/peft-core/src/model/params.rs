@@ -2,12 +2,12 @@
 //! read at forward time: a frozen weight enters the graph detached (sharing storage), so
 //! no gradient is computed for it and freezing follows from the flag alone. A frozen base
 //! weight may instead be kept quantized (`QWeight`), and is then never trainable.
+use super::qweight::QWeight;
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
-use super::qweight::QWeight;
 use candle_core::{DType, Device, Tensor, Var};
-use std::sync::{Arc, RwLock};
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ParamId(usize);
@@ -149,7 +149,12 @@ impl ParamStore {
             return Err(Error::arg("parameter name", "a name not already in use", name));
         }
         let id = ParamId(self.params.len());
-        self.params.push(Some(Parameter { name: name.clone(), value: RwLock::new(Value::Quantized(value)), requires_grad: false, grad: None }));
+        self.params.push(Some(Parameter {
+            name: name.clone(),
+            value: RwLock::new(Value::Quantized(value)),
+            requires_grad: false,
+            grad: None,
+        }));
         self.by_name.insert(name, id);
         Ok(id)
     }

@@ -34,10 +34,18 @@ enum Blocks {
 macro_rules! with_blocks {
     ($blocks:expr, $v:ident => $body:expr) => {
         match $blocks {
-            Blocks::Q4_0($v) => $body, Blocks::Q4_1($v) => $body, Blocks::Q5_0($v) => $body,
-            Blocks::Q5_1($v) => $body, Blocks::Q8_0($v) => $body, Blocks::Q2K($v) => $body,
-            Blocks::Q3K($v) => $body, Blocks::Q4K($v) => $body, Blocks::Q5K($v) => $body,
-            Blocks::Q6K($v) => $body, Blocks::F16($v) => $body, Blocks::BF16($v) => $body,
+            Blocks::Q4_0($v) => $body,
+            Blocks::Q4_1($v) => $body,
+            Blocks::Q5_0($v) => $body,
+            Blocks::Q5_1($v) => $body,
+            Blocks::Q8_0($v) => $body,
+            Blocks::Q2K($v) => $body,
+            Blocks::Q3K($v) => $body,
+            Blocks::Q4K($v) => $body,
+            Blocks::Q5K($v) => $body,
+            Blocks::Q6K($v) => $body,
+            Blocks::F16($v) => $body,
+            Blocks::BF16($v) => $body,
         }
     };
 }
@@ -86,12 +94,18 @@ impl QWeight {
         }
         use GgmlDType::*;
         let blocks = match dtype {
-            Q4_0 => Blocks::Q4_0(typed(bytes)), Q4_1 => Blocks::Q4_1(typed(bytes)),
-            Q5_0 => Blocks::Q5_0(typed(bytes)), Q5_1 => Blocks::Q5_1(typed(bytes)),
-            Q8_0 => Blocks::Q8_0(typed(bytes)), Q2K => Blocks::Q2K(typed(bytes)),
-            Q3K => Blocks::Q3K(typed(bytes)), Q4K => Blocks::Q4K(typed(bytes)),
-            Q5K => Blocks::Q5K(typed(bytes)), Q6K => Blocks::Q6K(typed(bytes)),
-            F16 => Blocks::F16(typed(bytes)), BF16 => Blocks::BF16(typed(bytes)),
+            Q4_0 => Blocks::Q4_0(typed(bytes)),
+            Q4_1 => Blocks::Q4_1(typed(bytes)),
+            Q5_0 => Blocks::Q5_0(typed(bytes)),
+            Q5_1 => Blocks::Q5_1(typed(bytes)),
+            Q8_0 => Blocks::Q8_0(typed(bytes)),
+            Q2K => Blocks::Q2K(typed(bytes)),
+            Q3K => Blocks::Q3K(typed(bytes)),
+            Q4K => Blocks::Q4K(typed(bytes)),
+            Q5K => Blocks::Q5K(typed(bytes)),
+            Q6K => Blocks::Q6K(typed(bytes)),
+            F16 => Blocks::F16(typed(bytes)),
+            BF16 => Blocks::BF16(typed(bytes)),
             F32 | Q8_1 | Q8K => unreachable!("refused above"),
         };
         Ok(QWeight { dtype, rows, cols, blocks })
@@ -157,7 +171,10 @@ impl QWeight {
         assert!(
             r0 + rows <= self.rows && out.len() == rows * width && c0 % bs == 0 && width % bs == 0 && c0 + width <= self.cols,
             "dequantize_block: rows {r0}..{}, columns {c0}..{} of a {}×{} weight in blocks of {bs}",
-            r0 + rows, c0 + width, self.rows, self.cols
+            r0 + rows,
+            c0 + width,
+            self.rows,
+            self.cols
         );
         let (kernel, b0, nb) = (Kernel::detect(), c0 / bs, width / bs);
         with_blocks!(&self.blocks, v => {
@@ -228,11 +245,14 @@ impl QWeight {
 
     fn dot_q8<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
         let (k, bpr) = (self.cols, self.blocks_per_row());
-        let xq: Vec<Vec<T::VecDotType>> = x.chunks(k).map(|row| {
-            let mut q = vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE];
-            T::VecDotType::from_float(row, &mut q);
-            q
-        }).collect();
+        let xq: Vec<Vec<T::VecDotType>> = x
+            .chunks(k)
+            .map(|row| {
+                let mut q = vec![T::VecDotType::zeros(); k / T::VecDotType::BLCK_SIZE];
+                T::VecDotType::from_float(row, &mut q);
+                q
+            })
+            .collect();
         self.by_rows(m, |r, out| {
             let w = &blocks[r * bpr..(r + 1) * bpr];
             for (o, xr) in out.iter_mut().zip(&xq) {
@@ -261,12 +281,18 @@ impl QWeight {
                 };
             }
             match &self.blocks {
-                Blocks::Q4_0(v) => Blocks::Q4_0(gather!(v)), Blocks::Q4_1(v) => Blocks::Q4_1(gather!(v)),
-                Blocks::Q5_0(v) => Blocks::Q5_0(gather!(v)), Blocks::Q5_1(v) => Blocks::Q5_1(gather!(v)),
-                Blocks::Q8_0(v) => Blocks::Q8_0(gather!(v)), Blocks::Q2K(v) => Blocks::Q2K(gather!(v)),
-                Blocks::Q3K(v) => Blocks::Q3K(gather!(v)), Blocks::Q4K(v) => Blocks::Q4K(gather!(v)),
-                Blocks::Q5K(v) => Blocks::Q5K(gather!(v)), Blocks::Q6K(v) => Blocks::Q6K(gather!(v)),
-                Blocks::F16(v) => Blocks::F16(gather!(v)), Blocks::BF16(v) => Blocks::BF16(gather!(v)),
+                Blocks::Q4_0(v) => Blocks::Q4_0(gather!(v)),
+                Blocks::Q4_1(v) => Blocks::Q4_1(gather!(v)),
+                Blocks::Q5_0(v) => Blocks::Q5_0(gather!(v)),
+                Blocks::Q5_1(v) => Blocks::Q5_1(gather!(v)),
+                Blocks::Q8_0(v) => Blocks::Q8_0(gather!(v)),
+                Blocks::Q2K(v) => Blocks::Q2K(gather!(v)),
+                Blocks::Q3K(v) => Blocks::Q3K(gather!(v)),
+                Blocks::Q4K(v) => Blocks::Q4K(gather!(v)),
+                Blocks::Q5K(v) => Blocks::Q5K(gather!(v)),
+                Blocks::Q6K(v) => Blocks::Q6K(gather!(v)),
+                Blocks::F16(v) => Blocks::F16(gather!(v)),
+                Blocks::BF16(v) => Blocks::BF16(gather!(v)),
             }
         };
         QWeight { dtype: self.dtype, rows: self.rows, cols: self.cols, blocks }

@@ -21,7 +21,12 @@ impl CausalLm {
 
     /// As `save_pretrained_as`, with the tokenizer's files; the folder is written as a unit
     /// (`io::folder::write_folder`), so config, weights and tokenizer always come from one save.
-    pub fn save_with_tokenizer(&self, dir: &Path, dtype: Option<candle_core::DType>, tokenizer: Option<&crate::tokenizer::Tokenizer>) -> Result<()> {
+    pub fn save_with_tokenizer(
+        &self,
+        dir: &Path,
+        dtype: Option<candle_core::DType>,
+        tokenizer: Option<&crate::tokenizer::Tokenizer>,
+    ) -> Result<()> {
         let dtype = dtype.unwrap_or(self.dtype);
         if !dtype.is_float() {
             return Err(Error::arg("dtype", &format!("a floating-point dtype, {}", crate::dtype::expected()), format!("{dtype:?}")));

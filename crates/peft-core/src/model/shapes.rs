@@ -13,9 +13,13 @@ fn sizes(cfg: &ModelConfig, stem: &str) -> Option<((usize, String), (usize, Stri
     let none = (0, String::new());
     Some(match stem {
         "embed_tokens" | "lm_head" => ((cfg.vocab_size, format!("vocab_size {}", cfg.vocab_size)), hidden),
-        "norm" | "input_layernorm" | "post_attention_layernorm" | "pre_feedforward_layernorm" | "post_feedforward_layernorm" => (hidden, none),
+        "norm" | "input_layernorm" | "post_attention_layernorm" | "pre_feedforward_layernorm" | "post_feedforward_layernorm" => {
+            (hidden, none)
+        }
         "self_attn.q_norm" | "self_attn.k_norm" => ((hd, format!("head_dim {hd}")), none),
-        "self_attn.qkv_proj" => ((nh * hd + 2 * nkv * hd, format!("(num_attention_heads {nh} + 2 × num_key_value_heads {nkv}) × head_dim {hd}")), hidden),
+        "self_attn.qkv_proj" => {
+            ((nh * hd + 2 * nkv * hd, format!("(num_attention_heads {nh} + 2 × num_key_value_heads {nkv}) × head_dim {hd}")), hidden)
+        }
         "mlp.gate_up_proj" => ((2 * i, format!("2 × intermediate_size {i}")), hidden),
         "self_attn.q_proj" => (q, hidden),
         "self_attn.k_proj" | "self_attn.v_proj" => (kv, hidden),

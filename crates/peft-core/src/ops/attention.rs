@@ -36,11 +36,7 @@ struct MaskedSoftmax {
     scale: f64,
 }
 
-fn forward<T: Real>(
-    scale: f64,
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
+fn forward<T: Real>(scale: f64, (s1, l1): (&CpuStorage, &Layout), (s2, l2): (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
     let (b, h, t, kv) = l1.shape().dims4()?;
     if l2.dims() != [b, 1, t, kv] {
         candle_core::bail!("scaled_masked_softmax: scores {:?}, bias {:?}", l1.dims(), l2.dims());
@@ -49,26 +45,23 @@ fn forward<T: Real>(
     let scale = T::from_f64(scale);
     let mut out = vec![T::ZERO; x.len()];
     let rows = rows_per_task(kv);
-    out.par_chunks_mut(rows * kv)
-        .zip(x.par_chunks(rows * kv))
-        .enumerate()
-        .for_each(|(task, (out, x))| {
-            for (i, (out, x)) in out.chunks_mut(kv).zip(x.chunks(kv)).enumerate() {
-                let row = task * rows + i;
-                // Row (batch, head, query) reads the bias row (batch, query).
-                let at = (row / (h * t) * t + row % t) * kv;
-                let bias = &bias[at..at + kv];
-                // The same arithmetic as the composite: (x * scale) then + bias.
-                for ((o, &x), &m) in out.iter_mut().zip(x).zip(bias) {
-                    *o = x * scale + m;
-                }
-                let m = max(out);
-                let sum = T::from_f64(exp_shifted_in_place(out, m));
-                for o in out.iter_mut() {
-                    *o /= sum;
-                }
+    out.par_chunks_mut(rows * kv).zip(x.par_chunks(rows * kv)).enumerate().for_each(|(task, (out, x))| {
+        for (i, (out, x)) in out.chunks_mut(kv).zip(x.chunks(kv)).enumerate() {
+            let row = task * rows + i;
+            // Row (batch, head, query) reads the bias row (batch, query).
+            let at = (row / (h * t) * t + row % t) * kv;
+            let bias = &bias[at..at + kv];
+            // The same arithmetic as the composite: (x * scale) then + bias.
+            for ((o, &x), &m) in out.iter_mut().zip(x).zip(bias) {
+                *o = x * scale + m;
             }
-        });
+            let m = max(out);
+            let sum = T::from_f64(exp_shifted_in_place(out, m));
+            for o in out.iter_mut() {
+                *o /= sum;
+            }
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
 }
 
@@ -77,23 +70,11 @@ impl CustomOp2 for MaskedSoftmax {
         "peft-scaled-masked-softmax"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         dispatch!("scaled_masked_softmax", s1, forward(self.scale, (s1, l1), (s2, l2)))
     }
 
-    fn bwd(
-        &self,
-        _scores: &Tensor,
-        _bias: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, _scores: &Tensor, _bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ds = res.apply_op2_no_bwd(grad, &SoftmaxBwd { scale: self.scale })?;
         Ok((Some(ds), None))
     }

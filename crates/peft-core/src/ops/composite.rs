@@ -69,5 +69,9 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) ->
 
 /// Losses are computed in f32 at least, as transformers upcasts logits.
 pub fn promoted(dtype: DType) -> DType {
-    if dtype == DType::F64 { DType::F64 } else { DType::F32 }
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }

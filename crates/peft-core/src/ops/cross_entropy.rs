@@ -7,9 +7,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{
-    contiguous, dispatch, exp_shifted, fused_cpu, max, row_len, rows_per_task, Real,
-};
+use super::kernel::{contiguous, dispatch, exp_shifted, fused_cpu, max, row_len, rows_per_task, Real};
 
 /// Sum over rows of `weights[i] * -log softmax(logits[i])[targets[i]]`, as
 /// [`super::composite::cross_entropy_sum`]: `logits` [n, vocab] f32/f64, `targets` u32
@@ -33,10 +31,7 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) ->
         return super::composite::cross_entropy_sum(logits, targets, weights);
     }
     let weights = weights.to_dtype(logits.dtype())?;
-    let op = CrossEntropy {
-        weight_grad: weights.track_op(),
-        rows: OnceLock::new(),
-    };
+    let op = CrossEntropy { weight_grad: weights.track_op(), rows: OnceLock::new() };
     logits.apply_op3(targets, &weights, op)
 }
 
@@ -59,10 +54,7 @@ fn cross_entropy_sum_cuda(logits: &Tensor, targets: &Tensor, weights: &Tensor) -
         return super::composite::cross_entropy_sum(&logits, targets, weights);
     }
     let weights = weights.to_dtype(logits.dtype())?;
-    let op = CrossEntropy {
-        weight_grad: false,
-        rows: OnceLock::new(),
-    };
+    let op = CrossEntropy { weight_grad: false, rows: OnceLock::new() };
     logits.apply_op3(targets, &weights, op)
 }
 
@@ -85,20 +77,11 @@ fn row_stats<T: Real>(row: &[T], target: usize) -> RowStats {
     let max = max(row);
     let sum = exp_shifted(None, row, max);
     let nll = sum.ln() - (row[target] - max).to_f64();
-    RowStats {
-        max: max.to_f64(),
-        inv_sum: 1.0 / sum,
-        nll,
-    }
+    RowStats { max: max.to_f64(), inv_sum: 1.0 / sum, nll }
 }
 
 /// The inputs as slices, checked: (logits, targets, weights, vocab).
-type Inputs<'a, T> = (
-    std::borrow::Cow<'a, [T]>,
-    std::borrow::Cow<'a, [u32]>,
-    std::borrow::Cow<'a, [T]>,
-    usize,
-);
+type Inputs<'a, T> = (std::borrow::Cow<'a, [T]>, std::borrow::Cow<'a, [u32]>, std::borrow::Cow<'a, [T]>, usize);
 
 fn inputs<'a, T: Real>(
     (s1, l1): (&'a CpuStorage, &Layout),
@@ -108,23 +91,13 @@ fn inputs<'a, T: Real>(
     let vocab = row_len("cross_entropy", l1)?;
     let n = l1.dims()[0];
     if l1.dims().len() != 2 || l2.dims() != [n] || l3.dims() != [n] {
-        candle_core::bail!(
-            "cross_entropy: logits {:?}, targets {:?}, weights {:?}",
-            l1.dims(),
-            l2.dims(),
-            l3.dims()
-        );
+        candle_core::bail!("cross_entropy: logits {:?}, targets {:?}, weights {:?}", l1.dims(), l2.dims(), l3.dims());
     }
     let targets = contiguous::<u32>(s2, l2)?;
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("cross_entropy: target {t} out of range for vocab {vocab}");
     }
-    Ok((
-        contiguous::<T>(s1, l1)?,
-        targets,
-        contiguous::<T>(s3, l3)?,
-        vocab,
-    ))
+    Ok((contiguous::<T>(s1, l1)?, targets, contiguous::<T>(s3, l3)?, vocab))
 }
 
 fn forward<T: Real>(
@@ -138,26 +111,11 @@ fn forward<T: Real>(
         .par_chunks(vocab)
         .zip(targets.par_iter().zip(weights.par_iter()))
         .with_min_len(rows_per_task(vocab))
-        .map(|(row, (&t, &w))| {
-            if w == T::ZERO && !op.weight_grad {
-                RowStats::default()
-            } else {
-                row_stats(row, t as usize)
-            }
-        })
+        .map(|(row, (&t, &w))| if w == T::ZERO && !op.weight_grad { RowStats::default() } else { row_stats(row, t as usize) })
         .collect();
-    let loss = rows.iter().zip(weights.iter()).fold(0f64, |acc, (r, &w)| {
-        if w == T::ZERO {
-            acc
-        } else {
-            acc + w.to_f64() * r.nll
-        }
-    });
+    let loss = rows.iter().zip(weights.iter()).fold(0f64, |acc, (r, &w)| if w == T::ZERO { acc } else { acc + w.to_f64() * r.nll });
     let _ = op.rows.set(Arc::new(rows));
-    Ok((
-        T::to_cpu_storage_owned(vec![T::from_f64(loss)]),
-        Shape::from(()),
-    ))
+    Ok((T::to_cpu_storage_owned(vec![T::from_f64(loss)]), Shape::from(())))
 }
 
 impl CustomOp3 for CrossEntropy {
@@ -174,11 +132,7 @@ impl CustomOp3 for CrossEntropy {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(
-            "cross_entropy",
-            s1,
-            forward(self, (s1, l1), (s2, l2), (s3, l3))
-        )
+        dispatch!("cross_entropy", s1, forward(self, (s1, l1), (s2, l2), (s3, l3)))
     }
 
     #[cfg(feature = "cuda")]
@@ -231,27 +185,20 @@ fn backward<T: Real>(
 ) -> Result<(CpuStorage, Shape)> {
     let (logits, targets, weights, vocab) = inputs::<T>(a, b, c)?;
     let mut out = vec![T::ZERO; logits.len()];
-    out.par_chunks_mut(vocab)
-        .zip(logits.par_chunks(vocab))
-        .enumerate()
-        .with_min_len(rows_per_task(vocab))
-        .for_each(|(i, (out, row))| {
-            let w = weights[i];
-            if w == T::ZERO {
-                return;
-            }
-            let t = targets[i] as usize;
-            let stats = op
-                .rows
-                .as_ref()
-                .map_or_else(|| row_stats(row, t), |rows| rows[i]);
-            let (max, inv_sum) = (T::from_f64(stats.max), T::from_f64(stats.inv_sum));
-            let scale = w * T::from_f64(op.g);
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = (v - max).exp() * inv_sum * scale;
-            }
-            out[t] -= scale;
-        });
+    out.par_chunks_mut(vocab).zip(logits.par_chunks(vocab)).enumerate().with_min_len(rows_per_task(vocab)).for_each(|(i, (out, row))| {
+        let w = weights[i];
+        if w == T::ZERO {
+            return;
+        }
+        let t = targets[i] as usize;
+        let stats = op.rows.as_ref().map_or_else(|| row_stats(row, t), |rows| rows[i]);
+        let (max, inv_sum) = (T::from_f64(stats.max), T::from_f64(stats.inv_sum));
+        let scale = w * T::from_f64(op.g);
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = (v - max).exp() * inv_sum * scale;
+        }
+        out[t] -= scale;
+    });
     Ok((T::to_cpu_storage_owned(out), a.1.shape().clone()))
 }
 
@@ -269,11 +216,7 @@ impl CustomOp3 for CrossEntropyBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(
-            "cross_entropy bwd",
-            s1,
-            backward(self, (s1, l1), (s2, l2), (s3, l3))
-        )
+        dispatch!("cross_entropy bwd", s1, backward(self, (s1, l1), (s2, l2), (s3, l3)))
     }
 
     #[cfg(feature = "cuda")]

@@ -36,10 +36,7 @@ real!(f64);
 /// True when every tensor is on the CPU with one dtype that has fused kernels.
 pub(crate) fn fused_cpu(ts: &[&Tensor]) -> bool {
     let dtype = ts[0].dtype();
-    matches!(dtype, DType::F32 | DType::F64)
-        && ts
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == dtype && t.elem_count() > 0)
+    matches!(dtype, DType::F32 | DType::F64) && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == dtype && t.elem_count() > 0)
 }
 
 /// True when the fused kernels cover these tensors: [`fused_cpu`], or (feature `cuda`)
@@ -111,10 +108,7 @@ pub(crate) fn rows_per_task(row_len: usize) -> usize {
 pub(crate) fn row_len(name: &str, l: &Layout) -> Result<usize> {
     match l.dims().last() {
         Some(&d) if d > 0 => Ok(d),
-        _ => candle_core::bail!(
-            "{name}: needs a non-empty last dimension, got {:?}",
-            l.dims()
-        ),
+        _ => candle_core::bail!("{name}: needs a non-empty last dimension, got {:?}", l.dims()),
     }
 }
 
@@ -133,8 +127,7 @@ pub(crate) fn max<T: Real>(x: &[T]) -> T {
         }
     }
     let tail = chunks.remainder().iter();
-    tail.chain(&acc)
-        .fold(T::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    tail.chain(&acc).fold(T::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// `sum(f(a[i], b[i]))` over two slices of one length, in lanes.
@@ -190,10 +183,7 @@ pub(crate) fn exp_shifted<T: Real>(out: Option<&mut [T]>, x: &[T], max: T) -> f6
                         acc[k] += (x[k] - max).exp();
                     }
                 }
-                let tail = xc
-                    .remainder()
-                    .iter()
-                    .fold(T::ZERO, |s, &x| s + (x - max).exp());
+                let tail = xc.remainder().iter().fold(T::ZERO, |s, &x| s + (x - max).exp());
                 flush(&mut acc, tail);
             }
         }

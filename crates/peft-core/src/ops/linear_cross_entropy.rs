@@ -31,7 +31,14 @@ pub fn default_chunk_rows(vocab: usize) -> usize {
 /// `h`: [n, hidden]; `w`: [vocab, hidden]; `targets`: u32 [n]; `weights`: [n] (0 ignores a
 /// row, which is then skipped); `softcap`: Gemma's `final_logit_softcapping`. Gradients
 /// flow to `h` and `w` (to `w` only when it tracks one: a frozen head costs no dW).
-pub fn linear_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor, weights: &Tensor, softcap: Option<f64>, chunk_rows: usize) -> Result<Tensor> {
+pub fn linear_cross_entropy_sum(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    softcap: Option<f64>,
+    chunk_rows: usize,
+) -> Result<Tensor> {
     let (_, wh) = w.dims2()?;
     let (op, loss) = prepare(h, Head::Dense(w.detach()), wh, targets, weights, softcap, chunk_rows)?;
     if !h.track_op() && !w.track_op() {
@@ -41,7 +48,14 @@ pub fn linear_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &Tensor, weight
 }
 
 /// [`linear_cross_entropy_sum`] over a head kept quantized (frozen: the gradient is `h`'s).
-pub fn qlinear_cross_entropy_sum(h: &Tensor, w: &Arc<QWeight>, targets: &Tensor, weights: &Tensor, softcap: Option<f64>, chunk_rows: usize) -> Result<Tensor> {
+pub fn qlinear_cross_entropy_sum(
+    h: &Tensor,
+    w: &Arc<QWeight>,
+    targets: &Tensor,
+    weights: &Tensor,
+    softcap: Option<f64>,
+    chunk_rows: usize,
+) -> Result<Tensor> {
     let (op, loss) = prepare(h, Head::Quantized(w.clone()), w.dims().1, targets, weights, softcap, chunk_rows)?;
     if !h.track_op() {
         return Ok(loss);
@@ -50,12 +64,32 @@ pub fn qlinear_cross_entropy_sum(h: &Tensor, w: &Arc<QWeight>, targets: &Tensor,
 }
 
 /// The op and the forward's loss.
-fn prepare(h: &Tensor, head: Head, w_hidden: usize, targets: &Tensor, weights: &Tensor, softcap: Option<f64>, chunk_rows: usize) -> Result<(LinearCrossEntropy, Tensor)> {
+fn prepare(
+    h: &Tensor,
+    head: Head,
+    w_hidden: usize,
+    targets: &Tensor,
+    weights: &Tensor,
+    softcap: Option<f64>,
+    chunk_rows: usize,
+) -> Result<(LinearCrossEntropy, Tensor)> {
     let (n, hidden) = h.dims2()?;
     if w_hidden != hidden || targets.dims() != [n] || weights.dims() != [n] {
-        candle_core::bail!("linear_cross_entropy: h {:?}, head rows of {w_hidden}, targets {:?}, weights {:?}", h.dims(), targets.dims(), weights.dims());
+        candle_core::bail!(
+            "linear_cross_entropy: h {:?}, head rows of {w_hidden}, targets {:?}, weights {:?}",
+            h.dims(),
+            targets.dims(),
+            weights.dims()
+        );
     }
-    let op = LinearCrossEntropy { chunks: chunks(weights, chunk_rows.max(1))?, head, targets: targets.clone(), weights: weights.clone(), softcap, output: None };
+    let op = LinearCrossEntropy {
+        chunks: chunks(weights, chunk_rows.max(1))?,
+        head,
+        targets: targets.clone(),
+        weights: weights.clone(),
+        softcap,
+        output: None,
+    };
     let mut total = 0f64;
     for &(start, len) in &op.chunks {
         total += op.chunk_loss(&h.narrow(0, start, len)?.detach(), start, len)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -210,7 +244,13 @@ impl CustomOp2 for LinearCrossEntropy {
     }
 
     #[cfg(feature = "cuda")]
-    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         self.output()?.cuda()
     }
 

@@ -121,9 +121,27 @@ fn forward(x: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
             // r0..r0+rows of it (dst_rs = n), without reading them (read_dst false). x is m × k
             // row-major; the tile is rows × k row-major, read as its transpose.
             unsafe {
-                gemm::gemm(m, rows, k, out.at(r0), 1, n as isize, false,
-                    x.as_ptr(), 1, k as isize, tile.as_ptr(), k as isize, 1,
-                    0.0, 1.0, false, false, false, gemm::Parallelism::None);
+                gemm::gemm(
+                    m,
+                    rows,
+                    k,
+                    out.at(r0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    tile.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
         })
     });
@@ -158,9 +176,27 @@ fn input_grad(dy: &[f32], m: usize, w: &QWeight) -> Vec<f32> {
                 // (read_dst). dy's columns r0..r0+rows are read (lhs_rs = n); the tile is
                 // rows × cols row-major.
                 unsafe {
-                    gemm::gemm(m, cols, rows, out.at(c0), 1, k as isize, r0 > 0,
-                        dy.as_ptr().add(r0), 1, n as isize, tile.as_ptr(), 1, cols as isize,
-                        1.0, 1.0, false, false, false, gemm::Parallelism::None);
+                    gemm::gemm(
+                        m,
+                        cols,
+                        rows,
+                        out.at(c0),
+                        1,
+                        k as isize,
+                        r0 > 0,
+                        dy.as_ptr().add(r0),
+                        1,
+                        n as isize,
+                        tile.as_ptr(),
+                        1,
+                        cols as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
             }
         })

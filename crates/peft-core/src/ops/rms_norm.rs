@@ -28,11 +28,7 @@ fn inv_rms<T: Real>(x: &[T], eps: f64) -> T {
     T::ONE / (ss * T::from_f64(1.0 / x.len() as f64) + T::from_f64(eps)).sqrt()
 }
 
-fn forward<T: Real>(
-    eps: f64,
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
+fn forward<T: Real>(eps: f64, (s1, l1): (&CpuStorage, &Layout), (s2, l2): (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
     let d = row_len("rms_norm", l1)?;
     if l2.shape().elem_count() != d {
         candle_core::bail!("rms_norm: weight {:?} for rows of {d}", l2.dims());
@@ -40,16 +36,14 @@ fn forward<T: Real>(
     let (x, w) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
     let mut out = vec![T::ZERO; x.len()];
     let chunk = rows_per_task(d) * d;
-    out.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(out, x)| {
-            for (out, x) in out.chunks_mut(d).zip(x.chunks(d)) {
-                let inv = inv_rms(x, eps);
-                for ((o, &x), &w) in out.iter_mut().zip(x).zip(w.iter()) {
-                    *o = x * inv * w;
-                }
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
+        for (out, x) in out.chunks_mut(d).zip(x.chunks(d)) {
+            let inv = inv_rms(x, eps);
+            for ((o, &x), &w) in out.iter_mut().zip(x).zip(w.iter()) {
+                *o = x * inv * w;
             }
-        });
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
 }
 
@@ -58,13 +52,7 @@ impl CustomOp2 for RmsNorm {
         "peft-rms-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         dispatch!("rms_norm", s1, forward(self.eps, (s1, l1), (s2, l2)))
     }
 
@@ -79,13 +67,7 @@ impl CustomOp2 for RmsNorm {
         super::cuda::rms_norm_fwd(self.eps, (s1, l1), (s2, l2))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, d) = (x.elem_count(), w.elem_count());
         // One kernel, one buffer: dx (n values) followed by dweight (d values).
         let packed = x.apply_op3_no_bwd(w, grad, &RmsNormBwd { eps: self.eps })?;
@@ -108,18 +90,9 @@ fn backward<T: Real>(
     (s3, l3): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     let d = row_len("rms_norm bwd", l1)?;
-    let (x, w, g) = (
-        contiguous::<T>(s1, l1)?,
-        contiguous::<T>(s2, l2)?,
-        contiguous::<T>(s3, l3)?,
-    );
+    let (x, w, g) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
     if w.len() != d || g.len() != x.len() {
-        candle_core::bail!(
-            "rms_norm bwd: shapes {:?} {:?} {:?}",
-            l1.dims(),
-            l2.dims(),
-            l3.dims()
-        );
+        candle_core::bail!("rms_norm bwd: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
     }
     let n = x.len();
     let mut out = vec![T::ZERO; n + d];
@@ -166,11 +139,7 @@ impl CustomOp3 for RmsNormBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(
-            "rms_norm bwd",
-            s1,
-            backward(self.eps, (s1, l1), (s2, l2), (s3, l3))
-        )
+        dispatch!("rms_norm bwd", s1, backward(self.eps, (s1, l1), (s2, l2), (s3, l3)))
     }
 
     #[cfg(feature = "cuda")]

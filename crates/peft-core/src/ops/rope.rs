@@ -36,41 +36,29 @@ fn rotate<T: Real>(
     let (b, h, t, d) = l1.shape().dims4()?;
     let half = d / 2;
     if d % 2 != 0 || l2.dims() != [b, t, half] || l3.dims() != [b, t, half] {
-        candle_core::bail!(
-            "rope: x {:?}, cos {:?}, sin {:?}",
-            l1.dims(),
-            l2.dims(),
-            l3.dims()
-        );
+        candle_core::bail!("rope: x {:?}, cos {:?}, sin {:?}", l1.dims(), l2.dims(), l3.dims());
     }
-    let (x, cos, sin) = (
-        contiguous::<T>(s1, l1)?,
-        contiguous::<T>(s2, l2)?,
-        contiguous::<T>(s3, l3)?,
-    );
+    let (x, cos, sin) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
     let mut out = vec![T::ZERO; x.len()];
     let rows = rows_per_task(d);
-    out.par_chunks_mut(rows * d)
-        .zip(x.par_chunks(rows * d))
-        .enumerate()
-        .for_each(|(task, (out, x))| {
-            for (i, (out, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
-                let row = task * rows + i;
-                let at = (row / (h * t) * t + row % t) * half;
-                let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
-                let (x1, x2) = x.split_at(half);
-                let (o1, o2) = out.split_at_mut(half);
-                for j in 0..half {
-                    if inverse {
-                        o1[j] = x1[j] * c[j] + x2[j] * s[j];
-                        o2[j] = x2[j] * c[j] - x1[j] * s[j];
-                    } else {
-                        o1[j] = x1[j] * c[j] - x2[j] * s[j];
-                        o2[j] = x2[j] * c[j] + x1[j] * s[j];
-                    }
+    out.par_chunks_mut(rows * d).zip(x.par_chunks(rows * d)).enumerate().for_each(|(task, (out, x))| {
+        for (i, (out, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+            let row = task * rows + i;
+            let at = (row / (h * t) * t + row % t) * half;
+            let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
+            let (x1, x2) = x.split_at(half);
+            let (o1, o2) = out.split_at_mut(half);
+            for j in 0..half {
+                if inverse {
+                    o1[j] = x1[j] * c[j] + x2[j] * s[j];
+                    o2[j] = x2[j] * c[j] - x1[j] * s[j];
+                } else {
+                    o1[j] = x1[j] * c[j] - x2[j] * s[j];
+                    o2[j] = x2[j] * c[j] + x1[j] * s[j];
                 }
             }
-        });
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
 }
 
@@ -88,11 +76,7 @@ impl CustomOp3 for Rope {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        dispatch!(
-            "rope",
-            s1,
-            rotate(self.inverse, (s1, l1), (s2, l2), (s3, l3))
-        )
+        dispatch!("rope", s1, rotate(self.inverse, (s1, l1), (s2, l2), (s3, l3)))
     }
 
     #[cfg(feature = "cuda")]
@@ -116,13 +100,7 @@ impl CustomOp3 for Rope {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = grad.apply_op3_no_bwd(
-            cos,
-            sin,
-            &Rope {
-                inverse: !self.inverse,
-            },
-        )?;
+        let dx = grad.apply_op3_no_bwd(cos, sin, &Rope { inverse: !self.inverse })?;
         Ok((Some(dx), None, None))
     }
 }

@@ -26,23 +26,17 @@ fn sigmoid_silu<T: Real>(x: T) -> (T, T) {
 
 struct SiluMul;
 
-fn forward<T: Real>(
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
+fn forward<T: Real>((s1, l1): (&CpuStorage, &Layout), (s2, l2): (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
     if l1.dims() != l2.dims() {
         candle_core::bail!("silu_mul: gate {:?}, up {:?}", l1.dims(), l2.dims());
     }
     let (gate, up) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
     let mut out = vec![T::ZERO; gate.len()];
-    out.par_chunks_mut(BLOCK)
-        .zip(gate.par_chunks(BLOCK))
-        .zip(up.par_chunks(BLOCK))
-        .for_each(|((out, gate), up)| {
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = sigmoid_silu(g).1 * u;
-            }
-        });
+    out.par_chunks_mut(BLOCK).zip(gate.par_chunks(BLOCK)).zip(up.par_chunks(BLOCK)).for_each(|((out, gate), up)| {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = sigmoid_silu(g).1 * u;
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
 }
 
@@ -51,13 +45,7 @@ impl CustomOp2 for SiluMul {
         "peft-silu-mul"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         dispatch!("silu_mul", s1, forward((s1, l1), (s2, l2)))
     }
 
@@ -72,13 +60,7 @@ impl CustomOp2 for SiluMul {
         super::cuda::silu_mul_fwd((s1, l1), (s2, l2))
     }
 
-    fn bwd(
-        &self,
-        gate: &Tensor,
-        up: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // One kernel, one buffer: [2, ...shape], dgate then dup.
         let packed = gate.apply_op3_no_bwd(up, grad, &SiluMulBwd)?;
         Ok((Some(packed.get(0)?), Some(packed.get(1)?)))
@@ -95,29 +77,16 @@ fn backward<T: Real>(
     (s3, l3): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
     if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
-        candle_core::bail!(
-            "silu_mul bwd: shapes {:?} {:?} {:?}",
-            l1.dims(),
-            l2.dims(),
-            l3.dims()
-        );
+        candle_core::bail!("silu_mul bwd: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
     }
-    let (gate, up, grad) = (
-        contiguous::<T>(s1, l1)?,
-        contiguous::<T>(s2, l2)?,
-        contiguous::<T>(s3, l3)?,
-    );
+    let (gate, up, grad) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
     let n = gate.len();
     let mut out = vec![T::ZERO; 2 * n];
     let (dgate, dup) = out.split_at_mut(n);
     dgate
         .par_chunks_mut(BLOCK)
         .zip(dup.par_chunks_mut(BLOCK))
-        .zip(
-            gate.par_chunks(BLOCK)
-                .zip(up.par_chunks(BLOCK))
-                .zip(grad.par_chunks(BLOCK)),
-        )
+        .zip(gate.par_chunks(BLOCK).zip(up.par_chunks(BLOCK)).zip(grad.par_chunks(BLOCK)))
         .for_each(|((dgate, dup), ((gate, up), grad))| {
             for i in 0..dgate.len() {
                 let (sig, silu) = sigmoid_silu(gate[i]);

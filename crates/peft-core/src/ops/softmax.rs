@@ -2,9 +2,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernel::{
-    contiguous, dispatch, exp_shifted, fused, max, row_len, rows_per_task, sum_zip, Real,
-};
+use super::kernel::{contiguous, dispatch, exp_shifted, fused, max, row_len, rows_per_task, sum_zip, Real};
 
 /// Softmax over the last dimension. Same semantics as
 /// [`super::composite::softmax_last_dim`], which it falls back to off the CPU and for
@@ -23,17 +21,15 @@ fn forward<T: Real>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
     let x = contiguous::<T>(s, l)?;
     let mut out = vec![T::ZERO; x.len()];
     let chunk = rows_per_task(d) * d;
-    out.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(out, x)| {
-            for (out, x) in out.chunks_mut(d).zip(x.chunks(d)) {
-                let max = max(x);
-                let sum = T::from_f64(exp_shifted(Some(out), x, max));
-                for o in out.iter_mut() {
-                    *o /= sum;
-                }
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| {
+        for (out, x) in out.chunks_mut(d).zip(x.chunks(d)) {
+            let max = max(x);
+            let sum = T::from_f64(exp_shifted(Some(out), x, max));
+            for o in out.iter_mut() {
+                *o /= sum;
             }
-        });
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
 }
 
@@ -62,11 +58,7 @@ pub(crate) struct SoftmaxBwd {
     pub scale: f64,
 }
 
-fn backward<T: Real>(
-    scale: f64,
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-) -> Result<(CpuStorage, Shape)> {
+fn backward<T: Real>(scale: f64, (s1, l1): (&CpuStorage, &Layout), (s2, l2): (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
     let d = row_len("softmax bwd", l1)?;
     if l1.dims() != l2.dims() {
         candle_core::bail!("softmax bwd: y {:?}, grad {:?}", l1.dims(), l2.dims());
@@ -75,23 +67,20 @@ fn backward<T: Real>(
     let mut out = vec![T::ZERO; y.len()];
     let chunk = rows_per_task(d) * d;
     let (scale, scaled) = (T::from_f64(scale), scale != 1.0);
-    out.par_chunks_mut(chunk)
-        .zip(y.par_chunks(chunk))
-        .zip(g.par_chunks(chunk))
-        .for_each(|((out, y), g)| {
-            for ((out, y), g) in out.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
-                let dot = sum_zip(y, g, |y, g| y * g);
-                if scaled {
-                    for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-                        *o = y * (g - dot) * scale;
-                    }
-                } else {
-                    for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-                        *o = y * (g - dot);
-                    }
+    out.par_chunks_mut(chunk).zip(y.par_chunks(chunk)).zip(g.par_chunks(chunk)).for_each(|((out, y), g)| {
+        for ((out, y), g) in out.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
+            let dot = sum_zip(y, g, |y, g| y * g);
+            if scaled {
+                for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                    *o = y * (g - dot) * scale;
+                }
+            } else {
+                for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                    *o = y * (g - dot);
                 }
             }
-        });
+        }
+    });
     Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
 }
 
@@ -100,13 +89,7 @@ impl CustomOp2 for SoftmaxBwd {
         "peft-softmax-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         dispatch!("softmax bwd", s1, backward(self.scale, (s1, l1), (s2, l2)))
     }
 

@@ -57,7 +57,12 @@ struct SparseAdd {
     inp: usize,
 }
 
-fn forward<T: Real>(op: &SparseAdd, (s1, l1): (&CpuStorage, &Layout), (s2, l2): (&CpuStorage, &Layout), (s3, l3): (&CpuStorage, &Layout)) -> Result<CpuStorage> {
+fn forward<T: Real>(
+    op: &SparseAdd,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<CpuStorage> {
     let mut y = contiguous::<T>(s1, l1)?.into_owned();
     let (x, d) = (contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
     for (yr, xr) in y.chunks_mut(op.out).zip(x.chunks(op.inp)) {
@@ -73,7 +78,15 @@ impl CustomOp3 for SparseAdd {
         "peft-sparse-add"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         if l1.shape().elem_count() / self.out != l2.shape().elem_count() / self.inp {
             candle_core::bail!("sparse_add: result {:?} and x {:?} have different rows", l1.dims(), l2.dims());
         }
@@ -81,7 +94,14 @@ impl CustomOp3 for SparseAdd {
         Ok((y, l1.shape().clone()))
     }
 
-    fn bwd(&self, result: &Tensor, x: &Tensor, delta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        result: &Tensor,
+        x: &Tensor,
+        delta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gr = result.track_op().then(|| grad.clone());
         let gx = if x.track_op() { Some(grad.apply_op2_no_bwd(&delta.detach(), &GradX(self.clone()))?.reshape(x.shape())?) } else { None };

@@ -43,9 +43,10 @@ pub fn adamw_step(p: &Parameter, m: &mut Tensor, v: &mut Tensor, step: u64, h: &
 /// The same update as tensor ops on the parameter's device (CUDA), so that a step needs no
 /// host round trip; math and state in f32 (f64 for f64 parameters) instead of f64.
 fn adamw_step_on_device(p: &Parameter, m: &mut Tensor, v: &mut Tensor, step: u64, h: &AdamWHyper) -> Result<()> {
-    let grad = p.grad.as_ref().ok_or_else(|| {
-        crate::error::Error::arg(&p.name, "a parameter with a gradient (call backward first)", "no gradient")
-    })?;
+    let grad = p
+        .grad
+        .as_ref()
+        .ok_or_else(|| crate::error::Error::arg(&p.name, "a parameter with a gradient (call backward first)", "no gradient"))?;
     let dt = state_dtype(p);
     let g = grad.to_dtype(dt)?;
     let bc1 = 1.0 - h.beta1.powi(step as i32);

@@ -23,7 +23,11 @@ pub(crate) fn flat(t: &Tensor) -> Result<Vec<f64>> {
 
 /// Optimizer state is f32, or f64 for f64 parameters (used by gradient checks).
 pub fn state_dtype(p: &Parameter) -> DType {
-    if p.dtype() == DType::F64 { DType::F64 } else { DType::F32 }
+    if p.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 pub(crate) fn state_tensor(values: Vec<f64>, like: &Tensor, dtype: DType) -> Result<Tensor> {

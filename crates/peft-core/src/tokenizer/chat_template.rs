@@ -130,9 +130,8 @@ impl ChatTemplate {
         let template = env.get_template(NAME).map_err(|e| template_error(&e))?;
         let mut out = BoundedOutput { text: Vec::new(), overflowed: None, deadline: std::time::Instant::now() + TEMPLATE_MAX_TIME };
         match template.render_captured_to(ctx, &mut out) {
-            Ok(_) => String::from_utf8(out.text).map_err(|e| Error::Template {
-                message: format!("the chat template from {} rendered invalid UTF-8: {e}", self.origin),
-            }),
+            Ok(_) => String::from_utf8(out.text)
+                .map_err(|e| Error::Template { message: format!("the chat template from {} rendered invalid UTF-8: {e}", self.origin) }),
             Err(_) if out.overflowed == Some(Overflow::Time) => Err(Error::Template {
                 message: format!(
                     "the chat template from {} was still printing after {} s and was stopped \
@@ -208,7 +207,10 @@ fn environment() -> Environment<'static> {
     // write (Rust's debug_list keeps iterating): `{{ messages * 100000000 }}` is one
     // instruction, so fuel does not stop it either. Refuse to print one that long instead.
     env.set_formatter(|out, state, value| {
-        if matches!(value.kind(), minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable | minijinja::value::ValueKind::Map) {
+        if matches!(
+            value.kind(),
+            minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Iterable | minijinja::value::ValueKind::Map
+        ) {
             // A repeated sequence is a lazy iterable without a known length: count at most
             // one past the bound.
             let n = value.len().unwrap_or_else(|| value.try_iter().map_or(0, |it| it.take(TEMPLATE_MAX_PRINTED_ITEMS + 1).count()));
@@ -236,9 +238,9 @@ fn raise_exception(message: Option<Value>) -> std::result::Result<Value, minijin
 /// `datetime.now().strftime(fmt)`, in local time; a bad format is a template error, not a panic.
 fn strftime_now(format: String) -> std::result::Result<String, minijinja::Error> {
     use chrono::format::StrftimeItems;
-    let items = StrftimeItems::new(&format).parse().map_err(|_| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}"))
-    })?;
+    let items = StrftimeItems::new(&format)
+        .parse()
+        .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}")))?;
     Ok(chrono::Local::now().format_with_items(items.into_iter()).to_string())
 }
 

@@ -37,8 +37,7 @@ pub(crate) fn read_sidecars(dir: &Path) -> Result<TokenizerConfig> {
     let mut config = TokenizerConfig::default();
     let path = dir.join("tokenizer_config.json");
     if let Some(text) = read_optional(&path)? {
-        let json: Value =
-            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
         config = parse_config(&json, &path)?;
         config.chat_template_origin = path.display().to_string();
     }

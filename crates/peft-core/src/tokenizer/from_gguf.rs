@@ -30,7 +30,8 @@ const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 
 /// The split regex of the llama-3 `tokenizer.json` (and of transformers' GGUF loader).
-pub(super) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(super) const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_PRE: &[&str] = &["llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "pixtral", "dbrx"];
 
 pub(crate) fn build(spec: &super::GgufTokenizerSpec, file: &Path) -> Result<(tokenizers::Tokenizer, TokenizerConfig)> {
@@ -108,22 +109,13 @@ fn bytes_to_unicode() -> [char; 256] {
 
 /// Byte-level BPE. Tokens using characters outside the byte alphabet are respelled byte by byte
 /// (as transformers does), and the returned names are the vocabulary's spellings.
-fn byte_level(
-    spec: &super::GgufTokenizerSpec,
-    pre: Option<&str>,
-) -> std::result::Result<(tokenizers::Tokenizer, Vec<String>), String> {
+fn byte_level(spec: &super::GgufTokenizerSpec, pre: Option<&str>) -> std::result::Result<(tokenizers::Tokenizer, Vec<String>), String> {
     let table = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
     let names: Vec<String> = spec
         .tokens
         .iter()
-        .map(|t| {
-            if t.chars().all(|c| alphabet.contains(&c)) {
-                t.clone()
-            } else {
-                t.bytes().map(|b| table[b as usize]).collect()
-            }
-        })
+        .map(|t| if t.chars().all(|c| alphabet.contains(&c)) { t.clone() } else { t.bytes().map(|b| table[b as usize]).collect() })
         .collect();
     let llama3 = pre.is_some_and(|p| LLAMA3_PRE.contains(&p));
     let pre_tokenizer: PreTokenizerWrapper = match pre {
@@ -176,11 +168,7 @@ fn sentencepiece(spec: &super::GgufTokenizerSpec) -> std::result::Result<tokeniz
     let vocab: Vocab = spec.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let merges = if spec.merges.is_empty() {
         if spec.scores.len() != spec.tokens.len() {
-            return Err(format!(
-                "{} scores for {} tokens (needed to derive merges)",
-                spec.scores.len(),
-                spec.tokens.len()
-            ));
+            return Err(format!("{} scores for {} tokens (needed to derive merges)", spec.scores.len(), spec.tokens.len()));
         }
         generate_merges(&spec.tokens, &spec.scores, &vocab)
     } else {

@@ -68,9 +68,7 @@ fn write_value(value: &Value, opts: &Options, depth: usize, out: &mut String) ->
         ValueKind::String => write_str(value.as_str().unwrap_or_default(), opts.ensure_ascii, out),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            write_container(out, opts, depth, '[', ']', items.len(), |i, out| {
-                write_value(&items[i], opts, depth + 1, out)
-            })?;
+            write_container(out, opts, depth, '[', ']', items.len(), |i, out| write_value(&items[i], opts, depth + 1, out))?;
         }
         ValueKind::Map => {
             let mut entries = Vec::new();

@@ -21,10 +21,7 @@ pub struct StreamDecoder {
 
 impl std::fmt::Debug for StreamDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamDecoder")
-            .field("skip_special_tokens", &self.skip_special_tokens)
-            .field("pending_ids", &self.ids)
-            .finish()
+        f.debug_struct("StreamDecoder").field("skip_special_tokens", &self.skip_special_tokens).field("pending_ids", &self.ids).finish()
     }
 }
 

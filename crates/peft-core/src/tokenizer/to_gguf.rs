@@ -59,7 +59,8 @@ impl Tokenizer {
 
     fn spec_from_json(&self, vocab_size: usize) -> Result<GgufTokenizerSpec> {
         let fail = |message: String| Error::Tokenizer { file: self.source.clone(), message };
-        let json: Value = serde_json::from_str(&self.inner.to_string(false).map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
+        let json: Value =
+            serde_json::from_str(&self.inner.to_string(false).map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
         let model = &json["model"];
         if model["type"] != "BPE" || model["byte_fallback"] == true || !json["pre_tokenizer"].to_string().contains("\"ByteLevel\"") {
             return Err(Error::Unsupported(format!(
@@ -69,7 +70,9 @@ impl Tokenizer {
         let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
         let mut types = vec![UNUSED; vocab_size];
         let mut put = |token: &str, id: u64, ty: i32| -> Result<()> {
-            let slot = usize::try_from(id).ok().filter(|&i| i < vocab_size)
+            let slot = usize::try_from(id)
+                .ok()
+                .filter(|&i| i < vocab_size)
                 .ok_or_else(|| fail(format!("token `{token}` has id {id}, past the model's vocabulary of {vocab_size}")))?;
             tokens[slot] = Some(token.to_string());
             types[slot] = ty;
@@ -84,11 +87,16 @@ impl Tokenizer {
             put(token, id, ty)?;
         }
         let tokens = tokens.into_iter().enumerate().map(|(i, t)| t.unwrap_or_else(|| format!("[PAD{i}]"))).collect();
-        let merges = model["merges"].as_array().into_iter().flatten().map(|m| match m {
-            Value::String(s) => Ok(s.clone()),
-            Value::Array(pair) => Ok(pair.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
-            other => Err(fail(format!("a merge is {other}, expected \"a b\" or [\"a\", \"b\"]"))),
-        }).collect::<Result<Vec<_>>>()?;
+        let merges = model["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| match m {
+                Value::String(s) => Ok(s.clone()),
+                Value::Array(pair) => Ok(pair.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
+                other => Err(fail(format!("a merge is {other}, expected \"a b\" or [\"a\", \"b\"]"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(GgufTokenizerSpec {
             model: "gpt2".into(),
             pre: Some(pre_name(&json["pre_tokenizer"]).into()),

@@ -33,7 +33,9 @@ impl ModelHooks for Tuners {
         if let Some(rows) = rows(ctx) {
             rows.check_batch(batch)?;
             if ctx.training {
-                return Err(Error::Unsupported("adapterNames: per-row adapters are for inference; the model is in training mode (call eval() first)".into()));
+                return Err(Error::Unsupported(
+                    "adapterNames: per-row adapters are for inference; the model is in training mode (call eval() first)".into(),
+                ));
             }
         }
         Ok(())

@@ -24,7 +24,9 @@ pub fn check_sizes(config: &Value, model: &ModelConfig, file: &Path) -> Result<(
             // than a small model's widest layer): a looser bound
             "r" if vera => Some((4 * widest, format!("4 x the model's widest layer ({}) for VeRA", 4 * widest))),
             k if RANK_KEYS.contains(&k) => Some((widest, format!("the model's widest layer ({widest})"))),
-            "num_virtual_tokens" => Some((model.max_position_embeddings, format!("max_position_embeddings ({})", model.max_position_embeddings))),
+            "num_virtual_tokens" => {
+                Some((model.max_position_embeddings, format!("max_position_embeddings ({})", model.max_position_embeddings)))
+            }
             // the prompt encoder's MLP/LSTM width: PEFT's default is the hidden size
             // An adapter's bottleneck may be wider than a small model (MAM's default 512 on a
             // 160-wide test model), as an encoder's hidden size may: the same loose bound.
@@ -61,7 +63,12 @@ fn walk(value: &Value, prefix: &str, bound: &dyn Fn(&str) -> Option<(usize, Stri
 fn check(v: &Value, bound: Option<(usize, String)>, key: &str, file: &Path) -> Result<()> {
     let (Some((max, why)), Some(n)) = (bound, v.as_f64()) else { return Ok(()) };
     if n > max as f64 {
-        return Err(Error::InvalidConfig { file: file.into(), key: key.into(), expected: format!("at most {why} for this model"), found: v.to_string() });
+        return Err(Error::InvalidConfig {
+            file: file.into(),
+            key: key.into(),
+            expected: format!("at most {why} for this model"),
+            found: v.to_string(),
+        });
     }
     Ok(())
 }

@@ -53,8 +53,15 @@ impl Fields {
     /// overlaid with `value`'s fields. `class` (e.g. `IA3Config`) names the config in
     /// warnings; `peft_type` must match. Returns the fields and warnings (unknown fields,
     /// non-causal task types, `runtime_config`).
-    pub fn parse(value: &Value, peft_type: &str, class: &str, defaults: impl Into<Value>, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
+    pub fn parse(
+        value: &Value,
+        peft_type: &str,
+        class: &str,
+        defaults: impl Into<Value>,
+        source: &Path,
+    ) -> Result<(Self, Vec<crate::Warning>)> {
+        let obj =
+            value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
         let mut map = base_defaults(peft_type);
         if let Value::Object(d) = defaults.into() {
             map.extend(d);
@@ -79,7 +86,9 @@ impl Fields {
                 return Err(f.err("task_type", &format!("null or one of {}", TASK_TYPES.join(", "))));
             }
             if t != "CAUSAL_LM" {
-                warnings.push(format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM").into());
+                warnings.push(
+                    format!("task_type `{t}`: peft-node runs causal language models; the adapter is applied as for CAUSAL_LM").into(),
+                );
             }
         }
         f.bool("inference_mode")?;
@@ -176,7 +185,9 @@ impl Fields {
     /// `fan_in_fan_out` on `nn.Linear` targets: PEFT warns and sets it to false.
     pub fn fix_fan_in_fan_out(&mut self, warnings: &mut Vec<crate::Warning>) -> Result<()> {
         if self.map.contains_key("fan_in_fan_out") && self.bool("fan_in_fan_out")? {
-            warnings.push("fan_in_fan_out is set to True but the target modules are `torch.nn.Linear`; setting it to False (as PEFT does)".into());
+            warnings.push(
+                "fan_in_fan_out is set to True but the target modules are `torch.nn.Linear`; setting it to False (as PEFT does)".into(),
+            );
             self.set("fan_in_fan_out", false);
         }
         Ok(())
@@ -214,7 +225,9 @@ impl Fields {
     pub fn target_spec(&self) -> Result<TargetSpec> {
         let layers_to_transform = match self.get("layers_to_transform") {
             Value::Null => None,
-            Value::Number(n) => Some(OneOrMany::One(n.as_i64().ok_or_else(|| self.err("layers_to_transform", "an integer or a list of integers"))?)),
+            Value::Number(n) => {
+                Some(OneOrMany::One(n.as_i64().ok_or_else(|| self.err("layers_to_transform", "an integer or a list of integers"))?))
+            }
             Value::Array(a) => Some(OneOrMany::Many(
                 a.iter().map(|x| x.as_i64().ok_or_else(|| self.err("layers_to_transform", "a list of integers"))).collect::<Result<_>>()?,
             )),
@@ -256,7 +269,13 @@ impl Fields {
             _ => vec![-1],
         };
         v.iter()
-            .map(|&i| if i >= 0 && (i as usize) < num_layers { Ok(i as usize) } else { Err(self.err("layers_to_transform", &format!("layer indices in 0..{num_layers}"))) })
+            .map(|&i| {
+                if i >= 0 && (i as usize) < num_layers {
+                    Ok(i as usize)
+                } else {
+                    Err(self.err("layers_to_transform", &format!("layer indices in 0..{num_layers}")))
+                }
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
@@ -271,7 +290,10 @@ impl Fields {
             (Value::Object(m), None) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             _ => return Err(self.err(key, &format!("an object of module-path patterns to {what}"))),
         };
-        entries.into_iter().map(|(k, v)| conv(&v).map(|x| (k, x)).ok_or_else(|| self.err(key, &format!("an object of module-path patterns to {what}")))).collect()
+        entries
+            .into_iter()
+            .map(|(k, v)| conv(&v).map(|x| (k, x)).ok_or_else(|| self.err(key, &format!("an object of module-path patterns to {what}"))))
+            .collect()
     }
 
     /// The first pattern of `patterns` matching `path` (PEFT's `get_pattern_key`), or `default`.

@@ -31,14 +31,22 @@ impl Tuners {
                 let mut values = Vec::with_capacity(sources.len());
                 for s in sources {
                     let layer = t.layer(path, s).ok_or_else(|| {
-                        Error::arg("adapters", format!("adapters on the modules of `{name}` (`{path}` among them)"), format!("adapter `{s}` with no layer at `{path}`"))
+                        Error::arg(
+                            "adapters",
+                            format!("adapters on the modules of `{name}` (`{path}` among them)"),
+                            format!("adapter `{s}` with no layer at `{path}`"),
+                        )
                     })?;
                     values.push((layer, layer.params().into_iter().map(|id| model.store.get(id).value().clone()).collect()));
                 }
                 let buffers = t.layer(path, name).map(|l| l.buffers()).unwrap_or_default();
                 let new = fill(path, values)?;
                 if new.len() != buffers.len() {
-                    return Err(Error::Unsupported(format!("adapter `{name}` at `{path}`: {} tensors to fill, {} given", buffers.len(), new.len())));
+                    return Err(Error::Unsupported(format!(
+                        "adapter `{name}` at `{path}`: {} tensors to fill, {} given",
+                        buffers.len(),
+                        new.len()
+                    )));
                 }
                 for (id, v) in buffers.into_iter().zip(new) {
                     let p = model.store.get(id);

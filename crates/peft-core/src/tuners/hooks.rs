@@ -101,11 +101,15 @@ impl Tuners {
             1 => prefix.pop(),
             _ => {
                 let layers = prefix[0].len();
-                Some((0..layers).map(|i| {
-                    let ks: Vec<&Tensor> = prefix.iter().map(|p| &p[i].0).collect();
-                    let vs: Vec<&Tensor> = prefix.iter().map(|p| &p[i].1).collect();
-                    Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?))
-                }).collect::<Result<_>>()?)
+                Some(
+                    (0..layers)
+                        .map(|i| {
+                            let ks: Vec<&Tensor> = prefix.iter().map(|p| &p[i].0).collect();
+                            let vs: Vec<&Tensor> = prefix.iter().map(|p| &p[i].1).collect();
+                            Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?))
+                        })
+                        .collect::<Result<_>>()?,
+                )
             }
         };
         Ok(Prompt { virtual_tokens, kv_prefix, prefix_spans })

@@ -5,8 +5,8 @@
 use super::targeting::{self, Targets};
 use super::{AdapterLayer, BuildCtx, HookSite, LinearInfo, TunerConfig};
 use crate::error::{Error, Result};
-use crate::model::{Ctx, Linear};
 use crate::model::{CausalLm, ParamId};
+use crate::model::{Ctx, Linear};
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -45,7 +45,14 @@ impl Default for Tuners {
 
 impl Tuners {
     pub fn new() -> Self {
-        Tuners { adapters: Vec::new(), layers: HashMap::new(), active: Vec::new(), enabled: true, merged: HashMap::new(), added_bias: HashMap::new() }
+        Tuners {
+            adapters: Vec::new(),
+            layers: HashMap::new(),
+            active: Vec::new(),
+            enabled: true,
+            merged: HashMap::new(),
+            added_bias: HashMap::new(),
+        }
     }
 
     /// Attaches adapter `name` built from `config` to the modules it targets. The first
@@ -55,14 +62,29 @@ impl Tuners {
         self.inject_with(model, name, config, seed, false)
     }
 
-    pub(crate) fn inject_with(&mut self, model: &mut CausalLm, name: &str, mut config: Box<dyn TunerConfig>, seed: u64, loading: bool) -> Result<InjectReport> {
+    pub(crate) fn inject_with(
+        &mut self,
+        model: &mut CausalLm,
+        name: &str,
+        mut config: Box<dyn TunerConfig>,
+        seed: u64,
+        loading: bool,
+    ) -> Result<InjectReport> {
         // A name becomes a folder under the save directory: an identifier, never a path.
         let identifier = name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-');
         if name.is_empty() || name.chars().count() > 128 || !identifier || name == super::routing::BASE_ROWS {
-            return Err(Error::arg("adapter name", "1 to 128 letters, digits, `_` or `-` (no dots, slashes or `__base__`)", format!("\"{name}\"")));
+            return Err(Error::arg(
+                "adapter name",
+                "1 to 128 letters, digits, `_` or `-` (no dots, slashes or `__base__`)",
+                format!("\"{name}\""),
+            ));
         }
         if self.adapters.iter().any(|a| a.name == name) {
-            return Err(Error::arg("adapter name", format!("a name not in use (in use: {})", self.names().join(", ")), format!("\"{name}\"")));
+            return Err(Error::arg(
+                "adapter name",
+                format!("a name not in use (in use: {})", self.names().join(", ")),
+                format!("\"{name}\""),
+            ));
         }
         if self.is_merged() {
             return Err(Error::Unsupported(format!("cannot add adapter `{name}` while adapters are merged: unmerge first")));
@@ -86,7 +108,8 @@ impl Tuners {
             }
         };
         let paths: Vec<String> = sites.iter().map(|s| s.path().to_string()).collect();
-        let infos: Vec<LinearInfo> = sites.iter().filter_map(|s| if let HookSite::Linear(l) = s { Some(l.clone()) } else { None }).collect();
+        let infos: Vec<LinearInfo> =
+            sites.iter().filter_map(|s| if let HookSite::Linear(l) = s { Some(l.clone()) } else { None }).collect();
         let warnings = config.check_model(model, &infos)?.into_iter().map(crate::Warning::from).collect();
         let dtype = match model.dtype {
             DType::F16 | DType::BF16 => DType::F32,

@@ -32,7 +32,12 @@ pub struct LowRank {
 impl LowRank {
     pub fn parse(f: &Fields, r_what: &str) -> Result<Self> {
         f.no_modules_to_save()?;
-        Ok(LowRank { r: f.positive("r", r_what)?, lora_alpha: f.num("lora_alpha")?, lora_dropout: f.prob("lora_dropout")?, init_weights: f.bool("init_weights")? })
+        Ok(LowRank {
+            r: f.positive("r", r_what)?,
+            lora_alpha: f.num("lora_alpha")?,
+            lora_dropout: f.prob("lora_dropout")?,
+            init_weights: f.bool("init_weights")?,
+        })
     }
 
     /// lora_alpha / r, LoRA's scaling.
@@ -45,7 +50,11 @@ impl LowRank {
         let dev = bc.store.get(t.weight).value().device().clone();
         let (dt, r) = (bc.dtype, self.r);
         let a = kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?;
-        let b = if self.init_weights { Tensor::zeros((t.out_features, r), dt, &dev)? } else { kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)? };
+        let b = if self.init_weights {
+            Tensor::zeros((t.out_features, r), dt, &dev)?
+        } else {
+            kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)?
+        };
         let a = bc.store.add(param_name(&t.path, "lora_A", bc.adapter), a, false)?;
         Ok((a, bc.store.add(param_name(&t.path, "lora_B", bc.adapter), b, false)?))
     }
@@ -58,7 +67,14 @@ pub fn add_delta(weight: &Tensor, delta: &Tensor, sign: f64) -> Result<Tensor> {
 
 /// A LoRA variant's fields read by `Fields::parse` with LoRA's defaults plus `extra`, and its
 /// low-rank part (`r_what` says what r is, for errors).
-pub fn parse_fields(value: &Value, peft_type: &str, class: &str, extra: Value, r_what: &str, source: &std::path::Path) -> Result<(Fields, LowRank, Vec<crate::Warning>)> {
+pub fn parse_fields(
+    value: &Value,
+    peft_type: &str,
+    class: &str,
+    extra: Value,
+    r_what: &str,
+    source: &std::path::Path,
+) -> Result<(Fields, LowRank, Vec<crate::Warning>)> {
     let (f, warnings) = Fields::parse(value, peft_type, class, defaults(extra), source)?;
     let low_rank = LowRank::parse(&f, r_what)?;
     Ok((f, low_rank, warnings))

@@ -31,7 +31,8 @@ impl LycorisFields {
         let alpha = f.num("alpha")?;
         let rank_dropout = f.prob("rank_dropout")?;
         let module_dropout = f.prob("module_dropout")?;
-        let rank_pattern = f.patterns("rank_pattern", raw, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "positive integer ranks")?;
+        let rank_pattern =
+            f.patterns("rank_pattern", raw, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "positive integer ranks")?;
         let alpha_pattern = f.patterns("alpha_pattern", raw, Value::as_f64, "numbers")?;
         f.bool("use_effective_conv2d")?; // Conv layers only: kept, unused on linears
         Ok(LycorisFields { r, alpha, rank_dropout, module_dropout, rank_pattern, alpha_pattern })

@@ -110,7 +110,10 @@ impl AdapterLayer for MaskedDeltaLayer {
         let m = store.get(self.mask).value().to_dtype(DType::F64)?;
         let bad = m.ne(0.0)?.mul(&m.ne(1.0)?)?.to_dtype(DType::F64)?.sum_all()?.to_vec0::<f64>()?;
         if bad > 0.0 {
-            return Err(Error::Adapter { file: file.into(), message: format!("`{}`: delta_mask must hold only 0 and 1; found {bad} other values", self.path) });
+            return Err(Error::Adapter {
+                file: file.into(),
+                message: format!("`{}`: delta_mask must hold only 0 and 1; found {bad} other values", self.path),
+            });
         }
         Ok(())
     }
@@ -144,7 +147,8 @@ pub fn layers<'t, C: 'static>(tuners: &'t Tuners, what: &str) -> Result<Vec<Adap
     let mut out = Vec::new();
     for name in tuners.active() {
         let Some(c) = tuners.config(name)?.as_any().downcast_ref::<C>() else { continue };
-        let ls = tuners.layers_of(name)?.into_iter().filter_map(|(p, l)| Some((p, l.as_any()?.downcast_ref::<MaskedDeltaLayer>()?))).collect();
+        let ls =
+            tuners.layers_of(name)?.into_iter().filter_map(|(p, l)| Some((p, l.as_any()?.downcast_ref::<MaskedDeltaLayer>()?))).collect();
         out.push(Adapter { name: name.as_str(), config: c, layers: ls });
     }
     Ok(out)

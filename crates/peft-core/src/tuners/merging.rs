@@ -16,7 +16,10 @@ impl Tuners {
         for n in &names {
             let config = &self.adapter(n)?.config;
             if !config.can_merge() {
-                let what = format!("adapter `{n}`: its method ({}) cannot be merged into the base weights; save the adapter instead", config.peft_type());
+                let what = format!(
+                    "adapter `{n}`: its method ({}) cannot be merged into the base weights; save the adapter instead",
+                    config.peft_type()
+                );
                 return Err(Error::Unsupported(what));
             }
         }

@@ -19,10 +19,10 @@ pub mod adalora;
 mod attach;
 pub mod aux_loss;
 pub mod bias;
+pub mod bottleneck;
 pub mod bounds;
 pub mod child_tuning;
 pub mod compacter;
-pub mod bottleneck;
 pub mod defaults;
 pub mod dept;
 pub mod dylora;
@@ -35,12 +35,12 @@ pub mod linalg;
 pub mod ln_tuning;
 pub mod loha;
 pub mod lokr;
-mod merging;
 pub mod lora;
 pub mod lora_dropout;
 pub mod low_rank;
 pub mod lycoris;
 pub mod mam;
+mod merging;
 pub mod mixlora;
 pub mod molora;
 pub mod moslora;
@@ -52,41 +52,41 @@ pub mod routing;
 pub mod select;
 pub mod sora;
 pub mod sparse_mask;
-pub mod svd_fast;
 pub mod ssf;
+pub mod svd_fast;
 pub mod targeting;
 pub mod unipelt;
 pub mod vera;
 // Survey methods, part A (issue 16).
-pub mod adapter_fusion;
-mod frozen_experts;
-pub mod mole;
-pub mod adapter_soup;
 pub mod adamix;
-pub mod smop;
+pub mod adapter_fusion;
+pub mod adapter_soup;
+mod frozen_experts;
 pub mod idpg;
+pub mod mole;
 pub mod prefix_propagation;
+pub mod smop;
 // Survey methods, part B (issue 16): selective/structured masks and LoRA improvements.
-pub mod masked_delta;
 pub mod far;
-pub mod lt_sft;
 pub mod fish_dip;
+pub mod intrinsic_said;
+pub mod lt_sft;
+pub mod masked_delta;
 pub mod periodic_lora;
 pub mod s_diff_pruning;
-pub mod intrinsic_said;
 // Survey methods, Laplace-LoRA (issue 16): a posterior over a trained LoRA adapter.
 pub mod laplace;
 pub mod lpt;
 
-pub use attach::WithTuners;
 pub use crate::model::PROMPT_ENCODER;
+pub use attach::WithTuners;
 pub use hooks::{HookSite, Sublayer};
 pub use lifecycle::{InjectReport, Tuners};
 pub use targeting::{TargetSpec, Targets};
 
 use crate::error::{Error, Result};
-use crate::model::{Ctx, Linear};
 use crate::model::{CausalLm, ParamId, ParamStore};
+use crate::model::{Ctx, Linear};
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use serde_json::Value;
@@ -379,11 +379,45 @@ fn boxed<C: TunerConfig + 'static, W: Into<crate::Warning>>(r: Result<(C, Vec<W>
 }
 
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &[
-    "LORA", "IA3", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING", "LN_TUNING", "BOTTLENECK_ADAPTER", "PARALLEL_ADAPTER",
-    "SSF", "BIAS_TUNING", "P_TUNING", "DYLORA", "MAM_ADAPTER", "UNIPELT", "SPARSE_MASK",
-    "MOSLORA", "MOLORA", "MOV", "MIXLORA", "LORA_DROPOUT", "SORA", "CHILD_TUNING", "COMPACTER", "DEPT",
-    "ADAPTER_FUSION", "MOLE", "ADAMIX", "SMOP", "IDPG", "PREFIX_PROPAGATION",
-    "FAR", "LT_SFT", "FISH_DIP", "PERIODIC_LORA", "S_DIFF_PRUNING", "INTRINSIC_SAID",
+    "LORA",
+    "IA3",
+    "VERA",
+    "LOHA",
+    "LOKR",
+    "ADALORA",
+    "PROMPT_TUNING",
+    "PREFIX_TUNING",
+    "LN_TUNING",
+    "BOTTLENECK_ADAPTER",
+    "PARALLEL_ADAPTER",
+    "SSF",
+    "BIAS_TUNING",
+    "P_TUNING",
+    "DYLORA",
+    "MAM_ADAPTER",
+    "UNIPELT",
+    "SPARSE_MASK",
+    "MOSLORA",
+    "MOLORA",
+    "MOV",
+    "MIXLORA",
+    "LORA_DROPOUT",
+    "SORA",
+    "CHILD_TUNING",
+    "COMPACTER",
+    "DEPT",
+    "ADAPTER_FUSION",
+    "MOLE",
+    "ADAMIX",
+    "SMOP",
+    "IDPG",
+    "PREFIX_PROPAGATION",
+    "FAR",
+    "LT_SFT",
+    "FISH_DIP",
+    "PERIODIC_LORA",
+    "S_DIFF_PRUNING",
+    "INTRINSIC_SAID",
     "LPT",
 ];
 

@@ -115,7 +115,8 @@ impl Tuners {
     /// mixed-batch path for them; its prompt-learning forward does not handle `adapter_names`).
     /// Index tensors are made on `device`; the length is checked against the batch by the forward.
     pub fn route_rows(&self, names: &[String], device: &Device) -> Result<RowAdapters> {
-        let mut unknown: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != BASE_ROWS && !self.adapters.iter().any(|a| a.name == *n)).collect();
+        let mut unknown: Vec<&str> =
+            names.iter().map(String::as_str).filter(|n| *n != BASE_ROWS && !self.adapters.iter().any(|a| a.name == *n)).collect();
         unknown.sort();
         unknown.dedup();
         if !unknown.is_empty() {

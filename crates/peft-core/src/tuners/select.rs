@@ -8,7 +8,13 @@ use std::path::Path;
 
 /// The module paths `spec` targets, each accepted by `supported`; `what` names the
 /// supported kinds in errors.
-pub fn select_modules(spec: &TargetSpec, model: &CausalLm, file: &Path, supported: &dyn Fn(&str) -> bool, what: &str) -> Result<Vec<String>> {
+pub fn select_modules(
+    spec: &TargetSpec,
+    model: &CausalLm,
+    file: &Path,
+    supported: &dyn Fn(&str) -> bool,
+    what: &str,
+) -> Result<Vec<String>> {
     let m = Matcher::new(spec, file)?;
     let mut hit = Vec::new();
     for key in module_names(model) {

@@ -139,9 +139,7 @@ impl<'a> Matcher<'a> {
 pub fn resolve_targets(spec: &TargetSpec, model: &CausalLm) -> Option<Targets> {
     let names = module_names(model);
     let mut list: Vec<String> = match &spec.target_modules {
-        Some(Targets::Regex(s)) if s.to_lowercase() == ALL_LINEAR => {
-            linear_paths(model).into_iter().filter(|p| p != "lm_head").collect()
-        }
+        Some(Targets::Regex(s)) if s.to_lowercase() == ALL_LINEAR => linear_paths(model).into_iter().filter(|p| p != "lm_head").collect(),
         Some(Targets::List(l)) => l.clone(),
         _ => return None,
     };
@@ -167,8 +165,7 @@ fn minimal_target_modules(targets: &[String], others: &[&String]) -> Vec<String>
         (0..parts.len()).map(|i| parts[i..].join(".")).rev().collect()
     };
     let other_suffixes: HashSet<String> = others.iter().flat_map(|o| suffixes(o)).collect();
-    let mut items: Vec<(Vec<String>, &String)> =
-        targets.iter().collect::<BTreeSet<_>>().into_iter().map(|t| (suffixes(t), t)).collect();
+    let mut items: Vec<(Vec<String>, &String)> = targets.iter().collect::<BTreeSet<_>>().into_iter().map(|t| (suffixes(t), t)).collect();
     items.sort();
     let mut required: Vec<String> = Vec::new();
     for (sfx, item) in items {
@@ -216,7 +213,11 @@ pub fn select(spec: &TargetSpec, model: &CausalLm, file: &Path) -> Result<Vec<St
     } else if !excluded {
         format!("target modules {} not found in the base model{}", describe(spec.target_modules.as_ref()), layer_note(spec))
     } else {
-        format!("no modules were targeted: the `target_modules` {} that matched were excluded{}", describe(spec.target_modules.as_ref()), layer_note(spec))
+        format!(
+            "no modules were targeted: the `target_modules` {} that matched were excluded{}",
+            describe(spec.target_modules.as_ref()),
+            layer_note(spec)
+        )
     };
     Err(Error::InvalidConfig { file: file.into(), key: "target_modules".into(), expected: available(model), found: message })
 }

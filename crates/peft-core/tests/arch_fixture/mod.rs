@@ -16,7 +16,11 @@ pub fn shared() -> PathBuf {
 
 /// The fixture folder of `arch` (`llama`: hf-peft-tiny-llama, else hf-peft-tiny-arch/<arch>).
 pub fn fixture(arch: &str) -> PathBuf {
-    if arch == "llama" { shared().join("hf-peft-tiny-llama") } else { shared().join("hf-peft-tiny-arch").join(arch) }
+    if arch == "llama" {
+        shared().join("hf-peft-tiny-llama")
+    } else {
+        shared().join("hf-peft-tiny-arch").join(arch)
+    }
 }
 
 /// The model and its adapters, lent to the recompute as the Node handle lends its own.
@@ -57,7 +61,10 @@ pub fn setup_in(arch: &str, trainable: Trainable, dtype: DType) -> Arc<Lent> {
             // Off the zero init (LoRA's B), so that every factor gets a non-zero gradient.
             for p in model.store.iter_mut().filter(|p| p.requires_grad()) {
                 let v = p.value();
-                let noise = (Tensor::arange(0u32, v.elem_count() as u32, &Device::Cpu).unwrap().to_dtype(v.dtype()).unwrap() * 0.37).unwrap().sin().unwrap();
+                let noise = (Tensor::arange(0u32, v.elem_count() as u32, &Device::Cpu).unwrap().to_dtype(v.dtype()).unwrap() * 0.37)
+                    .unwrap()
+                    .sin()
+                    .unwrap();
                 p.set(&(&v + (noise.reshape(v.dims()).unwrap() * 0.1).unwrap()).unwrap()).unwrap();
             }
         }
@@ -67,7 +74,9 @@ pub fn setup_in(arch: &str, trainable: Trainable, dtype: DType) -> Arc<Lent> {
 
 pub fn batch(arch: &str) -> (Batch, Vec<Vec<i64>>) {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture(arch).join("inputs.json")).unwrap()).unwrap();
-    let rows = |k: &str| -> Vec<Vec<i64>> { v[k].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect() };
+    let rows = |k: &str| -> Vec<Vec<i64>> {
+        v[k].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()).collect()
+    };
     let ids = rows("input_ids").into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
     let mask = rows("attention_mask").into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
     (Batch { ids, attention_mask: Some(mask), position_ids: None, segment_ids: None }, rows("labels"))
@@ -87,4 +96,3 @@ pub fn max_rel_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, Str
     }
     worst
 }
-

@@ -1,9 +1,9 @@
 //! Access to the shared HF fixtures (read in place, never copied).
 #![allow(dead_code)]
-use peft_core::tuners::WithTuners;
 use candle_core::{Device, Tensor};
 use peft_core::model::{Batch, CausalLm, LoadOptions};
 use peft_core::tuners::Tuners;
+use peft_core::tuners::WithTuners;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -49,7 +49,11 @@ impl Inputs {
 }
 
 pub fn expected(case: &str) -> HashMap<String, Tensor> {
-    let p = if case == "base" { fixture_dir().join("base/expected.safetensors") } else { fixture_dir().join("cases").join(case).join("expected.safetensors") };
+    let p = if case == "base" {
+        fixture_dir().join("base/expected.safetensors")
+    } else {
+        fixture_dir().join("cases").join(case).join("expected.safetensors")
+    };
     peft_core::io::safetensors::load_file(&p, None, &Device::Cpu).unwrap()
 }
 
@@ -147,9 +151,9 @@ pub fn two_adamw_steps_with(model: &mut CausalLm, tuners: Option<&Tuners>, h: &p
             loss1 = l;
         }
         for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
-            let (m, v) = state.entry(p.name.clone()).or_insert_with(|| {
-                (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap())
-            });
+            let (m, v) = state
+                .entry(p.name.clone())
+                .or_insert_with(|| (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap()));
             peft_core::optim::adamw_step(p, m, v, step, h).unwrap();
         }
     }

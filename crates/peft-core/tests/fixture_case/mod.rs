@@ -30,7 +30,8 @@ pub fn check_case(case: &str, virtual_tokens: usize, can_merge: bool) {
     let a = std::fs::read(case_dir(case).join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
     assert!(a == b, "{case}: adapter_model.safetensors not byte-identical");
-    let ja: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case_dir(case).join("adapter_config.json")).unwrap()).unwrap();
+    let ja: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(case_dir(case).join("adapter_config.json")).unwrap()).unwrap();
     let jb: serde_json::Value = serde_json::from_str(&config_json(tuners.config("default").unwrap())).unwrap();
     assert_eq!(ja, jb, "{case}: adapter_config.json");
     std::fs::remove_dir_all(&out).ok();
@@ -78,7 +79,11 @@ pub fn check_case(case: &str, virtual_tokens: usize, can_merge: bool) {
         let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
         for i in 0..got.len() {
             let d = (got[i] - want[i]).abs();
-            if g0[i].abs() < 1e-2 * gmax { loose = loose.max(d) } else { strict = strict.max(d) }
+            if g0[i].abs() < 1e-2 * gmax {
+                loose = loose.max(d)
+            } else {
+                strict = strict.max(d)
+            }
         }
     }
     println!("{case}: after_step2 max abs err {strict:e} (elements with |grad| < 1% of max: {loose:e})");

@@ -26,16 +26,36 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
 const INTERESTING_BYTES: &[u8] = b"\x00\x01\x7f\x80\xff\"{}[],:-.e0123456789 \n\\";
-const INTERESTING_INTS: &[u64] = &[0, 1, 2, 7, 255, 256, 65535, 1 << 31, u32::MAX as u64, 1 << 32, 1 << 40, 1 << 62, u64::MAX, u64::MAX - 1];
+const INTERESTING_INTS: &[u64] =
+    &[0, 1, 2, 7, 255, 256, 65535, 1 << 31, u32::MAX as u64, 1 << 32, 1 << 40, 1 << 62, u64::MAX, u64::MAX - 1];
 /// Numbers a JSON field should never accept silently: huge, negative, fractional, overflowing.
 const INTERESTING_NUMBERS: &[&str] = &[
-    "0", "-1", "1e308", "-1e308", "1e999", "4294967296", "4294967295", "18446744073709551616", "9007199254740993",
-    "2147483648", "1.5", "1e9", "1e12", "-0", "0.0", "65536", "100000000",
+    "0",
+    "-1",
+    "1e308",
+    "-1e308",
+    "1e999",
+    "4294967296",
+    "4294967295",
+    "18446744073709551616",
+    "9007199254740993",
+    "2147483648",
+    "1.5",
+    "1e9",
+    "1e12",
+    "-0",
+    "0.0",
+    "65536",
+    "100000000",
 ];
 
 /// What one fuzz target is: its seeds, dictionary, where its header ends, and the code under test.

@@ -9,8 +9,8 @@ use peft_core::io::adapter::{load_adapter, save_adapter};
 use peft_core::io::gguf::write_llama_gguf;
 use peft_core::io::safetensors::load_checkpoint_dir;
 use peft_core::model::{Batch, CausalLm, Ctx, LoadOptions};
-use peft_core::tuners::WithTuners;
 use peft_core::tokenizer::{GgufTokenizerSpec, Tokenizer};
+use peft_core::tuners::WithTuners;
 use peft_core::tuners::{parse_config, Tuners};
 use peft_core::ModelConfig;
 use serde_json::json;
@@ -57,11 +57,37 @@ pub fn whole(b: &[u8]) -> usize {
     b.len()
 }
 
-const JSON_DICT: &[&[u8]] = &[b"null", b"true", b"[]", b"{}", b"\"\"", b"-1", b"1e308", b"4294967296", b"NaN", b"\"r\": 1e9,", b"\"num_virtual_tokens\": 1e9,", b"[[[[[[[[", b"\\u0000", b"\"target_modules\": \".*\","];
+const JSON_DICT: &[&[u8]] = &[
+    b"null",
+    b"true",
+    b"[]",
+    b"{}",
+    b"\"\"",
+    b"-1",
+    b"1e308",
+    b"4294967296",
+    b"NaN",
+    b"\"r\": 1e9,",
+    b"\"num_virtual_tokens\": 1e9,",
+    b"[[[[[[[[",
+    b"\\u0000",
+    b"\"target_modules\": \".*\",",
+];
 const TEMPLATE_DICT: &[&[u8]] = &[
-    b"{% for i in range(100000) %}", b"{% endfor %}", b"{{ messages * 100000000 }}", b"{{ 'x' * 1000000000 }}", b"{% set x = x ~ x %}",
-    b"{{ raise_exception('no') }}", b"{% if %}", b"{{ messages[0]['content'] }}", b"{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
-    b"{{ bos_token }}", b"{% generation %}", b"{% endgeneration %}", b"{{ strftime_now('%Y') }}", b"{{ tools | tojson }}",
+    b"{% for i in range(100000) %}",
+    b"{% endfor %}",
+    b"{{ messages * 100000000 }}",
+    b"{{ 'x' * 1000000000 }}",
+    b"{% set x = x ~ x %}",
+    b"{{ raise_exception('no') }}",
+    b"{% if %}",
+    b"{{ messages[0]['content'] }}",
+    b"{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+    b"{{ bos_token }}",
+    b"{% generation %}",
+    b"{% endgeneration %}",
+    b"{{ strftime_now('%Y') }}",
+    b"{{ tools | tojson }}",
 ];
 
 /// A checkpoint folder: config.json and model.safetensors, one of them mutated.
@@ -78,7 +104,11 @@ pub fn run_checkpoint(input: &[u8]) -> Result<(), String> {
     let (tag, body) = input.split_first().ok_or("empty")?;
     let (config, weights) = (dir.join("config.json"), dir.join("model.safetensors"));
     let fixture = model_dir();
-    let (c, w) = if tag % 2 == 0 { (body.to_vec(), std::fs::read(fixture.join("model.safetensors")).unwrap()) } else { (std::fs::read(fixture.join("config.json")).unwrap(), body.to_vec()) };
+    let (c, w) = if tag % 2 == 0 {
+        (body.to_vec(), std::fs::read(fixture.join("model.safetensors")).unwrap())
+    } else {
+        (std::fs::read(fixture.join("config.json")).unwrap(), body.to_vec())
+    };
     std::fs::write(&config, c).unwrap();
     std::fs::write(&weights, w).unwrap();
     let opts = LoadOptions { quantized: tag & 2 != 0, ..Default::default() };
@@ -249,7 +279,12 @@ pub fn run_template(input: &[u8]) -> Result<(), String> {
     let path = dir.join("tokenizer_config.json");
     std::fs::write(&path, input).unwrap();
     let t = Tokenizer::from_file(&tokenizer).map_err(|e| e.to_string())?;
-    let messages = [json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "Hi"}), json!({"role": "assistant", "content": "Hello"}), json!({"role": "user", "content": "Capital of France?"})];
+    let messages = [
+        json!({"role": "system", "content": "Be brief."}),
+        json!({"role": "user", "content": "Hi"}),
+        json!({"role": "assistant", "content": "Hello"}),
+        json!({"role": "user", "content": "Capital of France?"}),
+    ];
     t.apply_chat_template(&messages, true).map(|_| ()).map_err(|e| e.to_string())
 }
 

@@ -48,8 +48,8 @@ fn smollm2_135m_instruct_q4_1() {
     let half = c.head_dim / 2;
     let mut rope_ratios = vec![];
     for proj in ["q_proj", "k_proj"] {
-        let ws: Vec<&Tensor> = (0..c.num_hidden_layers)
-            .map(|l| &ck.weights.tensors[&format!("model.layers.{l}.self_attn.{proj}.weight")]).collect();
+        let ws: Vec<&Tensor> =
+            (0..c.num_hidden_layers).map(|l| &ck.weights.tensors[&format!("model.layers.{l}.self_attn.{proj}.weight")]).collect();
         let p = norm_profile(&ws, c.head_dim);
         let (repeat, sawtooth) = (mean(&p, half..half + 8) / mean(&p, 0..8), mean(&p, half - 8..half) / mean(&p, half..half + 8));
         rope_ratios.push(format!("{proj}: second/first half start {repeat:.3}, first half end/second half start {sawtooth:.3}"));
@@ -58,8 +58,16 @@ fn smollm2_135m_instruct_q4_1() {
     let ids = |id: Option<u32>| id.map(|i| format!("{i} {:?}", t.tokens[i as usize])).unwrap_or("none".into());
     println!("SmolLM2 load (F32, dequantized): {load_time:?}; GGUF v{}, tensor types {types:?}", file.version);
     println!("config: {c:?}");
-    println!("tokenizer.ggml.pre = {:?}; {} merges; bos {}; eos {}; pad {}; unk {}; add_bos {:?}",
-        t.pre, t.merges.len(), ids(t.bos_token_id), ids(t.eos_token_id), ids(t.pad_token_id), ids(t.unknown_token_id), t.add_bos_token);
+    println!(
+        "tokenizer.ggml.pre = {:?}; {} merges; bos {}; eos {}; pad {}; unk {}; add_bos {:?}",
+        t.pre,
+        t.merges.len(),
+        ids(t.bos_token_id),
+        ids(t.eos_token_id),
+        ids(t.pad_token_id),
+        ids(t.unknown_token_id),
+        t.add_bos_token
+    );
     println!("chat template:\n{template}");
     println!("RoPE layout check (row-norm profile): {rope_ratios:?}");
 }

@@ -22,8 +22,14 @@ fn unknown_adapter_names_and_weight_counts() {
     has(&err(&mut tuners, &mut model, &["a", "b"], &[1.0], |_| ()), &["weights", "one weight per adapter (2", "1 weights"]);
     has(&err(&mut tuners, &mut model, &["a", "b"], &[1.0, f64::NAN], |_| ()), &["weights", "finite"]);
     has(&err(&mut tuners, &mut model, &[], &[], |_| ()), &["adapters", "at least one"]);
-    has(&err(&mut tuners, &mut model, &["a", "b"], &[1.0, 1.0], |o| o.combination_type = "average".into()), &["combination_type", "\"average\"", "dare_ties"]);
-    has(&err(&mut tuners, &mut model, &["a", "b"], &[1.0, 1.0], |o| o.majority_sign_method = "vote".into()), &["majority_sign_method", "\"vote\""]);
+    has(
+        &err(&mut tuners, &mut model, &["a", "b"], &[1.0, 1.0], |o| o.combination_type = "average".into()),
+        &["combination_type", "\"average\"", "dare_ties"],
+    );
+    has(
+        &err(&mut tuners, &mut model, &["a", "b"], &[1.0, 1.0], |o| o.majority_sign_method = "vote".into()),
+        &["majority_sign_method", "\"vote\""],
+    );
     let o = WeightedOptions::default();
     let e = tuners.add_weighted_adapter(&mut model, &["a", "b"], &[1.0, 1.0], "b", &o).unwrap_err().to_string();
     has(&e, &["adapter_name", "\"b\"", "in use"]);
@@ -32,7 +38,13 @@ fn unknown_adapter_names_and_weight_counts() {
 #[test]
 fn other_peft_types_and_base_models_are_refused() {
     let (mut model, mut tuners) = two_loras();
-    let ia3 = peft_core::tuners::parse_config(&json!({"peft_type": "IA3", "target_modules": ["k_proj"], "feedforward_modules": []}), None, "t".as_ref()).unwrap().0;
+    let ia3 = peft_core::tuners::parse_config(
+        &json!({"peft_type": "IA3", "target_modules": ["k_proj"], "feedforward_modules": []}),
+        None,
+        "t".as_ref(),
+    )
+    .unwrap()
+    .0;
     tuners.inject(&mut model, "ia3", ia3, 0).unwrap();
     has(&err(&mut tuners, &mut model, &["a", "ia3"], &[1.0, 1.0], |_| ()), &["LoRA adapters only", "`ia3`", "\"IA3\""]);
     let other = lora(json!({"r": 4, "target_modules": ["q_proj"], "base_model_name_or_path": "other-llama"}));
@@ -63,7 +75,10 @@ fn ranks_must_agree_for_the_factor_types_only() {
 fn density_is_required_in_range_for_pruning_types() {
     let (mut model, mut tuners) = two_loras();
     for kind in ["ties", "ties_svd", "dare_linear", "dare_ties_svd", "magnitude_prune"] {
-        has(&err(&mut tuners, &mut model, &["a", "b"], &[1.0, 1.0], |o| o.combination_type = kind.into()), &["density", "(0, 1]", kind, "none"]);
+        has(
+            &err(&mut tuners, &mut model, &["a", "b"], &[1.0, 1.0], |o| o.combination_type = kind.into()),
+            &["density", "(0, 1]", kind, "none"],
+        );
         for d in [0.0, -0.2, 1.5, f64::NAN] {
             let e = err(&mut tuners, &mut model, &["a", "b"], &[1.0, 1.0], |o| {
                 o.combination_type = kind.into();
@@ -92,7 +107,14 @@ fn svd_arguments_and_target_types() {
 #[test]
 fn lorahub_composes_a_and_b_elementwise() {
     let (mut model, mut tuners) = two_loras();
-    tuners.inject(&mut model, "a2", lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false})), 9).unwrap();
+    tuners
+        .inject(
+            &mut model,
+            "a2",
+            lora(json!({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": false})),
+            9,
+        )
+        .unwrap();
     let w = [0.4, -1.2];
     tuners.compose_lorahub(&mut model, &["a", "a2"], &w, "hub").unwrap();
     tuners.compose_lorahub(&mut model, &["a", "a2"], &[w[0], w[1]], "hub").unwrap(); // overwrites in place

@@ -4,11 +4,11 @@
 //! differences, save/load round trip with identical logits, merge = unmerged output (or a
 //! clear error), disabled = base output, and a falling loss over 20 AdamW steps.
 #![allow(dead_code)]
-use peft_core::tuners::WithTuners;
 use super::common::*;
 use candle_core::{DType, Device, Tensor};
 use peft_core::io::adapter::{load_adapter, save_adapter};
-use peft_core::model::{loss, Batch, Ctx, CausalLm, LoadOptions};
+use peft_core::model::{loss, Batch, CausalLm, Ctx, LoadOptions};
+use peft_core::tuners::WithTuners;
 use peft_core::tuners::{parse_config, Tuners};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -122,8 +122,11 @@ pub fn check(v: &Value, virtual_tokens: usize, can_merge: bool) -> f64 {
 fn finite_differences(v: &Value) -> f64 {
     let (mut model, tuners) = setup(v, DType::F64);
     loss_with(&mut model, Some(&tuners), true);
-    let grads: HashMap<String, Vec<f64>> =
-        model.store.iter().filter_map(|(_, p)| p.grad.as_ref().map(|g| (p.name.clone(), g.flatten_all().unwrap().to_vec1::<f64>().unwrap()))).collect();
+    let grads: HashMap<String, Vec<f64>> = model
+        .store
+        .iter()
+        .filter_map(|(_, p)| p.grad.as_ref().map(|g| (p.name.clone(), g.flatten_all().unwrap().to_vec1::<f64>().unwrap())))
+        .collect();
     let mut names: Vec<String> = grads.keys().cloned().collect();
     names.sort();
     let step = (names.len() / 6).max(1);
@@ -176,7 +179,9 @@ fn loss_falls(v: &Value) {
         }
         last = scalar(&l);
         for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
-            let (m, vv) = state.entry(p.name.clone()).or_insert_with(|| (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap()));
+            let (m, vv) = state
+                .entry(p.name.clone())
+                .or_insert_with(|| (peft_core::optim::zeros_state(p).unwrap(), peft_core::optim::zeros_state(p).unwrap()));
             peft_core::optim::adamw_step(p, m, vv, step, &h).unwrap();
         }
     }

@@ -2,11 +2,11 @@
 //! a fixture case end to end, PEFT file round trips, gradient presence and f64 finite
 //! differences. Each test file declares `mod common; mod methods_common;`.
 #![allow(dead_code)]
-use peft_core::tuners::WithTuners;
 use super::common::*;
 use candle_core::{DType, Tensor};
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
-use peft_core::model::{loss, Ctx, CausalLm};
+use peft_core::model::{loss, CausalLm, Ctx};
+use peft_core::tuners::WithTuners;
 use peft_core::tuners::{parse_config, TunerConfig, Tuners};
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
@@ -105,7 +105,11 @@ pub fn check_case(case: &str) -> CaseErrors {
         let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
         for i in 0..got.len() {
             let d = (got[i] - want[i]).abs();
-            if g0[i].abs() < 1e-2 * gmax { errs.step2_loose = errs.step2_loose.max(d) } else { errs.step2_strict = errs.step2_strict.max(d) }
+            if g0[i].abs() < 1e-2 * gmax {
+                errs.step2_loose = errs.step2_loose.max(d)
+            } else {
+                errs.step2_strict = errs.step2_strict.max(d)
+            }
         }
         used.push(format!("after_step2.{name}"));
     }
@@ -203,7 +207,9 @@ pub fn fd_error(model: &mut CausalLm, tuners: &Tuners, name: &str, loss: impl Fn
     let base: Vec<f64> = p.value().flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let dims = p.dims().to_vec();
     let gmax = g.iter().fold(0f64, |m, x| m.max(x.abs()));
-    let set = |model: &CausalLm, v: Vec<f64>| model.store.by_name(name).unwrap().set(&Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu).unwrap()).unwrap();
+    let set = |model: &CausalLm, v: Vec<f64>| {
+        model.store.by_name(name).unwrap().set(&Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu).unwrap()).unwrap()
+    };
     let h = 1e-5;
     let mut worst = 0f64;
     for i in [0, base.len() / 3, base.len() / 2, base.len() - 1] {
@@ -234,7 +240,10 @@ pub fn check_merge_and_disable(model: &mut CausalLm, tuners: &mut Tuners) -> (f3
     let db = base.iter().map(|(k, v)| max_abs_diff(&model.store.by_name(k).unwrap().value(), v)).fold(0.0, f32::max);
     tuners.set_enabled(model, false).unwrap();
     // The base model as it now is (IA³'s unmerge divides by l + 1e-8: not bit-exact).
-    assert!(max_abs_diff(&logits_with(model, Some(tuners)), &logits_with(model, None)) == 0.0, "disabled adapter should give the base model");
+    assert!(
+        max_abs_diff(&logits_with(model, Some(tuners)), &logits_with(model, None)) == 0.0,
+        "disabled adapter should give the base model"
+    );
     assert!(max_abs_diff(&logits_with(model, Some(tuners)), &base_logits) < 1e-5);
     tuners.set_enabled(model, true).unwrap();
     assert!(max_abs_diff(&logits_with(model, Some(tuners)), &with) < 1e-5);

@@ -37,7 +37,6 @@ pub fn inject(v: &Value, seed: u64) -> (CausalLm, Tuners) {
     (model, tuners)
 }
 
-
 /// The logits of one full pass over `row`, and their largest difference from decoding the same
 /// row from a cache (a 3-token prefill, then one token at a time).
 pub fn cached_decoding_diff(model: &CausalLm, tuners: &Tuners, row: &[u32]) -> (Tensor, f32) {

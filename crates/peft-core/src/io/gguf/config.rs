@@ -10,7 +10,8 @@ use crate::tokenizer::GgufTokenizerSpec;
 use serde_json::{json, Map, Value};
 
 /// `general.architecture` -> transformers' `model_type`.
-const ARCHITECTURES: &[(&str, &str)] = &[("llama", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("phi3", "phi3"), ("gemma3", "gemma3_text")];
+const ARCHITECTURES: &[(&str, &str)] =
+    &[("llama", "llama"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("phi3", "phi3"), ("gemma3", "gemma3_text")];
 
 /// llama.cpp's `general.architecture` for a model type (Mistral is written as llama).
 pub fn gguf_architecture(model_type: &str) -> Option<&'static str> {
@@ -50,19 +51,27 @@ pub fn config_from_metadata(file: &GgufFile, tok: &GgufTokenizerSpec) -> Result<
     let heads = req("attention.head_count")?;
     let kv_heads = int("attention.head_count_kv")?.unwrap_or(heads);
     if heads % kv_heads != 0 {
-        return Err(corrupt(path, format!("{} ({kv_heads}) does not divide {} ({heads})", key("attention.head_count_kv"), key("attention.head_count"))));
+        return Err(corrupt(
+            path,
+            format!("{} ({kv_heads}) does not divide {} ({heads})", key("attention.head_count_kv"), key("attention.head_count")),
+        ));
     }
     let key_length = int("attention.key_length")?;
     let rope_dims = int("rope.dimension_count")?;
     // Phi-3 stores the rotated dims (partial rotary), the others the head size.
-    let head_dim = if model_type == "phi3" { key_length.unwrap_or(hidden / heads) } else { key_length.or(rope_dims).unwrap_or(hidden / heads) };
+    let head_dim =
+        if model_type == "phi3" { key_length.unwrap_or(hidden / heads) } else { key_length.or(rope_dims).unwrap_or(hidden / heads) };
     let mut checks = vec![("attention.value_length", int("attention.value_length")?)];
     if model_type != "phi3" {
         checks.push(("rope.dimension_count", rope_dims));
     }
     for (k, v) in checks {
         if let Some(v) = v.filter(|&v| v != head_dim) {
-            return Err(Error::Unsupported(format!("{}: metadata `{}` = {v} differs from the head size {head_dim}", path.display(), key(k))));
+            return Err(Error::Unsupported(format!(
+                "{}: metadata `{}` = {v} differs from the head size {head_dim}",
+                path.display(),
+                key(k)
+            )));
         }
     }
     let embd_rows = file.tensor_info("token_embd.weight").map(|t| t.dims[0]);
@@ -80,7 +89,8 @@ pub fn config_from_metadata(file: &GgufFile, tok: &GgufTokenizerSpec) -> Result<
     let eot = file.get_u64("tokenizer.ggml.eot_token_id")?.and_then(|v| u32::try_from(v).ok());
     let mut eos: Vec<u32> = tok.eos_token_id.into_iter().collect();
     eos.extend(eot.filter(|e| !eos.contains(e)));
-    let eps = file.get_f64(&key("attention.layer_norm_rms_epsilon"))?
+    let eps = file
+        .get_f64(&key("attention.layer_norm_rms_epsilon"))?
         .ok_or_else(|| corrupt(path, format!("metadata `{}` is missing", key("attention.layer_norm_rms_epsilon"))))?;
     let mut c = Map::new();
     let mut set = |k: &str, v: Value| {

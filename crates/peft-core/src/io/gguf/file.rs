@@ -121,8 +121,13 @@ impl GgufFile {
     }
 
     /// Decodes an array (validated while parsing) with `decode(element type, cursor)`.
-    fn get_array<T>(&self, key: &str, expected: &str, ok: fn(u32) -> bool,
-        decode: impl Fn(u32, &mut Cursor) -> Result<T>) -> Result<Option<Vec<T>>> {
+    fn get_array<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        ok: fn(u32) -> bool,
+        decode: impl Fn(u32, &mut Cursor) -> Result<T>,
+    ) -> Result<Option<Vec<T>>> {
         let (elem_type, len, start) = match self.get(key) {
             None => return Ok(None),
             Some(MetaValue::Array { elem_type, len, start }) if ok(*elem_type) => (*elem_type, *len, *start),

@@ -48,15 +48,24 @@ pub fn write_lora_gguf(path: &Path, model: &CausalLm, tuners: &Tuners, name: &st
     let arch = gguf_architecture(model_type).ok_or_else(|| Error::Unsupported(format!("a GGUF adapter for a {model_type} model")))?;
     let mut layers = Vec::new();
     for (path, layer) in tuners.layers_of(name)? {
-        let lora = layer.as_any().and_then(|a| a.downcast_ref::<LoraLayer>()).ok_or_else(|| Error::Unsupported(format!("adapter `{name}`: `{path}` is not a LoRA layer")))?;
+        let lora = layer
+            .as_any()
+            .and_then(|a| a.downcast_ref::<LoraLayer>())
+            .ok_or_else(|| Error::Unsupported(format!("adapter `{name}`: `{path}` is not a LoRA layer")))?;
         if lora.dora.is_some() {
-            return Err(Error::Unsupported(format!("adapter `{name}`: DoRA (use_dora) has a magnitude vector llama.cpp cannot apply; {MERGED_HINT}")));
+            return Err(Error::Unsupported(format!(
+                "adapter `{name}`: DoRA (use_dora) has a magnitude vector llama.cpp cannot apply; {MERGED_HINT}"
+            )));
         }
         if lora.pissa_init.is_some() {
-            return Err(Error::Unsupported(format!("adapter `{name}`: PiSSA changed the base weights, which llama.cpp's base file does not have; {MERGED_HINT}")));
+            return Err(Error::Unsupported(format!(
+                "adapter `{name}`: PiSSA changed the base weights, which llama.cpp's base file does not have; {MERGED_HINT}"
+            )));
         }
         if path == "lm_head" && model.config.tie_word_embeddings {
-            return Err(Error::Unsupported(format!("adapter `{name}`: LoRA on lm_head of a model with tied embeddings (llama.cpp cannot load it); {MERGED_HINT}")));
+            return Err(Error::Unsupported(format!(
+                "adapter `{name}`: LoRA on lm_head of a model with tied embeddings (llama.cpp cannot load it); {MERGED_HINT}"
+            )));
         }
         layers.push((path, lora));
     }
@@ -94,6 +103,7 @@ pub fn write_lora_gguf(path: &Path, model: &CausalLm, tuners: &Tuners, name: &st
         ("adapter.type", Val::Str("lora")),
         ("adapter.lora.alpha", Val::F32(alpha as f32)),
     ];
-    let entries: Vec<TensorEntry> = tensors.iter().map(|(name, t, ty)| TensorEntry { name: name.clone(), dims: t.dims().to_vec(), ty: *ty }).collect();
+    let entries: Vec<TensorEntry> =
+        tensors.iter().map(|(name, t, ty)| TensorEntry { name: name.clone(), dims: t.dims().to_vec(), ty: *ty }).collect();
     write_gguf_file(path, &kv, &entries, |i| Ok(tensors[i].1.clone()))
 }

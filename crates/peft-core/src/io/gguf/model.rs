@@ -34,16 +34,26 @@ fn arch_metadata(cfg: &ModelConfig, arch: &str, out: OutType) -> Result<Vec<(Str
         Ok(())
     };
     let f32_of = |k: &str, v: f64| (format!("{arch}.{k}"), Val::F32(v as f32));
-    let file_type = |kv: &mut Vec<(String, Val<'static>)>| kv.extend(out.file_type().map(|t| ("general.file_type".to_string(), Val::U32(t))));
+    let file_type =
+        |kv: &mut Vec<(String, Val<'static>)>| kv.extend(out.file_type().map(|t| ("general.file_type".to_string(), Val::U32(t))));
     let head = cfg.head_dim;
     if mt == "phi3" {
         let original = match &cfg.rope_scaling {
             Some(RopeScaling::Longrope { .. }) => return Err(Error::Unsupported("a GGUF of Phi-3 with LongRoPE (its rope_factors tensors are not written yet); export the merged model with savePretrained and convert it with llama.cpp's convert_hf_to_gguf.py".into())),
             _ => cfg.source_json.as_ref().and_then(|j| j.get("original_max_position_embeddings")).and_then(|v| v.as_u64()).map_or(PHI3_ORIGINAL_CONTEXT, |v| v as usize),
         };
-        u32s(&mut kv, &[("context_length", cfg.max_position_embeddings), ("rope.scaling.original_context_length", original),
-            ("embedding_length", cfg.hidden_size), ("feed_forward_length", cfg.intermediate_size), ("block_count", cfg.num_hidden_layers),
-            ("attention.head_count", cfg.num_attention_heads), ("attention.head_count_kv", cfg.num_key_value_heads)])?;
+        u32s(
+            &mut kv,
+            &[
+                ("context_length", cfg.max_position_embeddings),
+                ("rope.scaling.original_context_length", original),
+                ("embedding_length", cfg.hidden_size),
+                ("feed_forward_length", cfg.intermediate_size),
+                ("block_count", cfg.num_hidden_layers),
+                ("attention.head_count", cfg.num_attention_heads),
+                ("attention.head_count_kv", cfg.num_key_value_heads),
+            ],
+        )?;
         kv.push(f32_of("attention.layer_norm_rms_epsilon", cfg.rms_norm_eps));
         u32s(&mut kv, &[("rope.dimension_count", cfg.arch.rotary_dim)])?;
         kv.push(f32_of("rope.freq_base", cfg.rope_theta));
@@ -51,9 +61,17 @@ fn arch_metadata(cfg: &ModelConfig, arch: &str, out: OutType) -> Result<Vec<(Str
         u32s(&mut kv, &[("attention.sliding_window", cfg.arch.sliding_window.unwrap_or(0))])?;
         return Ok(kv);
     }
-    u32s(&mut kv, &[("block_count", cfg.num_hidden_layers), ("context_length", cfg.max_position_embeddings),
-        ("embedding_length", cfg.hidden_size), ("feed_forward_length", cfg.intermediate_size),
-        ("attention.head_count", cfg.num_attention_heads), ("attention.head_count_kv", cfg.num_key_value_heads)])?;
+    u32s(
+        &mut kv,
+        &[
+            ("block_count", cfg.num_hidden_layers),
+            ("context_length", cfg.max_position_embeddings),
+            ("embedding_length", cfg.hidden_size),
+            ("feed_forward_length", cfg.intermediate_size),
+            ("attention.head_count", cfg.num_attention_heads),
+            ("attention.head_count_kv", cfg.num_key_value_heads),
+        ],
+    )?;
     kv.push(f32_of("rope.freq_base", cfg.rope_theta));
     if let Some(local) = cfg.arch.local_rope_theta.filter(|_| mt == "gemma3_text") {
         kv.push(f32_of("rope.freq_base_swa", local));
@@ -111,17 +129,21 @@ fn tokenizer_metadata<'a>(cfg: &ModelConfig, tok: Option<&'a GgufTokenizerSpec>)
             push("tokenizer.ggml.merges", Val::Strs(&t.merges));
         }
     }
-    let ids = [("tokenizer.ggml.bos_token_id", cfg.bos_token_id.or(tok.and_then(|t| t.bos_token_id))),
+    let ids = [
+        ("tokenizer.ggml.bos_token_id", cfg.bos_token_id.or(tok.and_then(|t| t.bos_token_id))),
         ("tokenizer.ggml.eos_token_id", cfg.eos_token_ids.first().copied().or(tok.and_then(|t| t.eos_token_id))),
         ("tokenizer.ggml.eot_token_id", cfg.eos_token_ids.get(1).copied()),
         ("tokenizer.ggml.unknown_token_id", tok.and_then(|t| t.unknown_token_id)),
-        ("tokenizer.ggml.padding_token_id", cfg.pad_token_id.or(tok.and_then(|t| t.pad_token_id)))];
+        ("tokenizer.ggml.padding_token_id", cfg.pad_token_id.or(tok.and_then(|t| t.pad_token_id))),
+    ];
     for (k, v) in ids.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
         push(k, Val::U32(v));
     }
-    for (key, b) in [("tokenizer.ggml.add_bos_token", tok.and_then(|t| t.add_bos_token)),
+    for (key, b) in [
+        ("tokenizer.ggml.add_bos_token", tok.and_then(|t| t.add_bos_token)),
         ("tokenizer.ggml.add_eos_token", tok.and_then(|t| t.add_eos_token)),
-        ("tokenizer.ggml.add_space_prefix", tok.and_then(|t| t.add_space_prefix))] {
+        ("tokenizer.ggml.add_space_prefix", tok.and_then(|t| t.add_space_prefix)),
+    ] {
         if let Some(b) = b {
             push(key, Val::Bool(b));
         }
@@ -136,8 +158,13 @@ fn tokenizer_metadata<'a>(cfg: &ModelConfig, tok: Option<&'a GgufTokenizerSpec>)
 /// Hugging Face name and shape when the writer reaches it (one at a time, so a model never
 /// needs to be in memory whole: a benchmark can generate random weights on the fly).
 /// `lm_head.weight` is not asked for when the config ties it.
-pub fn write_gguf(path: &Path, config: &ModelConfig, mut source: impl FnMut(&str) -> Result<Tensor>, outtype: OutType,
-    tokenizer: Option<&GgufTokenizerSpec>) -> Result<()> {
+pub fn write_gguf(
+    path: &Path,
+    config: &ModelConfig,
+    mut source: impl FnMut(&str) -> Result<Tensor>,
+    outtype: OutType,
+    tokenizer: Option<&GgufTokenizerSpec>,
+) -> Result<()> {
     let mt = config.arch.model_type.as_str();
     let arch = gguf_architecture(mt).ok_or_else(|| Error::Unsupported(format!("a GGUF of a {mt} model")))?;
     if let Some(t) = tokenizer.filter(|t| t.tokens.len() > config.vocab_size) {
@@ -149,19 +176,28 @@ pub fn write_gguf(path: &Path, config: &ModelConfig, mut source: impl FnMut(&str
     kv.extend(tokenizer_metadata(config, tokenizer));
     let hf_names: Vec<String> = required_names(config).collect();
     let tied_head = config.tie_word_embeddings;
-    let entries: Vec<TensorEntry> = hf_names.iter().map(|hf| {
-        let name = hf_to_gguf(hf, mt).expect("required names have GGUF names");
-        let dims = expected_shape(config, hf).expect("required names have shapes");
-        let role = TensorRole { name: &name, dims: &dims, layer: layer_of(hf), n_layers: config.num_hidden_layers, tied_head };
-        let ty = tensor_type(outtype, &role);
-        TensorEntry { name, dims, ty }
-    }).collect();
+    let entries: Vec<TensorEntry> = hf_names
+        .iter()
+        .map(|hf| {
+            let name = hf_to_gguf(hf, mt).expect("required names have GGUF names");
+            let dims = expected_shape(config, hf).expect("required names have shapes");
+            let role = TensorRole { name: &name, dims: &dims, layer: layer_of(hf), n_layers: config.num_hidden_layers, tied_head };
+            let ty = tensor_type(outtype, &role);
+            TensorEntry { name, dims, ty }
+        })
+        .collect();
     write_gguf_file(path, &kv, &entries, |i| {
         let hf = &hf_names[i];
         let t = source(hf)?;
         let expected = &entries[i].dims;
         if t.dims() != expected.as_slice() {
-            return Err(Error::WeightShape { file: path.into(), name: hf.clone(), expected: expected.clone(), found: t.dims().to_vec(), because: shape_keys(config, hf) });
+            return Err(Error::WeightShape {
+                file: path.into(),
+                name: hf.clone(),
+                expected: expected.clone(),
+                found: t.dims().to_vec(),
+                because: shape_keys(config, hf),
+            });
         }
         let mut t = match rope_heads(config, hf) {
             Some(n_head) => to_gguf_rows(&t, n_head)?,
@@ -175,8 +211,13 @@ pub fn write_gguf(path: &Path, config: &ModelConfig, mut source: impl FnMut(&str
 }
 
 /// [`write_gguf`] from a map of every weight (Hugging Face names); any other name is refused.
-pub fn write_llama_gguf(path: &Path, config: &ModelConfig, weights: &HashMap<String, Tensor>,
-    tokenizer: Option<&GgufTokenizerSpec>, quant: GgmlDType) -> Result<()> {
+pub fn write_llama_gguf(
+    path: &Path,
+    config: &ModelConfig,
+    weights: &HashMap<String, Tensor>,
+    tokenizer: Option<&GgufTokenizerSpec>,
+    quant: GgmlDType,
+) -> Result<()> {
     if quant == GgmlDType::Q8_1 {
         return Err(Error::Unsupported(format!("GGUF tensors in {quant:?} (llama.cpp never stores weights in it)")));
     }

@@ -69,11 +69,8 @@ fn layer_parts(model_type: &str) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-const GLOBALS: &[(&str, &str)] = &[
-    ("token_embd.weight", "model.embed_tokens.weight"),
-    ("output_norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
-];
+const GLOBALS: &[(&str, &str)] =
+    &[("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"), ("output.weight", "lm_head.weight")];
 
 fn is_norm(hf_stem: &str) -> bool {
     hf_stem.ends_with("layernorm") || hf_stem.ends_with("_norm")
@@ -169,10 +166,12 @@ pub(crate) fn to_gguf_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
 /// tensor (rows [n_head, half, 2] read as [n_head, 2, half]).
 pub(crate) fn from_gguf_row_order(rows: usize, n_head: usize) -> Vec<usize> {
     let half = rows / n_head / 2;
-    (0..rows).map(|r| {
-        let (h, j, i) = (r / (2 * half), (r / half) % 2, r % half);
-        h * 2 * half + 2 * i + j
-    }).collect()
+    (0..rows)
+        .map(|r| {
+            let (h, j, i) = (r / (2 * half), (r / half) % 2, r % half);
+            h * 2 * half + 2 * i + j
+        })
+        .collect()
 }
 
 pub(crate) fn from_gguf_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {

@@ -47,7 +47,6 @@ pub struct TensorInfo {
     pub size: usize,
 }
 
-
 pub(crate) fn corrupt(path: &Path, message: impl Into<String>) -> Error {
     Error::Gguf { file: path.into(), message: message.into() }
 }
@@ -56,8 +55,21 @@ pub(crate) fn corrupt(path: &Path, message: impl Into<String>) -> Error {
 pub(crate) fn ggml_dtype(id: u32) -> Option<GgmlDType> {
     use GgmlDType::*;
     Some(match id {
-        0 => F32, 1 => F16, 2 => Q4_0, 3 => Q4_1, 6 => Q5_0, 7 => Q5_1, 8 => Q8_0, 9 => Q8_1,
-        10 => Q2K, 11 => Q3K, 12 => Q4K, 13 => Q5K, 14 => Q6K, 15 => Q8K, 30 => BF16,
+        0 => F32,
+        1 => F16,
+        2 => Q4_0,
+        3 => Q4_1,
+        6 => Q5_0,
+        7 => Q5_1,
+        8 => Q8_0,
+        9 => Q8_1,
+        10 => Q2K,
+        11 => Q3K,
+        12 => Q4K,
+        13 => Q5K,
+        14 => Q6K,
+        15 => Q8K,
+        30 => BF16,
         _ => return None,
     })
 }
@@ -67,10 +79,48 @@ pub(crate) fn ggml_type_id(t: GgmlDType) -> u32 {
 }
 
 fn ggml_type_name(id: u32) -> String {
-    const NAMES: &[&str] = &["F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
-        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4",
-        "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4"];
+    const NAMES: &[&str] = &[
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
+    ];
     NAMES.get(id as usize).map_or_else(|| format!("unknown type {id}"), |n| format!("{n} (type {id})"))
 }
 
@@ -102,9 +152,10 @@ impl<'a> Cursor<'a> {
     }
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         if n > self.remaining() as u64 {
-            return Err(corrupt(self.path, format!(
-                "{what}: needs {n} bytes at byte {}, but only {} remain (truncated or corrupt file)",
-                self.pos, self.remaining())));
+            return Err(corrupt(
+                self.path,
+                format!("{what}: needs {n} bytes at byte {}, but only {} remain (truncated or corrupt file)", self.pos, self.remaining()),
+            ));
         }
         let out = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -123,8 +174,7 @@ impl<'a> Cursor<'a> {
         let len = self.u64(what)?;
         let at = self.pos;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| corrupt(self.path, format!("{what}: invalid UTF-8 in the string at byte {at}")))
+        String::from_utf8(bytes.to_vec()).map_err(|_| corrupt(self.path, format!("{what}: invalid UTF-8 in the string at byte {at}")))
     }
     pub(super) fn value(&mut self, t: u32, key: &str) -> Result<MetaValue> {
         Ok(match t {
@@ -148,12 +198,19 @@ impl<'a> Cursor<'a> {
                 let min: u64 = match elem_type {
                     8 => 8,
                     9 => return Err(corrupt(self.path, format!("metadata `{key}`: nested arrays are not supported"))),
-                    t => fixed_size(t).map(|n| n as u64).ok_or_else(|| corrupt(self.path, format!("metadata `{key}`: unknown array element type {t}")))?,
+                    t => fixed_size(t)
+                        .map(|n| n as u64)
+                        .ok_or_else(|| corrupt(self.path, format!("metadata `{key}`: unknown array element type {t}")))?,
                 };
                 if len.checked_mul(min).is_none_or(|n| n > self.remaining() as u64) {
-                    return Err(corrupt(self.path, format!(
-                        "metadata `{key}`: array of {len} {} cannot fit in the {} bytes left in the file",
-                        type_name(elem_type), self.remaining())));
+                    return Err(corrupt(
+                        self.path,
+                        format!(
+                            "metadata `{key}`: array of {len} {} cannot fit in the {} bytes left in the file",
+                            type_name(elem_type),
+                            self.remaining()
+                        ),
+                    ));
                 }
                 if elem_type == 8 {
                     for _ in 0..len {
@@ -169,7 +226,6 @@ impl<'a> Cursor<'a> {
         })
     }
 }
-
 
 pub(super) type Parsed = (u32, HashMap<String, MetaValue>, Vec<TensorInfo>);
 
@@ -187,9 +243,13 @@ pub(super) fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
     let n_kv = c.u64("the metadata count")?;
     // Smallest encodings: a key-value is 8 (key length) + 4 (type) + 1 byte; a tensor info 8+4+4+8.
     if n_kv.saturating_mul(13).saturating_add(n_tensors.saturating_mul(24)) > c.remaining() as u64 {
-        return Err(corrupt(path, format!(
-            "header claims {n_tensors} tensors and {n_kv} metadata entries, more than the {} bytes of the file can hold",
-            buf.len())));
+        return Err(corrupt(
+            path,
+            format!(
+                "header claims {n_tensors} tensors and {n_kv} metadata entries, more than the {} bytes of the file can hold",
+                buf.len()
+            ),
+        ));
     }
     let mut metadata = HashMap::new();
     for i in 0..n_kv {
@@ -211,11 +271,12 @@ pub(super) fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         dims.reverse();
         let type_id = c.u32(&name)?;
         let offset = c.u64(&name)?;
-        let dtype = ggml_dtype(type_id).ok_or_else(|| {
-            corrupt(path, format!("tensor `{name}`: data type {} is not supported", ggml_type_name(type_id)))
-        })?;
+        let dtype = ggml_dtype(type_id)
+            .ok_or_else(|| corrupt(path, format!("tensor `{name}`: data type {} is not supported", ggml_type_name(type_id))))?;
         let (block, row) = (dtype.block_size() as u64, *dims.last().expect("1 to 4 dims"));
-        let size = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d))
+        let size = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
             .filter(|_| row % block == 0)
             .and_then(|elems| (elems / block).checked_mul(dtype.type_size() as u64));
         let Some(size) = size else {
@@ -240,9 +301,14 @@ pub(super) fn parse(buf: &[u8], path: &Path) -> Result<Parsed> {
         }
         let start = data_start.saturating_add(offset);
         if start.saturating_add(size) > buf.len() as u64 {
-            return Err(corrupt(path, format!(
-                "tensor `{name}`: data (bytes {start}..{}) extends past the end of the file ({} bytes)",
-                start.saturating_add(size), buf.len())));
+            return Err(corrupt(
+                path,
+                format!(
+                    "tensor `{name}`: data (bytes {start}..{}) extends past the end of the file ({} bytes)",
+                    start.saturating_add(size),
+                    buf.len()
+                ),
+            ));
         }
         let dims = dims.into_iter().map(|d| d as usize).collect();
         infos.push(TensorInfo { name, dtype, dims, offset: start as usize, size: size as usize });
@@ -259,10 +325,18 @@ fn reject_overlaps(infos: &[TensorInfo], path: &Path) -> Result<()> {
     for pair in ranges.windows(2) {
         let (a, b) = (pair[0], pair[1]);
         if b.offset < a.offset + a.size {
-            return Err(corrupt(path, format!(
-                "tensors `{}` (bytes {}..{}) and `{}` (bytes {}..{}) share data",
-                a.name, a.offset, a.offset + a.size, b.name, b.offset, b.offset + b.size
-            )));
+            return Err(corrupt(
+                path,
+                format!(
+                    "tensors `{}` (bytes {}..{}) and `{}` (bytes {}..{}) share data",
+                    a.name,
+                    a.offset,
+                    a.offset + a.size,
+                    b.name,
+                    b.offset,
+                    b.offset + b.size
+                ),
+            ));
         }
     }
     Ok(())

@@ -65,8 +65,12 @@ pub(super) struct TensorEntry {
 /// A GGUF file of `kv` metadata and `tensors`, written through a temporary file renamed into
 /// place. `produce(i)` gives tensor i (in llama.cpp's row order, `dims` shaped) when its turn
 /// comes, so only one tensor is in memory at a time.
-pub(super) fn write_gguf_file<K: AsRef<str>>(path: &Path, kv: &[(K, Val)], tensors: &[TensorEntry],
-    mut produce: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
+pub(super) fn write_gguf_file<K: AsRef<str>>(
+    path: &Path,
+    kv: &[(K, Val)],
+    tensors: &[TensorEntry],
+    mut produce: impl FnMut(usize) -> Result<Tensor>,
+) -> Result<()> {
     let mut header = b"GGUF".to_vec();
     header.extend_from_slice(&3u32.to_le_bytes());
     header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
@@ -76,7 +80,11 @@ pub(super) fn write_gguf_file<K: AsRef<str>>(path: &Path, kv: &[(K, Val)], tenso
     let mut sizes = Vec::with_capacity(tensors.len());
     for TensorEntry { name, dims, ty } in tensors {
         if dims.last().is_some_and(|&row| !row.is_multiple_of(ty.block_size())) {
-            return Err(Error::arg("outtype", format!("a type whose block ({}) divides every row", ty.block_size()), format!("{ty:?} for `{name}` of shape {dims:?}")));
+            return Err(Error::arg(
+                "outtype",
+                format!("a type whose block ({}) divides every row", ty.block_size()),
+                format!("{ty:?} for `{name}` of shape {dims:?}"),
+            ));
         }
         let size = (dims.iter().product::<usize>() / ty.block_size() * ty.type_size()) as u64;
         put_str(&mut header, name);

@@ -28,9 +28,9 @@ const DW_ROWS_PER_CHUNK: usize = 64;
 pub(crate) fn fused_cuda(ts: &[&Tensor]) -> bool {
     let first = ts[0];
     matches!(first.dtype(), DType::F32 | DType::F64 | DType::BF16 | DType::F16)
-        && ts.iter().all(|t| {
-            t.device().is_cuda() && t.device().same_device(first.device()) && t.dtype() == first.dtype() && t.elem_count() > 0
-        })
+        && ts
+            .iter()
+            .all(|t| t.device().is_cuda() && t.device().same_device(first.device()) && t.dtype() == first.dtype() && t.elem_count() > 0)
 }
 
 /// An input as one contiguous buffer: the storage itself at the layout's offset when the
@@ -367,7 +367,12 @@ pub(crate) fn cross_entropy_bwd(g: f64, logits: In, targets: In, weights: In) ->
     by_dtype!("cross_entropy bwd", logits.0, cross_entropy_bwd_t(g, logits, targets, weights))
 }
 
-fn cross_entropy_bwd_t<T: CudaDType + DeviceRepr + WithDType>(g: f64, logits: In, targets: In, weights: In) -> Result<(CudaStorage, Shape)> {
+fn cross_entropy_bwd_t<T: CudaDType + DeviceRepr + WithDType>(
+    g: f64,
+    logits: In,
+    targets: In,
+    weights: In,
+) -> Result<(CudaStorage, Shape)> {
     let (n, vocab) = ce_check("cross_entropy bwd", logits, targets, weights)?;
     let dev = logits.0.device();
     let (li, ti, wi) = (Input::new(logits.0, logits.1)?, Input::new(targets.0, targets.1)?, Input::new(weights.0, weights.1)?);

@@ -49,14 +49,22 @@ impl RankAllocator {
         let c = config(tuners, adapter)?;
         let mut modules = Vec::new();
         for path in tuners.modules(adapter)? {
-            let id = |attr: &str| model.store.id(&param_dict_name(path, attr, adapter)).ok_or_else(|| Error::arg("adapter", "an AdaLoRA adapter with lora_A/E/B", adapter));
+            let id = |attr: &str| {
+                model
+                    .store
+                    .id(&param_dict_name(path, attr, adapter))
+                    .ok_or_else(|| Error::arg("adapter", "an AdaLoRA adapter with lora_A/E/B", adapter))
+            };
             modules.push((path.clone(), id("lora_A")?, id("lora_E")?, id("lora_B")?));
         }
         modules.sort_by(|a, b| a.0.cmp(&b.0));
         let init_bgt = modules.iter().map(|m| model.store.get(m.1).value().dim(0)).sum::<candle_core::Result<usize>>()?;
         let target_bgt = c.target_r * modules.len();
         if target_bgt >= init_bgt {
-            return Err(c.fields.err("target_r", &format!("less than the initial ranks' average ({init_bgt} ranks over {} modules): nothing to prune", modules.len())));
+            return Err(c.fields.err(
+                "target_r",
+                &format!("less than the initial ranks' average ({init_bgt} ranks over {} modules): nothing to prune", modules.len()),
+            ));
         }
         Ok(RankAllocator { adapter: adapter.into(), modules, init_bgt, target_bgt, ema: HashMap::new() })
     }
@@ -88,7 +96,10 @@ impl RankAllocator {
     fn update_ipt(&mut self, c: &AdaLoraConfig, store: &ParamStore) -> Result<()> {
         for id in self.modules.iter().flat_map(|m| [m.1, m.2, m.3]) {
             let p = store.get(id);
-            let g = p.grad.as_ref().ok_or_else(|| Error::arg(&p.name, "a gradient: call update_and_allocate after backward and before zero_grad", "none"))?;
+            let g = p
+                .grad
+                .as_ref()
+                .ok_or_else(|| Error::arg(&p.name, "a gradient: call update_and_allocate after backward and before zero_grad", "none"))?;
             let (w, g) = (host(&p.value())?, host(g)?);
             let e = self.ema.entry(id).or_insert_with(|| Ema { ipt: vec![0.0; w.len()], unc: vec![0.0; w.len()] });
             for i in 0..w.len() {
@@ -102,14 +113,20 @@ impl RankAllocator {
 
     /// Per module, the combined score of each rank (`mask_to_budget`'s `triplet_ipt`).
     pub fn rank_scores(&self, store: &ParamStore) -> Result<Vec<Vec<f64>>> {
-        let score = |id: ParamId| -> Vec<f64> { self.ema.get(&id).map_or_else(Vec::new, |e| e.ipt.iter().zip(&e.unc).map(|(a, b)| a * b).collect()) };
+        let score = |id: ParamId| -> Vec<f64> {
+            self.ema.get(&id).map_or_else(Vec::new, |e| e.ipt.iter().zip(&e.unc).map(|(a, b)| a * b).collect())
+        };
         let mut out = Vec::new();
         for (_, a, e, b) in &self.modules {
             let (r, inp) = store.get(*a).value().dims2()?;
             let outf = store.get(*b).value().dim(0)?;
             let (sa, se, sb) = (score(*a), score(*e), score(*b));
             if se.len() != r {
-                return Err(Error::arg("RankAllocator", "importance scores (run update_and_allocate on steps with gradients first)", "none"));
+                return Err(Error::arg(
+                    "RankAllocator",
+                    "importance scores (run update_and_allocate on steps with gradients first)",
+                    "none",
+                ));
             }
             let row = (0..r).map(|i| {
                 let qa = (0..inp).map(|j| sa[i * inp + j]).sum::<f64>() / inp as f64;
@@ -148,9 +165,16 @@ impl RankAllocator {
         let mut c = config(tuners, &self.adapter)?;
         let end = c.total_step - c.tfinal;
         if step > end {
-            let rp = c.rank_pattern.clone().ok_or_else(|| Error::arg("step", format!("a step <= {end} first (no allocation made yet)"), step))?;
+            let rp = c
+                .rank_pattern
+                .clone()
+                .ok_or_else(|| Error::arg("step", format!("a step <= {end} first (no allocation made yet)"), step))?;
             let masks = (self.modules.iter())
-                .map(|m| c.module_pattern(&m.0, &self.adapter).map(<[bool]>::to_vec).ok_or_else(|| Error::arg("rank_pattern", format!("an entry for {}", m.0), format!("{} entries", rp.len()))))
+                .map(|m| {
+                    c.module_pattern(&m.0, &self.adapter)
+                        .map(<[bool]>::to_vec)
+                        .ok_or_else(|| Error::arg("rank_pattern", format!("an entry for {}", m.0), format!("{} entries", rp.len())))
+                })
                 .collect::<Result<Vec<_>>>()?;
             self.apply(&model.store, &masks)?;
             return Ok(Some(self.target_bgt));
@@ -180,7 +204,10 @@ pub fn orth_regularization(model: &CausalLm, tuners: &Tuners, adapter: &str, ctx
     let mut terms = Vec::new();
     for path in tuners.modules(adapter)? {
         for (attr, left) in [("lora_A", true), ("lora_B", false)] {
-            let id = model.store.id(&param_dict_name(path, attr, adapter)).ok_or_else(|| Error::arg("adapter", "an AdaLoRA adapter", adapter))?;
+            let id = model
+                .store
+                .id(&param_dict_name(path, attr, adapter))
+                .ok_or_else(|| Error::arg("adapter", "an AdaLoRA adapter", adapter))?;
             let p = ctx.param(id);
             let cov = if left { p.matmul(&p.t()?)? } else { p.t()?.matmul(&p)? };
             let n = cov.dim(0)?;

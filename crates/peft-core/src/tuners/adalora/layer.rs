@@ -4,8 +4,8 @@
 use super::AdaLoraConfig;
 use crate::error::{Error, Result};
 use crate::model::linear::linear;
-use crate::model::{Ctx, Linear};
 use crate::model::{CausalLm, ParamId, ParamStore};
+use crate::model::{Ctx, Linear};
 use crate::tuners::fields::config_plumbing;
 use crate::tuners::init::{dropout_mask, normal};
 use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig, PEFT_PREFIX};
@@ -97,7 +97,10 @@ impl TunerConfig for AdaLoraConfig {
     fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         if self.bias != "none" {
             if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
-                return Err(Error::Unsupported(format!("AdaLoraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")", self.bias, t.path)));
+                return Err(Error::Unsupported(format!(
+                    "AdaLoraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")",
+                    self.bias, t.path
+                )));
             }
         }
         Ok(Vec::new())

@@ -14,8 +14,8 @@ pub use training::regularized_loss;
 
 use crate::error::Result;
 use crate::tuners::fields::{object, Fields};
-use crate::tuners::TargetSpec;
 use crate::tuners::lora::config::peft_defaults as lora_defaults;
+use crate::tuners::TargetSpec;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -32,8 +32,18 @@ pub fn peft_defaults() -> Map<String, Value> {
 
 /// LoRA features AdaLoRA here does not run: refused unless at their default.
 const UNSUPPORTED: &[&str] = &[
-    "alora_invocation_tokens", "arrow_config", "use_bdlora", "kasa_config", "velora_config", "monteclora_config",
-    "layer_replication", "trainable_token_indices", "megatron_config", "use_qalora", "lora_bias", "modules_to_save",
+    "alora_invocation_tokens",
+    "arrow_config",
+    "use_bdlora",
+    "kasa_config",
+    "velora_config",
+    "monteclora_config",
+    "layer_replication",
+    "trainable_token_indices",
+    "megatron_config",
+    "use_qalora",
+    "lora_bias",
+    "modules_to_save",
     "target_parameters",
 ];
 
@@ -75,7 +85,8 @@ impl AdaLoraConfig {
         }
         f.fix_fan_in_fan_out(&mut warnings)?;
         let init_r = f.positive("init_r", "the initial rank of every module")?;
-        let target_r = f.map["target_r"].as_u64().ok_or_else(|| f.err("target_r", "a non-negative integer (the average rank to keep)"))? as usize;
+        let target_r =
+            f.map["target_r"].as_u64().ok_or_else(|| f.err("target_r", "a non-negative integer (the average rank to keep)"))? as usize;
         if f.map["r"] != json!(8) {
             warnings.push("`r` is not used by AdaLoRA and is ignored; the initial rank is `init_r`".into());
         }
@@ -84,9 +95,14 @@ impl AdaLoraConfig {
         let delta_t = f.positive("deltaT", "steps between two allocations")? as u64;
         let total_step = f.positive("total_step", "AdaLoRA needs the total number of training steps")? as u64;
         if tinit + tfinal >= total_step {
-            return Err(f.err("tinit", &format!("tinit < total_step - tfinal ({total_step} - {tfinal}): the schedule must leave a budgeting phase")));
+            return Err(f.err(
+                "tinit",
+                &format!("tinit < total_step - tfinal ({total_step} - {tfinal}): the schedule must leave a budgeting phase"),
+            ));
         }
-        let beta = |key: &str| f.num(key).ok().filter(|b| *b > 0.0 && *b < 1.0).ok_or_else(|| f.err(key, "a number in (0, 1) (an EMA coefficient)"));
+        let beta = |key: &str| {
+            f.num(key).ok().filter(|b| *b > 0.0 && *b < 1.0).ok_or_else(|| f.err(key, "a number in (0, 1) (an EMA coefficient)"))
+        };
         let (beta1, beta2) = (beta("beta1")?, beta("beta2")?);
         let orth_reg_weight = f.num("orth_reg_weight")?;
         if orth_reg_weight < 0.0 {
@@ -107,15 +123,33 @@ impl AdaLoraConfig {
         }
         let rank_pattern = parse_rank_pattern(&f)?;
         let c = AdaLoraConfig {
-            targets: f.target_spec()?, fields: f, init_r, target_r, lora_alpha, lora_dropout, tinit, tfinal, delta_t, beta1, beta2,
-            orth_reg_weight, total_step, random_init, rank_pattern, bias,
+            targets: f.target_spec()?,
+            fields: f,
+            init_r,
+            target_r,
+            lora_alpha,
+            lora_dropout,
+            tinit,
+            tfinal,
+            delta_t,
+            beta1,
+            beta2,
+            orth_reg_weight,
+            total_step,
+            random_init,
+            rank_pattern,
+            bias,
         };
         Ok((c, warnings))
     }
 
     /// `scaling = lora_alpha if lora_alpha > 0 else r` (`AdaLoraLayer.update_layer`, r = init_r).
     pub fn scaling(&self) -> f64 {
-        if self.lora_alpha > 0.0 { self.lora_alpha } else { self.init_r as f64 }
+        if self.lora_alpha > 0.0 {
+            self.lora_alpha
+        } else {
+            self.init_r as f64
+        }
     }
 
     /// The kept-rank flags of the module at `path`, if the allocation covered it. Keys may

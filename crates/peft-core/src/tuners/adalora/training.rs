@@ -3,8 +3,8 @@
 //! belongs to the adapter of its name (it may have been deleted and re-added since).
 use super::{orth_regularization, AdaLoraConfig, RankAllocator};
 use crate::error::Result;
-use crate::model::Ctx;
 use crate::model::CausalLm;
+use crate::model::Ctx;
 use crate::tuners::{param_dict_name, Tuners};
 use candle_core::Tensor;
 
@@ -35,7 +35,10 @@ impl RankAllocator {
     /// name in the model (false once the adapter was deleted, reloaded or re-added).
     pub fn is_current(&self, model: &CausalLm) -> bool {
         self.triplets().iter().all(|(path, ids)| {
-            ["lora_A", "lora_E", "lora_B"].iter().zip(ids).all(|(attr, id)| model.store.id(&param_dict_name(path, attr, &self.adapter)) == Some(*id))
+            ["lora_A", "lora_E", "lora_B"]
+                .iter()
+                .zip(ids)
+                .all(|(attr, id)| model.store.id(&param_dict_name(path, attr, &self.adapter)) == Some(*id))
         })
     }
 }

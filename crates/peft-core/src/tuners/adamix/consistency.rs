@@ -46,8 +46,8 @@ pub fn symmetric_kl(a: &Tensor, b: &Tensor, labels: Option<&[Vec<i64>]>) -> Resu
     let (rows, t, _) = a.dims3()?;
     let (lp, lq) = (log_softmax(a)?, log_softmax(b)?);
     let per = ((lp.exp()? - lq.exp()?)? * (&lp - &lq)?)?.sum(D::Minus1)?; // [b, t]
-    // Prediction i is scored when label i + 1 counts (the loss's shift, labels right-aligned
-    // to the logits as the loss takes them); without labels every prediction is.
+                                                                          // Prediction i is scored when label i + 1 counts (the loss's shift, labels right-aligned
+                                                                          // to the logits as the loss takes them); without labels every prediction is.
     let scored = |r: usize, i: usize| match labels {
         Some(l) => (i + 1 + l[r].len()).checked_sub(t).and_then(|j| l[r].get(j)).is_some_and(|&x| x != loss::IGNORE_INDEX),
         None => true,

@@ -47,7 +47,8 @@ impl AdaMixConfig {
             "consistency_weight": 1.0});
         let (fields, warnings) = Fields::parse(value, "ADAMIX", "AdaMixConfig", defaults, source)?;
         let num_experts = num_experts(&fields)?;
-        let consistency_weight = fields.num_in("consistency_weight", |w| w.is_finite() && w >= 0.0, "a finite number >= 0 (0: no consistency loss)")?;
+        let consistency_weight =
+            fields.num_in("consistency_weight", |w| w.is_finite() && w >= 0.0, "a finite number >= 0 (0: no consistency loss)")?;
         let adapter = BottleneckConfig::from_fields(fields.clone(), Placement::Serial)?;
         Ok((AdaMixConfig { fields, targets: TargetSpec::default(), adapter, num_experts, consistency_weight }, warnings))
     }
@@ -84,13 +85,24 @@ impl TunerConfig for AdaMixConfig {
         let (uw, ub) = if self.adapter.init_weights {
             (Tensor::zeros((m, d, r), dt, &device)?, Tensor::zeros((m, d), dt, &device)?)
         } else {
-            (kaiming_uniform(m * d, r, bc.rng, dt, &device)?.reshape((m, d, r))?, uniform(m * d, 1.0 / (r as f64).sqrt(), bc.rng, dt, &device)?.reshape((m, d))?)
+            (
+                kaiming_uniform(m * d, r, bc.rng, dt, &device)?.reshape((m, d, r))?,
+                uniform(m * d, 1.0 / (r as f64).sqrt(), bc.rng, dt, &device)?.reshape((m, d))?,
+            )
         };
         let a = bc.adapter;
         let mut add = |attr: &str, t: Tensor| bc.store.add(name(path, attr, a, "weight"), t, false);
         let down = [add("adamix_down", dw)?, add("adamix_down_bias", db)?];
         let up = [add("adamix_up", uw)?, add("adamix_up_bias", ub)?];
-        Ok(Box::new(AdaMixLayer { adapter: a.to_string(), path: path.clone(), down, up, experts: m, activation: self.adapter.activation, scaling: self.adapter.scaling }))
+        Ok(Box::new(AdaMixLayer {
+            adapter: a.to_string(),
+            path: path.clone(),
+            down,
+            up,
+            experts: m,
+            activation: self.adapter.activation,
+            scaling: self.adapter.scaling,
+        }))
     }
 }
 

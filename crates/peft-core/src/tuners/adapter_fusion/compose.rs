@@ -23,14 +23,22 @@ impl Tuners {
             let c = self.config(a)?;
             let serial = c.as_any().downcast_ref::<BottleneckConfig>().is_some_and(|b| b.placement == Placement::Serial);
             if !serial {
-                return Err(Error::arg("adapters", "serial bottleneck adapters (peft_type \"BOTTLENECK_ADAPTER\")", format!("adapter `{a}` of peft_type \"{}\"", c.peft_type())));
+                return Err(Error::arg(
+                    "adapters",
+                    "serial bottleneck adapters (peft_type \"BOTTLENECK_ADAPTER\")",
+                    format!("adapter `{a}` of peft_type \"{}\"", c.peft_type()),
+                ));
             }
             let json = c.to_json();
             match &first {
                 None => first = Some((a, json)),
                 Some((f, fj)) => {
                     if let Some(k) = SHAPE_FIELDS.iter().find(|k| fj[**k] != json[**k]) {
-                        return Err(Error::arg("adapters", format!("adapters of one shape (`{k}` of `{f}`: {})", fj[*k]), format!("`{k}` of `{a}`: {}", json[*k])));
+                        return Err(Error::arg(
+                            "adapters",
+                            format!("adapters of one shape (`{k}` of `{f}`: {})", fj[*k]),
+                            format!("`{k}` of `{a}`: {}", json[*k]),
+                        ));
                     }
                 }
             }
@@ -43,6 +51,8 @@ impl Tuners {
         v["base_model_name_or_path"] = shape["base_model_name_or_path"].clone();
         let (config, _) = AdapterFusionConfig::from_value(&v, Path::new("add_fusion_adapter"))?;
         // Each bottleneck layer's params() are its buffers' order in the fusion layer.
-        self.add_from_trained(model, adapters, name, Box::new(config), |_, sources| Ok(sources.into_iter().flat_map(|(_, values)| values).collect()))
+        self.add_from_trained(model, adapters, name, Box::new(config), |_, sources| {
+            Ok(sources.into_iter().flat_map(|(_, values)| values).collect())
+        })
     }
 }

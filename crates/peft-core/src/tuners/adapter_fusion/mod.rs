@@ -95,7 +95,11 @@ impl TunerConfig for AdapterFusionConfig {
         let (d, dt) = (*hidden, bc.dtype);
         let mut qkv = Vec::with_capacity(3);
         for attr in ["fusion_query", "fusion_key", "fusion_value"] {
-            let w = if attr == "fusion_value" && self.adapter.init_weights { Tensor::eye(d, dt, &device)? } else { normal(d, d, 0.02, bc.rng, dt, &device)? };
+            let w = if attr == "fusion_value" && self.adapter.init_weights {
+                Tensor::eye(d, dt, &device)?
+            } else {
+                normal(d, d, 0.02, bc.rng, dt, &device)?
+            };
             qkv.push(bc.store.add(param_name(path, attr, bc.adapter), w, false)?);
         }
         Ok(Box::new(FusionLayer { adapter: bc.adapter.to_string(), qkv: [qkv[0], qkv[1], qkv[2]], adapters }))

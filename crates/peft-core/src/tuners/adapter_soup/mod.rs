@@ -32,13 +32,26 @@ impl Tuners {
         let config = self.config(first)?.clone_box();
         let json = comparable(config.to_json());
         if json.get("init_lora_weights").is_some_and(Value::is_string) {
-            return Err(Error::arg("adapters", "adapters whose init leaves the base weights alone", format!("`{first}` with init_lora_weights {}", json["init_lora_weights"])));
+            return Err(Error::arg(
+                "adapters",
+                "adapters whose init leaves the base weights alone",
+                format!("`{first}` with init_lora_weights {}", json["init_lora_weights"]),
+            ));
         }
         for a in &adapters[1..] {
             let other = comparable(self.config(a)?.to_json());
             if other != json {
-                let key = json.as_object().into_iter().flatten().find(|(k, v)| other.get(k.as_str()) != Some(*v)).map_or("peft_type", |(k, _)| k.as_str());
-                return Err(Error::arg("adapters", format!("adapters of one config (`{key}` of `{first}`: {})", json[key]), format!("`{key}` of `{a}`: {}", other[key])));
+                let key = json
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .find(|(k, v)| other.get(k.as_str()) != Some(*v))
+                    .map_or("peft_type", |(k, _)| k.as_str());
+                return Err(Error::arg(
+                    "adapters",
+                    format!("adapters of one config (`{key}` of `{first}`: {})", json[key]),
+                    format!("`{key}` of `{a}`: {}", other[key]),
+                ));
             }
         }
         let report = self.inject(model, name, config, 0)?;
@@ -64,7 +77,11 @@ impl Tuners {
                     for (s, a) in sources.iter().zip(adapters).skip(1) {
                         let other = model.store.get(s.buffers()[k]).value().clone();
                         if (&v - &other)?.abs()?.flatten_all()?.max(0)?.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()? != 0.0 {
-                            return Err(Error::arg("adapters", format!("adapters with the frozen tensors of `{first}` at `{path}`"), format!("`{a}` with others")));
+                            return Err(Error::arg(
+                                "adapters",
+                                format!("adapters with the frozen tensors of `{first}` at `{path}`"),
+                                format!("`{a}` with others"),
+                            ));
                         }
                     }
                     model.store.get(id).set(&v)?;

@@ -39,10 +39,18 @@ pub fn name(path: &str, attr: &str, adapter: &str, suffix: &str) -> String {
 impl BottleneckConfig {
     pub fn from_value(value: &Value, source: &Path, placement: Placement) -> Result<(Self, Vec<crate::Warning>)> {
         let (peft_type, class, defaults) = match placement {
-            Placement::Serial => ("BOTTLENECK_ADAPTER", "BottleneckAdapterConfig", json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 1.0,
-                "sublayers": ["self_attn", "mlp"], "layers_to_transform": null, "init_weights": true, "modules_to_save": null})),
-            Placement::Parallel => ("PARALLEL_ADAPTER", "ParallelAdapterConfig", json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 4.0,
-                "sublayers": ["mlp"], "layers_to_transform": null, "init_weights": true, "modules_to_save": null})),
+            Placement::Serial => (
+                "BOTTLENECK_ADAPTER",
+                "BottleneckAdapterConfig",
+                json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 1.0,
+                "sublayers": ["self_attn", "mlp"], "layers_to_transform": null, "init_weights": true, "modules_to_save": null}),
+            ),
+            Placement::Parallel => (
+                "PARALLEL_ADAPTER",
+                "ParallelAdapterConfig",
+                json!({"bottleneck_size": 16, "non_linearity": "relu", "scaling": 4.0,
+                "sublayers": ["mlp"], "layers_to_transform": null, "init_weights": true, "modules_to_save": null}),
+            ),
         };
         let (fields, warnings) = Fields::parse(value, peft_type, class, defaults, source)?;
         Self::from_fields(fields, placement).map(|c| (c, warnings))
@@ -51,7 +59,8 @@ impl BottleneckConfig {
     pub fn from_fields(fields: Fields, placement: Placement) -> Result<Self> {
         let bottleneck_size = fields.positive("bottleneck_size", "the bottleneck width")?;
         let act = fields.opt_str("non_linearity")?.unwrap_or_default();
-        let activation = Activation::parse(&act).ok_or_else(|| fields.err("non_linearity", "one of \"relu\", \"gelu\", \"silu\", \"tanh\""))?;
+        let activation =
+            Activation::parse(&act).ok_or_else(|| fields.err("non_linearity", "one of \"relu\", \"gelu\", \"silu\", \"tanh\""))?;
         let scaling = fields.num_in("scaling", |x| x.is_finite(), "a finite number")?;
         let sublayers = fields
             .strings("sublayers")
@@ -68,7 +77,16 @@ impl BottleneckConfig {
         let init_weights = fields.bool("init_weights")?;
         fields.no_modules_to_save()?;
         fields.layer_indices(usize::MAX)?;
-        Ok(BottleneckConfig { fields, targets: TargetSpec::default(), placement, bottleneck_size, activation, scaling, sublayers, init_weights })
+        Ok(BottleneckConfig {
+            fields,
+            targets: TargetSpec::default(),
+            placement,
+            bottleneck_size,
+            activation,
+            scaling,
+            sublayers,
+            init_weights,
+        })
     }
 
     /// The sublayer sites this config adapts.
@@ -94,7 +112,14 @@ impl BottleneckConfig {
         let mut add = |attr: &str, suffix: &str, t: Tensor| bc.store.add(name(path, attr, a, suffix), t, false);
         let down = (add("adapter_down", "weight", dw)?, add("adapter_down", "bias", db)?);
         let up = (add("adapter_up", "weight", uw)?, add("adapter_up", "bias", ub)?);
-        Ok(BottleneckLayer { adapter: a.to_string(), down, up, activation: self.activation, scaling: self.scaling, parallel: self.placement == Placement::Parallel })
+        Ok(BottleneckLayer {
+            adapter: a.to_string(),
+            down,
+            up,
+            activation: self.activation,
+            scaling: self.scaling,
+            parallel: self.placement == Placement::Parallel,
+        })
     }
 }
 

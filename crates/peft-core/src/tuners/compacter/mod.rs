@@ -98,16 +98,30 @@ impl TunerConfig for CompacterConfig {
                 (bc.store.add(rule_name, a, false)?, true)
             }
         };
-        let factor = |rows: usize, cols: usize, rng: &mut rand::rngs::StdRng| -> Result<Tensor> { Ok(kaiming_uniform(n * rows, cols, rng, dt, &device)?.reshape((n, rows, cols))?) };
+        let factor = |rows: usize, cols: usize, rng: &mut rand::rngs::StdRng| -> Result<Tensor> {
+            Ok(kaiming_uniform(n * rows, cols, rng, dt, &device)?.reshape((n, rows, cols))?)
+        };
         let down_s = factor(k / n, r, bc.rng)?;
         let down_t = factor(r, d / n, bc.rng)?;
         let up_s = if self.adapter.init_weights { Tensor::zeros((n, d / n, r), dt, &device)? } else { factor(d / n, r, bc.rng)? };
         let up_t = factor(r, k / n, bc.rng)?;
         let a = bc.adapter;
         let mut add = |attr: &str, t: Tensor| bc.store.add(name(path, attr, a, "weight"), t, false);
-        let down = [add("compacter_down_s", down_s)?, add("compacter_down_t", down_t)?, add("compacter_down_bias", Tensor::zeros(k, dt, &device)?)?];
+        let down = [
+            add("compacter_down_s", down_s)?,
+            add("compacter_down_t", down_t)?,
+            add("compacter_down_bias", Tensor::zeros(k, dt, &device)?)?,
+        ];
         let up = [add("compacter_up_s", up_s)?, add("compacter_up_t", up_t)?, add("compacter_up_bias", Tensor::zeros(d, dt, &device)?)?];
-        Ok(Box::new(CompacterLayer { adapter: a.to_string(), rule, owns_rule, down, up, activation: self.adapter.activation, scaling: self.adapter.scaling }))
+        Ok(Box::new(CompacterLayer {
+            adapter: a.to_string(),
+            rule,
+            owns_rule,
+            down,
+            up,
+            activation: self.adapter.activation,
+            scaling: self.adapter.scaling,
+        }))
     }
 }
 

@@ -41,9 +41,15 @@ pub struct DeptConfig {
 
 impl DeptConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let obj = value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
+        let obj =
+            value.as_object().ok_or_else(|| Error::Json { path: source.into(), message: "the config is not a JSON object".into() })?;
         if obj.get("peft_type").and_then(Value::as_str) != Some("DEPT") {
-            return Err(Error::InvalidConfig { file: source.into(), key: "peft_type".into(), expected: "\"DEPT\"".into(), found: obj.get("peft_type").map_or("nothing".into(), Value::to_string) });
+            return Err(Error::InvalidConfig {
+                file: source.into(),
+                key: "peft_type".into(),
+                expected: "\"DEPT\"".into(),
+                found: obj.get("peft_type").map_or("nothing".into(), Value::to_string),
+            });
         }
         // The prompt part is prompt tuning's config, read (and checked) by its own reader.
         let mut inner = obj.clone();
@@ -56,7 +62,8 @@ impl DeptConfig {
             fields.set(k, obj.get(k).cloned().unwrap_or(default));
         }
         let r = fields.positive("r", "the rank of the embedding offsets")?;
-        let max_length = fields.opt_positive("max_length", "the number of positions that get an offset, or null for the model's (at most 256)")?;
+        let max_length =
+            fields.opt_positive("max_length", "the number of positions that get an offset, or null for the model's (at most 256)")?;
         let warnings = warnings.into_iter().map(|w| w.renaming_class("PromptTuningConfig", "DeptConfig")).collect();
         Ok((DeptConfig { fields, targets: TargetSpec::default(), prompt, r, max_length }, warnings))
     }
@@ -108,7 +115,8 @@ impl TunerConfig for DeptConfig {
         let hidden = bc.store.get(embedding).value().dim(1)?;
         let a = kaiming_uniform(max_length, self.r, bc.rng, bc.dtype, &device)?;
         let a = bc.store.add(learning::param_name(bc.adapter, "dept_A.weight"), a, false)?;
-        let b = bc.store.add(learning::param_name(bc.adapter, "dept_B.weight"), Tensor::zeros((self.r, hidden), bc.dtype, &device)?, false)?;
+        let b =
+            bc.store.add(learning::param_name(bc.adapter, "dept_B.weight"), Tensor::zeros((self.r, hidden), bc.dtype, &device)?, false)?;
         Ok(Box::new(DeptLayer { adapter: bc.adapter.to_string(), embedding, a, b, max_length }))
     }
 

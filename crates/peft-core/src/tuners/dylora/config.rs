@@ -61,9 +61,11 @@ impl DyLoraConfig {
         }
         let eval_rank = match f.get("eval_rank") {
             Value::Null => r,
-            v => v.as_u64().map(|e| e as usize).filter(|e| (r_min..=r).contains(e)).ok_or_else(|| {
-                f.err("eval_rank", &format!("null (r) or an integer in [r_min, r] = [{r_min}, {r}]"))
-            })?,
+            v => v
+                .as_u64()
+                .map(|e| e as usize)
+                .filter(|e| (r_min..=r).contains(e))
+                .ok_or_else(|| f.err("eval_rank", &format!("null (r) or an integer in [r_min, r] = [{r_min}, {r}]")))?,
         };
         let update_mode = match f.choice("update_mode", &["frozen", "all"])?.as_str() {
             "frozen" => UpdateMode::Frozen,
@@ -75,7 +77,8 @@ impl DyLoraConfig {
         if f.opt_str("bias")?.as_deref() != Some("none") {
             return Err(f.err("bias", "\"none\" (DyLoRA trains no biases)"));
         }
-        let c = DyLoraConfig { targets: f.target_spec()?, fields: f, r, r_min, eval_rank, update_mode, lora_alpha, lora_dropout, zero_init_b };
+        let c =
+            DyLoraConfig { targets: f.target_spec()?, fields: f, r, r_min, eval_rank, update_mode, lora_alpha, lora_dropout, zero_init_b };
         Ok((c, warnings))
     }
 }

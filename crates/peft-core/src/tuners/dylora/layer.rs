@@ -30,8 +30,15 @@ pub struct DyLoraLayer {
 impl DyLoraLayer {
     pub fn new(c: &DyLoraConfig, adapter: &str, a: ParamId, b: ParamId) -> Self {
         DyLoraLayer {
-            adapter: adapter.to_string(), a, b, r: c.r, r_min: c.r_min, eval_rank: c.eval_rank, alpha: c.lora_alpha,
-            dropout: c.lora_dropout, update_mode: c.update_mode,
+            adapter: adapter.to_string(),
+            a,
+            b,
+            r: c.r,
+            r_min: c.r_min,
+            eval_rank: c.eval_rank,
+            alpha: c.lora_alpha,
+            dropout: c.lora_dropout,
+            update_mode: c.update_mode,
         }
     }
 
@@ -63,7 +70,11 @@ impl DyLoraLayer {
     /// How many leading ranks enter detached at rank `b` in this pass.
     fn frozen_below(&self, b: usize, ctx: &Ctx) -> usize {
         let frozen = ctx.training && self.update_mode == UpdateMode::Frozen && b > self.r_min;
-        if frozen { b - 1 } else { 0 }
+        if frozen {
+            b - 1
+        } else {
+            0
+        }
     }
 
     /// α/b · B↓b A↓b at `eval_rank`: the weight a merge adds.

@@ -21,9 +21,10 @@ impl Tuners {
             return Err(Error::Unsupported(format!("adapter `{name}` is merged at its current rank: unmerge before changing it")));
         }
         let a = self.adapter(name)?;
-        let c = a.config.as_any().downcast_ref::<DyLoraConfig>().ok_or_else(|| {
-            Error::arg("adapter name", "a DyLoRA adapter", format!("\"{name}\" (a {} adapter)", a.config.peft_type()))
-        })?;
+        let c =
+            a.config.as_any().downcast_ref::<DyLoraConfig>().ok_or_else(|| {
+                Error::arg("adapter name", "a DyLoRA adapter", format!("\"{name}\" (a {} adapter)", a.config.peft_type()))
+            })?;
         if !(c.r_min..=c.r).contains(&rank) {
             return Err(Error::arg("rank", format!("an integer in [r_min, r] = [{}, {}] for adapter `{name}`", c.r_min, c.r), rank));
         }

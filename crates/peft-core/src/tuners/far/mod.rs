@@ -34,9 +34,11 @@ pub struct FarConfig {
 
 impl FarConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (f, warnings) = Fields::parse(value, "FAR", "FarConfig", defaults(json!({"trainable_ratio": 0.1, "priming_steps": 20})), source)?;
+        let (f, warnings) =
+            Fields::parse(value, "FAR", "FarConfig", defaults(json!({"trainable_ratio": 0.1, "priming_steps": 20})), source)?;
         f.no_modules_to_save()?;
-        let trainable_ratio = f.num_in("trainable_ratio", |p| p > 0.0 && p <= 1.0, "a number in (0, 1]: the share of FFN nodes that trains")?;
+        let trainable_ratio =
+            f.num_in("trainable_ratio", |p| p > 0.0 && p <= 1.0, "a number in (0, 1]: the share of FFN nodes that trains")?;
         let priming_steps = f.positive("priming_steps", "the optimizer steps of priming before the nodes are chosen")?;
         Ok((FarConfig { trainable_ratio, priming_steps, targets: f.target_spec()?, fields: f }, warnings))
     }
@@ -47,7 +49,9 @@ impl TunerConfig for FarConfig {
 
     fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         match targets.iter().find(|t| proj_of(&t.path).is_none()) {
-            Some(t) => Err(self.fields.err("target_modules", &format!("only the FFN projections {FFN:?} (FAR trains FFN nodes); `{}` is not one", t.path))),
+            Some(t) => Err(self
+                .fields
+                .err("target_modules", &format!("only the FFN projections {FFN:?} (FAR trains FFN nodes); `{}` is not one", t.path))),
             None => Ok(Vec::new()),
         }
     }
@@ -90,7 +94,13 @@ pub fn select_nodes(model: &CausalLm, tuners: &Tuners, steps_done: usize) -> Res
             for (path, l) in projs {
                 let change = store.get(l.delta).value().abs()?.to_dtype(DType::F64)?.sum(1 - node_axis(path))?;
                 scores = Some(match scores {
-                    Some(s) if s.dims() != change.dims() => return Err(Error::Unsupported(format!("FAR: `{path}` has {} nodes, its FFN's other projections {}", change.elem_count(), s.elem_count()))),
+                    Some(s) if s.dims() != change.dims() => {
+                        return Err(Error::Unsupported(format!(
+                            "FAR: `{path}` has {} nodes, its FFN's other projections {}",
+                            change.elem_count(),
+                            s.elem_count()
+                        )))
+                    }
                     Some(s) => (s + change)?,
                     None => change,
                 });

@@ -33,7 +33,8 @@ pub struct FishDipConfig {
 
 impl FishDipConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (f, warnings) = Fields::parse(value, "FISH_DIP", "FishDipConfig", defaults(json!({"density": 0.05, "update_every": 10})), source)?;
+        let (f, warnings) =
+            Fields::parse(value, "FISH_DIP", "FishDipConfig", defaults(json!({"density": 0.05, "update_every": 10})), source)?;
         f.no_modules_to_save()?;
         let update_every = f.positive("update_every", "the optimizer steps between mask updates")?;
         Ok((FishDipConfig { density: density(&f)?, update_every, targets: f.target_spec()?, fields: f }, warnings))
@@ -60,7 +61,10 @@ pub fn update_masks(model: &CausalLm, tuners: &Tuners, step: usize, batches: &[F
         return Err(Error::arg("batches", "at least one batch of inputIds and labels", "none"));
     }
     let store = &model.store;
-    let due: Vec<_> = masked_delta::layers::<FishDipConfig>(tuners, "Fish-Dip's mask update")?.into_iter().filter(|a| step % a.config.update_every == 0).collect();
+    let due: Vec<_> = masked_delta::layers::<FishDipConfig>(tuners, "Fish-Dip's mask update")?
+        .into_iter()
+        .filter(|a| step % a.config.update_every == 0)
+        .collect();
     let mut deltas: Vec<(String, ParamId)> = Vec::new();
     for a in &due {
         for (path, l) in &a.layers {

@@ -103,7 +103,11 @@ impl TunerConfig for Ia3Config {
         let feedforward = self.is_feedforward(&t.path)?;
         let (rows, cols) = if feedforward { (1, t.in_features) } else { (t.out_features, 1) };
         let dev = bc.store.get(t.weight).device();
-        let l = if self.init_ia3_weights { Tensor::ones((rows, cols), bc.dtype, &dev)? } else { normal(rows, cols, 1.0, bc.rng, bc.dtype, &dev)? };
+        let l = if self.init_ia3_weights {
+            Tensor::ones((rows, cols), bc.dtype, &dev)?
+        } else {
+            normal(rows, cols, 1.0, bc.rng, bc.dtype, &dev)?
+        };
         let id = bc.store.add(param_dict_name(&t.path, "ia3_l", bc.adapter), l, false)?;
         Ok(Box::new(Ia3Layer { adapter: bc.adapter.to_string(), l: id, feedforward, bias: t.bias }))
     }

@@ -36,7 +36,13 @@ pub struct IdpgConfig {
 
 impl IdpgConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (prompt, fields, warnings) = learning::with_own_fields(value, source, "IDPG", "IdpgConfig", &[("generator_hidden", json!(64)), ("init_weights", json!(true))])?;
+        let (prompt, fields, warnings) = learning::with_own_fields(
+            value,
+            source,
+            "IDPG",
+            "IdpgConfig",
+            &[("generator_hidden", json!(64)), ("init_weights", json!(true))],
+        )?;
         let generator_hidden = fields.positive("generator_hidden", "the generator's bottleneck width")?;
         let init_weights = fields.bool("init_weights")?;
         Ok((IdpgConfig { fields, targets: TargetSpec::default(), prompt, generator_hidden, init_weights }, warnings))
@@ -77,7 +83,8 @@ impl IdpgLayer {
             (v.device().clone(), v.dims2()?)
         };
         let down = kaiming_uniform(m, d, bc.rng, bc.dtype, &device)?;
-        let up = if zero_up { Tensor::zeros((l * d, m), bc.dtype, &device)? } else { kaiming_uniform(l * d, m, bc.rng, bc.dtype, &device)? };
+        let up =
+            if zero_up { Tensor::zeros((l * d, m), bc.dtype, &device)? } else { kaiming_uniform(l * d, m, bc.rng, bc.dtype, &device)? };
         let a = bc.adapter;
         let mut add = |attr: &str, t: Tensor| bc.store.add(learning::param_name(a, &format!("{prefix}{attr}.weight")), t, false);
         let down = [add("down", down)?, add("down_bias", Tensor::zeros(m, bc.dtype, &device)?)?];

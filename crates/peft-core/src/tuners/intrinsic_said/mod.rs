@@ -37,7 +37,13 @@ pub struct IntrinsicSaidConfig {
 
 impl IntrinsicSaidConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (f, warnings) = Fields::parse(value, "INTRINSIC_SAID", "IntrinsicSaidConfig", defaults(json!({"intrinsic_dim": 1000, "projection_seed": 0})), source)?;
+        let (f, warnings) = Fields::parse(
+            value,
+            "INTRINSIC_SAID",
+            "IntrinsicSaidConfig",
+            defaults(json!({"intrinsic_dim": 1000, "projection_seed": 0})),
+            source,
+        )?;
         f.no_modules_to_save()?;
         let intrinsic_dim = f.positive("intrinsic_dim", "the dimension d of the trained subspace")?;
         if intrinsic_dim > MAX_L {
@@ -73,8 +79,14 @@ impl TunerConfig for IntrinsicSaidConfig {
         let norm = gauss.iter().map(|g| g * g).sum::<f64>().sqrt() * (l as f64).sqrt();
         let f = |v: Vec<f64>| -> Result<Tensor> { Ok(Tensor::from_vec(v, l, &dev)?.to_dtype(bc.dtype)?) };
         Ok(Box::new(IntrinsicSaidLayer {
-            adapter: bc.adapter.to_string(), theta, owns_theta, lambda, shape: (t.out_features, t.in_features),
-            signs: f(signs)?, perm: Tensor::from_vec(perm, l, &dev)?, gauss: (f(gauss)? / norm)?,
+            adapter: bc.adapter.to_string(),
+            theta,
+            owns_theta,
+            lambda,
+            shape: (t.out_features, t.in_features),
+            signs: f(signs)?,
+            perm: Tensor::from_vec(perm, l, &dev)?,
+            gauss: (f(gauss)? / norm)?,
         }))
     }
 }
@@ -116,7 +128,8 @@ impl IntrinsicSaidLayer {
     /// λ · P(θ) as [out, in].
     fn project(&self, theta: &Tensor, lambda: &Tensor) -> Result<Tensor> {
         let (l, d) = (self.signs.elem_count(), theta.elem_count());
-        let padded = if l > d { Tensor::cat(&[theta.clone(), Tensor::zeros(l - d, theta.dtype(), theta.device())?], 0)? } else { theta.clone() };
+        let padded =
+            if l > d { Tensor::cat(&[theta.clone(), Tensor::zeros(l - d, theta.dtype(), theta.device())?], 0)? } else { theta.clone() };
         let x = fwht(&(padded * &self.signs)?)?.index_select(&self.perm, 0)?;
         let x = fwht(&(x * &self.gauss)?)?;
         Ok(x.narrow(0, 0, self.shape.0 * self.shape.1)?.reshape(self.shape)?.broadcast_mul(lambda)?)
@@ -133,7 +146,11 @@ impl AdapterLayer for IntrinsicSaidLayer {
     }
 
     fn params(&self) -> Vec<ParamId> {
-        if self.owns_theta { vec![self.theta, self.lambda] } else { vec![self.lambda] }
+        if self.owns_theta {
+            vec![self.theta, self.lambda]
+        } else {
+            vec![self.lambda]
+        }
     }
 
     /// `result + x (λ P(θ))ᵀ`.

@@ -31,7 +31,9 @@ impl LoraSite {
 /// when the adapter is not plain LoRA (DoRA's magnitude is not a LoRA matrix either).
 pub fn lora_sites(tuners: &Tuners, adapter: &str) -> Result<Vec<LoraSite>> {
     let method = tuners.config(adapter)?.peft_type();
-    let not_lora = |why: &str| Error::Unsupported(format!("Laplace-LoRA: adapter `{adapter}` is {why}; it needs a plain LoRA adapter (peft_type LORA)"));
+    let not_lora = |why: &str| {
+        Error::Unsupported(format!("Laplace-LoRA: adapter `{adapter}` is {why}; it needs a plain LoRA adapter (peft_type LORA)"))
+    };
     let mut sites = Vec::new();
     for (path, layer) in tuners.layers_of(adapter)? {
         let lora = layer.as_any().and_then(|l| l.downcast_ref::<LoraLayer>()).ok_or_else(|| not_lora(&format!("a {method} adapter")))?;
@@ -110,7 +112,11 @@ pub struct ProbedPass {
 
 /// One forward of `batch` with the adapters (eval mode: no dropout), keeping the graph.
 pub fn probed_forward(model: &CausalLm, tuners: &Tuners, sites: &[LoraSite], batch: &Batch) -> Result<ProbedPass> {
-    let probes = Probes { tuners, index: sites.iter().enumerate().map(|(i, s)| (s.path.as_str(), i)).collect(), taken: Mutex::new(vec![None; sites.len()]) };
+    let probes = Probes {
+        tuners,
+        index: sites.iter().enumerate().map(|(i, s)| (s.path.as_str(), i)).collect(),
+        taken: Mutex::new(vec![None; sites.len()]),
+    };
     let ctx = Ctx::new(&model.store, false).with_hooks(&probes, None);
     let logits = model.forward(batch, &ctx, None, false)?;
     let (b, t) = batch.dims();
@@ -145,7 +151,13 @@ impl ProbedPass {
 }
 
 /// `probed_forward`, then the captures of the loss that `loss` builds from the logits.
-pub fn capture(model: &CausalLm, tuners: &Tuners, sites: &[LoraSite], batch: &Batch, loss: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Vec<Captured>> {
+pub fn capture(
+    model: &CausalLm,
+    tuners: &Tuners,
+    sites: &[LoraSite],
+    batch: &Batch,
+    loss: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Captured>> {
     let pass = probed_forward(model, tuners, sites, batch)?;
     pass.captures(&loss(&pass.logits)?)
 }

@@ -35,7 +35,11 @@ impl Curvature {
         match s {
             "fisher" => Ok(Curvature::Fisher),
             "empirical" => Ok(Curvature::Empirical),
-            _ => Err(Error::arg("hessian", "\"fisher\" (labels sampled from the model) or \"empirical\" (the given labels)", format!("\"{s}\""))),
+            _ => Err(Error::arg(
+                "hessian",
+                "\"fisher\" (labels sampled from the model) or \"empirical\" (the given labels)",
+                format!("\"{s}\""),
+            )),
         }
     }
     pub fn name(self) -> &'static str {
@@ -147,7 +151,10 @@ fn sample_labels(logits: &Tensor, labels: &[Vec<i64>], rng: &mut StdRng) -> Resu
     for (r, row) in out.iter_mut().enumerate() {
         for c in 1..row.len() {
             if row[c] != IGNORE_INDEX {
-                let p = probs.get(r).and_then(|p| p.get(c - 1)).ok_or_else(|| Error::arg("labels", "the shape of inputIds", format!("{} rows", labels.len())))?;
+                let p = probs
+                    .get(r)
+                    .and_then(|p| p.get(c - 1))
+                    .ok_or_else(|| Error::arg("labels", "the shape of inputIds", format!("{} rows", labels.len())))?;
                 row[c] = draw(p, rng.random::<f64>()) as i64;
             }
         }

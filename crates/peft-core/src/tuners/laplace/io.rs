@@ -54,7 +54,8 @@ pub fn load(dir: &Path, model: &CausalLm, tuners: &Tuners, adapter: &str) -> Res
     let config_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let bad = |key: &str, expected: &str| Error::Adapter { file: config_path.clone(), message: format!("`{key}`: expected {expected}") };
-    let c: Value = serde_json::from_str(&text).map_err(|e| Error::Adapter { file: config_path.clone(), message: format!("not JSON: {e}") })?;
+    let c: Value =
+        serde_json::from_str(&text).map_err(|e| Error::Adapter { file: config_path.clone(), message: format!("not JSON: {e}") })?;
     let num = |key: &str| c.get(key).and_then(Value::as_f64).ok_or_else(|| bad(key, "a number"));
     let prior = num("prior_precision")?;
     if !(prior.is_finite() && prior > 0.0) {
@@ -67,7 +68,10 @@ pub fn load(dir: &Path, model: &CausalLm, tuners: &Tuners, adapter: &str) -> Res
     let mut take = |name: String, dims: &dyn Fn(&[usize]) -> bool, expected: String| -> Result<Tensor> {
         let t = tensors.remove(&name).ok_or_else(|| Error::Adapter { file: state_path.clone(), message: format!("no tensor `{name}`") })?;
         if !dims(t.dims()) {
-            return Err(Error::Adapter { file: state_path.clone(), message: format!("`{name}` has shape {:?}, expected {expected}", t.dims()) });
+            return Err(Error::Adapter {
+                file: state_path.clone(),
+                message: format!("`{name}` has shape {:?}, expected {expected}", t.dims()),
+            });
         }
         Ok(t)
     };
@@ -83,7 +87,10 @@ pub fn load(dir: &Path, model: &CausalLm, tuners: &Tuners, adapter: &str) -> Res
                 let s = take(format!("{k}.{name}_eigenvalues"), &|s| s == [n], format!("[{n}]"))?.to_vec1::<f64>()?;
                 let flat = take(format!("{k}.{name}_flat_eigenvalue"), &|s| s == [1], "[1]".into())?.to_vec1::<f64>()?[0];
                 if s.iter().chain([&flat]).any(|v| !v.is_finite() || *v < 0.0) {
-                    return Err(Error::Adapter { file: state_path.clone(), message: format!("`{k}.{name}_eigenvalues` / `_flat_eigenvalue`: expected finite values ≥ 0") });
+                    return Err(Error::Adapter {
+                        file: state_path.clone(),
+                        message: format!("`{k}.{name}_eigenvalues` / `_flat_eigenvalue`: expected finite values ≥ 0"),
+                    });
                 }
                 Ok(Eigen { u, s, flat })
             };

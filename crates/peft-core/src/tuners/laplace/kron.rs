@@ -84,7 +84,9 @@ impl KronFactor {
                 let (u, s, _) = svd(&sum.flatten_all()?.to_vec1::<f64>()?, d, d);
                 Ok(Eigen { u: Tensor::from_vec(u, (d, d), &Device::Cpu)?, s: s.iter().map(|v| v * scale).collect(), flat: 0.0 })
             }
-            KronFactor::LowRank { u, s, .. } => Ok(Eigen { u: u.clone(), s: s.iter().map(|v| v * scale).collect(), flat: self.flat() * scale }),
+            KronFactor::LowRank { u, s, .. } => {
+                Ok(Eigen { u: u.clone(), s: s.iter().map(|v| v * scale).collect(), flat: self.flat() * scale })
+            }
         }
     }
 
@@ -94,7 +96,9 @@ impl KronFactor {
     pub fn flat(&self) -> f64 {
         match self {
             KronFactor::Dense(_) => 0.0,
-            KronFactor::LowRank { s, side, trace, .. } if *side > s.len() => ((trace - s.iter().sum::<f64>()) / (side - s.len()) as f64).max(0.0),
+            KronFactor::LowRank { s, side, trace, .. } if *side > s.len() => {
+                ((trace - s.iter().sum::<f64>()) / (side - s.len()) as f64).max(0.0)
+            }
             KronFactor::LowRank { .. } => 0.0,
         }
     }

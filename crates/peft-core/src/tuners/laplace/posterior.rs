@@ -113,7 +113,13 @@ impl LaplacePosterior {
         }
         let to_posterior = |m: &MatrixCurvature| -> Result<KronPosterior> {
             let (out, inp) = (m.output.side()?, m.input.side()?);
-            Ok(KronPosterior { name: m.name.clone(), param: m.param, output: m.output.eigen(1.0)?, input: m.input.eigen(1.0 / fit.tokens as f64)?, size: out * inp })
+            Ok(KronPosterior {
+                name: m.name.clone(),
+                param: m.param,
+                output: m.output.eigen(1.0)?,
+                input: m.input.eigen(1.0 / fit.tokens as f64)?,
+                size: out * inp,
+            })
         };
         let matrices = fit.matrices.iter().map(to_posterior).collect::<Result<Vec<_>>>()?;
         let mut post = LaplacePosterior {
@@ -128,7 +134,9 @@ impl LaplacePosterior {
         };
         post.prior_precision = match prior {
             Some(p) if p.is_finite() && p > 0.0 => p,
-            Some(p) => return Err(Error::arg("priorPrecision", "a finite positive number (or omit it to fit it by the marginal likelihood)", p)),
+            Some(p) => {
+                return Err(Error::arg("priorPrecision", "a finite positive number (or omit it to fit it by the marginal likelihood)", p))
+            }
             None => post.fit_prior_precision(model)?,
         };
         Ok(post)
@@ -185,4 +193,3 @@ fn slope(e: &Evidence, prior: f64) -> Result<f64> {
     let trace = e.matrices.iter().map(|m| m.sum_over_spectrum(|x| 1.0 / (x + prior))).sum::<Result<f64>>()?;
     Ok(0.5 * (e.size as f64 / prior - e.map_sq - trace))
 }
-

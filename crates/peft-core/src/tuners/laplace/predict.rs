@@ -59,7 +59,9 @@ pub struct Prediction {
 fn positions(batch: &Batch, given: Option<&[Vec<usize>]>) -> Result<Vec<(usize, usize)>> {
     let (b, t) = batch.dims();
     let Some(given) = given else {
-        let last = |r: usize| batch.attention_mask.as_ref().and_then(|m| m[r].iter().rposition(|&v| v != 0).map(|i| i + t - m[r].len())).unwrap_or(t - 1);
+        let last = |r: usize| {
+            batch.attention_mask.as_ref().and_then(|m| m[r].iter().rposition(|&v| v != 0).map(|i| i + t - m[r].len())).unwrap_or(t - 1)
+        };
         return Ok((0..b).map(|r| (r, last(r))).collect());
     };
     if given.len() != b {
@@ -101,13 +103,20 @@ fn pick(logits: &Tensor, at: &[(usize, usize)], targets: Option<&[u32]>) -> Resu
     })
 }
 
-pub fn predict(posterior: &LaplacePosterior, model: &CausalLm, tuners: &Tuners, batch: &Batch, opts: &PredictOptions) -> Result<Prediction> {
+pub fn predict(
+    posterior: &LaplacePosterior,
+    model: &CausalLm,
+    tuners: &Tuners,
+    batch: &Batch,
+    opts: &PredictOptions,
+) -> Result<Prediction> {
     batch.validate(model.config.vocab_size, 0)?;
     check_running(tuners, &posterior.adapter)?;
     check_targets(opts.targets.as_deref(), model.config.vocab_size)?;
     let at = positions(batch, opts.positions.as_deref())?;
     let targets = opts.targets.as_deref();
-    let map_logits = || -> Result<Tensor> { pick(&model.forward(batch, &Ctx::new(&model.store, true).with_tuners(tuners), None, false)?, &at, targets) };
+    let map_logits =
+        || -> Result<Tensor> { pick(&model.forward(batch, &Ctx::new(&model.store, true).with_tuners(tuners), None, false)?, &at, targets) };
     let (probs, variance) = match opts.method {
         PredictMethod::Map => (softmax_last_dim(&map_logits()?)?, None),
         PredictMethod::Mc => (mc(posterior, model, opts, &map_logits)?, None),
@@ -129,7 +138,8 @@ fn mc(posterior: &LaplacePosterior, model: &CausalLm, opts: &PredictOptions, log
     if opts.samples == 0 {
         return Err(Error::arg("samples", "at least one posterior sample", 0));
     }
-    let maps: Vec<Tensor> = posterior.matrices.iter().map(|m| model.store.get(m.param).value().copy()).collect::<candle_core::Result<_>>()?;
+    let maps: Vec<Tensor> =
+        posterior.matrices.iter().map(|m| model.store.get(m.param).value().copy()).collect::<candle_core::Result<_>>()?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut run = || -> Result<Tensor> {
         let mut sum: Option<Tensor> = None;
@@ -154,7 +164,14 @@ fn mc(posterior: &LaplacePosterior, model: &CausalLm, opts: &PredictOptions, log
 }
 
 /// The GLM predictive's logit means and variances J Σ Jᵀ (diagonal) [n, targets].
-fn glm(posterior: &LaplacePosterior, model: &CausalLm, tuners: &Tuners, batch: &Batch, at: &[(usize, usize)], targets: &[u32]) -> Result<(Tensor, Tensor)> {
+fn glm(
+    posterior: &LaplacePosterior,
+    model: &CausalLm,
+    tuners: &Tuners,
+    batch: &Batch,
+    at: &[(usize, usize)],
+    targets: &[u32],
+) -> Result<(Tensor, Tensor)> {
     let sites = lora_sites(tuners, &posterior.adapter)?;
     let pass = probed_forward(model, tuners, &sites, batch)?;
     let mean = pick(&pass.logits.detach(), at, Some(targets))?;
@@ -166,7 +183,12 @@ fn glm(posterior: &LaplacePosterior, model: &CausalLm, tuners: &Tuners, batch: &
             for (site, cap) in sites.iter().zip(&captured) {
                 let (u, gu) = site.inner(&model.store, cap)?;
                 for (param, jac) in [(site.a, gu.t()?.matmul(&cap.x)?), (site.b, cap.g.t()?.matmul(&u)?)] {
-                    let m = posterior.matrices.iter().find(|m| m.param == param).ok_or_else(|| Error::Unsupported(format!("Laplace-LoRA: no posterior for `{}`; fit again after changing the adapter", model.store.get(param).name)))?;
+                    let m = posterior.matrices.iter().find(|m| m.param == param).ok_or_else(|| {
+                        Error::Unsupported(format!(
+                            "Laplace-LoRA: no posterior for `{}`; fit again after changing the adapter",
+                            model.store.get(param).name
+                        ))
+                    })?;
                     v += (&jac * m.covariance_times(&jac, posterior.prior_precision)?)?.sum_all()?.to_scalar::<f64>()?;
                 }
             }

@@ -42,7 +42,13 @@ impl TunerConfig for LnTuningConfig {
     }
 
     fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {
-        let paths = select_modules(&self.targets, model, &self.fields.source, &|p| is_norm(model, p), "norm layers (input_layernorm, post_attention_layernorm, norm)")?;
+        let paths = select_modules(
+            &self.targets,
+            model,
+            &self.fields.source,
+            &|p| is_norm(model, p),
+            "norm layers (input_layernorm, post_attention_layernorm, norm)",
+        )?;
         let norms = model.norms();
         let sites = paths
             .into_iter()

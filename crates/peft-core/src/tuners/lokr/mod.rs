@@ -60,7 +60,10 @@ impl LokrConfig {
             Value::String(s) if s == "lycoris" => LokrInit::Lycoris,
             _ => return Err(f.err("init_weights", "true, false or \"lycoris\"")),
         };
-        Ok((LokrConfig { targets: f.target_spec()?, fields: f, lycoris, decompose_both, decompose_factor, rank_dropout_scale, init }, warnings))
+        Ok((
+            LokrConfig { targets: f.target_spec()?, fields: f, lycoris, decompose_both, decompose_factor, rank_dropout_scale, init },
+            warnings,
+        ))
     }
 }
 
@@ -146,7 +149,11 @@ impl TunerConfig for LokrConfig {
         let zero_w2 = self.init == LokrInit::Lycoris;
         let mut tensors: Vec<(&str, Tensor)> = Vec::new();
         let mut kaiming = |rows: usize, cols: usize, zero: bool| -> Result<Tensor> {
-            if zero { Ok(Tensor::zeros((rows, cols), dt, &dev)?) } else { kaiming_uniform(rows, cols, bc.rng, dt, &dev) }
+            if zero {
+                Ok(Tensor::zeros((rows, cols), dt, &dev)?)
+            } else {
+                kaiming_uniform(rows, cols, bc.rng, dt, &dev)
+            }
         };
         if full_w1 {
             tensors.push(("lokr_w1", kaiming(out_l, in_m, zero_w1)?));

@@ -60,7 +60,15 @@ pub(crate) struct Recipe {
 }
 
 /// The new A [new_rank, in] and B [out, new_rank] of the module at `path`.
-pub(crate) fn combine_module(tuners: &Tuners, store: &ParamStore, path: &str, adapters: &[&str], weights: &[f64], recipe: &Recipe, rng: &mut StdRng) -> Result<(Tensor, Tensor)> {
+pub(crate) fn combine_module(
+    tuners: &Tuners,
+    store: &ParamStore,
+    path: &str,
+    adapters: &[&str],
+    weights: &[f64],
+    recipe: &Recipe,
+    rng: &mut StdRng,
+) -> Result<(Tensor, Tensor)> {
     let Recipe { combination, new_rank, density, sign, clamp } = *recipe;
     let mut sources = Vec::new();
     let (mut out, mut inp, mut dtype, mut device) = (0, 0, DType::F32, candle_core::Device::Cpu);
@@ -139,9 +147,21 @@ fn cat(sources: &[Source], out: usize, inp: usize, new_rank: usize) -> (Vec<f64>
 }
 
 /// The merge on the factors; every source must have the new rank at this module.
-fn factors(sources: &[Source], kind: Merge, path: &str, new_rank: usize, density: f64, sign: SignMethod, rng: &mut StdRng) -> Result<(Vec<f64>, Vec<f64>)> {
+fn factors(
+    sources: &[Source],
+    kind: Merge,
+    path: &str,
+    new_rank: usize,
+    density: f64,
+    sign: SignMethod,
+    rng: &mut StdRng,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     if let Some(s) = sources.iter().find(|s| s.r != new_rank) {
-        return Err(Error::arg("adapters", format!("rank {new_rank} on every module for this combination_type"), format!("rank {} on `{path}` (from a rank_pattern)", s.r)));
+        return Err(Error::arg(
+            "adapters",
+            format!("rank {new_rank} on every module for this combination_type"),
+            format!("rank {} on `{path}` (from a rank_pattern)", s.r),
+        ));
     }
     // The sign goes on A only, so that a negative weight is not cancelled (PEFT PR #2918).
     let root = |s: &Source| (s.weight * s.scaling).abs().sqrt();

@@ -68,8 +68,18 @@ pub fn peft_defaults() -> Map<String, Value> {
 
 /// Fields whose features are not implemented: refused unless at their default.
 const UNSUPPORTED: &[&str] = &[
-    "alora_invocation_tokens", "arrow_config", "use_bdlora", "kasa_config", "velora_config", "monteclora_config",
-    "layer_replication", "trainable_token_indices", "megatron_config", "use_qalora", "lora_bias", "modules_to_save",
+    "alora_invocation_tokens",
+    "arrow_config",
+    "use_bdlora",
+    "kasa_config",
+    "velora_config",
+    "monteclora_config",
+    "layer_replication",
+    "trainable_token_indices",
+    "megatron_config",
+    "use_qalora",
+    "lora_bias",
+    "modules_to_save",
 ];
 
 impl LoraConfig {
@@ -102,14 +112,26 @@ impl LoraConfig {
             f.set("loftq_config", json!({}));
         }
         let targets = f.target_spec()?;
-        let rank_pattern = f.patterns("rank_pattern", raw, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "positive integer ranks")?;
+        let rank_pattern =
+            f.patterns("rank_pattern", raw, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "positive integer ranks")?;
         let alpha_pattern = f.patterns("alpha_pattern", raw, Value::as_f64, "numbers")?;
         f.fix_fan_in_fan_out(&mut warnings)?;
         let (use_rslora, use_dora, inference_mode) = (f.bool("use_rslora")?, f.bool("use_dora")?, f.bool("inference_mode")?);
         f.bool("ensure_weight_tying")?;
         let config = LoraConfig {
-            r, lora_alpha, lora_dropout, targets, use_rslora, use_dora, init, rank_pattern, alpha_pattern, bias,
-            inference_mode, task_type, fields: f,
+            r,
+            lora_alpha,
+            lora_dropout,
+            targets,
+            use_rslora,
+            use_dora,
+            init,
+            rank_pattern,
+            alpha_pattern,
+            bias,
+            inference_mode,
+            task_type,
+            fields: f,
         };
         Ok((config, warnings))
     }
@@ -124,7 +146,11 @@ impl LoraConfig {
 
     /// PEFT's `scaling`: alpha / r, or alpha / sqrt(r) with rsLoRA (`LoraLayer.update_layer`).
     pub fn scaling(&self, r: usize, alpha: f64) -> f64 {
-        if self.use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
+        if self.use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        }
     }
 }
 
@@ -136,10 +162,14 @@ fn parse_init(f: &Fields) -> Result<LoraInit> {
         Value::String(s) if s.to_lowercase() == "gaussian" => LoraInit::Gaussian,
         Value::String(s) if s == "pissa" => LoraInit::Pissa { niter: None },
         Value::String(s) if s.starts_with("pissa_niter_") => {
-            let n = s["pissa_niter_".len()..].parse::<u32>().map_err(|_| f.err("init_lora_weights", "\"pissa_niter_<n>\" with n a non-negative integer"))?;
+            let n = s["pissa_niter_".len()..]
+                .parse::<u32>()
+                .map_err(|_| f.err("init_lora_weights", "\"pissa_niter_<n>\" with n a non-negative integer"))?;
             LoraInit::Pissa { niter: Some(n) }
         }
-        Value::String(s) if ["eva", "corda", "loftq", "orthogonal", "lora_ga", "mica"].contains(&s.as_str()) || s.to_lowercase() == "olora" => {
+        Value::String(s)
+            if ["eva", "corda", "loftq", "orthogonal", "lora_ga", "mica"].contains(&s.as_str()) || s.to_lowercase() == "olora" =>
+        {
             LoraInit::Other(s.to_lowercase())
         }
         _ => return Err(f.err("init_lora_weights", KNOWN)),

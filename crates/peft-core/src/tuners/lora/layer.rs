@@ -88,7 +88,8 @@ impl AdapterLayer for LoraLayer {
         let weight = ctx.param(base.weight).to_dtype(dt)?;
         let bias = base.bias.map(|id| ctx.param(id).to_dtype(dt)).transpose()?;
         let magnitude = ctx.param(d.magnitude);
-        let inputs = DoraInputs { x: &x, a: &a, b: &b, magnitude: &magnitude, weight: &weight, bias: bias.as_ref(), scaling: self.scaling, dropped };
+        let inputs =
+            DoraInputs { x: &x, a: &a, b: &b, magnitude: &magnitude, weight: &weight, bias: bias.as_ref(), scaling: self.scaling, dropped };
         Ok(dora::forward(&inputs, result)?.to_dtype(out_dtype)?)
     }
 

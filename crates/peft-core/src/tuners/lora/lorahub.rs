@@ -18,19 +18,31 @@ impl Tuners {
         let configs = self.check_sources(adapters, weights)?;
         let first = adapters[0];
         if let Some((i, c)) = configs.iter().enumerate().find(|(_, c)| c.use_dora) {
-            return Err(Error::arg("adapters", "LoRA adapters without DoRA (LoRAHub composes A and B only)", format!("`{}` with use_dora {}", adapters[i], c.use_dora)));
+            return Err(Error::arg(
+                "adapters",
+                "LoRA adapters without DoRA (LoRAHub composes A and B only)",
+                format!("`{}` with use_dora {}", adapters[i], c.use_dora),
+            ));
         }
         let modules = self.modules(first)?.to_vec();
         for a in &adapters[1..] {
             if self.modules(a)? != modules.as_slice() {
-                return Err(Error::arg("adapters", format!("LoRA modules on the same layers as `{first}` (LoRAHub composes them element-wise)"), format!("`{a}` on other modules")));
+                return Err(Error::arg(
+                    "adapters",
+                    format!("LoRA modules on the same layers as `{first}` (LoRAHub composes them element-wise)"),
+                    format!("`{a}` on other modules"),
+                ));
             }
         }
         self.check_lorahub_shapes(model, adapters, &modules)?;
         let mut warnings = Vec::new();
         if self.names().iter().any(|n| n == name) {
             if adapters.contains(&name) || self.modules(name)? != modules.as_slice() {
-                return Err(Error::arg("name", "a new name, or the name of an earlier composition of these adapters", format!("\"{name}\"")));
+                return Err(Error::arg(
+                    "name",
+                    "a new name, or the name of an earlier composition of these adapters",
+                    format!("\"{name}\""),
+                ));
             }
             if self.merged.values().any(|m| m.iter().any(|n| n == name)) {
                 // Unmerging later would subtract the new factors, not the merged ones.
@@ -83,7 +95,11 @@ impl Tuners {
             for a in &adapters[1..] {
                 let d = dims(a)?;
                 if d != first {
-                    return Err(Error::arg("adapters", format!("LoRA factors of shapes {first:?} on `{path}` (as `{}`)", adapters[0]), format!("`{a}` with {d:?}")));
+                    return Err(Error::arg(
+                        "adapters",
+                        format!("LoRA factors of shapes {first:?} on `{path}` (as `{}`)", adapters[0]),
+                        format!("`{a}` with {d:?}"),
+                    ));
                 }
             }
         }

@@ -70,7 +70,11 @@ pub fn majority_sign_mask(tasks: &[Vec<f64>], method: SignMethod) -> Vec<Vec<boo
     let elected: Vec<f64> = (0..n)
         .map(|j| {
             let total: f64 = tasks.iter().map(|t| if method == SignMethod::Total { t[j] } else { sign(t[j]) }).sum();
-            if total >= 0.0 { 1.0 } else { -1.0 }
+            if total >= 0.0 {
+                1.0
+            } else {
+                -1.0
+            }
         })
         .collect();
     tasks.iter().map(|t| t.iter().zip(&elected).map(|(&x, &e)| sign(x) == e).collect()).collect()

@@ -71,8 +71,12 @@ impl TunerConfig for LoraConfig {
         let mut pissa_init = None;
         let (a, b) = match &self.init {
             LoraInit::Default => (kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?, Tensor::zeros((t.out_features, r), dt, &dev)?),
-            LoraInit::Random => (kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?, kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)?),
-            LoraInit::Gaussian => (normal(r, t.in_features, 1.0 / r as f64, bc.rng, dt, &dev)?, Tensor::zeros((t.out_features, r), dt, &dev)?),
+            LoraInit::Random => {
+                (kaiming_uniform(r, t.in_features, bc.rng, dt, &dev)?, kaiming_uniform(t.out_features, r, bc.rng, dt, &dev)?)
+            }
+            LoraInit::Gaussian => {
+                (normal(r, t.in_features, 1.0 / r as f64, bc.rng, dt, &dev)?, Tensor::zeros((t.out_features, r), dt, &dev)?)
+            }
             LoraInit::Pissa { niter } => {
                 let (a, b) = pissa(&w, r, scaling, *niter, &t.path, dt)?;
                 // W ← W − s·BA, from the rounded A and B so that the output is unchanged.
@@ -86,14 +90,14 @@ impl TunerConfig for LoraConfig {
             LoraInit::Other(s) if bc.loading && (s == "eva" || s == "orthogonal") => {
                 (Tensor::zeros((r, t.in_features), dt, &dev)?, Tensor::zeros((t.out_features, r), dt, &dev)?)
             }
-            LoraInit::Other(s) => {
-                return Err(Error::InvalidConfig {
-                    file: self.fields.source.clone(),
-                    key: "init_lora_weights".into(),
-                    expected: "true, false, \"gaussian\", \"pissa\" or \"pissa_niter_<n>\" (and, to load trained weights, \"eva\" or \"orthogonal\")".into(),
-                    found: format!("\"{s}\" (not supported)"),
-                })
-            }
+            LoraInit::Other(s) => return Err(Error::InvalidConfig {
+                file: self.fields.source.clone(),
+                key: "init_lora_weights".into(),
+                expected:
+                    "true, false, \"gaussian\", \"pissa\" or \"pissa_niter_<n>\" (and, to load trained weights, \"eva\" or \"orthogonal\")"
+                        .into(),
+                found: format!("\"{s}\" (not supported)"),
+            }),
         };
         let add = |store: &mut ParamStore, attr: &str, v: Tensor| store.add(param_name(&t.path, attr, bc.adapter), v, false);
         let a_id = add(bc.store, "lora_A", a.clone())?;

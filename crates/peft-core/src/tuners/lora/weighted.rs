@@ -35,14 +35,28 @@ pub struct WeightedOptions {
 impl Default for WeightedOptions {
     fn default() -> Self {
         WeightedOptions {
-            combination_type: "svd".into(), svd_rank: None, svd_clamp: None, svd_full_matrices: true, density: None,
-            majority_sign_method: "total".into(), seed: 0,
+            combination_type: "svd".into(),
+            svd_rank: None,
+            svd_clamp: None,
+            svd_full_matrices: true,
+            density: None,
+            majority_sign_method: "total".into(),
+            seed: 0,
         }
     }
 }
 
 pub const COMBINATION_TYPES: &[&str] = &[
-    "svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd", "magnitude_prune",
+    "svd",
+    "linear",
+    "cat",
+    "ties",
+    "ties_svd",
+    "dare_ties",
+    "dare_linear",
+    "dare_ties_svd",
+    "dare_linear_svd",
+    "magnitude_prune",
     "magnitude_prune_svd",
 ];
 
@@ -84,7 +98,14 @@ fn parse_combination(s: &str) -> Result<Combination> {
 impl Tuners {
     /// Adds adapter `name`, the combination of `adapters` with `weights` (PEFT's
     /// `add_weighted_adapter`). It is added inactive and frozen. Returns warnings.
-    pub fn add_weighted_adapter(&mut self, model: &mut CausalLm, adapters: &[&str], weights: &[f64], name: &str, opts: &WeightedOptions) -> Result<Vec<crate::Warning>> {
+    pub fn add_weighted_adapter(
+        &mut self,
+        model: &mut CausalLm,
+        adapters: &[&str],
+        weights: &[f64],
+        name: &str,
+        opts: &WeightedOptions,
+    ) -> Result<Vec<crate::Warning>> {
         let plan = self.plan_weighted(adapters, weights, name, opts)?;
         let recipe = plan.recipe;
         let mut warnings = plan.warnings;
@@ -130,7 +151,11 @@ impl Tuners {
         }
         let configs: Vec<&LoraConfig> = adapters.iter().map(|a| lora_config(self, a)).collect::<Result<_>>()?;
         if weights.len() != adapters.len() {
-            return Err(Error::arg("weights", format!("one weight per adapter ({} for {})", adapters.len(), adapters.join(", ")), format!("{} weights", weights.len())));
+            return Err(Error::arg(
+                "weights",
+                format!("one weight per adapter ({} for {})", adapters.len(), adapters.join(", ")),
+                format!("{} weights", weights.len()),
+            ));
         }
         if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
             return Err(Error::arg("weights", "finite numbers", w));
@@ -150,7 +175,11 @@ impl Tuners {
     pub(crate) fn plan_weighted(&self, adapters: &[&str], weights: &[f64], name: &str, opts: &WeightedOptions) -> Result<Plan> {
         let configs = self.check_sources(adapters, weights)?;
         if self.names().iter().any(|n| n == name) {
-            return Err(Error::arg("adapter_name", format!("a new adapter name (in use: {})", self.names().join(", ")), format!("\"{name}\"")));
+            return Err(Error::arg(
+                "adapter_name",
+                format!("a new adapter name (in use: {})", self.names().join(", ")),
+                format!("\"{name}\""),
+            ));
         }
         // A single adapter can only be combined linearly (PEFT).
         let kind = if adapters.len() == 1 { "linear" } else { opts.combination_type.as_str() };
@@ -212,7 +241,14 @@ impl Tuners {
         // The combined weights overwrite the init; a default init leaves the base untouched
         // (a PiSSA source would otherwise take its principal part out of the base again).
         config.init = LoraInit::Default;
-        for (k, v) in [("r", json!(new_rank)), ("lora_alpha", json!(new_rank)), ("rank_pattern", json!({})), ("alpha_pattern", json!({})), ("use_rslora", json!(false)), ("init_lora_weights", json!(true))] {
+        for (k, v) in [
+            ("r", json!(new_rank)),
+            ("lora_alpha", json!(new_rank)),
+            ("rank_pattern", json!({})),
+            ("alpha_pattern", json!({})),
+            ("use_rslora", json!(false)),
+            ("init_lora_weights", json!(true)),
+        ] {
             config.fields.set(k, v);
         }
         config.set_target_modules(targets);
@@ -227,7 +263,11 @@ fn union_targets(adapters: &[&str], configs: &[&LoraConfig]) -> Result<Targets> 
     let mut regexes: Vec<String> = Vec::new();
     for (name, c) in adapters.iter().zip(configs) {
         match &c.targets.target_modules {
-            Some(Targets::List(l)) => l.iter().for_each(|t| if !list.contains(t) { list.push(t.clone()) }),
+            Some(Targets::List(l)) => l.iter().for_each(|t| {
+                if !list.contains(t) {
+                    list.push(t.clone())
+                }
+            }),
             Some(Targets::Regex(r)) => regexes.push(format!("({r})")),
             None => return Err(Error::arg("adapters", "adapters with target_modules", format!("`{name}` without target_modules"))),
         }

@@ -30,7 +30,8 @@ pub struct LoraDropoutConfig {
 
 impl LoraDropoutConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (f, low_rank, warnings) = parse_fields(value, "LORA_DROPOUT", "LoraDropoutConfig", json!({"param_dropout": 0.1}), "the rank", source)?;
+        let (f, low_rank, warnings) =
+            parse_fields(value, "LORA_DROPOUT", "LoraDropoutConfig", json!({"param_dropout": 0.1}), "the rank", source)?;
         Ok((LoraDropoutConfig { low_rank, param_dropout: f.prob("param_dropout")?, targets: f.target_spec()?, fields: f }, warnings))
     }
 }

@@ -58,7 +58,8 @@ impl LptConfig {
         let init_weights = fields.bool("init_weights")?;
         let insertion_layer = match fields.get("insertion_layer") {
             Value::Null => None,
-            v => Some(v.as_u64().ok_or_else(|| fields.err("insertion_layer", "a decoder layer index >= 0, or null for the middle layer"))? as usize),
+            v => Some(v.as_u64().ok_or_else(|| fields.err("insertion_layer", "a decoder layer index >= 0, or null for the middle layer"))?
+                as usize),
         };
         Ok((LptConfig { fields, targets: TargetSpec::default(), prompt, generator_hidden, init_weights, insertion_layer }, warnings))
     }
@@ -79,7 +80,9 @@ impl TunerConfig for LptConfig {
         let layers = config.num_hidden_layers;
         let layer = self.insertion_layer.unwrap_or(layers / 2);
         if layer >= layers {
-            return Err(self.fields.err("insertion_layer", &format!("a decoder layer index below {layers} (the model's num_hidden_layers)")));
+            return Err(self
+                .fields
+                .err("insertion_layer", &format!("a decoder layer index below {layers} (the model's num_hidden_layers)")));
         }
         let generator = IdpgLayer::create(&self.prompt, self.generator_hidden, self.init_weights, "lpt_", site, bc)?;
         Ok(Box::new(LptLayer { generator, layer }))

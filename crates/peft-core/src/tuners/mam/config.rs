@@ -13,8 +13,15 @@ use serde_json::{json, Map, Value};
 use std::path::Path;
 
 /// The prompt-learning fields that the prefix part reads and that injection fills.
-pub const PREFIX_KEYS: &[&str] =
-    &["num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers", "encoder_hidden_size", "prefix_projection"];
+pub const PREFIX_KEYS: &[&str] = &[
+    "num_virtual_tokens",
+    "token_dim",
+    "num_transformer_submodules",
+    "num_attention_heads",
+    "num_layers",
+    "encoder_hidden_size",
+    "prefix_projection",
+];
 
 #[derive(Debug, Clone)]
 pub struct MamAdapterConfig {
@@ -55,7 +62,13 @@ pub fn fill_prefix(prefix: &mut PrefixTuningConfig, fields: &mut Fields, model: 
 
 /// A hybrid's fields (prompt-learning defaults and `defaults`, unknown fields kept with a
 /// warning) and its prefix part.
-pub fn parse_with_prefix(value: &Value, peft_type: &str, class: &str, defaults: Value, source: &Path) -> Result<(Fields, PrefixTuningConfig, Vec<crate::Warning>)> {
+pub fn parse_with_prefix(
+    value: &Value,
+    peft_type: &str,
+    class: &str,
+    defaults: Value,
+    source: &Path,
+) -> Result<(Fields, PrefixTuningConfig, Vec<crate::Warning>)> {
     let mut all = learning::defaults();
     if let (Some(a), Value::Object(d)) = (all.as_object_mut(), defaults) {
         a.extend(d);
@@ -73,8 +86,16 @@ impl MamAdapterConfig {
             "bottleneck_size": 512, "non_linearity": "relu", "scaling": 4.0, "init_weights": true});
         let (fields, prefix, warnings) = parse_with_prefix(value, "MAM_ADAPTER", "MamAdapterConfig", defaults, source)?;
         let keys = ["bottleneck_size", "non_linearity", "scaling", "init_weights"];
-        let v = sub_fields(&fields, "PARALLEL_ADAPTER", &keys, json!({"sublayers": ["mlp"], "layers_to_transform": null, "modules_to_save": null}));
-        let adapter = BottleneckConfig::from_fields(Fields { map: v.as_object().cloned().unwrap_or_default(), source: source.into() }, Placement::Parallel)?;
+        let v = sub_fields(
+            &fields,
+            "PARALLEL_ADAPTER",
+            &keys,
+            json!({"sublayers": ["mlp"], "layers_to_transform": null, "modules_to_save": null}),
+        );
+        let adapter = BottleneckConfig::from_fields(
+            Fields { map: v.as_object().cloned().unwrap_or_default(), source: source.into() },
+            Placement::Parallel,
+        )?;
         Ok((MamAdapterConfig { fields, targets: TargetSpec::default(), prefix, adapter }, warnings))
     }
 }

@@ -84,7 +84,10 @@ impl MixLoraConfig {
         let (f, warnings) = Fields::parse(value, "MIXLORA", "MixLoraConfig", defaults(), source)?;
         let low_rank = LowRank::parse(&f, "the rank of each expert's LoRA")?;
         if !f.get("target_modules").is_null() {
-            return Err(f.err("target_modules", "null (MixLoRA replaces the FFNs: choose layers with `layers_to_transform` and projections with `expert_modules`)"));
+            return Err(f.err(
+                "target_modules",
+                "null (MixLoRA replaces the FFNs: choose layers with `layers_to_transform` and projections with `expert_modules`)",
+            ));
         }
         let num_experts = num_experts(&f)?;
         let top_k = f.positive("top_k", "the experts per token")?;
@@ -179,7 +182,11 @@ impl TunerConfig for MixLoraConfig {
             }
             let (out, inp) = (ffn.proj[k].rows, ffn.proj[k].in_features);
             let a = kaiming_uniform(e * r, inp, bc.rng, dt, &device)?.reshape((e, r, inp))?;
-            let b = if self.low_rank.init_weights { Tensor::zeros((e, out, r), dt, &device)? } else { kaiming_uniform(e * out, r, bc.rng, dt, &device)?.reshape((e, out, r))? };
+            let b = if self.low_rank.init_weights {
+                Tensor::zeros((e, out, r), dt, &device)?
+            } else {
+                kaiming_uniform(e * out, r, bc.rng, dt, &device)?.reshape((e, out, r))?
+            };
             let sub = format!("{path}.{name}");
             let a = bc.store.add(param_name(&sub, "lora_A", bc.adapter), a, false)?;
             let b = bc.store.add(param_name(&sub, "lora_B", bc.adapter), b, false)?;

@@ -81,7 +81,11 @@ impl TunerConfig for MoLoraConfig {
         let (dt, er, lr) = (bc.dtype, self.num_experts * self.low_rank.r, self.low_rank);
         let router = kaiming_uniform(self.num_experts, t.in_features, bc.rng, dt, &dev)?;
         let a = kaiming_uniform(er, t.in_features, bc.rng, dt, &dev)?;
-        let b = if lr.init_weights { Tensor::zeros((t.out_features, er), dt, &dev)? } else { kaiming_uniform(t.out_features, er, bc.rng, dt, &dev)? };
+        let b = if lr.init_weights {
+            Tensor::zeros((t.out_features, er), dt, &dev)?
+        } else {
+            kaiming_uniform(t.out_features, er, bc.rng, dt, &dev)?
+        };
         let router = bc.store.add(param_name(&t.path, "lora_router", bc.adapter), router, false)?;
         let a = bc.store.add(param_name(&t.path, "lora_A", bc.adapter), a, false)?;
         let b = bc.store.add(param_name(&t.path, "lora_B", bc.adapter), b, false)?;

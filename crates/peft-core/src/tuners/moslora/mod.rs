@@ -39,7 +39,14 @@ impl TunerConfig for MosLoraConfig {
         let dev = bc.store.get(t.weight).value().device().clone();
         let r = self.low_rank.r;
         let mixer = bc.store.add(param_name(&t.path, "lora_AB", bc.adapter), kaiming_uniform(r, r, bc.rng, bc.dtype, &dev)?, false)?;
-        Ok(Box::new(MosLoraLayer { adapter: bc.adapter.to_string(), a, mixer, b, scaling: self.low_rank.scaling(), dropout: self.low_rank.lora_dropout }))
+        Ok(Box::new(MosLoraLayer {
+            adapter: bc.adapter.to_string(),
+            a,
+            mixer,
+            b,
+            scaling: self.low_rank.scaling(),
+            dropout: self.low_rank.lora_dropout,
+        }))
     }
 }
 

@@ -42,7 +42,10 @@ impl PTuningConfig {
         if fields.num_in("encoder_dropout", |p| (0.0..1.0).contains(&p), "a probability in [0, 1)")? != 0.0 {
             warnings.push("`encoder_dropout` is ignored by the MLP encoder (as in PEFT)".into());
         }
-        Ok((PTuningConfig { fields, targets: TargetSpec::default(), num_virtual_tokens, dims: Dims::default(), encoder_hidden_size: 0 }, warnings))
+        Ok((
+            PTuningConfig { fields, targets: TargetSpec::default(), num_virtual_tokens, dims: Dims::default(), encoder_hidden_size: 0 },
+            warnings,
+        ))
     }
 }
 

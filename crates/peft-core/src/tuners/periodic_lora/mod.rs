@@ -16,8 +16,8 @@ use crate::model::{CausalLm, Ctx, Linear, ParamId, ParamStore};
 use crate::tuners::fields::Fields;
 use crate::tuners::init::kaiming_uniform;
 use crate::tuners::lora::layer::{delta_weight, low_rank_forward};
-use crate::tuners::sparse_mask::config::fnv1a;
 use crate::tuners::low_rank::{low_rank_plumbing, merges_delta, parse_fields, LowRank};
+use crate::tuners::sparse_mask::config::fnv1a;
 use crate::tuners::{param_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, Tuners};
 use candle_core::Tensor;
 use rand::rngs::StdRng;
@@ -36,7 +36,8 @@ pub struct PeriodicLoraConfig {
 
 impl PeriodicLoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (f, low_rank, warnings) = parse_fields(value, "PERIODIC_LORA", "PeriodicLoraConfig", json!({"merge_every": 100}), "the rank", source)?;
+        let (f, low_rank, warnings) =
+            parse_fields(value, "PERIODIC_LORA", "PeriodicLoraConfig", json!({"merge_every": 100}), "the rank", source)?;
         let merge_every = f.positive("merge_every", "the optimizer steps per stage (between merges)")?;
         Ok((PeriodicLoraConfig { low_rank, merge_every, targets: f.target_spec()?, fields: f }, warnings))
     }
@@ -48,7 +49,11 @@ impl TunerConfig for PeriodicLoraConfig {
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let (a, b) = self.low_rank.add_factors(t, bc)?;
         let dev = bc.store.get(t.weight).value().device().clone();
-        let merged = bc.store.add(param_name(&t.path, "lora_merged", bc.adapter), Tensor::zeros((t.out_features, t.in_features), bc.dtype, &dev)?, false)?;
+        let merged = bc.store.add(
+            param_name(&t.path, "lora_merged", bc.adapter),
+            Tensor::zeros((t.out_features, t.in_features), bc.dtype, &dev)?,
+            false,
+        )?;
         let (scaling, dropout) = (self.low_rank.scaling(), self.low_rank.lora_dropout);
         Ok(Box::new(PeriodicLoraLayer { adapter: bc.adapter.to_string(), path: t.path.clone(), a, b, merged, scaling, dropout }))
     }
@@ -91,7 +96,8 @@ impl AdapterLayer for PeriodicLoraLayer {
     fn forward(&self, _base: &Linear, x: &Tensor, result: Tensor, ctx: &Ctx) -> Result<Tensor> {
         let m = ctx.param(self.merged);
         let out_dtype = result.dtype();
-        let result = (result.to_dtype(m.dtype())? + crate::model::linear::linear(&x.to_dtype(m.dtype())?, &m, None)?)?.to_dtype(out_dtype)?;
+        let result =
+            (result.to_dtype(m.dtype())? + crate::model::linear::linear(&x.to_dtype(m.dtype())?, &m, None)?)?.to_dtype(out_dtype)?;
         low_rank_forward(x, result, &ctx.param(self.a), &ctx.param(self.b), self.scaling, self.dropout, ctx)
     }
 

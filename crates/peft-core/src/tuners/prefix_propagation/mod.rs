@@ -36,7 +36,8 @@ pub struct PrefixPropagationConfig {
 
 impl PrefixPropagationConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (prompt, fields, warnings) = learning::with_own_fields(value, source, "PREFIX_PROPAGATION", "PrefixPropagationConfig", &[("init_weights", json!(true))])?;
+        let (prompt, fields, warnings) =
+            learning::with_own_fields(value, source, "PREFIX_PROPAGATION", "PrefixPropagationConfig", &[("init_weights", json!(true))])?;
         let init_weights = fields.bool("init_weights")?;
         Ok((PrefixPropagationConfig { fields, targets: TargetSpec::default(), prompt, init_weights }, warnings))
     }
@@ -75,7 +76,11 @@ impl TunerConfig for PrefixPropagationConfig {
         };
         let device = bc.store.iter().next().map(|(_, p)| p.value().device().clone()).unwrap_or(Device::Cpu);
         let l = self.prompt.num_virtual_tokens;
-        let p = if self.init_weights { Tensor::zeros((l, *hidden), bc.dtype, &device)? } else { normal(l, *hidden, 0.02, bc.rng, bc.dtype, &device)? };
+        let p = if self.init_weights {
+            Tensor::zeros((l, *hidden), bc.dtype, &device)?
+        } else {
+            normal(l, *hidden, 0.02, bc.rng, bc.dtype, &device)?
+        };
         let offset = bc.store.add(param_name(path, "prefix_propagation", bc.adapter), p, false)?;
         Ok(Box::new(PropagationLayer { adapter: bc.adapter.to_string(), offset }))
     }

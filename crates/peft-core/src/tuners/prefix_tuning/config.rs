@@ -26,10 +26,9 @@ pub struct PrefixTuningConfig {
 impl PrefixTuningConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let mut defaults = learning::defaults();
-        defaults
-            .as_object_mut()
-            .expect("object")
-            .extend(json!({"init_weights": null, "encoder_hidden_size": null, "prefix_projection": false}).as_object().expect("object").clone());
+        defaults.as_object_mut().expect("object").extend(
+            json!({"init_weights": null, "encoder_hidden_size": null, "prefix_projection": false}).as_object().expect("object").clone(),
+        );
         let (fields, warnings) = Fields::parse(value, "PREFIX_TUNING", "PrefixTuningConfig", defaults, source)?;
         let num_virtual_tokens = learning::check(&fields)?;
         let zero_init = match fields.opt_str("init_weights")? {
@@ -39,7 +38,18 @@ impl PrefixTuningConfig {
         };
         fields.opt_positive("encoder_hidden_size", "the projection's hidden size")?;
         let prefix_projection = fields.bool("prefix_projection")?;
-        Ok((PrefixTuningConfig { fields, targets: TargetSpec::default(), num_virtual_tokens, prefix_projection, zero_init, dims: Dims::default(), encoder_hidden_size: 0 }, warnings))
+        Ok((
+            PrefixTuningConfig {
+                fields,
+                targets: TargetSpec::default(),
+                num_virtual_tokens,
+                prefix_projection,
+                zero_init,
+                dims: Dims::default(),
+                encoder_hidden_size: 0,
+            },
+            warnings,
+        ))
     }
 }
 
@@ -84,7 +94,11 @@ impl TunerConfig for PrefixTuningConfig {
         let project = self.prefix_projection && !bc.loading;
         let name = |attr: &str| learning::param_name(bc.adapter, attr);
         let emb_dim = if project { token_dim } else { out };
-        let emb = if self.zero_init && !project { Tensor::zeros((n, emb_dim), bc.dtype, &dev)? } else { normal(n, emb_dim, 1.0, bc.rng, bc.dtype, &dev)? };
+        let emb = if self.zero_init && !project {
+            Tensor::zeros((n, emb_dim), bc.dtype, &dev)?
+        } else {
+            normal(n, emb_dim, 1.0, bc.rng, bc.dtype, &dev)?
+        };
         let embedding = bc.store.add(name("embedding.weight"), emb, false)?;
         let projection = if project {
             let hid = self.encoder_hidden_size;

@@ -70,9 +70,7 @@ impl AdapterLayer for PrefixLayer {
         let e = self.encode(&|id| ctx.param(id))?;
         let n = e.dim(0)?;
         let kv = e.reshape((n, self.num_layers * 2, self.heads, self.head_dim))?.permute((1, 2, 0, 3))?.contiguous()?;
-        let out = (0..self.num_layers)
-            .map(|l| Ok((kv.get(2 * l)?, kv.get(2 * l + 1)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let out = (0..self.num_layers).map(|l| Ok((kv.get(2 * l)?, kv.get(2 * l + 1)?))).collect::<Result<Vec<_>>>()?;
         Ok(Some(out))
     }
 

@@ -96,7 +96,8 @@ impl PromptTuningConfig {
         if !fields.get("tokenizer_kwargs").is_null() && !matches!(init, PromptInit::Text { .. }) {
             return Err(fields.err("tokenizer_kwargs", "null unless prompt_tuning_init is \"TEXT\""));
         }
-        let config = PromptTuningConfig { fields, targets: TargetSpec::default(), num_virtual_tokens, init, init_from, dims: Dims::default() };
+        let config =
+            PromptTuningConfig { fields, targets: TargetSpec::default(), num_virtual_tokens, init, init_from, dims: Dims::default() };
         Ok((config, warnings))
     }
 
@@ -106,14 +107,18 @@ impl PromptTuningConfig {
         let vocab = embed.dim(0)?;
         let ids: Vec<u32> = match &self.init {
             _ if bc.loading => return Ok(Tensor::zeros((n, h), bc.dtype, embed.device())?),
-            _ if self.init_from.is_some() => return super::init_from::source_prompt(self.init_from.as_deref().unwrap_or(Path::new("")), n, h, bc.dtype, embed.device()),
+            _ if self.init_from.is_some() => {
+                return super::init_from::source_prompt(self.init_from.as_deref().unwrap_or(Path::new("")), n, h, bc.dtype, embed.device())
+            }
             PromptInit::Random => return normal(n, h, 1.0, bc.rng, bc.dtype, embed.device()),
             PromptInit::SampleVocab => (0..n).map(|_| bc.rng.random_range(0..vocab as u32)).collect(),
             PromptInit::Text { token_ids: None } => {
                 return Err(Error::InvalidConfig {
                     file: self.fields.source.clone(),
                     key: super::config::INIT_TOKEN_IDS.into(),
-                    expected: "the token ids of prompt_tuning_init_text (the core has no tokenizer at injection: tokenize the text and pass them)".into(),
+                    expected:
+                        "the token ids of prompt_tuning_init_text (the core has no tokenizer at injection: tokenize the text and pass them)"
+                            .into(),
                     found: "nothing".into(),
                 })
             }

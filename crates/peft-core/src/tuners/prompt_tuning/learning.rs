@@ -72,7 +72,12 @@ pub fn fill(f: &mut Fields, model: &CausalLm, kv: bool) -> Result<Dims> {
         f.set("num_attention_heads", c.num_attention_heads);
     }
     let get = |k: &str| f.get(k).as_u64().unwrap_or(0) as usize;
-    Ok(Dims { num_virtual_tokens: n, token_dim: get("token_dim"), num_attention_heads: get("num_attention_heads"), num_layers: get("num_layers") })
+    Ok(Dims {
+        num_virtual_tokens: n,
+        token_dim: get("token_dim"),
+        num_attention_heads: get("num_attention_heads"),
+        num_layers: get("num_layers"),
+    })
 }
 
 /// PEFT's `named_parameters()` name of a prompt encoder tensor: `prompt_encoder.<adapter>.<attr>`.
@@ -118,7 +123,12 @@ pub fn with_own_fields(
 }
 
 /// `check_model` of such a method: prompt tuning's fields filled from the model, copied over.
-pub fn fill_from_prompt(prompt: &mut super::PromptTuningConfig, fields: &mut Fields, model: &CausalLm, targets: &[crate::tuners::LinearInfo]) -> Result<Vec<String>> {
+pub fn fill_from_prompt(
+    prompt: &mut super::PromptTuningConfig,
+    fields: &mut Fields,
+    model: &CausalLm,
+    targets: &[crate::tuners::LinearInfo],
+) -> Result<Vec<String>> {
     use crate::tuners::TunerConfig;
     let w = prompt.check_model(model, targets)?;
     for key in ["token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"] {
@@ -144,13 +154,21 @@ macro_rules! own_prompt_plumbing {
         fn can_merge(&self) -> bool {
             false
         }
-        fn check_model(&mut self, model: &$crate::model::CausalLm, targets: &[$crate::tuners::LinearInfo]) -> $crate::error::Result<Vec<String>> {
+        fn check_model(
+            &mut self,
+            model: &$crate::model::CausalLm,
+            targets: &[$crate::tuners::LinearInfo],
+        ) -> $crate::error::Result<Vec<String>> {
             $crate::tuners::prompt_tuning::learning::fill_from_prompt(&mut self.prompt, &mut self.fields, model, targets)
         }
         fn hook_sites(&self, model: &$crate::model::CausalLm) -> $crate::error::Result<Option<Vec<$crate::tuners::HookSite>>> {
             self.prompt.hook_sites(model)
         }
-        fn create_linear(&self, t: &$crate::tuners::LinearInfo, _bc: &mut $crate::tuners::BuildCtx) -> $crate::error::Result<Box<dyn $crate::tuners::AdapterLayer>> {
+        fn create_linear(
+            &self,
+            t: &$crate::tuners::LinearInfo,
+            _bc: &mut $crate::tuners::BuildCtx,
+        ) -> $crate::error::Result<Box<dyn $crate::tuners::AdapterLayer>> {
             Err($crate::error::Error::Unsupported(format!("{} does not attach to linear layers (`{}`)", $what, t.path)))
         }
         fn checkpoint_key(&self, param_name: &str, adapter: &str) -> String {

@@ -42,7 +42,13 @@ pub struct SDiffPruningConfig {
 
 impl SDiffPruningConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (f, warnings) = Fields::parse(value, "S_DIFF_PRUNING", "SDiffPruningConfig", defaults(json!({"l0_lambda": 0.01, "init_log_alpha": 1.0})), source)?;
+        let (f, warnings) = Fields::parse(
+            value,
+            "S_DIFF_PRUNING",
+            "SDiffPruningConfig",
+            defaults(json!({"l0_lambda": 0.01, "init_log_alpha": 1.0})),
+            source,
+        )?;
         f.no_modules_to_save()?;
         let l0_lambda = f.num_in("l0_lambda", |x| x >= 0.0 && x.is_finite(), "a number >= 0 (the weight of the L0 penalty)")?;
         let init_log_alpha = f.num_in("init_log_alpha", |x| x.abs() <= 20.0, "a number in [-20, 20] (the gates' log α at init)")?;
@@ -55,7 +61,11 @@ impl TunerConfig for SDiffPruningConfig {
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
         let dev = bc.store.get(t.weight).value().device().clone();
-        let w = bc.store.add(param_name(&t.path, "diff_delta", bc.adapter), Tensor::zeros((t.out_features, t.in_features), bc.dtype, &dev)?, false)?;
+        let w = bc.store.add(
+            param_name(&t.path, "diff_delta", bc.adapter),
+            Tensor::zeros((t.out_features, t.in_features), bc.dtype, &dev)?,
+            false,
+        )?;
         let log_alpha = (Tensor::ones(t.out_features, bc.dtype, &dev)? * self.init_log_alpha)?;
         let log_alpha = bc.store.add(param_name(&t.path, "diff_log_alpha", bc.adapter), log_alpha, false)?;
         Ok(Box::new(SDiffPruningLayer { adapter: bc.adapter.to_string(), w, log_alpha, l0_lambda: self.l0_lambda }))

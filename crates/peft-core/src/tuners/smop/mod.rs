@@ -84,9 +84,14 @@ impl TunerConfig for SmopConfig {
         };
         let router = kaiming_uniform(self.num_prompts, hidden, bc.rng, bc.dtype, &device)?;
         let router = bc.store.add(learning::param_name(bc.adapter, "smop_router.weight"), router, false)?;
-        Ok(Box::new(SmopLayer { adapter: bc.adapter.to_string(), prompts, router, num_prompts: self.num_prompts, router_noise: self.router_noise }))
+        Ok(Box::new(SmopLayer {
+            adapter: bc.adapter.to_string(),
+            prompts,
+            router,
+            num_prompts: self.num_prompts,
+            router_noise: self.router_noise,
+        }))
     }
-
 }
 
 #[derive(Debug)]
@@ -118,12 +123,14 @@ impl AdapterLayer for SmopLayer {
         let b = pooled.dim(0)?;
         let mut logits = crate::model::linear::linear(&pooled, &router, None)?; // [b, k]
         if ctx.training && self.router_noise > 0.0 {
-            let noise = normal(b, k, self.router_noise, &mut ctx.rng.lock().unwrap_or_else(|e| e.into_inner()), logits.dtype(), logits.device())?;
+            let noise =
+                normal(b, k, self.router_noise, &mut ctx.rng.lock().unwrap_or_else(|e| e.into_inner()), logits.dtype(), logits.device())?;
             logits = (logits + noise)?;
         }
         let p = crate::ops::softmax_last_dim(&logits)?;
         let top = logits.argmax_keepdim(D::Minus1)?; // [b, 1]
-        let onehot = Tensor::arange(0u32, k as u32, logits.device())?.unsqueeze(0)?.broadcast_eq(&top.to_dtype(DType::U32)?)?.to_dtype(p.dtype())?; // [b, k]
+        let onehot =
+            Tensor::arange(0u32, k as u32, logits.device())?.unsqueeze(0)?.broadcast_eq(&top.to_dtype(DType::U32)?)?.to_dtype(p.dtype())?; // [b, k]
         let gate = (&p * &onehot)?.sum_keepdim(D::Minus1)?; // [b, 1]: p_j
         let chosen = onehot.matmul(&prompts.reshape((k, kl / k * d))?)?; // [b, l·d]: P_j
         Ok(Some(chosen.broadcast_mul(&gate)?.reshape((b, kl / k, d))?))

@@ -31,7 +31,8 @@ pub struct SoraConfig {
 
 impl SoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
-        let (f, low_rank, warnings) = parse_fields(value, "SORA", "SoraConfig", json!({"sparse_lambda": 0.1}), "the largest rank (r_max)", source)?;
+        let (f, low_rank, warnings) =
+            parse_fields(value, "SORA", "SoraConfig", json!({"sparse_lambda": 0.1}), "the largest rank (r_max)", source)?;
         let sparse_lambda = f.num_in("sparse_lambda", |x| x >= 0.0 && x.is_finite(), "a number >= 0 (the L1 penalty on the gates)")?;
         Ok((SoraConfig { low_rank, sparse_lambda, targets: f.target_spec()?, fields: f }, warnings))
     }
@@ -44,7 +45,14 @@ impl TunerConfig for SoraConfig {
         let (a, b) = self.low_rank.add_factors(t, bc)?;
         let dev = bc.store.get(t.weight).value().device().clone();
         let gate = bc.store.add(param_name(&t.path, "sora_gate", bc.adapter), Tensor::ones(self.low_rank.r, bc.dtype, &dev)?, false)?;
-        Ok(Box::new(SoraLayer { adapter: bc.adapter.to_string(), a, b, gate, scaling: self.low_rank.scaling(), dropout: self.low_rank.lora_dropout }))
+        Ok(Box::new(SoraLayer {
+            adapter: bc.adapter.to_string(),
+            a,
+            b,
+            gate,
+            scaling: self.low_rank.scaling(),
+            dropout: self.low_rank.lora_dropout,
+        }))
     }
 }
 

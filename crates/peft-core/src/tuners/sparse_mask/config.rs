@@ -38,7 +38,8 @@ impl SparseMaskConfig {
         fields.no_modules_to_save()?;
         let targets = fields.target_spec()?;
         // NaN and ±inf cannot be written in JSON: they arrive as null (or not at all) and fail here too.
-        let density = fields.num_in("density", |d| d > 0.0 && d <= 1.0, "a number in (0, 1]: the fraction of each targeted weight to train")?;
+        let density =
+            fields.num_in("density", |d| d > 0.0 && d <= 1.0, "a number in (0, 1]: the fraction of each targeted weight to train")?;
         let mask_type = match fields.choice("mask_type", &["magnitude", "smallest_magnitude", "fisher", "random"])?.as_str() {
             "magnitude" => MaskType::Magnitude,
             "smallest_magnitude" => MaskType::SmallestMagnitude,
@@ -69,13 +70,17 @@ impl SparseMaskConfig {
             MaskType::SmallestMagnitude => Ok(Some(flat(&bc.store.get(t.weight).value().abs()?.neg()?)?)),
             MaskType::Fisher => {
                 let fisher = self.fisher.as_ref().ok_or_else(|| {
-                    self.fields.err("mask_type", "\"magnitude\" or \"random\", or Fisher scores estimated first (estimateFisher) for \"fisher\"")
+                    self.fields
+                        .err("mask_type", "\"magnitude\" or \"random\", or Fisher scores estimated first (estimateFisher) for \"fisher\"")
                 })?;
                 let s = fisher.get(&t.path).ok_or_else(|| {
                     self.fields.err("mask_type", &format!("Fisher scores for `{}` (estimate them with the same target modules)", t.path))
                 })?;
                 if s.dims() != [t.out_features, t.in_features] {
-                    return Err(self.fields.err("mask_type", &format!("Fisher scores for `{}` of shape [{}, {}], found {:?}", t.path, t.out_features, t.in_features, s.dims())));
+                    return Err(self.fields.err(
+                        "mask_type",
+                        &format!("Fisher scores for `{}` of shape [{}, {}], found {:?}", t.path, t.out_features, t.in_features, s.dims()),
+                    ));
                 }
                 Ok(Some(flat(s)?))
             }
@@ -117,7 +122,14 @@ impl TunerConfig for SparseMaskConfig {
         };
         let indices = bc.store.add(param_dict_name(&t.path, "sparse_indices", bc.adapter), Tensor::from_vec(idx, k, &dev)?, false)?;
         let delta = bc.store.add(param_dict_name(&t.path, "sparse_delta", bc.adapter), Tensor::zeros(k, bc.dtype, &dev)?, false)?;
-        Ok(Box::new(SparseMaskLayer { adapter: bc.adapter.to_string(), path: t.path.clone(), indices, delta, out_features: t.out_features, in_features: t.in_features }))
+        Ok(Box::new(SparseMaskLayer {
+            adapter: bc.adapter.to_string(),
+            path: t.path.clone(),
+            indices,
+            delta,
+            out_features: t.out_features,
+            in_features: t.in_features,
+        }))
     }
 }
 

@@ -6,9 +6,9 @@
 use super::config::DEFAULT_TARGETS;
 use super::FisherScores;
 use crate::error::{Error, Result};
-use crate::model::{loss, Batch, Ctx, CausalLm, ParamId};
-use crate::tuners::targeting::{self, TargetSpec, Targets};
+use crate::model::{loss, Batch, CausalLm, Ctx, ParamId};
 use crate::tuners::fields::Fields;
+use crate::tuners::targeting::{self, TargetSpec, Targets};
 use crate::tuners::{Tuners, WithTuners};
 use candle_core::DType;
 use serde_json::{json, Value};
@@ -55,7 +55,8 @@ pub fn estimate_fisher_until(
         spec.target_modules = Some(t);
     }
     let paths = targeting::select(&spec, model, source)?;
-    let weights: Vec<(String, ParamId)> = model.linears().into_iter().filter(|l| paths.contains(&l.path)).map(|l| (l.path.clone(), l.weight)).collect();
+    let weights: Vec<(String, ParamId)> =
+        model.linears().into_iter().filter(|l| paths.contains(&l.path)).map(|l| (l.path.clone(), l.weight)).collect();
     let before: Vec<bool> = weights.iter().map(|(_, id)| model.store.get(*id).requires_grad()).collect();
     for (_, id) in &weights {
         model.store.get_mut(*id).set_requires_grad(true)?;
@@ -69,7 +70,13 @@ pub fn estimate_fisher_until(
 
 /// The mean squared gradient of each of `weights` (keyed by the given names) over `batches`,
 /// with `tuners` attached when given (Fish-Dip scores its deltas through the adapters).
-pub(crate) fn accumulate(model: &CausalLm, tuners: Option<&Tuners>, weights: &[(String, ParamId)], batches: &[FisherBatch], cancelled: &dyn Fn() -> bool) -> Result<FisherScores> {
+pub(crate) fn accumulate(
+    model: &CausalLm,
+    tuners: Option<&Tuners>,
+    weights: &[(String, ParamId)],
+    batches: &[FisherBatch],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<FisherScores> {
     let dtype = if model.dtype == DType::F64 { DType::F64 } else { DType::F32 };
     let mut sums = FisherScores::new();
     for (i, b) in batches.iter().enumerate() {

@@ -19,13 +19,13 @@ pub use fisher::{estimate_fisher, estimate_fisher_until, fisher_targets, FisherB
 pub use select::MaskType;
 
 use crate::error::{Error, Result};
-use crate::model::{Ctx, Linear};
 use crate::model::{CausalLm, ParamId, ParamStore};
+use crate::model::{Ctx, Linear};
 use crate::ops;
 use crate::tuners::{AdapterLayer, InjectReport, Tuners};
 use candle_core::{DType, Tensor};
-use std::path::Path;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Fisher scores [out, in] by linear module path.
@@ -33,7 +33,14 @@ pub type FisherScores = HashMap<String, Tensor>;
 
 /// Injects `config` with its mask chosen from `fisher`, then keeps the config without the
 /// scores: they are as large as the targeted weights and only the chosen indices are needed.
-pub fn inject_with_fisher(tuners: &mut Tuners, model: &mut CausalLm, name: &str, config: SparseMaskConfig, fisher: Arc<FisherScores>, seed: u64) -> Result<InjectReport> {
+pub fn inject_with_fisher(
+    tuners: &mut Tuners,
+    model: &mut CausalLm,
+    name: &str,
+    config: SparseMaskConfig,
+    fisher: Arc<FisherScores>,
+    seed: u64,
+) -> Result<InjectReport> {
     let report = tuners.inject(model, name, Box::new(config.with_fisher(fisher)), seed)?;
     let stored = tuners.config(name)?.as_any().downcast_ref::<SparseMaskConfig>().cloned();
     let mut plain = stored.ok_or_else(|| Error::Unsupported(format!("adapter `{name}` is not a SPARSE_MASK adapter")))?;
@@ -90,13 +97,19 @@ impl AdapterLayer for SparseMaskLayer {
         let numel = (self.out_features * self.in_features) as i64;
         let mut idx = store.get(self.indices).value().to_dtype(DType::I64)?.to_vec1::<i64>()?;
         idx.sort_unstable();
-        let bad = idx.iter().find(|&&i| i < 0 || i >= numel).map(|i| format!("index {i}"))
+        let bad = idx
+            .iter()
+            .find(|&&i| i < 0 || i >= numel)
+            .map(|i| format!("index {i}"))
             .or_else(|| idx.windows(2).find(|w| w[0] == w[1]).map(|w| format!("index {} twice", w[0])));
         match bad {
             None => Ok(()),
             Some(found) => Err(Error::Adapter {
                 file: file.into(),
-                message: format!("`{}`: sparse_indices must be distinct flat indices in [0, {numel}) of the {} x {} weight; found {found}", self.path, self.out_features, self.in_features),
+                message: format!(
+                    "`{}`: sparse_indices must be distinct flat indices in [0, {numel}) of the {} x {} weight; found {found}",
+                    self.path, self.out_features, self.in_features
+                ),
             }),
         }
     }

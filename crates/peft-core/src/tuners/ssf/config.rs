@@ -33,7 +33,13 @@ impl SsfConfig {
 
     fn paths(&self, model: &CausalLm) -> Result<Vec<String>> {
         let linears: Vec<String> = model.linears().iter().map(|l| l.path.clone()).collect();
-        select_modules(&self.targets, model, &self.fields.source, &|p| is_norm(model, p) || linears.iter().any(|l| l == p), "linear or norm layers")
+        select_modules(
+            &self.targets,
+            model,
+            &self.fields.source,
+            &|p| is_norm(model, p) || linears.iter().any(|l| l == p),
+            "linear or norm layers",
+        )
     }
 }
 
@@ -46,7 +52,18 @@ impl TunerConfig for SsfConfig {
 
     /// The paper inserts SSF after every operation: every linear but the head, and the norms.
     fn default_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "input_layernorm", "post_attention_layernorm", "norm"]
+        &[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "norm",
+        ]
     }
 
     fn can_merge(&self) -> bool {

@@ -55,7 +55,10 @@ impl AdapterLayer for SsfLayer {
 
     fn merge(&mut self, weight: &Tensor, store: &ParamStore) -> Result<Tensor> {
         if self.on_norm {
-            return Err(Error::Unsupported(format!("SSF after the norm `{}` cannot be merged: RMSNorm has no bias for the shift", self.path)));
+            return Err(Error::Unsupported(format!(
+                "SSF after the norm `{}` cannot be merged: RMSNorm has no bias for the shift",
+                self.path
+            )));
         }
         let (g, _) = self.values(store, weight.dtype())?;
         Ok(weight.broadcast_mul(&g.unsqueeze(1)?)?)

@@ -39,8 +39,16 @@ impl UniPeltConfig {
         let lv = sub_fields(&fields, "LORA", &["r", "lora_alpha", "lora_dropout", "target_modules"], json!({}));
         let lora = LoraConfig::from_value(&lv, None, source)?.0;
         let keys = ["bottleneck_size", "non_linearity", "init_weights"];
-        let av = sub_fields(&fields, "BOTTLENECK_ADAPTER", &keys, json!({"scaling": 1.0, "sublayers": ["mlp"], "layers_to_transform": null, "modules_to_save": null}));
-        let adapter = BottleneckConfig::from_fields(Fields { map: av.as_object().cloned().unwrap_or_default(), source: source.into() }, Placement::Serial)?;
+        let av = sub_fields(
+            &fields,
+            "BOTTLENECK_ADAPTER",
+            &keys,
+            json!({"scaling": 1.0, "sublayers": ["mlp"], "layers_to_transform": null, "modules_to_save": null}),
+        );
+        let adapter = BottleneckConfig::from_fields(
+            Fields { map: av.as_object().cloned().unwrap_or_default(), source: source.into() },
+            Placement::Serial,
+        )?;
         Ok((UniPeltConfig { fields, targets, prefix, lora, adapter }, warnings))
     }
 }

@@ -2,8 +2,8 @@
 //! sits at the attention beside the prefix layer) and one `Gate`.
 use crate::error::Result;
 use crate::model::linear::linear;
-use crate::model::{Ctx, Linear};
 use crate::model::ParamId;
+use crate::model::{Ctx, Linear};
 use crate::tuners::bottleneck::config::name;
 use crate::tuners::bottleneck::BottleneckLayer;
 use crate::tuners::init::{kaiming_uniform, uniform};

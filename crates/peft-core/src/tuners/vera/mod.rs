@@ -53,7 +53,8 @@ impl VeraConfig {
         let d_initial = f.num("d_initial")?;
         let init_weights = f.bool("init_weights")?;
         let key = f.int("projection_prng_key", "an integer seed")?;
-        let projection_prng_key = u64::try_from(key).map_err(|_| f.err("projection_prng_key", "a non-negative integer seed (torch's manual_seed)"))?;
+        let projection_prng_key =
+            u64::try_from(key).map_err(|_| f.err("projection_prng_key", "a non-negative integer seed (torch's manual_seed)"))?;
         let save_projection = f.bool("save_projection")?;
         let bias = f.opt_str("bias")?.unwrap_or_default();
         if !["none", "all", "vera_only"].contains(&bias.as_str()) {
@@ -68,7 +69,18 @@ impl VeraConfig {
             );
         }
         let targets = f.target_spec()?;
-        let c = VeraConfig { fields: f, targets, r, vera_dropout, d_initial, init_weights, projection_prng_key, save_projection, bias, projection_dims: None };
+        let c = VeraConfig {
+            fields: f,
+            targets,
+            r,
+            vera_dropout,
+            d_initial,
+            init_weights,
+            projection_prng_key,
+            save_projection,
+            bias,
+            projection_dims: None,
+        };
         Ok((c, warnings))
     }
 
@@ -107,7 +119,10 @@ impl TunerConfig for VeraConfig {
     fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
         if self.bias != "none" {
             if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
-                return Err(Error::Unsupported(format!("VeraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")", self.bias, t.path)));
+                return Err(Error::Unsupported(format!(
+                    "VeraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")",
+                    self.bias, t.path
+                )));
             }
         }
         let out = targets.iter().map(|t| t.out_features).max().unwrap_or(0);
