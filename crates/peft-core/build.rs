@@ -19,7 +19,8 @@ fn main() {
     let cap = env::var("CUDA_COMPUTE_CAP").ok().map(|c| c.trim_end_matches(['a', 'f']).to_string());
     let cap = cap.filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit())).unwrap_or_else(|| "80".into());
     let nvcc = nvcc();
-    for name in ["peft_ops"] {
+    {
+        let name = "peft_ops";
         let src = PathBuf::from("kernels").join(format!("{name}.cu"));
         println!("cargo::rerun-if-changed={}", src.display());
         let out = out_dir.join(format!("{name}.ptx"));

@@ -31,7 +31,7 @@ pub fn find(name: &str) -> Option<&'static DTypeName> {
 
 /// `name` as a dtype; the error names `arg` and lists every accepted spelling.
 pub fn parse(name: &str, arg: &str) -> Result<DType> {
-    find(name).map(|d| d.dtype).ok_or_else(|| Error::arg(arg, &expected(), format!("{name:?}")))
+    find(name).map(|d| d.dtype).ok_or_else(|| Error::arg(arg, expected(), format!("{name:?}")))
 }
 
 /// "float32 (f32, float), float16 (f16, half), ..." for error messages.

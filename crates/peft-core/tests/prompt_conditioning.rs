@@ -123,7 +123,7 @@ fn training_conditions_as_generation_does() {
 fn plain_text_conditions_on_the_first_token() {
     let mask = [vec![0u8, 0], vec![1; 4]].concat();
     let labels = vec![[vec![-100, -100], vec![7, 8, 9, 10]].concat()];
-    let m = peft_core::model::batch::prompt_context_mask(Some(&[mask.clone()]), &labels, 1, 6).unwrap();
+    let m = peft_core::model::batch::prompt_context_mask(Some(std::slice::from_ref(&mask)), &labels, 1, 6).unwrap();
     assert_eq!(m, vec![vec![0, 0, 1, 0, 0, 0]]);
     let chat = vec![vec![-100, -100, 3, 4, -100, 6]];
     let m = peft_core::model::batch::prompt_context_mask(None, &chat, 1, 6).unwrap();

@@ -113,7 +113,7 @@ fn fixture_gguf(ty: GgmlDType) -> PathBuf {
     path
 }
 
-fn load(path: &PathBuf, quantized: bool) -> CausalLm {
+fn load(path: &std::path::Path, quantized: bool) -> CausalLm {
     CausalLm::from_pretrained(path, &LoadOptions { quantized, ..Default::default() }).unwrap()
 }
 

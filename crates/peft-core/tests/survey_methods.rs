@@ -132,7 +132,8 @@ fn sora_proximal_step_soft_thresholds_the_gates() {
     let g2 = Tensor::new(&[0.4f32, -0.9], &Device::Cpu).unwrap();
     set(&lora, &format!("{Q0}.lora_A.default.weight"), &a.index_select(&keep, 0).unwrap());
     set(&lora, &format!("{Q0}.lora_B.default.weight"), &b.index_select(&keep, 1).unwrap().broadcast_mul(&g2).unwrap());
-    for layer in [1] {
+    {
+        let layer = 1;
         // layer 1's q_proj is SoRA's only other target: make both models agree there by zeroing its B.
         let name = format!("base_model.model.model.layers.{layer}.self_attn.q_proj.lora_B.default.weight");
         set(&sora, &name, &value(&sora, &name).zeros_like().unwrap());

@@ -52,7 +52,7 @@ fn gates_close_whole_rows_and_the_l0_penalty_is_the_expected_share() {
     let ce = loss::causal_lm_loss(&logits, &inputs().labels).unwrap();
     let (_, terms) = peft_core::tuners::aux_loss::training_loss(ce, &model, &tuners, &ctx).unwrap();
     let other: Vec<f64> =
-        value(&model, &format!("base_model.model.model.layers.1.self_attn.q_proj.diff_log_alpha.default.weight")).to_vec1().unwrap();
+        value(&model, "base_model.model.model.layers.1.self_attn.q_proj.diff_log_alpha.default.weight").to_vec1().unwrap();
     let want = 0.5 * (expected(&alpha) + expected(&other));
     let got = terms["s_diff_pruning_l0"];
     assert!((got - want).abs() < 1e-9, "L0 term {got} vs {want}");

@@ -1,8 +1,5 @@
 //! Thin Node-API handles over peft-core. No math here: each method converts its
 //! arguments, runs the core off the JS thread, and converts the result or error.
-// napi's `Error` (the `Err` of every binding) is 128 bytes and not ours to shrink; boxing it
-// would only move the conversion into every call.
-#![allow(clippy::result_large_err)]
 // mimalloc returns freed memory to the OS; glibc's malloc kept per-thread arenas of freed
 // activation buffers, doubling training's peak RSS (bench/: measured side by side).
 #[global_allocator]

@@ -126,7 +126,7 @@ pub(super) fn resolve(r: &Reader, model_type: &str, head_dim: usize, hidden: usi
             a.sliding_window = window;
             let factor = partial_rotary_factor(r)?;
             a.rotary_dim = (head_dim as f64 * factor) as usize;
-            if a.rotary_dim == 0 || a.rotary_dim % 2 != 0 || a.rotary_dim > head_dim {
+            if a.rotary_dim == 0 || !a.rotary_dim.is_multiple_of(2) || a.rotary_dim > head_dim {
                 return Err(r.invalid(
                     "partial_rotary_factor",
                     &format!("a fraction of head_dim ({head_dim}) giving an even number of rotated dims"),

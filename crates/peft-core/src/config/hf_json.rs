@@ -66,7 +66,7 @@ pub(super) fn written(c: &ModelConfig, dtype: &str) -> Value {
         m.insert("final_logit_softcapping".into(), a.final_logit_softcapping.map(Value::from).unwrap_or(Value::Null));
         m.insert("attn_logit_softcapping".into(), Value::Null);
     }
-    if a.layer_types.iter().any(|t| *t == LayerType::SlidingAttention) {
+    if a.layer_types.contains(&LayerType::SlidingAttention) {
         m.insert("layer_types".into(), serde_json::to_value(&a.layer_types).unwrap_or(Value::Null));
     }
     m.insert("bos_token_id".into(), c.bos_token_id.map(Value::from).unwrap_or(Value::Null));

@@ -204,7 +204,7 @@ impl ModelConfig {
                 }
             }
         }
-        if cfg.head_dim % 2 != 0 {
+        if !cfg.head_dim.is_multiple_of(2) {
             return Err(r.invalid("head_dim", "an even number (RoPE rotates pairs)", cfg.head_dim.to_string()));
         }
         Ok(cfg)

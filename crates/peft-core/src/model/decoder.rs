@@ -325,7 +325,7 @@ impl CausalLm {
     /// final soft-capping.
     pub fn head(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let logits = match &self.lm_head {
-            Some(head) => head.forward(&x, ctx)?,
+            Some(head) => head.forward(x, ctx)?,
             None => match ctx.store.get(self.embed_tokens).quantized() {
                 Some(q) => ops::qlinear(x, &q, None)?,
                 None => linear(x, &ctx.param(self.embed_tokens), None)?,

@@ -85,7 +85,7 @@ impl QWeight {
         if !Self::keeps(dtype) {
             return Err(bad(format!("storage type {dtype:?}, which is dequantized at load instead")));
         }
-        if cols % dtype.block_size() != 0 {
+        if !cols.is_multiple_of(dtype.block_size()) {
             return Err(bad(format!("rows of {cols} values, not a multiple of the {}-value block", dtype.block_size())));
         }
         let want = rows * (cols / dtype.block_size()) * dtype.type_size();
@@ -169,7 +169,11 @@ impl QWeight {
         let (bs, bpr) = (self.dtype.block_size(), self.blocks_per_row());
         let width = out.len() / rows.max(1);
         assert!(
-            r0 + rows <= self.rows && out.len() == rows * width && c0 % bs == 0 && width % bs == 0 && c0 + width <= self.cols,
+            r0 + rows <= self.rows
+                && out.len() == rows * width
+                && c0.is_multiple_of(bs)
+                && width.is_multiple_of(bs)
+                && c0 + width <= self.cols,
             "dequantize_block: rows {r0}..{}, columns {c0}..{} of a {}×{} weight in blocks of {bs}",
             r0 + rows,
             c0 + width,

@@ -29,7 +29,7 @@ impl CausalLm {
     ) -> Result<()> {
         let dtype = dtype.unwrap_or(self.dtype);
         if !dtype.is_float() {
-            return Err(Error::arg("dtype", &format!("a floating-point dtype, {}", crate::dtype::expected()), format!("{dtype:?}")));
+            return Err(Error::arg("dtype", format!("a floating-point dtype, {}", crate::dtype::expected()), format!("{dtype:?}")));
         }
         if dir.is_file() {
             return Err(Error::arg("dir", "a folder to write the checkpoint in", format!("{} (an existing file)", dir.display())));

@@ -67,7 +67,7 @@ fn forward<T: Real>(
     let (x, d) = (contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
     for (yr, xr) in y.chunks_mut(op.out).zip(x.chunks(op.inp)) {
         for q in op.pairs.iter() {
-            yr[q.o] = yr[q.o] + d[q.p] * xr[q.i];
+            yr[q.o] += d[q.p] * xr[q.i];
         }
     }
     Ok(T::to_cpu_storage_owned(y))
@@ -119,7 +119,7 @@ fn grad_x<T: Real>(op: &SparseAdd, (g, lg): (&CpuStorage, &Layout), (d, ld): (&C
     let mut gx = vec![T::ZERO; rows * op.inp];
     for (gxr, gr) in gx.chunks_mut(op.inp).zip(g.chunks(op.out)) {
         for q in op.pairs.iter() {
-            gxr[q.i] = gxr[q.i] + d[q.p] * gr[q.o];
+            gxr[q.i] += d[q.p] * gr[q.o];
         }
     }
     Ok(T::to_cpu_storage_owned(gx))
@@ -145,7 +145,7 @@ fn grad_delta<T: Real>(op: &SparseAdd, (g, lg): (&CpuStorage, &Layout), (x, lx):
     let mut gd = vec![T::ZERO; op.pairs.len()];
     for (gr, xr) in g.chunks(op.out).zip(x.chunks(op.inp)) {
         for q in op.pairs.iter() {
-            gd[q.p] = gd[q.p] + gr[q.o] * xr[q.i];
+            gd[q.p] += gr[q.o] * xr[q.i];
         }
     }
     Ok(T::to_cpu_storage_owned(gd))

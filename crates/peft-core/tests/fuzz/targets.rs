@@ -182,7 +182,7 @@ pub fn gguf_seeds() -> Vec<Vec<u8>> {
 pub fn run_gguf(input: &[u8]) -> Result<(), String> {
     let path = scratch("gguf").join("model.gguf");
     std::fs::write(&path, input).unwrap();
-    let quantized = input.len() % 2 == 0;
+    let quantized = input.len().is_multiple_of(2);
     match CausalLm::from_pretrained_with_tokenizer(&path, &LoadOptions { quantized, ..Default::default() }) {
         Ok((model, tok)) => {
             smoke(&model)?;

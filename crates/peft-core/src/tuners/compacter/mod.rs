@@ -67,7 +67,7 @@ impl TunerConfig for CompacterConfig {
 
     fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
         let d = model.config.hidden_size;
-        if d % self.phm_dim != 0 || self.phm_rank > d / self.phm_dim {
+        if !d.is_multiple_of(self.phm_dim) || self.phm_rank > d / self.phm_dim {
             return Err(self.fields.err("phm_dim", &format!("a divisor of the hidden size {d} (with phm_rank at most hidden / phm_dim)")));
         }
         Ok(Vec::new())

@@ -51,7 +51,7 @@ impl TunerConfig for FishDipConfig {
 
 /// Whether an active Fish-Dip adapter updates its mask before step `step` (0-based).
 pub fn due(tuners: &Tuners, step: usize) -> Result<bool> {
-    Ok(masked_delta::layers::<FishDipConfig>(tuners, "Fish-Dip")?.iter().any(|a| step % a.config.update_every == 0))
+    Ok(masked_delta::layers::<FishDipConfig>(tuners, "Fish-Dip")?.iter().any(|a| step.is_multiple_of(a.config.update_every)))
 }
 
 /// Before step `step`: recomputes the mask of every active Fish-Dip adapter due now from the
@@ -63,7 +63,7 @@ pub fn update_masks(model: &CausalLm, tuners: &Tuners, step: usize, batches: &[F
     let store = &model.store;
     let due: Vec<_> = masked_delta::layers::<FishDipConfig>(tuners, "Fish-Dip's mask update")?
         .into_iter()
-        .filter(|a| step % a.config.update_every == 0)
+        .filter(|a| step.is_multiple_of(a.config.update_every))
         .collect();
     let mut deltas: Vec<(String, ParamId)> = Vec::new();
     for a in &due {

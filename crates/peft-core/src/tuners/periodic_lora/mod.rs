@@ -122,7 +122,7 @@ pub fn restart(model: &CausalLm, tuners: &Tuners, steps_done: usize, seed: u64) 
     let mut out = Vec::new();
     for name in tuners.active() {
         let Some(c) = tuners.config(name)?.as_any().downcast_ref::<PeriodicLoraConfig>() else { continue };
-        if steps_done == 0 || steps_done % c.merge_every != 0 {
+        if steps_done == 0 || !steps_done.is_multiple_of(c.merge_every) {
             continue;
         }
         let mut reset = Vec::new();
