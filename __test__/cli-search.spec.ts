@@ -1,10 +1,10 @@
 // `peft-node search`: option errors before any work, and a short run that prints each trial and
 // the Pareto front, appends the JSONL log and writes the best configuration.
 import test from 'ava'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { main } from '../src/cli/main'
-import { LlamaModel, applySearchConfig, checkSearchConfig } from '../src'
+import { LlamaModel, PeftModel, applySearchConfig, checkSearchConfig, type SearchConfig } from '../src'
 import { MODEL_DIR } from './helpers/fixtures'
 import { capture } from './helpers/cli'
 import { tempDir } from './helpers/temp'
@@ -64,4 +64,41 @@ test('a short search prints the trials and the front, logs JSONL and writes a be
   t.is(peft.trainableParameterCounts().trainable, saved.params, 'the saved configuration rebuilds with the searched parameter count')
   t.deepEqual(peft.activeAdapters, Object.keys(saved.adapters))
   peft.dispose()
+})
+
+test('train --search-result trains the searched configuration and saves each of its adapters', async (t) => {
+  const dir = tempDir(t)
+  const best = join(dir, 'best.json')
+  const config: SearchConfig = { groups: [{ layers: [0], method: 'lora', size: 2 }, { layers: [1], method: 'bottleneck', size: 2 }], prefixLength: 1, loraTargets: ['q_proj', 'v_proj'] }
+  writeFileSync(best, JSON.stringify({ config, params: 0, valLoss: 0 }))
+  const out = join(dir, 'out')
+  const r = await run('train', '--model', MODEL_DIR, '--data', dataDir(t), '--search-result', best, '--steps', '3', '--batch-size', '2', '--learning-rate', '1e-2', '--output', out)
+  t.is(r.code, 0, r.err)
+  const fresh = await applySearchConfig(await LlamaModel.fromPretrained(MODEL_DIR), config, { seed: 0 })
+  const names = fresh.activeAdapters
+  t.true(names.length === 3, `one adapter per group and the prefix: ${names}`)
+  const trained = new PeftModel(await LlamaModel.fromPretrained(MODEL_DIR))
+  try {
+    for (const n of names) await trained.loadAdapter(join(out, n), n)
+    const initial = new Map(await Promise.all(fresh.namedParameters({ trainableOnly: true }).map(async ([n, p]) => [n, await p.data.toFloat32Array()] as const)))
+    for (const n of names) {
+      const own = trained.namedParameters().filter(([pn]) => pn.split('.').includes(n))
+      t.true(own.length > 0, `${n} saved`)
+      let moved = 0
+      for (const [pn, p] of own) {
+        const v = await p.data.toFloat32Array()
+        const before = initial.get(pn)!
+        t.true(v.every(Number.isFinite), pn)
+        moved = Math.max(moved, ...v.map((x, i) => Math.abs(x - before[i])))
+      }
+      t.true(moved > 0, `${n} trained (max change ${moved})`)
+    }
+  } finally {
+    fresh.dispose()
+    trained.dispose()
+  }
+  const refused = await run('train', '--model', MODEL_DIR, '--data', dataDir(t), '--search-result', best, '--method', 'lora', '--output', out)
+  t.regex(refused.err, /--search-result: the searched configuration sets the methods .*--method, --compose and method options do not apply/)
+  const resumed = await run('train', '--model', MODEL_DIR, '--data', dataDir(t), '--search-result', best, '--resume', out, '--output', out)
+  t.regex(resumed.err, /--search-result: cannot --resume yet/)
 })

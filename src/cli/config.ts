@@ -16,7 +16,7 @@ export const TRAIN_KEYS = new Set([
   'model', 'data', 'method', 'steps', 'epochs', 'batchSize', 'learningRate', 'output', 'resume', 'config',
   'gradientAccumulationSteps', 'maxSeqLength', 'warmupSteps', 'lrSchedule', 'maxGradNorm', 'evalEvery', 'evalBatches',
   'saveEvery', 'saveTotalLimit', 'seed', 'maskPrompt', 'validSplit', 'weightDecay', 'truncation', 'methodConfig', 'train', 'help', 'demo',
-  'gradientCheckpointing', 'revision', 'file', 'memoryCheck',
+  'gradientCheckpointing', 'revision', 'file', 'memoryCheck', 'compose', 'searchResult',
 ])
 
 /**

@@ -20,6 +20,9 @@ export const USAGE = `peft-node <command> [options]
             [--resume DIR] [--gradient-accumulation-steps N] [--max-seq-length 2048]
             [--warmup-steps N] [--lr-schedule linear|cosine|constant] [--max-grad-norm 1]
             [--eval-every N] [--save-every N] [--valid-split 0.1] [--seed 0] [-c config.yaml|json]
+            [--method adapter-fusion|mole --compose DIR1,DIR2,...] trains the fusion/gates over
+             trained adapters (bottleneck for adapter-fusion, LoRA for mole), kept frozen
+            [--search-result best.json] trains the configuration \`peft-node search --output\` wrote
   generate  --model M [--adapter DIR] --prompt "..." [--max-tokens 256] [--temperature 0] [--raw]
   chat      --model M [--adapter DIR] [--system "..."]      interactive; /reset, /exit
   eval      --model M [--adapter DIR] --data D               loss and perplexity

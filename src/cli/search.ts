@@ -3,9 +3,11 @@
 import { writeFileSync } from 'node:fs'
 import { AutoModelForCausalLM } from '../model'
 import { loadData } from '../data/dataset'
-import { searchPeftConfig, type SearchSpace, type TrialResult } from '../search'
+import { applySearchConfig, checkSearchConfig, searchPeftConfig, type SearchSpace, type TrialResult } from '../search'
 import { composeAdapters } from '../search/space'
-import { trainOptions } from './config'
+import type { LlamaModel } from '../model'
+import type { PeftModel } from '../peft'
+import { readConfigFile, trainOptions } from './config'
 import { modelHubOptions, required } from './load'
 import type { Io } from './io'
 
@@ -69,4 +71,14 @@ export async function searchCommand(flags: Record<string, unknown>, io: Io, sign
   } finally {
     model.dispose()
   }
+}
+
+/**
+ * `train --search-result best.json`: the configuration `search --output` wrote, built on `model`
+ * as in the search's trials (one adapter per group, plus the prefix), all active and trainable.
+ */
+export async function searchResultPeftModel(model: LlamaModel, file: string, seed: number | undefined): Promise<PeftModel> {
+  const saved = readConfigFile(file, '--search-result', 'json')
+  const config = checkSearchConfig(saved.config, `--search-result ${file}: config`, model.config.num_hidden_layers)
+  return applySearchConfig(model, config, { seed })
 }

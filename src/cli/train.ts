@@ -14,6 +14,8 @@ import { isLaplace, runDemo } from './demo'
 import { planMemory, checkPlanFits } from '../plan'
 import type { Io } from './io'
 import { fitAndReport } from './laplace'
+import { checkCompose, composedPeftModel } from './compose'
+import { searchResultPeftModel } from './search'
 
 const num = (v: unknown) => (v === undefined ? undefined : Number(v))
 
@@ -37,6 +39,7 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   const o = trainOptions(flags)
   // No data: the demo (SmolLM2 and the US capitals), with any method and trainer options given.
   if (flags.demo || (o.model === undefined && o.data === undefined && o.resume === undefined)) {
+    if (o.compose !== undefined || o.searchResult !== undefined) throw new Error(`${o.compose !== undefined ? '--compose' : '--search-result'}: needs --model and --data (the demo trains one adapter)`)
     const method = o.method === undefined && Object.keys(methodOptions(o)).length === 0 ? undefined : { name: o.method, options: methodOptions(o) }
     return runDemo({
       output: typeof o.output === 'string' ? o.output : 'adapters/capitals', model: o.model as string | undefined, method,
@@ -46,15 +49,27 @@ export async function trainCommand(flags: Record<string, unknown>, io: Io, signa
   const modelPath = required(o, 'model', 'a Hugging Face checkpoint folder or a .gguf file')
   const dataPath = required(o, 'data', 'a JSONL file, or a folder with train.jsonl and valid.jsonl')
   const output = typeof o.output === 'string' ? o.output : 'adapters'
-  let config: PeftConfig = methodConfig(o.method, methodOptions(o), num(o.steps))
+  // --compose: the composition of trained adapters (checked before anything is loaded).
+  const compose = o.compose === undefined ? undefined : checkCompose(o.method, o.compose, methodOptions(o))
+  const searchResult = o.searchResult === undefined ? undefined : String(o.searchResult)
+  if (searchResult !== undefined && (o.method !== undefined || compose || Object.keys(methodOptions(o)).length > 0)) {
+    throw new Error('--search-result: the searched configuration sets the methods and their sizes; --method, --compose and method options do not apply')
+  }
+  // Checkpoints hold one adapter (TrainerState.adapter); a searched configuration has several.
+  if (searchResult !== undefined && o.resume !== undefined) throw new Error('--search-result: cannot --resume yet (checkpoints hold one adapter; a searched configuration has one per group)')
+  let config: PeftConfig = methodConfig(o.method, compose ? {} : methodOptions(o), num(o.steps))
   const methodGiven = o.method !== undefined || Object.keys(methodOptions(o)).length > 0
   if (typeof o.resume === 'string' && !methodGiven) {
     config = new RawPeftConfig(readTrainerState(resolveCheckpoint(o.resume)).adapter.config) // resume as trained
   }
-  if (o.memoryCheck !== false && o.memoryCheck !== 'false') preloadMemoryCheck(modelPath, config, o)
+  if (o.memoryCheck !== false && o.memoryCheck !== 'false' && searchResult === undefined) preloadMemoryCheck(modelPath, config, o)
   const t0 = Date.now()
   const model = await AutoModelForCausalLM.fromPretrained(modelPath, modelHubOptions(o, io))
-  const peft = await cliPeftModel(model, config, num(o.seed), 'train', flags, io)
+  const peft = compose
+    ? await composedPeftModel(model, compose.method, compose.dirs, io)
+    : searchResult !== undefined
+      ? await searchResultPeftModel(model, searchResult, num(o.seed))
+      : await cliPeftModel(model, config, num(o.seed), 'train', flags, io)
   peft.printTrainableParameters(io.out)
   const data = await loadData(dataPath, peft.tokenizer, { maxSeqLength: num(o.maxSeqLength), maskPrompt: o.maskPrompt as boolean | undefined, truncation: o.truncation as boolean | undefined, validSplit: num(o.validSplit), seed: num(o.seed) })
   for (const w of data.warnings.slice(0, 10)) io.err(`warning: ${w}`)

@@ -185,7 +185,8 @@ export class Trainer extends EventEmitter {
     const o = this.options
     let adapterDir: string | null = null
     if (o.output) {
-      await this.model.savePretrained(o.output, { selectedAdapters: [this.model.activeAdapter] })
+      // Every active adapter trained (several: a searched configuration), so every one is saved.
+      await this.model.savePretrained(o.output, { selectedAdapters: this.model.activeAdapters })
       adapterDir = o.output
       const recs = readMetrics(join(o.output, 'metrics.jsonl'))
       const pts = (t: string) => recs.filter((r) => r.type === t).map((r) => ({ step: r.step, loss: r.loss as number }))
