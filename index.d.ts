@@ -48,8 +48,6 @@ export declare class NativeModel {
    * budget applied at this step, or null.
    */
   afterStep(globalStep: number): Promise<number | null>
-  /** Sets the evaluation/generation/merge rank (`eval_rank`) of DyLoRA adapter `name`. */
-  setDyloraRank(name: string, rank: number): void
   /** Adds adapter `name`, the weighted combination of `adapters`; returns warnings. */
   addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<NativeWarning>>
   /**
@@ -59,6 +57,8 @@ export declare class NativeModel {
   composeLorahub(adapters: Array<string>, weights: Array<number>, name: string): Promise<Array<NativeWarning>>
   /** The mean causal-LM loss of a batch in inference mode: no graph, no dropout. */
   inferenceLoss(input: BatchInput): Promise<number>
+  /** Sets the evaluation/generation/merge rank (`eval_rank`) of DyLoRA adapter `name`. */
+  setDyloraRank(name: string, rank: number): void
   generate(prompts: Array<Array<number>>, args: GenerateArgs, onStep?: StepCallback | undefined | null, abort?: NativeAbort | undefined | null): Promise<Array<Array<number>>>
   /** The resolved config, as JSON in Hugging Face's key names. */
   configJson(): string
@@ -139,11 +139,6 @@ export declare class NativeModel {
   setTraining(on: boolean): void
   get training(): boolean
   /**
-   * Soft-thresholds the gates of every active, trainable SoRA adapter by `lr` · sparse_lambda.
-   * Empty when no SoRA adapter is active.
-   */
-  soraProximalStep(lr: number): Array<SoraRank>
-  /**
    * After `steps_done` optimizer steps: FAR's node selection when its priming ends now, and
    * LT-SFT's lottery step when its full fine-tuning ends now. Empty when neither is due.
    */
@@ -158,6 +153,11 @@ export declare class NativeModel {
    * unloads its update into its merged buffer and restarts its factors (drawn from `seed`).
    */
   periodicLoraRestart(stepsDone: number, seed: number): Array<PeriodicRestart>
+  /**
+   * Soft-thresholds the gates of every active, trainable SoRA adapter by `lr` · sparse_lambda.
+   * Empty when no SoRA adapter is active.
+   */
+  soraProximalStep(lr: number): Array<SoraRank>
   /**
    * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
    * from the base model's gradients on `batches`.
