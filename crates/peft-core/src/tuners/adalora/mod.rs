@@ -30,22 +30,11 @@ pub fn peft_defaults() -> Map<String, Value> {
     m
 }
 
-/// LoRA features AdaLoRA here does not run: refused unless at their default.
-const UNSUPPORTED: &[&str] = &[
-    "alora_invocation_tokens",
-    "arrow_config",
-    "use_bdlora",
-    "kasa_config",
-    "velora_config",
-    "monteclora_config",
-    "layer_replication",
-    "trainable_token_indices",
-    "megatron_config",
-    "use_qalora",
-    "lora_bias",
-    "modules_to_save",
-    "target_parameters",
-];
+/// LoRA features AdaLoRA here does not run: LoRA's (`lora::config::UNSUPPORTED`) and
+/// `target_parameters`, refused unless at their default.
+fn unsupported() -> Vec<&'static str> {
+    [crate::tuners::lora::config::UNSUPPORTED, &["target_parameters"]].concat()
+}
 
 /// Which ranks of a module the allocation kept: `<module path>.lora_E` → one flag per rank.
 pub type RankPattern = Vec<(String, Vec<bool>)>;
@@ -76,7 +65,7 @@ impl AdaLoraConfig {
     pub fn from_value(value: &Value, source: &Path) -> Result<(Self, Vec<crate::Warning>)> {
         let defaults = peft_defaults();
         let (mut f, mut warnings) = Fields::parse(value, "ADALORA", "AdaLoraConfig", defaults.clone(), source)?;
-        f.refuse_unless_default(UNSUPPORTED, &defaults)?;
+        f.refuse_unless_default(&unsupported(), &defaults)?;
         if f.bool("use_dora")? {
             return Err(f.err("use_dora", "false (ADALORA does not support DoRA)"));
         }

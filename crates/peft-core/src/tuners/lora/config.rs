@@ -66,8 +66,8 @@ pub fn peft_defaults() -> Map<String, Value> {
     }
 }
 
-/// Fields whose features are not implemented: refused unless at their default.
-const UNSUPPORTED: &[&str] = &[
+/// Fields whose features are not implemented: refused unless at their default (AdaLoRA's too).
+pub(crate) const UNSUPPORTED: &[&str] = &[
     "alora_invocation_tokens",
     "arrow_config",
     "use_bdlora",
