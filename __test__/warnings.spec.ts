@@ -53,6 +53,35 @@ test('unknown and ignored config fields come with their code and field, in peft.
   )
 })
 
+test("the model checks' warnings (TunerConfig::check_model) come with their code and field", async (t) => {
+  // bias "all" on modules without a bias trains nothing: an ignored field.
+  const lora = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new RawPeftConfig({ peft_type: 'LORA', r: 2, target_modules: ['q_proj'], bias: 'all' }), { warn: false })
+  t.teardown(() => lora.dispose())
+  t.like(lora.warningDetails.find((w) => w.field === 'bias'), { code: 'ignored_field', message: 'LoraConfig bias "all" trains nothing: no targeted module has a bias (other modules\' biases are not trained)' })
+  const vera = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new RawPeftConfig({ peft_type: 'VERA', r: 2, target_modules: ['q_proj'], bias: 'vera_only' }), { warn: false })
+  t.teardown(() => vera.dispose())
+  const veraBias = vera.warningDetails.find((w) => w.field === 'bias')
+  t.is(veraBias?.code, 'ignored_field')
+  t.regex(veraBias?.message ?? '', /^VeraConfig bias "vera_only" trains nothing/)
+
+  // Prefix tuning on the fixture (4 query heads, 2 key/value heads of 16): token_dim and
+  // num_attention_heads given as the query side's are replaced by the key/value side's, as PEFT does.
+  const seen = listen(t)
+  const prefix = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new RawPeftConfig({ peft_type: 'PREFIX_TUNING', num_virtual_tokens: 2, token_dim: 64, num_attention_heads: 4 }))
+  t.teardown(() => prefix.dispose())
+  const adjusted = prefix.warningDetails.filter((w) => w.code === 'adjusted')
+  t.deepEqual(adjusted.map((w) => w.field), ['token_dim', 'num_attention_heads'])
+  t.is(adjusted[0].message, "`token_dim` 64 replaced by 32: prefix tuning's keys and values have the model's 2 key/value heads")
+  t.like(prefix.peftConfig.default, { token_dim: 32, num_attention_heads: 2 })
+  await tick()
+  t.true(seen.some((w) => w.code === 'adjusted' && w.field === 'token_dim'), 'emitted as a process warning too')
+
+  // What the model fills in on its own (null sizes, a PEFT file's values) is not warned about.
+  const plain = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new RawPeftConfig({ peft_type: 'PREFIX_TUNING', num_virtual_tokens: 2 }), { warn: false })
+  t.teardown(() => plain.dispose())
+  t.deepEqual(plain.warningDetails, [])
+})
+
 test('capping maxNewTokens at the context length is a context_length warning on maxNewTokens', async (t) => {
   const seen = listen(t)
   const model = await LlamaModel.fromPretrained(MODEL_DIR)
@@ -74,4 +103,11 @@ test('the CLI refuses a method flag by the unknown_field warning it became, not 
   t.is(r.status, 1)
   t.regex(r.stderr, /--lora-alphaa: not an option of `info`, and LORA has no such field/)
   t.notRegex(r.stderr, /warning: unknown LoraConfig field `lora_alphaa`/)
+})
+
+test('the CLI prints a model check warning as its sentence, once', (t) => {
+  const r = spawnSync(process.execPath, [BIN, 'info', '--model', MODEL_DIR, '--method', 'lora', '--bias', 'all'], { encoding: 'utf8' })
+  t.is(r.status, 0, r.stderr)
+  const lines = r.stderr.split('\n').filter((l) => l.includes('trains nothing'))
+  t.deepEqual(lines, ['warning: LoraConfig bias "all" trains nothing: no targeted module has a bias (other modules\' biases are not trained)'])
 })

@@ -8,10 +8,11 @@ import type { NativeWarning } from '../index'
  * - `unknown_field`: a config key the method does not have (kept and written back, as PEFT does)
  * - `ignored_field`: a key that has no effect here (`runtime_config`, ...)
  * - `non_finite`: an adapter tensor holding NaN or infinite values (`field`: its key)
+ * - `adjusted`: a config value replaced by one that fits the model (`field`: its key)
  * - `context_length`: `maxNewTokens` capped at the model's context length
  * - `other`: the message says it
  */
-export type PeftWarningCode = 'unknown_field' | 'ignored_field' | 'non_finite' | 'context_length' | 'other'
+export type PeftWarningCode = 'unknown_field' | 'ignored_field' | 'non_finite' | 'adjusted' | 'context_length' | 'other'
 
 /** A peft-node warning: an Error (for `process.emitWarning`) with `code` and `field`. */
 export class PeftWarning extends Error {

@@ -14,6 +14,9 @@ pub enum WarningCode {
     IgnoredField,
     /// An adapter tensor holding NaN or infinite values; `field` is its key in the file.
     NonFinite,
+    /// A value the config gave, replaced by one that fits the model (prefix tuning's
+    /// `token_dim` on a model with fewer key/value heads than query heads).
+    Adjusted,
     /// Anything else: the message says it.
     Other,
 }
@@ -25,6 +28,7 @@ impl WarningCode {
             WarningCode::UnknownField => "unknown_field",
             WarningCode::IgnoredField => "ignored_field",
             WarningCode::NonFinite => "non_finite",
+            WarningCode::Adjusted => "adjusted",
             WarningCode::Other => "other",
         }
     }

@@ -110,7 +110,7 @@ impl Tuners {
         let paths: Vec<String> = sites.iter().map(|s| s.path().to_string()).collect();
         let infos: Vec<LinearInfo> =
             sites.iter().filter_map(|s| if let HookSite::Linear(l) = s { Some(l.clone()) } else { None }).collect();
-        let warnings = config.check_model(model, &infos)?.into_iter().map(crate::Warning::from).collect();
+        let warnings = config.check_model(model, &infos)?;
         let dtype = match model.dtype {
             DType::F16 | DType::BF16 => DType::F32,
             d => d,

@@ -271,8 +271,9 @@ pub trait TunerConfig: Send + Sync + std::fmt::Debug {
     fn set_base_model_name_or_path(&mut self, name: Option<String>);
     /// Whether the layers can be merged into the base weights.
     fn can_merge(&self) -> bool;
-    /// Checks that need the model (biases, tied heads); returns warnings.
-    fn check_model(&mut self, _model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    /// Checks that need the model (biases, tied heads) and fills the sizes the config leaves
+    /// to it; returns warnings, each with its code and the config key it is about.
+    fn check_model(&mut self, _model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         Ok(Vec::new())
     }
     /// Builds the adapter layer of one targeted linear, adding its parameters to the store.

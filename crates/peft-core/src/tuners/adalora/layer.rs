@@ -2,12 +2,13 @@
 //! (`AdaLoraModel._create_and_replace`, `resize_modules_by_rank_pattern`,
 //! `_get_adapter_state_dict` / `resize_state_dict_by_rank_pattern`).
 use super::AdaLoraConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::linear::linear;
 use crate::model::{CausalLm, ParamId, ParamStore};
 use crate::model::{Ctx, Linear};
 use crate::tuners::fields::config_plumbing;
 use crate::tuners::init::{dropout_mask, normal};
+use crate::tuners::lora::model::check_bias;
 use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig, PEFT_PREFIX};
 use candle_core::{DType, Tensor};
 
@@ -94,16 +95,8 @@ impl TunerConfig for AdaLoraConfig {
         true
     }
 
-    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
-        if self.bias != "none" {
-            if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
-                return Err(Error::Unsupported(format!(
-                    "AdaLoraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")",
-                    self.bias, t.path
-                )));
-            }
-        }
-        Ok(Vec::new())
+    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
+        check_bias("AdaLoraConfig", &self.bias, targets)
     }
 
     /// `update_layer` with r = init_r; when loading a file whose config holds a

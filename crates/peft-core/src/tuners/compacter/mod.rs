@@ -65,7 +65,7 @@ impl TunerConfig for CompacterConfig {
         false
     }
 
-    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         let d = model.config.hidden_size;
         if !d.is_multiple_of(self.phm_dim) || self.phm_rank > d / self.phm_dim {
             return Err(self.fields.err("phm_dim", &format!("a divisor of the hidden size {d} (with phm_rank at most hidden / phm_dim)")));

@@ -82,7 +82,7 @@ impl TunerConfig for DeptConfig {
 
     /// Prompt tuning's fields filled from the model; `max_length` bounded by its positions and
     /// `r` by its width before anything is allocated.
-    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         let limit = model.config.max_position_embeddings;
         match self.max_length {
             Some(n) if n > limit => return Err(self.fields.err("max_length", &format!("at most max_position_embeddings ({limit})"))),

@@ -47,7 +47,7 @@ impl FarConfig {
 impl TunerConfig for FarConfig {
     mergeable_plumbing!("FAR", FFN);
 
-    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         match targets.iter().find(|t| proj_of(&t.path).is_none()) {
             Some(t) => Err(self
                 .fields

@@ -88,7 +88,7 @@ impl TunerConfig for Ia3Config {
 
     /// `IA3Model._prepare_adapter_config`: no `feedforward_modules` given means LLaMA's
     /// (`TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING["llama"]`), written back.
-    fn check_model(&mut self, _model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, _model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         if self.feedforward_modules.is_none() {
             let ff = Targets::List(vec!["down_proj".into()]);
             self.fields.map.insert("feedforward_modules".into(), targets_json(&ff));

@@ -11,6 +11,7 @@ use crate::tuners::linalg::svd;
 use crate::tuners::svd_fast::randomized_svd;
 use crate::tuners::targeting::Targets;
 use crate::tuners::{param_name, remove_adapter_name, AdapterLayer, BuildCtx, LinearInfo, TunerConfig};
+use crate::{Warning, WarningCode};
 use candle_core::{DType, Tensor};
 use serde_json::Value;
 use std::any::Any;
@@ -51,16 +52,8 @@ impl TunerConfig for LoraConfig {
         true
     }
 
-    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
-        if self.bias != "none" {
-            if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
-                return Err(Error::Unsupported(format!(
-                    "LoraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")",
-                    self.bias, t.path
-                )));
-            }
-        }
-        Ok(Vec::new())
+    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
+        check_bias("LoraConfig", &self.bias, targets)
     }
 
     fn create_linear(&self, t: &LinearInfo, bc: &mut BuildCtx) -> Result<Box<dyn AdapterLayer>> {
@@ -147,6 +140,23 @@ impl TunerConfig for LoraConfig {
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// The `bias` option of LoRA, VeRA and AdaLoRA: training biases is not supported, so "all" or
+/// "lora_only" is refused where a targeted layer has a bias, and warned about where none has
+/// (it then trains nothing; PEFT's "all" would also train the biases of modules not targeted).
+pub fn check_bias(class: &str, bias: &str, targets: &[LinearInfo]) -> Result<Vec<Warning>> {
+    if bias == "none" {
+        return Ok(Vec::new());
+    }
+    if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
+        let path = &t.path;
+        return Err(Error::Unsupported(format!(
+            "{class} bias \"{bias}\": training the bias of `{path}` is not supported (use bias \"none\")"
+        )));
+    }
+    let message = format!("{class} bias \"{bias}\" trains nothing: no targeted module has a bias (other modules' biases are not trained)");
+    Ok(vec![Warning::new(WarningCode::IgnoredField, "bias", message)])
 }
 
 fn targets_json(t: &Targets) -> Value {

@@ -52,7 +52,12 @@ pub fn prefix_config(fields: &Fields, source: &Path) -> Result<PrefixTuningConfi
 
 /// `PrefixTuningConfig::check_model` (fills the sizes from the model), then copies them
 /// back so that `adapter_config.json` records them, as PEFT's prompt-learning configs do.
-pub fn fill_prefix(prefix: &mut PrefixTuningConfig, fields: &mut Fields, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
+pub fn fill_prefix(
+    prefix: &mut PrefixTuningConfig,
+    fields: &mut Fields,
+    model: &CausalLm,
+    targets: &[LinearInfo],
+) -> Result<Vec<crate::Warning>> {
     let warnings = prefix.check_model(model, targets)?;
     for k in PREFIX_KEYS {
         fields.set(k, prefix.fields.get(k).clone());
@@ -112,7 +117,7 @@ impl TunerConfig for MamAdapterConfig {
         false
     }
 
-    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         fill_prefix(&mut self.prefix, &mut self.fields, model, targets)
     }
 

@@ -142,7 +142,7 @@ impl TunerConfig for MixLoraConfig {
     }
 
     /// Records each MLP's frozen weights (the experts share them) and the number of layers.
-    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         self.ffn.clear();
         for block in &model.layers {
             let mlp = &block.mlp;

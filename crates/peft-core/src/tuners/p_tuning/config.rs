@@ -60,13 +60,14 @@ impl TunerConfig for PTuningConfig {
         false
     }
 
-    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
-        self.dims = learning::fill(&mut self.fields, model, false)?;
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
+        let (dims, warnings) = learning::fill(&mut self.fields, model, false)?;
+        self.dims = dims;
         if self.fields.get("encoder_hidden_size").is_null() {
             self.fields.set("encoder_hidden_size", self.dims.token_dim);
         }
         self.encoder_hidden_size = self.fields.positive("encoder_hidden_size", "the encoder's hidden size")?;
-        Ok(Vec::new())
+        Ok(warnings)
     }
 
     fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {

@@ -54,7 +54,7 @@ impl TunerConfig for PrefixPropagationConfig {
         false
     }
 
-    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         learning::fill_from_prompt(&mut self.prompt, &mut self.fields, model, targets)
     }
 

@@ -143,9 +143,10 @@ impl TunerConfig for PromptTuningConfig {
         false
     }
 
-    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
-        self.dims = learning::fill(&mut self.fields, model, false)?;
-        Ok(Vec::new())
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
+        let (dims, warnings) = learning::fill(&mut self.fields, model, false)?;
+        self.dims = dims;
+        Ok(warnings)
     }
 
     fn hook_sites(&self, model: &CausalLm) -> Result<Option<Vec<HookSite>>> {

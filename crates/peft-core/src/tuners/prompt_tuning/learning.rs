@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::tuners::fields::Fields;
+use crate::{Warning, WarningCode};
 use serde_json::{json, Value};
 
 /// `PromptLearningConfig`'s fields (besides `PeftConfig`'s).
@@ -41,9 +42,10 @@ pub struct Dims {
 
 /// `_prepare_prompt_learning_config`: fills the null fields from the model config and, for
 /// prefix tuning (`kv`), sets `token_dim` = head_dim · num_key_value_heads and
-/// `num_attention_heads` = num_key_value_heads (GQA, PEFT #1901). Values given in the
+/// `num_attention_heads` = num_key_value_heads (GQA, PEFT #1901), with an `adjusted` warning
+/// where the config gave another value (PEFT replaces it silently). Other values given in the
 /// config must fit the model.
-pub fn fill(f: &mut Fields, model: &CausalLm, kv: bool) -> Result<Dims> {
+pub fn fill(f: &mut Fields, model: &CausalLm, kv: bool) -> Result<(Dims, Vec<Warning>)> {
     let c = &model.config;
     let n = f.positive("num_virtual_tokens", "the number of virtual tokens")?;
     let mut want = vec![("num_layers", c.num_hidden_layers), ("num_transformer_submodules", 1)];
@@ -52,12 +54,20 @@ pub fn fill(f: &mut Fields, model: &CausalLm, kv: bool) -> Result<Dims> {
     } else {
         want.push(("token_dim", c.hidden_size));
     }
+    let mut warnings = Vec::new();
     for (key, value) in &want {
         match f.get(key) {
             Value::Null => f.set(key, *value),
             v if v.as_u64() == Some(*value as u64) => {}
             // PEFT overwrites these two for prefix tuning whatever the config says.
-            _ if kv && (*key == "token_dim" || *key == "num_attention_heads") => f.set(key, *value),
+            given if kv && (*key == "token_dim" || *key == "num_attention_heads") => {
+                let message = format!(
+                    "`{key}` {given} replaced by {value}: prefix tuning's keys and values have the model's {} key/value heads",
+                    c.num_key_value_heads
+                );
+                warnings.push(Warning::new(WarningCode::Adjusted, *key, message));
+                f.set(key, *value)
+            }
             _ => {
                 return Err(Error::InvalidConfig {
                     file: f.source.clone(),
@@ -72,12 +82,13 @@ pub fn fill(f: &mut Fields, model: &CausalLm, kv: bool) -> Result<Dims> {
         f.set("num_attention_heads", c.num_attention_heads);
     }
     let get = |k: &str| f.get(k).as_u64().unwrap_or(0) as usize;
-    Ok(Dims {
+    let dims = Dims {
         num_virtual_tokens: n,
         token_dim: get("token_dim"),
         num_attention_heads: get("num_attention_heads"),
         num_layers: get("num_layers"),
-    })
+    };
+    Ok((dims, warnings))
 }
 
 /// PEFT's `named_parameters()` name of a prompt encoder tensor: `prompt_encoder.<adapter>.<attr>`.
@@ -128,7 +139,7 @@ pub fn fill_from_prompt(
     fields: &mut Fields,
     model: &CausalLm,
     targets: &[crate::tuners::LinearInfo],
-) -> Result<Vec<String>> {
+) -> Result<Vec<crate::Warning>> {
     use crate::tuners::TunerConfig;
     let w = prompt.check_model(model, targets)?;
     for key in ["token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"] {
@@ -158,7 +169,7 @@ macro_rules! own_prompt_plumbing {
             &mut self,
             model: &$crate::model::CausalLm,
             targets: &[$crate::tuners::LinearInfo],
-        ) -> $crate::error::Result<Vec<String>> {
+        ) -> $crate::error::Result<Vec<$crate::Warning>> {
             $crate::tuners::prompt_tuning::learning::fill_from_prompt(&mut self.prompt, &mut self.fields, model, targets)
         }
         fn hook_sites(&self, model: &$crate::model::CausalLm) -> $crate::error::Result<Option<Vec<$crate::tuners::HookSite>>> {

@@ -70,7 +70,7 @@ impl TunerConfig for SsfConfig {
         !self.on_norms
     }
 
-    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, _targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         self.on_norms = self.paths(model)?.iter().any(|p| is_norm(model, p));
         Ok(Vec::new())
     }

@@ -74,7 +74,7 @@ impl TunerConfig for UniPeltConfig {
         false
     }
 
-    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
+    fn check_model(&mut self, model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
         fill_prefix(&mut self.prefix, &mut self.fields, model, targets)
     }
 

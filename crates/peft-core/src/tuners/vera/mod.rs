@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::tuners::fields::{config_plumbing, object, Fields};
 use crate::tuners::init::normal;
+use crate::tuners::lora::model::check_bias;
 use crate::tuners::{param_dict_name, AdapterLayer, BuildCtx, LinearInfo, TargetSpec, TunerConfig, PEFT_VERSION};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Map, Value};
@@ -116,19 +117,12 @@ impl TunerConfig for VeraConfig {
     }
 
     /// `_find_dim`: the projections are sized by the largest in and out features targeted.
-    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<String>> {
-        if self.bias != "none" {
-            if let Some(t) = targets.iter().find(|t| t.bias.is_some()) {
-                return Err(Error::Unsupported(format!(
-                    "VeraConfig bias \"{}\": training the bias of `{}` is not supported (use bias \"none\")",
-                    self.bias, t.path
-                )));
-            }
-        }
+    fn check_model(&mut self, _model: &CausalLm, targets: &[LinearInfo]) -> Result<Vec<crate::Warning>> {
+        let warnings = check_bias("VeraConfig", &self.bias, targets)?;
         let out = targets.iter().map(|t| t.out_features).max().unwrap_or(0);
         let inp = targets.iter().map(|t| t.in_features).max().unwrap_or(0);
         self.projection_dims = Some((out, inp));
-        Ok(Vec::new())
+        Ok(warnings)
     }
 
     /// `VeraLayer.update_layer` + `reset_vera_parameters`: λ_b zeros and λ_d = d_initial
