@@ -42,12 +42,6 @@ export declare class NativeModel {
    * the schedule made no allocation; the allocation is recorded as the config's rank_pattern.
    */
   updateAndAllocate(globalStep: number): Promise<number | null>
-  /**
-   * What the active methods do after each optimizer step, before the gradients are
-   * cleared (AdaLoRA: `updateAndAllocate`; the others: nothing). Resolves to AdaLoRA's rank
-   * budget applied at this step, or null.
-   */
-  afterStep(globalStep: number): Promise<number | null>
   /** Adds adapter `name`, the weighted combination of `adapters`; returns warnings. */
   addWeightedAdapter(adapters: Array<string>, weights: Array<number>, name: string, options?: WeightedAdapterOptions | undefined | null): Promise<Array<NativeWarning>>
   /**
@@ -139,25 +133,38 @@ export declare class NativeModel {
   setTraining(on: boolean): void
   get training(): boolean
   /**
+   * After each optimizer step, before the gradients are cleared: every active method's
+   * procedure (AdaLoRA's allocation, SoRA's proximal step, PeriodicLoRA's restart, FAR's and
+   * LT-SFT's masks, in that order). Resolves to what they did.
+   */
+  afterStep(context: NativeStepContext): Promise<NativeStepReport>
+  /**
+   * Before the forward of step `step` (0-based): Fish-Dip's mask update from `batches`
+   * where one is due. Resolves to what ran.
+   */
+  beforeStep(step: number, batches: Array<BatchInput>): Promise<NativeStepReport>
+  /** Warnings about the active methods' schedules for a run of `total_steps` optimizer steps. */
+  checkSchedule(totalSteps: number): Array<NativeWarning>
+  /**
+   * SoRA's proximal step alone: soft-thresholds the gates of every active, trainable SoRA
+   * adapter by `lr` · sparse_lambda. Empty when no SoRA adapter is active.
+   */
+  soraProximalStep(lr: number): Array<KeptCount>
+  /**
    * After `steps_done` optimizer steps: FAR's node selection when its priming ends now, and
    * LT-SFT's lottery step when its full fine-tuning ends now. Empty when neither is due.
    */
-  maskProcedureStep(stepsDone: number): Array<MaskUpdate>
+  maskProcedureStep(stepsDone: number): Array<KeptCount>
   /**
    * Before step `step` (0-based): Fish-Dip's mask from the Fisher scores on `batches`, for
    * every active Fish-Dip adapter due at this step. Empty when none is due.
    */
-  fishDipUpdate(step: number, batches: Array<BatchInput>): Array<MaskUpdate>
+  fishDipUpdate(step: number, batches: Array<BatchInput>): Array<KeptCount>
   /**
    * After `steps_done` optimizer steps: every active PeriodicLoRA adapter whose stage ends now
    * unloads its update into its merged buffer and restarts its factors (drawn from `seed`).
    */
   periodicLoraRestart(stepsDone: number, seed: number): Array<PeriodicRestart>
-  /**
-   * Soft-thresholds the gates of every active, trainable SoRA adapter by `lr` · sparse_lambda.
-   * Empty when no SoRA adapter is active.
-   */
-  soraProximalStep(lr: number): Array<SoraRank>
   /**
    * Fisher scores of the linears `options_json` targets (snake_case targeting fields),
    * from the base model's gradients on `batches`.
@@ -319,6 +326,13 @@ export interface GgufTensorSummary {
   bytes: number
 }
 
+/** One adapter's entries a procedure kept (SoRA: gates; FAR: FFN nodes; masks: entries), and in all. */
+export interface KeptCount {
+  adapter: string
+  kept: number
+  total: number
+}
+
 export interface LaplaceSummary {
   adapter: string
   priorPrecision: number
@@ -334,12 +348,25 @@ export declare function loadModel(path: string, dtype?: string | undefined | nul
 /** A `tokenizer.json`, a folder holding one, or a `.gguf` file. */
 export declare function loadTokenizer(path: string): Promise<NativeTokenizer>
 
-/** One adapter's mask after a procedure rewrote it. */
-export interface MaskUpdate {
-  adapter: string
-  /** Entries (FAR: FFN nodes) the mask keeps, and in all. */
-  kept: number
-  total: number
+/**
+ * `afterStep`'s argument: the optimizer step just taken (0-based), its learning rate, and the
+ * seed of what the procedures draw.
+ */
+export interface NativeStepContext {
+  step: number
+  lr: number
+  seed: number
+}
+
+/** What the procedures of one step did (the core's `StepReport`). */
+export interface NativeStepReport {
+  /** AdaLoRA: the rank budget its allocation applied; absent when none was made. */
+  adaloraBudget?: number
+  soraRanks: Array<KeptCount>
+  periodicStages: Array<PeriodicStage>
+  /** Parameters redrawn by a procedure: their optimizer state must be reset. */
+  resetState: Array<string>
+  maskUpdates: Array<KeptCount>
 }
 
 /**
@@ -378,20 +405,18 @@ export interface PeriodicRestart {
   reset: Array<string>
 }
 
+/** One PeriodicLoRA adapter restarted: the stage that ended (1-based). */
+export interface PeriodicStage {
+  adapter: string
+  stage: number
+}
+
 export interface SgdArgs {
   lr: number
   momentum: number
   dampening: number
   weightDecay: number
   nesterov: boolean
-}
-
-/** One SoRA adapter's gates after a proximal step. */
-export interface SoraRank {
-  adapter: string
-  /** Gates still non-zero (the ranks the training keeps). */
-  kept: number
-  total: number
 }
 
 export interface SpecialToken {

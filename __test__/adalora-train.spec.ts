@@ -32,10 +32,10 @@ test('the Trainer allocates ranks from init_r down to target_r over tinit..total
   const calls: [number, number | null][] = []
   // The Trainer runs each method's per-step rule through afterStep (AdaLoRA: the allocation).
   const allocate = peft.afterStep.bind(peft)
-  peft.afterStep = async (step) => {
-    const budget = await allocate(step)
-    calls.push([step, budget])
-    return budget
+  peft.afterStep = async (ctx) => {
+    const report = await allocate(ctx)
+    calls.push([ctx.step, report.adaloraBudget])
+    return report
   }
   const data = await loadData(texts(8), peft.tokenizer)
   const out = tempDir(t, 'peft-node-adalora-')
@@ -185,13 +185,13 @@ test('a training forward with labels adds orth_reg_weight × the orthogonal regu
 test('updateAndAllocate: a non-AdaLoRA adapter, missing gradients and a bad step are clear errors; afterStep runs it for AdaLoRA only', async (t) => {
   const lora = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new LoraConfig({ r: 2, targetModules: qv }))
   await t.throwsAsync(lora.updateAndAllocate(0), { message: /an AdaLoRA adapter.*`default` \(LORA\)/ })
-  t.is(await lora.afterStep(0), null, 'LoRA has no per-step rule')
+  t.is((await lora.afterStep({ step: 0, lr: 0 })).adaloraBudget, null, 'LoRA has no per-step rule')
   lora.dispose()
   const ada = await getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaLoraConfig({ initR: 2, targetR: 1, totalStep: 4, targetModules: qv }))
   await t.throwsAsync(ada.updateAndAllocate(0), { message: /gradient: call update_and_allocate after backward and before zero_grad/ })
-  await t.throwsAsync(ada.afterStep(0), { message: /gradient: call update_and_allocate after backward and before zero_grad/ })
+  await t.throwsAsync(ada.afterStep({ step: 0, lr: 0 }), { message: /gradient: call update_and_allocate after backward and before zero_grad/ })
   t.throws(() => ada.updateAndAllocate(-1), { message: /globalStep: expected an integer >= 0, found -1/ })
-  t.throws(() => ada.afterStep(-1), { message: /globalStep: expected an integer >= 0, found -1/ })
+  t.throws(() => ada.afterStep({ step: -1, lr: 0 }), { message: /step: expected an integer >= 0, found -1/ })
   ada.dispose()
   await t.throwsAsync(getPeftModel(await LlamaModel.fromPretrained(MODEL_DIR), new AdaLoraConfig({ initR: 2, targetR: 1, targetModules: qv })), { message: /total_step/ })
 })

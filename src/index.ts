@@ -12,6 +12,7 @@ export type { ChatMessage, ChatTemplateOptions, SpecialToken } from './tokenizer
 export * from './optim'
 export { getPeftModel, PeftModel } from './peft'
 export type { PeftModelOptions, LoadAdapterOptions } from './peft'
+export type { StepContext, StepReport, KeptCount } from './steps'
 export { PeftConfig, RawPeftConfig } from './methods/config'
 export { LoraConfig } from './methods/lora'
 export type { LoraConfigOptions } from './methods/lora'

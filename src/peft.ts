@@ -10,6 +10,7 @@ import type { HubOptions } from './hub/settings'
 import type { IdRows } from './inputs'
 import { fitLaplace, laplacePredict, loadLaplace, type LaplaceBatch, type LaplaceFitOptions, type LaplacePosterior, type LaplacePredictOptions, type LaplacePrediction } from './laplace'
 import { peftWarnings, type PeftWarning } from './warnings'
+import { nativeStepContext, stepReport, type KeptCount, type StepContext, type StepReport } from './steps'
 
 export interface PeftModelOptions {
   adapterName?: string
@@ -328,7 +329,7 @@ export class PeftModel {
    * call it every step after `optimizer.step()` and before `zeroGrad()` (it scores ranks by
    * |weight · gradient|), with the 0-based step. Resolves to the rank budget applied at
    * this step, or null. The allocation is kept as the adapter's `rank_pattern` (saved with it).
-   * The Trainer calls it through `afterStep` when the active adapter is AdaLoRA.
+   * `afterStep` runs it (with every other method's rule), and the Trainer calls `afterStep`.
    */
   updateAndAllocate(globalStep: number): Promise<number | null> {
     if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`updateAndAllocate: globalStep: expected an integer >= 0, found ${globalStep}`)
@@ -336,50 +337,67 @@ export class PeftModel {
   }
 
   /**
-   * What the active methods do after each optimizer step (0-based `globalStep`), before
-   * `zeroGrad()`: AdaLoRA's `updateAndAllocate`; nothing for methods without such a rule.
-   * Resolves to AdaLoRA's rank budget applied at this step, or null. The Trainer calls it.
+   * Every active method's rule after an optimizer step, whatever the methods are: call it after
+   * `optimizer.step()` and before `zeroGrad()` (AdaLoRA's allocation reads the gradients), then
+   * reset the optimizer state of `resetState`. It runs, for the active adapters that have one,
+   * AdaLoRA's `updateAndAllocate`, SoRA's proximal step, PeriodicLoRA's restart, FAR's node
+   * selection and LT-SFT's lottery step, in that order; for other methods it does nothing.
+   * The Trainer calls it after each step.
    */
-  afterStep(globalStep: number): Promise<number | null> {
-    if (!Number.isSafeInteger(globalStep) || globalStep < 0) throw new Error(`afterStep: globalStep: expected an integer >= 0, found ${globalStep}`)
-    return this.native.afterStep(globalStep)
+  afterStep(ctx: StepContext): Promise<StepReport> {
+    return this.native.afterStep(nativeStepContext(ctx)).then(stepReport)
   }
 
   /**
-   * SoRA's proximal step (Ding et al. 2023, eq. 5): soft-thresholds the gates of every active SoRA
-   * adapter by `lr` · sparseLambda. Call it after each optimizer step with that step's learning
-   * rate; the Trainer does. Returns each adapter's gates still non-zero (its kept rank) and in all.
+   * Every active method's rule before the forward of step `step` (0-based), given the step's
+   * batches: Fish-Dip's mask update (every `updateEvery` steps, from the Fisher scores on
+   * `batches`); nothing for other methods. The Trainer calls it before each step.
    */
-  soraProximalStep(lr: number): { adapter: string; kept: number; total: number }[] {
+  beforeStep(step: number, batches: FisherBatch[]): Promise<StepReport> {
+    if (!Number.isSafeInteger(step) || step < 0) throw new Error(`beforeStep: step: expected an integer >= 0, found ${step}`)
+    return this.native.beforeStep(step, flatBatches(batches, this.model.config.vocab_size)).then(stepReport)
+  }
+
+  /**
+   * Warnings about the active methods' schedules for a run of `totalSteps` optimizer steps
+   * (AdaLoRA: a `total_step` other than `totalSteps`), emitted as process warnings unless
+   * `emit` is false. The Trainer calls it before training.
+   */
+  checkSchedule(totalSteps: number, emit = true): PeftWarning[] {
+    if (!Number.isSafeInteger(totalSteps) || totalSteps < 0) throw new Error(`checkSchedule: totalSteps: expected an integer >= 0, found ${totalSteps}`)
+    return peftWarnings(this.native.checkSchedule(totalSteps), emit)
+  }
+
+  /**
+   * SoRA's proximal step alone (gates soft-thresholded by `lr` · sparseLambda); each adapter's gates kept.
+   * @deprecated `afterStep({ step, lr })` runs it with every other method's rule.
+   */
+  soraProximalStep(lr: number): KeptCount[] {
     if (!(Number.isFinite(lr) && lr >= 0)) throw new Error(`soraProximalStep: lr: expected a finite number >= 0, found ${lr}`)
     return this.native.soraProximalStep(lr)
   }
 
   /**
-   * FAR's node selection and LT-SFT's lottery step, after `stepsDone` optimizer steps: each runs
-   * when its priming (`primingSteps`) or full fine-tuning (`fullSteps`) ends now, rewriting the
-   * adapter's masks. Returns each adapter changed (FAR: nodes kept; LT-SFT: entries). The Trainer calls it.
+   * FAR's node selection and LT-SFT's lottery step alone, after `stepsDone` steps; each adapter changed.
+   * @deprecated `afterStep({ step: stepsDone - 1, lr })` runs them with every other method's rule.
    */
-  maskProcedureStep(stepsDone: number): { adapter: string; kept: number; total: number }[] {
+  maskProcedureStep(stepsDone: number): KeptCount[] {
     if (!Number.isSafeInteger(stepsDone) || stepsDone < 0) throw new Error(`maskProcedureStep: stepsDone: expected an integer >= 0, found ${stepsDone}`)
     return this.native.maskProcedureStep(stepsDone)
   }
 
   /**
-   * Fish-Dip's mask update before step `step` (0-based; due every `updateEvery` steps): the Fisher
-   * scores of the training loss on `batches` choose each weight's new mask. Returns each adapter
-   * updated, with its entries kept and in all; empty when none is due. The Trainer calls it.
+   * Fish-Dip's mask update alone, before step `step` (0-based) when due; each adapter updated.
+   * @deprecated `beforeStep(step, batches)` runs it (off the JS thread).
    */
-  fishDipUpdate(step: number, batches: FisherBatch[]): { adapter: string; kept: number; total: number }[] {
+  fishDipUpdate(step: number, batches: FisherBatch[]): KeptCount[] {
     if (!Number.isSafeInteger(step) || step < 0) throw new Error(`fishDipUpdate: step: expected an integer >= 0, found ${step}`)
     return this.native.fishDipUpdate(step, flatBatches(batches, this.model.config.vocab_size))
   }
 
   /**
-   * PeriodicLoRA's restart after `stepsDone` optimizer steps: every active PeriodicLoRA adapter
-   * whose stage ends now (`mergeEvery`) unloads its update into its merged weight and redraws its
-   * factors (from `seed`). Returns each adapter restarted, the stage that ended and the parameters
-   * reset (whose optimizer state should be reset too). The Trainer calls it and resets that state.
+   * PeriodicLoRA's restart alone, after `stepsDone` steps; each adapter restarted, its stage and the parameters redrawn.
+   * @deprecated `afterStep({ step: stepsDone - 1, lr, seed })` runs it with every other method's rule.
    */
   periodicLoraRestart(stepsDone: number, seed = 0): { adapter: string; stage: number; reset: string[] }[] {
     if (!Number.isSafeInteger(stepsDone) || stepsDone < 0) throw new Error(`periodicLoraRestart: stepsDone: expected an integer >= 0, found ${stepsDone}`)

@@ -45,14 +45,6 @@ export class Trainer extends EventEmitter {
   #lastLoss: number | null = null
   #lastEval: EvalInfo | null = null
   #end: EndInfo | null = null
-  /** AdaLoRA: the rank allocation runs after each optimizer step. */
-  /** SoRA: the proximal gate step runs after each optimizer step. */
-  #sora = false
-  /** FAR and LT-SFT: their mask procedure runs after each optimizer step; Fish-Dip: its mask update before each step's forward. */
-  #maskProcedure = false
-  #fishDip = false
-  /** PeriodicLoRA: the restart runs after each optimizer step, and resets the restarted factors' optimizer state. */
-  #periodic = false
 
   constructor(readonly model: PeftModel, opts: TrainerOptions) {
     super()
@@ -90,15 +82,14 @@ export class Trainer extends EventEmitter {
       const micro = Array.from({ length: n }, () => this.stream.next())
       const seeds = micro.map((_, i) => mixSeed(o.seed, this.step, i, 0xd20))
       const lr = this.#sched!.getLastLr()[0]
-      const fishDip = this.#fishDip ? this.model.fishDipUpdate(this.step, micro) : []
+      const before = await this.model.beforeStep(this.step, micro) // each method's rule before the forward (Fish-Dip's mask)
       const r = await accumulateGradients(this.model, micro, seeds, this.#names)
       const gradNorm = await clipGradNorm(this.model.parameters({ trainableOnly: true }), o.maxGradNorm > 0 ? o.maxGradNorm : Infinity)
       await this.#opt!.step()
-      await this.model.afterStep(this.step) // each method's per-step rule (AdaLoRA's allocation reads the gradients: before zeroGrad, as PEFT requires)
-      const soraRanks = this.#sora ? this.model.soraProximalStep(lr) : []
-      const restarts = this.#periodic ? this.model.periodicLoraRestart(this.step + 1, mixSeed(o.seed, this.step, 0, 0x9e1)) : []
-      for (const r of restarts) this.#opt!.resetState(r.reset)
-      const masks = [...fishDip, ...(this.#maskProcedure ? this.model.maskProcedureStep(this.step + 1) : [])]
+      // Each method's rule after the step (AdaLoRA's allocation reads the gradients: before zeroGrad, as PEFT requires).
+      const after = await this.model.afterStep({ step: this.step, lr, seed: mixSeed(o.seed, this.step, 0, 0x9e1) })
+      this.#opt!.resetState(after.resetState)
+      const masks = [...before.maskUpdates, ...after.maskUpdates]
       this.#opt!.zeroGrad()
       this.#sched!.step()
       this.step++
@@ -107,8 +98,8 @@ export class Trainer extends EventEmitter {
       const perStep = (now - start) / (this.step - first)
       const info: StepInfo = { step: this.step, totalSteps: this.totalSteps, epoch: this.stream.position.epoch, loss: r.loss, lr, gradNorm, tokens: r.tokens, targetTokens: r.targetTokens, tokensPerSecond: (1000 * r.tokens) / Math.max(1, now - t0), elapsedMs: now - start, etaMs: perStep * (this.totalSteps - this.step) }
       if (Object.keys(r.auxLosses).length > 0) info.auxLosses = r.auxLosses
-      if (soraRanks.length > 0) info.soraRanks = Object.fromEntries(soraRanks.map((k) => [k.adapter, k.kept]))
-      if (restarts.length > 0) info.periodicStages = Object.fromEntries(restarts.map((r) => [r.adapter, r.stage]))
+      if (after.soraRanks.length > 0) info.soraRanks = Object.fromEntries(after.soraRanks.map((k) => [k.adapter, k.kept]))
+      if (after.periodicStages.length > 0) info.periodicStages = Object.fromEntries(after.periodicStages.map((p) => [p.adapter, p.stage]))
       if (masks.length > 0) info.maskUpdates = Object.fromEntries(masks.map((k) => [k.adapter, { kept: k.kept, total: k.total }]))
       this.#log?.append({ type: 'train', ...info })
       this.emit('step', info)
@@ -158,12 +149,7 @@ export class Trainer extends EventEmitter {
     this.#opt.zeroGrad()
     const w = { warmupSteps: o.warmupSteps, totalSteps: Number.isFinite(this.totalSteps) ? this.totalSteps : 0 }
     this.#sched = new LRScheduler(this.#opt, o.lrSchedule === 'constant' ? constantSchedule(w) : o.lrSchedule === 'cosine' ? cosineSchedule(w) : linearSchedule(w))
-    checkAdaLoraSchedule(this.model, this.totalSteps)
-    this.#sora = this.model.activeAdapters.some((n) => this.model.peftConfig[n]?.peft_type === 'SORA')
-    const types = this.model.activeAdapters.map((n) => this.model.peftConfig[n]?.peft_type)
-    this.#maskProcedure = types.some((t) => t === 'FAR' || t === 'LT_SFT')
-    this.#fishDip = types.includes('FISH_DIP')
-    this.#periodic = types.includes('PERIODIC_LORA')
+    this.model.checkSchedule(this.totalSteps) // warns where a method's schedule does not fit the run (AdaLoRA's total_step)
     if (o.output) this.#log = new MetricsLog(join(o.output, 'metrics.jsonl'))
     if (o.resumeFromCheckpoint) await this.#resume(o.resumeFromCheckpoint)
   }
@@ -195,22 +181,5 @@ export class Trainer extends EventEmitter {
     const last = this.checkpointsDir ? ckpt.listCheckpoints(this.checkpointsDir).at(-1)?.dir ?? null : null
     this.#end = { step: this.step, reason, loss: this.#lastLoss, eval: this.#lastEval, checkpoint: last, adapterDir }
     this.emit('end', this.#end)
-  }
-}
-
-/**
- * An active AdaLoRA adapter needs `total_step` (required by PEFT's AdaLoraConfig; it drives
- * the budget schedule that `afterStep` follows). A `total_step` other than the Trainer's
- * total steps is allowed, as in PEFT, but warned about: the final allocation happens at
- * total_step − tfinal, so a shorter run ends before it.
- */
-function checkAdaLoraSchedule(model: PeftModel, totalSteps: number): void {
-  const c = model.peftConfig[model.activeAdapter]
-  if (c?.peft_type !== 'ADALORA') return
-  const total = Number(c.total_step)
-  if (!Number.isInteger(total) || total <= 0) throw new Error(`Trainer: the AdaLoRA adapter \`${model.activeAdapter}\` needs total_step (its budget schedule's length); set totalStep to ${totalSteps}`)
-  if (total !== totalSteps) {
-    const at = total - Number(c.tfinal ?? 0)
-    process.emitWarning(`AdaLoRA total_step ${total} differs from the Trainer's ${totalSteps} steps: the final rank allocation is at step ${at}`, 'PeftWarning')
   }
 }

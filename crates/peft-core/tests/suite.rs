@@ -84,6 +84,8 @@ mod qdot;
 mod quantized;
 #[path = "sparse_mask.rs"]
 mod sparse_mask;
+#[path = "step_hooks.rs"]
+mod step_hooks;
 #[path = "survey_adapters.rs"]
 mod survey_adapters;
 #[path = "survey_lora.rs"]

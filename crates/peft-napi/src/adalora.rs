@@ -1,6 +1,6 @@
-//! The per-step hook on a model handle: AdaLoRA's rank allocation (PEFT's
-//! `AdaLoraModel.update_and_allocate`), kept with the model state in the core
-//! (`peft_core::state::ModelState::after_step`).
+//! AdaLoRA's rank allocation on a model handle (PEFT's `AdaLoraModel.update_and_allocate`),
+//! kept with the model state in the core; `afterStep` (`procedures.rs`) runs it with the
+//! other methods' procedures.
 use crate::error::Result;
 use crate::job::OptionalNumberJob;
 use crate::model::{with_model_mut, NativeModel};
@@ -22,15 +22,5 @@ impl NativeModel {
         let step = step_arg(global_step)?;
         let shared = self.inner.clone();
         Ok(OptionalNumberJob::spawn(move || with_model_mut(&shared, |m| Ok(m.update_and_allocate(step)?.map(|b| b as f64)))))
-    }
-
-    /// What the active methods do after each optimizer step, before the gradients are
-    /// cleared (AdaLoRA: `updateAndAllocate`; the others: nothing). Resolves to AdaLoRA's rank
-    /// budget applied at this step, or null.
-    #[napi(ts_return_type = "Promise<number | null>")]
-    pub fn after_step(&self, global_step: i64) -> Result<AsyncTask<OptionalNumberJob>> {
-        let step = step_arg(global_step)?;
-        let shared = self.inner.clone();
-        Ok(OptionalNumberJob::spawn(move || with_model_mut(&shared, |m| Ok(m.after_step(step)?.map(|b| b as f64)))))
     }
 }

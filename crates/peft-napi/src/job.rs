@@ -71,3 +71,4 @@ job!(OptionalTensorJob, Option<NativeTensor>, Option<NativeTensor>, same);
 job!(ModelJob, NativeModel, NativeModel, same);
 job!(TokenizerJob, NativeTokenizer, NativeTokenizer, same);
 job!(FisherJob, NativeFisherScores, NativeFisherScores, same);
+job!(StepReportJob, peft_core::state::StepReport, crate::procedures::NativeStepReport, crate::procedures::to_js_report);

@@ -20,7 +20,6 @@ mod optim;
 mod peft;
 mod plan;
 mod procedures;
-mod sora;
 mod sparse;
 mod tensor;
 mod tokenizer;

@@ -1,10 +1,13 @@
 //! One loaded model with everything a session keeps beside it: the adapters, the tokenizer,
 //! training mode, AdaLoRA's allocators and the last auxiliary losses. The forward with its
-//! loss composition and the per-step hook live here, so a binding only converts arguments
-//! (the Node binding holds one `ModelState` per `LlamaModel`).
+//! loss composition lives here, and the methods' procedures between optimizer steps in
+//! `steps.rs`, so a binding only converts arguments (the Node binding holds one `ModelState`
+//! per `LlamaModel`).
+mod steps;
+
 use crate::model::{loss, Batch, CausalLm, Checkpointing, Ctx, ParamStore};
 use crate::tokenizer::Tokenizer;
-use crate::tuners::adalora::{AdaLoraConfig, RankAllocator};
+use crate::tuners::adalora::RankAllocator;
 use crate::tuners::aux_loss::training_loss;
 use crate::tuners::{Tuners, WithTuners};
 use crate::{Error, Result};
@@ -12,6 +15,7 @@ use candle_core::Tensor;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+pub use steps::{Kept, StepContext, StepReport};
 
 pub struct ModelState {
     pub llama: CausalLm,
@@ -136,50 +140,5 @@ impl ModelState {
             ctx = ctx.with_checkpointing(cp.clone());
         }
         Ok((ctx, checkpoint))
-    }
-
-    /// What the active methods do after each optimizer step, before the gradients are
-    /// cleared: AdaLoRA's rank allocation (PEFT's `update_and_allocate(global_step)`); nothing
-    /// for the others. Returns the rank budget AdaLoRA applied at this step, if any.
-    pub fn after_step(&mut self, global_step: u64) -> Result<Option<usize>> {
-        if !self.active_is_adalora() {
-            return Ok(None);
-        }
-        self.update_and_allocate(global_step)
-    }
-
-    fn active_is_adalora(&self) -> bool {
-        let active = self.tuners.active();
-        active.iter().any(|n| self.tuners.config(n).is_ok_and(|c| c.as_any().downcast_ref::<AdaLoraConfig>().is_some()))
-    }
-
-    /// AdaLoRA's `update_and_allocate(global_step)` for the one active adapter, which must be
-    /// AdaLoRA (PEFT allows one trainable AdaLoRA adapter). The allocator's importance EMAs
-    /// live here, one per adapter name, rebuilt when that name no longer holds the adapter
-    /// they scored.
-    pub fn update_and_allocate(&mut self, global_step: u64) -> Result<Option<usize>> {
-        let name = self.active_adalora()?;
-        if !self.allocators.get(&name).is_some_and(|a| a.is_current(&self.llama)) {
-            let fresh = RankAllocator::new(&self.tuners, &self.llama, &name)?;
-            self.allocators.insert(name.clone(), fresh);
-        }
-        let alloc = self.allocators.get_mut(&name).ok_or_else(|| Error::arg("adapter", "an allocator", &name))?;
-        alloc.update_and_allocate(&mut self.tuners, &self.llama, global_step)
-    }
-
-    fn active_adalora(&self) -> Result<String> {
-        let active = self.tuners.active();
-        let [name] = active else {
-            return Err(Error::arg("active adapters", "exactly one active AdaLoRA adapter for updateAndAllocate", format!("{active:?}")));
-        };
-        let config = self.tuners.config(name)?;
-        if config.as_any().downcast_ref::<AdaLoraConfig>().is_none() {
-            let found = format!("`{name}` ({})", config.peft_type());
-            return Err(Error::arg("active adapter", "an AdaLoRA adapter (updateAndAllocate is AdaLoRA's rank allocation)", found));
-        }
-        if self.tuners.is_merged() {
-            return Err(Error::Unsupported("updateAndAllocate: the adapters are merged; unmerge them before training".into()));
-        }
-        Ok(name.clone())
     }
 }
