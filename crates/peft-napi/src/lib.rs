@@ -6,6 +6,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod adalora;
+mod alloc;
 mod batch;
 mod cancel;
 mod checkpoint;
@@ -45,6 +46,7 @@ pub use tokenizer::{NativeStreamDecoder, NativeTokenizer};
 #[napi_derive::module_init]
 fn init() {
     keep_mimalloc_main_thread_state();
+    alloc::init();
     peft_core::threads::init_pool();
 }
 

@@ -184,6 +184,7 @@ impl NativeModel {
     #[napi]
     pub fn set_gradient_checkpointing(&self, on: bool) -> Result<()> {
         with_model_mut(&self.inner, |m| {
+            crate::alloc::checkpointing_changed(m.gradient_checkpointing, on);
             m.gradient_checkpointing = on;
             Ok(())
         })
@@ -252,7 +253,12 @@ impl NativeModel {
 
     #[napi]
     pub fn dispose(&self) {
-        self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+        let model = self.inner.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(m) = model {
+            crate::alloc::checkpointing_changed(m.gradient_checkpointing, false);
+            drop(m);
+            crate::alloc::release_freed_memory();
+        }
     }
 
     #[napi(getter)]
