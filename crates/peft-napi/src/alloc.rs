@@ -49,6 +49,9 @@ pub fn checkpointing_changed(was: bool, now: bool) {
         _ => return,
     };
     apply(n);
+    if now {
+        release_freed_memory(); // what was kept until now goes back before the lean run starts
+    }
 }
 
 /// Returns the memory freed so far to the OS now instead of after the delay (a disposed

@@ -67,6 +67,7 @@ pub fn load_model(path: String, dtype: Option<String>, device: Option<String>) -
     let opts = LoadOptions { dtype: parse_dtype(dtype.as_deref())?, device: parse_device(device.as_deref())?, quantized };
     Ok(ModelJob::spawn(move || {
         let (llama, tokenizer) = CausalLm::from_pretrained_with_tokenizer(std::path::Path::new(&path), &opts).map_err(to_js)?;
+        crate::alloc::release_freed_memory(); // the load's temporary buffers, before training counts RSS
         Ok(NativeModel { inner: Arc::new(RwLock::new(Some(ModelState::new(llama, tokenizer, path)))) })
     }))
 }
