@@ -119,12 +119,13 @@ const LORA_FAMILY: &[Case] = &[
         peft_fields: Some(loha::peft_defaults),
         ..ROW
     },
-    // q_proj full-rank factors (r 8 >= 64/8/2), the others low-rank on both sides.
+    // q_proj: full factors w1, w2 (r 8); the other six linears low-rank on both sides: 26 a layer.
     Case {
         name: "LoKr",
         config: r#"{"peft_type": "LOKR", "r": 2, "alpha": 4, "target_modules": "all-linear", "decompose_both": true, "rank_pattern": {"q_proj": 8}}"#,
         fixture: Some("lokr"),
         merge: Merge::Merges,
+        trainable: Some(2 * 26),
         peft_fields: Some(lokr::peft_defaults),
         ..ROW
     },
