@@ -87,7 +87,7 @@ fi
 
 # 2. CPU tests of the CUDA build.
 # (One suite binary holds every test file; the filters pick these files' modules.)
-run_logged "fixture_base, lora, ops (CPU paths of the CUDA build)" bin/suite fixture_base:: lora:: ops:: --test-threads=2
+run_logged "fixture_base, the PEFT fixtures of the method contract, ops (CPU paths of the CUDA build)" bin/suite fixture_base:: methods::fixtures_match_peft ops:: --test-threads=2
 
 # 3. On the GPU.
 run_logged "gpu_check: ops, fixture suite f32 + bf16 base" bin/gpu_check --test-threads=1 --nocapture

@@ -1,26 +1,25 @@
 //! AdaLoRA (no PEFT fixture): SVD-form layer numerics against PEFT's equations, files in
-//! PEFT's layout, the tuner-base contract, gradients and finite differences, config errors.
+//! PEFT's layout, finite differences through the orthogonal regulariser, config errors. The
+//! gradients, plain finite differences and merging: the `AdaLoRA` contract row.
 //! The allocator is in `adalora_allocator.rs`.
 use crate::common;
-use crate::methods_common;
+use crate::contract;
 use candle_core::{DType, Tensor};
 use common::*;
-use methods_common::*;
+use contract::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
-use peft_core::model::{CausalLm, Ctx, LoadOptions};
+use peft_core::model::{CausalLm, Ctx};
 use peft_core::tuners::adalora::{self, orth_regularization, AdaLoraLayer};
 use peft_core::tuners::WithTuners;
 use peft_core::tuners::{AdapterLayer, Tuners};
 use serde_json::{json, Value};
 
-pub fn setup(dtype: DType, targets: Value) -> (CausalLm, Tuners) {
-    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
-    let mut tuners = Tuners::new();
-    let cfg = config("ADALORA", json!({"init_r": 4, "target_r": 2, "lora_alpha": 6, "total_step": 10, "target_modules": targets}));
-    tuners.inject(&mut model, "default", cfg, 1).unwrap();
-    randomize(&model, 7, false);
-    (model, tuners)
+/// The `AdaLoRA` row's config on `targets`, parameters moved off their init.
+fn setup_on(dtype: DType, targets: Value) -> (CausalLm, Tuners) {
+    let mut cfg = row("AdaLoRA").config();
+    cfg["target_modules"] = targets;
+    setup(&cfg, dtype)
 }
 
 const A0: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default";
@@ -30,7 +29,7 @@ const B0: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.defaul
 #[test]
 fn svd_linear_forward_is_b_a_e_scaled_by_alpha_over_ranknum() {
     // SVDLinear.forward: result += (x (A ⊙ E)ᵀ Bᵀ) · lora_alpha / (ranknum + 1e-5), ranknum = init_r.
-    let (model, tuners) = setup(DType::F64, json!(["q_proj"]));
+    let (model, tuners) = setup_on(DType::F64, json!(["q_proj"]));
     let x = Tensor::randn(0f64, 1.0, (3, 64), &candle_core::Device::Cpu).unwrap();
     let [a, e, b] = [A0, E0, B0].map(|n| model.store.by_name(n).unwrap().value().clone());
     let want = x.matmul(&a.broadcast_mul(&e).unwrap().t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap();
@@ -54,14 +53,6 @@ fn svd_linear_forward_is_b_a_e_scaled_by_alpha_over_ranknum() {
     assert_eq!(tuners.modules("default").unwrap().len(), 2);
 }
 
-#[test]
-fn adalora_gradients_merge_and_disable() {
-    let (mut model, mut tuners) = setup(DType::F32, json!("all-linear"));
-    assert_eq!(check_all_gradients(&mut model, &tuners), 14 * 3);
-    let (dm, db) = check_merge_and_disable(&mut model, &mut tuners);
-    println!("adalora: merged vs unmerged logits {dm:e}, base after unmerge {db:e}");
-}
-
 fn loss_with_reg(model: &CausalLm, tuners: &Tuners) -> f64 {
     let ctx = Ctx::inference(&model.store);
     loss64(model, tuners) + orth_regularization(model, tuners, "default", &ctx).unwrap().to_vec0::<f64>().unwrap()
@@ -69,7 +60,7 @@ fn loss_with_reg(model: &CausalLm, tuners: &Tuners) -> f64 {
 
 #[test]
 fn adalora_finite_differences_in_f64_with_the_orthogonal_regulariser() {
-    let (mut model, tuners) = setup(DType::F64, json!(["q_proj", "down_proj"]));
+    let (mut model, tuners) = setup_on(DType::F64, json!(["q_proj", "down_proj"]));
     model.store.zero_grad();
     let inp = inputs();
     let ctx = Ctx::new(&model.store, false).with_tuners(&tuners);
@@ -90,7 +81,7 @@ fn orthogonal_regulariser_hand_computed() {
     // q_proj in 2 layers, r = 4 (init_r). A = first rows of I, B = first columns of I:
     // both orthonormal, so ‖AAᵀ − I‖ = ‖BᵀB − I‖ = 0. Doubling every A gives ‖4I − I‖_F =
     // 3·√4 = 6 for each of the 2 A's; the mean over 4 matrices is 3, times orth_reg_weight 0.5.
-    let (model, tuners) = setup(DType::F64, json!(["q_proj"]));
+    let (model, tuners) = setup_on(DType::F64, json!(["q_proj"]));
     let eye = |r: usize, c: usize| {
         Tensor::eye(64, DType::F64, &candle_core::Device::Cpu).unwrap().narrow(0, 0, r).unwrap().narrow(1, 0, c).unwrap()
     };
@@ -111,7 +102,7 @@ fn orthogonal_regulariser_hand_computed() {
 
 #[test]
 fn adalora_files_use_peft_layout() {
-    let (mut model, tuners) = setup(DType::F32, json!(["q_proj", "v_proj"]));
+    let (mut model, tuners) = setup_on(DType::F32, json!(["q_proj", "v_proj"]));
     tuners.config("default").unwrap();
     let out = tmp("adalora-files");
     save_adapter(&tuners, &model, "default", &out).unwrap();
@@ -145,7 +136,7 @@ fn adalora_init_and_config_errors() {
         peft_core::tuners::parse_config(&json!({"peft_type": "ADALORA", "total_step": 5, "r": 4}), None, std::path::Path::new("x"))
             .unwrap();
     assert!(w.iter().any(|w| w.message.contains("init_r")), "{w:?}");
-    tuners.inject(&mut model, "default", config("ADALORA", json!({"total_step": 5})), 0).unwrap();
+    tuners.inject(&mut model, "default", config(&typed("ADALORA", json!({"total_step": 5}))), 0).unwrap();
     assert_eq!(tuners.modules("default").unwrap().len(), 4, "q_proj and v_proj by default");
     assert_eq!(model.store.by_name(A0).unwrap().dims(), [12, 64], "init_r 12 by default");
     assert!(flat(&model.store.by_name(E0).unwrap().value()).iter().all(|&x| x == 0.0), "E starts at zero");
@@ -163,7 +154,7 @@ fn adalora_init_and_config_errors() {
         (json!({"total_step": 10, "rank_pattern": {"model.layers.0.self_attn.q_proj.lora_E": [1, 0]}}), "rank_pattern"),
         (json!({"total_step": 10, "lora_dropout": 2}), "lora_dropout"),
     ] {
-        let e = config_err("ADALORA", cfg.clone());
+        let e = error_of(&typed("ADALORA", cfg.clone()));
         assert!(e.contains(&format!("`{key}`")), "{cfg}: `{e}` should name {key}");
     }
 }

@@ -3,10 +3,10 @@
 //! `AdaLoraModel.update_and_allocate`) on a hand-computed example, and the files PEFT
 //! writes after an allocation (`resize_state_dict_by_rank_pattern`, rank_pattern).
 use crate::common;
-use crate::methods_common;
+use crate::contract;
 use candle_core::{Device, Tensor};
 use common::*;
-use methods_common::*;
+use contract::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
 use peft_core::model::CausalLm;
@@ -52,7 +52,7 @@ fn allocation_follows_peft_equations_by_hand() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     let cfg = json!({"init_r": 2, "target_r": 1, "beta1": 0.5, "beta2": 0.5, "tinit": 1, "tfinal": 1, "total_step": 10, "target_modules": ["q_proj"]});
-    tuners.inject(&mut model, "default", config("ADALORA", cfg), 0).unwrap();
+    tuners.inject(&mut model, "default", config(&typed("ADALORA", cfg)), 0).unwrap();
     let mut alloc = RankAllocator::new(&tuners, &model, "default").unwrap();
     assert_eq!((alloc.init_bgt, alloc.target_bgt), (4, 2));
     // (ε, α, β) per rank: Σ I² = 3 and 4 in module 0, 0.75 and 9 in module 1.
@@ -127,7 +127,7 @@ fn budget_schedule_is_peft_cubic() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     let cfg = json!({"init_r": 12, "target_r": 4, "tinit": 10, "tfinal": 20, "total_step": 100, "deltaT": 5, "target_modules": ["q_proj", "v_proj"]});
-    tuners.inject(&mut model, "default", config("ADALORA", cfg), 0).unwrap();
+    tuners.inject(&mut model, "default", config(&typed("ADALORA", cfg)), 0).unwrap();
     let alloc = RankAllocator::new(&tuners, &model, "default").unwrap();
     let c = tuners.config("default").unwrap().as_any().downcast_ref::<AdaLoraConfig>().unwrap().clone();
     assert_eq!((alloc.init_bgt, alloc.target_bgt), (48, 16));
@@ -143,10 +143,10 @@ fn budget_schedule_is_peft_cubic() {
 fn allocator_errors_are_clear() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
-    tuners.inject(&mut model, "default", config("ADALORA", json!({"init_r": 2, "target_r": 2, "total_step": 10})), 0).unwrap();
+    tuners.inject(&mut model, "default", config(&typed("ADALORA", json!({"init_r": 2, "target_r": 2, "total_step": 10}))), 0).unwrap();
     let e = RankAllocator::new(&tuners, &model, "default").err().unwrap().to_string();
     assert!(e.contains("`target_r`"), "{e}");
-    tuners.inject(&mut model, "ok", config("ADALORA", json!({"init_r": 4, "target_r": 2, "total_step": 10})), 0).unwrap();
+    tuners.inject(&mut model, "ok", config(&typed("ADALORA", json!({"init_r": 4, "target_r": 2, "total_step": 10}))), 0).unwrap();
     tuners.set_active(&mut model, &["ok"]).unwrap();
     let mut alloc = RankAllocator::new(&tuners, &model, "ok").unwrap();
     let e = alloc.update_and_allocate(&mut tuners, &model, 1).unwrap_err().to_string();

@@ -2,9 +2,9 @@
 //! (PEFT `AdaLoraModel.forward`) in training mode only, for active AdaLoRA adapters only;
 //! and a kept `RankAllocator` knows when its adapter was replaced.
 use crate::common;
-use crate::methods_common;
+use crate::contract;
 use common::*;
-use methods_common::*;
+use contract::*;
 use peft_core::model::{loss, CausalLm, Ctx};
 use peft_core::tuners::adalora::{orth_regularization, regularized_loss, RankAllocator};
 use peft_core::tuners::Tuners;
@@ -13,7 +13,7 @@ use serde_json::json;
 
 fn adalora(weight: f64) -> Box<dyn peft_core::tuners::TunerConfig> {
     let cfg = json!({"init_r": 3, "target_r": 1, "total_step": 10, "orth_reg_weight": weight, "init_lora_weights": false, "target_modules": ["q_proj", "v_proj"]});
-    config("ADALORA", cfg)
+    config(&typed("ADALORA", cfg))
 }
 
 /// (plain cross-entropy, the forward's regularised loss) in the given mode.

@@ -2,7 +2,7 @@
 //! equal, positive otherwise, reported by name through the training loss, and its gradient
 //! checked by f64 finite differences.
 use crate::common;
-use crate::method_contract;
+use crate::contract;
 use candle_core::{DType, Tensor};
 use common::inputs;
 use peft_core::model::{CausalLm, Ctx};
@@ -35,11 +35,11 @@ fn value(t: &Tensor) -> f64 {
 #[test]
 fn the_consistency_loss_is_zero_for_equal_routings_and_positive_otherwise() {
     // One expert: both routings are the same one.
-    let (model, tuners) = method_contract::setup(&adamix(1, 1.0), DType::F64);
+    let (model, tuners) = contract::setup(&adamix(1, 1.0), DType::F64);
     let (term, reported) = consistency(&model, &tuners, 3);
     assert_eq!(value(&term.unwrap()), 0.0);
     assert_eq!(reported, Some(0.0));
-    let (model, tuners) = method_contract::setup(&adamix(3, 1.0), DType::F64);
+    let (model, tuners) = contract::setup(&adamix(3, 1.0), DType::F64);
     for seed in [1, 2, 3] {
         let (term, reported) = consistency(&model, &tuners, seed);
         let v = value(&term.unwrap());
@@ -47,14 +47,14 @@ fn the_consistency_loss_is_zero_for_equal_routings_and_positive_otherwise() {
         assert!((reported.unwrap() - v).abs() < 1e-12, "reported in the training metrics");
     }
     // Weight 0: off, no second pass.
-    let (model, tuners) = method_contract::setup(&adamix(3, 0.0), DType::F64);
+    let (model, tuners) = contract::setup(&adamix(3, 0.0), DType::F64);
     assert!(consistency(&model, &tuners, 1).0.is_none());
-    assert!(method_contract::error_of(&adamix(3, -1.0)).contains("consistency_weight"));
+    assert!(contract::error_of(&adamix(3, -1.0)).contains("consistency_weight"));
 }
 
 #[test]
 fn the_consistency_gradient_matches_finite_differences() {
-    let (mut model, tuners) = method_contract::setup(&adamix(3, 0.5), DType::F64);
+    let (mut model, tuners) = contract::setup(&adamix(3, 0.5), DType::F64);
     let seed = 5;
     let (term, _) = consistency(&model, &tuners, seed);
     let grads = term.unwrap().backward().unwrap();

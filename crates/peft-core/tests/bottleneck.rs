@@ -1,36 +1,10 @@
-//! The method contract (`method_contract`) for the serial (Houlsby) and parallel (He et
-//! al.) bottleneck adapters, SSF and bias tuning, their identity inits and config errors.
+//! The serial (Houlsby) and parallel (He et al.) bottleneck adapters, SSF and bias tuning:
+//! identity inits, merged biases and config errors (their contract rows: `contract/table.rs`).
 use crate::common;
-use crate::method_contract;
-use method_contract::{check, error_of};
+use crate::contract;
+use contract::error_of;
 use peft_core::tuners::Tuners;
 use serde_json::json;
-
-#[test]
-fn serial_bottleneck_contract() {
-    let e = check(&json!({"peft_type": "BOTTLENECK_ADAPTER", "bottleneck_size": 8, "non_linearity": "gelu"}), 0, false);
-    println!("bottleneck (serial): finite differences rel err {e:e}");
-}
-
-#[test]
-fn parallel_adapter_contract() {
-    let e = check(&json!({"peft_type": "PARALLEL_ADAPTER", "bottleneck_size": 8, "layers_to_transform": [1]}), 0, false);
-    println!("parallel adapter: finite differences rel err {e:e}");
-}
-
-#[test]
-fn ssf_contract() {
-    let e = check(&json!({"peft_type": "SSF", "target_modules": ["q_proj", "down_proj", "lm_head"]}), 0, true);
-    println!("SSF (linears): finite differences rel err {e:e}");
-    let e = check(&json!({"peft_type": "SSF"}), 0, false);
-    println!("SSF (linears and norms): finite differences rel err {e:e}");
-}
-
-#[test]
-fn bias_tuning_contract() {
-    let e = check(&json!({"peft_type": "BIAS_TUNING"}), 0, true);
-    println!("bias tuning: finite differences rel err {e:e}");
-}
 
 /// Fresh adapters with their default init leave the model's output unchanged.
 #[test]
@@ -45,7 +19,7 @@ fn default_inits_are_the_identity() {
     ] {
         let mut model = common::load_model();
         let mut tuners = Tuners::new();
-        tuners.inject(&mut model, "default", method_contract::config(&v), 0).unwrap();
+        tuners.inject(&mut model, "default", contract::config(&v), 0).unwrap();
         let d = common::max_abs_diff(&common::logits_with(&model, Some(&tuners)), &base);
         assert!(d < 1e-6, "{}: {d}", v["peft_type"]);
     }
@@ -55,7 +29,7 @@ fn default_inits_are_the_identity() {
 #[test]
 fn merging_adds_a_bias_and_unmerging_removes_it() {
     let (mut model, mut tuners) =
-        method_contract::setup(&json!({"peft_type": "BIAS_TUNING", "target_modules": ["q_proj"]}), candle_core::DType::F32);
+        contract::setup(&json!({"peft_type": "BIAS_TUNING", "target_modules": ["q_proj"]}), candle_core::DType::F32);
     tuners.merge(&mut model, None).unwrap();
     assert!(model.store.by_name("model.layers.0.self_attn.q_proj.bias").is_ok());
     tuners.unmerge(&mut model).unwrap();

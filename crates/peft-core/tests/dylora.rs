@@ -1,10 +1,9 @@
-//! DyLoRA (Valipour et al. 2023; peft_type `DYLORA`, ours): the method contract, f64 finite
+//! DyLoRA (Valipour et al. 2023; peft_type `DYLORA`, ours): f64 finite
 //! differences at a fixed rank, eq. 6 against a hand-computed dense ΔW at every rank (in
 //! evaluation, in training at the sampled rank, and merged), the frozen mode's gradients,
 //! the rank sampling, files, config errors, and the nested-rank property after training.
 use crate::common;
-use crate::method_contract;
-use crate::methods_common;
+use crate::contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
@@ -65,23 +64,13 @@ fn factor_names(model: &CausalLm) -> Vec<String> {
 }
 
 #[test]
-fn dylora_contract() {
-    // The contract's gradient check runs in evaluation mode, at eval_rank = r: every row is
-    // in the graph there. Its 20 training steps run in training mode (sampled ranks).
-    for mode in ["frozen", "all"] {
-        let e = method_contract::check(&cfg(json!({"update_mode": mode})), 0, true);
-        println!("DyLoRA ({mode}): contract finite differences rel err {e:e}");
-    }
-}
-
-#[test]
 fn finite_differences_at_a_fixed_rank() {
     for (extra, label) in [(json!({"eval_rank": 3}), "evaluation at eval_rank 3"), (json!({"r_min": 3, "update_mode": "all"}), "training")]
     {
-        let (mut model, tuners) = method_contract::setup(&cfg(extra.clone()), DType::F64);
+        let (mut model, tuners) = contract::setup(&cfg(extra.clone()), DType::F64);
         let training = label == "training";
         let seed = (0..).find(|&s| rank_of(&model, &tuners, s) == 3).unwrap();
-        let loss = |m: &CausalLm, t: &Tuners| if training { train_loss(m, t, seed) } else { methods_common::loss64(m, t) };
+        let loss = |m: &CausalLm, t: &Tuners| if training { train_loss(m, t, seed) } else { contract::loss64(m, t) };
         if training {
             train_backward(&mut model, &tuners, seed);
         } else {
@@ -94,7 +83,7 @@ fn finite_differences_at_a_fixed_rank() {
         {
             let per_rank = grad_per_rank(&model, name);
             assert!(per_rank[..3].iter().all(|&g| g > 0.0) && per_rank[3] == 0.0, "{label} {name}: ranks 1..3 only: {per_rank:?}");
-            worst = worst.max(methods_common::fd_error(&mut model, &tuners, name, loss));
+            worst = worst.max(contract::fd_error(&mut model, &tuners, name, loss));
         }
         println!("DyLoRA finite differences ({label}, rank 3 of 4): max |fd - g| / max|g| = {worst:e}");
         assert!(worst < 1e-6, "{label}: {worst}");
@@ -115,8 +104,7 @@ fn dense_weight(w: &[f64], a: &[f64], b_up: &[f64], (out, inp, r): (usize, usize
 
 /// The base model with every targeted weight replaced by its dense form at rank `b`.
 fn dense_model(adapted: &CausalLm, tuners: &Tuners, b: usize) -> CausalLm {
-    let dense =
-        CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap();
+    let dense = contract::load_in(DType::F64);
     for path in tuners.modules("default").unwrap() {
         let p = |n: &str| values(&adapted.store.by_name(n).unwrap().value());
         let w = dense.store.by_name(&format!("{path}.weight")).unwrap();
@@ -131,7 +119,7 @@ fn dense_model(adapted: &CausalLm, tuners: &Tuners, b: usize) -> CausalLm {
 
 #[test]
 fn truncation_matches_the_dense_update_at_every_rank() {
-    let (mut model, mut tuners) = method_contract::setup(&cfg(json!({})), DType::F64);
+    let (mut model, mut tuners) = contract::setup(&cfg(json!({})), DType::F64);
     for b in 1..=4 {
         let dense = logits_with(&dense_model(&model, &tuners, b), None);
         tuners.set_dylora_rank("default", b).unwrap();
@@ -151,7 +139,7 @@ fn truncation_matches_the_dense_update_at_every_rank() {
 
 #[test]
 fn frozen_mode_updates_only_rank_b_and_every_layer_shares_b() {
-    let (mut model, tuners) = method_contract::setup(&cfg(json!({})), DType::F64);
+    let (mut model, tuners) = contract::setup(&cfg(json!({})), DType::F64);
     let mut seen = Vec::new();
     for seed in 0..40u64 {
         let b = rank_of(&model, &tuners, seed);
@@ -171,7 +159,7 @@ fn frozen_mode_updates_only_rank_b_and_every_layer_shares_b() {
     seen.sort();
     assert_eq!(seen, vec![1, 2, 3, 4]);
     // The detached ranks still shape the output: the frozen forward equals the "all" one.
-    let (all_model, all_tuners) = method_contract::setup(&cfg(json!({"update_mode": "all"})), DType::F64);
+    let (all_model, all_tuners) = contract::setup(&cfg(json!({"update_mode": "all"})), DType::F64);
     for seed in 0..4 {
         let (f, a) = (train_loss(&model, &tuners, seed), train_loss(&all_model, &all_tuners, seed));
         assert!((f - a).abs() < 1e-12, "seed {seed}: frozen {f} vs all {a}");
@@ -180,7 +168,7 @@ fn frozen_mode_updates_only_rank_b_and_every_layer_shares_b() {
 
 #[test]
 fn sampling_covers_r_min_to_r_and_follows_the_seed() {
-    let (model, tuners) = method_contract::setup(&cfg(json!({"r": 6, "r_min": 3})), DType::F32);
+    let (model, tuners) = contract::setup(&cfg(json!({"r": 6, "r_min": 3})), DType::F32);
     let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
     for seed in 0..400 {
         let b = rank_of(&model, &tuners, seed);
@@ -198,10 +186,10 @@ fn sampling_covers_r_min_to_r_and_follows_the_seed() {
 
 #[test]
 fn files_keep_lora_keys_and_the_eval_rank() {
-    let (mut model, mut tuners) = method_contract::setup(&cfg(json!({"r_min": 2})), DType::F32);
+    let (mut model, mut tuners) = contract::setup(&cfg(json!({"r_min": 2})), DType::F32);
     tuners.set_dylora_rank("default", 3).unwrap();
     let logits = logits_with(&model, Some(&tuners));
-    let dir = methods_common::tmp("dylora-files");
+    let dir = common::tmp("dylora-files");
     save_adapter(&tuners, &model, "default", &dir).unwrap();
     let c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_NAME)).unwrap()).unwrap();
     assert_eq!(
@@ -245,7 +233,7 @@ fn bad_configs_name_the_key() {
         (json!({"init_lora_weights": "pissa"}), "init_lora_weights"),
         (json!({"target_modules": ["nope"]}), "target_modules"),
     ] {
-        let e = method_contract::error_of(&cfg(extra.clone()));
+        let e = contract::error_of(&cfg(extra.clone()));
         assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");
     }
     let (_, warnings) =
@@ -277,7 +265,7 @@ fn every_rank_beats_the_base_after_training() {
         let mut model = load_model();
         let mut tuners = Tuners::new();
         tuners
-            .inject(&mut model, "default", method_contract::config(&cfg(json!({"update_mode": mode, "target_modules": "all-linear"}))), 5)
+            .inject(&mut model, "default", contract::config(&cfg(json!({"update_mode": mode, "target_modules": "all-linear"}))), 5)
             .unwrap();
         let h = peft_core::optim::AdamWHyper { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
         let mut state: HashMap<String, (Tensor, Tensor)> = HashMap::new();

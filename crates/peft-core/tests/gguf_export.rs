@@ -2,6 +2,7 @@
 //! `write_gguf` of the shared tiny safetensors model must have the metadata keys, value types
 //! and values, tensor names, types and shapes of `__test__/data/tiny-gguf/<arch>.f32.gguf`
 //! (made by `convert_hf_to_gguf.py`, scripts/make-tiny-ggufs.sh), and the same tensor data.
+use crate::common::tmp;
 use candle_core::{DType, Device, Tensor};
 use peft_core::io::gguf::{load_gguf, write_gguf, GgufFile, MetaValue, OutType};
 use peft_core::io::safetensors::load_checkpoint_dir;
@@ -15,10 +16,6 @@ fn root() -> PathBuf {
 
 /// Keys the converter derives from the folder name and parameter count, which we do not write.
 const NAMING_KEYS: &[&str] = &["general.name", "general.size_label"];
-
-fn tmp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("peft-gguf-export-{}-{name}", std::process::id()))
-}
 
 /// A comparable form of a metadata value: arrays by type, length and content.
 fn meta(file: &GgufFile, key: &str) -> String {

@@ -274,7 +274,7 @@ fn check_lora_case(dev: &Device, dtype: DType, case: &str, tol: &Tol) {
     let loss1 = two_adamw_steps_with(&mut model, Some(&tuners), &adamw_from_case(case));
     let e1 = scalar(&exp["loss_after_step1"]);
     let dloss1 = (loss1 - e1).abs() / e1.abs().max(1.0);
-    // As tests/lora.rs: elements whose step-0 gradient is < 1% of their tensor's largest
+    // As tests/contract/fixture.rs: elements whose step-0 gradient is < 1% of their tensor's largest
     // move in directions below the gradient tolerance; those are held to 0.1 lr.
     let lr = adamw_from_case(case).lr as f32;
     let (mut strict, mut loose) = (0f32, 0f32);

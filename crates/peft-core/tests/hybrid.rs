@@ -1,15 +1,13 @@
 //! The hybrid methods, MAM adapter (He et al. 2022 §4.4) and UniPELT (Mao et al. 2022
-//! §3.2): the method contract (shapes, every gradient finite and non-zero, save/load,
-//! disabled = base, "cannot be merged", falling loss), f64 finite differences on every
-//! parameter kind, the gate equations against the parts they gate (built as separate
+//! §3.2): the gate equations against the parts they gate (built as separate
 //! adapters with the same values: a constant gate c is the part scaled by c), per-token
-//! gates that stay causal under the KV cache, the files, and config errors.
+//! gates that stay causal under the KV cache, the files, and config errors. Their contract
+//! (finite differences on every parameter kind included): `contract/table.rs`.
 use crate::common;
-use crate::method_contract;
-use crate::methods_common;
+use crate::contract;
 use candle_core::{DType, Tensor};
 use common::{inputs, logits_with, loss_with, max_abs_diff};
-use method_contract::{check, config, error_of, setup};
+use contract::{config, error_of, setup};
 use peft_core::model::{Batch, CausalLm, Ctx, KvCache};
 use peft_core::tuners::Tuners;
 use peft_core::tuners::WithTuners;
@@ -21,58 +19,6 @@ fn mam() -> Value {
 
 fn unipelt() -> Value {
     json!({"peft_type": "UNIPELT", "num_virtual_tokens": 4, "r": 4, "lora_alpha": 4, "bottleneck_size": 8})
-}
-
-/// The largest finite-difference error over one parameter of each kind (name fragment).
-fn fd_every_kind(v: &Value, kinds: &[&str]) -> f64 {
-    let (mut model, tuners) = setup(v, DType::F64);
-    loss_with(&mut model, Some(&tuners), true);
-    let names: Vec<String> = model.store.iter().filter(|(_, p)| p.requires_grad()).map(|(_, p)| p.name.clone()).collect();
-    let mut worst = 0f64;
-    for kind in kinds {
-        let name = names.iter().find(|n| n.contains(kind)).unwrap_or_else(|| panic!("no parameter `{kind}` in {names:?}"));
-        let e = methods_common::fd_error(&mut model, &tuners, name, methods_common::loss64);
-        println!("{}: {name}: finite differences rel err {e:e}", v["peft_type"]);
-        assert!(e < 1e-5, "{name}: {e:e}");
-        worst = worst.max(e);
-    }
-    worst
-}
-
-#[test]
-fn mam_contract_and_finite_differences() {
-    let e = check(&mam(), 0, false);
-    println!("MAM contract: finite differences rel err {e:e}");
-    let kinds = [
-        "prompt_encoder",
-        "adapter_down.default.weight",
-        "adapter_down.default.bias",
-        "adapter_up.default.weight",
-        "adapter_up.default.bias",
-    ];
-    println!("MAM: largest finite-difference error over every kind {:e}", fd_every_kind(&mam(), &kinds));
-}
-
-#[test]
-fn unipelt_contract_and_finite_differences() {
-    let e = check(&unipelt(), 0, false);
-    println!("UniPELT contract: finite differences rel err {e:e}");
-    let kinds = [
-        "prompt_encoder",
-        "lora_A",
-        "lora_B",
-        "adapter_down.default.weight",
-        "adapter_down.default.bias",
-        "adapter_up.default.weight",
-        "adapter_up.default.bias",
-        "gate_lora.default.weight",
-        "gate_lora.default.bias",
-        "gate_prefix.default.weight",
-        "gate_prefix.default.bias",
-        "gate_adapter.default.weight",
-        "gate_adapter.default.bias",
-    ];
-    println!("UniPELT: largest finite-difference error over every kind {:e}", fd_every_kind(&unipelt(), &kinds));
 }
 
 /// Copies adapter `from`'s parameters whose names contain `part` into adapter `to`'s
@@ -190,7 +136,7 @@ fn unipelt_gates_are_causal_under_the_cache() {
 #[test]
 fn unipelt_files_follow_peft_conventions() {
     let (model, tuners) = setup(&unipelt(), DType::F32);
-    let dir = methods_common::tmp("unipelt-files");
+    let dir = common::tmp("unipelt-files");
     peft_core::io::adapter::save_adapter(&tuners, &model, "default", &dir).unwrap();
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["peft_type"], "UNIPELT");
@@ -243,7 +189,7 @@ fn every_parameter_trains_from_the_default_init() {
         loss_with(&mut model, Some(&tuners), true);
         let mut n = 0;
         for (_, p) in model.store.iter().filter(|(_, p)| p.requires_grad()) {
-            let g = methods_common::flat(p.grad.as_ref().unwrap_or_else(|| panic!("{} has no gradient", p.name)));
+            let g = common::flat(p.grad.as_ref().unwrap_or_else(|| panic!("{} has no gradient", p.name)));
             assert!(g.iter().all(|x| x.is_finite()) && g.iter().any(|&x| x != 0.0), "{}: {}", v["peft_type"], p.name);
             n += 1;
         }

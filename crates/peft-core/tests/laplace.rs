@@ -3,10 +3,10 @@
 //! the GLM variance against autograd Jacobians, λ → ∞ giving the MAP softmax, the
 //! marginal-likelihood prior fit by finite differences, save/load, and bad input.
 use crate::common;
-use crate::method_contract;
+use crate::contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use method_contract::setup;
+use contract::setup;
 use peft_core::model::{loss, Batch, CausalLm, Ctx};
 use peft_core::tuners::laplace::capture::{capture, lora_sites};
 use peft_core::tuners::laplace::kron::KronFactor;

@@ -1,24 +1,15 @@
-//! LoKr against PEFT 0.21 (the `lokr` fixture): Kronecker factors from PEFT's
-//! `factorization`, full or low-rank factors, inits, and the tuner-base contract.
+//! LoKr: Kronecker factors from PEFT's `factorization`, full or low-rank factors, inits and
+//! config errors. The fixture, files, gradients, finite differences and merging: the `LoKr`
+//! contract row.
 use crate::common;
-use crate::methods_common;
-use candle_core::{DType, Device, Tensor};
+use crate::contract;
+use candle_core::{Device, Tensor};
 use common::*;
-use methods_common::*;
-use peft_core::model::{CausalLm, LoadOptions};
-use peft_core::tuners::lokr::{self, kron};
+use contract::*;
+use peft_core::model::CausalLm;
+use peft_core::tuners::lokr::kron;
 use peft_core::tuners::Tuners;
 use serde_json::json;
-
-#[test]
-fn lokr_matches_peft() {
-    check_case("lokr");
-}
-
-#[test]
-fn lokr_files_round_trip_byte_identical() {
-    check_round_trip("lokr", &lokr::peft_defaults());
-}
 
 #[test]
 fn kron_is_torch_kron() {
@@ -44,7 +35,14 @@ fn factors_follow_peft_update_layer() {
     let mut tuners = Tuners::new();
     // down_proj: out 64 = 8·8, in 160 = 10·16. r = 2 < 16/2: w2 low-rank; decompose_both with
     // r < max(8, 10)/2: w1 low-rank too.
-    tuners.inject(&mut model, "both", config("LOKR", json!({"r": 2, "target_modules": ["down_proj"], "decompose_both": true})), 0).unwrap();
+    tuners
+        .inject(
+            &mut model,
+            "both",
+            config(&json!({"peft_type": "LOKR", "r": 2, "target_modules": ["down_proj"], "decompose_both": true})),
+            0,
+        )
+        .unwrap();
     let s = shapes(&model, "model.layers.0.mlp.down_proj", "both");
     assert_eq!(
         s,
@@ -57,43 +55,15 @@ fn factors_follow_peft_update_layer() {
     );
     // decompose_factor 4: out 64 = 4·16, in 160 = 4·40; r 32 >= 40/2: w2 full.
     tuners
-        .inject(&mut model, "factor", config("LOKR", json!({"r": 32, "target_modules": ["down_proj"], "decompose_factor": 4})), 0)
+        .inject(
+            &mut model,
+            "factor",
+            config(&json!({"peft_type": "LOKR", "r": 32, "target_modules": ["down_proj"], "decompose_factor": 4})),
+            0,
+        )
         .unwrap();
     let s = shapes(&model, "model.layers.0.mlp.down_proj", "factor");
     assert_eq!(s, [("lokr_w1".into(), vec![4, 4]), ("lokr_w2".into(), vec![16, 40])]);
-}
-
-fn setup(dtype: DType) -> (CausalLm, Tuners) {
-    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
-    let mut tuners = Tuners::new();
-    let cfg =
-        config("LOKR", json!({"r": 2, "alpha": 4, "target_modules": "all-linear", "decompose_both": true, "rank_pattern": {"q_proj": 8}}));
-    tuners.inject(&mut model, "default", cfg, 1).unwrap();
-    randomize(&model, 6, false);
-    (model, tuners)
-}
-
-#[test]
-fn lokr_gradients_merge_and_disable() {
-    let (mut model, mut tuners) = setup(DType::F32);
-    let n = check_all_gradients(&mut model, &tuners);
-    assert!(n > 14 * 2, "{n}");
-    let (dm, db) = check_merge_and_disable(&mut model, &mut tuners);
-    println!("lokr: merged vs unmerged logits {dm:e}, base after unmerge {db:e}");
-}
-
-#[test]
-fn lokr_finite_differences_in_f64() {
-    let (mut model, tuners) = setup(DType::F64);
-    loss_with(&mut model, Some(&tuners), true);
-    for name in [
-        "base_model.model.model.layers.0.self_attn.q_proj.lokr_w1.default",
-        "base_model.model.model.layers.1.mlp.up_proj.lokr_w2_b.default",
-    ] {
-        let err = fd_error(&mut model, &tuners, name, loss64);
-        println!("{name}: finite-difference rel err {err:e}");
-        assert!(err < 1e-6, "{name}: {err}");
-    }
 }
 
 #[test]
@@ -101,7 +71,7 @@ fn lokr_inits_and_config_errors() {
     let no_op = |cfg: serde_json::Value| {
         let mut model = load_model();
         let mut tuners = Tuners::new();
-        tuners.inject(&mut model, "default", config("LOKR", cfg), 0).unwrap();
+        tuners.inject(&mut model, "default", config(&typed("LOKR", cfg)), 0).unwrap();
         max_abs_diff(&logits_with(&model, Some(&tuners)), &logits_with(&model, None)) == 0.0
     };
     assert!(no_op(json!({})), "w1 = 0 by default");
@@ -116,7 +86,7 @@ fn lokr_inits_and_config_errors() {
         (json!({"rank_dropout_scale": null}), "rank_dropout_scale"),
         (json!({"peft_type": "LOKR", "target_modules": ["embed_tokens"]}), "target_modules"),
     ] {
-        let e = config_err("LOKR", cfg.clone());
+        let e = error_of(&typed("LOKR", cfg.clone()));
         assert!(e.contains(&format!("`{key}`")), "{cfg}: `{e}` should name {key}");
     }
 }

@@ -9,16 +9,6 @@ use peft_core::tuners::Tuners;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-fn case_dir(case: &str) -> PathBuf {
-    fixture_dir().join("cases").join(case)
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("peft-core-lora-files-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 /// A copy of a fixture folder whose config and tensors the caller may change.
 fn edited_copy(case: &str, name: &str, edit_config: impl FnOnce(&mut Value)) -> PathBuf {
     let d = tmp(name);

@@ -1,18 +1,18 @@
 //! Gradients of LoRA and DoRA parameters: every trainable one receives a finite, non-zero
 //! gradient, and the gradients agree with central finite differences in f64.
 use crate::common;
+use crate::contract::{load_in, loss64};
 use candle_core::{DType, Tensor};
 use common::*;
-use peft_core::model::{loss, CausalLm, Ctx, LoadOptions};
+use peft_core::model::CausalLm;
 use peft_core::tuners::Tuners;
-use peft_core::tuners::WithTuners;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 /// LoRA (all linears, rsLoRA) and DoRA (attention) both active, every B randomised so that
 /// the gradients of A are not zero.
 fn setup(dtype: DType) -> (CausalLm, Tuners) {
-    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
+    let mut model = load_in(dtype);
     let mut tuners = Tuners::new();
     tuners
         .inject(&mut model, "lora", lora(json!({"r": 4, "lora_alpha": 8, "use_rslora": true, "target_modules": "all-linear"})), 1)
@@ -27,13 +27,6 @@ fn setup(dtype: DType) -> (CausalLm, Tuners) {
         p.set(&Tensor::from_vec(v, p.dims(), &p.device()).unwrap()).unwrap();
     }
     (model, tuners)
-}
-
-fn loss64(model: &CausalLm, tuners: &Tuners) -> f64 {
-    let inp = inputs();
-    let ctx = Ctx::inference(&model.store).with_tuners(tuners);
-    let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
-    loss::causal_lm_loss(&logits, &inp.labels).unwrap().to_dtype(DType::F64).unwrap().to_vec0::<f64>().unwrap()
 }
 
 #[test]

@@ -2,10 +2,10 @@
 //! generation runs its own adapter, and gives what that row gives alone with only its
 //! adapter active (or with the adapters disabled for `__base__`).
 use crate::common;
-use crate::methods_common;
+use crate::contract;
 use candle_core::{Device, Tensor};
 use common::*;
-use methods_common::*;
+use contract::*;
 use peft_core::io::adapter::load_adapter;
 use peft_core::model::generate::{generate, Flow, GenerateOptions};
 use peft_core::model::{Batch, CausalLm, Ctx};
@@ -117,8 +117,8 @@ fn each_row_gets_its_own_adapter() {
 fn norm_and_sublayer_adapters_route_per_row() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
-    tuners.inject(&mut model, "bn", config("BOTTLENECK_ADAPTER", json!({})), 0).unwrap();
-    randomize(&model, 5, false);
+    tuners.inject(&mut model, "bn", config(&typed("BOTTLENECK_ADAPTER", json!({}))), 0).unwrap();
+    randomize(&model, 5);
     load_adapter(&mut tuners, &mut model, &case_dir("ln_tuning"), "ln", false).unwrap();
     load_adapter(&mut tuners, &mut model, &case_dir("dora"), "dora", false).unwrap();
     let batch = four_rows();
@@ -133,11 +133,11 @@ fn dylora_and_sparse_mask_route_per_row() {
     let mut tuners = Tuners::new();
     let dylora = json!({ "r": 4, "r_min": 1, "eval_rank": 2, "target_modules": ["q_proj", "v_proj"] });
     // Only the active adapter is trainable (as in PEFT): each is randomised while active.
-    tuners.inject(&mut model, "dy", config("DYLORA", dylora), 0).unwrap();
-    randomize(&model, 9, false);
-    tuners.inject(&mut model, "sparse", config("SPARSE_MASK", json!({ "density": 0.05 })), 0).unwrap();
+    tuners.inject(&mut model, "dy", config(&typed("DYLORA", dylora)), 0).unwrap();
+    randomize(&model, 9);
+    tuners.inject(&mut model, "sparse", config(&typed("SPARSE_MASK", json!({ "density": 0.05 }))), 0).unwrap();
     tuners.set_active(&mut model, &["sparse"]).unwrap();
-    randomize(&model, 10, false);
+    randomize(&model, 10);
     tuners.set_active(&mut model, &["dy"]).unwrap();
     let batch = four_rows();
     let d = check_rows(&mut model, &mut tuners, &batch, &["sparse", "dy", "__base__", "dy"]);

@@ -2,7 +2,7 @@
 //! the first loss target (`batch::prompt_context_mask`): the prompt never sees the answer it is
 //! scored on, and a training pass conditions as generation does (on its prompt).
 use crate::common;
-use crate::method_contract;
+use crate::contract;
 use candle_core::{DType, Tensor};
 use common::max_abs_diff;
 use peft_core::model::{loss, Batch, CausalLm, Ctx, KvCache};
@@ -45,7 +45,7 @@ fn logits(model: &CausalLm, tuners: &Tuners, batch: &Batch, labels: &[Vec<i64>])
 #[test]
 fn a_completion_token_does_not_reach_earlier_positions() {
     for (cfg, nv) in methods() {
-        let (model, tuners) = method_contract::setup(&cfg, DType::F64);
+        let (model, tuners) = contract::setup(&cfg, DType::F64);
         let (batch, labels) = completion_batch();
         let before = logits(&model, &tuners, &batch, &labels);
         let at = 9; // a completion position in both rows
@@ -71,7 +71,7 @@ fn a_completion_token_does_not_reach_earlier_positions() {
 #[test]
 fn the_last_target_does_not_change_the_other_losses() {
     for (cfg, _) in methods() {
-        let (model, tuners) = method_contract::setup(&cfg, DType::F64);
+        let (model, tuners) = contract::setup(&cfg, DType::F64);
         let (batch, labels) = completion_batch();
         let loss_without_last = |batch: &Batch, labels: &[Vec<i64>]| {
             let ctx = Ctx::inference(&model.store).with_tuners(&tuners).with_labels(labels);
@@ -94,7 +94,7 @@ fn the_last_target_does_not_change_the_other_losses() {
 #[test]
 fn training_conditions_as_generation_does() {
     for (cfg, nv) in methods() {
-        let (model, tuners) = method_contract::setup(&cfg, DType::F64);
+        let (model, tuners) = contract::setup(&cfg, DType::F64);
         let row: Vec<u32> = (40..50).collect();
         let labels = vec![row.iter().enumerate().map(|(i, &id)| if i < PROMPT { -100 } else { i64::from(id) }).collect::<Vec<_>>()];
         let full = logits(&model, &tuners, &Batch::new(vec![row.clone()]), &labels);

@@ -4,27 +4,13 @@
 //! where present) dequantizes bit-identically to candle's `to_float`, and its dot products
 //! with f32 activations equal dequantize-then-dot (computed in f64) to 1e-5 of Σ|w·x| (the
 //! size of the terms: a sum that cancels to near zero has no relative precision to test).
+use crate::common::QUANT_TYPES;
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use peft_core::model::QWeight;
 use peft_core::ops::qdot::Kernel;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-const TYPES: [GgmlDType; 12] = [
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q2K,
-    GgmlDType::Q3K,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-];
 
 /// Byte offsets of the f16 scale/offset fields in one block (ggml's layouts): every other
 /// byte of a block is a packed quant or an integer scale, valid whatever its value.
@@ -94,7 +80,7 @@ fn every_kernel_dequantizes_as_candle_does() {
     if cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2") {
         assert!(kernels.contains(&Kernel::Avx2), "AVX2 is present but not used");
     }
-    for ty in TYPES {
+    for ty in QUANT_TYPES {
         // Half precision: rows that are not a whole number of 32-value chunks.
         let (rows, cols) = if ty.block_size() == 1 { (40, 72) } else { (40, 512) };
         let w = random_weight(ty, rows, cols, 1);
@@ -114,7 +100,7 @@ fn every_kernel_dequantizes_as_candle_does() {
 
 #[test]
 fn every_kernel_dots_as_dequantize_then_dot() {
-    for ty in TYPES {
+    for ty in QUANT_TYPES {
         let (rows, cols) = if ty.block_size() == 1 { (300, 72) } else { (300, 512) };
         let w = random_weight(ty, rows, cols, 2);
         let mut dense = vec![0f32; rows * cols];

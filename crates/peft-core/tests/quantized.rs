@@ -5,28 +5,13 @@
 use crate::common;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
-use common::{inputs, lora, rel_err};
+use common::{inputs, lora, rel_err, QUANT_TYPES};
 use peft_core::io::gguf::write_llama_gguf;
 use peft_core::model::{CausalLm, Ctx, LoadOptions, QWeight};
 use peft_core::tuners::{Tuners, WithTuners};
 use peft_core::{ops, ModelConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-const TYPES: [GgmlDType; 12] = [
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q2K,
-    GgmlDType::Q3K,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-];
 
 fn randn(dims: &[usize], seed: u64) -> Tensor {
     // A deterministic pseudo-random fill (sin of a scrambled index), no rand dependency.
@@ -49,7 +34,7 @@ fn qlinear_equals_the_dequantized_linear_for_every_storage_type() {
     // 4100 rows of 256: the input gradient sums over two tiles of rows (4096 + 4). 100 rows of
     // 2304: forward tiles of 48 rows and a short last one, the input gradient over blocks of
     // at most 256 columns. An odd number of input rows throughout.
-    for ((rows, cols), ty) in [(4100, 256), (100, 2304)].into_iter().flat_map(|s| TYPES.map(|t| (s, t))) {
+    for ((rows, cols), ty) in [(4100, 256), (100, 2304)].into_iter().flat_map(|s| QUANT_TYPES.map(|t| (s, t))) {
         let (q, dense) = weight(ty, rows, cols);
         assert_eq!(q.dims(), (rows, cols));
         let x = Var::from_tensor(&randn(&[3, 7, cols], 1)).unwrap();
@@ -75,7 +60,7 @@ fn decode_rows_multiply_through_the_storage_type() {
     // dequantized product up to the order of the sums (tests/qdot.rs checks each kernel).
     let (rows, cols) = (300, 512);
     let x = randn(&[3, cols], 4);
-    for ty in TYPES {
+    for ty in QUANT_TYPES {
         let (q, dense) = weight(ty, rows, cols);
         let got = Tensor::from_vec(q.matmul_rows(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 3), (3, rows), &Device::Cpu).unwrap();
         let want = x.matmul(&dense.t().unwrap()).unwrap();

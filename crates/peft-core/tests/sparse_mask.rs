@@ -1,15 +1,14 @@
-//! SPARSE_MASK (FishMask / fixed-mask diff pruning): the method contract, exact gradients
+//! SPARSE_MASK (FishMask / fixed-mask diff pruning): exact gradients
 //! of every masked delta by f64 finite differences, the mask choices (magnitude, random,
 //! Fisher), what the files hold, and config errors.
 use crate::common;
-use crate::method_contract;
+use crate::contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use method_contract::{check, config, error_of, setup};
+use contract::{config, error_of, loss64, setup};
 use peft_core::io::adapter::save_adapter;
 use peft_core::model::{loss, Batch, CausalLm, Ctx};
 use peft_core::tuners::sparse_mask::{estimate_fisher, inject_with_fisher, FisherBatch, FisherScores, SparseMaskConfig};
-use peft_core::tuners::WithTuners;
 use peft_core::tuners::{TargetSpec, Targets, Tuners};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -35,13 +34,6 @@ fn parsed(v: &Value) -> SparseMaskConfig {
     SparseMaskConfig::from_value(v, Path::new("test config")).unwrap().0
 }
 
-fn loss_f64(model: &CausalLm, tuners: &Tuners) -> f64 {
-    let inp = inputs();
-    let ctx = Ctx::inference(&model.store).with_tuners(tuners);
-    let logits = model.forward(&inp.batch(), &ctx, None, false).unwrap();
-    loss::causal_lm_loss(&logits, &inp.labels).unwrap().to_dtype(DType::F64).unwrap().to_vec0::<f64>().unwrap()
-}
-
 /// The k largest of `scores`, ties to the lower index, ascending: the definition, by a full sort.
 fn top_k_by_sort(scores: &[f64], k: usize) -> Vec<i64> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -49,14 +41,6 @@ fn top_k_by_sort(scores: &[f64], k: usize) -> Vec<i64> {
     let mut top: Vec<i64> = order[..k].iter().map(|&i| i as i64).collect();
     top.sort();
     top
-}
-
-#[test]
-fn sparse_mask_contract() {
-    for mask in ["magnitude", "smallest_magnitude", "random"] {
-        let e = check(&json!({"peft_type": "SPARSE_MASK", "density": 0.05, "mask_type": mask}), 0, true);
-        println!("sparse mask ({mask}): finite differences rel err {e:e}");
-    }
 }
 
 /// Every entry of one delta against central differences of the f64 loss.
@@ -76,7 +60,7 @@ fn every_masked_delta_has_the_exact_gradient() {
                 let mut x = base.clone();
                 x[i] += h;
                 model.store.by_name(&name).unwrap().set(&Tensor::new(x, &Device::Cpu).unwrap()).unwrap();
-                loss_f64(&model, &tuners)
+                loss64(&model, &tuners)
             };
             let h = 1e-5;
             let fd = (at(h) - at(-h)) / (2.0 * h);

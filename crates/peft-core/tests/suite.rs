@@ -3,16 +3,13 @@
 //! <name>::` runs one file. `fuzz` (a bounded global allocator) and `gpu_check` (feature
 //! `cuda`) stay binaries of their own. A file not listed here fails `suite_lists_every_test_file`.
 //!
-//! The shared helpers (`common/`, `method_contract/`, ...) are modules of this crate root, compiled
+//! The shared helpers (`common/`, `contract/`, ...) are modules of this crate root, compiled
 //! once; a test file takes them with `use crate::common;`.
 
 // The shared helpers, compiled once for every file (each file `use crate::common;`).
 mod arch_fixture;
 mod common;
-mod fixture_case;
-mod method_contract;
-mod methods_common;
-mod survey_common;
+mod contract;
 
 #[path = "adalora.rs"]
 mod adalora;
@@ -46,14 +43,10 @@ mod hybrid;
 mod ia3;
 #[path = "laplace.rs"]
 mod laplace;
-#[path = "ln_tuning.rs"]
-mod ln_tuning;
 #[path = "loha.rs"]
 mod loha;
 #[path = "lokr.rs"]
 mod lokr;
-#[path = "lora.rs"]
-mod lora;
 #[path = "lora_files.rs"]
 mod lora_files;
 #[path = "lora_grad.rs"]
@@ -66,18 +59,16 @@ mod lora_lifecycle;
 mod lora_targeting;
 #[path = "lora_weighted.rs"]
 mod lora_weighted;
+#[path = "methods.rs"]
+mod methods;
 #[path = "mixed_batch.rs"]
 mod mixed_batch;
 #[path = "ops.rs"]
 mod ops;
-#[path = "prefix_tuning.rs"]
-mod prefix_tuning;
 #[path = "prompt_conditioning.rs"]
 mod prompt_conditioning;
 #[path = "prompt_tuning.rs"]
 mod prompt_tuning;
-#[path = "prompt_tuning_contract.rs"]
-mod prompt_tuning_contract;
 #[path = "qdot.rs"]
 mod qdot;
 #[path = "quantized.rs"]

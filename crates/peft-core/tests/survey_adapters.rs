@@ -1,19 +1,11 @@
 //! Compacter (PHM adapters with shared Kronecker rules) and DePT (a soft prompt plus low-rank
 //! position-wise embedding offsets), from the PEFT survey's tree (issue 16).
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use method_contract::{check, error_of};
+use contract::*;
 use serde_json::{json, Value};
-use survey_common::*;
-
-#[test]
-fn compacter_contract() {
-    let e = check(&json!({"peft_type": "COMPACTER", "bottleneck_size": 8, "phm_dim": 4, "phm_rank": 1}), 0, false);
-    println!("Compacter: finite differences rel err {e:e}");
-}
 
 /// The PHM weight is Σᵢ Aᵢ ⊗ Bᵢ (eq. 3), checked against the Kronecker product written out,
 /// and a fresh adapter (up sᵢ = 0) is the identity; the shared rule is saved once.
@@ -59,12 +51,6 @@ fn dept(max_length: usize) -> Value {
     json!({"peft_type": "DEPT", "num_virtual_tokens": 3, "r": 4, "max_length": max_length})
 }
 
-#[test]
-fn dept_contract() {
-    let e = check(&dept(16), 3, false);
-    println!("DePT: finite differences rel err {e:e}");
-}
-
 /// With B = 0 DePT is prompt tuning with its prompt; with B ≠ 0 the offsets act per position,
 /// the cache counts positions on (decoding token by token = one full pass, across the
 /// `max_length` boundary), and the file holds the prompt and both factors under PEFT-style keys.
@@ -80,7 +66,7 @@ fn dept_is_prompt_tuning_plus_position_offsets() {
     assert_eq!(dflt_t.config("default").unwrap().to_json()["max_length"], 128, "null: the model's 128 positions (below 256)");
     assert_eq!(value(&dflt, "prompt_encoder.default.dept_A.weight").dims(), [128, 60]);
 
-    let (model, tuners) = method_contract::setup(&dept(5), DType::F64);
+    let (model, tuners) = contract::setup(&dept(5), DType::F64);
     let row: Vec<u32> = inputs().input_ids[0].iter().take(8).copied().collect();
     let (full, diff) = cached_decoding_diff(&model, &tuners, &row);
     assert!(diff < 1e-10, "cached decoding vs full pass: {diff}");

@@ -1,22 +1,11 @@
-//! The LoRA improvements of the survey's tree, part B (issue 16): PeriodicLoRA and Intrinsic SAID. Each keeps the method contract; the training procedures are checked directly.
+//! The LoRA improvements of the survey's tree, part B (issue 16): PeriodicLoRA and Intrinsic
+//! SAID. Each has a contract row (`contract/table.rs`); the training procedures are checked directly.
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use candle_core::DType;
 use common::*;
-use method_contract::{check, error_of, setup};
+use contract::*;
 use serde_json::json;
-use survey_common::*;
-
-#[test]
-fn periodic_lora_contract() {
-    let e = check(
-        &json!({"peft_type": "PERIODIC_LORA", "r": 4, "lora_alpha": 8, "merge_every": 3, "target_modules": ["q_proj", "v_proj"]}),
-        0,
-        true,
-    );
-    println!("PeriodicLoRA: finite differences rel err {e:e}");
-}
 
 #[test]
 fn bad_configs_name_the_key() {
@@ -59,12 +48,6 @@ fn periodic_lora_unloads_each_stage_and_restarts() {
     assert!(max_abs_diff(&value(&model, &m), &(stage1 + stage2).unwrap()) < 1e-12, "M = the sum of the stages");
 }
 
-#[test]
-fn intrinsic_said_contract() {
-    let e = check(&json!({"peft_type": "INTRINSIC_SAID", "intrinsic_dim": 50, "target_modules": ["q_proj", "v_proj"]}), 0, true);
-    println!("Intrinsic SAID: finite differences rel err {e:e}");
-}
-
 /// The butterfly is the Walsh-Hadamard matrix (Sylvester's H₂ₙ = [[Hₙ, Hₙ], [Hₙ, −Hₙ]]), and the
 /// Fastfood projection of the fixture's q_proj (D = 4096 = L) is an orthogonal map up to the
 /// Gaussian's spread: ‖P θ‖ is near ‖θ‖ and λ scales it; each weight gets its own projection.
@@ -92,21 +75,16 @@ fn fastfood_is_hadamard_and_about_norm_preserving() {
     for (q, lambda) in [(Q0, 1.0), (q1, -2.5)] {
         set(&model, &format!("{q}.said_lambda.default.weight"), &Tensor::new(&[lambda], &Device::Cpu).unwrap());
     }
-    let w0 = value(&load_f64(), "model.layers.0.self_attn.q_proj.weight");
+    let w0 = value(&load_in(DType::F64), "model.layers.0.self_attn.q_proj.weight");
     let mut merged = model;
     let mut tuners = tuners;
     tuners.merge(&mut merged, None).unwrap();
     let d0 = (value(&merged, "model.layers.0.self_attn.q_proj.weight") - &w0).unwrap();
     let n0 = d0.sqr().unwrap().sum_all().unwrap().to_vec0::<f64>().unwrap().sqrt();
     assert!((n0 / tnorm - 1.0).abs() < 0.15, "‖P θ‖ / ‖θ‖ = {}", n0 / tnorm);
-    let w1 = value(&load_f64(), "model.layers.1.self_attn.q_proj.weight");
+    let w1 = value(&load_in(DType::F64), "model.layers.1.self_attn.q_proj.weight");
     let d1 = (value(&merged, "model.layers.1.self_attn.q_proj.weight") - &w1).unwrap();
     let n1 = d1.sqr().unwrap().sum_all().unwrap().to_vec0::<f64>().unwrap().sqrt();
     assert!((n1 / tnorm - 2.5).abs() < 0.4, "λ scales: {}", n1 / tnorm);
     assert!(max_abs_diff(&(d1 / -2.5).unwrap(), &d0) > 1e-3, "each weight has its own projection");
-}
-
-fn load_f64() -> peft_core::model::CausalLm {
-    peft_core::model::CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() })
-        .unwrap()
 }

@@ -1,19 +1,11 @@
-//! LPT (Liu et al. 2022): the contract, the reduction to prompt tuning when inserted at layer 0
+//! LPT (Liu et al. 2022): the reduction to prompt tuning when inserted at layer 0
 //! with the generator's output at zero. Causal conditioning and cached decoding = a full pass:
 //! `prompt_conditioning.rs`.
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use common::*;
-use method_contract::check;
+use contract::*;
 use serde_json::json;
-use survey_common::*;
-
-#[test]
-fn lpt_contract() {
-    let e = check(&json!({"peft_type": "LPT", "num_virtual_tokens": 3, "generator_hidden": 8}), 3, false);
-    println!("LPT: finite differences rel err {e:e}");
-}
 
 /// W_up = 0 (the default start): the generated prompt is b_up for every instance. Inserted at
 /// layer 0 it is a plain prompt at the input: prompt tuning with the prompt b_up. Inserted at

@@ -1,24 +1,18 @@
 //! The sparse methods of the survey's tree whose mask a training procedure rewrites (issue 16,
-//! part B): FAR, LT-SFT and Fish-Dip. Each keeps the method contract (`method_contract`) with
+//! part B): FAR, LT-SFT and Fish-Dip. Each has a contract row (`contract/table.rs`) with
 //! its mask all ones (before its procedure runs), and its procedure is checked directly:
 //! which entries the new mask keeps, that the masked entries get no gradient, and what the
 //! procedure leaves of the learned change.
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use candle_core::{DType, Tensor};
 use common::*;
-use method_contract::{check, error_of, setup};
+use contract::*;
 use peft_core::model::{loss, CausalLm, Ctx};
 use peft_core::tuners::{Tuners, WithTuners};
 use serde_json::json;
-use survey_common::*;
 
 const L0: &str = "base_model.model.model.layers.0";
-
-fn load_model_f64() -> CausalLm {
-    CausalLm::from_pretrained(&model_dir(), &peft_core::model::LoadOptions { dtype: DType::F64, ..Default::default() }).unwrap()
-}
 
 fn f64s(t: &Tensor) -> Vec<f64> {
     t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
@@ -30,24 +24,6 @@ fn delta_grad(model: &CausalLm, tuners: &Tuners, module: &str) -> Vec<f64> {
     let logits = model.forward(&inputs().batch(), &ctx, None, false).unwrap();
     let g = loss::causal_lm_loss(&logits, &inputs().labels).unwrap().backward().unwrap();
     f64s(g.get(&model.store.by_name(&format!("{module}.masked_delta.default.weight")).unwrap().value()).unwrap())
-}
-
-#[test]
-fn far_contract() {
-    let e = check(&json!({"peft_type": "FAR", "trainable_ratio": 0.25, "target_modules": ["gate_proj", "up_proj", "down_proj"]}), 0, true);
-    println!("FAR: finite differences rel err {e:e}");
-}
-
-#[test]
-fn lt_sft_contract() {
-    let e = check(&json!({"peft_type": "LT_SFT", "density": 0.1, "target_modules": ["q_proj", "down_proj"]}), 0, true);
-    println!("LT-SFT: finite differences rel err {e:e}");
-}
-
-#[test]
-fn fish_dip_contract() {
-    let e = check(&json!({"peft_type": "FISH_DIP", "density": 0.1, "target_modules": ["q_proj", "down_proj"]}), 0, true);
-    println!("Fish-Dip: finite differences rel err {e:e}");
 }
 
 #[test]
@@ -121,7 +97,7 @@ fn lt_sft_keeps_the_largest_changes_and_resets() {
     order[..k].iter().for_each(|&i| want[i] = 1.0);
     assert_eq!(m, want, "the mask is the top-K changes");
     assert!(f64s(&value(&model, &dname)).iter().all(|&x| x == 0.0), "ΔW is reset");
-    let base = logits_with(&load_model_f64(), None);
+    let base = logits_with(&load_in(DType::F64), None);
     assert!(max_abs_diff(&logits_with(&model, Some(&tuners)), &base) < 1e-12, "reset: the base model again");
     let g = delta_grad(&model, &tuners, Q0);
     assert!(g.iter().zip(&m).all(|(g, m)| (*g != 0.0) == (*m == 1.0)), "only the ticket trains");

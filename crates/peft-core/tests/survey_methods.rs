@@ -1,21 +1,13 @@
 //! The LoRA variants from the PEFT survey's tree (issue 16): MoSLoRA, LoRA Dropout, SoRA and
-//! Child-tuning_D. Each keeps the method contract (`method_contract`), starts as the base model,
+//! Child-tuning_D. Each has a contract row (`contract/table.rs`), starts as the base model,
 //! reduces to LoRA where it generalises it, and refuses bad configs by key; the training
 //! procedures (the dropout and child masks, SoRA's proximal step) are checked directly.
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use method_contract::{check, error_of};
+use contract::*;
 use serde_json::json;
-use survey_common::*;
-
-#[test]
-fn moslora_contract() {
-    let e = check(&json!({"peft_type": "MOSLORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}), 0, true);
-    println!("MoSLoRA: finite differences rel err {e:e}");
-}
 
 #[test]
 fn default_inits_are_the_base_model() {
@@ -60,12 +52,6 @@ fn bad_configs_name_the_key() {
     }
 }
 
-#[test]
-fn lora_dropout_contract() {
-    let e = check(&json!({"peft_type": "LORA_DROPOUT", "r": 4, "param_dropout": 0.3, "target_modules": ["q_proj", "v_proj"]}), 0, true);
-    println!("LoRA Dropout: finite differences rel err {e:e}");
-}
-
 /// Evaluation runs plain LoRA; a training step drops whole input columns of A and output rows
 /// of B: their gradients are exactly zero, the kept ones are not, and a seed repeats the draw.
 #[test]
@@ -100,12 +86,6 @@ fn lora_dropout_drops_columns_of_a_and_rows_of_b() {
     assert_eq!(zero_rows + full_rows, gb.len(), "B's gradient rows are all zero or all non-zero");
     assert!(zero_rows > gb.len() / 4 && full_rows > gb.len() / 4, "about half of B's rows dropped: {zero_rows} of {}", gb.len());
     assert_eq!(grads(3), (ga, gb), "the seed repeats the masks");
-}
-
-#[test]
-fn sora_contract() {
-    let e = check(&json!({"peft_type": "SORA", "r": 4, "target_modules": ["q_proj", "v_proj"]}), 0, true);
-    println!("SoRA: finite differences rel err {e:e}");
 }
 
 /// The proximal step is the soft threshold at lr·λ (eq. 5); a gate at zero switches its rank
@@ -144,19 +124,13 @@ fn sora_proximal_step_soft_thresholds_the_gates() {
     assert!(proximal_step(&sora, &sora_t, f64::NAN).is_err());
 }
 
-#[test]
-fn child_tuning_contract() {
-    let e = check(&json!({"peft_type": "CHILD_TUNING", "child_ratio": 0.3, "target_modules": ["q_proj", "down_proj"]}), 0, true);
-    println!("Child-tuning_D: finite differences rel err {e:e}");
-}
-
 /// A training forward leaves the logits as evaluation's (the mask touches the gradient only);
 /// its gradient is the full gradient on a random ~p_D share of entries, scaled by 1/p_D, and 0 elsewhere.
 #[test]
 fn child_tuning_masks_the_gradient_not_the_forward() {
     use peft_core::tuners::WithTuners;
     let (model, tuners) =
-        method_contract::setup(&json!({"peft_type": "CHILD_TUNING", "child_ratio": 0.25, "target_modules": ["q_proj"]}), DType::F64);
+        contract::setup(&json!({"peft_type": "CHILD_TUNING", "child_ratio": 0.25, "target_modules": ["q_proj"]}), DType::F64);
     let name = format!("{Q0}.child_delta.default.weight");
     let grad_in = |training: bool| {
         let ctx = peft_core::model::Ctx::new(&model.store, false).with_tuners(&tuners);

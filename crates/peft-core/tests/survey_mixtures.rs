@@ -1,29 +1,15 @@
 //! The mixtures of experts from the PEFT survey's tree (issue 16): MoLoRA and MoV (soft-routed
 //! LoRA / (IA)³ experts) and MixLoRA (top-k routed LoRA experts on the FFN with the
-//! load-balancing loss). The contract, the reductions to one expert, the gates, and the balance
+//! load-balancing loss). The reductions to one expert, the gates, and the balance
 //! loss's value and gradient.
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use method_contract::{check, error_of};
+use contract::*;
 use peft_core::model::CausalLm;
 use peft_core::tuners::Tuners;
 use serde_json::json;
-use survey_common::*;
-
-#[test]
-fn molora_contract() {
-    let e = check(&json!({"peft_type": "MOLORA", "r": 2, "num_experts": 3, "target_modules": ["q_proj", "v_proj", "down_proj"]}), 0, false);
-    println!("MoLoRA: finite differences rel err {e:e}");
-}
-
-#[test]
-fn mov_contract() {
-    let e = check(&json!({"peft_type": "MOV", "num_experts": 3}), 0, false);
-    println!("MoV: finite differences rel err {e:e}");
-}
 
 /// With one expert the gate is 1: MoLoRA is LoRA with that expert's factors.
 #[test]
@@ -71,20 +57,6 @@ fn mov_with_one_expert_is_ia3() {
     let d = max_abs_diff(&logits_with(&mov, Some(&mov_t)), &logits_with(&ia3, Some(&ia3_t)));
     assert!(d < 1e-5, "MoV(E = 1) vs IA3: {d}");
     assert!(max_abs_diff(&logits_with(&mov, Some(&mov_t)), &logits_with(&mov, None)) > 1e-4, "the adapter is not a no-op");
-}
-
-#[test]
-fn mixlora_contract() {
-    let e = check(&json!({"peft_type": "MIXLORA", "r": 2, "num_experts": 3, "top_k": 2}), 0, false);
-    println!("MixLoRA: finite differences rel err {e:e}");
-    // Top-1 renormalises the one gate to 1 (MixLoRA's and Mixtral's routing): the router then learns
-    // from the balance loss alone, which the contract's evaluation-mode gradients leave out.
-    let e = check(
-        &json!({"peft_type": "MIXLORA", "r": 2, "num_experts": 4, "top_k": 2, "expert_modules": ["down_proj"], "layers_to_transform": [1]}),
-        0,
-        false,
-    );
-    println!("MixLoRA (down_proj only, layer 1): finite differences rel err {e:e}");
 }
 
 /// One expert, top-1: the gate is 1 and the FFN is the base FFN with LoRA on gate, up and down,
@@ -144,7 +116,7 @@ fn mixlora_balance_loss_value_and_gradient() {
     }
 
     // The balance term's gradient (through the mean router probabilities) by f64 finite differences.
-    let (mut model, tuners) = method_contract::setup(&cfg, DType::F64);
+    let (mut model, tuners) = contract::setup(&cfg, DType::F64);
     model.store.zero_grad();
     let (l, _) = training_loss_of(&model, &tuners);
     model.store.accumulate_grads(&l.backward().unwrap()).unwrap();

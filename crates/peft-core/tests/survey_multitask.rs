@@ -1,28 +1,20 @@
 //! Multi-task composition from the PEFT survey's tree (issue 16, part A): AdapterFusion over
-//! trained bottleneck adapters. The contract, the composition from trained adapters, and its errors.
+//! trained bottleneck adapters. The composition from trained adapters, and its errors.
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use candle_core::Tensor;
 use common::*;
-use method_contract::check;
+use contract::*;
 use peft_core::model::CausalLm;
 use peft_core::tuners::Tuners;
 use serde_json::{json, Value};
-use survey_common::*;
-
-#[test]
-fn adapter_fusion_contract() {
-    let e = check(&json!({"peft_type": "ADAPTER_FUSION", "num_adapters": 3, "bottleneck_size": 8}), 0, false);
-    println!("AdapterFusion: finite differences rel err {e:e}");
-}
 
 /// Adds adapters `names` from `cfg` (random, non-zero up-projections) to one model.
 fn with_adapters(cfg: &Value, names: &[&str]) -> (CausalLm, Tuners) {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     for (seed, n) in names.iter().enumerate() {
-        tuners.inject(&mut model, n, method_contract::config(cfg), seed as u64 + 1).unwrap();
+        tuners.inject(&mut model, n, contract::config(cfg), seed as u64 + 1).unwrap();
     }
     (model, tuners)
 }
@@ -68,8 +60,8 @@ fn fusion_of_an_adapter_with_itself_is_that_adapter() {
 #[test]
 fn fusion_refuses_adapters_it_cannot_fuse() {
     let (mut model, mut tuners) = with_adapters(&serial(8), &["a", "b"]);
-    tuners.inject(&mut model, "wide", method_contract::config(&serial(16)), 3).unwrap();
-    tuners.inject(&mut model, "lora", method_contract::config(&json!({"peft_type": "LORA", "r": 2})), 4).unwrap();
+    tuners.inject(&mut model, "wide", contract::config(&serial(16)), 3).unwrap();
+    tuners.inject(&mut model, "lora", contract::config(&json!({"peft_type": "LORA", "r": 2})), 4).unwrap();
     for (sources, want) in [
         (vec!["a"], "2 to 16 bottleneck adapters"),
         (vec!["a", "lora"], "adapter `lora` of peft_type \"LORA\""),
@@ -80,13 +72,6 @@ fn fusion_refuses_adapters_it_cannot_fuse() {
         assert!(e.contains(want), "{sources:?}: {e}");
         assert!(!tuners.names().contains(&"f".to_string()), "no half-built adapter left");
     }
-}
-
-#[test]
-fn mole_contract() {
-    // all-linear: the gates alone (the experts are frozen) fit the contract's batch by 20% in 20 steps.
-    let e = check(&json!({"peft_type": "MOLE", "r": 4, "num_experts": 4, "target_modules": "all-linear"}), 0, false);
-    println!("MoLE: finite differences rel err {e:e}");
 }
 
 fn lora(r: usize, alpha: usize) -> Value {
@@ -101,8 +86,8 @@ fn mole_starts_as_the_mean_of_its_loras_and_reports_its_gates() {
     use peft_core::tuners::WithTuners;
     let mut model = load_model();
     let mut tuners = Tuners::new();
-    tuners.inject(&mut model, "a", method_contract::config(&lora(2, 4)), 1).unwrap();
-    tuners.inject(&mut model, "b", method_contract::config(&lora(2, 8)), 2).unwrap();
+    tuners.inject(&mut model, "a", contract::config(&lora(2, 4)), 1).unwrap();
+    tuners.inject(&mut model, "b", contract::config(&lora(2, 8)), 2).unwrap();
     tuners.add_mole_adapter(&mut model, &["a", "b"], "mole").unwrap();
     let (joint, joint_t) = inject(&lora(4, 4), 3);
     for q in QS {
@@ -129,11 +114,11 @@ fn mole_refuses_loras_it_cannot_mix() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     for (n, cfg) in [("a", lora(2, 2)), ("b", lora(2, 2)), ("r4", lora(4, 4)), ("ia3", json!({"peft_type": "IA3"}))] {
-        tuners.inject(&mut model, n, method_contract::config(&cfg), 1).unwrap();
+        tuners.inject(&mut model, n, contract::config(&cfg), 1).unwrap();
     }
     let mut kv = lora(2, 2);
     kv["target_modules"] = json!(["k_proj"]);
-    tuners.inject(&mut model, "kv", method_contract::config(&kv), 2).unwrap();
+    tuners.inject(&mut model, "kv", contract::config(&kv), 2).unwrap();
     for (sources, want) in [
         (vec!["a"], "2 to 64 LoRA adapters"),
         (vec!["a", "ia3"], "adapter `ia3` of peft_type \"IA3\""),
@@ -154,7 +139,7 @@ fn adapter_soup_is_the_weight_average() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
     for (n, seed) in [("a", 1), ("b", 2)] {
-        tuners.inject(&mut model, n, method_contract::config(&lora(2, 4)), seed).unwrap();
+        tuners.inject(&mut model, n, contract::config(&lora(2, 4)), seed).unwrap();
     }
     tuners.add_soup_adapter(&mut model, &["a", "b"], "soup").unwrap();
     let (mean, mean_t) = inject(&lora(2, 4), 3);
@@ -167,15 +152,9 @@ fn adapter_soup_is_the_weight_average() {
     tuners.set_active(&mut model, &["soup"]).unwrap();
     let d = max_abs_diff(&logits_with(&model, Some(&tuners)), &logits_with(&mean, Some(&mean_t)));
     assert!(d < 1e-6, "soup vs the mean LoRA: {d}");
-    tuners.inject(&mut model, "alpha8", method_contract::config(&lora(2, 8)), 4).unwrap();
+    tuners.inject(&mut model, "alpha8", contract::config(&lora(2, 8)), 4).unwrap();
     let e = tuners.add_soup_adapter(&mut model, &["a", "alpha8"], "s2").unwrap_err().to_string();
     assert!(e.contains("`lora_alpha` of `alpha8`: 8"), "{e}");
-}
-
-#[test]
-fn adamix_contract() {
-    let e = check(&json!({"peft_type": "ADAMIX", "num_experts": 3, "bottleneck_size": 8}), 0, false);
-    println!("AdaMix: finite differences rel err {e:e}");
 }
 
 /// Evaluation runs the bottleneck adapter with the experts' mean weights (adaptation merging);
@@ -238,24 +217,12 @@ fn spot_initialises_a_prompt_from_a_source_prompt() {
     assert!(dst_t.config("default").unwrap().to_json().get("init_from").is_none());
     let mut wrong = cfg.clone();
     wrong["num_virtual_tokens"] = json!(4);
-    let e = method_contract::error_of(&wrong);
+    let e = contract::error_of(&wrong);
     assert!(e.contains("init_from") && e.contains("[4, 64]") && e.contains("[3, 64]") && e.contains("adapter_model.safetensors"), "{e}");
     let mut missing = cfg.clone();
     missing["init_from"] = json!(dir.join("nope").to_str().unwrap());
-    assert!(method_contract::error_of(&missing).contains("nope"), "{}", method_contract::error_of(&missing));
+    assert!(contract::error_of(&missing).contains("nope"), "{}", contract::error_of(&missing));
     std::fs::remove_dir_all(&dir).ok();
-}
-
-#[test]
-fn smop_contract() {
-    let e = check(&json!({"peft_type": "SMOP", "num_virtual_tokens": 3, "num_prompts": 2}), 3, false);
-    println!("SMoP: finite differences rel err {e:e}");
-}
-
-#[test]
-fn idpg_contract() {
-    let e = check(&json!({"peft_type": "IDPG", "num_virtual_tokens": 3, "generator_hidden": 8}), 3, false);
-    println!("IDPG: finite differences rel err {e:e}");
 }
 
 /// Prompt tuning with the prompt `p` on a fresh model, for comparisons.
@@ -302,12 +269,6 @@ fn idpg_starts_as_prompt_tuning() {
     );
 }
 
-#[test]
-fn prefix_propagation_contract() {
-    let e = check(&json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3}), 3, false);
-    println!("Prefix-Propagation: finite differences rel err {e:e}");
-}
-
 /// With the per-layer offsets at zero it is prompt tuning; with offsets, they act on the prefix
 /// positions only: decoding token by token from the cache equals one full pass.
 #[test]
@@ -323,7 +284,7 @@ fn prefix_propagation_offsets_the_prefix_positions_only() {
         "P₀, and P₁ before the last of 2 layers"
     );
 
-    let (model, tuners) = method_contract::setup(
+    let (model, tuners) = contract::setup(
         &json!({"peft_type": "PREFIX_PROPAGATION", "num_virtual_tokens": 3, "init_weights": false}),
         candle_core::DType::F64,
     );

@@ -1,21 +1,13 @@
-//! Structured diff pruning (issue 16, part B): the method contract, the hard-concrete gates of
+//! Structured diff pruning (issue 16, part B): the hard-concrete gates of
 //! Guo et al. 2021 (eq. 4-5) against their closed form, and the L0 penalty in training.
 use crate::common;
-use crate::method_contract;
-use crate::survey_common;
+use crate::contract;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use method_contract::{check, error_of, setup};
+use contract::*;
 use peft_core::model::{loss, Ctx};
 use peft_core::tuners::WithTuners;
 use serde_json::json;
-use survey_common::*;
-
-#[test]
-fn s_diff_pruning_contract() {
-    let e = check(&json!({"peft_type": "S_DIFF_PRUNING", "target_modules": ["q_proj", "down_proj"]}), 0, true);
-    println!("structured diff pruning: finite differences rel err {e:e}");
-}
 
 #[test]
 fn bad_configs_name_the_key() {

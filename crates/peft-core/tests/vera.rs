@@ -1,25 +1,15 @@
-//! VeRA against PEFT 0.21 (the `vera` fixture): numerics, files (with and without the
-//! projections), the shared projections from torch's generator, the tuner-base contract.
+//! VeRA: the shared projections from torch's generator, files without the projections, one
+//! projection pair per adapter, init and config errors. The fixture, files, gradients, finite
+//! differences and merging: the `VeRA` contract row.
 use crate::common;
-use crate::methods_common;
-use candle_core::{DType, Device};
+use crate::contract;
+use candle_core::Device;
 use common::*;
-use methods_common::*;
+use contract::*;
 use peft_core::io::adapter::{load_adapter, save_adapter, CONFIG_NAME, WEIGHTS_NAME};
 use peft_core::io::safetensors::load_file;
-use peft_core::model::{CausalLm, LoadOptions};
 use peft_core::tuners::{vera, Tuners};
 use serde_json::{json, Value};
-
-#[test]
-fn vera_matches_peft() {
-    check_case("vera");
-}
-
-#[test]
-fn vera_files_round_trip_byte_identical() {
-    check_round_trip("vera", &vera::peft_defaults());
-}
 
 fn bits(t: &candle_core::Tensor) -> Vec<u32> {
     flat(t).iter().map(|x| x.to_bits()).collect()
@@ -82,23 +72,14 @@ fn without_saved_projections_they_are_regenerated_from_the_key() {
     }
 }
 
-fn setup(dtype: DType) -> (CausalLm, Tuners) {
-    let mut model = CausalLm::from_pretrained(&model_dir(), &LoadOptions { dtype, ..Default::default() }).unwrap();
-    let mut tuners = Tuners::new();
-    let cfg = config("VERA", json!({"r": 8, "target_modules": "all-linear", "projection_prng_key": 5}));
-    tuners.inject(&mut model, "default", cfg, 1).unwrap();
-    randomize(&model, 4, false);
-    (model, tuners)
-}
-
 #[test]
 fn vera_shares_one_projection_pair_sized_by_the_largest_target() {
-    let (model, mut tuners) = setup(DType::F32);
+    let (model, mut tuners) = inject(&row("VeRA").config(), 1);
     assert_eq!(model.store.by_name("base_model.vera_A.default").unwrap().dims(), [8, 160]);
     assert_eq!(model.store.by_name("base_model.vera_B.default").unwrap().dims(), [160, 8]);
     assert!(!model.store.by_name("base_model.vera_A.default").unwrap().requires_grad());
     let mut model = model;
-    tuners.inject(&mut model, "second", config("VERA", json!({"r": 4, "target_modules": ["q_proj"]})), 0).unwrap();
+    tuners.inject(&mut model, "second", config(&json!({"peft_type": "VERA", "r": 4, "target_modules": ["q_proj"]})), 0).unwrap();
     assert_eq!(model.store.by_name("base_model.vera_A.second").unwrap().dims(), [4, 64]);
     tuners.delete_adapter(&mut model, "second").unwrap();
     assert!(model.store.by_name("base_model.vera_A.second").is_err(), "projections go with their adapter");
@@ -107,32 +88,10 @@ fn vera_shares_one_projection_pair_sized_by_the_largest_target() {
 }
 
 #[test]
-fn vera_gradients_merge_and_disable() {
-    let (mut model, mut tuners) = setup(DType::F32);
-    assert_eq!(check_all_gradients(&mut model, &tuners), 28);
-    let (dm, db) = check_merge_and_disable(&mut model, &mut tuners);
-    println!("vera: merged vs unmerged logits {dm:e}, base after unmerge {db:e}");
-}
-
-#[test]
-fn vera_finite_differences_in_f64() {
-    let (mut model, tuners) = setup(DType::F64);
-    loss_with(&mut model, Some(&tuners), true);
-    for name in [
-        "base_model.model.model.layers.0.mlp.up_proj.vera_lambda_d.default",
-        "base_model.model.model.layers.1.self_attn.v_proj.vera_lambda_b.default",
-    ] {
-        let err = fd_error(&mut model, &tuners, name, loss64);
-        println!("{name}: finite-difference rel err {err:e}");
-        assert!(err < 1e-6, "{name}: {err}");
-    }
-}
-
-#[test]
 fn vera_init_and_config_errors() {
     let mut model = load_model();
     let mut tuners = Tuners::new();
-    tuners.inject(&mut model, "default", config("VERA", json!({"r": 4})), 0).unwrap();
+    tuners.inject(&mut model, "default", config(&json!({"peft_type": "VERA", "r": 4})), 0).unwrap();
     let d = model.store.by_name("base_model.model.model.layers.0.self_attn.q_proj.vera_lambda_d.default").unwrap();
     assert!(flat(&d.value()).iter().all(|&x| (x - 0.1).abs() < 1e-7), "d starts at d_initial");
     assert_eq!(max_abs_diff(&logits_with(&model, Some(&tuners)), &logits_with(&model, None)), 0.0, "b starts at zero");
@@ -147,7 +106,7 @@ fn vera_init_and_config_errors() {
         (json!({"d_initial": "x"}), "d_initial"),
         (json!({"layers_pattern": "layers"}), "layers_to_transform"),
     ] {
-        let e = config_err("VERA", cfg.clone());
+        let e = error_of(&typed("VERA", cfg.clone()));
         assert!(e.contains(&format!("`{key}`")), "{cfg}: `{e}` should name {key}");
     }
 }

@@ -57,6 +57,22 @@ pub fn expected(case: &str) -> HashMap<String, Tensor> {
     peft_core::io::safetensors::load_file(&p, None, &Device::Cpu).unwrap()
 }
 
+/// A fixture case's folder (`cases/<case>`: PEFT's files and expected values).
+pub fn case_dir(case: &str) -> PathBuf {
+    fixture_dir().join("cases").join(case)
+}
+
+/// A temporary folder path for this process and `name` (removed first if left over).
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("peft-core-tests-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+pub fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
 pub fn load_model() -> CausalLm {
     CausalLm::from_pretrained(&model_dir(), &LoadOptions::default()).unwrap()
 }
@@ -207,6 +223,12 @@ pub fn inject_err(cfg: serde_json::Value) -> String {
         Ok((c, _)) => tuners.inject(&mut model, "default", c, 0).expect_err("injection should fail").to_string(),
     }
 }
+
+/// Every storage type a quantized weight is kept in (`QWeight`), for the kernel and model tests.
+pub const QUANT_TYPES: [candle_core::quantized::GgmlDType; 12] = {
+    use candle_core::quantized::GgmlDType::*;
+    [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K, F16, BF16]
+};
 
 /// Snapshot of every parameter's value by name.
 pub fn snapshot(model: &CausalLm) -> HashMap<String, Tensor> {
