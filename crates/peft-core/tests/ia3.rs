@@ -45,3 +45,21 @@ fn ia3_defaults_init_and_config_errors() {
         assert!(e.contains(&format!("`{key}`")), "{cfg}: `{e}` should name {key}");
     }
 }
+
+/// `all-linear` is written back as full module paths while `feedforward_modules` keeps its short
+/// names; PEFT's string subset check refuses that file, ours accepts a name that ends a target.
+#[test]
+fn all_linear_with_short_feedforward_names_saves_and_loads_back() {
+    use peft_core::io::adapter::{load_adapter, save_adapter};
+    let cfg = typed("IA3", json!({"target_modules": "all-linear", "feedforward_modules": ["down_proj", "up_proj"]}));
+    let (model, tuners) = inject(&cfg, 1);
+    let saved = tuners.config("default").unwrap().to_json();
+    assert!(saved["target_modules"].as_array().unwrap().iter().any(|t| t.as_str().unwrap().ends_with(".mlp.down_proj")), "{saved}");
+    let dir = tmp("ia3-all-linear");
+    save_adapter(&tuners, &model, "default", &dir).unwrap();
+    let mut reloaded = load_model();
+    let mut back = Tuners::new();
+    load_adapter(&mut back, &mut reloaded, &dir, "default", false).unwrap();
+    assert_eq!(max_abs_diff(&logits_with(&model, Some(&tuners)), &logits_with(&reloaded, Some(&back))), 0.0);
+    let _ = std::fs::remove_dir_all(dir);
+}

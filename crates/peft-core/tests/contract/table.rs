@@ -90,11 +90,9 @@ const LORA_FAMILY: &[Case] = &[
         ..ROW
     },
     // Feed-forward vectors scale the input, the others the output: both kinds on every linear.
-    // (Named, not `all-linear`: that is written back as module paths, and the short
-    // `feedforward_modules` are then not a subset of them when the file is read again.)
     Case {
         name: "IA3",
-        config: r#"{"peft_type": "IA3", "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "feedforward_modules": ["down_proj", "up_proj"]}"#,
+        config: r#"{"peft_type": "IA3", "target_modules": "all-linear", "feedforward_modules": ["down_proj", "up_proj"]}"#,
         fixture: Some("ia3"),
         merge: Merge::Merges,
         trainable: Some(14),

@@ -48,10 +48,13 @@ impl Ia3Config {
     }
 
     /// `IA3Config.__post_init__`: with both given as lists, the feed-forward modules must be
-    /// among the targets.
+    /// among the targets. PEFT compares the strings, so it refuses its own save of
+    /// `target_modules: "all-linear"` (written back as full module paths) beside short
+    /// `feedforward_modules` names; an entry that ends a target path is accepted here.
     fn check_subset(&self) -> Result<()> {
         if let (Some(Targets::List(ff)), Some(Targets::List(t))) = (&self.feedforward_modules, &self.targets.target_modules) {
-            if let Some(bad) = ff.iter().find(|m| !t.contains(m)) {
+            let among_targets = |m: &String| t.iter().any(|x| x == m || x.ends_with(&format!(".{m}")));
+            if let Some(bad) = ff.iter().find(|m| !among_targets(m)) {
                 let f = &self.fields;
                 return Err(f.err("feedforward_modules", &format!("a subset of `target_modules` ({t:?}); `{bad}` is not in it")));
             }
