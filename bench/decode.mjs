@@ -35,6 +35,12 @@ const threads = Number(opt('threads', process.env.PEFT_NODE_NUM_THREADS ?? Strin
 // Deterministic prompt ids, away from the special tokens at the start of the vocabulary.
 const promptIds = (vocab) => Array.from({ length: promptLen }, (_, i) => 1000 + ((i * 7919) % Math.min(vocab - 1000, 20000)))
 
+/** CPU milliseconds this process has used (all its threads, user + system). */
+const cpuMs = () => {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1000
+}
+
 /** Our side, written as the README tells users to: fromPretrained, generate; no dispose. */
 async function runOurs(path, dtype, root = ROOT) {
   const { AutoModelForCausalLM } = await import(pathToFileURL(join(root, 'dist', 'index.js')).href)
@@ -42,13 +48,14 @@ async function runOurs(path, dtype, root = ROOT) {
   const ids = promptIds(model.config.vocab_size)
   const greedy = { stopTokenIds: [] }
   await model.generate(ids.slice(0, 8), { ...greedy, maxNewTokens: 4 }) // warm-up
-  let t = performance.now()
+  let [t, c] = [performance.now(), cpuMs()]
   await model.generate(ids, { ...greedy, maxNewTokens: 1 })
-  const prefillMs = performance.now() - t
-  t = performance.now()
+  const [prefillMs, prefillCpuMs] = [performance.now() - t, cpuMs() - c]
+  ;[t, c] = [performance.now(), cpuMs()]
   const out = await model.generate(ids, { ...greedy, maxNewTokens: newTokens + 1 })
-  const totalMs = performance.now() - t
-  return { prefillMs, decodeMs: totalMs - prefillMs, tokens: out.slice(promptLen, promptLen + 32) }
+  const [totalMs, totalCpuMs] = [performance.now() - t, cpuMs() - c]
+  const tokens = out.slice(promptLen, promptLen + 32)
+  return { prefillMs, decodeMs: totalMs - prefillMs, prefillCpuMs, decodeCpuMs: totalCpuMs - prefillCpuMs, tokens }
 }
 
 /** llama.cpp: the prompt through `sequence.evaluate` until its first token, then `newTokens` more. */
@@ -60,17 +67,18 @@ async function runLlamaCpp(path) {
   const ids = promptIds(49152) // the same ids as ours (both vocabularies are larger than 21000)
   const once = async (n) => {
     const sequence = context.getSequence()
-    const t0 = performance.now()
-    let first = 0
+    const [t0, c0] = [performance.now(), cpuMs()]
+    let [first, firstCpu] = [0, 0]
     const tokens = []
     for await (const tok of sequence.evaluate(ids, { temperature: 0 })) {
-      if (tokens.length === 0) first = performance.now()
+      if (tokens.length === 0) [first, firstCpu] = [performance.now(), cpuMs()]
       tokens.push(tok)
       if (tokens.length >= n + 1) break
     }
-    const end = performance.now()
+    const [end, endCpu] = [performance.now(), cpuMs()]
     sequence.dispose()
-    return { prefillMs: first - t0, decodeMs: end - first, tokens: tokens.slice(0, 32).map(Number) }
+    const cpu = { prefillCpuMs: firstCpu - c0, decodeCpuMs: endCpu - firstCpu }
+    return { prefillMs: first - t0, decodeMs: end - first, ...cpu, tokens: tokens.slice(0, 32).map(Number) }
   }
   await once(4) // warm-up
   return once(newTokens)
@@ -112,12 +120,15 @@ function main() {
         const run = {
           prompt: (promptLen / out.prefillMs) * 1000,
           decode: (newTokens / out.decodeMs) * 1000,
+          // CPU milliseconds of the process per prompt token and per generated token.
+          promptCpu: out.prefillCpuMs / promptLen,
+          decodeCpu: out.decodeCpuMs / newTokens,
           steal: (100 * (c1.steal - c0.steal)) / Math.max(1, c1.total - c0.total),
           load: load0,
           tokens: out.tokens,
         }
         ;(results[`${name} ${side}`] ??= []).push(run)
-        console.log(`${name} ${side.padEnd(9)} run ${rep + 1}: prompt ${run.prompt.toFixed(1)} tok/s, decode ${run.decode.toFixed(1)} tok/s (steal ${run.steal.toFixed(1)}%, load ${run.load.toFixed(2)})`)
+        console.log(`${name} ${side.padEnd(9)} run ${rep + 1}: prompt ${run.prompt.toFixed(1)} tok/s, decode ${run.decode.toFixed(1)} tok/s, CPU ms/token prompt ${run.promptCpu.toFixed(2)} decode ${run.decodeCpu.toFixed(2)} (steal ${run.steal.toFixed(1)}%, load ${run.load.toFixed(2)})`)
       }
     }
   }
@@ -125,14 +136,18 @@ function main() {
   for (const [key, runs] of Object.entries(results)) {
     const p = runs.map((r) => r.prompt)
     const d = runs.map((r) => r.decode)
-    console.log(`${key.padEnd(18)} prompt ${Math.max(...p).toFixed(1)} / ${median(p).toFixed(1)}   decode ${Math.max(...d).toFixed(1)} / ${median(d).toFixed(1)}   steal ${runs.map((r) => r.steal.toFixed(0)).join(',')}%  load ${runs.map((r) => r.load.toFixed(1)).join(',')}`)
+    const cpu = (xs) => `${Math.min(...xs).toFixed(2)} / ${median(xs).toFixed(2)}`
+    console.log(`${key.padEnd(18)} prompt ${Math.max(...p).toFixed(1)} / ${median(p).toFixed(1)}   decode ${Math.max(...d).toFixed(1)} / ${median(d).toFixed(1)}   CPU ms/token prompt ${cpu(runs.map((r) => r.promptCpu))} decode ${cpu(runs.map((r) => r.decodeCpu))}   steal ${runs.map((r) => r.steal.toFixed(0)).join(',')}%  load ${runs.map((r) => r.load.toFixed(1)).join(',')}`)
   }
-  // Greedy agreement of the kept-quantized base with the same file in float32 (first 32 tokens).
+  // Greedy agreement (first 32 tokens) of the kept-quantized base with the same file in
+  // float32, and with the earlier build.
   for (const name of names) {
-    const [q, f] = [results[`${name} ours`]?.[0], results[`${name} ours-f32`]?.[0]]
-    if (!q || !f) continue
-    const same = q.tokens.findIndex((t, i) => t !== f.tokens[i])
-    console.log(`${name}: quantized vs float32 greedy tokens ${same < 0 ? `agree on all ${q.tokens.length}` : `first differ at ${same}`}`)
+    for (const [a, b, what] of [['ours', 'ours-f32', 'quantized vs float32'], ['ours', 'before', 'quantized vs before']]) {
+      const [q, f] = [results[`${name} ${a}`]?.[0], results[`${name} ${b}`]?.[0]]
+      if (!q || !f) continue
+      const same = q.tokens.findIndex((t, i) => t !== f.tokens[i])
+      console.log(`${name}: ${what} greedy tokens ${same < 0 ? `agree on all ${q.tokens.length}` : `first differ at ${same}`}`)
+    }
   }
 }
 

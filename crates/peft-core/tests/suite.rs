@@ -29,6 +29,8 @@ mod checkpointing;
 mod checkpoints;
 #[path = "chunked_loss.rs"]
 mod chunked_loss;
+#[path = "decode_kernels.rs"]
+mod decode_kernels;
 #[path = "dylora.rs"]
 mod dylora;
 #[path = "fixture_base.rs"]

@@ -117,7 +117,7 @@ pub enum GateUpProj {
 pub fn gated_activation(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => ops::silu_mul(gate, up)?,
-        Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
+        Activation::GeluPytorchTanh => ops::gelu_mul(gate, up)?,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod composite;
 mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod gelu_mul;
 mod kernel;
 mod linear_cross_entropy;
 mod lora;
@@ -22,6 +23,7 @@ mod sparse;
 
 pub use attention::scaled_masked_softmax;
 pub use cross_entropy::cross_entropy_sum;
+pub use gelu_mul::{gelu_mul, gelu_mul_slices};
 pub use linear_cross_entropy::{default_chunk_rows, linear_cross_entropy_sum, qlinear_cross_entropy_sum};
 pub use lora::lora_add;
 pub use qlinear::{qlinear, qlinear_input_grad};

@@ -89,6 +89,15 @@ unsafe fn fifth_bits(qh: &[u8; 4]) -> [__m256i; 4] {
     out
 }
 
+/// `out[g] = f32(q[g])`: exact (|q| < 2²⁴).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn unscaled(q: [__m256i; 4], out: *mut __m256) {
+    for (g, q) in q.into_iter().enumerate() {
+        *out.add(g) = _mm256_cvtepi32_ps(q);
+    }
+}
+
 /// `out[g] = f32(q[g]) · d (+ m)`, as candle: a product, then a sum.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -126,6 +135,14 @@ impl Decode for BlockQ4_0 {
         let b = &*(blocks as *const Q4_0);
         scale(minus(nibbles(&b.qs), 8), b.d, None, out)
     }
+    const SCALED: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_unscaled_avx2(blocks: *const Self, out: *mut __m256) -> f32 {
+        let b = &*(blocks as *const Q4_0);
+        unscaled(minus(nibbles(&b.qs), 8), out);
+        f32_of(b.d)
+    }
 }
 
 impl Decode for BlockQ4_1 {
@@ -146,6 +163,14 @@ impl Decode for BlockQ5_0 {
         let b = &*(blocks as *const Q5_0);
         scale(minus(or(nibbles(&b.qs), fifth_bits(&b.qh)), 16), b.d, None, out)
     }
+    const SCALED: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_unscaled_avx2(blocks: *const Self, out: *mut __m256) -> f32 {
+        let b = &*(blocks as *const Q5_0);
+        unscaled(minus(or(nibbles(&b.qs), fifth_bits(&b.qh)), 16), out);
+        f32_of(b.d)
+    }
 }
 
 impl Decode for BlockQ5_1 {
@@ -164,11 +189,26 @@ impl Decode for BlockQ8_0 {
     #[inline(always)]
     unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256) {
         let b = &*(blocks as *const Q8_0);
-        let p = b.qs.as_ptr();
-        let mut q = [_mm256_setzero_si256(); 4];
-        for (g, v) in q.iter_mut().enumerate() {
-            *v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8 * g) as *const __m128i));
-        }
-        scale(q, b.d, None, out)
+        scale(q8_bytes(b), b.d, None, out)
     }
+    const SCALED: bool = true;
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_unscaled_avx2(blocks: *const Self, out: *mut __m256) -> f32 {
+        let b = &*(blocks as *const Q8_0);
+        unscaled(q8_bytes(b), out);
+        f32_of(b.d)
+    }
+}
+
+/// The 32 signed bytes of a Q8_0 block, four vectors of eight.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q8_bytes(b: &Q8_0) -> [__m256i; 4] {
+    let p = b.qs.as_ptr();
+    let mut q = [_mm256_setzero_si256(); 4];
+    for (g, v) in q.iter_mut().enumerate() {
+        *v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8 * g) as *const __m128i));
+    }
+    q
 }

@@ -7,7 +7,8 @@
 //! (Q2_K … Q6_K), `half.rs` (F16, BF16). The decoded values are exactly candle's
 //! (`GgmlType::to_float`: the same products and sums, in the same order, without fusing), so
 //! `dequantize` is bit-identical to candle's and the dot products differ from
-//! dequantize-then-dot only in the order of the f32 sums. Without AVX2 (or on other
+//! dequantize-then-dot only in the order of the f32 sums (and, for the types whose blocks
+//! are one scale times integers, in multiplying each block's sum by its scale once). Without AVX2 (or on other
 //! architectures) the same functions run candle's scalar `to_float` one chunk at a time.
 //! AVX-512 is not used: this code was written and tested on an AVX2-only host.
 mod half;
@@ -71,6 +72,23 @@ pub trait Decode: GgmlType {
     /// at room for `CHUNK / 8` vectors.
     #[cfg(target_arch = "x86_64")]
     unsafe fn decode_avx2(blocks: *const Self, out: *mut __m256);
+
+    /// Whether each block of `CHUNK` values is one f16 scale `d` times integers (Q4_0, Q5_0,
+    /// Q8_0): the dot products then sum `q · x` over the block and multiply by `d` once
+    /// (ggml's order too), one multiply per block instead of one per value.
+    const SCALED: bool = false;
+
+    /// For `SCALED` types: the integers of the block at `blocks` as f32 (exact) into
+    /// `CHUNK / 8` vectors at `out`, and the block's scale.
+    ///
+    /// # Safety
+    /// As `decode_avx2`; called only when `SCALED`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn decode_unscaled_avx2(blocks: *const Self, out: *mut __m256) -> f32 {
+        let _ = (blocks, out);
+        unreachable!("decode_unscaled_avx2 on a type that is not SCALED")
+    }
 }
 
 /// `out[i] = Σ_c dequant(w)[c] · x[i·k + c]` for the `m` rows of `x` (k = the row's values):
@@ -152,6 +170,9 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_rows<T: Decode, const M: usize>(w: &[T], x: &[f32], out: &mut [f32]) {
+        if T::SCALED {
+            return dot_rows_scaled::<T, M>(w, x, out);
+        }
         let k = w.len() * T::BLCK_SIZE;
         let per = T::CHUNK / T::BLCK_SIZE;
         let full = w.len() / per;
@@ -180,6 +201,30 @@ mod avx2 {
                 super::dot_rows_scalar(r, xs, &mut tail);
                 out[i] += tail[0];
             }
+        }
+    }
+
+    /// `dot_rows` for `SCALED` types: per block, `d · Σ q·x`. The sums of even and odd
+    /// blocks go to separate accumulators so consecutive blocks do not wait on each other.
+    #[inline(always)]
+    unsafe fn dot_rows_scaled<T: Decode, const M: usize>(w: &[T], x: &[f32], out: &mut [f32]) {
+        const { assert!(M >= 1 && (!T::SCALED || T::CHUNK == T::BLCK_SIZE), "one block per chunk") };
+        let k = w.len() * T::BLCK_SIZE;
+        let mut q = [_mm256_setzero_ps(); MAX_CHUNK / 8];
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for (c, block) in w.iter().enumerate() {
+            let d = _mm256_set1_ps(T::decode_unscaled_avx2(block, q.as_mut_ptr()));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xp = x.as_ptr().add(i * k + c * T::CHUNK);
+                let mut s = [_mm256_mul_ps(q[0], _mm256_loadu_ps(xp)), _mm256_mul_ps(q[1], _mm256_loadu_ps(xp.add(8)))];
+                for v in 2..T::CHUNK / 8 {
+                    s[v % 2] = _mm256_fmadd_ps(q[v], _mm256_loadu_ps(xp.add(8 * v)), s[v % 2]);
+                }
+                a[c % 2] = _mm256_fmadd_ps(d, _mm256_add_ps(s[0], s[1]), a[c % 2]);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            out[i] = hsum(_mm256_add_ps(a[0], a[1]));
         }
     }
 
