@@ -6,13 +6,18 @@ import { LlamaModel, LoraConfig, getPeftModel } from '../../src'
 import { inputs } from './fixtures'
 
 async function main(): Promise<void> {
-  const { modelDir, dir } = workerData as { modelDir: string; dir: string }
+  const { modelDir, dir, endless } = workerData as { modelDir: string; dir: string; endless?: boolean }
   const inp = inputs()
   const batch = { inputIds: inp.input_ids, attentionMask: inp.attention_mask, labels: inp.labels }
   const peft = await getPeftModel(await LlamaModel.fromPretrained(modelDir), new LoraConfig({ r: 4, targetModules: ['q_proj', 'v_proj'] }), { warn: false })
   const first = await peft.forward(batch)
   const want = await first.logits.toFloat32Array()
   parentPort!.postMessage({ type: 'ready' })
+  // The worker the test terminates: native work stays in flight until it is terminated (a race
+  // that ran to its end first, on a fast or a loaded host, would test nothing).
+  while (endless) {
+    await Promise.allSettled([peft.forward(batch), peft.generate(inp.input_ids[0].slice(0, 4), { maxNewTokens: 32, stopTokenIds: [] }), peft.forward(batch)])
+  }
   const results = await Promise.allSettled([
     peft.forward(batch).then((o) => o.logits.toFloat32Array()),
     first.loss!.backward(),
