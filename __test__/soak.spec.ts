@@ -2,7 +2,9 @@
 // and again in one process; resident memory must stop growing after a warm-up. A few cycles
 // run with the suite; `SOAK_CYCLES=1000 npx ava __test__/soak.spec.ts` is the by-hand run
 // (it logs the RSS curve). Also: work racing on one model from Promise.all settles, one by one
-// or with a clear error, never a crash.
+// or with a clear error, never a crash. It measures leaks, not the allocator's cache of freed
+// pages, so it runs with mimalloc's default purge delay (helpers/lean-alloc.ts).
+import './helpers/lean-alloc'
 import test from 'ava'
 import { AdamW, LlamaModel, LoraConfig, PeftModel, getPeftModel } from '../src'
 import { MODEL_DIR, inputs } from './helpers/fixtures'
