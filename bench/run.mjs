@@ -4,6 +4,11 @@
 // side by side with the ratio ours / torch. Run by hand (`npm run bench`), never in CI.
 //
 //   node bench/run.mjs [--shape smollm2|llama-1b] [--steps 5] [--repeat 3] [--only ours|torch] [--keep-model DIR]
+//   node bench/run.mjs --gemm [--repeat 3] [--threads 2]
+//
+// --gemm compares the matrix products alone: GFLOP/s of the frozen linears' forward (x · Wᵀ)
+// and backward (g · W) at both shapes, crates/peft-core/examples/gemm_bench.rs against
+// bench/gemm_torch.py, alternated the same way.
 //
 // The two sides alternate (ABBA) --repeat times; each run records /proc/stat's steal time and
 // the load average; best and median are reported per side. Our side is the README's loop.
@@ -82,7 +87,40 @@ const median = (xs) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
+/** Per-shape GFLOP/s of our gemm and PyTorch's, best and median over the alternating runs. */
+function gemmMain() {
+  ensureVenv()
+  const threads = opt('threads', '2')
+  const env = { RAYON_NUM_THREADS: threads, OMP_NUM_THREADS: threads }
+  const lines = (out) => out.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+  const target = ['--target', 'x86_64-unknown-linux-gnu']
+  const sides = {
+    ours: () => ({ shapes: lines(run('cargo', ['run', '-q', '--release', ...target, '-p', 'peft-core', '--example', 'gemm_bench', '--', '5'], 'gemm_bench', env)) }),
+    torch: () => ({ shapes: lines(run(PY, ['bench/gemm_torch.py', '5'], 'bench/gemm_torch.py', env)) }),
+  }
+  const results = { ours: [], torch: [] }
+  for (let i = 0; i < repeat; i++) {
+    for (const side of i % 2 === 0 ? ['ours', 'torch'] : ['torch', 'ours']) {
+      const r = measured(sides[side])
+      console.error(`${side} run ${i + 1}/${repeat}: steal ${r.steal_pct?.toFixed(1)}%, load ${r.load1_before.toFixed(1)} → ${r.load1_after.toFixed(1)}`)
+      results[side].push(r)
+    }
+  }
+  console.log(`GFLOP/s, f32, ${threads} thread(s), best / median of ${repeat} alternating runs (each the best of 5 products)`)
+  console.log(`steal ours ${results.ours.map((r) => r.steal_pct?.toFixed(1)).join(', ')}%, torch ${results.torch.map((r) => r.steal_pct?.toFixed(1)).join(', ')}%`)
+  console.log('| shape | m × k × n | ours x·Wᵀ | torch x·Wᵀ | ours g·W | torch g·W |')
+  console.log('| --- | --- | --- | --- | --- | --- |')
+  const cell = (side, j, key) => {
+    const xs = results[side].map((r) => r.shapes[j][key])
+    return `${Math.max(...xs).toFixed(0)} / ${median(xs).toFixed(0)}`
+  }
+  results.ours[0].shapes.forEach((s, j) => {
+    console.log(`| ${s.shape} | ${s.m} × ${s.k} × ${s.n} | ${cell('ours', j, 'fwd_gflops')} | ${cell('torch', j, 'fwd_gflops')} | ${cell('ours', j, 'bwd_gflops')} | ${cell('torch', j, 'bwd_gflops')} |`)
+  })
+}
+
 function main() {
+  if (argv.includes('--gemm')) return gemmMain()
   if (only !== 'ours') ensureVenv()
   const dir = keep ?? mkdtempSync(join(tmpdir(), 'peft-bench-'))
   const load = { before: loadavg() }
