@@ -362,6 +362,8 @@ fn fused_ops_are_single_graph_nodes() {
     assert_eq!(nodes(ops::cross_entropy_sum(l, &t, &cw).unwrap()), 2);
     let mask = Tensor::zeros((2, 1, 4, 8), DType::F32, &Device::Cpu).unwrap();
     assert_eq!(nodes(ops::scaled_masked_softmax(x, &mask, 0.5).unwrap()), 2);
+    // x as [b, kv_heads 3, rep 1 * t 4, hd 8] queries and keys: q, k (one var) and the op.
+    assert_eq!(nodes(ops::attention_probs(x, x, &mask.narrow(3, 0, 4).unwrap(), 0.5, 3).unwrap()), 2);
     let (u, bw) = (var(&[2, 3, 4, 2], &mut rng), var(&[8, 2], &mut rng));
     assert_eq!(nodes(ops::lora_add(x, u.as_tensor(), bw.as_tensor(), 2.0).unwrap()), 4);
     assert!(nodes(composite::rms_norm(x, w, 1e-5).unwrap()) > 3);
@@ -452,6 +454,67 @@ fn scaled_masked_softmax_matches_composite() {
             case("attention many rows", vec![rng.tensor(&[3, 4, 40, 40], 2.0, dt)], move |f, xs| op(f, &xs[0], &m4, 0.125)),
         ]
     });
+}
+
+/// The unfused attention probabilities: `softmax(q kᵀ * scale + bias)` per query head with
+/// `q` [b, kv_heads, rep * t, hd] (grouped-query heads folded into the rows).
+fn probs_composite(q: &Tensor, k: &Tensor, bias: &Tensor, scale: f64, heads: usize) -> Result<Tensor> {
+    let (b, kv_heads, rows, _) = q.dims4()?;
+    let (t, kv) = (rows * kv_heads / heads, k.dim(2)?);
+    composite::scaled_masked_softmax(&q.matmul(&k.t()?)?.reshape((b, heads, t, kv))?, bias, scale)?.reshape((b, kv_heads, rows, kv))
+}
+
+#[test]
+fn attention_probs_matches_composite() {
+    check_all("attention_probs", |rng, dt| {
+        let op = move |fused: bool, q: &Tensor, k: &Tensor, bias: &Tensor, scale: f64, heads: usize| {
+            if fused {
+                ops::attention_probs(q, k, bias, scale, heads)
+            } else {
+                probs_composite(q, k, bias, scale, heads)
+            }
+        };
+        let m1 = causal_bias(2, 5, 5, false, dt);
+        let m2 = causal_bias(2, 4, 7, true, dt);
+        let m3 = causal_bias(1, 6, 6, false, dt);
+        // No padding here: padding key 0 would mask query 0's whole row, whose scores then
+        // vanish into the mask's rounding, so finite differences see no slope there.
+        let m4 = causal_bias(2, 40, 40, false, dt);
+        vec![
+            // Multi-head: 3 heads, 3 key heads.
+            case("attention probs, causal", vec![rng.tensor(&[2, 3, 5, 4], 1.5, dt), rng.tensor(&[2, 3, 5, 4], 1.5, dt)], move |f, xs| {
+                op(f, &xs[0], &xs[1], &m1, 0.5, 3)
+            }),
+            // Grouped-query: 4 query heads over 2 key heads (rep 2), 3 past keys, padding.
+            case("attention probs, GQA past + padding", vec![rng.tensor(&[2, 2, 8, 4], 1.5, dt), rng.tensor(&[2, 2, 7, 4], 1.5, dt)], move |f, xs| {
+                op(f, &xs[0], &xs[1], &m2, 0.3, 4)
+            }),
+            // A [1, 1, t, kv] mask broadcast over the batch; keys as a transposed view.
+            case("attention probs, broadcast mask, strided keys", vec![rng.tensor(&[2, 1, 12, 4], 1.5, dt), rng.tensor(&[2, 1, 4, 6], 1.5, dt)], move |f, xs| {
+                op(f, &xs[0], &xs[1].transpose(2, 3)?, &m3, 1.0, 2)
+            }),
+            // Several rayon tasks, rep 3.
+            case("attention probs, many rows", vec![rng.tensor(&[2, 2, 120, 8], 1.0, dt), rng.tensor(&[2, 2, 40, 8], 1.0, dt)], move |f, xs| {
+                op(f, &xs[0], &xs[1], &m4, 0.35, 6)
+            }),
+        ]
+    });
+}
+
+/// The model computes attention through `attention_probs` whether or not a gradient is
+/// tracked, and adapters must give the same logits after save/load: the fused forward must
+/// equal the unfused one bit for bit (same matmul call, same softmax kernel).
+#[test]
+fn attention_probs_forward_is_bit_identical_to_the_unfused_path() {
+    let mut rng = Rng(11);
+    let (q, k) = (rng.tensor(&[2, 2, 2 * 9, 16], 2.0, DType::F32), rng.tensor(&[2, 2, 12, 16], 2.0, DType::F32));
+    let bias = causal_bias(2, 9, 12, true, DType::F32);
+    let got = values(&ops::attention_probs(&q, &k, &bias, 0.25, 4).unwrap());
+    let scores = q.matmul(&k.t().unwrap()).unwrap().reshape((2, 4, 9, 12)).unwrap();
+    let want = values(&ops::scaled_masked_softmax(&scores, &bias, 0.25).unwrap().reshape((2, 2, 18, 12)).unwrap());
+    assert_eq!(got.len(), want.len());
+    let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(differ, 0, "{differ} probabilities differ from the unfused path");
 }
 
 #[test]

@@ -431,23 +431,23 @@ impl CausalLm {
         // into the sequence axis, [b, nkv, rep * t, hd].
         let rep = nh / nkv;
         let qg = q.reshape((b, nkv, rep * t, hd))?;
-        let mut scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, kv_len))?;
-        // Gated prefixes (UniPELT's G_P · P_K, G_P · P_V with a per-query gate g_t): query t
-        // sees g_t·(q_t·p_k) and weighs p_v by g_t, i.e. both the scores and the
-        // probabilities of the prefix columns are multiplied by g_t.
-        let gate = self.prefix_gate_columns(&attn.path, x, kv_len, step)?;
-        if let Some(m) = &gate {
-            scores = scores.broadcast_mul(m)?;
-        }
         let bias = match (&step.sliding_bias, layer.sliding) {
             (Some(sb), true) => sb,
             _ => &step.bias,
         };
-        let mut probs = ops::scaled_masked_softmax(&scores, bias, cfg.arch.attn_scale)?;
-        if let Some(m) = &gate {
-            probs = probs.broadcast_mul(m)?;
-        }
-        let out = probs.reshape((b, nkv, rep * t, kv_len))?.matmul(&v)?;
+        let scale = cfg.arch.attn_scale;
+        // Gated prefixes (UniPELT's G_P · P_K, G_P · P_V with a per-query gate g_t): query t
+        // sees g_t·(q_t·p_k) and weighs p_v by g_t, i.e. both the scores and the
+        // probabilities of the prefix columns are multiplied by g_t.
+        let probs = match self.prefix_gate_columns(&attn.path, x, kv_len, step)? {
+            None => ops::attention_probs(&qg, &k, bias, scale, nh)?,
+            Some(gate) => {
+                let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, kv_len))?.broadcast_mul(&gate)?;
+                let probs = ops::scaled_masked_softmax(&scores, bias, scale)?.broadcast_mul(&gate)?;
+                probs.reshape((b, nkv, rep * t, kv_len))?
+            }
+        };
+        let out = probs.matmul(&v)?;
         // [b, nkv, rep * t, hd] -> [b, nh, t, hd] -> [b, t, nh * hd]
         let out = out.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         attn.o_proj.forward(&out, step.ctx)

@@ -3,7 +3,14 @@
 //! three [b, heads, t, kv] tensors (scaled, biased, softmax), keeps all of them in the
 //! graph, and in the backward adds a zero-filled gradient for the broadcast bias as well;
 //! this op keeps only the probabilities.
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+//!
+//! [`attention_probs`] goes one step further for training: `softmax(q kᵀ * scale + bias)`
+//! from the queries and keys, so the [b, heads, t, kv] scores are never a tensor of the
+//! graph. candle's graph keeps every op's inputs alive until backward, and its backward
+//! pays a zero-filled buffer and an add for every node; the scores and their two reshapes
+//! were three such nodes of the largest size in the layer (and grow with t²).
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernel::{contiguous, dispatch, exp_shifted_in_place, fused_cpu, max, rows_per_task, Real};
@@ -23,6 +30,69 @@ pub fn scaled_masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Resu
     match bias.broadcast_as((b, 1, t, kv)) {
         Ok(bias) => scores.apply_op2(&bias, MaskedSoftmax { scale }),
         Err(_) => unfused(scores, bias, scale),
+    }
+}
+
+/// `softmax(q kᵀ * scale + bias)` per query head: `q` [b, kv_heads, rep * t, hd] (each key
+/// head's `rep` query heads folded into the rows), `k` [b, kv_heads, kv, hd], `bias`
+/// broadcastable to [b, 1, t, kv]. Returns [b, kv_heads, rep * t, kv], bit for bit what
+/// `scaled_masked_softmax(q.matmul(kᵀ) as [b, heads, t, kv])` gives (the same matmul call,
+/// the same softmax kernel). Gradients flow to `q` and `k`; `bias` is a constant.
+pub fn attention_probs(q: &Tensor, k: &Tensor, bias: &Tensor, scale: f64, heads: usize) -> Result<Tensor> {
+    let (b, kv_heads, rows, hd) = q.dims4()?;
+    let kv = k.dim(2)?;
+    let fits = fused_cpu(&[q, k, bias])
+        && !bias.track_op()
+        && heads % kv_heads.max(1) == 0
+        && rows % (heads / kv_heads.max(1)).max(1) == 0
+        && k.dims4()? == (b, kv_heads, kv, hd)
+        && q.is_contiguous();
+    let t = rows / (heads / kv_heads.max(1)).max(1);
+    let unfused = || scaled_masked_softmax(&q.matmul(&k.t()?)?.reshape((b, heads, t, kv))?, bias, scale)?.reshape((b, kv_heads, rows, kv));
+    if !fits {
+        return unfused();
+    }
+    match bias.broadcast_as((b, 1, t, kv)) {
+        Ok(bias) => q.apply_op3(k, &bias, AttentionProbs { scale, heads }),
+        Err(_) => unfused(),
+    }
+}
+
+struct AttentionProbs {
+    scale: f64,
+    heads: usize,
+}
+
+impl CustomOp3 for AttentionProbs {
+    fn name(&self) -> &'static str {
+        "peft-attention-probs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, kv_heads, rows, hd) = lq.shape().dims4()?;
+        let kv = lk.dim(2)?;
+        // Tensor::matmul(q, k.t()) makes exactly this call.
+        let scores = sq.matmul(sk, (b * kv_heads, rows, kv, hd), lq, &lk.transpose(2, 3)?)?;
+        let t = rows * kv_heads / self.heads;
+        let as_heads = Layout::contiguous((b, self.heads, t, kv));
+        let (probs, _) = dispatch!("attention_probs", sq, forward(self.scale, (&scores, &as_heads), (sb, lb)))?;
+        Ok((probs, Shape::from((b, kv_heads, rows, kv))))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, _bias: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // d scores = scale · p ⊙ (dp − Σ dp ⊙ p) per row; then dq = ds k, dk = dsᵀ q.
+        let ds = probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
+        let dq = if q.track_op() { Some(ds.matmul(&k.detach())?) } else { None };
+        let dk = if k.track_op() { Some(ds.t()?.matmul(&q.detach())?) } else { None };
+        Ok((dq, dk, None))
     }
 }
 

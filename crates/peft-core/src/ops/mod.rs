@@ -21,7 +21,7 @@ mod silu_mul;
 mod softmax;
 mod sparse;
 
-pub use attention::scaled_masked_softmax;
+pub use attention::{attention_probs, scaled_masked_softmax};
 pub use cross_entropy::cross_entropy_sum;
 pub use gelu_mul::{gelu_mul, gelu_mul_slices};
 pub use linear_cross_entropy::{default_chunk_rows, linear_cross_entropy_sum, qlinear_cross_entropy_sum};
