@@ -109,13 +109,14 @@ export const isQWeight = (type: string) => !/^F32$/i.test(type)
  *   q (heads·hd): q_proj, [b,h,t,hd] copy, RoPE, probs·V, the [b,t,h·hd] copy            = 5
  *   kv (kv_heads·hd): k_proj + copy + RoPE, v_proj + copy                                 = 5
  *   f (intermediate): gate_proj, up_proj, SiLU, the product                              = 4
- *   scores (b·heads·l²): Q·Kᵀ and the fused scaled-masked softmax                         = 2
+ *   scores (b·heads·l²): the probabilities of `ops::attention_probs` (the scores inside it) = 1
  * A LoRA-targeted linear adds x·A (rank) and one output: `ops::lora_add` fuses ·B, the scaling
  * and the sum (crates/peft-core/src/tuners/lora/layer.rs). Counting 3 outputs there (unfused)
  * over-predicted the SmolLM2 runs by 28%; this count, with the l² term confirmed by 4×256 vs
- * 2×512 (measured difference 532 MiB, counted 558), is within 3% (docs/memory.md).
+ * 2×512 (measured difference 532 MiB, counted 558), is within 3% (docs/memory.md). Before
+ * `attention_probs` the Q·Kᵀ scores were a graph tensor too (scores: 2).
  */
-export const ACTIVATION_COUNTS = { d: 6, q: 5, kv: 5, f: 4, scores: 2, loraOut: 1 }
+export const ACTIVATION_COUNTS = { d: 6, q: 5, kv: 5, f: 4, scores: 1, loraOut: 1 }
 
 /**
  * Measured over counted, for what the count misses (temporaries inside fused ops, allocator
