@@ -20,13 +20,9 @@
 //! is the same kernel whether or not a gradient is tracked: a trained adapter's logits equal
 //! the reloaded adapter's bit for bit.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused_cpu, Real};
+use super::kernel::{dispatch, fused_cpu, gated_backward, gated_forward, Real};
 use super::qdot::Kernel;
-
-/// Elements per rayon task.
-const BLOCK: usize = 1 << 14;
 
 /// `√(2/π)`, as candle's `SQRT_TWO_OVER_PI_F32` / `_F64`.
 const SQRT_TWO_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -143,14 +139,8 @@ impl GeluKernels for f64 {
 
 struct GeluMul;
 
-fn forward<T: GeluKernels>((s1, l1): (&CpuStorage, &Layout), (s2, l2): (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
-    if l1.dims() != l2.dims() {
-        candle_core::bail!("gelu_mul: gate {:?}, up {:?}", l1.dims(), l2.dims());
-    }
-    let (gate, up) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
-    let mut out = vec![T::ZERO; gate.len()];
-    out.par_chunks_mut(BLOCK).zip(gate.par_chunks(BLOCK)).zip(up.par_chunks(BLOCK)).for_each(|((o, g), u)| T::forward(g, u, o));
-    Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+fn forward<T: GeluKernels>(gate: (&CpuStorage, &Layout), up: (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
+    gated_forward("gelu_mul", gate, up, T::forward)
 }
 
 impl CustomOp2 for GeluMul {
@@ -173,25 +163,11 @@ impl CustomOp2 for GeluMul {
 struct GeluMulBwd;
 
 fn backward<T: GeluKernels>(
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    (s3, l3): (&CpuStorage, &Layout),
+    gate: (&CpuStorage, &Layout),
+    up: (&CpuStorage, &Layout),
+    grad: (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
-    if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
-        candle_core::bail!("gelu_mul bwd: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
-    }
-    let (gate, up, grad) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
-    let n = gate.len();
-    let mut out = vec![T::ZERO; 2 * n];
-    let (dgate, dup) = out.split_at_mut(n);
-    dgate
-        .par_chunks_mut(BLOCK)
-        .zip(dup.par_chunks_mut(BLOCK))
-        .zip(gate.par_chunks(BLOCK).zip(up.par_chunks(BLOCK)).zip(grad.par_chunks(BLOCK)))
-        .for_each(|((dgate, dup), ((gate, up), grad))| T::backward(gate, up, grad, dgate, dup));
-    let mut dims = vec![2];
-    dims.extend_from_slice(l1.dims());
-    Ok((T::to_cpu_storage_owned(out), Shape::from(dims)))
+    gated_backward("gelu_mul bwd", gate, up, grad, T::backward)
 }
 
 impl CustomOp3 for GeluMulBwd {
