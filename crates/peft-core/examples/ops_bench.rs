@@ -96,6 +96,14 @@ fn main() -> Result<()> {
             }),
         ),
         (
+            "gelu_mul",
+            format!("{B}x{T}x{INTER}"),
+            Box::new(|f| {
+                let (g, u) = (gate.as_tensor(), up.as_tensor());
+                fwd_bwd(if f { ops::gelu_mul(g, u) } else { composite::gelu_mul(g, u) })
+            }),
+        ),
+        (
             "cross_entropy",
             format!("{}x{VOCAB}", B * T),
             Box::new(|f| {

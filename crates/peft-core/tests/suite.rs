@@ -35,6 +35,8 @@ mod decode_kernels;
 mod dylora;
 #[path = "fixture_base.rs"]
 mod fixture_base;
+#[path = "gelu_mul.rs"]
+mod gelu_mul;
 #[path = "gguf.rs"]
 mod gguf;
 #[path = "gguf_export.rs"]

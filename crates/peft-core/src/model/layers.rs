@@ -117,10 +117,7 @@ pub enum GateUpProj {
 pub fn gated_activation(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => ops::silu_mul(gate, up)?,
-        // Not `ops::gelu_mul` yet: it has no backward, so a forward that tracks gradients would
-        // round differently from one that does not (a trained adapter must give the same logits
-        // after save/load). It is for inference once it has a backward.
-        Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
+        Activation::GeluPytorchTanh => ops::gelu_mul(gate, up)?,
     })
 }
 

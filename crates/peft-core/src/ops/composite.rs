@@ -53,6 +53,11 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
+/// Gemma's gate: gelu_tanh(gate) * up (transformers' `gelu_pytorch_tanh`; candle's `gelu`).
+pub fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.gelu()? * up
+}
+
 /// Sum over rows of `weights[i] * -log softmax(logits[i])[targets[i]]`.
 /// `logits`: [n, vocab]; `targets`: u32 [n]; `weights`: [n] in the logits' dtype
 /// (0 for ignored positions, whose target may be any valid id).

@@ -1,8 +1,10 @@
 //! Plumbing shared by the fused CPU kernels: the float types they cover, reading a
-//! strided input as one contiguous slice, and how many rows make one rayon task.
+//! strided input as one contiguous slice, how many rows make one rayon task, and the
+//! element-wise frame of the gated activations.
 use std::borrow::Cow;
 
-use candle_core::{CpuStorage, DType, Layout, Result, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 /// The float types with fused CPU kernels (f32 for training, f64 for gradient checks).
 pub(crate) trait Real: WithDType {
@@ -95,6 +97,54 @@ pub(crate) fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Res
             index[k] = 0;
         }
     }
+}
+
+/// Elements per rayon task of the gated activations.
+const GATED_BLOCK: usize = 1 << 14;
+
+/// The forward of a gated activation `act(gate) * up` (`silu_mul`, `gelu_mul`): both
+/// inputs of one shape read contiguously, `block(gate, up, out)` over blocks of 16K
+/// elements in parallel.
+pub(crate) fn gated_forward<T: Real>(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    block: impl Fn(&[T], &[T], &mut [T]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    if l1.dims() != l2.dims() {
+        candle_core::bail!("{name}: gate {:?}, up {:?}", l1.dims(), l2.dims());
+    }
+    let (gate, up) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
+    let mut out = vec![T::ZERO; gate.len()];
+    let blocks = out.par_chunks_mut(GATED_BLOCK).zip(gate.par_chunks(GATED_BLOCK)).zip(up.par_chunks(GATED_BLOCK));
+    blocks.for_each(|((out, gate), up)| block(gate, up, out));
+    Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+}
+
+/// Its backward, `(gate, up, grad)` to one `[2, ...shape]` buffer (d gate then d up, one
+/// allocation for both): `block(gate, up, grad, dgate, dup)` over the same blocks.
+pub(crate) fn gated_backward<T: Real>(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+    block: impl Fn(&[T], &[T], &[T], &mut [T], &mut [T]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
+        candle_core::bail!("{name}: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
+    }
+    let (gate, up, grad) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
+    let n = gate.len();
+    let mut out = vec![T::ZERO; 2 * n];
+    let (dgate, dup) = out.split_at_mut(n);
+    dgate
+        .par_chunks_mut(GATED_BLOCK)
+        .zip(dup.par_chunks_mut(GATED_BLOCK))
+        .zip(gate.par_chunks(GATED_BLOCK).zip(up.par_chunks(GATED_BLOCK)).zip(grad.par_chunks(GATED_BLOCK)))
+        .for_each(|((dgate, dup), ((gate, up), grad))| block(gate, up, grad, dgate, dup));
+    let mut dims = vec![2];
+    dims.extend_from_slice(l1.dims());
+    Ok((T::to_cpu_storage_owned(out), Shape::from(dims)))
 }
 
 /// Rows of `row_len` elements per rayon task: about 16K elements, so small inputs stay

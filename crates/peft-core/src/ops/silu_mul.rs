@@ -1,11 +1,7 @@
 //! Fused SwiGLU gate `silu(gate) * up`, with one backward kernel for both inputs.
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::kernel::{contiguous, dispatch, fused, Real};
-
-/// Elements per rayon task.
-const BLOCK: usize = 1 << 14;
+use super::kernel::{dispatch, fused, gated_backward, gated_forward, Real};
 
 /// `silu(gate) * up` for tensors of one shape. Same semantics as
 /// [`super::composite::silu_mul`], which it falls back to off the CPU, for dtypes other
@@ -26,18 +22,12 @@ fn sigmoid_silu<T: Real>(x: T) -> (T, T) {
 
 struct SiluMul;
 
-fn forward<T: Real>((s1, l1): (&CpuStorage, &Layout), (s2, l2): (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
-    if l1.dims() != l2.dims() {
-        candle_core::bail!("silu_mul: gate {:?}, up {:?}", l1.dims(), l2.dims());
-    }
-    let (gate, up) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?);
-    let mut out = vec![T::ZERO; gate.len()];
-    out.par_chunks_mut(BLOCK).zip(gate.par_chunks(BLOCK)).zip(up.par_chunks(BLOCK)).for_each(|((out, gate), up)| {
+fn forward<T: Real>(gate: (&CpuStorage, &Layout), up: (&CpuStorage, &Layout)) -> Result<(CpuStorage, Shape)> {
+    gated_forward("silu_mul", gate, up, |gate: &[T], up: &[T], out: &mut [T]| {
         for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
             *o = sigmoid_silu(g).1 * u;
         }
-    });
-    Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+    })
 }
 
 impl CustomOp2 for SiluMul {
@@ -72,31 +62,17 @@ impl CustomOp2 for SiluMul {
 struct SiluMulBwd;
 
 fn backward<T: Real>(
-    (s1, l1): (&CpuStorage, &Layout),
-    (s2, l2): (&CpuStorage, &Layout),
-    (s3, l3): (&CpuStorage, &Layout),
+    gate: (&CpuStorage, &Layout),
+    up: (&CpuStorage, &Layout),
+    grad: (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
-    if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
-        candle_core::bail!("silu_mul bwd: shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
-    }
-    let (gate, up, grad) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
-    let n = gate.len();
-    let mut out = vec![T::ZERO; 2 * n];
-    let (dgate, dup) = out.split_at_mut(n);
-    dgate
-        .par_chunks_mut(BLOCK)
-        .zip(dup.par_chunks_mut(BLOCK))
-        .zip(gate.par_chunks(BLOCK).zip(up.par_chunks(BLOCK)).zip(grad.par_chunks(BLOCK)))
-        .for_each(|((dgate, dup), ((gate, up), grad))| {
-            for i in 0..dgate.len() {
-                let (sig, silu) = sigmoid_silu(gate[i]);
-                dgate[i] = grad[i] * up[i] * (sig * (T::ONE - silu) + silu);
-                dup[i] = grad[i] * silu;
-            }
-        });
-    let mut dims = vec![2];
-    dims.extend_from_slice(l1.dims());
-    Ok((T::to_cpu_storage_owned(out), Shape::from(dims)))
+    gated_backward("silu_mul bwd", gate, up, grad, |gate: &[T], up: &[T], grad: &[T], dgate: &mut [T], dup: &mut [T]| {
+        for i in 0..dgate.len() {
+            let (sig, silu) = sigmoid_silu(gate[i]);
+            dgate[i] = grad[i] * up[i] * (sig * (T::ONE - silu) + silu);
+            dup[i] = grad[i] * silu;
+        }
+    })
 }
 
 impl CustomOp3 for SiluMulBwd {
