@@ -1,7 +1,9 @@
 // Child process for graph-release.spec.ts: trains LoRA for `steps` steps on the random checkpoint
 // in `dir`, either as the README writes the loop (forward, backward, step, zeroGrad, nothing
 // disposed) or with `logits.dispose(); loss.dispose()` after each step, then prints its peak
-// RSS. A child of its own so that each loop's peak is measured alone.
+// RSS. A child of its own so that each loop's peak is measured alone. Freed pages go back at
+// mimalloc's 10 ms (lean-alloc): what the peaks compare is what is alive, the graph.
+import './lean-alloc'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { AdamW, LlamaModel, LoraConfig, getPeftModel } from '../../src'

@@ -521,17 +521,23 @@ fn attention_probs_matches_composite() {
                 op(f, &xs[0], &xs[1], &m1, 0.5, 3)
             }),
             // Grouped-query: 4 query heads over 2 key heads (rep 2), 3 past keys, padding.
-            case("attention probs, GQA past + padding", vec![rng.tensor(&[2, 2, 8, 4], 1.5, dt), rng.tensor(&[2, 2, 7, 4], 1.5, dt)], move |f, xs| {
-                op(f, &xs[0], &xs[1], &m2, 0.3, 4)
-            }),
+            case(
+                "attention probs, GQA past + padding",
+                vec![rng.tensor(&[2, 2, 8, 4], 1.5, dt), rng.tensor(&[2, 2, 7, 4], 1.5, dt)],
+                move |f, xs| op(f, &xs[0], &xs[1], &m2, 0.3, 4),
+            ),
             // A [1, 1, t, kv] mask broadcast over the batch; keys as a transposed view.
-            case("attention probs, broadcast mask, strided keys", vec![rng.tensor(&[2, 1, 12, 4], 1.5, dt), rng.tensor(&[2, 1, 4, 6], 1.5, dt)], move |f, xs| {
-                op(f, &xs[0], &xs[1].transpose(2, 3)?, &m3, 1.0, 2)
-            }),
+            case(
+                "attention probs, broadcast mask, strided keys",
+                vec![rng.tensor(&[2, 1, 12, 4], 1.5, dt), rng.tensor(&[2, 1, 4, 6], 1.5, dt)],
+                move |f, xs| op(f, &xs[0], &xs[1].transpose(2, 3)?, &m3, 1.0, 2),
+            ),
             // Several rayon tasks, rep 3.
-            case("attention probs, many rows", vec![rng.tensor(&[2, 2, 120, 8], 1.0, dt), rng.tensor(&[2, 2, 40, 8], 1.0, dt)], move |f, xs| {
-                op(f, &xs[0], &xs[1], &m4, 0.35, 6)
-            }),
+            case(
+                "attention probs, many rows",
+                vec![rng.tensor(&[2, 2, 120, 8], 1.0, dt), rng.tensor(&[2, 2, 40, 8], 1.0, dt)],
+                move |f, xs| op(f, &xs[0], &xs[1], &m4, 0.35, 6),
+            ),
         ]
     });
 }

@@ -41,13 +41,14 @@ pub fn scaled_masked_softmax(scores: &Tensor, bias: &Tensor, scale: f64) -> Resu
 pub fn attention_probs(q: &Tensor, k: &Tensor, bias: &Tensor, scale: f64, heads: usize) -> Result<Tensor> {
     let (b, kv_heads, rows, hd) = q.dims4()?;
     let kv = k.dim(2)?;
+    let rep = (heads / kv_heads.max(1)).max(1);
     let fits = fused_cpu(&[q, k, bias])
         && !bias.track_op()
-        && heads % kv_heads.max(1) == 0
-        && rows % (heads / kv_heads.max(1)).max(1) == 0
+        && heads.is_multiple_of(kv_heads.max(1))
+        && rows.is_multiple_of(rep)
         && k.dims4()? == (b, kv_heads, kv, hd)
         && q.is_contiguous();
-    let t = rows / (heads / kv_heads.max(1)).max(1);
+    let t = rows / rep;
     let unfused = || scaled_masked_softmax(&q.matmul(&k.t()?)?.reshape((b, heads, t, kv))?, bias, scale)?.reshape((b, kv_heads, rows, kv));
     if !fits {
         return unfused();
@@ -87,7 +88,14 @@ impl CustomOp3 for AttentionProbs {
         Ok((probs, Shape::from((b, kv_heads, rows, kv))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, _bias: &Tensor, probs: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        _bias: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // d scores = scale · p ⊙ (dp − Σ dp ⊙ p) per row; then dq = ds k, dk = dsᵀ q.
         let ds = probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
         let dq = if q.track_op() { Some(ds.matmul(&k.detach())?) } else { None };
