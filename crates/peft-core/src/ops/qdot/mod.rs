@@ -12,10 +12,12 @@
 //! architectures) the same functions run candle's scalar `to_float` one chunk at a time.
 //! AVX-512 is not used: this code was written and tested on an AVX2-only host.
 mod half;
+pub mod int16;
 mod kquants;
 mod legacy;
 
 use candle_core::quantized::k_quants::GgmlType;
+pub use int16::{BlockInts, Q16Rows};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -244,7 +246,7 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
