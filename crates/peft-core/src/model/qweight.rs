@@ -237,23 +237,22 @@ impl QWeight {
     pub fn matmul_rows_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
         let (k, bpr) = (self.cols, self.blocks_per_row());
         assert_eq!(x.len(), m * k, "matmul_rows: {m} rows of {k} values expected");
-        with_blocks!(&self.blocks, v => self.by_rows(m, |r, out| {
-            qdot::dot_rows(kernel, &v[r * bpr..(r + 1) * bpr], x, m, out)
+        with_blocks!(&self.blocks, v => self.by_rows(m, |r0, out| {
+            for (j, out) in out.chunks_mut(m).enumerate() {
+                let r = r0 + j;
+                qdot::dot_rows(kernel, &v[r * bpr..(r + 1) * bpr], x, m, out)
+            }
         }))
     }
 
-    /// y[m, rows], filling `yt` [rows, m] row by row in parallel (`dot(row, out)`), then
-    /// transposing.
+    /// y[m, rows], filling `yt` [rows, m] a run of rows at a time in parallel (`dot(first
+    /// row, out)`, `out` holding the run's rows of m), then transposing.
     fn by_rows(&self, m: usize, dot: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
         let mut yt = vec![0f32; n * m];
         // About 64k weights per task: a few tasks per thread for a decode-sized linear.
         let per_task = (65536 / k.max(1)).max(1);
-        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(i, chunk)| {
-            for (j, out) in chunk.chunks_mut(m).enumerate() {
-                dot(i * per_task + j, out);
-            }
-        });
+        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(i, chunk)| dot(i * per_task, chunk));
         if m == 1 {
             return yt;
         }
@@ -269,7 +268,7 @@ impl QWeight {
     fn dot_ints<T: qdot::BlockInts>(&self, kernel: Kernel, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
         let bpr = self.blocks_per_row();
         let xq = qdot::Q16Rows::quantize(x, m);
-        self.by_rows(m, |r, out| qdot::int16::dot_rows(kernel, &blocks[r * bpr..(r + 1) * bpr], &xq, out))
+        self.by_rows(m, |r0, out| qdot::int16::dot_rows(kernel, &blocks[r0 * bpr..(r0 + out.len() / m) * bpr], &xq, out))
     }
 
     fn dot_q8<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
@@ -282,10 +281,12 @@ impl QWeight {
                 q
             })
             .collect();
-        self.by_rows(m, |r, out| {
-            let w = &blocks[r * bpr..(r + 1) * bpr];
-            for (o, xr) in out.iter_mut().zip(&xq) {
-                *o = T::vec_dot(k, w, xr);
+        self.by_rows(m, |r0, out| {
+            for (j, out) in out.chunks_mut(m).enumerate() {
+                let w = &blocks[(r0 + j) * bpr..(r0 + j + 1) * bpr];
+                for (o, xr) in out.iter_mut().zip(&xq) {
+                    *o = T::vec_dot(k, w, xr);
+                }
             }
         })
     }

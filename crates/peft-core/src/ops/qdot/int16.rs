@@ -52,29 +52,12 @@ impl Q16Rows {
     /// even). A block of zeros gets scale 0; non-finite values make their block's dots NaN or
     /// infinite, as the f32 path's would be.
     pub fn quantize(x: &[f32], m: usize) -> Q16Rows {
-        let k = x.len() / m.max(1);
-        assert!(x.len() == m * k && k.is_multiple_of(QK), "Q16Rows: {m} rows of whole 32-value blocks, got {} values", x.len());
-        let mut q = vec![0i16; x.len()];
-        let d: Vec<f32> = x
-            .chunks_exact(QK)
-            .zip(q.chunks_exact_mut(QK))
-            .map(|(xs, qs)| {
-                let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let inv = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
-                for (q, v) in qs.iter_mut().zip(xs) {
-                    // |v · inv| ≤ 32767 up to one rounding; `as` saturates (and maps NaN to 0).
-                    *q = (v * inv).round_ties_even() as i16;
-                }
-                // f32::max skips NaN: a block holding one scales its dots to NaN instead.
-                if xs.iter().any(|v| v.is_nan()) {
-                    f32::NAN
-                } else {
-                    amax / 32767.0
-                }
-            })
-            .collect();
-        let sum = q.chunks_exact(QK).zip(&d).map(|(qs, d)| qs.iter().map(|&v| v as i32).sum::<i32>() as f32 * d).collect();
-        Q16Rows { q, d, sum, k }
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::detect() == Kernel::Avx2 {
+            // SAFETY: AVX2 was detected.
+            return unsafe { quantize_avx2(x, m) };
+        }
+        round_rows(x, m)
     }
 
     /// Activation rows held.
@@ -94,52 +77,88 @@ impl Q16Rows {
     }
 }
 
-/// `out[i] = Σ_b d_w[b] · d_x[i][b] · Σ_j q_w[b][j] · q_x[i][b][j] (+ m_w[b] · sum_x[i][b])`
-/// for each row i of `x`.
+/// [`Q16Rows::quantize`] compiled for AVX2, where the rounding is one instruction (libm's
+/// `rintf` call otherwise).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_avx2(x: &[f32], m: usize) -> Q16Rows {
+    round_rows(x, m)
+}
+
+#[inline(always)]
+fn round_rows(x: &[f32], m: usize) -> Q16Rows {
+    let k = x.len() / m.max(1);
+    assert!(x.len() == m * k && k.is_multiple_of(QK), "Q16Rows: {m} rows of whole 32-value blocks, got {} values", x.len());
+    let mut q = vec![0i16; x.len()];
+    let d: Vec<f32> = x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .map(|(xs, qs)| {
+            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let inv = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
+            for (q, v) in qs.iter_mut().zip(xs) {
+                // |v · inv| ≤ 32767 up to one rounding; `as` saturates (and maps NaN to 0).
+                *q = (v * inv).round_ties_even() as i16;
+            }
+            // f32::max skips NaN: a block holding one scales its dots to NaN instead.
+            if xs.iter().any(|v| v.is_nan()) {
+                f32::NAN
+            } else {
+                amax / 32767.0
+            }
+        })
+        .collect();
+    let sum = q.chunks_exact(QK).zip(&d).map(|(qs, d)| qs.iter().map(|&v| v as i32).sum::<i32>() as f32 * d).collect();
+    Q16Rows { q, d, sum, k }
+}
+
+/// For each weight row r of `w` (rows of `x`'s width, one after another) and each row i of
+/// `x`: `out[r·m + i] = Σ_b d_w[b] · d_x[i][b] · Σ_j q_w[b][j] · q_x[i][b][j] (+ m_w[b] · sum_x[i][b])`.
 pub fn dot_rows<T: BlockInts>(kernel: Kernel, w: &[T], x: &Q16Rows, out: &mut [f32]) {
-    let m = x.rows();
-    assert!(w.len() * QK == x.k && out.len() == m, "dot_rows (int): {m} rows of {} against a row of {} blocks", x.k, w.len());
+    let (m, bpr) = (x.rows(), x.k / QK);
+    assert!(
+        bpr > 0 && w.len().is_multiple_of(bpr) && out.len() == w.len() / bpr * m,
+        "dot_rows (int): {} weight blocks and {} outputs for {m} rows of {} values",
+        w.len(),
+        out.len(),
+        x.k
+    );
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx2 {
         assert_eq!(Kernel::detect(), Kernel::Avx2, "dot_rows: AVX2 asked for on a CPU without it");
-        // SAFETY: AVX2/FMA/F16C were detected; lengths checked above.
-        unsafe {
-            match m {
-                1 => avx2::dot_rows::<T, 1>(w, x, 0, out),
-                2 => avx2::dot_rows::<T, 2>(w, x, 0, out),
-                3 => avx2::dot_rows::<T, 3>(w, x, 0, out),
-                _ => {
-                    // Four rows at a time, so the accumulators stay in registers.
-                    for (c, o) in out.chunks_mut(4).enumerate() {
-                        match o.len() {
-                            4 => avx2::dot_rows::<T, 4>(w, x, 4 * c, o),
-                            3 => avx2::dot_rows::<T, 3>(w, x, 4 * c, o),
-                            2 => avx2::dot_rows::<T, 2>(w, x, 4 * c, o),
-                            _ => avx2::dot_rows::<T, 1>(w, x, 4 * c, o),
-                        }
-                    }
+        // Up to four activation rows at a time, so the accumulators stay in registers.
+        for first in (0..m).step_by(4) {
+            // SAFETY: AVX2/FMA/F16C were detected; lengths checked above.
+            unsafe {
+                match (m - first).min(4) {
+                    1 => avx2::dot_rows::<T, 1>(w, x, first, out),
+                    2 => avx2::dot_rows::<T, 2>(w, x, first, out),
+                    3 => avx2::dot_rows::<T, 3>(w, x, first, out),
+                    _ => avx2::dot_rows::<T, 4>(w, x, first, out),
                 }
             }
         }
         return;
     }
     let _ = kernel;
-    for (i, o) in out.iter_mut().enumerate() {
-        let (xq, xd, xs) = x.row(i);
-        *o = w
-            .iter()
-            .enumerate()
-            .map(|(b, block)| {
-                let (q, d, m) = block.ints();
-                let s: i32 = q.iter().zip(&xq[b * QK..(b + 1) * QK]).map(|(&a, &c)| a as i32 * c as i32).sum();
-                let scaled = d.to_f32() * xd[b] * s as f32;
-                if T::OFFSET {
-                    scaled + m.to_f32() * xs[b]
-                } else {
-                    scaled
-                }
-            })
-            .sum();
+    for (wr, out) in w.chunks_exact(bpr).zip(out.chunks_exact_mut(m)) {
+        for (i, o) in out.iter_mut().enumerate() {
+            let (xq, xd, xs) = x.row(i);
+            *o = wr
+                .iter()
+                .enumerate()
+                .map(|(b, block)| {
+                    let (q, d, m) = block.ints();
+                    let s: i32 = q.iter().zip(&xq[b * QK..(b + 1) * QK]).map(|(&a, &c)| a as i32 * c as i32).sum();
+                    let scaled = d.to_f32() * xd[b] * s as f32;
+                    if T::OFFSET {
+                        scaled + m.to_f32() * xs[b]
+                    } else {
+                        scaled
+                    }
+                })
+                .sum();
+        }
     }
 }
 
@@ -150,30 +169,35 @@ mod avx2 {
     use super::{BlockInts, Q16Rows, QK};
     use std::arch::x86_64::*;
 
-    /// Rows `first..first + M` of `x` against the weight row `w`.
+    /// Rows `first..first + M` of `x` against each weight row of `w`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_rows<T: BlockInts, const M: usize>(w: &[T], x: &Q16Rows, first: usize, out: &mut [f32]) {
+        let (m, bpr) = (x.rows(), x.k / QK);
         let rows: [(&[i16], &[f32], &[f32]); M] = std::array::from_fn(|i| x.row(first + i));
-        // Even and odd blocks into separate accumulators: consecutive FMAs would wait on each other.
-        let mut acc = [[_mm256_setzero_ps(); 2]; M];
-        let mut offsets = [[0f32; 2]; M];
-        for (b, block) in w.iter().enumerate() {
-            let (q, d, m) = T::ints_avx2(block);
-            let d = f32_of(d);
-            let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
-            let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
-            for ((a, off), (xq, xd, xs)) in acc.iter_mut().zip(&mut offsets).zip(&rows) {
-                let xp = xq.as_ptr().add(b * QK) as *const __m256i;
-                let s =
-                    _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256(xp)), _mm256_madd_epi16(hi, _mm256_loadu_si256(xp.add(1))));
-                a[b % 2] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[b]), _mm256_cvtepi32_ps(s), a[b % 2]);
-                if T::OFFSET {
-                    off[b % 2] += f32_of(m) * xs[b];
+        for (wr, out) in w.chunks_exact(bpr).zip(out.chunks_exact_mut(m)) {
+            // Even and odd blocks into separate accumulators: consecutive FMAs would wait on each other.
+            let mut acc = [[_mm256_setzero_ps(); 2]; M];
+            let mut offsets = [[0f32; 2]; M];
+            for (b, block) in wr.iter().enumerate() {
+                let (q, d, m) = T::ints_avx2(block);
+                let d = f32_of(d);
+                let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+                let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+                for ((a, off), (xq, xd, xs)) in acc.iter_mut().zip(&mut offsets).zip(&rows) {
+                    let xp = xq.as_ptr().add(b * QK) as *const __m256i;
+                    let s = _mm256_add_epi32(
+                        _mm256_madd_epi16(lo, _mm256_loadu_si256(xp)),
+                        _mm256_madd_epi16(hi, _mm256_loadu_si256(xp.add(1))),
+                    );
+                    a[b % 2] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[b]), _mm256_cvtepi32_ps(s), a[b % 2]);
+                    if T::OFFSET {
+                        off[b % 2] += f32_of(m) * xs[b];
+                    }
                 }
             }
-        }
-        for ((o, a), off) in out.iter_mut().zip(&acc).zip(offsets) {
-            *o = hsum(_mm256_add_ps(a[0], a[1])) + (off[0] + off[1]);
+            for ((o, a), off) in out[first..first + M].iter_mut().zip(&acc).zip(offsets) {
+                *o = hsum(_mm256_add_ps(a[0], a[1])) + (off[0] + off[1]);
+            }
         }
     }
 }

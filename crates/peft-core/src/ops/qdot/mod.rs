@@ -10,6 +10,9 @@
 //! dequantize-then-dot only in the order of the f32 sums (and, for the types whose blocks
 //! are one scale times integers, in multiplying each block's sum by its scale once). Without AVX2 (or on other
 //! architectures) the same functions run candle's scalar `to_float` one chunk at a time.
+//! Decoding (`QWeight::matmul_rows`) dots the 32-value block types in integers instead, against
+//! activations rounded to 16 bits (`int16.rs`); the f32 dots here serve the k-quants and half
+//! precision, and every type when a caller asks for f32 activations.
 //! AVX-512 is not used: this code was written and tested on an AVX2-only host.
 mod half;
 pub mod int16;
