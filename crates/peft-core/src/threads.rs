@@ -33,3 +33,12 @@ pub fn init_pool() -> usize {
 pub fn pool_size() -> usize {
     rayon::current_num_threads()
 }
+
+/// Runs `f` on a thread of the pool while the caller waits. A parallel loop started from a
+/// pool thread splits its work with the other threads and starts at once, the rest of the
+/// work stays on that thread; started from any other thread (the libuv pool's, which runs the
+/// addon's jobs), every loop, however small, is sent to the pool while the caller sleeps
+/// until it is done, a sleep and a wake-up per loop. A decode step runs a few hundred loops.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}

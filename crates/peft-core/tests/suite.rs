@@ -75,6 +75,8 @@ mod prompt_conditioning;
 mod prompt_tuning;
 #[path = "qdot.rs"]
 mod qdot;
+#[path = "qdot_int16.rs"]
+mod qdot_int16;
 #[path = "quantized.rs"]
 mod quantized;
 #[path = "sparse_mask.rs"]

@@ -81,20 +81,24 @@ impl NativeModel {
         crate::cancel::register(&env, &flag);
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
-            with_model(&shared, |m| {
-                let ctx = m.ctx_with_rows(true, None, adapter_names.as_deref())?;
-                let mut step = |toks: &[Option<u32>]| {
-                    if let Some(cb) = &on_step {
-                        let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();
-                        cb.call(row, ThreadsafeFunctionCallMode::Blocking);
-                    }
-                    if flag.load(Ordering::SeqCst) {
-                        Flow::Stop
-                    } else {
-                        Flow::Continue
-                    }
-                };
-                generate(&m.llama, &ctx, &prompts, &opts, &mut step)
+            // On a pool thread: each decode step's few hundred small parallel loops then start
+            // without a sleep and a wake-up of this thread each (see `threads::on_pool`).
+            peft_core::threads::on_pool(move || {
+                with_model(&shared, |m| {
+                    let ctx = m.ctx_with_rows(true, None, adapter_names.as_deref())?;
+                    let mut step = |toks: &[Option<u32>]| {
+                        if let Some(cb) = &on_step {
+                            let row: Vec<i32> = toks.iter().map(|t| t.map_or(-1, |x| x as i32)).collect();
+                            cb.call(row, ThreadsafeFunctionCallMode::Blocking);
+                        }
+                        if flag.load(Ordering::SeqCst) {
+                            Flow::Stop
+                        } else {
+                            Flow::Continue
+                        }
+                    };
+                    generate(&m.llama, &ctx, &prompts, &opts, &mut step)
+                })
             })
         }))
     }

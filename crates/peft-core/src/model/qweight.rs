@@ -204,37 +204,55 @@ impl QWeight {
     /// `x[m, cols] · Wᵀ` for a few rows without dequantizing the weight: decoding reads the
     /// 4–8 bits a weight is stored in, not 32. Each weight row is decoded once, in registers,
     /// and dotted with every row of `x` in f32 (`ops::qdot`): the result is the dense product
-    /// over the dequantized weight up to the order of the sums. For inference only: training
-    /// uses the tiled path (`ops::qlinear`). `PEFT_NODE_Q8_DECODE` quantizes `x` to 8 bits per
-    /// block first, as llama.cpp does (candle's `vec_dot`: within ~1e-3 of the f32 product).
+    /// over the dequantized weight up to the order of the sums. Q4_0, Q4_1, Q5_0, Q5_1 and
+    /// Q8_0 weights dot in integers with `x` rounded to 16 bits per 32-value block
+    /// ([`Self::matmul_rows_int`]: within 2⁻¹⁶ of each block's largest |x|). For inference
+    /// only: training uses the tiled path (`ops::qlinear`). `PEFT_NODE_Q8_DECODE` quantizes `x`
+    /// to 8 bits per block instead, as llama.cpp does (candle's `vec_dot`: within ~1e-3 of the
+    /// f32 product; it changed SmolLM2's greedy tokens).
     pub fn matmul_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
         if q8_decode() && !matches!(self.blocks, Blocks::F16(_) | Blocks::BF16(_)) {
             return with_blocks!(&self.blocks, v => self.dot_q8(v, x, m));
         }
-        self.matmul_rows_with(Kernel::detect(), x, m)
+        let kernel = Kernel::detect();
+        self.matmul_rows_int(kernel, x, m).unwrap_or_else(|| self.matmul_rows_with(kernel, x, m))
+    }
+
+    /// `x[m, cols] · Wᵀ` in integers for the types whose blocks are one scale times integers
+    /// (plus an offset: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; None for the others): `x` is quantized to 16 bits per block once,
+    /// then each weight row dots with it through `ops::qdot::int16`.
+    pub fn matmul_rows_int(&self, kernel: Kernel, x: &[f32], m: usize) -> Option<Vec<f32>> {
+        assert_eq!(x.len(), m * self.cols, "matmul_rows: {m} rows of {} values expected", self.cols);
+        Some(match &self.blocks {
+            Blocks::Q4_0(v) => self.dot_ints(kernel, v, x, m),
+            Blocks::Q4_1(v) => self.dot_ints(kernel, v, x, m),
+            Blocks::Q5_0(v) => self.dot_ints(kernel, v, x, m),
+            Blocks::Q5_1(v) => self.dot_ints(kernel, v, x, m),
+            Blocks::Q8_0(v) => self.dot_ints(kernel, v, x, m),
+            _ => return None,
+        })
     }
 
     /// [`Self::matmul_rows`] through the given kernel (tests compare them), f32 activations.
     pub fn matmul_rows_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
         let (k, bpr) = (self.cols, self.blocks_per_row());
         assert_eq!(x.len(), m * k, "matmul_rows: {m} rows of {k} values expected");
-        with_blocks!(&self.blocks, v => self.by_rows(m, |r, out| {
-            qdot::dot_rows(kernel, &v[r * bpr..(r + 1) * bpr], x, m, out)
+        with_blocks!(&self.blocks, v => self.by_rows(m, |r0, out| {
+            for (j, out) in out.chunks_mut(m).enumerate() {
+                let r = r0 + j;
+                qdot::dot_rows(kernel, &v[r * bpr..(r + 1) * bpr], x, m, out)
+            }
         }))
     }
 
-    /// y[m, rows], filling `yt` [rows, m] row by row in parallel (`dot(row, out)`), then
-    /// transposing.
+    /// y[m, rows], filling `yt` [rows, m] a run of rows at a time in parallel (`dot(first
+    /// row, out)`, `out` holding the run's rows of m), then transposing.
     fn by_rows(&self, m: usize, dot: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
         let mut yt = vec![0f32; n * m];
         // About 64k weights per task: a few tasks per thread for a decode-sized linear.
         let per_task = (65536 / k.max(1)).max(1);
-        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(i, chunk)| {
-            for (j, out) in chunk.chunks_mut(m).enumerate() {
-                dot(i * per_task + j, out);
-            }
-        });
+        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(i, chunk)| dot(i * per_task, chunk));
         if m == 1 {
             return yt;
         }
@@ -247,6 +265,12 @@ impl QWeight {
         y
     }
 
+    fn dot_ints<T: qdot::BlockInts>(&self, kernel: Kernel, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
+        let bpr = self.blocks_per_row();
+        let xq = qdot::Q16Rows::quantize(x, m);
+        self.by_rows(m, |r0, out| qdot::int16::dot_rows(kernel, &blocks[r0 * bpr..(r0 + out.len() / m) * bpr], &xq, out))
+    }
+
     fn dot_q8<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
         let (k, bpr) = (self.cols, self.blocks_per_row());
         let xq: Vec<Vec<T::VecDotType>> = x
@@ -257,10 +281,12 @@ impl QWeight {
                 q
             })
             .collect();
-        self.by_rows(m, |r, out| {
-            let w = &blocks[r * bpr..(r + 1) * bpr];
-            for (o, xr) in out.iter_mut().zip(&xq) {
-                *o = T::vec_dot(k, w, xr);
+        self.by_rows(m, |r0, out| {
+            for (j, out) in out.chunks_mut(m).enumerate() {
+                let w = &blocks[(r0 + j) * bpr..(r0 + j + 1) * bpr];
+                for (o, xr) in out.iter_mut().zip(&xq) {
+                    *o = T::vec_dot(k, w, xr);
+                }
             }
         })
     }

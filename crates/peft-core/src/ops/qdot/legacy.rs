@@ -3,7 +3,7 @@
 //! computed as candle's `to_float` does (`q · d`, or `q · d + m`, two roundings, no FMA).
 // Off x86-64 only the scalar path runs: the block mirrors and helpers go unused there.
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
-use super::Decode;
+use super::{BlockInts, Decode};
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use half::f16;
 #[cfg(target_arch = "x86_64")]
@@ -211,4 +211,111 @@ unsafe fn q8_bytes(b: &Q8_0) -> [__m256i; 4] {
         *v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(8 * g) as *const __m128i));
     }
     q
+}
+
+/// The 32 values of a Q4_0 or Q5_0 block's nibbles, in order (low nibbles, then high), as bytes.
+fn nibble_bytes(qs: &[u8; 16]) -> [u8; 32] {
+    std::array::from_fn(|j| if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 })
+}
+
+/// The nibbles of `qs[16]` as 32 bytes in ggml's order: low nibbles in the low half, high in the high.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn nibble_bytes_avx2(qs: &[u8; 16]) -> __m256i {
+    let v = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+    let mask = _mm_set1_epi8(0xF);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask))
+}
+
+impl BlockInts for BlockQ4_0 {
+    fn ints(&self) -> ([i8; 32], f16, f16) {
+        // SAFETY: Q4_0 has BlockQ4_0's layout (checked by size above).
+        let b = unsafe { &*(self as *const Self as *const Q4_0) };
+        (nibble_bytes(&b.qs).map(|q| q as i8 - 8), b.d, f16::ZERO)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn ints_avx2(block: *const Self) -> (__m256i, f16, f16) {
+        let b = &*(block as *const Q4_0);
+        (_mm256_sub_epi8(nibble_bytes_avx2(&b.qs), _mm256_set1_epi8(8)), b.d, f16::ZERO)
+    }
+}
+
+/// Bit j of `qh` (little-endian) as 16 added to value j's nibble: the five-bit values of
+/// Q5_0 and Q5_1 (0–31).
+fn five_bit_values(qs: &[u8; 16], qh: &[u8; 4]) -> [u8; 32] {
+    let (n, qh) = (nibble_bytes(qs), u32::from_le_bytes(*qh));
+    std::array::from_fn(|j| n[j] | ((((qh >> j) & 1) as u8) << 4))
+}
+
+/// All ones in byte j where bit j of `qh` is set (ggml's `bytes_from_bits_32`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bits_as_bytes(qh: &[u8; 4]) -> __m256i {
+    let qh = _mm256_set1_epi32(i32::from_le_bytes(*qh));
+    // Byte j takes byte j / 8 of qh (the shuffle stays within each 128-bit half).
+    let spread = _mm256_shuffle_epi8(qh, _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    // Byte j of the mask has every bit but j % 8 set.
+    _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1))
+}
+
+impl BlockInts for BlockQ4_1 {
+    const OFFSET: bool = true;
+    fn ints(&self) -> ([i8; 32], f16, f16) {
+        // SAFETY: Q4_1 has BlockQ4_1's layout (checked by size above).
+        let b = unsafe { &*(self as *const Self as *const Q4_1) };
+        (nibble_bytes(&b.qs).map(|q| q as i8), b.d, b.m)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn ints_avx2(block: *const Self) -> (__m256i, f16, f16) {
+        let b = &*(block as *const Q4_1);
+        (nibble_bytes_avx2(&b.qs), b.d, b.m)
+    }
+}
+
+impl BlockInts for BlockQ5_0 {
+    fn ints(&self) -> ([i8; 32], f16, f16) {
+        // SAFETY: as for Q4_0.
+        let b = unsafe { &*(self as *const Self as *const Q5_0) };
+        (five_bit_values(&b.qs, &b.qh).map(|q| q as i8 - 16), b.d, f16::ZERO)
+    }
+    /// As ggml: the nibble or'ed with 0xF0 (minus 16, as an i8) where the fifth bit is clear.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn ints_avx2(block: *const Self) -> (__m256i, f16, f16) {
+        let b = &*(block as *const Q5_0);
+        let high = _mm256_andnot_si256(bits_as_bytes(&b.qh), _mm256_set1_epi8(0xF0u8 as i8));
+        (_mm256_or_si256(nibble_bytes_avx2(&b.qs), high), b.d, f16::ZERO)
+    }
+}
+
+impl BlockInts for BlockQ5_1 {
+    const OFFSET: bool = true;
+    fn ints(&self) -> ([i8; 32], f16, f16) {
+        // SAFETY: as for Q4_1.
+        let b = unsafe { &*(self as *const Self as *const Q5_1) };
+        (five_bit_values(&b.qs, &b.qh).map(|q| q as i8), b.d, b.m)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn ints_avx2(block: *const Self) -> (__m256i, f16, f16) {
+        let b = &*(block as *const Q5_1);
+        let high = _mm256_and_si256(bits_as_bytes(&b.qh), _mm256_set1_epi8(0x10));
+        (_mm256_or_si256(nibble_bytes_avx2(&b.qs), high), b.d, b.m)
+    }
+}
+
+impl BlockInts for BlockQ8_0 {
+    fn ints(&self) -> ([i8; 32], f16, f16) {
+        // SAFETY: as for Q4_0.
+        let b = unsafe { &*(self as *const Self as *const Q8_0) };
+        (b.qs, b.d, f16::ZERO)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn ints_avx2(block: *const Self) -> (__m256i, f16, f16) {
+        let b = &*(block as *const Q8_0);
+        (_mm256_loadu_si256(b.qs.as_ptr() as *const __m256i), b.d, f16::ZERO)
+    }
 }

@@ -10,12 +10,17 @@
 //! dequantize-then-dot only in the order of the f32 sums (and, for the types whose blocks
 //! are one scale times integers, in multiplying each block's sum by its scale once). Without AVX2 (or on other
 //! architectures) the same functions run candle's scalar `to_float` one chunk at a time.
+//! Decoding (`QWeight::matmul_rows`) dots the 32-value block types in integers instead, against
+//! activations rounded to 16 bits (`int16.rs`); the f32 dots here serve the k-quants and half
+//! precision, and every type when a caller asks for f32 activations.
 //! AVX-512 is not used: this code was written and tested on an AVX2-only host.
 mod half;
+pub mod int16;
 mod kquants;
 mod legacy;
 
 use candle_core::quantized::k_quants::GgmlType;
+pub use int16::{BlockInts, Q16Rows};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -244,7 +249,7 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(super) unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
