@@ -39,6 +39,8 @@ pub fn pool_size() -> usize {
 /// work stays on that thread; started from any other thread (the libuv pool's, which runs the
 /// addon's jobs), every loop, however small, is sent to the pool while the caller sleeps
 /// until it is done, a sleep and a wake-up per loop. A decode step runs a few hundred loops.
+/// Take any lock `f` needs before calling this: a pool thread that blocks on a lock whose
+/// holder waits for the pool would never be released.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }

@@ -81,10 +81,12 @@ impl NativeModel {
         crate::cancel::register(&env, &flag);
         let shared = self.inner.clone();
         Ok(IdsJob::spawn(move || {
-            // On a pool thread: each decode step's few hundred small parallel loops then start
-            // without a sleep and a wake-up of this thread each (see `threads::on_pool`).
-            peft_core::threads::on_pool(move || {
-                with_model(&shared, |m| {
+            with_model(&shared, |m| {
+                // The model's lock is taken here, before the work moves to a pool thread: a pool
+                // thread waiting for a lock that a writer (merge, load) holds while it waits for
+                // the pool would never be released. On the pool, each decode step's few hundred
+                // small parallel loops start without a sleep and a wake-up (`threads::on_pool`).
+                peft_core::threads::on_pool(|| {
                     let ctx = m.ctx_with_rows(true, None, adapter_names.as_deref())?;
                     let mut step = |toks: &[Option<u32>]| {
                         if let Some(cb) = &on_step {
