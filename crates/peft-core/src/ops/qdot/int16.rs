@@ -70,8 +70,13 @@ impl Q16Rows {
         self.q.iter().enumerate().map(|(j, &q)| q as f64 * self.d[j / QK] as f64).collect()
     }
 
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
     /// Row `i`'s integers, scales and block sums.
-    fn row(&self, i: usize) -> (&[i16], &[f32], &[f32]) {
+    pub(super) fn row(&self, i: usize) -> (&[i16], &[f32], &[f32]) {
         let blocks = i * self.k / QK..(i + 1) * self.k / QK;
         (&self.q[i * self.k..(i + 1) * self.k], &self.d[blocks.clone()], &self.sum[blocks])
     }
