@@ -159,19 +159,9 @@ pub fn dot_rows<T: SuperBlockInts>(kernel: Kernel, w: &[T], x: &Q16Rows, out: &m
     );
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx2 {
-        assert_eq!(Kernel::detect(), Kernel::Avx2, "dot_rows: AVX2 asked for on a CPU without it");
-        for first in (0..m).step_by(4) {
-            // SAFETY: AVX2/FMA/F16C were detected; lengths checked above.
-            unsafe {
-                match (m - first).min(4) {
-                    1 => avx2::dot_rows::<T, 1>(w, x, first, out),
-                    2 => avx2::dot_rows::<T, 2>(w, x, first, out),
-                    3 => avx2::dot_rows::<T, 3>(w, x, first, out),
-                    _ => avx2::dot_rows::<T, 4>(w, x, first, out),
-                }
-            }
-        }
-        return;
+        let kernels = [avx2::dot_rows::<T, 1>, avx2::dot_rows::<T, 2>, avx2::dot_rows::<T, 3>, avx2::dot_rows::<T, 4>];
+        // SAFETY: lengths checked above.
+        return unsafe { super::int16::in_fours(w, x, out, kernels) };
     }
     let _ = kernel;
     for (wr, out) in w.chunks_exact(bpr).zip(out.chunks_exact_mut(m)) {
