@@ -130,8 +130,8 @@ fn every_kernel_dots_as_dequantize_then_dot() {
 
 #[test]
 fn the_default_decode_path_is_the_detected_kernel() {
-    // A k-quant: the 32-value block types dot in integers instead (tests/qdot_int16.rs).
-    let w = random_weight(GgmlDType::Q6K, 64, 256, 4);
+    // Q5_K: the 32-value block types, Q4_K and Q6_K dot in integers instead (tests/qdot_int16.rs).
+    let w = random_weight(GgmlDType::Q5K, 64, 256, 4);
     let x = activations(2, 256, 5);
     assert_eq!(w.matmul_rows(&x, 2), w.matmul_rows_with(Kernel::detect(), &x, 2));
 }

@@ -1,5 +1,5 @@
-//! The integer decode dots of `ops::qdot::int16`: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 weight
-//! rows against activations rounded to 16 bits per 32-value block. On random and edge blocks
+//! The integer decode dots of `ops::qdot::int16` and `int16_k`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! Q4_K and Q6_K weight rows against activations rounded to 16 bits per 32-value block. On random and edge blocks
 //! (saturated quants, extreme f16 scales and offsets, 7 blocks and 1 block per row, 1–8
 //! activation rows) each kernel this CPU runs (scalar always, AVX2 where present) gives the
 //! product with the rounded activations, computed in f64, to f32 precision; the rounding
@@ -67,6 +67,96 @@ fn activations(m: usize, cols: usize, seed: u64) -> Vec<f32> {
         }
     }
     x
+}
+
+const K_TYPES: [GgmlDType; 2] = [GgmlDType::Q4K, GgmlDType::Q6K];
+
+/// Where a k-quant super-block keeps its f16 scale `d` and (Q4_K) `dmin`: ggml's layouts.
+fn k_scale_offsets(ty: GgmlDType) -> (usize, Option<usize>) {
+    match ty {
+        GgmlDType::Q4K => (0, Some(2)),
+        _ => (208, None),
+    }
+}
+
+/// Super-block bytes of `rows × cols` values of `ty`: random, every third one saturated
+/// (0xFF / 0x00 / 0x80 bytes: the largest 6-bit scales and mins, i8 scales −1, 0, −128),
+/// every fifth with scale bytes 0x7F (Q6_K's largest positive scale); f16 scales random or
+/// extreme (f16::MAX, its negative, the smallest subnormal, zero).
+fn k_blocks(ty: GgmlDType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ts = ty.type_size();
+    let (d_at, dmin_at) = k_scale_offsets(ty);
+    let mut bytes = vec![0u8; rows * cols / 256 * ts];
+    for (b, block) in bytes.chunks_mut(ts).enumerate() {
+        match b % 3 {
+            0 => block.fill([0xFF, 0x00, 0x80][(b / 3) % 3]),
+            _ => rng.fill(block),
+        }
+        if b % 5 == 4 && ty == GgmlDType::Q6K {
+            block[192..208].fill(0x7F);
+        }
+        for (at, e) in [(Some(d_at), b), (dmin_at, b / 2)] {
+            let Some(at) = at else { continue };
+            let d = [f16::MAX, f16::MIN, f16::from_bits(1), f16::ZERO].get(e % 11).copied();
+            let d = d.unwrap_or_else(|| f16::from_f32(rng.random_range(-0.1..0.1)));
+            block[at..at + 2].copy_from_slice(&d.to_bits().to_le_bytes());
+        }
+    }
+    bytes
+}
+
+/// Each weight of `bytes` as its two exact parts, `s · q` and `−o` (zero for Q6_K), by
+/// candle's dequantizer: the blocks with `dmin` zeroed give `s · q`, with `d` zeroed `−o`.
+fn k_parts(ty: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> (Vec<f32>, Vec<f32>) {
+    let (d_at, dmin_at) = k_scale_offsets(ty);
+    let part = |zero: Option<usize>| {
+        let mut b = bytes.to_vec();
+        if let Some(at) = zero {
+            b.chunks_mut(ty.type_size()).for_each(|blk| blk[at..at + 2].fill(0));
+        }
+        let mut out = vec![0f32; rows * cols];
+        QWeight::from_bytes("w", ty, rows, cols, &b).unwrap().dequantize_rows_with(Kernel::Scalar, 0, &mut out);
+        out
+    };
+    let scaled = part(dmin_at);
+    let offsets = if dmin_at.is_some() { part(Some(d_at)) } else { vec![0f32; rows * cols] };
+    (scaled, offsets)
+}
+
+#[test]
+fn int16_kquant_decode_dots_equal_the_rounded_product_for_every_kernel() {
+    for ty in K_TYPES {
+        // 3 super-blocks per row (odd) and 1.
+        for cols in [768, 256] {
+            let rows = 23;
+            let bytes = k_blocks(ty, rows, cols, 17 + cols as u64);
+            let w = QWeight::from_bytes("w", ty, rows, cols, &bytes).unwrap();
+            let (scaled, offsets) = k_parts(ty, rows, cols, &bytes);
+            for m in 1..=6 {
+                let x = activations(m, cols, 40 + m as u64);
+                let xr = Q16Rows::quantize(&x, m).values();
+                for kernel in Kernel::available() {
+                    let y = w.matmul_rows_int(kernel, &x, m).expect("an integer path for Q4_K and Q6_K");
+                    assert_eq!(y.len(), m * rows);
+                    for i in 0..m {
+                        let xri = &xr[i * cols..(i + 1) * cols];
+                        for r in 0..rows {
+                            let terms = scaled[r * cols..(r + 1) * cols].iter().zip(&offsets[r * cols..]).zip(xri);
+                            let (mut rounded, mut size) = (0f64, 0f64);
+                            for ((&s, &o), &v) in terms {
+                                rounded += (s as f64 + o as f64) * v;
+                                size += (s as f64).abs() * v.abs() + (o as f64).abs() * v.abs();
+                            }
+                            let got = y[i * rows + r] as f64;
+                            let at = format!("{ty:?} {kernel:?} cols={cols} m={m} row {r} of x {i}");
+                            assert!((got - rounded).abs() <= 1e-6 * size + 1e-30, "{at}: {got} vs {rounded} (size {size})");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -151,8 +241,13 @@ fn the_default_decode_path_of_32_value_blocks_is_the_integer_one() {
         let x = activations(2, 96, 4);
         assert_eq!(w.matmul_rows(&x, 2), w.matmul_rows_int(Kernel::detect(), &x, 2).unwrap(), "{ty:?}");
     }
-    // The k-quants keep f32 activations.
-    let w = QWeight::from_bytes("w", GgmlDType::Q4K, 2, 256, &vec![0u8; 2 * 144]).unwrap();
+    for ty in K_TYPES {
+        let w = QWeight::from_bytes("w", ty, 40, 512, &k_blocks(ty, 40, 512, 5)).unwrap();
+        let x = activations(2, 512, 4);
+        assert_eq!(w.matmul_rows(&x, 2), w.matmul_rows_int(Kernel::detect(), &x, 2).unwrap(), "{ty:?}");
+    }
+    // The other k-quants keep f32 activations.
+    let w = QWeight::from_bytes("w", GgmlDType::Q5K, 2, 256, &vec![0u8; 2 * 176]).unwrap();
     assert!(w.matmul_rows_int(Kernel::detect(), &activations(1, 256, 6), 1).is_none());
 }
 

@@ -205,7 +205,7 @@ impl QWeight {
     /// 4–8 bits a weight is stored in, not 32. Each weight row is decoded once, in registers,
     /// and dotted with every row of `x` in f32 (`ops::qdot`): the result is the dense product
     /// over the dequantized weight up to the order of the sums. Q4_0, Q4_1, Q5_0, Q5_1 and
-    /// Q8_0 weights dot in integers with `x` rounded to 16 bits per 32-value block
+    /// Q8_0, Q4_K and Q6_K weights dot in integers with `x` rounded to 16 bits per 32-value block
     /// ([`Self::matmul_rows_int`]: within 2⁻¹⁶ of each block's largest |x|). For inference
     /// only: training uses the tiled path (`ops::qlinear`). `PEFT_NODE_Q8_DECODE` quantizes `x`
     /// to 8 bits per block instead, as llama.cpp does (candle's `vec_dot`: within ~1e-3 of the
@@ -219,7 +219,7 @@ impl QWeight {
     }
 
     /// `x[m, cols] · Wᵀ` in integers for the types whose blocks are one scale times integers
-    /// (plus an offset: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; None for the others): `x` is quantized to 16 bits per block once,
+    /// (plus an offset: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and the k-quants Q4_K, Q6_K; None for the others): `x` is quantized to 16 bits per block once,
     /// then each weight row dots with it through `ops::qdot::int16`.
     pub fn matmul_rows_int(&self, kernel: Kernel, x: &[f32], m: usize) -> Option<Vec<f32>> {
         assert_eq!(x.len(), m * self.cols, "matmul_rows: {m} rows of {} values expected", self.cols);
@@ -229,6 +229,8 @@ impl QWeight {
             Blocks::Q5_0(v) => self.dot_ints(kernel, v, x, m),
             Blocks::Q5_1(v) => self.dot_ints(kernel, v, x, m),
             Blocks::Q8_0(v) => self.dot_ints(kernel, v, x, m),
+            Blocks::Q4K(v) => self.dot_super_ints(kernel, v, x, m),
+            Blocks::Q6K(v) => self.dot_super_ints(kernel, v, x, m),
             _ => return None,
         })
     }
@@ -269,6 +271,12 @@ impl QWeight {
         let bpr = self.blocks_per_row();
         let xq = qdot::Q16Rows::quantize(x, m);
         self.by_rows(m, |r0, out| qdot::int16::dot_rows(kernel, &blocks[r0 * bpr..(r0 + out.len() / m) * bpr], &xq, out))
+    }
+
+    fn dot_super_ints<T: qdot::SuperBlockInts>(&self, kernel: Kernel, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {
+        let bpr = self.blocks_per_row();
+        let xq = qdot::Q16Rows::quantize(x, m);
+        self.by_rows(m, |r0, out| qdot::int16_k::dot_rows(kernel, &blocks[r0 * bpr..(r0 + out.len() / m) * bpr], &xq, out))
     }
 
     fn dot_q8<T: GgmlType>(&self, blocks: &[T], x: &[f32], m: usize) -> Vec<f32> {

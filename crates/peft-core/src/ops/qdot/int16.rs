@@ -70,8 +70,13 @@ impl Q16Rows {
         self.q.iter().enumerate().map(|(j, &q)| q as f64 * self.d[j / QK] as f64).collect()
     }
 
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
     /// Row `i`'s integers, scales and block sums.
-    fn row(&self, i: usize) -> (&[i16], &[f32], &[f32]) {
+    pub(super) fn row(&self, i: usize) -> (&[i16], &[f32], &[f32]) {
         let blocks = i * self.k / QK..(i + 1) * self.k / QK;
         (&self.q[i * self.k..(i + 1) * self.k], &self.d[blocks.clone()], &self.sum[blocks])
     }
@@ -125,20 +130,9 @@ pub fn dot_rows<T: BlockInts>(kernel: Kernel, w: &[T], x: &Q16Rows, out: &mut [f
     );
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx2 {
-        assert_eq!(Kernel::detect(), Kernel::Avx2, "dot_rows: AVX2 asked for on a CPU without it");
-        // Up to four activation rows at a time, so the accumulators stay in registers.
-        for first in (0..m).step_by(4) {
-            // SAFETY: AVX2/FMA/F16C were detected; lengths checked above.
-            unsafe {
-                match (m - first).min(4) {
-                    1 => avx2::dot_rows::<T, 1>(w, x, first, out),
-                    2 => avx2::dot_rows::<T, 2>(w, x, first, out),
-                    3 => avx2::dot_rows::<T, 3>(w, x, first, out),
-                    _ => avx2::dot_rows::<T, 4>(w, x, first, out),
-                }
-            }
-        }
-        return;
+        let kernels = [avx2::dot_rows::<T, 1>, avx2::dot_rows::<T, 2>, avx2::dot_rows::<T, 3>, avx2::dot_rows::<T, 4>];
+        // SAFETY: lengths checked above.
+        return unsafe { in_fours(w, x, out, kernels) };
     }
     let _ = kernel;
     for (wr, out) in w.chunks_exact(bpr).zip(out.chunks_exact_mut(m)) {
@@ -159,6 +153,25 @@ pub fn dot_rows<T: BlockInts>(kernel: Kernel, w: &[T], x: &Q16Rows, out: &mut [f
                 })
                 .sum();
         }
+    }
+}
+
+/// An AVX2 kernel for rows `first..first + M` of the activations, M its index + 1 in [`in_fours`].
+#[cfg(target_arch = "x86_64")]
+pub(super) type RowsKernel<W> = unsafe fn(&[W], &Q16Rows, usize, &mut [f32]);
+
+/// Runs the activation rows through `kernels` up to four at a time, so the accumulators stay
+/// in registers.
+///
+/// # Safety
+/// `w`, `x` and `out` have the lengths the kernels expect.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn in_fours<W>(w: &[W], x: &Q16Rows, out: &mut [f32], kernels: [RowsKernel<W>; 4]) {
+    assert_eq!(Kernel::detect(), Kernel::Avx2, "dot_rows: AVX2 asked for on a CPU without it");
+    let m = x.rows();
+    for first in (0..m).step_by(4) {
+        // SAFETY: AVX2/FMA/F16C were detected; the caller vouches for the lengths.
+        unsafe { kernels[(m - first).min(4) - 1](w, x, first, out) }
     }
 }
 

@@ -15,11 +15,11 @@ use std::arch::x86_64::*;
 
 // Mirrors of candle's crate-private block layouts (ggml's), checked by size.
 #[repr(C)]
-struct Q4K {
-    d: f16,
-    dmin: f16,
-    scales: [u8; 12],
-    qs: [u8; 128],
+pub(super) struct Q4K {
+    pub(super) d: f16,
+    pub(super) dmin: f16,
+    pub(super) scales: [u8; 12],
+    pub(super) qs: [u8; 128],
 }
 #[repr(C)]
 struct Q5K {
@@ -30,11 +30,11 @@ struct Q5K {
     qs: [u8; 128],
 }
 #[repr(C)]
-struct Q6K {
-    ql: [u8; 128],
-    qh: [u8; 64],
-    scales: [i8; 16],
-    d: f16,
+pub(super) struct Q6K {
+    pub(super) ql: [u8; 128],
+    pub(super) qh: [u8; 64],
+    pub(super) scales: [i8; 16],
+    pub(super) d: f16,
 }
 const _: () = {
     use std::mem::{align_of, size_of};
@@ -45,7 +45,7 @@ const _: () = {
 
 /// Scale and minimum of sub-block `j` (six bits each, packed in 12 bytes): ggml's
 /// `get_scale_min_k4`.
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

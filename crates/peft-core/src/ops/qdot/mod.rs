@@ -11,16 +11,18 @@
 //! are one scale times integers, in multiplying each block's sum by its scale once). Without AVX2 (or on other
 //! architectures) the same functions run candle's scalar `to_float` one chunk at a time.
 //! Decoding (`QWeight::matmul_rows`) dots the 32-value block types in integers instead, against
-//! activations rounded to 16 bits (`int16.rs`); the f32 dots here serve the k-quants and half
-//! precision, and every type when a caller asks for f32 activations.
+//! activations rounded to 16 bits (`int16.rs`), and Q4_K and Q6_K too (`int16_k.rs`); the f32
+//! dots here serve the other k-quants and half precision, and every type when a caller asks for f32 activations.
 //! AVX-512 is not used: this code was written and tested on an AVX2-only host.
 mod half;
 pub mod int16;
+pub mod int16_k;
 mod kquants;
 mod legacy;
 
 use candle_core::quantized::k_quants::GgmlType;
 pub use int16::{BlockInts, Q16Rows};
+pub use int16_k::SuperBlockInts;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
